@@ -1,0 +1,239 @@
+"""The search-space constraint schema, the heuristic engine, and the rules that keep any
+engine's answer (heuristic, user, later the LLM) inside what the cluster can run.
+
+Pure: no I/O, no heavy imports; it runs in the node process.
+
+Every engine produces a :class:`Constraints`. Values from outside (a user's JSON, an LLM's
+answer) go through :func:`narrow`, which may shrink the space but never widen it past the
+bounds computed for the data and the smallest worker's memory (:func:`hard_bounds`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from nexus_node.errors import InvalidInput
+
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
+FAMILIES = ("mlp",)
+WIDTH_CHOICES = (8, 16, 32, 64, 128, 256, 512, 1024)
+BATCH_CHOICES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Bounds of the MLP search space. Ranges are inclusive ``(low, high)`` pairs."""
+
+    min_layers: int = 1
+    max_layers: int = 3
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    activations: tuple[str, ...] = ("relu", "gelu", "silu")
+    dropout: tuple[float, float] = (0.0, 0.3)
+    learning_rate: tuple[float, float] = (3e-4, 3e-2)
+    weight_decay: tuple[float, float] = (1e-6, 1e-2)
+    batch_sizes: tuple[int, ...] = (64, 128, 256)
+    min_epochs: int = 10
+    max_epochs: int = 100
+    families: tuple[str, ...] = ("mlp",)
+    rationale: str = ""
+    source: str = "heuristic"
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Constraints":
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in d:
+                v = d[f.name]
+                kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The widest space the data and the smallest worker allow."""
+
+    max_layers: int
+    max_width: int
+    max_batch: int
+    max_epochs: int
+
+
+def hard_bounds(n_rows: int, n_features: int, memory_bytes: int) -> Bounds:
+    """Bounds from the data size and the smallest worker's free memory.
+
+    The estimate is deliberately coarse: parameters, Adam state and gradients (4 copies of
+    the weights) plus activations of one batch, at 4 bytes each, with 4x headroom for the
+    framework. A trial whose space fits this never needs more than a quarter of a worker.
+    """
+    n_features = max(1, n_features)
+    budget = max(64 << 20, memory_bytes // 4)
+    max_width = WIDTH_CHOICES[0]
+    for w in WIDTH_CHOICES:
+        params = n_features * w + 8 * w * w
+        if 4 * 4 * params * 4 <= budget:
+            max_width = w
+    # A batch larger than the training split is only wasted padding.
+    train_rows = max(16, int(n_rows * 0.64))
+    max_batch = max(b for b in BATCH_CHOICES if b <= max(16, train_rows)) if train_rows >= 16 else 16
+    while max_batch > 16 and max_batch * max_width * 8 * 4 * 4 > budget:
+        max_batch //= 2
+    return Bounds(max_layers=8, max_width=max_width, max_batch=max_batch, max_epochs=500)
+
+
+def heuristic_constraints(profile: Mapping[str, Any], memory_bytes: int) -> Constraints:
+    """Deterministic constraints from the dataset profile alone.
+
+    Small tables get fewer, narrower layers and more epochs (each epoch is cheap, and early
+    stopping ends them); large tables get wider layers, bigger batches and fewer epochs.
+    """
+    rows = int(profile.get("rows", 0))
+    n_features = int(profile.get("n_features", 0)) or len(profile.get("columns", []))
+    b = hard_bounds(rows, n_features, memory_bytes)
+    if rows < 5_000:
+        c = Constraints(
+            max_layers=3, widths=(32, 64, 128, 256), batch_sizes=(32, 64, 128),
+            min_epochs=20, max_epochs=150, learning_rate=(5e-4, 3e-2),
+            rationale=f"{rows} rows: small network, small batches, early stopping on validation",
+        )
+    elif rows < 100_000:
+        c = Constraints(
+            max_layers=4, widths=(64, 128, 256, 512), batch_sizes=(128, 256, 512),
+            min_epochs=10, max_epochs=60,
+            rationale=f"{rows} rows: medium network and batches",
+        )
+    else:
+        c = Constraints(
+            max_layers=4, widths=(64, 128, 256, 512), batch_sizes=(512, 1024, 2048),
+            min_epochs=5, max_epochs=25,
+            rationale=f"{rows} rows: large batches and few epochs keep trials short",
+        )
+    return clamp(c, b)
+
+
+def clamp(c: Constraints, b: Bounds) -> Constraints:
+    """Force every value into the absolute and data/memory bounds, recording what changed."""
+    notes = list(c.notes)
+
+    def note(msg: str) -> None:
+        notes.append(msg)
+
+    max_layers = min(max(1, int(c.max_layers)), b.max_layers)
+    min_layers = min(max(1, int(c.min_layers)), max_layers)
+    if (min_layers, max_layers) != (c.min_layers, c.max_layers):
+        note(f"layers clamped to {min_layers}..{max_layers}")
+    widths = tuple(sorted({w for w in c.widths if w in WIDTH_CHOICES and w <= b.max_width}))
+    if not widths:
+        widths = (min(b.max_width, 64),)
+    if widths != tuple(c.widths):
+        note(f"widths clamped to {list(widths)}")
+    acts = tuple(a for a in dict.fromkeys(c.activations) if a in ACTIVATIONS) or ("relu",)
+    if acts != tuple(c.activations):
+        note(f"activations limited to {list(acts)}")
+    dropout = _clamp_range(c.dropout, 0.0, 0.7, "dropout", note)
+    lr = _clamp_range(c.learning_rate, 1e-5, 1.0, "learning_rate", note)
+    wd = _clamp_range(c.weight_decay, 1e-8, 0.1, "weight_decay", note)
+    batches = tuple(sorted({x for x in c.batch_sizes if x in BATCH_CHOICES and x <= b.max_batch}))
+    if not batches:
+        batches = (b.max_batch,)
+    if batches != tuple(c.batch_sizes):
+        note(f"batch sizes clamped to {list(batches)}")
+    max_epochs = min(max(1, int(c.max_epochs)), b.max_epochs)
+    min_epochs = min(max(1, int(c.min_epochs)), max_epochs)
+    if (min_epochs, max_epochs) != (c.min_epochs, c.max_epochs):
+        note(f"epochs clamped to {min_epochs}..{max_epochs}")
+    families = tuple(f for f in dict.fromkeys(c.families) if f in FAMILIES) or ("mlp",)
+    return dataclasses.replace(
+        c, min_layers=min_layers, max_layers=max_layers, widths=widths, activations=acts,
+        dropout=dropout, learning_rate=lr, weight_decay=wd, batch_sizes=batches,
+        min_epochs=min_epochs, max_epochs=max_epochs, families=families,
+        rationale=str(c.rationale)[:500], notes=tuple(dict.fromkeys(notes)),
+    )
+
+
+def _clamp_range(r: Any, lo: float, hi: float, name: str, note) -> tuple[float, float]:
+    a, b_ = float(r[0]), float(r[1])
+    if not (math.isfinite(a) and math.isfinite(b_)):
+        note(f"{name} was not finite; reset to {lo}..{hi}")
+        return (lo, hi)
+    a2, b2 = min(max(a, lo), hi), min(max(b_, lo), hi)
+    if a2 > b2:
+        a2, b2 = b2, a2
+    if (a2, b2) != (a, b_):
+        note(f"{name} clamped to {a2:g}..{b2:g}")
+    return (a2, b2)
+
+
+_KEYS = {f.name for f in dataclasses.fields(Constraints)} - {"source", "notes"}
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Parse and type-check a user's constraints JSON; raise InvalidInput saying what is wrong."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"constraints are not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise InvalidInput("constraints must be a JSON object")
+    unknown = sorted(set(d) - _KEYS)
+    if unknown:
+        raise InvalidInput(f"unknown constraint keys {unknown}; allowed: {sorted(_KEYS)}")
+    ranges = ("dropout", "learning_rate", "weight_decay")
+    lists = ("widths", "activations", "batch_sizes", "families")
+    ints = ("min_layers", "max_layers", "min_epochs", "max_epochs")
+    for k, v in d.items():
+        if k in ranges and not (
+            isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+        ):
+            raise InvalidInput(f"constraint {k!r} must be a [low, high] pair of numbers")
+        if k in lists and not (isinstance(v, list) and v):
+            raise InvalidInput(f"constraint {k!r} must be a non-empty list")
+        if k in ints and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise InvalidInput(f"constraint {k!r} must be a positive integer")
+    return d
+
+
+def narrow(base: Constraints, override: Mapping[str, Any], source: str) -> Constraints:
+    """Apply an override that may only shrink ``base``: ranges intersect, choices intersect.
+
+    Where the intersection is empty the override's value is ignored and a note says so,
+    so a bad suggestion never leaves the search with nothing to try.
+    """
+    notes = list(base.notes)
+    kw: dict[str, Any] = {}
+    for key in ("dropout", "learning_rate", "weight_decay"):
+        if key in override:
+            lo = max(float(override[key][0]), getattr(base, key)[0])
+            hi = min(float(override[key][1]), getattr(base, key)[1])
+            if lo <= hi:
+                kw[key] = (lo, hi)
+            else:
+                notes.append(f"{key} {list(override[key])} is outside {list(getattr(base, key))}; ignored")
+    for key in ("widths", "activations", "batch_sizes", "families"):
+        if key in override:
+            keep = tuple(x for x in getattr(base, key) if x in set(override[key]))
+            if keep:
+                kw[key] = keep
+            else:
+                notes.append(f"{key} {list(override[key])} has nothing in {list(getattr(base, key))}; ignored")
+    for lo_key, hi_key in (("min_layers", "max_layers"), ("min_epochs", "max_epochs")):
+        lo = max(int(override.get(lo_key, getattr(base, lo_key))), getattr(base, lo_key))
+        hi = min(int(override.get(hi_key, getattr(base, hi_key))), getattr(base, hi_key))
+        if lo <= hi:
+            kw[lo_key], kw[hi_key] = lo, hi
+        elif lo_key in override or hi_key in override:
+            notes.append(f"{lo_key}..{hi_key} override is outside the allowed range; ignored")
+    if "rationale" in override:
+        kw["rationale"] = str(override["rationale"])[:500]
+    return dataclasses.replace(base, **kw, source=source, notes=tuple(notes))

@@ -1,0 +1,31 @@
+"""Optuna's ``GrpcStorageProxy`` with the cluster token attached.
+
+Every node serves Optuna's own ``StorageService`` on its one port, so plain Optuna code
+(and optuna-dashboard) can read a Nexus study::
+
+    storage = NexusClient("host:7070").optuna_storage()
+    study = optuna.load_study(study_name=job.study_name, storage=storage)
+"""
+
+from __future__ import annotations
+
+from optuna.storages import GrpcStorageProxy
+from optuna.storages._grpc.auto_generated import api_pb2_grpc
+from optuna.storages._grpc.client import GrpcClientCache
+
+from nexus_node.auth import secure_channel
+
+
+class NexusStorageProxy(GrpcStorageProxy):
+    """A ``GrpcStorageProxy`` whose channel carries ``authorization: Bearer <token>``."""
+
+    def __init__(self, *, host: str, port: int, token: str | None = None) -> None:
+        self._token = token
+        super().__init__(host=host, port=port)
+
+    def _setup(self) -> None:
+        # Overrides the parent's insecure, token-less channel; the rest of the proxy
+        # (cache, retries, pickling for workers) is Optuna's own.
+        self._channel = secure_channel(f"{self._host}:{self._port}", self._token)
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
