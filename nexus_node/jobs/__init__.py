@@ -1,0 +1,1 @@
+"""Jobs: the records (``records``), their lifecycle (``manager``), and live events (``events``)."""

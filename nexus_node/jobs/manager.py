@@ -1,0 +1,514 @@
+"""Job lifecycle on one node: submit → prepare → search → finalize, with restart recovery.
+
+Concurrency: everything here runs on the node's event loop. Heavy work happens in runner
+processes (``RunnerPool``); Optuna storage calls, which take locks and may touch the disk,
+run in threads via ``asyncio.to_thread``. Each active job has one driver task; each running
+trial has one task. A job record is persisted (committed to SQLite) at every state change
+and after every finished trial, so a restarted node resumes from the last stage it
+completed: an interrupted search continues with the trials already in its study (the ones
+that were running are failed with the reason), an interrupted preparation or finalisation
+runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from nexus_node import studies
+from nexus_node.constraints import Constraints, heuristic_constraints, narrow, parse_override
+from nexus_node.csvcheck import check_csv
+from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
+from nexus_node.jobs.events import NEW_BEST, STATE_CHANGED, TRIAL_FINISHED, EventHub, JobEvent, TrialView
+from nexus_node.jobs.records import (
+    CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
+    JobRecord, JobSpecRecord, ModelRecord,
+)
+from nexus_node.runner.pool import Runner, RunnerPool
+from nexus_node.space import default_params, suggest_params
+from nexus_node.store.blobs import BlobStore
+from nexus_node.store.db import Database
+
+log = logging.getLogger(__name__)
+
+METRICS = {  # name -> maximize
+    "r2": True, "rmse": False, "mae": False,
+    "accuracy": True, "f1": True, "roc_auc": True, "log_loss": False,
+}
+REGRESSION_METRICS = ("r2", "rmse", "mae")
+DEFAULT_METRIC = {"regression": "r2", "binary": "roc_auc", "multiclass": "accuracy"}
+
+
+@dataclass
+class ManagerSettings:
+    default_max_trials: int = 20
+    max_trials_limit: int = 10_000
+    worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
+    threads_per_trial: int = 1
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class JobManager:
+    def __init__(
+        self, *, db: Database, blobs: BlobStore, pool: RunnerPool, serve_pool: RunnerPool,
+        storage: optuna.storages.BaseStorage, node_id: str, storage_host: str,
+        storage_port: int, token: str | None, settings: ManagerSettings | None = None,
+    ) -> None:
+        self.db, self.blobs, self.pool, self.serve_pool = db, blobs, pool, serve_pool
+        self.storage = storage
+        self.node_id = node_id
+        self.storage_addr = {"host": storage_host, "port": storage_port, "token": token}
+        self.settings = settings or ManagerSettings()
+        self.events = EventHub()
+        self._jobs: dict[str, JobRecord] = {}          # active jobs, the live copy
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, dict[int, tuple[Runner, int]]] = {}  # job -> trial -> (runner, task id)
+        self._stop_events: dict[str, asyncio.Event] = {}
+        self._studies: dict[str, optuna.Study] = {}
+        self._lock = asyncio.Lock()
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume every job that was active when the node stopped."""
+        for job in await self.db.list_jobs():
+            if job.terminal:
+                continue
+            if job.cancel_requested:
+                await self._set_state(job, CANCELLED, "cancelled")
+                continue
+            job.message = f"resumed after node restart (was {job.state})"
+            self._launch(job)
+
+    async def close(self) -> None:
+        for task in list(self._drivers.values()):
+            task.cancel()
+        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+
+    # ---- public operations ------------------------------------------------------------
+
+    async def submit(self, spec: JobSpecRecord, upload: Path) -> JobRecord:
+        """Validate the spec and upload, store the CSV, commit the job, start it.
+
+        Raises:
+            InvalidInput: nothing is stored; the message says what to fix.
+        """
+        self._validate_spec(spec)
+        try:
+            summary = await asyncio.to_thread(check_csv, upload, spec.target, spec.drop_columns)
+        except InvalidInput:
+            upload.unlink(missing_ok=True)
+            raise
+        sha, size = await asyncio.to_thread(self.blobs.ingest, upload)
+        await self.db.put_blob(sha, size, "dataset")
+        now = time.time()
+        job_id = "job-" + secrets.token_hex(5)
+        seed = spec.seed or secrets.randbelow(2**31 - 1) + 1
+        job = JobRecord(
+            job_id=job_id, spec=spec, state=PENDING, created_at=now, seed=seed,
+            node_id=self.node_id, dataset_sha256=sha, dataset_bytes=size,
+            encoding=summary.encoding, study_name=f"nexus-{job_id}",
+            message=f"{summary.target_present} rows with a target, read as {summary.encoding}",
+        )
+        await self.db.put_job(job)
+        self._launch(job)
+        return dataclasses.replace(job)
+
+    async def get(self, job_id: str) -> JobRecord:
+        live = self._jobs.get(job_id)
+        if live is not None:
+            return dataclasses.replace(live)
+        job = await self.db.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}: `nexus jobs` lists the jobs this cluster has")
+        return job
+
+    async def list(self) -> list[JobRecord]:
+        jobs = await self.db.list_jobs()
+        return [dataclasses.replace(self._jobs.get(j.job_id, j)) for j in jobs]
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        job = self._jobs.get(job_id)
+        if job is None:
+            stored = await self.get(job_id)
+            raise FailedPrecondition(f"job {job_id} already ended ({stored.state}); nothing to cancel")
+        job.cancel_requested = True
+        await self.db.put_job(job)
+        self._stop_events[job_id].set()
+        for runner, tid in self._running.get(job_id, {}).values():
+            runner.cancel(tid)
+        driver = self._drivers.get(job_id)
+        if driver is not None:
+            await asyncio.shield(asyncio.wait({driver}))
+        return await self.get(job_id)
+
+    async def trials(self, job_id: str) -> list[TrialView]:
+        job = await self.get(job_id)
+        study = await self._study_or_none(job)
+        if study is None:
+            return []
+        frozen = await asyncio.to_thread(study.get_trials, False)
+        return [studies.trial_view(t) for t in frozen]
+
+    async def model(self, model_or_job: str) -> ModelRecord:
+        m = await self.db.get_model(model_or_job) or await self.db.model_for_job(model_or_job)
+        if m is None:
+            if await self.db.get_job(model_or_job) is not None:
+                job = await self.get(model_or_job)
+                raise FailedPrecondition(f"job {model_or_job} has no model yet (state {job.state})")
+            raise NotFound(f"no model or job {model_or_job!r}: `nexus models` lists the models")
+        return m
+
+    async def models(self) -> list[ModelRecord]:
+        return await self.db.list_models()
+
+    async def predict(self, model_or_job: str, csv_path: Path) -> tuple[ModelRecord, dict[str, Any]]:
+        model = await self.model(model_or_job)
+        async with self.serve_pool.acquire() as runner:
+            runner.current = f"predict {model.model_id}"
+            result = await runner.run({
+                "task": "predict",
+                "artifact_path": str(self.blobs.path(model.artifact_sha256)),
+                "csv_path": str(csv_path),
+            })
+        return model, result
+
+    # ---- the driver ------------------------------------------------------------------
+
+    def _validate_spec(self, spec: JobSpecRecord) -> None:
+        if not spec.target.strip():
+            raise InvalidInput("no target column given: set JobSpec.target (CLI: --target COL)")
+        if spec.max_trials < 0 or spec.max_trials > self.settings.max_trials_limit:
+            raise InvalidInput(f"max_trials must be between 0 and {self.settings.max_trials_limit}")
+        if spec.time_budget_seconds < 0:
+            raise InvalidInput("time_budget_seconds must be 0 (no limit) or positive")
+        if spec.metric and spec.metric not in METRICS:
+            raise InvalidInput(f"unknown metric {spec.metric!r}; choose one of {sorted(METRICS)}")
+        if spec.constraints_json:
+            parse_override(spec.constraints_json)
+
+    def _launch(self, job: JobRecord) -> None:
+        self._jobs[job.job_id] = job
+        self._stop_events[job.job_id] = asyncio.Event()
+        self._running[job.job_id] = {}
+        self._drivers[job.job_id] = asyncio.create_task(self._drive(job), name=f"job-{job.job_id}")
+
+    async def _drive(self, job: JobRecord) -> None:
+        try:
+            if job.state in (PENDING, PREPARING):
+                await self._prepare(job)
+            if job.state == SEARCHING:
+                await self._search(job)
+            if job.state == FINALIZING:
+                await self._finalize(job)
+        except _Cancelled:
+            await self._set_state(job, CANCELLED, "cancelled by the user")
+        except NexusError as e:
+            await self._end_failed(job, str(e))
+        except asyncio.CancelledError:
+            raise   # node shutting down: the job stays active and resumes on restart
+        except Exception as e:
+            log.exception("job %s failed", job.job_id)
+            await self._end_failed(job, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            if job.terminal:
+                self._jobs.pop(job.job_id, None)
+                self._stop_events.pop(job.job_id, None)
+                self._running.pop(job.job_id, None)
+                self._studies.pop(job.job_id, None)
+            self._drivers.pop(job.job_id, None)
+
+    async def _end_failed(self, job: JobRecord, reason: str) -> None:
+        if job.cancel_requested:
+            await self._set_state(job, CANCELLED, "cancelled by the user")
+        else:
+            await self._set_state(job, FAILED, reason)
+
+    def _check_cancel(self, job: JobRecord) -> None:
+        if job.cancel_requested:
+            raise _Cancelled()
+
+    async def _set_state(self, job: JobRecord, state: str, message: str = "") -> None:
+        job.state = state
+        if message:
+            job.message = message
+        now = time.time()
+        if state == PREPARING and not job.started_at:
+            job.started_at = now
+        if job.terminal:
+            job.finished_at = now
+        await self.db.put_job(job)
+        self.events.publish(JobEvent(STATE_CHANGED, dataclasses.replace(job)))
+
+    async def _prepare(self, job: JobRecord) -> None:
+        await self._set_state(job, PREPARING, "profiling and preparing the data")
+        out_dir = self.blobs.new_temp_dir(f"prep-{job.job_id}-")
+        try:
+            result = await self._run_task(job, self.pool, {
+                "task": "prepare",
+                "csv_path": str(self.blobs.path(job.dataset_sha256)),
+                "target": job.spec.target.strip(),
+                "seed": job.seed,
+                "drop_columns": [c.strip() for c in job.spec.drop_columns],
+                "out_dir": str(out_dir),
+            }, label="prepare")
+            files = {}
+            for name, path in result["files"].items():
+                sha, size = await asyncio.to_thread(self.blobs.ingest, Path(path))
+                await self.db.put_blob(sha, size, f"shard:{name}")
+                files[name] = sha
+        finally:
+            await asyncio.to_thread(shutil.rmtree, out_dir, True)
+        self._check_cancel(job)
+        profile = result["profile"]
+        job.profile = profile
+        job.encoding = result.get("encoding", job.encoding)
+        job.task = profile["task"]
+        job.prepared = {
+            "files": files,
+            "preprocessing": result["preprocessing"],
+            "feature_names": result.get("feature_names", []),
+            "input_columns": result.get("input_columns", []),
+            "split": result.get("split", {}),
+            "n_classes": len(profile.get("classes") or []),
+        }
+        metric = job.spec.metric or DEFAULT_METRIC[job.task]
+        if job.task == "regression" and metric not in REGRESSION_METRICS:
+            raise InvalidInput(f"metric {metric!r} does not apply to a regression target; use one of {list(REGRESSION_METRICS)}")
+        if job.task != "regression" and metric in REGRESSION_METRICS:
+            raise InvalidInput(f"metric {metric!r} does not apply to a {job.task} target")
+        job.metric, job.maximize = metric, METRICS[metric]
+        c = heuristic_constraints(profile, self.settings.worker_memory_bytes)
+        if job.spec.constraints_json:
+            c = narrow(c, parse_override(job.spec.constraints_json), source="user")
+        job.constraints, job.constraints_source = c.to_dict(), c.source
+        study = await asyncio.to_thread(self._create_study, job, c)
+        self._studies[job.job_id] = study
+        job.prepared["search_started_at"] = time.time()
+        await self._set_state(job, SEARCHING, f"searching: {job.task}, optimising {metric} on validation")
+
+    def _create_study(self, job: JobRecord, c: Constraints) -> optuna.Study:
+        study = studies.make_study(self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job))
+        if not study.get_trials(deepcopy=False):
+            # Start from a known-good configuration rather than a random one.
+            study.enqueue_trial(default_params(c), skip_if_exists=True)
+        return study
+
+    def _max_trials(self, job: JobRecord) -> int:
+        return job.spec.max_trials or self.settings.default_max_trials
+
+    async def _study_or_none(self, job: JobRecord) -> optuna.Study | None:
+        if job.job_id in self._studies:
+            return self._studies[job.job_id]
+        if job.state in (PENDING, PREPARING) or not job.constraints:
+            return None
+        try:
+            return await asyncio.to_thread(
+                studies.make_study, self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job)
+            )
+        except KeyError:
+            return None
+
+    async def _search(self, job: JobRecord) -> None:
+        study = self._studies.get(job.job_id) or await asyncio.to_thread(
+            studies.make_study, self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job)
+        )
+        self._studies[job.job_id] = study
+        # Trials left RUNNING by a previous incarnation of this node have no runner now.
+        for t in await asyncio.to_thread(study.get_trials, False):
+            if t.state.name == "RUNNING":
+                await asyncio.to_thread(studies.fail_trial, study, t._trial_id, "node restarted while the trial ran")
+        c = Constraints.from_dict(job.constraints)
+        started = float(job.prepared.get("search_started_at") or time.time())
+        budget = job.spec.time_budget_seconds
+        deadline = started + budget if budget > 0 else float("inf")
+        stop = self._stop_events[job.job_id]
+        inflight: set[asyncio.Task[None]] = set()
+        await self._refresh_counts(job, study)
+        while True:
+            self._check_cancel(job)
+            n = await asyncio.to_thread(lambda: len(study.get_trials(deepcopy=False)))
+            if n >= self._max_trials(job) or time.time() >= deadline:
+                break
+            slot = await self._wait_slot(stop, deadline)
+            if slot is None:
+                break
+            try:
+                runner = await self.pool.runner_for(slot)
+                trial, params = await asyncio.to_thread(self._ask, study, c)
+            except BaseException:
+                self.pool.release(slot)
+                raise
+            task = asyncio.create_task(self._trial(job, study, slot, runner, trial, params))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        if inflight:
+            remaining = deadline - time.time()
+            done, pending = await asyncio.wait(
+                set(inflight), timeout=None if remaining == float("inf") else max(0.0, remaining)
+            )
+            if pending:
+                # Time budget reached: running trials stop at their next epoch and are
+                # recorded as pruned with their last intermediate value.
+                for runner, tid in self._running.get(job.job_id, {}).values():
+                    runner.cancel(tid)
+                await asyncio.wait(pending)
+        self._check_cancel(job)
+        await self._refresh_counts(job, study)
+        if job.best_value is None:
+            reasons = [t.message for t in await self.trials(job.job_id) if t.message]
+            why = f": {max(set(reasons), key=reasons.count)}" if reasons else ""
+            raise NexusError(f"no trial completed{why}")
+        await self._set_state(job, FINALIZING, "retraining the best configuration on train+validation")
+
+    async def _wait_slot(self, stop: asyncio.Event, deadline: float) -> int | None:
+        """A free slot, or None once the job is stopped or its deadline passes."""
+        take = asyncio.create_task(self.pool.take_slot())
+        stopped = asyncio.create_task(stop.wait())
+        remaining = deadline - time.time()
+        done, _ = await asyncio.wait(
+            {take, stopped}, timeout=None if remaining == float("inf") else max(0.0, remaining),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        stopped.cancel()
+        if take in done:
+            if stop.is_set() or time.time() >= deadline:
+                self.pool.release(take.result())
+                return None
+            return take.result()
+        take.cancel()
+        try:
+            slot = await take
+        except asyncio.CancelledError:
+            return None
+        self.pool.release(slot)   # got a slot just as we gave up waiting
+        return None
+
+    def _ask(self, study: optuna.Study, c: Constraints) -> tuple[optuna.Trial, dict[str, Any]]:
+        trial = study.ask()
+        params = suggest_params(trial, c)
+        trial.set_user_attr(studies.CONFIG_ATTR, params)
+        trial.set_user_attr(studies.NODE_ATTR, self.node_id)
+        return trial, params
+
+    async def _trial(
+        self, job: JobRecord, study: optuna.Study, slot: int, runner: Runner,
+        trial: optuna.Trial, params: dict[str, Any],
+    ) -> None:
+        running = self._running.setdefault(job.job_id, {})
+        try:
+            runner.current = f"{job.job_id}/{trial.number}"
+            files = {k: str(self.blobs.path(v)) for k, v in job.prepared["files"].items()}
+            task = {
+                "task": "trial", "study_name": job.study_name, "trial_id": trial._trial_id,
+                "trial_number": trial.number, "params": params, "files": files,
+                "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
+                "metric": job.metric, "maximize": job.maximize, "seed": job.seed + trial.number,
+                "threads": self.settings.threads_per_trial, "storage": self.storage_addr,
+                "pruner": studies.PRUNER,
+            }
+            try:
+                tid, fut = await runner.call(task)
+                running[trial.number] = (runner, tid)
+                await fut
+            except NexusError as e:
+                await asyncio.to_thread(studies.fail_trial, study, trial._trial_id, str(e))
+            # A runner that returned without finishing the trial must not leave it RUNNING.
+            await asyncio.to_thread(
+                studies.fail_trial, study, trial._trial_id, "the runner did not record a result"
+            )
+        finally:
+            running.pop(trial.number, None)
+            self.pool.release(slot)
+        await self._trial_finished(job, study, trial._trial_id)
+
+    async def _trial_finished(self, job: JobRecord, study: optuna.Study, trial_id: int) -> None:
+        frozen = await asyncio.to_thread(study._storage.get_trial, trial_id)
+        before = job.best_value
+        await self._refresh_counts(job, study)
+        view = studies.trial_view(frozen)
+        snapshot = dataclasses.replace(job)
+        self.events.publish(JobEvent(TRIAL_FINISHED, snapshot, view))
+        if job.best_trial == frozen.number and job.best_value != before:
+            self.events.publish(JobEvent(NEW_BEST, snapshot, view))
+
+    async def _refresh_counts(self, job: JobRecord, study: optuna.Study) -> None:
+        trials = await asyncio.to_thread(study.get_trials, False)
+        job.trials = studies.counts(trials)
+        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+        if complete:
+            best = max(complete, key=lambda t: t.value) if job.maximize else min(complete, key=lambda t: t.value)
+            job.best_value, job.best_trial = float(best.value), best.number
+            job.best_params = dict(best.user_attrs.get(studies.CONFIG_ATTR) or best.params)
+            job.prepared["best_epochs"] = int(best.user_attrs.get("epochs", 0) or 0)
+        await self.db.put_job(job)
+
+    async def _finalize(self, job: JobRecord) -> None:
+        from nexus_node.pipeline.summary import template_summary  # stdlib-only module
+
+        files = {k: str(self.blobs.path(v)) for k, v in job.prepared["files"].items()}
+        artifact = self.blobs.new_temp(".zip")
+        result = await self._run_task(job, self.pool, {
+            "task": "finalize", "params": job.best_params, "files": files,
+            "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
+            "metric": job.metric, "seed": job.seed, "threads": self.settings.threads_per_trial,
+            "preprocessing": job.prepared["preprocessing"],
+            "csv_path": str(self.blobs.path(job.dataset_sha256)), "encoding": job.encoding,
+            "target": job.spec.target.strip(), "drop_columns": job.spec.drop_columns,
+            "artifact_path": str(artifact), "split_seed": job.seed,
+            "epochs_hint": job.prepared.get("best_epochs", 0),
+            "meta": {"job_id": job.job_id, "target": job.spec.target, "use_case": job.spec.use_case},
+        }, label="finalize")
+        self._check_cancel(job)
+        sha, size = await asyncio.to_thread(self.blobs.ingest, artifact)
+        await self.db.put_blob(sha, size, "model")
+        model = ModelRecord(
+            model_id="model-" + secrets.token_hex(5), job_id=job.job_id, task=job.task,
+            target=job.spec.target.strip(), input_columns=list(result.get("input_columns", [])),
+            classes=[str(c) for c in result.get("classes", [])],
+            test_metrics={k: float(v) for k, v in result["test_metrics"].items()},
+            artifact_sha256=sha, artifact_bytes=size, created_at=time.time(),
+            family=str(job.best_params.get("family", "mlp")), params=job.best_params,
+        )
+        await self.db.put_model(model)
+        job.model_id = model.model_id
+        job.test_metrics = model.test_metrics
+        job.feature_importance = {k: float(v) for k, v in result.get("feature_importance", {}).items()}
+        job.summary = template_summary(
+            job.spec.use_case, job.task, job.spec.target.strip(), job.test_metrics, job.feature_importance
+        )
+        await self._set_state(job, COMPLETED, "completed")
+
+    async def _run_task(self, job: JobRecord, pool: RunnerPool, task: dict[str, Any], label: str) -> dict[str, Any]:
+        """Run a job-level task (prepare, finalize) on a slot, giving up if the job is cancelled."""
+        stop = self._stop_events[job.job_id]
+        async with pool.acquire() as runner:
+            runner.current = f"{job.job_id}/{label}"
+            self._check_cancel(job)
+            tid, fut = await runner.call(task)
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({fut, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not fut.done():
+                runner.cancel(tid)
+                await asyncio.wait({fut})
+                if not fut.cancelled():
+                    fut.exception()   # retrieved: the task's outcome no longer matters
+                raise _Cancelled()
+            return fut.result()
+
+    def running_on(self) -> list[str]:
+        return [f"{job}/{n}" for job, trials in self._running.items() for n in trials]
+

@@ -1,0 +1,184 @@
+"""A Nexus node: one ``grpc.aio`` server on one port hosting the public API, Optuna's
+``StorageService`` (for runners and for users' own Optuna code), health and reflection.
+
+``Node.start()`` is separate from serving forever (``node_main``) so tests and the embedded
+demo run a node inside their own event loop. Shutdown is graceful: the server stops taking
+calls, active jobs are left as they are on disk (they resume on restart), runners exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
+from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+from nexus_node import __version__, studies
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
+from nexus_node.auth import ServerAuthInterceptor, node_token
+from nexus_node.jobs.manager import JobManager, ManagerSettings
+from nexus_node.runner.pool import RunnerPool
+from nexus_node.servicer import NexusServicer
+from nexus_node.store.blobs import BlobStore
+from nexus_node.store.db import Database
+from nexus_node.system import memory_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeConfig:
+    host: str = "127.0.0.1"
+    port: int = 7070
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".nexus")
+    token_file: str | None = None
+    slots: int | None = None               # None: one per core
+    threads_per_trial: int = 1
+    max_upload_mb: int = 512
+    max_predict_mb: int = 64
+    default_max_trials: int = 20
+    cluster_name: str = "nexus"
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir).expanduser()
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.node_id = ""
+        self.token: str | None = None
+        self.token_note = ""
+        self.manager: JobManager | None = None
+        self._db: Database | None = None
+        self._pools: list[RunnerPool] = []
+        self._threads: ThreadPoolExecutor | None = None
+
+    @property
+    def address(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = _stable_node_id(self.data_dir)
+        self.token, self.token_note = node_token(cfg.host, self.data_dir, cfg.token_file)
+
+        blobs = BlobStore(self.data_dir / "blobs")
+        blobs.clear_temp()
+        self._db = Database(self.data_dir / "nexus.db")
+        await self._db.open()
+        storage = studies.open_storage(self.data_dir / "optuna.journal")
+
+        slots = cfg.slots or max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_trial))
+        work = RunnerPool("work", slots, cfg.threads_per_trial)
+        serve = RunnerPool("serve", 1, 1)
+        self._pools = [work, serve]
+
+        interceptors = [ServerAuthInterceptor(self.token)] if self.token else []
+        # Optuna's StorageService servicer is synchronous: the aio server runs it on this
+        # pool. It must be large enough for every runner's storage calls at once.
+        self._threads = ThreadPoolExecutor(max_workers=max(8, 2 * slots + 4), thread_name_prefix="storage")
+        server = grpc.aio.server(
+            migration_thread_pool=self._threads, interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", 64 << 20),
+                     ("grpc.max_send_message_length", 64 << 20)],
+        )
+        self.port = server.add_insecure_port(f"{_bind_host(cfg.host)}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+
+        self.manager = JobManager(
+            db=self._db, blobs=blobs, pool=work, serve_pool=serve, storage=storage,
+            node_id=self.node_id, storage_host=_loopback_for(cfg.host), storage_port=self.port,
+            token=self.token,
+            settings=ManagerSettings(
+                default_max_trials=cfg.default_max_trials, threads_per_trial=cfg.threads_per_trial,
+                worker_memory_bytes=memory_info()[1],
+            ),
+        )
+        servicer = NexusServicer(
+            self.manager, self.cluster_view, lambda suffix: blobs.new_temp(suffix),
+            max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
+        )
+        nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
+        api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((
+            pb.DESCRIPTOR.services_by_name["NexusService"].full_name,
+            api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
+            health.SERVICE_NAME, reflection.SERVICE_NAME,
+        ), server)
+        await server.start()
+        self.server = server
+        await self.manager.start()
+        for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
+
+    def cluster_view(self) -> pb.Cluster:
+        """This node as a one-node cluster (the mesh fills in peers)."""
+        total, free = memory_info()
+        work = self._pools[0] if self._pools else None
+        info = work.info if work else {}
+        node = pb.NodeInfo(
+            node_id=self.node_id, address=self.address, role=pb.COORDINATOR, term=0,
+            last_contact=time.time(), slots_total=work.slots if work else 0,
+            slots_busy=work.busy if work else 0, memory_total_bytes=total,
+            memory_free_bytes=free,
+            accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
+            running=self.manager.running_on() if self.manager else [], version=__version__,
+        )
+        return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=self.node_id, term=0, nodes=[node])
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.manager is not None:
+            await self.manager.close()
+        await asyncio.gather(*(p.close() for p in self._pools), return_exceptions=True)
+        if self._db is not None:
+            await self._db.close()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def wait(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()
+
+
+def _stable_node_id(data_dir: Path) -> str:
+    """Kept in the data dir so a restarted node is the same member of the cluster."""
+    path = data_dir / "node_id"
+    if path.is_file():
+        return path.read_text().strip()
+    node_id = "node-" + uuid.uuid4().hex[:8]
+    path.write_text(node_id + "\n")
+    return node_id
+
+
+def _bind_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _loopback_for(host: str) -> str:
+    """Where runners reach the node's own StorageService."""
+    if host in ("::1", "[::1]"):
+        return "[::1]"
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+

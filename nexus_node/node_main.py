@@ -1,0 +1,66 @@
+"""``nexus-node``: run a node until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from nexus_node.auth import default_data_dir
+from nexus_node.node import Node, NodeConfig
+
+
+def parse_args(argv: list[str] | None = None) -> NodeConfig:
+    ap = argparse.ArgumentParser(prog="nexus-node", description="Run a Nexus node.")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces: a token is then required)")
+    ap.add_argument("--port", type=int, default=7070, help="gRPC port (default 7070; 0 picks a free one)")
+    ap.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                    help="where jobs, models, blobs and the token live (default ~/.nexus or $NEXUS_DATA_DIR)")
+    ap.add_argument("--token-file", help="file holding the cluster token")
+    ap.add_argument("--slots", type=int, help="trials run at once (default: one per core)")
+    ap.add_argument("--threads-per-trial", type=int, default=1, help="torch threads of each trial (default 1)")
+    ap.add_argument("--max-upload-mb", type=int, default=512, help="largest CSV accepted (default 512)")
+    ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
+    ap.add_argument("--default-trials", type=int, default=20, help="trial budget of jobs that set none")
+    ap.add_argument("--cluster", default="nexus", help="cluster name (default 'nexus')")
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.slots is not None and a.slots < 1:
+        ap.error("--slots must be at least 1")
+    return NodeConfig(
+        host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
+        threads_per_trial=max(1, a.threads_per_trial), max_upload_mb=a.max_upload_mb,
+        max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
+    )
+
+
+async def serve(config: NodeConfig) -> None:
+    node = Node(config)
+    await node.start()
+    # One line on stdout that scripts (and tests) can wait for.
+    print(f"nexus-node {node.node_id} listening on {node.address} ({node.token_note})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        print(f"nexus-node: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Node side of the runners: start them, hand them tasks, replace the ones that die.
+
+Runners are started lazily, on the first task that needs one, and then kept: process
+start-up and the torch import (~2 s) are paid once per slot, not once per trial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any, AsyncIterator, Callable
+
+from nexus_node.errors import NexusError, error_from_kind
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class RunnerDied(NexusError):
+    """The runner process exited while it had a task (killed for memory, crashed)."""
+
+    kind = "internal"
+
+
+class Runner:
+    """One child process executing one task at a time."""
+
+    def __init__(self, name: str, threads: int, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.threads = threads
+        self._env = env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[asyncio.Future[dict[str, Any]], EventHandler | None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.info: dict[str, Any] = {}
+        self.current: str = ""   # what the runner is doing, for the cluster view
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> None:
+        env = dict(os.environ if self._env is None else self._env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "nexus_node.runner.main", "--threads", str(self.threads),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            # A task's training loop can take a large line (predictions); the default 64 KiB
+            # limit would cut it.
+            limit=256 << 20,
+        )
+        assert self._proc.stdout is not None
+        line = await self._proc.stdout.readline()
+        if not line:
+            code = await self._proc.wait()
+            raise RunnerDied(f"runner {self.name} exited during start-up (status {code})")
+        hello = json.loads(line)
+        self.info = hello.get("info", {})
+        self._reader = asyncio.create_task(self._read_loop(), name=f"runner-{self.name}-reader")
+
+    async def _read_loop(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                msg = json.loads(line)
+                tid = int(msg.get("id", 0))
+                waiter = self._waiting.get(tid)
+                if waiter is None:
+                    continue
+                fut, on_event = waiter
+                if "event" in msg:
+                    if on_event is not None:
+                        on_event(msg["event"])
+                elif msg.get("ok"):
+                    self._waiting.pop(tid, None)
+                    if not fut.done():
+                        fut.set_result(msg["result"])
+                else:
+                    self._waiting.pop(tid, None)
+                    err = msg.get("error", {})
+                    if not fut.done():
+                        fut.set_exception(error_from_kind(err.get("kind", "internal"), err.get("message", "")))
+        finally:
+            code = await self._proc.wait()
+            reason = _exit_reason(code)
+            for fut, _ in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(RunnerDied(f"runner process {reason}"))
+            self._waiting.clear()
+
+    async def call(self, task: dict[str, Any], on_event: EventHandler | None = None) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send a task; returns its id and a future for its result."""
+        if not self.alive:
+            raise RunnerDied(f"runner {self.name} is not running")
+        assert self._proc is not None and self._proc.stdin is not None
+        tid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[tid] = (fut, on_event)
+        self._proc.stdin.write(json.dumps({"id": tid, "task": task}).encode() + b"\n")
+        await self._proc.stdin.drain()
+        return tid, fut
+
+    async def run(self, task: dict[str, Any], on_event: EventHandler | None = None) -> dict[str, Any]:
+        _, fut = await self.call(task, on_event)
+        return await fut
+
+    def cancel(self, task_id: int) -> None:
+        if self.alive and self._proc is not None and self._proc.stdin is not None:
+            self._proc.stdin.write(json.dumps({"cancel": task_id}).encode() + b"\n")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.returncode is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()   # EOF: the runner finishes and exits
+            try:
+                await asyncio.wait_for(self._proc.wait(), grace)
+            except asyncio.TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader
+
+    def kill(self) -> None:
+        if self.alive and self._proc is not None:
+            self._proc.kill()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        sig = -code
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = " (killed: out of memory?)" if sig == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"
+
+
+class RunnerPool:
+    """A fixed number of slots, each backed by a long-lived runner.
+
+    ``acquire()`` waits for a free slot (FIFO, so jobs share slots in arrival order) and
+    yields a live runner, starting or replacing its process as needed.
+    """
+
+    def __init__(self, name: str, slots: int, threads: int) -> None:
+        self.name = name
+        self.slots = slots
+        self.threads = threads
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(slots):
+            self._free.put_nowait(i)
+        self._runners: dict[int, Runner] = {}
+        self._start_locks = [asyncio.Lock() for _ in range(slots)]
+        self._closed = False
+
+    @property
+    def busy(self) -> int:
+        return self.slots - self._free.qsize()
+
+    def runners(self) -> list[Runner]:
+        return list(self._runners.values())
+
+    @property
+    def info(self) -> dict[str, Any]:
+        for r in self._runners.values():
+            if r.info:
+                return r.info
+        return {}
+
+    async def take_slot(self) -> int:
+        """Wait for a free slot. Cancelling the wait is safe: no slot is lost."""
+        return await self._free.get()
+
+    def release(self, slot: int) -> None:
+        if slot in self._runners:
+            self._runners[slot].current = ""
+        self._free.put_nowait(slot)
+
+    async def runner_for(self, slot: int) -> Runner:
+        """The live runner of a taken slot, started or replaced if needed."""
+        if self._closed:
+            raise NexusError("node is shutting down")
+        return await self._ensure(slot)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Runner]:
+        slot = await self.take_slot()
+        try:
+            yield await self.runner_for(slot)
+        finally:
+            self.release(slot)
+
+    async def _ensure(self, slot: int) -> Runner:
+        async with self._start_locks[slot]:
+            r = self._runners.get(slot)
+            if r is not None and r.alive:
+                return r
+            if r is not None:
+                log.warning("replacing dead runner %s", r.name)
+                await r.stop()
+            r = Runner(f"{self.name}-{slot}", self.threads)
+            await r.start()
+            self._runners[slot] = r
+            return r
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.gather(*(r.stop() for r in self._runners.values()), return_exceptions=True)
+        self._runners.clear()

@@ -1,0 +1,166 @@
+"""``nexus.v1.NexusService``: translates protobuf to domain calls and domain errors to
+gRPC status codes. No business logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import grpc
+
+from nexus_node import convert
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
+from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound, TooLarge, Unauthenticated
+from nexus_node.jobs.events import SNAPSHOT, JobEvent
+from nexus_node.jobs.manager import JobManager
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+PREDICT_BATCH = 512
+
+
+def status_for(e: NexusError) -> grpc.StatusCode:
+    for cls in type(e).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+@contextlib.asynccontextmanager
+async def _mapped(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    try:
+        yield
+    except NexusError as e:
+        await context.abort(status_for(e), str(e))
+
+
+class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
+    def __init__(
+        self, manager: JobManager, cluster: Callable[[], pb.Cluster], temp_file: Callable[[str], Path],
+        max_upload_bytes: int, max_predict_bytes: int,
+    ) -> None:
+        self.manager = manager
+        self.cluster = cluster
+        self.temp_file = temp_file
+        self.max_upload_bytes = max_upload_bytes
+        self.max_predict_bytes = max_predict_bytes
+
+    async def _receive_file(
+        self, first_field: str, requests: AsyncIterator, limit: int, what: str
+    ) -> tuple[object, Path]:
+        """Read a stream of (header, chunk, chunk, ...) into a temp file, enforcing ``limit``."""
+        header = None
+        path = self.temp_file(".csv")
+        size = 0
+        try:
+            with open(path, "wb") as f:
+                async for req in requests:
+                    kind = req.WhichOneof("payload")
+                    if kind == first_field:
+                        if header is not None:
+                            raise InvalidInput(f"{first_field} sent twice: send it once, first")
+                        header = getattr(req, first_field)
+                    elif kind == "chunk":
+                        if header is None:
+                            raise InvalidInput(f"send {first_field} first, then the CSV bytes")
+                        size += len(req.chunk)
+                        if size > limit:
+                            raise TooLarge(
+                                f"the {what} is over this node's limit of {limit >> 20} MiB: "
+                                f"send a smaller file or raise the node's --max-upload-mb"
+                            )
+                        f.write(req.chunk)
+            if header is None:
+                raise InvalidInput(f"empty request: send {first_field} first, then the CSV bytes")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return header, path
+
+    async def SubmitJob(self, request_iterator, context):  # noqa: N802 (gRPC method names)
+        async with _mapped(context):
+            spec, path = await self._receive_file("spec", request_iterator, self.max_upload_bytes, "upload")
+            job = await self.manager.submit(convert.spec_from_pb(spec), path)
+            return pb.SubmitJobResponse(job_id=job.job_id, job=convert.job_to_pb(job))
+
+    async def GetJob(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            return convert.job_to_pb(await self.manager.get(request.job_id))
+
+    async def ListJobs(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            return pb.ListJobsResponse(jobs=[convert.job_to_pb(j) for j in await self.manager.list()])
+
+    async def WatchJob(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            with self.manager.events.subscribe(request.job_id) as queue:
+                # Subscribe before the snapshot so no event between the two is missed.
+                job = await self.manager.get(request.job_id)
+                yield convert.event_to_pb(JobEvent(SNAPSHOT, job))
+                while not job.terminal:
+                    event = await queue.get()
+                    job = event.job
+                    yield convert.event_to_pb(event)
+
+    async def CancelJob(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            return convert.job_to_pb(await self.manager.cancel(request.job_id))
+
+    async def ListTrials(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            trials = await self.manager.trials(request.job_id)
+            return pb.ListTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
+
+    async def ListModels(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            return pb.ListModelsResponse(models=[convert.model_to_pb(m) for m in await self.manager.models()])
+
+    async def GetModel(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            return convert.model_to_pb(await self.manager.model(request.model_id))
+
+    async def Predict(self, request_iterator, context):  # noqa: N802
+        async with _mapped(context):
+            model_id, path = await self._receive_file(
+                "model_id", request_iterator, self.max_predict_bytes, "prediction input"
+            )
+            try:
+                if path.stat().st_size == 0:
+                    raise InvalidInput("the prediction input is empty: send a CSV with a header row")
+                model, result = await self.manager.predict(str(model_id), path)
+            finally:
+                path.unlink(missing_ok=True)
+            preds = result["predictions"]
+            classes = list(result.get("classes", []))
+            for start in range(0, max(1, len(preds)), PREDICT_BATCH):
+                batch = [
+                    pb.Prediction(row=start + i, label=str(p["label"]), value=float(p["value"]),
+                                  probabilities=p.get("probabilities", []))
+                    for i, p in enumerate(preds[start:start + PREDICT_BATCH])
+                ]
+                yield pb.PredictResponse(classes=classes if start == 0 else [], predictions=batch)
+
+    async def ExportModel(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            model = await self.manager.model(request.model_id)
+            first = True
+            for chunk in self.manager.blobs.read_chunks(model.artifact_sha256):
+                if first:
+                    yield pb.ExportModelChunk(data=chunk, sha256=model.artifact_sha256,
+                                              total_bytes=model.artifact_bytes)
+                    first = False
+                else:
+                    yield pb.ExportModelChunk(data=chunk)
+
+    async def GetCluster(self, request, context):  # noqa: N802
+        return self.cluster()

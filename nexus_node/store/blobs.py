@@ -1,0 +1,77 @@
+"""Content-addressed blob store: uploaded CSVs, prepared arrays, model artifacts.
+
+A blob lives at ``<root>/<sha[:2]>/<sha>``. Writes go to a temporary file in the same
+directory and are renamed into place after the hash is known, so a crash never leaves a
+half-written file under a valid name, and storing the same bytes twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+CHUNK = 1 << 20
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def new_temp(self, suffix: str = "") -> Path:
+        """A fresh path under the store's tmp dir (same filesystem, so ingest is a rename)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=suffix)
+        os.close(fd)
+        return Path(name)
+
+    def new_temp_dir(self, prefix: str = "") -> Path:
+        return Path(tempfile.mkdtemp(dir=self.tmp, prefix=prefix))
+
+    def ingest(self, src: Path) -> tuple[str, int]:
+        """Move ``src`` into the store under its hash. Returns ``(sha256, size)``."""
+        h = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        digest = h.hexdigest()
+        dest = self.path(digest)
+        if dest.is_file():
+            src.unlink()
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        return digest, size
+
+    def ingest_copy(self, src: Path) -> tuple[str, int]:
+        tmp = self.new_temp()
+        shutil.copyfile(src, tmp)
+        return self.ingest(tmp)
+
+    def read_chunks(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        with open(self.path(sha256), "rb") as f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def clear_temp(self) -> None:
+        """Drop leftovers of uploads interrupted by a crash."""
+        for p in self.tmp.iterdir():
+            if p.is_file():
+                p.unlink()
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+

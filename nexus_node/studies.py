@@ -1,0 +1,86 @@
+"""The node's Optuna studies: one ``JournalStorage`` per node holding every job's study.
+
+The journal is the seam the mesh replaces: today a ``JournalFileBackend`` in the data dir;
+with the mesh, a backend over the replicated log (the same two-method interface). The same
+storage object is served to runners and users through Optuna's ``StorageService``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from nexus_node.jobs.events import TrialView
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FAIL_REASON = "fail_reason"
+NODE_ATTR = "node_id"
+CONFIG_ATTR = "config"
+
+
+def open_storage(path: Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
+    # constant_liar: trials running in parallel count as pessimistic results, so parallel
+    # slots do not all sample the same promising region.
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, constant_liar=True, n_startup_trials=max(4, min(10, n_trials // 3))
+    )
+    return optuna.create_study(
+        storage=storage, study_name=name, sampler=sampler, load_if_exists=True,
+        direction="maximize" if maximize else "minimize", pruner=make_pruner(),
+    )
+
+
+PRUNER = {"kind": "median", "n_startup_trials": 4, "n_warmup_steps": 5}
+
+
+def make_pruner() -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNER["n_startup_trials"], n_warmup_steps=PRUNER["n_warmup_steps"]
+    )
+
+
+def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """Fail a trial that is still RUNNING, recording why. Returns False if it had finished."""
+    storage = study._storage
+    if storage.get_trial(trial_id).state.is_finished():
+        return False
+    storage.set_trial_system_attr(trial_id, FAIL_REASON, reason[:500])
+    try:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except RuntimeError:
+        return False   # finished by its runner in the meantime
+    return True
+
+
+def trial_view(t: optuna.trial.FrozenTrial) -> TrialView:
+    value = t.value if t.state == TrialState.COMPLETE and t.values else None
+    if value is not None and not math.isfinite(value):
+        value = None
+    duration = t.duration.total_seconds() if t.duration is not None else 0.0
+    params: dict[str, Any] = t.user_attrs.get(CONFIG_ATTR) or dict(t.params)
+    return TrialView(
+        number=t.number, state=t.state.name, value=value, params=params,
+        duration_seconds=duration, node_id=str(t.user_attrs.get(NODE_ATTR, "")),
+        message=str(t.system_attrs.get(FAIL_REASON, "")),
+        last_step=max(t.intermediate_values) if t.intermediate_values else 0,
+    )
+
+
+def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    out = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
