@@ -9,6 +9,9 @@ Every node serves Optuna's own ``StorageService`` on its one port, so plain Optu
 
 from __future__ import annotations
 
+import warnings
+
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import GrpcStorageProxy
 from optuna.storages._grpc.auto_generated import api_pb2_grpc
 from optuna.storages._grpc.client import GrpcClientCache
@@ -21,7 +24,10 @@ class NexusStorageProxy(GrpcStorageProxy):
 
     def __init__(self, *, host: str, port: int, token: str | None = None) -> None:
         self._token = token
-        super().__init__(host=host, port=port)
+        with warnings.catch_warnings():
+            # Optuna marks the proxy experimental; Nexus pins the Optuna version it tests.
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            super().__init__(host=host, port=port)
 
     def _setup(self) -> None:
         # Overrides the parent's insecure, token-less channel; the rest of the proxy

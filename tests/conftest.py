@@ -1,0 +1,106 @@
+"""Shared fixtures: real datasets from ../shared/datasets and real nodes on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = Path(os.environ.get("NEXUS_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    path = DATASETS / name
+    if not path.is_file():
+        pytest.fail(f"dataset {path} is missing: ../shared/datasets must sit beside the repo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def insurance_csv() -> Path:
+    return dataset("insurance.csv")
+
+
+class NodeProcess:
+    """A real ``nexus-node`` process on a loopback port, started and stopped by a test."""
+
+    def __init__(self, data_dir: Path, *extra: str, port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.extra = list(extra)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}-node.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "NodeProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus_node.node_main", "--host", "127.0.0.1",
+             "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
+            stdout=subprocess.PIPE, stderr=logf, text=True,
+        )
+        assert self.proc.stdout is not None
+        # The node prints one line once it serves; reading it is the synchronisation.
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.wait(timeout)
+            raise RuntimeError(f"node did not start: {line!r}; log:\n{self.log.read_text()[-3000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator:
+    nodes: list[NodeProcess] = []
+
+    def make(name: str = "node", *extra: str, port: int = 0) -> NodeProcess:
+        n = NodeProcess(tmp_path / name, *extra, port=port)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the tests that only submit and read (faster than a node per test)."""
+    node = NodeProcess(tmp_path_factory.mktemp("shared") / "node", "--slots", "2").start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def node_address(shared_node: NodeProcess) -> str:
+    return shared_node.address

@@ -1,0 +1,73 @@
+"""With a token configured, every RPC but health needs it — Optuna's StorageService too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import optuna
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node.study_proxy import NexusStorageProxy
+from tests.conftest import free_port
+from tests.node.helpers import rpc_error, stub
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    from tests.conftest import NodeProcess
+
+    base = tmp_path_factory.mktemp("auth")
+    (base / "token").write_text("s3cret-token\n")
+    node = NodeProcess(base / "node", "--token-file", str(base / "token")).start()
+    yield node
+    node.stop()
+
+
+def test_calls_without_the_token_are_refused(secured):
+    for token in (None, "wrong"):
+        e = rpc_error(stub(secured.address, token).ListJobs, pb.ListJobsRequest(), timeout=10)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "token" in e.details()
+        e = rpc_error(stub(secured.address, token).WatchJob, pb.WatchJobRequest(job_id="x"), timeout=10)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_optuna_storage_service_needs_the_token_too(secured):
+    host, port = secured.address.split(":")
+    with pytest.raises(grpc.RpcError) as info:
+        optuna.get_all_study_summaries(NexusStorageProxy(host=host, port=int(port)))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    summaries = optuna.get_all_study_summaries(NexusStorageProxy(host=host, port=int(port), token="s3cret-token"))
+    assert summaries == []
+
+
+def test_with_the_token_calls_succeed_and_health_needs_none(secured):
+    assert stub(secured.address, "s3cret-token").ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
+    channel = grpc.insecure_channel(secured.address)
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_node_on_all_interfaces_creates_a_token(tmp_path):
+    # Bound to every interface; the test still only talks to it over loopback.
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nexus_node.node_main", "--host", "0.0.0.0", "--port", str(port),
+         "--data-dir", str(tmp_path / "open")], stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        token_path = tmp_path / "open" / "token"
+        assert "created a token" in line and str(token_path) in line
+        assert oct(token_path.stat().st_mode & 0o777) == "0o600"
+        token = token_path.read_text().strip()
+        addr = f"127.0.0.1:{port}"
+        assert rpc_error(stub(addr).ListJobs, pb.ListJobsRequest(), timeout=10).code() == grpc.StatusCode.UNAUTHENTICATED
+        assert stub(addr, token).ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -1,0 +1,115 @@
+"""A real node process on loopback: submit, watch, trials, models, predict, export, Optuna."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+import optuna
+
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node.study_proxy import NexusStorageProxy
+from tests.conftest import dataset
+from tests.node.helpers import predict, stub, submit, watch_until_end
+
+
+def test_regression_job_end_to_end(node_address, insurance_csv):
+    s = stub(node_address)
+    resp = submit(s, insurance_csv, "charges", use_case="price health insurance", max_trials=4, seed=7)
+    assert resp.job.state == pb.PENDING and resp.job_id.startswith("job-")
+    assert resp.job.encoding == "utf-8"
+
+    job, events = watch_until_end(s, resp.job_id)
+    assert job.state == pb.COMPLETED, job.message
+    kinds = [e.kind for e in events]
+    assert kinds[0] == pb.SNAPSHOT
+    assert kinds.count(pb.TRIAL_FINISHED) == 4
+    assert pb.NEW_BEST in kinds
+    states = [e.job.state for e in events if e.kind == pb.STATE_CHANGED]
+    assert states == [pb.PREPARING, pb.SEARCHING, pb.FINALIZING, pb.COMPLETED]
+
+    assert job.task == pb.REGRESSION and job.metric == "r2" and job.maximize
+    assert job.trials.complete + job.trials.pruned + job.trials.fail == 4
+    assert job.trials.running == 0 and job.has_best
+    assert set(job.test_metrics) >= {"r2", "rmse", "mae"}
+    assert job.test_metrics["r2"] > 0.6
+    assert [f.column for f in job.feature_importance][0] == "smoker"
+    assert "charges" in job.summary
+    assert job.constraints_source == "user" and json.loads(job.constraints_json)["max_epochs"] == 15
+    assert json.loads(job.profile_json)["rows"] == 1338
+
+    trials = s.ListTrials(pb.ListTrialsRequest(job_id=job.job_id)).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.node_id == job.node_id and t.params_json for t in trials)
+
+    model = s.GetModel(pb.GetModelRequest(model_id=job.job_id))
+    assert model.model_id == job.model_id and model.target == "charges"
+    assert "charges" not in model.input_columns and "smoker" in model.input_columns
+    assert job.model_id in [m.model_id for m in s.ListModels(pb.ListModelsRequest()).models]
+
+    data = insurance_csv.read_bytes()
+    classes, preds = predict(s, job.model_id, data)
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    assert classes == [] and len(preds) == len(rows)
+    assert [p.row for p in preds] == list(range(len(rows)))
+    smokers = [p.value for p, r in zip(preds, rows) if r["smoker"] == "yes"]
+    others = [p.value for p, r in zip(preds, rows) if r["smoker"] == "no"]
+    assert sum(smokers) / len(smokers) > 2 * sum(others) / len(others)
+
+    blob = b""
+    sha = ""
+    for chunk in s.ExportModel(pb.ExportModelRequest(model_id=job.model_id)):
+        sha = sha or chunk.sha256
+        blob += chunk.data
+    assert hashlib.sha256(blob).hexdigest() == sha == model.artifact_sha256
+    assert blob[:2] == b"PK"   # a zip of JSON + weights, no pickle
+
+    # Plain Optuna reads the job's study through the node's StorageService.
+    host, port = node_address.rsplit(":", 1)
+    study = optuna.load_study(study_name=job.study_name, storage=NexusStorageProxy(host=host, port=int(port)))
+    assert len(study.trials) == 4
+    assert study.best_value == job.best_value
+
+
+def test_binary_job_with_probabilities(node_address):
+    s = stub(node_address)
+    titanic = dataset("titanic.csv")
+    resp = submit(s, titanic, "Survived", max_trials=2, seed=3)
+    job, _ = watch_until_end(s, resp.job_id)
+    assert job.state == pb.COMPLETED, job.message
+    assert job.task == pb.BINARY and job.metric == "roc_auc"
+    assert job.test_metrics["roc_auc"] > 0.75
+    assert {"accuracy", "f1", "roc_auc", "log_loss"} <= set(job.test_metrics)
+    profile = json.loads(job.profile_json)
+    dropped = {c["name"] for c in profile["columns"] if c["kind"] == "dropped"}
+    assert "PassengerId" in dropped
+
+    lines = titanic.read_text().splitlines()[:21]
+    classes, preds = predict(s, job.model_id, "\n".join(lines).encode() + b"\n")
+    assert len(classes) == 2 and len(preds) == 20
+    for p in preds:
+        assert abs(sum(p.probabilities) - 1) < 1e-4
+        assert p.label in classes
+
+
+def test_watch_of_a_finished_job_returns_its_snapshot_and_ends(node_address, insurance_csv):
+    s = stub(node_address)
+    jobs = s.ListJobs(pb.ListJobsRequest()).jobs
+    done = [j for j in jobs if j.state == pb.COMPLETED]
+    if not done:
+        resp = submit(s, insurance_csv, "charges", max_trials=1)
+        watch_until_end(s, resp.job_id)
+        done = [s.GetJob(pb.GetJobRequest(job_id=resp.job_id))]
+    events = list(s.WatchJob(pb.WatchJobRequest(job_id=done[0].job_id), timeout=10))
+    assert len(events) == 1 and events[0].kind == pb.SNAPSHOT
+    assert events[0].job.state == pb.COMPLETED
+
+
+def test_cluster_view_shows_this_node(node_address):
+    c = stub(node_address).GetCluster(pb.GetClusterRequest())
+    assert len(c.nodes) == 1
+    n = c.nodes[0]
+    assert n.role == pb.COORDINATOR and n.address == node_address and c.coordinator_id == n.node_id
+    assert n.slots_total == 2 and n.memory_total_bytes > 0

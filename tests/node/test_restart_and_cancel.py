@@ -1,0 +1,57 @@
+"""Restarting a node brings every job and model back; a running job resumes."""
+
+from __future__ import annotations
+
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from tests.node.helpers import stub, submit, watch_until, watch_until_end
+
+
+def test_killed_node_resumes_its_job_and_keeps_its_models(node_factory, insurance_csv):
+    node = node_factory("n1", "--slots", "1").start()
+    s = stub(node.address)
+    first = submit(s, insurance_csv, "charges", max_trials=1)
+    done, _ = watch_until_end(s, first.job_id)
+    assert done.state == pb.COMPLETED, done.message
+
+    job_id = submit(s, insurance_csv, "charges", max_trials=6).job_id
+    watch_until(s, job_id, lambda ev: ev.kind == pb.TRIAL_FINISHED)
+    node.kill()   # kill -9 mid-search: a trial is running or about to
+
+    node.start()
+    s = stub(node.address)
+    assert s.GetModel(pb.GetModelRequest(model_id=done.model_id)).model_id == done.model_id
+    job, _ = watch_until_end(s, job_id)
+    assert job.state == pb.COMPLETED, job.message
+    trials = s.ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+    assert len(trials) == 6
+    assert all(t.state in ("COMPLETE", "PRUNED", "FAIL") for t in trials)
+    interrupted = [t for t in trials if t.state == "FAIL"]
+    assert all("restarted" in t.message for t in interrupted)
+    assert {j.job_id for j in s.ListJobs(pb.ListJobsRequest()).jobs} == {first.job_id, job_id}
+
+
+def test_cancel_stops_a_running_job_and_frees_its_slot(node_factory, insurance_csv):
+    node = node_factory("n2", "--slots", "1").start()
+    s = stub(node.address)
+    slow = submit(s, insurance_csv, "charges", max_trials=200,
+                  constraints_json='{"min_epochs": 150, "max_epochs": 150}').job_id
+    watch_until(s, slow, lambda ev: ev.job.state == pb.SEARCHING)
+    job = s.CancelJob(pb.CancelJobRequest(job_id=slow), timeout=60)
+    assert job.state == pb.CANCELLED
+    # The slot is free again: a small job runs to completion right after.
+    quick = submit(s, insurance_csv, "charges", max_trials=1).job_id
+    done, _ = watch_until_end(s, quick)
+    assert done.state == pb.COMPLETED, done.message
+    assert s.GetJob(pb.GetJobRequest(job_id=slow)).state == pb.CANCELLED
+
+
+def test_time_budget_ends_the_search_cleanly(node_factory, insurance_csv):
+    node = node_factory("n3", "--slots", "2").start()
+    s = stub(node.address)
+    job_id = submit(s, insurance_csv, "charges", max_trials=500, time_budget_seconds=8,
+                    constraints_json='{"max_epochs": 40}').job_id
+    job, _ = watch_until_end(s, job_id)
+    assert job.state == pb.COMPLETED, job.message
+    assert 1 <= job.trials.complete + job.trials.pruned < 500
+    assert job.trials.running == 0
+    assert job.model_id

@@ -1,0 +1,91 @@
+import json
+
+import optuna
+import pytest
+
+from nexus_node.constraints import (
+    Constraints, clamp, hard_bounds, heuristic_constraints, narrow, parse_override,
+)
+from nexus_node.errors import InvalidInput
+from nexus_node.space import default_params, suggest_params
+
+PROFILE = {"rows": 1338, "n_features": 11, "task": "regression", "columns": []}
+
+
+def test_heuristic_is_deterministic_and_json_round_trips():
+    a = heuristic_constraints(PROFILE, 8 << 30)
+    b = heuristic_constraints(PROFILE, 8 << 30)
+    assert a == b
+    assert Constraints.from_dict(json.loads(a.to_json())) == a
+    assert a.source == "heuristic" and a.rationale
+
+
+def test_large_tables_get_bigger_batches_and_fewer_epochs():
+    small = heuristic_constraints(PROFILE, 8 << 30)
+    large = heuristic_constraints({**PROFILE, "rows": 250_000}, 8 << 30)
+    assert max(large.batch_sizes) > max(small.batch_sizes)
+    assert large.max_epochs < small.max_epochs
+
+
+def test_tiny_memory_narrows_widths():
+    roomy = hard_bounds(10_000, 50, 8 << 30)
+    tight = hard_bounds(10_000, 50, 64 << 20)
+    assert tight.max_width < roomy.max_width
+
+
+def test_absurd_values_are_clamped_with_notes():
+    c = clamp(
+        Constraints(max_layers=500, dropout=(0.0, 3.0), learning_rate=(-1.0, 50.0),
+                    widths=(4096,), activations=("nonsense",), batch_sizes=(3,), max_epochs=10_000),
+        hard_bounds(1000, 10, 8 << 30),
+    )
+    assert c.max_layers <= 8
+    assert c.dropout[1] <= 0.7
+    assert 1e-5 <= c.learning_rate[0] <= c.learning_rate[1] <= 1.0
+    assert c.widths and all(w <= 1024 for w in c.widths)
+    assert c.activations == ("relu",)
+    assert c.max_epochs <= 500
+    assert c.notes
+
+
+def test_override_only_narrows():
+    base = heuristic_constraints(PROFILE, 8 << 30)
+    c = narrow(base, {"max_layers": 2, "widths": [64, 4096], "dropout": [0.1, 0.9]}, "user")
+    assert c.max_layers == 2
+    assert c.widths == (64,)
+    assert c.dropout == (0.1, base.dropout[1])
+    assert c.source == "user"
+
+
+def test_override_with_empty_intersection_is_ignored_and_noted():
+    base = heuristic_constraints(PROFILE, 8 << 30)
+    c = narrow(base, {"widths": [4096]}, "user")
+    assert c.widths == base.widths
+    assert any("widths" in n for n in c.notes)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"layers": 3}', "unknown constraint keys"),
+    ('{"dropout": 0.3}', "[low, high]"),
+    ('{"max_layers": 0}', "positive integer"),
+    ('{"widths": []}', "non-empty list"),
+])
+def test_bad_override_says_what_is_wrong(text, fragment):
+    with pytest.raises(InvalidInput, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        parse_override(text)
+
+
+def test_suggested_params_stay_inside_constraints():
+    c = narrow(heuristic_constraints(PROFILE, 8 << 30), {"max_epochs": 30, "widths": [32, 64]}, "user")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(30):
+        p = suggest_params(study.ask(), c)
+        assert c.min_layers <= p["n_layers"] <= c.max_layers
+        assert p["width"] in c.widths
+        assert c.dropout[0] <= p["dropout"] <= c.dropout[1]
+        assert c.min_epochs <= p["epochs"] <= c.max_epochs
+        assert p["batch_size"] in c.batch_sizes
+    d = default_params(c)
+    assert d["width"] in c.widths and c.min_epochs <= d["epochs"] <= c.max_epochs
