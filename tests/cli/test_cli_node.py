@@ -1,0 +1,116 @@
+"""The `nexus` command line as a user runs it: a subprocess against a real node on loopback
+(``node_address`` and ``insurance_csv`` come from tests/conftest.py)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A narrow space keeps three trials short; the pipeline still runs every stage.
+FAST = '{"max_epochs": 15, "min_epochs": 5, "max_layers": 2, "widths": [32, 64]}'
+INSURANCE_COLUMNS = {"age", "sex", "bmi", "children", "smoker", "region"}
+
+
+def nexus(address: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "NEXUS_TOKEN"}
+    env["NEXUS_ADDR"] = address
+    # No token from the developer's ~/.nexus: the test node is open on loopback.
+    env["NEXUS_DATA_DIR"] = os.devnull
+    return subprocess.run(
+        [sys.executable, "-m", "nexus_node.cli", *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(node_address: str, insurance_csv: Path) -> dict:
+    """One job run to the end through `nexus submit --wait --json`, shared by the module."""
+    proc = nexus(
+        node_address, "submit", str(insurance_csv), "--target", "charges", "--trials", "3",
+        "--use-case", "price health insurance", "--constraints", FAST, "--wait", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout[:2000]
+    return json.loads(proc.stdout)
+
+
+def test_submit_wait_json_reports_the_finished_job(finished):
+    assert finished["state"] == "COMPLETED"
+    assert {"job_id", "state", "trials", "model_id", "test_metrics", "feature_importance"} <= finished.keys()
+    assert "r2" in finished["test_metrics"] and finished["model_id"]
+    trials = finished["trials"]
+    assert 1 <= trials["COMPLETE"] and trials["COMPLETE"] + trials["PRUNED"] + trials["FAIL"] <= 3
+    assert set(finished["feature_importance"]) <= INSURANCE_COLUMNS and finished["feature_importance"]
+    assert finished["constraints_source"] == "user"
+
+
+def test_jobs_json_lists_the_job(node_address, finished):
+    proc = nexus(node_address, "jobs", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert finished["job_id"] in [j["job_id"] for j in json.loads(proc.stdout)]
+
+
+def test_show_and_trials_of_the_job(node_address, finished):
+    proc = nexus(node_address, "show", finished["job_id"])
+    assert proc.returncode == 0 and f"{finished['job_id']}  COMPLETED" in proc.stdout
+    proc = nexus(node_address, "trials", finished["job_id"], "--json")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) >= 1
+
+
+def test_predict_writes_one_row_per_input_row(node_address, finished, insurance_csv, tmp_path):
+    out = tmp_path / "pred.csv"
+    proc = nexus(node_address, "predict", finished["job_id"], str(insurance_csv), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with open(insurance_csv, newline="") as f:
+        n_input = sum(1 for _ in csv.DictReader(f))
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_input and all(float(r["prediction"]) == float(r["prediction"]) for r in rows)
+
+
+def test_export_matches_the_registered_artifact(node_address, finished, tmp_path):
+    target = tmp_path / "model.bin"
+    proc = nexus(node_address, "export", finished["model_id"], "-o", str(target))
+    assert proc.returncode == 0, proc.stderr
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert proc.stdout == f"{digest}  {target}\n"
+    models = json.loads(nexus(node_address, "models", "--json").stdout)
+    assert {m["model_id"]: m["artifact_sha256"] for m in models}[finished["model_id"]] == digest
+
+
+def test_show_unknown_job_exits_3_not_found(node_address):
+    proc = nexus(node_address, "show", "no-such-job")
+    assert proc.returncode == 3 and "NOT_FOUND" in proc.stderr and proc.stdout == ""
+
+
+def test_submit_with_a_missing_target_exits_3_naming_the_column(node_address, insurance_csv):
+    proc = nexus(node_address, "submit", str(insurance_csv), "--target", "premium")
+    assert proc.returncode == 3 and proc.stderr.startswith("error: INVALID_ARGUMENT")
+    assert "premium" in proc.stderr and proc.stdout == ""
+
+
+def test_cluster_shows_the_node(node_address):
+    proc = nexus(node_address, "cluster", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["nodes"]) >= 1
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    """`nexus demo` on its embedded node with the bundled data (a short budget here)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NEXUS_TOKEN", "NEXUS_ADDR")}
+    env["NEXUS_DATA_DIR"] = os.devnull
+    proc = subprocess.run(
+        [sys.executable, "-m", "nexus_node.cli", "demo", "--trials", "2", "--time-budget", "60",
+         "--data-dir", str(tmp_path / "demo")],
+        env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "COMPLETED" in proc.stdout and "r2" in proc.stdout
+    assert "TRUE charges" in proc.stdout and "top features" in proc.stdout
+    assert "demo finished in" in proc.stdout
