@@ -8,6 +8,7 @@ the log. The rendering itself is a pure function of a :class:`Snapshot` and a ti
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -196,8 +197,10 @@ class ProgressBar:
         now = self._clock()
         line = render(snap, now, self._width, self._unicode)
         if self._tty:
-            # Pad over the previous, possibly longer, line instead of relying on an ANSI
-            # erase sequence that a dumb terminal would print literally.
+            # A line longer than the terminal wraps, and "\r" then redraws only its last
+            # part: cut it to the width. Pad over the previous, possibly longer, line
+            # instead of relying on an ANSI erase sequence a dumb terminal prints literally.
+            line = line[: max(20, shutil.get_terminal_size().columns - 1)]
             self._stream.write("\r" + line.ljust(self._drawn_len))
             self._drawn_len = len(line)
             self._stream.flush()

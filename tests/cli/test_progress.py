@@ -96,6 +96,15 @@ def test_a_terminal_is_redrawn_in_place_and_the_line_ended_on_close():
     assert len(second) == len(first) and "2/24" in second and last.rstrip() == second.rstrip()
 
 
+def test_a_terminal_line_is_cut_to_the_terminal_width(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    out = io.StringIO()
+    with ProgressBar(out, is_tty=True, tick=0, clock=Clock()) as progress:
+        progress.show(snap(done=1, running=3, best=0.123456))
+    drawn = out.getvalue().strip("\r\n").split("\r")
+    assert [len(line) for line in drawn] == [39, 39] and drawn[0].startswith("SEARCHING")
+
+
 class _WatchedStream(io.StringIO):
     """A terminal-like stream that signals once ``needle`` has been written."""
 
