@@ -4,8 +4,8 @@ engine's answer (heuristic, user, later the LLM) inside what the cluster can run
 Pure: no I/O, no heavy imports; it runs in the node process.
 
 Every engine produces a :class:`Constraints`. Values from outside (a user's JSON, an LLM's
-answer) go through :func:`narrow`, which may shrink the space but never widen it past the
-bounds computed for the data and the smallest worker's memory (:func:`hard_bounds`).
+answer) go through :func:`apply_override`, which lets them move freely inside, but never
+past, the bounds computed for the data and the smallest worker's memory (:func:`hard_bounds`).
 """
 
 from __future__ import annotations
@@ -204,36 +204,22 @@ def parse_override(text: str) -> dict[str, Any]:
     return d
 
 
-def narrow(base: Constraints, override: Mapping[str, Any], source: str) -> Constraints:
-    """Apply an override that may only shrink ``base``: ranges intersect, choices intersect.
+def apply_override(base: Constraints, override: Mapping[str, Any], bounds: Bounds, source: str) -> Constraints:
+    """Apply a user's (or an LLM's) values over ``base``, then clamp into ``bounds``.
 
-    Where the intersection is empty the override's value is ignored and a note says so,
-    so a bad suggestion never leaves the search with nothing to try.
+    The heuristic's values are defaults, not limits: an override may move inside the hard
+    bounds freely (fewer epochs than the heuristic's minimum, say), but never past what the
+    data and the smallest worker allow. Where a pair ends up inverted (a new maximum below
+    the old minimum) the minimum follows the maximum.
     """
-    notes = list(base.notes)
     kw: dict[str, Any] = {}
-    for key in ("dropout", "learning_rate", "weight_decay"):
-        if key in override:
-            lo = max(float(override[key][0]), getattr(base, key)[0])
-            hi = min(float(override[key][1]), getattr(base, key)[1])
-            if lo <= hi:
-                kw[key] = (lo, hi)
-            else:
-                notes.append(f"{key} {list(override[key])} is outside {list(getattr(base, key))}; ignored")
-    for key in ("widths", "activations", "batch_sizes", "families"):
-        if key in override:
-            keep = tuple(x for x in getattr(base, key) if x in set(override[key]))
-            if keep:
-                kw[key] = keep
-            else:
-                notes.append(f"{key} {list(override[key])} has nothing in {list(getattr(base, key))}; ignored")
-    for lo_key, hi_key in (("min_layers", "max_layers"), ("min_epochs", "max_epochs")):
-        lo = max(int(override.get(lo_key, getattr(base, lo_key))), getattr(base, lo_key))
-        hi = min(int(override.get(hi_key, getattr(base, hi_key))), getattr(base, hi_key))
-        if lo <= hi:
-            kw[lo_key], kw[hi_key] = lo, hi
-        elif lo_key in override or hi_key in override:
-            notes.append(f"{lo_key}..{hi_key} override is outside the allowed range; ignored")
-    if "rationale" in override:
-        kw["rationale"] = str(override["rationale"])[:500]
-    return dataclasses.replace(base, **kw, source=source, notes=tuple(notes))
+    for key, value in override.items():
+        if key in ("source", "notes"):
+            continue
+        kw[key] = tuple(value) if isinstance(value, list) else value
+    merged = dataclasses.replace(base, **kw, source=source)
+    if "max_layers" in override and "min_layers" not in override:
+        merged = dataclasses.replace(merged, min_layers=min(merged.min_layers, merged.max_layers))
+    if "max_epochs" in override and "min_epochs" not in override:
+        merged = dataclasses.replace(merged, min_epochs=min(merged.min_epochs, merged.max_epochs))
+    return clamp(merged, bounds)

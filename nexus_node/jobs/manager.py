@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 
 from nexus_node import studies
-from nexus_node.constraints import Constraints, heuristic_constraints, narrow, parse_override
+from nexus_node.constraints import Constraints, apply_override, hard_bounds, heuristic_constraints, parse_override
 from nexus_node.csvcheck import check_csv
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
 from nexus_node.jobs.events import NEW_BEST, STATE_CHANGED, TRIAL_FINISHED, EventHub, JobEvent, TrialView
@@ -290,9 +290,11 @@ class JobManager:
         if job.task != "regression" and metric in REGRESSION_METRICS:
             raise InvalidInput(f"metric {metric!r} does not apply to a {job.task} target")
         job.metric, job.maximize = metric, METRICS[metric]
-        c = heuristic_constraints(profile, self.settings.worker_memory_bytes)
+        memory = self.settings.worker_memory_bytes
+        c = heuristic_constraints(profile, memory)
         if job.spec.constraints_json:
-            c = narrow(c, parse_override(job.spec.constraints_json), source="user")
+            bounds = hard_bounds(int(profile["rows"]), int(profile.get("n_features", 0)), memory)
+            c = apply_override(c, parse_override(job.spec.constraints_json), bounds, source="user")
         job.constraints, job.constraints_source = c.to_dict(), c.source
         study = await asyncio.to_thread(self._create_study, job, c)
         self._studies[job.job_id] = study
@@ -339,7 +341,10 @@ class JobManager:
         await self._refresh_counts(job, study)
         while True:
             self._check_cancel(job)
-            n = await asyncio.to_thread(lambda: len(study.get_trials(deepcopy=False)))
+            # Enqueued (WAITING) trials are not started yet; ask() picks them up first.
+            n = await asyncio.to_thread(
+                lambda: sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
+            )
             if n >= self._max_trials(job) or time.time() >= deadline:
                 break
             slot = await self._wait_slot(stop, deadline)

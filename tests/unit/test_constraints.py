@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from nexus_node.constraints import (
-    Constraints, clamp, hard_bounds, heuristic_constraints, narrow, parse_override,
+    Constraints, apply_override, clamp, hard_bounds, heuristic_constraints, parse_override,
 )
 from nexus_node.errors import InvalidInput
 from nexus_node.space import default_params, suggest_params
@@ -48,20 +48,24 @@ def test_absurd_values_are_clamped_with_notes():
     assert c.notes
 
 
-def test_override_only_narrows():
+BOUNDS = hard_bounds(1338, 11, 8 << 30)
+
+
+def test_override_moves_inside_the_hard_bounds():
     base = heuristic_constraints(PROFILE, 8 << 30)
-    c = narrow(base, {"max_layers": 2, "widths": [64, 4096], "dropout": [0.1, 0.9]}, "user")
+    c = apply_override(base, {"max_layers": 2, "widths": [64, 4096], "dropout": [0.1, 0.9],
+                              "max_epochs": 15}, BOUNDS, "user")
     assert c.max_layers == 2
-    assert c.widths == (64,)
-    assert c.dropout == (0.1, base.dropout[1])
-    assert c.source == "user"
+    assert c.widths == (64,)            # 4096 is past what any worker trains here
+    assert c.dropout == (0.1, 0.7)      # 0.9 clamped to the absolute bound
+    assert c.max_epochs == 15 and c.min_epochs <= 15   # below the heuristic's minimum is fine
+    assert c.source == "user" and c.notes
 
 
-def test_override_with_empty_intersection_is_ignored_and_noted():
-    base = heuristic_constraints(PROFILE, 8 << 30)
-    c = narrow(base, {"widths": [4096]}, "user")
-    assert c.widths == base.widths
-    assert any("widths" in n for n in c.notes)
+def test_override_cannot_exceed_memory_bounds():
+    tight = hard_bounds(100_000, 200, 64 << 20)
+    c = apply_override(heuristic_constraints(PROFILE, 8 << 30), {"widths": [1024], "batch_sizes": [4096]}, tight, "user")
+    assert max(c.widths) <= tight.max_width and max(c.batch_sizes) <= tight.max_batch
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -78,7 +82,7 @@ def test_bad_override_says_what_is_wrong(text, fragment):
 
 
 def test_suggested_params_stay_inside_constraints():
-    c = narrow(heuristic_constraints(PROFILE, 8 << 30), {"max_epochs": 30, "widths": [32, 64]}, "user")
+    c = apply_override(heuristic_constraints(PROFILE, 8 << 30), {"max_epochs": 30, "widths": [32, 64]}, BOUNDS, "user")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(30):
         p = suggest_params(study.ask(), c)
