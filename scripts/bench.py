@@ -36,7 +36,8 @@ def bench_overhead(n_trials: int, epochs: int) -> dict:
     from nexus_node.client import NexusClient
     from nexus_node.embedded import EmbeddedNode
     from nexus_node.runner.context import LocalContext
-    from nexus_node.runner.tasks import load_arrays, run_task, train_and_score
+    from nexus_node.pipeline.train import DeviceData, train_and_score
+    from nexus_node.runner.tasks import load_arrays, run_task
     from nexus_node.space import default_params, suggest_params
 
     torch.set_num_threads(1)
@@ -63,7 +64,7 @@ def bench_overhead(n_trials: int, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         prep = run_task({"task": "prepare", "csv_path": str(DATA), "target": "charges", "seed": seed,
                          "drop_columns": [], "out_dir": tmp}, LocalContext())
-        arrays = load_arrays(prep["files"])
+        arrays = DeviceData.from_arrays(load_arrays(prep["files"]), "regression", 0)
         from nexus_node.constraints import Constraints
 
         c = Constraints.from_dict(json.loads(constraints_json))
@@ -83,11 +84,13 @@ def bench_overhead(n_trials: int, epochs: int) -> dict:
                 trial.report(value, epoch)
                 return trial.should_prune()
 
-            value, n_epochs, state = train_and_score(
-                arrays, params, "regression", 0, "r2", seed + trial.number, 1, report=report)
-            epochs_done.append(n_epochs)
-            if state == "PRUNED":
+            r = train_and_score(arrays, params, "regression", 0, "r2", seed + trial.number, 1, report=report)
+            epochs_done.append(r.epochs_run)
+            if r.state == "PRUNED":
                 raise optuna.TrialPruned()
+            if r.state == "FAIL" or r.value is None:
+                raise RuntimeError(r.message)
+            value = r.value
             return value
 
         t0 = time.perf_counter()
@@ -95,6 +98,8 @@ def bench_overhead(n_trials: int, epochs: int) -> dict:
         base_wall = time.perf_counter() - t0
 
     nexus_epochs = sum(t.last_step + 1 for t in nexus_trials)
+    nexus_trial_s = sum(t.duration_seconds for t in nexus_trials)
+    base_trial_s = sum(t.duration.total_seconds() for t in study.trials if t.duration)
     base_epochs = sum(epochs_done)
     return {
         "trials": n_trials,
@@ -103,6 +108,8 @@ def bench_overhead(n_trials: int, epochs: int) -> dict:
         "optuna_seconds": base_wall,
         "seconds_per_trial_optuna": base_wall / n_trials,
         "ratio": nexus_wall / base_wall,
+        "nexus_trial_seconds": nexus_trial_s,
+        "optuna_trial_seconds": base_trial_s,
         "nexus_epochs": nexus_epochs,
         "optuna_epochs": base_epochs,
         "ratio_per_epoch": (nexus_wall / max(1, nexus_epochs)) / (base_wall / max(1, base_epochs)),
@@ -112,11 +119,15 @@ def bench_overhead(n_trials: int, epochs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", nargs="*", default=["overhead"], choices=["overhead"])
+    ap.add_argument("which", nargs="*", default=[], help="figures to measure: overhead (default: all)")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=40, help="epochs per trial (sets the trial length)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     a = ap.parse_args(argv)
+    unknown = set(a.which) - {"overhead"}
+    if unknown:
+        ap.error(f"unknown figures {sorted(unknown)}; known: overhead")
+    a.which = a.which or ["overhead"]
     results: dict[str, dict] = {}
     if "overhead" in a.which:
         results["overhead"] = bench_overhead(a.trials, a.epochs)
