@@ -1,0 +1,315 @@
+"""Fit preprocessing on the training rows, split, and write the arrays a trial trains on.
+
+The fitted preprocessing is a plain JSON-able dict (never pickle): :func:`transform`
+applies it to any frame of text cells and is the single code path for training,
+evaluation and prediction, so a model sees the same encoding everywhere.
+
+Every input column maps to a contiguous block of encoded features (``"features":
+[start, stop]``), which is what lets permutation importance work per original column.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from nexus_node.errors import InvalidInput
+from nexus_node.pipeline import csvio, target as target_scale
+from nexus_node.pipeline.profile import (
+    CATEGORY_LIMIT,
+    ColumnInfo,
+    TargetInfo,
+    detect_target,
+    parse_dates,
+    parse_numbers,
+    profile_columns,
+    target_labels,
+    target_summary,
+)
+
+PREPROCESSING_VERSION = 1
+MIN_ROWS = 10
+# A numeric feature this skewed (and never negative) is log1p-scaled before
+# standardising, so a few huge values (capital gains, fares) do not flatten the rest.
+FEATURE_LOG_SKEW = 2.0
+# Categories seen fewer times than this in training go to "__other__": a one-hot column
+# backed by a single row only teaches the network that row.
+MIN_CATEGORY_COUNT = 2
+OTHER, MISSING = "__other__", "__missing__"
+ARRAY_NAMES = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
+
+
+def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[str, Any]:
+    """Fit imputation, optional log1p and standardisation of one numeric column.
+
+    Args:
+        name: Column name.
+        values: Training values as float64, NaN where missing.
+        date_format: Set when the column holds dates (values are then days since 1970).
+    """
+    present = values[~np.isnan(values)]
+    use_log = bool(
+        date_format is None and present.size > 2 and present.min() >= 0
+        and np.unique(present).size > 2 and target_scale.skewness(present) > FEATURE_LOG_SKEW
+    )
+    if use_log:
+        present = np.log1p(present)
+    median = float(np.median(present)) if present.size else 0.0
+    filled = np.concatenate([present, np.full(values.size - present.size, median)])
+    std = float(filled.std())
+    return {
+        "name": name, "kind": "numeric", "date_format": date_format, "log": use_log,
+        "median": median, "mean": float(filled.mean()), "std": std if std > 0 else 1.0,
+        "indicator": bool(present.size < values.size),
+    }
+
+
+def fit_categorical(name: str, s: pd.Series) -> dict[str, Any]:
+    """Fit a bounded one-hot encoding of one text column on its training cells.
+
+    Keeps the :data:`~.profile.CATEGORY_LIMIT` most frequent values seen at least
+    :data:`MIN_CATEGORY_COUNT` times (ties broken by value so the result is deterministic);
+    other values share an ``__other__`` column and missing cells a ``__missing__`` column,
+    each present only when training needed it.
+    """
+    counts = s.dropna().value_counts()
+    ranked = sorted(((int(c), str(v)) for v, c in counts.items()), key=lambda t: (-t[0], t[1]))
+    keep = [v for c, v in ranked if c >= MIN_CATEGORY_COUNT][:CATEGORY_LIMIT]
+    return {
+        "name": name, "kind": "categorical", "categories": keep,
+        "other": len(keep) < len(ranked), "missing": bool(s.isna().any()),
+    }
+
+
+def fit_preprocessing(train: pd.DataFrame, columns: Sequence[ColumnInfo], info: TargetInfo) -> dict[str, Any]:
+    """Fit the whole preprocessing on the training rows.
+
+    Args:
+        train: Training rows as text cells.
+        columns: Profiling decisions for every input column.
+        info: The target's task and classes.
+
+    Returns:
+        The JSON-able preprocessing dict :func:`transform` applies.
+    """
+    specs: list[dict[str, Any]] = []
+    names: list[str] = []
+    for col in columns:
+        if col.kind == "dropped":
+            continue
+        if col.kind == "numeric":
+            raw = parse_dates(train[col.name], col.date_format) if col.date_format else parse_numbers(train[col.name])
+            spec = fit_numeric(col.name, raw, col.date_format)
+            block = [col.name] + ([f"{col.name}__missing"] if spec["indicator"] else [])
+        else:
+            spec = fit_categorical(col.name, train[col.name])
+            block = [f"{col.name}={c}" for c in spec["categories"]]
+            block += [f"{col.name}={OTHER}"] if spec["other"] else []
+            block += [f"{col.name}={MISSING}"] if spec["missing"] else []
+        spec["features"] = [len(names), len(names) + len(block)]
+        names += block
+        specs.append(spec)
+    tgt: dict[str, Any] = {"name": info.name, "task": info.task, "numeric": info.numeric}
+    if info.task == "regression":
+        tgt["transform"] = target_scale.fit_target_transform(parse_numbers(train[info.name]))
+    else:
+        tgt["classes"] = list(info.classes)
+    return {
+        "version": PREPROCESSING_VERSION,
+        "columns": specs,
+        "dropped": [{"name": c.name, "reason": c.reason} for c in columns if c.kind == "dropped"],
+        "feature_names": names,
+        "input_columns": [s["name"] for s in specs],
+        "target": tgt,
+    }
+
+
+def check_columns(df: pd.DataFrame, prep: Mapping[str, Any]) -> None:
+    """Raise InvalidInput naming every training column ``df`` lacks."""
+    missing = [c for c in prep["input_columns"] if c not in df.columns]
+    if missing:
+        raise InvalidInput(
+            f"the input is missing column(s) {missing} that the model was trained on; "
+            f"add them (empty cells are allowed). Required columns: {prep['input_columns']}"
+        )
+
+
+def transform(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
+    """Encode a frame of text cells with fitted preprocessing.
+
+    Columns not used in training are ignored. Unparseable numbers count as missing; unseen
+    categories count as ``__other__`` (all zeros for the column if training had none).
+
+    Args:
+        df: Rows to encode; needs every column in ``prep["input_columns"]``.
+        prep: The dict from :func:`fit_preprocessing` (or its JSON round trip).
+
+    Returns:
+        float32 array of shape ``(len(df), len(prep["feature_names"]))``.
+
+    Raises:
+        InvalidInput: A training column is missing from ``df``.
+    """
+    check_columns(df, prep)
+    out = np.zeros((len(df), len(prep["feature_names"])), dtype=np.float32)
+    for spec in prep["columns"]:
+        start, stop = spec["features"]
+        s = df[spec["name"]]
+        if spec["kind"] == "numeric":
+            v = parse_dates(s, spec["date_format"]) if spec["date_format"] else parse_numbers(s)
+            if spec["log"]:
+                # log1p was fitted on non-negative values; a negative one at prediction
+                # time is treated as the smallest value seen rather than NaN.
+                v = np.log1p(np.maximum(v, 0.0))
+            nan = np.isnan(v)
+            out[:, start] = (np.where(nan, spec["median"], v) - spec["mean"]) / spec["std"]
+            if spec["indicator"]:
+                out[:, start + 1] = nan
+        else:
+            text = s if pd.api.types.is_string_dtype(s) else s.astype("str").where(s.notna())
+            codes = pd.Index(spec["categories"], dtype="str").get_indexer(text).astype(np.int64)
+            missing = text.isna().to_numpy()
+            slot = codes.copy()
+            k = len(spec["categories"])
+            if spec["other"]:
+                slot[(codes < 0) & ~missing] = k
+            if spec["missing"]:
+                slot[missing] = k + int(spec["other"])
+            rows = np.flatnonzero(slot >= 0)
+            out[rows, start + slot[rows]] = 1.0
+    return out
+
+
+def encode_target(s: pd.Series, prep: Mapping[str, Any]) -> np.ndarray:
+    """Target cells as model targets: float64 original units (regression; the trainer
+    scales them) or int64 class indices."""
+    tgt = prep["target"]
+    if tgt["task"] == "regression":
+        return parse_numbers(s)
+    info = TargetInfo(tgt["name"], tgt["task"], tgt["numeric"], tuple(tgt["classes"]))
+    return target_labels(s, info)
+
+
+def split_indices(
+    n: int, seed: int, test_fraction: float, val_fraction: float, labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffled train/val/test row positions; stratified by ``labels`` when given.
+
+    Stratification splits each class on its own (rounded shares, at least one training
+    row per class), so class proportions match across splits even for rare classes.
+
+    Args:
+        n: Row count.
+        seed: Seed of the shuffle (recorded with the job).
+        test_fraction: Share of all rows held out for the final test.
+        val_fraction: Share of all rows for validation during search.
+        labels: Class index per row for a stratified split.
+
+    Returns:
+        ``(train, val, test)`` sorted row positions.
+    """
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for g in groups:
+        g = rng.permutation(g)
+        n_test = min(int(round(len(g) * test_fraction)), max(0, len(g) - 1))
+        n_val = min(int(round(len(g) * val_fraction)), max(0, len(g) - 1 - n_test))
+        parts[2].append(g[:n_test])
+        parts[1].append(g[n_test:n_test + n_val])
+        parts[0].append(g[n_test + n_val:])
+    train, val, test = (np.sort(np.concatenate(p)) for p in parts)
+    return train, val, test
+
+
+def load_training_table(csv_path: str, target: str, drop_columns: Sequence[str]) -> tuple[pd.DataFrame, str, int]:
+    """Read the CSV and check the target and drop list.
+
+    Returns:
+        ``(rows with a target value, encoding, number of rows dropped for a missing target)``.
+
+    Raises:
+        InvalidInput: The file is unusable, the target is absent or empty, a drop column
+            does not exist, or too few rows remain.
+    """
+    df, encoding = csvio.read_table(csv_path)
+    if target not in df.columns:
+        shown = list(df.columns[:12]) + (["..."] if len(df.columns) > 12 else [])
+        hint = " (the file has a single column: is it comma-separated?)" if len(df.columns) == 1 else ""
+        raise InvalidInput(f"target column {target!r} is not in the CSV; available columns: {shown}{hint}")
+    unknown = [c for c in drop_columns if c not in df.columns]
+    if unknown:
+        raise InvalidInput(f"columns to drop {unknown} are not in the CSV; available columns: {list(df.columns)}")
+    if target in drop_columns:
+        raise InvalidInput(f"target column {target!r} cannot also be dropped")
+    has_target = df[target].notna()
+    if not has_target.any():
+        raise InvalidInput(f"target column {target!r} has no values (every cell is empty); "
+                           "choose a column with values to predict")
+    dropped = int((~has_target).sum())
+    df = df[has_target].reset_index(drop=True)
+    if len(df) < MIN_ROWS:
+        raise InvalidInput(f"only {len(df)} row(s) have a value for {target!r}; at least {MIN_ROWS} "
+                           "are needed to train and test a model")
+    return df, encoding, dropped
+
+
+def prepare(
+    csv_path: str, target: str, seed: int, out_dir: str, drop_columns: Sequence[str] = (),
+    test_fraction: float = 0.2, val_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """The ``prepare`` task: profile, split, fit preprocessing, write arrays.
+
+    Args:
+        csv_path: The uploaded CSV.
+        target: Column to predict.
+        seed: Split seed.
+        out_dir: Where the ``.npy`` arrays go (created if absent).
+        drop_columns: Columns the user excludes.
+        test_fraction: Share of rows for the final test.
+        val_fraction: Share of rows for validation.
+
+    Returns:
+        The task result documented in :mod:`nexus_node.runner.tasks`.
+
+    Raises:
+        InvalidInput: The data cannot be used; the message says what to fix.
+    """
+    if not (0 < test_fraction < 0.5 and 0 < val_fraction < 0.5):
+        raise InvalidInput("test and validation fractions must each be between 0 and 0.5")
+    df, encoding, n_dropped = load_training_table(csv_path, target, drop_columns)
+    info = detect_target(df[target], target)
+    columns = profile_columns(df, target, drop_columns)
+    if all(c.kind == "dropped" for c in columns):
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in columns) or "the CSV has only the target column"
+        raise InvalidInput(f"no usable feature columns remain ({reasons}); add columns that describe each row")
+    labels = None if info.task == "regression" else target_labels(df[target], info)
+    train_idx, val_idx, test_idx = split_indices(len(df), seed, test_fraction, val_fraction, labels)
+    prep = fit_preprocessing(df.iloc[train_idx], columns, info)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {}
+    y_all = encode_target(df[target], prep)
+    for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+        for name, arr in ((f"X_{part}", transform(df.iloc[idx], prep)), (f"y_{part}", y_all[idx])):
+            files[name] = os.path.join(out_dir, f"{name}.npy")
+            np.save(files[name], arr, allow_pickle=False)
+    profile: dict[str, Any] = {
+        "rows": len(df), "rows_dropped_missing_target": n_dropped,
+        "n_features": len(prep["feature_names"]), "task": info.task, "target": target,
+        "columns": [c.to_dict() for c in columns], "target_column": target_summary(df[target], info),
+    }
+    if info.task != "regression":
+        profile["classes"] = list(info.classes)
+    return {
+        "profile": profile,
+        "encoding": encoding,
+        "preprocessing": prep,
+        "files": files,
+        "feature_names": list(prep["feature_names"]),
+        "input_columns": list(prep["input_columns"]),
+        "split": {"seed": seed, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+    }
+

@@ -1,0 +1,259 @@
+"""Profile a text table: what each column is, which to drop and why, and the task type.
+
+Pure functions over a frame of text cells from :mod:`.csvio`. The typing helpers here
+(:func:`parse_numbers`, :func:`parse_dates`) are the only way any step turns text into
+numbers, so training and prediction read a cell the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from nexus_node.errors import InvalidInput
+
+# One-hot keeps at most this many categories per column (by training frequency).
+CATEGORY_LIMIT = 30
+# Text targets with more classes than this are refused: a per-class probability over
+# hundreds of labels is not what a tabular MLP on a few thousand rows can learn.
+MAX_CLASSES = 50
+# Integer targets with at most this many distinct values are labels (ratings, counts of
+# children, codes), not quantities.
+MAX_INTEGER_CLASSES = 20
+# Tried in order; the first format that parses every non-missing cell wins. Day-first
+# after month-first for slashes (US exports are the more common), ISO forms first.
+DATE_FORMATS = (
+    "%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
+    "%d-%m-%Y", "%m/%d/%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%m/%d/%y",
+)
+_ID_TOKENS = {"id", "uuid", "guid", "rownames", "rowid", "index"}
+_EPOCH = pd.Timestamp("1970-01-01")
+
+
+@dataclass
+class ColumnInfo:
+    """What profiling decided about one input column.
+
+    Attributes:
+        name: Column name as in the header (stripped).
+        kind: ``"numeric"``, ``"categorical"`` or ``"dropped"``.
+        dtype: ``"int64"``, ``"float64"``, ``"date"``, ``"str"`` or ``"empty"``.
+        date_format: The strptime format when ``dtype == "date"``.
+        reason: Why the column was dropped (only for ``kind == "dropped"``).
+    """
+
+    name: str
+    kind: str
+    dtype: str
+    missing_fraction: float
+    n_unique: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    date_format: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name, "dtype": self.dtype, "kind": self.kind,
+            "missing_fraction": self.missing_fraction, "n_unique": self.n_unique,
+            "stats": self.stats,
+        }
+        if self.date_format:
+            d["date_format"] = self.date_format
+        if self.reason:
+            d["reason"] = self.reason
+        return d
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """The task a target column defines.
+
+    Attributes:
+        task: ``"regression"``, ``"binary"`` or ``"multiclass"``.
+        numeric: Whether the target's cells are numbers (labels then print as numbers).
+        classes: Class labels in model-output order (classification only).
+    """
+
+    name: str
+    task: str
+    numeric: bool
+    classes: tuple[str, ...] = ()
+
+
+def parse_numbers(s: pd.Series) -> np.ndarray:
+    """Cells as float64; missing, unparseable and infinite cells become NaN."""
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return np.where(np.isfinite(v), v, np.nan)
+
+
+def parse_dates(s: pd.Series, fmt: str) -> np.ndarray:
+    """Cells in ``fmt`` as days since 1970-01-01 (float64, fractional for times); NaN
+    where a cell is missing or does not match."""
+    dt = pd.to_datetime(s, format=fmt, errors="coerce")
+    days = (dt - _EPOCH) / pd.Timedelta(days=1)
+    return np.asarray(days, dtype="float64")
+
+
+def number_label(v: float) -> str:
+    """A class label for a numeric cell: ``"1"`` for 1.0, so labels read like the file."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def detect_date_format(s: pd.Series) -> str | None:
+    """The first of :data:`DATE_FORMATS` that parses every non-missing cell, else None."""
+    present = s.dropna()
+    if present.empty:
+        return None
+    # A cheap look at a few cells rules most formats out before parsing the whole column.
+    head = present.iloc[:50]
+    for fmt in DATE_FORMATS:
+        if pd.to_datetime(head, format=fmt, errors="coerce").notna().all():
+            if pd.to_datetime(present, format=fmt, errors="coerce").notna().all():
+                return fmt
+    return None
+
+
+def _name_says_id(name: str) -> bool:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    tokens = {t.lower() for t in re.split(r"[^A-Za-z0-9]+", spaced) if t}
+    return bool(tokens & _ID_TOKENS) or name.lower().startswith("unnamed:")
+
+
+def _numeric_stats(v: np.ndarray) -> dict[str, float]:
+    x = v[~np.isnan(v)]
+    return {
+        "min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
+        "std": float(x.std()), "median": float(np.median(x)),
+    }
+
+
+def _top_values(s: pd.Series, k: int = 5) -> list[list[Any]]:
+    counts = s.dropna().value_counts()
+    return [[str(v), int(c)] for v, c in counts.iloc[:k].items()]
+
+
+def profile_column(s: pd.Series, name: str, rows: int) -> ColumnInfo:
+    """Decide what one column is and whether the model can use it.
+
+    Args:
+        s: The column's text cells (``NA`` where missing).
+        name: The column name.
+        rows: Row count of the table.
+
+    Returns:
+        The column's :class:`ColumnInfo`.
+    """
+    present = s.dropna()
+    n_present = int(present.size)
+    missing = 1.0 - n_present / rows if rows else 1.0
+    n_unique = int(present.nunique())
+    info = ColumnInfo(name=name, kind="dropped", dtype="empty", missing_fraction=missing, n_unique=n_unique)
+    if n_present == 0:
+        info.reason = "empty: no values"
+        return info
+    numbers = parse_numbers(present)
+    if not np.isnan(numbers).any():
+        integral = bool(np.all(numbers == np.round(numbers)))
+        info.dtype, info.stats = ("int64" if integral else "float64"), _numeric_stats(numbers)
+        if n_unique == 1 and n_present == rows:
+            info.reason = f"constant: every row is {present.iloc[0]}"
+        elif integral and n_unique == rows and rows >= 10 and (
+            np.all(np.diff(numbers) > 0) or np.all(np.diff(numbers) < 0)
+        ):
+            info.reason = "row number: unique, ordered integers"
+        elif integral and _name_says_id(name) and n_unique > CATEGORY_LIMIT and n_unique >= 0.1 * n_present:
+            info.reason = f"identifier: the name says id and it has {n_unique} distinct values"
+        else:
+            info.kind = "numeric"
+        return info
+    fmt = detect_date_format(present)
+    if fmt is not None:
+        days = parse_dates(present, fmt)
+        info.dtype, info.date_format, info.stats = "date", fmt, _numeric_stats(days)
+        info.stats["first"], info.stats["last"] = str(present.iloc[np.argmin(days)]), str(present.iloc[np.argmax(days)])
+        if n_unique == 1 and n_present == rows:
+            info.reason = f"constant: every row is {present.iloc[0]}"
+        else:
+            info.kind = "numeric"
+        return info
+    info.dtype, info.stats = "str", {"top": _top_values(present)}
+    if n_unique == 1 and n_present == rows:
+        info.reason = f"constant: every row is {present.iloc[0]!r}"
+    elif n_unique == n_present and n_present >= 10:
+        info.reason = "identifier or free text: a different value in every row"
+    elif n_unique > CATEGORY_LIMIT and n_unique > 0.5 * n_present:
+        info.reason = f"free text: {n_unique} distinct values in {n_present} rows"
+    else:
+        info.kind = "categorical"
+    return info
+
+
+def detect_target(s: pd.Series, name: str) -> TargetInfo:
+    """The task a target column defines.
+
+    Numbers with exactly two values are binary, whole numbers with up to
+    :data:`MAX_INTEGER_CLASSES` values are multiclass, other numbers are regression. Text
+    with two values is binary, with up to :data:`MAX_CLASSES` values multiclass.
+
+    Args:
+        s: The target's cells with missing rows already removed.
+        name: The target column name (for messages).
+
+    Raises:
+        InvalidInput: The target is constant, or text with too many distinct values.
+    """
+    numbers = parse_numbers(s)
+    numeric = not np.isnan(numbers).any()
+    uniq = np.unique(numbers) if numeric else np.array(sorted(set(s.tolist())), dtype=object)
+    if uniq.size < 2:
+        raise InvalidInput(f"target column {name!r} has the same value ({s.iloc[0]}) in every row; "
+                           "choose a column whose values vary")
+    if numeric:
+        integral = bool(np.all(uniq == np.round(uniq)))
+        if uniq.size == 2 or (integral and uniq.size <= MAX_INTEGER_CLASSES):
+            classes = tuple(number_label(v) for v in uniq)
+            return TargetInfo(name, "binary" if uniq.size == 2 else "multiclass", True, classes)
+        return TargetInfo(name, "regression", True)
+    if uniq.size > MAX_CLASSES:
+        raise InvalidInput(
+            f"target column {name!r} is text with {uniq.size} distinct values; at most {MAX_CLASSES} "
+            "classes are supported: group rare labels, or choose a numeric target for regression"
+        )
+    return TargetInfo(name, "binary" if uniq.size == 2 else "multiclass", False, tuple(str(v) for v in uniq))
+
+
+def target_labels(s: pd.Series, info: TargetInfo) -> np.ndarray:
+    """Class indices (int64) of target cells, in ``info.classes`` order."""
+    labels = [number_label(v) for v in parse_numbers(s)] if info.numeric else s.tolist()
+    index = {c: i for i, c in enumerate(info.classes)}
+    return np.array([index[v] for v in labels], dtype=np.int64)
+
+
+def profile_columns(df: pd.DataFrame, target: str, drop_columns: Sequence[str]) -> list[ColumnInfo]:
+    """Profile every column but the target; columns in ``drop_columns`` are dropped on request."""
+    out = []
+    for name in df.columns:
+        if name == target:
+            continue
+        if name in drop_columns:
+            s = df[name]
+            out.append(ColumnInfo(name, "dropped", "str", float(s.isna().mean()), int(s.nunique()),
+                                  reason="dropped on request"))
+            continue
+        out.append(profile_column(df[name], name, len(df)))
+    return out
+
+
+def target_summary(s: pd.Series, info: TargetInfo) -> dict[str, Any]:
+    """Statistics of the target for the profile (after missing rows are removed)."""
+    if info.task == "regression":
+        return {"name": info.name, "dtype": "float64", "n_unique": int(s.nunique()),
+                "stats": _numeric_stats(parse_numbers(s))}
+    labels = target_labels(s, info)
+    counts = np.bincount(labels, minlength=len(info.classes))
+    return {"name": info.name, "dtype": "float64" if info.numeric else "str", "n_unique": len(info.classes),
+            "stats": {"class_counts": {c: int(n) for c, n in zip(info.classes, counts)}}}

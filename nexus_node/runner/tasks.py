@@ -1,0 +1,349 @@
+"""Tasks a runner process executes: JSON-able dict in, JSON-able dict out.
+
+``run_task(req, ctx)`` dispatches on ``req["task"]``:
+
+- ``ping``: ``{"pong", "torch", "device", "cuda_name"}``.
+- ``prepare``: read, profile, split and encode a CSV (:func:`nexus_node.pipeline.prepare.prepare`).
+- ``trial``: train one Optuna trial, reporting to the study through the node's storage
+  proxy, and finish it there (``tell``).
+- ``finalize``: refit the best configuration on train+val, test it, rank columns by
+  permutation importance, write the model artifact.
+- ``predict``: predictions for a CSV from a model artifact.
+
+Bad user data raises :class:`~nexus_node.errors.InvalidInput`; the runner sends its kind
+and message to the node. Runners are long-lived and run tasks one at a time, so module
+caches (arrays, device tensors, storage proxies, loaded models) carry over between tasks
+without locks; each is bounded.
+
+Only numpy, torch and optuna load with this module: a runner that only ever trains never
+imports pandas (prepare, finalize and predict import it when first called).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Mapping, TypeVar
+
+import numpy as np
+import optuna
+import torch
+
+from nexus_node.errors import FailedPrecondition, InvalidInput
+from nexus_node.pipeline import metrics
+from nexus_node.pipeline.model import output_width
+from nexus_node.pipeline.train import DeviceData, fit_fixed, model_from_state, pick_device, predict, train_and_score
+from nexus_node.runner.context import TaskContext
+from nexus_node.study_proxy import NexusStorageProxy
+
+V = TypeVar("V")
+TRAIN_ARRAYS = ("X_train", "y_train", "X_val", "y_val")
+
+
+class _LRU(OrderedDict):
+    """A small least-recently-used map: reused runners must not grow without bound."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or_make(self, key: Hashable, make: Callable[[], V]) -> V:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = make()
+        self[key] = value
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
+
+
+_arrays = _LRU(16)
+_device_data = _LRU(2)
+_storages = _LRU(4)
+_predictors = _LRU(4)
+
+
+def run_task(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Execute one task request.
+
+    Args:
+        req: The request; ``req["task"]`` names the task, the other keys are its inputs
+            (see each ``_task_*`` function).
+        ctx: Cancellation and progress events.
+
+    Returns:
+        The task's JSON-able result.
+
+    Raises:
+        InvalidInput: Unknown task, a missing request key, or unusable user data.
+        FailedPrecondition: A trial was already finished in the study by someone else.
+    """
+    handler = _TASKS.get(req.get("task"))
+    if handler is None:
+        raise InvalidInput(f"unknown task {req.get('task')!r}; known tasks: {sorted(_TASKS)}")
+    return handler(req, ctx)
+
+
+def _need(req: Mapping[str, Any], *keys: str) -> None:
+    absent = [k for k in keys if k not in req]
+    if absent:
+        raise InvalidInput(f"task {req.get('task')!r} request lacks {absent}")
+
+
+def _task_ping(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    return {"pong": True, "torch": torch.__version__, "device": "cuda" if cuda else "cpu",
+            "cuda_name": torch.cuda.get_device_name(0) if cuda else None}
+
+
+def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``{csv_path, target, seed, out_dir, drop_columns?, test_fraction?, val_fraction?}``."""
+    _need(req, "csv_path", "target", "seed", "out_dir")
+    from nexus_node.pipeline.prepare import prepare
+
+    return prepare(
+        req["csv_path"], req["target"], int(req["seed"]), req["out_dir"],
+        drop_columns=list(req.get("drop_columns") or []),
+        test_fraction=float(req.get("test_fraction", 0.2)), val_fraction=float(req.get("val_fraction", 0.2)),
+    )
+
+
+def load_array(path: str) -> np.ndarray:
+    """A memory-mapped array, cached by path and file identity (a rewritten file reloads)."""
+    st = os.stat(path)
+    return _arrays.get_or_make((path, st.st_mtime_ns, st.st_size),
+                               lambda: np.load(path, mmap_mode="r", allow_pickle=False))
+
+
+def load_arrays(files: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Every ``X_*``/``y_*`` array named in a prepare result's ``files`` (memory-mapped)."""
+    return {k: load_array(v) for k, v in files.items() if k.startswith(("X_", "y_"))}
+
+
+def _data_for(files: Mapping[str, str], task: str, n_classes: int) -> DeviceData:
+    """Training tensors on the device, built once per dataset and reused by later trials."""
+    arrays = {k: load_array(files[k]) for k in TRAIN_ARRAYS}
+    key = (tuple((k, files[k], id(arrays[k])) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()))
+    return _device_data.get_or_make(key, lambda: DeviceData.from_arrays(arrays, task, n_classes))
+
+
+def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
+    # One proxy per node address: its channel and trial cache survive across trials. That
+    # assumes the storage behind an address stays the same, which holds for runners: they
+    # are children of their node and the node's journal outlives the node's restarts.
+    key = (spec["host"], int(spec["port"]), spec.get("token"))
+    return _storages.get_or_make(key, lambda: NexusStorageProxy(host=key[0], port=key[1], token=key[2]))
+
+
+def _pruner(spec: Mapping[str, Any] | None) -> tuple[optuna.pruners.BasePruner, int]:
+    spec = spec or {"kind": "median"}
+    if spec.get("kind") == "none":
+        return optuna.pruners.NopPruner(), 1 << 30
+    if spec.get("kind") != "median":
+        raise InvalidInput(f"pruner kind {spec.get('kind')!r} is not 'median' or 'none'")
+    warmup = int(spec.get("n_warmup_steps", 5))
+    return optuna.pruners.MedianPruner(n_startup_trials=int(spec.get("n_startup_trials", 5)),
+                                       n_warmup_steps=warmup), warmup
+
+
+class _PipelinedReporter:
+    """Reports intermediate values and asks the pruner off the training thread.
+
+    Each ``report`` and ``should_prune`` is a round trip to the node's storage (and, behind
+    it, a consensus round): about a millisecond on loopback, as long as an epoch of a small
+    table. Waiting for them every epoch would add a large share to short trials, so the
+    training thread hands each epoch's value to one background thread and reads the latest
+    pruning answer without waiting. A pruning decision therefore takes effect an epoch or
+    two later than it would in-process; the network is never on the training path.
+
+    Ordering: one thread reports values in epoch order (values queued while a call is in
+    flight are reported together, followed by one ``should_prune``); :meth:`close` waits
+    for every value before the trial is told, so the study sees all reported epochs.
+    """
+
+    def __init__(self, trial: optuna.Trial, warmup: int) -> None:
+        self._trial, self._warmup = trial, warmup
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._prune = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="nexus-trial-report", daemon=True)
+        self._thread.start()
+
+    def __call__(self, value: float, epoch: int) -> bool:
+        """Queue one epoch's value; True once the pruner has said to stop."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put((value, epoch))
+        return self._prune
+
+    def close(self) -> BaseException | None:
+        """Wait for every queued report; returns the error that stopped reporting, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        return self._error
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = batch[-1] is None
+            items = [b for b in batch if b is not None]
+            if not items or self._error is not None:
+                continue
+            try:
+                for value, epoch in items:
+                    self._trial.report(value, epoch)
+                # Before the warm-up the median pruner always says no; asking costs a trip.
+                if items[-1][1] >= self._warmup and not self._prune:
+                    self._prune = self._trial.should_prune()
+            except BaseException as e:  # handed to the training thread, which re-raises it
+                self._error = e
+
+
+def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``{study_name, trial_id, params, files, task_type, n_classes, metric, seed, threads,
+    storage: {host, port, token}, pruner?}`` to ``{state, value, epochs, message}``.
+
+    ``epochs`` is the epoch count that produced ``value`` (also the trial's user attribute
+    ``epochs``; ``epochs_run`` adds the early-stopping tail): pass it to finalize as
+    ``epochs_hint``. The study's direction must match the metric's own (``maximize`` in
+    the request is checked against it).
+    """
+    _need(req, "study_name", "trial_id", "params", "files", "task_type", "metric", "seed", "storage")
+    task, metric = req["task_type"], req["metric"]
+    metrics.check_metric(metric, task)
+    if "maximize" in req and bool(req["maximize"]) != metrics.MAXIMIZE[metric]:
+        raise InvalidInput(f"metric {metric!r} is {'maximized' if metrics.MAXIMIZE[metric] else 'minimized'}, "
+                           f"but the request says maximize={req['maximize']}")
+    n_classes = int(req.get("n_classes", 0))
+    if task != "regression" and n_classes < 2:
+        raise InvalidInput(f"a {task} trial needs n_classes >= 2, got {n_classes}")
+    data = _data_for(req["files"], task, n_classes)
+    pruner, warmup = _pruner(req.get("pruner"))
+    # The node samples every parameter; the runner never asks the sampler for anything, so
+    # the cheapest sampler avoids building TPE's state for nothing.
+    study = optuna.load_study(study_name=req["study_name"], storage=_storage(req["storage"]),
+                              sampler=optuna.samplers.RandomSampler(), pruner=pruner)
+    trial = optuna.Trial(study, int(req["trial_id"]))
+
+    reporter = _PipelinedReporter(trial, warmup)
+
+    def report(value: float, epoch: int) -> bool:
+        ctx.emit({"kind": "epoch", "epoch": epoch, "value": value})
+        return reporter(value, epoch)
+
+    trial_id = int(req["trial_id"])
+    try:
+        try:
+            res = train_and_score(data, req["params"], task, data.n_classes, metric, int(req["seed"]),
+                                  int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled)
+        finally:
+            error = reporter.close()
+        if error is not None:
+            raise error
+        state = optuna.trial.TrialState[res.state]
+        trial.set_user_attr("epochs", res.epochs)
+        trial.set_user_attr("epochs_run", res.epochs_run)
+        if res.state == "FAIL":
+            trial.set_user_attr("fail_reason", res.message)
+        value = res.value if res.state == "COMPLETE" else None
+        told = study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        told, state = None, None
+    if told is None or told.state != state:
+        now = trial.storage.get_trial(trial_id).state.name
+        raise FailedPrecondition(f"trial {trial_id} was already {now} in the study (finished elsewhere); "
+                                 "this runner's result is discarded")
+    return {"state": res.state, "value": res.value, "epochs": res.epochs, "message": res.message}
+
+
+def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``{params, files, task_type, n_classes, metric, seed, threads, preprocessing,
+    artifact_path, meta?, target?, epochs_hint?}`` to ``{test_metrics, feature_importance,
+    input_columns, classes, epochs_trained}``.
+
+    Refits on train+val for ``epochs_hint`` epochs (the best trial's ``epochs``; else
+    ``params["epochs"]``). Should that refit diverge, the model is trained as a trial is
+    (train split, early stopping on validation) instead, so a job never fails here for a
+    configuration that already worked. ``csv_path``, ``encoding``, ``drop_columns`` and
+    ``split_seed`` may be sent and are not needed: importance works on the encoded test
+    split (see :mod:`nexus_node.pipeline.importance`).
+    """
+    _need(req, "params", "files", "task_type", "metric", "seed", "preprocessing", "artifact_path")
+    from nexus_node.pipeline.artifact import library_versions, write_artifact
+    from nexus_node.pipeline.importance import permutation_importance
+
+    task, metric, params, prep = req["task_type"], req["metric"], req["params"], req["preprocessing"]
+    metrics.check_metric(metric, task)
+    seed, threads = int(req["seed"]), int(req.get("threads", 1))
+    classes = list(prep["target"].get("classes") or [])
+    n_classes = len(classes)
+    transform = prep["target"].get("transform")
+    arrays = load_arrays(req["files"])
+    epochs = int(req.get("epochs_hint") or params["epochs"])
+    both = {"X_train": np.concatenate([arrays["X_train"], arrays["X_val"]]),
+            "y_train": np.concatenate([arrays["y_train"], arrays["y_val"]])}
+    data = DeviceData.from_arrays(both, task, n_classes, transform=transform)
+    model, why = fit_fixed(data, params, epochs, seed, threads)
+    note = ""
+    if model is None:
+        split = DeviceData.from_arrays({k: arrays[k] for k in TRAIN_ARRAYS}, task, n_classes, transform=transform)
+        res = train_and_score(split, params, task, n_classes, metric, seed, threads)
+        if res.state_dict is None:
+            raise FailedPrecondition(f"the best configuration no longer trains: {why}; {res.message}")
+        model = model_from_state(res.state_dict, data.X_train.shape[1], output_width(task, n_classes), params)
+        epochs, note = res.epochs, f"{why}; kept the model trained on the train split instead"
+    device = data.device
+    y_test = np.asarray(arrays["y_test"])
+
+    def predict_np(X: np.ndarray) -> np.ndarray:
+        return predict(model, torch.as_tensor(X, dtype=torch.float32, device=device), task, transform)
+
+    X_test = np.array(arrays["X_test"], dtype=np.float32)
+    test_metrics = metrics.all_metrics(task, y_test, predict_np(X_test))
+    importance = permutation_importance(predict_np, X_test, y_test, prep, metric, seed)
+    config = {
+        "format": "nexus-model", "format_version": 1, "family": "mlp", "params": dict(params),
+        "task": task, "metric": metric, "n_in": int(data.X_train.shape[1]),
+        "n_out": output_width(task, n_classes), "classes": classes,
+        "input_columns": list(prep["input_columns"]), "target": prep["target"]["name"],
+        "epochs_trained": epochs, "seed": seed, "note": note,
+        "versions": library_versions(), "meta": dict(req.get("meta") or {}),
+    }
+    write_artifact(req["artifact_path"], model.state_dict(), prep, config,
+                   {"test_metrics": test_metrics, "feature_importance": importance})
+    return {"test_metrics": test_metrics, "feature_importance": importance,
+            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": epochs}
+
+
+def load_predictor(path: str):
+    """The artifact at ``path`` as a :class:`~nexus_node.pipeline.artifact.Predictor`,
+    cached by path and file identity."""
+    from nexus_node.pipeline.artifact import load_artifact
+
+    st = os.stat(path)
+    return _predictors.get_or_make((path, st.st_mtime_ns, st.st_size), lambda: load_artifact(path))
+
+
+def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``{artifact_path, csv_path}`` to ``{classes, predictions: [{label, value, probabilities}]}``."""
+    _need(req, "artifact_path", "csv_path")
+    from nexus_node.pipeline import csvio
+
+    predictor = load_predictor(req["artifact_path"])
+    df, _ = csvio.read_table(req["csv_path"])
+    return predictor.predict(df)
+
+
+_TASKS: dict[str, Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]] = {
+    "ping": _task_ping, "prepare": _task_prepare, "trial": _task_trial,
+    "finalize": _task_finalize, "predict": _task_predict,
+}

@@ -1,0 +1,142 @@
+"""The runner's task entry point, with trials reporting to a real Optuna gRPC storage server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any, Iterator
+
+import optuna
+import pytest
+from optuna.storages._grpc.server import make_server
+from optuna.trial import TrialState
+
+from nexus_node.errors import FailedPrecondition, InvalidInput
+from nexus_node.runner.context import LocalContext
+from nexus_node.runner import tasks
+from nexus_node.runner.tasks import run_task
+from tests.conftest import free_port
+from tests.pipeline.helpers import default_config, prepare
+
+PRUNER = {"kind": "median", "n_startup_trials": 5, "n_warmup_steps": 5}
+
+
+@pytest.fixture(scope="module")
+def insurance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return prepare("insurance.csv", "charges", tmp_path_factory.mktemp("insurance"))
+
+
+@pytest.fixture(params=["journal", "memory"])
+def server(request, tmp_path) -> Iterator[tuple[optuna.storages.BaseStorage, dict[str, Any]]]:
+    """Optuna's own storage server on a free loopback port, over the storage kinds the node
+    uses (journal) and the simplest one (in memory)."""
+    if request.param == "journal":
+        backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
+        storage: optuna.storages.BaseStorage = optuna.storages.JournalStorage(backend)
+    else:
+        storage = optuna.storages.InMemoryStorage()
+    port = free_port()
+    srv = make_server(storage, "127.0.0.1", port)
+    srv.start()
+    yield storage, {"host": "127.0.0.1", "port": port, "token": None}
+    srv.stop(None)
+    # A runner keeps one proxy per address (a node's storage outlives its runners); a later
+    # test's server may get this port back with a different storage behind it.
+    tasks._storages.clear()
+
+
+def _trial_req(prepared, storage_spec, study_name, trial_id, **params) -> dict[str, Any]:
+    return {
+        "task": "trial", "study_name": study_name, "trial_id": trial_id,
+        "params": {**default_config(prepared), **params}, "files": prepared["files"],
+        "task_type": "regression", "n_classes": 0, "metric": "r2", "maximize": True, "seed": 0,
+        "threads": 1, "storage": storage_spec, "pruner": PRUNER,
+    }
+
+
+def test_trial_completes_in_the_study_with_intermediate_values(insurance, server):
+    storage, spec = server
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask()
+    ctx = LocalContext()
+    out = run_task(_trial_req(insurance, spec, "s", trial._trial_id), ctx)
+    assert out["state"] == "COMPLETE" and out["value"] > 0.80 and out["epochs"] >= 1
+    frozen = storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.COMPLETE and frozen.value == pytest.approx(out["value"])
+    assert frozen.user_attrs["epochs"] == out["epochs"]
+    run = frozen.user_attrs["epochs_run"]
+    assert sorted(frozen.intermediate_values) == list(range(run))
+    assert max(frozen.intermediate_values.values()) == pytest.approx(out["value"])
+    assert [e["epoch"] for e in ctx.events] == list(range(run)) and ctx.events[0]["kind"] == "epoch"
+
+
+def test_trial_behind_the_median_is_pruned(insurance, server):
+    storage, spec = server
+    study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    for _ in range(5):
+        t = study.ask()
+        for step in range(40):
+            t.report(0.99, step)
+        study.tell(t, 0.99)
+    trial = study.ask()
+    out = run_task(_trial_req(insurance, spec, "p", trial._trial_id), LocalContext())
+    assert out["state"] == "PRUNED" and out["message"].startswith("pruned at epoch")
+    frozen = storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.PRUNED
+    # Reports run ahead of the pruner's answer by at most a few epochs.
+    assert PRUNER["n_warmup_steps"] < len(frozen.intermediate_values) < 15
+
+
+def test_cancelled_trial_is_told_pruned(insurance, server):
+    storage, spec = server
+    study = optuna.create_study(study_name="c", storage=storage, direction="maximize")
+    trial = study.ask()
+    ctx = LocalContext()
+    ctx.cancel_requested = True
+    out = run_task(_trial_req(insurance, spec, "c", trial._trial_id), ctx)
+    assert out == {"state": "PRUNED", "value": None, "epochs": 0, "message": "stopped: cancelled"}
+    assert storage.get_trial(trial._trial_id).state == TrialState.PRUNED
+
+
+def test_diverging_trial_is_told_failed_with_the_reason(insurance, server):
+    storage, spec = server
+    study = optuna.create_study(study_name="f", storage=storage, direction="maximize")
+    trial = study.ask()
+    out = run_task(_trial_req(insurance, spec, "f", trial._trial_id, learning_rate=1e6), LocalContext())
+    assert out["state"] == "FAIL" and out["value"] is None and "diverged" in out["message"]
+    frozen = storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.FAIL and "diverged" in frozen.user_attrs["fail_reason"]
+
+
+def test_trial_finished_elsewhere_is_refused(insurance, server):
+    storage, spec = server
+    study = optuna.create_study(study_name="d", storage=storage, direction="maximize")
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)   # e.g. the node declared the worker dead
+    with pytest.raises(FailedPrecondition, match="already FAIL"):
+        run_task(_trial_req(insurance, spec, "d", trial._trial_id), LocalContext())
+    assert storage.get_trial(trial._trial_id).state == TrialState.FAIL
+
+
+def test_bad_requests_are_invalid_input(insurance):
+    spec = {"host": "127.0.0.1", "port": 1, "token": None}
+    with pytest.raises(InvalidInput, match="unknown task 'train'"):
+        run_task({"task": "train"}, LocalContext())
+    with pytest.raises(InvalidInput, match=r"lacks \['target'"):
+        run_task({"task": "prepare", "csv_path": "x"}, LocalContext())
+    with pytest.raises(InvalidInput, match="maximize=False"):
+        run_task({**_trial_req(insurance, spec, "s", 0), "maximize": False}, LocalContext())
+    with pytest.raises(InvalidInput, match="does not apply to regression"):
+        run_task({**_trial_req(insurance, spec, "s", 0), "metric": "accuracy"}, LocalContext())
+
+
+def test_ping_reports_the_device():
+    out = run_task({"task": "ping"}, LocalContext())
+    assert out["pong"] is True and out["device"] in ("cpu", "cuda") and out["torch"]
+    assert (out["cuda_name"] is None) == (out["device"] == "cpu")
+
+
+def test_a_training_runner_does_not_load_pandas():
+    code = ("import sys, nexus_node.runner.tasks; "
+            "bad = {'pandas', 'sklearn'} & set(sys.modules); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
