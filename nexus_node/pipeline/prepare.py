@@ -39,6 +39,9 @@ FEATURE_LOG_SKEW = 2.0
 # backed by a single row only teaches the network that row.
 MIN_CATEGORY_COUNT = 2
 OTHER, MISSING = "__other__", "__missing__"
+# Quantile bins of the piecewise-linear encoding added to every numeric column (fewer
+# when a column has fewer distinct values; 0 turns the encoding off).
+PLE_BINS = 16
 ARRAY_NAMES = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 
@@ -60,11 +63,27 @@ def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[
     median = float(np.median(present)) if present.size else 0.0
     filled = np.concatenate([present, np.full(values.size - present.size, median)])
     std = float(filled.std())
+    edges = np.unique(np.quantile(present, np.linspace(0, 1, PLE_BINS + 1))) if present.size and PLE_BINS else []
     return {
         "name": name, "kind": "numeric", "date_format": date_format, "log": use_log,
         "median": median, "mean": float(filled.mean()), "std": std if std > 0 else 1.0,
         "indicator": bool(present.size < values.size),
+        # Fewer than two bins would only repeat the value itself.
+        "bins": [float(e) for e in edges] if len(edges) > 2 else [],
     }
+
+
+def piecewise_linear(v: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Piecewise-linear encoding: per bin, how far ``v`` has climbed through it (0..1).
+
+    Gives the network a ready-made basis for thresholds and kinks in one feature (such as
+    a charge that jumps past some BMI), which a plain standardised input makes it learn
+    from scratch; Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep
+    Learning" (NeurIPS 2022), section 3.2.
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    lo, width = e[:-1], np.maximum(np.diff(e), 1e-12)
+    return np.clip((v[:, None] - lo) / width, 0.0, 1.0)
 
 
 def fit_categorical(name: str, s: pd.Series) -> dict[str, Any]:
@@ -104,6 +123,7 @@ def fit_preprocessing(train: pd.DataFrame, columns: Sequence[ColumnInfo], info: 
             raw = parse_dates(train[col.name], col.date_format) if col.date_format else parse_numbers(train[col.name])
             spec = fit_numeric(col.name, raw, col.date_format)
             block = [col.name] + ([f"{col.name}__missing"] if spec["indicator"] else [])
+            block += [f"{col.name}__bin{i}" for i in range(max(0, len(spec["bins"]) - 1))]
         else:
             spec = fit_categorical(col.name, train[col.name])
             block = [f"{col.name}={c}" for c in spec["categories"]]
@@ -165,9 +185,12 @@ def transform(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
                 # time is treated as the smallest value seen rather than NaN.
                 v = np.log1p(np.maximum(v, 0.0))
             nan = np.isnan(v)
-            out[:, start] = (np.where(nan, spec["median"], v) - spec["mean"]) / spec["std"]
+            filled = np.where(nan, spec["median"], v)
+            out[:, start] = (filled - spec["mean"]) / spec["std"]
             if spec["indicator"]:
                 out[:, start + 1] = nan
+            if spec["bins"]:
+                out[:, stop - len(spec["bins"]) + 1:stop] = piecewise_linear(filled, spec["bins"])
         else:
             text = s if pd.api.types.is_string_dtype(s) else s.astype("str").where(s.notna())
             codes = pd.Index(spec["categories"], dtype="str").get_indexer(text).astype(np.int64)

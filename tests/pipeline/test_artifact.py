@@ -62,8 +62,10 @@ def test_artifact_holds_only_json_and_a_weights_only_state_dict(insurance_model)
             json.loads(z.read(name))
         state = torch.load(io.BytesIO(z.read("model.pt")), weights_only=True)
         config = json.loads(z.read("config.json"))
+        prep = json.loads(z.read("preprocessing.json"))
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert config["family"] == "mlp" and config["task"] == "regression" and config["n_in"] == 11
+    assert config["family"] == "mlp" and config["task"] == "regression"
+    assert config["n_in"] == len(prep["feature_names"]) == state["0.weight"].shape[1]
     assert config["meta"]["job_id"] == "job-1" and config["versions"]["torch"] == torch.__version__
 
 

@@ -6,7 +6,9 @@ import pytest
 
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline import csvio
-from nexus_node.pipeline.prepare import ARRAY_NAMES, fit_preprocessing, prepare, split_indices, transform
+from nexus_node.pipeline.prepare import (
+    ARRAY_NAMES, fit_preprocessing, piecewise_linear, prepare, split_indices, transform,
+)
 from nexus_node.pipeline.profile import detect_target, profile_columns
 from tests.conftest import dataset
 from tests.pipeline.helpers import arrays, write_csv
@@ -48,12 +50,16 @@ def test_insurance_result_shape_and_files(insurance):
     assert (p["rows"], p["task"], p["target"], p["rows_dropped_missing_target"]) == (1338, "regression", "charges", 0)
     assert insurance["encoding"] == "utf-8"
     assert insurance["input_columns"] == ["age", "sex", "bmi", "children", "smoker", "region"]
-    assert p["n_features"] == len(insurance["feature_names"]) == 11
+    names = insurance["feature_names"]
+    assert p["n_features"] == len(names)
+    # Numbers: the value and its piecewise-linear bins; categories: one column each.
+    assert names[:2] == ["age", "age__bin0"] and "smoker=yes" in names and "bmi__bin15" in names
+    assert not any(n.startswith("children__bin") and int(n[13:]) > 4 for n in names)   # 6 values, few bins
     split = insurance["split"]
     assert split["train"] + split["val"] + split["test"] == 1338 and split["seed"] == 0
     a = arrays(insurance)
     assert set(a) == set(ARRAY_NAMES)
-    assert a["X_train"].dtype == np.float32 and a["X_train"].shape == (split["train"], 11)
+    assert a["X_train"].dtype == np.float32 and a["X_train"].shape == (split["train"], len(names))
     assert a["y_train"].dtype == np.float64
     # The regression target stays in original units; its scaling is in the preprocessing.
     t = insurance["preprocessing"]["target"]["transform"]
@@ -142,3 +148,8 @@ def test_skewed_nonnegative_feature_is_log_scaled():
     _, prep = _fit("adult.csv", "class")
     by_name = {s["name"]: s for s in prep["columns"]}
     assert by_name["capital-gain"]["log"] and not by_name["age"]["log"]
+
+
+def test_piecewise_linear_encoding_climbs_through_each_bin():
+    enc = piecewise_linear(np.array([-1.0, 0.0, 1.5, 3.0, 9.0]), [0.0, 1.0, 2.0, 3.0])
+    assert enc.tolist() == [[0, 0, 0], [0, 0, 0], [1, 0.5, 0], [1, 1, 1], [1, 1, 1]]
