@@ -137,13 +137,16 @@ def _setup(data: DeviceData, params: Mapping[str, Any], seed: int, threads: int)
 
 
 def _run_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.Tensor, y: torch.Tensor,
-               batch: int, gen: torch.Generator) -> float:
-    """One shuffled pass; returns the mean training loss (NaN/inf if it diverged)."""
+               batch: int, gen: torch.Generator, stop: Callable[[], bool] | None = None) -> float | None:
+    """One shuffled pass; returns the mean training loss (NaN/inf if it diverged), or None
+    when ``stop()`` turned true between two batches and the epoch was abandoned."""
     model.train()
     n = X.shape[0]
     perm = torch.randperm(n, generator=gen).to(X.device)
     total = torch.zeros((), device=X.device)
     for i in range(0, n, batch):
+        if stop is not None and stop():
+            return None
         idx = perm[i:i + batch]
         # A batch of one row breaks BatchNorm's statistics; with n > 1 one row is noise.
         if idx.numel() < 2 and n > 1:
@@ -183,6 +186,7 @@ def train_and_score(
     threads: int = 1,
     report: Callable[[float, int], bool] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    pruned: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train one configuration with early stopping on the validation split.
 
@@ -202,7 +206,11 @@ def train_and_score(
         seed: Seeds weight init, dropout and batch order.
         threads: torch intra-op threads (0 leaves torch's setting alone).
         report: Called after every epoch; returns True to prune.
-        cancelled: Polled between epochs; True stops the run as pruned.
+        cancelled: Polled between batches; True stops the run as pruned.
+        pruned: Polled between batches: a pruning answer that arrives after ``report``
+            returned (the runner asks the study off the training thread). True abandons
+            the current epoch and ends the run as pruned at the last reported epoch, so
+            it trains the same epochs as an in-process ``report`` answering True.
 
     Returns:
         A :class:`TrainResult`.
@@ -218,10 +226,14 @@ def train_and_score(
     best: float | None = None
     best_epoch, best_state, since_best = 0, None, 0
     max_epochs = max(1, int(params["epochs"]))
+    polls = [f for f in (cancelled, pruned) if f is not None]
+    stop = (lambda: any(f() for f in polls)) if polls else None
     for epoch in range(max_epochs):
-        if cancelled is not None and cancelled():
-            return TrainResult(best, best_epoch, best_state, "PRUNED", "stopped: cancelled", epoch)
-        loss = _run_epoch(model, opt, loss_fn, data.X_train, data.y_train, int(params["batch_size"]), gen)
+        loss = None if stop is not None and stop() else _run_epoch(
+            model, opt, loss_fn, data.X_train, data.y_train, int(params["batch_size"]), gen, stop)
+        if loss is None:
+            why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at epoch {epoch - 1}"
+            return TrainResult(best, best_epoch, best_state, "PRUNED", why, epoch)
         value = metrics.score(metric, data.y_val_np, predict(model, data.X_val, task_type, data.transform))
         if not (math.isfinite(loss) and math.isfinite(value)):
             return TrainResult(None, epoch + 1, None, "FAIL",
@@ -263,3 +275,18 @@ def model_from_state(state_dict: Mapping[str, torch.Tensor], n_in: int, n_out: i
     model = build_mlp(n_in, n_out, params)
     model.load_state_dict(state_dict)
     return model.to(device or pick_device()).eval()
+
+
+def warm_up() -> None:
+    """Train a tiny network for two epochs on random data, on the device trials use.
+
+    The first forward, backward and fused optimizer step in a process set up kernels and
+    thread pools (about a second on a CPU); doing it here keeps that out of a trial.
+    """
+    rng = np.random.default_rng(0)
+    tiny = {"X_train": rng.normal(size=(64, 4)).astype(np.float32), "y_train": rng.normal(size=64),
+            "X_val": rng.normal(size=(16, 4)).astype(np.float32), "y_val": rng.normal(size=16)}
+    params = {"n_layers": 1, "width": 8, "activation": "relu", "dropout": 0.1,
+              "learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 32, "epochs": 2}
+    train_and_score(tiny, params, "regression", 0, "r2", seed=0, threads=0)
+

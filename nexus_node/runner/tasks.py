@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, Mapping, TypeVar
 
@@ -34,7 +35,9 @@ import torch
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline.model import output_width
-from nexus_node.pipeline.train import DeviceData, fit_fixed, model_from_state, pick_device, predict, train_and_score
+from nexus_node.pipeline.train import (
+    DeviceData, fit_fixed, model_from_state, pick_device, predict, train_and_score, warm_up,
+)
 from nexus_node.runner.context import TaskContext
 from nexus_node.study_proxy import NexusStorageProxy
 
@@ -64,6 +67,8 @@ _arrays = _LRU(16)
 _device_data = _LRU(2)
 _storages = _LRU(4)
 _predictors = _LRU(4)
+_studies = _LRU(8)
+_warm_up_s: float | None = None
 
 
 def run_task(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -94,9 +99,17 @@ def _need(req: Mapping[str, Any], *keys: str) -> None:
 
 
 def _task_ping(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Versions and device. The first ping in a process also trains a tiny network for
+    two epochs: torch's one-time setup (about a second on a CPU) is then paid when the
+    runner starts (it pings once to say it is ready), not by the first trial's clock."""
+    global _warm_up_s
+    if _warm_up_s is None:
+        started = time.perf_counter()
+        warm_up()
+        _warm_up_s = time.perf_counter() - started
     cuda = torch.cuda.is_available()
     return {"pong": True, "torch": torch.__version__, "device": "cuda" if cuda else "cpu",
-            "cuda_name": torch.cuda.get_device_name(0) if cuda else None}
+            "cuda_name": torch.cuda.get_device_name(0) if cuda else None, "warm_up_s": _warm_up_s}
 
 
 def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -155,9 +168,10 @@ class _PipelinedReporter:
     Each ``report`` and ``should_prune`` is a round trip to the node's storage (and, behind
     it, a consensus round): about a millisecond on loopback, as long as an epoch of a small
     table. Waiting for them every epoch would add a large share to short trials, so the
-    training thread hands each epoch's value to one background thread and reads the latest
-    pruning answer without waiting. A pruning decision therefore takes effect an epoch or
-    two later than it would in-process; the network is never on the training path.
+    training thread hands each epoch's value to one background thread and polls for the
+    pruning answer between batches. A "prune" that arrives during the next epoch abandons
+    that epoch, so the trial stops at the same reported epoch as in-process Optuna would,
+    having spent only the round trip's time on the abandoned epoch.
 
     Ordering: one thread reports values in epoch order (values queued while a call is in
     flight are reported together, followed by one ``should_prune``); :meth:`close` waits
@@ -178,6 +192,10 @@ class _PipelinedReporter:
             raise self._error
         self._queue.put((value, epoch))
         return self._prune
+
+    def pruned(self) -> bool:
+        """True once the pruner said to stop (or reporting failed): polled between batches."""
+        return self._prune or self._error is not None
 
     def close(self) -> BaseException | None:
         """Wait for every queued report; returns the error that stopped reporting, if any."""
@@ -213,7 +231,7 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     storage: {host, port, token}, pruner?}`` to ``{state, value, epochs, message}``.
 
     ``epochs`` is the epoch count that produced ``value`` (also the trial's user attribute
-    ``epochs``; ``epochs_run`` adds the early-stopping tail): pass it to finalize as
+    ``epochs``; the epochs run are the trial's reported steps): pass it to finalize as
     ``epochs_hint``. The study's direction must match the metric's own (``maximize`` in
     the request is checked against it).
     """
@@ -229,9 +247,13 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     data = _data_for(req["files"], task, n_classes)
     pruner, warmup = _pruner(req.get("pruner"))
     # The node samples every parameter; the runner never asks the sampler for anything, so
-    # the cheapest sampler avoids building TPE's state for nothing.
-    study = optuna.load_study(study_name=req["study_name"], storage=_storage(req["storage"]),
-                              sampler=optuna.samplers.RandomSampler(), pruner=pruner)
+    # the cheapest sampler avoids building TPE's state for nothing. The study object is
+    # reused by the slot's next trials: loading it costs two round trips.
+    store = req["storage"]
+    key = (store["host"], int(store["port"]), store.get("token"), req["study_name"],
+           tuple(sorted((req.get("pruner") or {}).items())))
+    study = _studies.get_or_make(key, lambda: optuna.load_study(
+        study_name=req["study_name"], storage=_storage(store), sampler=optuna.samplers.RandomSampler(), pruner=pruner))
     trial = optuna.Trial(study, int(req["trial_id"]))
 
     reporter = _PipelinedReporter(trial, warmup)
@@ -244,14 +266,15 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     try:
         try:
             res = train_and_score(data, req["params"], task, data.n_classes, metric, int(req["seed"]),
-                                  int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled)
+                                  int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
+                                  pruned=reporter.pruned)
         finally:
             error = reporter.close()
         if error is not None:
             raise error
         state = optuna.trial.TrialState[res.state]
+        # Epochs run need no attribute: they are the reported steps.
         trial.set_user_attr("epochs", res.epochs)
-        trial.set_user_attr("epochs_run", res.epochs_run)
         if res.state == "FAIL":
             trial.set_user_attr("fail_reason", res.message)
         value = res.value if res.state == "COMPLETE" else None

@@ -40,11 +40,34 @@ def test_report_prunes_and_sees_every_epoch(insurance):
     assert res.value == max(v for _, v in seen)
 
 
-def test_cancel_stops_between_epochs(insurance):
-    calls = iter([False, False, True])
+def test_cancel_stops_at_the_next_batch(insurance):
+    flag: list[bool] = []
+
+    def report(value, epoch):
+        flag.extend([True] if epoch == 1 else [])
+        return False
+
     res = train_and_score(arrays(insurance), default_config(insurance), "regression", 0, "r2", 0, 1,
-                          cancelled=lambda: next(calls))
+                          report=report, cancelled=lambda: bool(flag))
     assert (res.state, res.message, res.epochs_run) == ("PRUNED", "stopped: cancelled", 2)
+
+
+def test_late_pruning_answer_abandons_the_running_epoch(insurance):
+    params = default_config(insurance)
+    batches = -(-insurance["split"]["train"] // params["batch_size"])
+    polls = 0
+
+    def pruned():
+        # Turns true in the middle of the third epoch, as an answer about epoch 1 would.
+        nonlocal polls
+        polls += 1
+        return polls > 2 * (batches + 1) + batches // 2
+
+    seen = []
+    res = train_and_score(arrays(insurance), params, "regression", 0, "r2", 0, 1,
+                          report=lambda v, e: seen.append(e) or False, pruned=pruned)
+    assert (res.state, res.message, res.epochs_run) == ("PRUNED", "pruned at epoch 1", 2)
+    assert seen == [0, 1]
 
 
 def test_divergence_fails_with_a_reason(insurance):
