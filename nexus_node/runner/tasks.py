@@ -2,7 +2,7 @@
 
 ``run_task(req, ctx)`` dispatches on ``req["task"]``:
 
-- ``ping``: ``{"pong", "torch", "device", "cuda_name"}``.
+- ``ping``: ``{"pong", "torch", "device", "cuda_name", "warm_up_s"}`` (the first ping warms torch up).
 - ``prepare``: read, profile, split and encode a CSV (:func:`nexus_node.pipeline.prepare.prepare`).
 - ``trial``: train one Optuna trial, reporting to the study through the node's storage
   proxy, and finish it there (``tell``).
@@ -124,11 +124,15 @@ def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     )
 
 
-def load_array(path: str) -> np.ndarray:
-    """A memory-mapped array, cached by path and file identity (a rewritten file reloads)."""
+def _file_key(path: str) -> tuple[str, int, int]:
+    """A cache key that changes when the file at ``path`` is rewritten."""
     st = os.stat(path)
-    return _arrays.get_or_make((path, st.st_mtime_ns, st.st_size),
-                               lambda: np.load(path, mmap_mode="r", allow_pickle=False))
+    return path, st.st_mtime_ns, st.st_size
+
+
+def load_array(path: str) -> np.ndarray:
+    """A memory-mapped array, cached by file identity."""
+    return _arrays.get_or_make(_file_key(path), lambda: np.load(path, mmap_mode="r", allow_pickle=False))
 
 
 def load_arrays(files: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -138,9 +142,9 @@ def load_arrays(files: Mapping[str, str]) -> dict[str, np.ndarray]:
 
 def _data_for(files: Mapping[str, str], task: str, n_classes: int) -> DeviceData:
     """Training tensors on the device, built once per dataset and reused by later trials."""
-    arrays = {k: load_array(files[k]) for k in TRAIN_ARRAYS}
-    key = (tuple((k, files[k], id(arrays[k])) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()))
-    return _device_data.get_or_make(key, lambda: DeviceData.from_arrays(arrays, task, n_classes))
+    key = (tuple(_file_key(files[k]) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()))
+    return _device_data.get_or_make(key, lambda: DeviceData.from_arrays(
+        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, task, n_classes))
 
 
 def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
@@ -352,8 +356,7 @@ def load_predictor(path: str):
     cached by path and file identity."""
     from nexus_node.pipeline.artifact import load_artifact
 
-    st = os.stat(path)
-    return _predictors.get_or_make((path, st.st_mtime_ns, st.st_size), lambda: load_artifact(path))
+    return _predictors.get_or_make(_file_key(path), lambda: load_artifact(path))
 
 
 def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
