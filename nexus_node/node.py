@@ -9,6 +9,7 @@ calls, active jobs are left as they are on disk (they resume on restart), runner
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -64,6 +66,7 @@ class Node:
         self._db: Database | None = None
         self._pools: list[RunnerPool] = []
         self._threads: ThreadPoolExecutor | None = None
+        self._lock_file: IO[str] | None = None
 
     @property
     def address(self) -> str:
@@ -75,6 +78,7 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_data_dir(self.data_dir)
         self.node_id = _stable_node_id(self.data_dir)
         self.token, self.token_note = node_token(cfg.host, self.data_dir, cfg.token_file)
 
@@ -156,10 +160,32 @@ class Node:
             await self._db.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._lock_file is not None:
+            self._lock_file.close()   # releases the flock
+            self._lock_file = None
 
     async def wait(self) -> None:
         assert self.server is not None
         await self.server.wait_for_termination()
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on the data dir for the node's life: two nodes on one data
+    dir would corrupt each other's journal. The kernel drops the lock when the process dies,
+    however it dies, so a crashed node never blocks its own restart."""
+    f = open(data_dir / "node.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise OSError(f"data dir {data_dir} is in use by {holder}: stop it or pass another --data-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"nexus-node pid {os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _stable_node_id(data_dir: Path) -> str:

@@ -8,6 +8,7 @@ storage object is served to runners and users through Optuna's ``StorageService`
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import TrialState
 
 from nexus_node.jobs.events import TrialView
@@ -27,8 +29,24 @@ NODE_ATTR = "node_id"
 CONFIG_ATTR = "config"
 
 
+class _ThreadLock(BaseJournalFileLock):
+    """The journal has one writer process, the node (``Node`` holds an exclusive lock on the
+    data dir), so a lock between threads is enough. Optuna's default lock is a file that a
+    process killed mid-write leaves behind, and the next node would wait out its 30 s grace
+    period before breaking it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+
 def open_storage(path: Path) -> JournalStorage:
-    return JournalStorage(JournalFileBackend(str(path)))
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=_ThreadLock()))
 
 
 def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:

@@ -52,7 +52,7 @@ def test_global_options_also_work_after_the_command():
 
 def test_demo_defaults():
     args = cli.build_parser().parse_args(["demo"])
-    assert (args.trials, args.time_budget, args.data_dir, args.keep) == (24, 100.0, None, False)
+    assert (args.trials, args.time_budget, args.seed, args.data_dir, args.keep) == (40, 100.0, 1, None, False)
 
 
 @pytest.mark.parametrize("argv", [[], ["submit", "x.csv"], ["frobnicate"], ["submit", "x.csv", "--target", "y", "--trials", "many"]])

@@ -116,3 +116,12 @@ def test_cluster_view_shows_this_node(node_address):
     n = c.nodes[0]
     assert n.role == pb.COORDINATOR and n.address == node_address and c.coordinator_id == n.node_id
     assert n.slots_total == 2 and n.memory_total_bytes > 0
+
+
+def test_a_windows_1252_upload_is_read_and_says_so(node_address):
+    s = stub(node_address)
+    resp = submit(s, dataset("book_banning.csv"), "removed", max_trials=1)
+    assert resp.job.encoding == "cp1252"
+    assert "cp1252" in resp.job.message
+    job = s.CancelJob(pb.CancelJobRequest(job_id=resp.job_id), timeout=60)
+    assert job.state == pb.CANCELLED

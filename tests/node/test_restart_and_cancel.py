@@ -55,3 +55,16 @@ def test_time_budget_ends_the_search_cleanly(node_factory, insurance_csv):
     assert 1 <= job.trials.complete + job.trials.pruned < 500
     assert job.trials.running == 0
     assert job.model_id
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused(node_factory):
+    first = node_factory("shared-dir").start()
+    second = node_factory("shared-dir")
+    try:
+        second.start(timeout=30)
+    except RuntimeError as e:
+        assert "in use by nexus-node pid" in second.log.read_text()
+        assert str(first.proc.pid) in second.log.read_text()
+    else:
+        raise AssertionError("a second node started on a data dir in use")
+    assert stub(first.address).ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
