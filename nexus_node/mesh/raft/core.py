@@ -1,0 +1,555 @@
+"""The Raft rules: one node's state, fed ticks and messages, producing messages.
+
+:class:`Raft` is the protocol and nothing else. It never reads a clock (time is :meth:`tick`),
+never touches a socket (outgoing messages pile up in :attr:`Raft.msgs`) or a disk (new entries
+stay unstable in :class:`~.log.RaftLog` until the driver persists them) and draws its election
+timeouts from its own seeded ``random.Random``. :class:`~.node.RawNode` wraps it in the
+Ready/advance API a driver uses.
+
+Section numbers refer to the Raft paper (Ongaro & Ousterhout, 2014: "§5.3") and to Ongaro's
+thesis (2014: "thesis §9.6").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+
+from .log import RaftLog
+from .membership import InvalidConfigChange, Membership, check_single_change
+from .messages import (
+    Entry,
+    EntryType,
+    Message,
+    MsgApp,
+    MsgAppResp,
+    MsgHeartbeat,
+    MsgHeartbeatResp,
+    MsgPreVote,
+    MsgPreVoteResp,
+    MsgTimeoutNow,
+    MsgVote,
+    MsgVoteResp,
+    NodeId,
+)
+from .progress import Progress
+from .storage import Storage
+
+
+class Role(enum.Enum):
+    """A node's role. PRE_CANDIDATE is the pre-vote phase (thesis §9.6)."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class NotLeader(Exception):
+    """Only the leader accepts proposals, membership changes and transfers.
+
+    Attributes:
+        leader: The leader this node believes in (a hint for where to retry), or None.
+    """
+
+    def __init__(self, leader: NodeId | None) -> None:
+        super().__init__(f"not the leader (leader: {leader or 'unknown'})")
+        self.leader = leader
+
+
+class ProposalDropped(Exception):
+    """The leader refuses the proposal for now (a leadership transfer is under way); retry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RaftConfig:
+    """Parameters of one node.
+
+    Attributes:
+        node_id: This node's stable id.
+        election_tick: Minimum election timeout in ticks. Each follower waits a random number of
+            ticks in ``[election_tick, 2 * election_tick)`` before campaigning (§5.2).
+        heartbeat_tick: Ticks between leader heartbeats; must be well below ``election_tick``.
+        seed: Mixed with ``node_id`` to seed the node's own ``random.Random``: same seed, same
+            timeouts, so simulations replay exactly.
+        pre_vote: Run the pre-vote phase before a real election (thesis §9.6).
+        check_quorum: A leader that has not heard from a quorum of voters in ``election_tick``
+            ticks steps down, and a node that has heard from a leader within ``election_tick``
+            ticks ignores vote requests (thesis §6.2 and §4.2.3).
+        max_entries_per_msg: Cap on the entries of one MsgApp.
+        applied: Last index the driver's state machine had applied before a restart; committed
+            entries after it are handed out again.
+        initial_membership: Membership in force while the log holds no CONFIG entry. Empty for a
+            node waiting to be added; see :func:`~.node.bootstrap` for a new cluster.
+    """
+
+    node_id: NodeId
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    seed: int = 0
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_entries_per_msg: int = 64
+    applied: int = 0
+    initial_membership: Membership = Membership()
+
+    def __post_init__(self) -> None:
+        if not self.node_id:
+            raise ValueError("node_id must be non-empty")
+        if not 0 < self.heartbeat_tick < self.election_tick:
+            raise ValueError("need 0 < heartbeat_tick < election_tick")
+
+
+class Raft:
+    """The state of one Raft node and the rules that change it.
+
+    Not thread-safe: one task owns it. Every public method runs to completion synchronously;
+    its effects are visible in :attr:`msgs`, the log's unstable entries and commit index, and the
+    term/vote fields, which :class:`~.node.RawNode` turns into a Ready.
+
+    Args:
+        config: Node parameters.
+        storage: Persisted hard state and log, read once here and later for old entries.
+    """
+
+    def __init__(self, config: RaftConfig, storage: Storage) -> None:
+        self.id = config.node_id
+        self.cfg = config
+        self._rng = random.Random(f"{config.node_id}/{config.seed}")
+        self.log = RaftLog(storage, config.initial_membership)
+        hard = storage.hard_state()
+        self.term = hard.term
+        self.vote = hard.vote
+        self.log.applied = min(config.applied, self.log.committed)
+        self.role = Role.FOLLOWER
+        self.lead: NodeId | None = None
+        self.msgs: list[Message] = []
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = 0
+        self.votes: dict[NodeId, bool] = {}
+        self.prs: dict[NodeId, Progress] = {}
+        self.lead_transferee: NodeId | None = None
+        self.transfer_elapsed = 0
+        self.term_start_index = 0  # index of this leader's no-op entry
+        self._reset_timeout()
+
+    # --- queries --------------------------------------------------------------------------------
+
+    @property
+    def membership(self) -> Membership:
+        """Configuration in force: the latest in the log (thesis §4.1)."""
+        return self.log.membership()
+
+    def promotable(self) -> bool:
+        """Whether this node may campaign: only voters do, never learners or outsiders."""
+        return self.id in self.membership.voters
+
+    # --- time -----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advances logical time by one tick."""
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.promotable() and self.election_elapsed >= self.randomized_timeout:
+                self.campaign()
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.lead_transferee is not None:
+            self.transfer_elapsed += 1
+            if self.transfer_elapsed >= self.cfg.election_tick:
+                self.lead_transferee = None  # the target did not take over in time: abort
+        if self.election_elapsed >= self.cfg.election_tick:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum:
+                # CheckQuorum (thesis §6.2): a leader cut off from a majority steps down instead
+                # of serving stale reads and accepting proposals that can never commit.
+                active = {i for i, pr in self.prs.items() if pr.recent_active}
+                active.add(self.id)
+                if not self.membership.has_quorum(active):
+                    self._become_follower(self.term, None)
+                    return
+                for i, pr in self.prs.items():
+                    pr.recent_active = i == self.id
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
+    # --- role changes -------------------------------------------------------------------------------
+
+    def _reset_timeout(self) -> None:
+        # §5.2: randomized timeouts make split votes rare and resolve them quickly.
+        self.randomized_timeout = self.cfg.election_tick + self._rng.randrange(self.cfg.election_tick)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None  # a vote is for one term only (Figure 2)
+        self.lead = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_timeout()
+        self.votes = {}
+        self.prs = {}
+        self.lead_transferee = None
+        self.transfer_elapsed = 0
+
+    def _become_follower(self, term: int, lead: NodeId | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.lead = lead
+
+    def campaign(self, transfer: bool = False) -> None:
+        """Starts an election: the pre-vote phase first unless disabled or ``transfer``.
+
+        Args:
+            transfer: Campaign on the leader's :class:`MsgTimeoutNow` (thesis §3.10): skip
+                pre-vote and ask voters to ignore their leader lease.
+        """
+        if self.promotable():
+            self._start_election(pre=self.cfg.pre_vote and not transfer, transfer=transfer)
+
+    def _start_election(self, pre: bool, transfer: bool) -> None:
+        if pre:
+            # Pre-vote (thesis §9.6): ask at term+1 without moving to it. Only if a majority
+            # would vote for us does the real election start, so a node back from a partition
+            # cannot force the healthy cluster into a new term.
+            self._reset(self.term)
+            self.role = Role.PRE_CANDIDATE
+            ask_term = self.term + 1
+        else:
+            self._reset(self.term + 1)
+            self.role = Role.CANDIDATE
+            self.vote = self.id
+            ask_term = self.term
+        if self._poll(self.id, True) == "won":
+            self._on_won()
+            return
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for v in sorted(self.membership.voters - {self.id}):
+            if pre:
+                self.msgs.append(MsgPreVote(self.id, v, ask_term, last_index, last_term))
+            else:
+                self.msgs.append(MsgVote(self.id, v, ask_term, last_index, last_term, transfer))
+
+    def _poll(self, voter: NodeId, granted: bool) -> str:
+        """Records a (pre-)vote. Returns "won", "lost" or "pending". Only voters' votes count."""
+        if voter in self.membership.voters:
+            self.votes.setdefault(voter, granted)
+        yes = sum(1 for v in self.votes.values() if v)
+        no = len(self.votes) - yes
+        quorum = self.membership.quorum()
+        if yes >= quorum:
+            return "won"
+        if no > len(self.membership.voters) - quorum:
+            return "lost"
+        return "pending"
+
+    def _on_won(self) -> None:
+        if self.role is Role.PRE_CANDIDATE:
+            self._start_election(pre=False, transfer=False)  # pre-vote passed: the real one
+        else:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.lead = self.id
+        last = self.log.last_index()
+        for member in self.membership.members | {self.id}:
+            self.prs[member] = Progress(next=last + 1)
+        self.prs[self.id].match = self.log.stable_last_index()
+        self.prs[self.id].recent_active = True
+        # A new leader commits a no-op of its own term at once (§8, thesis §6.4): entries of
+        # earlier terms commit only under an entry of the current term (§5.4.2).
+        self.term_start_index = last + 1
+        self._append_entries([Entry(index=last + 1, term=self.term, type=EntryType.NOOP)])
+
+    # --- the message handler ------------------------------------------------------------------------
+
+    def step(self, m: Message) -> None:
+        """Handles one message from a peer.
+
+        Messages may arrive late, twice, out of order or never; each rule below holds anyway.
+        """
+        if m.term > self.term:
+            if isinstance(m, (MsgVote, MsgPreVote)):
+                forced = isinstance(m, MsgVote) and m.transfer
+                in_lease = (self.cfg.check_quorum and self.lead is not None
+                            and self.election_elapsed < self.cfg.election_tick)
+                if in_lease and not forced:
+                    # Thesis §4.2.3: a server that heard from a leader within the minimum
+                    # election timeout neither updates its term nor grants its vote, so a
+                    # removed or partitioned server cannot disrupt a healthy leader.
+                    return
+            if isinstance(m, MsgPreVote):
+                pass  # a pre-vote never changes anyone's term
+            elif isinstance(m, MsgPreVoteResp) and not m.reject:
+                pass  # granted at our future term: the term moves only if we win (campaign)
+            else:
+                lead = m.src if isinstance(m, (MsgApp, MsgHeartbeat)) else None
+                self._become_follower(m.term, lead)  # §5.1: a higher term always wins
+        elif m.term < self.term:
+            if isinstance(m, (MsgApp, MsgHeartbeat)) and (self.cfg.check_quorum or self.cfg.pre_vote):
+                # A stale leader (e.g. on the minority side of a heal): tell it our term so it
+                # steps down. Without this, pre-vote would leave it stuck, since we never
+                # disrupt it with a higher-term vote request.
+                self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=0, reject=True))
+            elif isinstance(m, MsgPreVote):
+                self.msgs.append(MsgPreVoteResp(self.id, m.src, self.term, reject=True))
+            return
+
+        if isinstance(m, (MsgVote, MsgPreVote)):
+            self._handle_vote_request(m)
+        elif self.role is Role.LEADER:
+            self._step_leader(m)
+        elif isinstance(m, (MsgApp, MsgHeartbeat)):
+            # Same-term AppendEntries means a legitimate leader exists (§5.2): (pre-)candidates
+            # give up, and everyone follows it.
+            if self.role is not Role.FOLLOWER or self.lead != m.src:
+                self._become_follower(self.term, m.src)
+            self.election_elapsed = 0
+            if isinstance(m, MsgApp):
+                self._handle_append(m)
+            else:
+                self._handle_heartbeat(m)
+        elif isinstance(m, MsgPreVoteResp) and self.role is Role.PRE_CANDIDATE:
+            # A grant counts only for the term we are asking about now (not an older round).
+            if m.reject or m.term == self.term + 1:
+                self._on_poll(m.src, not m.reject)
+        elif isinstance(m, MsgVoteResp) and self.role is Role.CANDIDATE:
+            self._on_poll(m.src, not m.reject)
+        elif isinstance(m, MsgTimeoutNow) and self.role is Role.FOLLOWER:
+            # Thesis §3.10: the leader says our log is up to date; campaign at once.
+            self.campaign(transfer=True)
+
+    def _on_poll(self, voter: NodeId, granted: bool) -> None:
+        result = self._poll(voter, granted)
+        if result == "won":
+            self._on_won()
+        elif result == "lost":
+            self._become_follower(self.term, None)
+
+    def _handle_vote_request(self, m: MsgVote | MsgPreVote) -> None:
+        pre = isinstance(m, MsgPreVote)
+        # At most one vote per term (§5.2); a pre-vote for a future term commits us to nothing.
+        can_vote = (self.vote == m.src
+                    or (self.vote is None and self.lead is None)
+                    or (pre and m.term > self.term))
+        # Election restriction (§5.4.1): only a candidate whose log is at least as up-to-date
+        # as ours can hold every committed entry.
+        if can_vote and self.log.is_up_to_date(m.last_index, m.last_term):
+            if pre:
+                self.msgs.append(MsgPreVoteResp(self.id, m.src, m.term, reject=False))
+            else:
+                self.msgs.append(MsgVoteResp(self.id, m.src, m.term, reject=False))
+                self.vote = m.src
+                self.election_elapsed = 0  # granting a vote resets the timer (Figure 2)
+        elif pre:
+            self.msgs.append(MsgPreVoteResp(self.id, m.src, self.term, reject=True))
+        else:
+            self.msgs.append(MsgVoteResp(self.id, m.src, self.term, reject=True))
+
+    # --- follower side of replication -----------------------------------------------------------
+
+    def _handle_append(self, m: MsgApp) -> None:
+        if m.prev_index < self.log.committed:
+            # Everything up to our commit index is settled; tell the leader where we stand.
+            self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.entries)
+        if last_new is None:
+            # Log Matching check failed (§5.3). Hint the last entry at or below prev_index whose
+            # term is at most prev_term: nothing after it can match the leader's log.
+            hint_index, hint_term = self.log.find_conflict_by_term(m.prev_index, m.prev_term)
+            self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=m.prev_index,
+                                        reject=True, hint_index=hint_index, hint_term=hint_term))
+            return
+        # Figure 2 receiver rule 5. Only up to the last entry this message vouches for: entries
+        # after it may be stale leftovers that the leader has not yet overwritten.
+        self.log.commit_to(min(m.commit, last_new))
+        self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=last_new))
+
+    def _handle_heartbeat(self, m: MsgHeartbeat) -> None:
+        # The leader caps a heartbeat's commit at our known match index, so it is in our log.
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self.msgs.append(MsgHeartbeatResp(self.id, m.src, self.term))
+
+    # --- leader side of replication ---------------------------------------------------------------
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.prs.get(m.src)
+        if pr is None:
+            return  # not a member (any more)
+        if isinstance(m, MsgAppResp):
+            pr.recent_active = True
+            if m.reject:
+                self._on_reject(m, pr)
+            elif pr.update(m.index):
+                if self._maybe_commit():
+                    self._bcast_append()
+                elif pr.next <= self.log.last_index():
+                    self._send_append(m.src, pr)
+                if m.src == self.lead_transferee and pr.match == self.log.last_index():
+                    self.msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
+        elif isinstance(m, MsgHeartbeatResp):
+            pr.recent_active = True
+            pr.paused = False
+            if pr.match < self.log.last_index():
+                # Whatever was sent may have been lost: resend from what is known to match.
+                pr.reset_probe()
+                self._send_append(m.src, pr)
+
+    def _on_reject(self, m: MsgAppResp, pr: Progress) -> None:
+        if m.index <= pr.match or (pr.probing and m.index != pr.next - 1):
+            return  # stale: answers an append we have moved past
+        # Fast backtracking: skip every index the follower's hint proves cannot match.
+        probe, _ = self.log.find_conflict_by_term(m.hint_index, m.hint_term)
+        pr.reset_probe()
+        pr.next = max(pr.match + 1, min(probe + 1, m.index))
+        self._send_append(m.src, pr)
+
+    def _maybe_commit(self) -> bool:
+        """Advances the commit index to what a majority of voters store. Returns whether it moved."""
+        match = {v: self.prs[v].match for v in self.membership.voters if v in self.prs}
+        index = self.membership.committed_index(match)
+        # §5.4.2 (Figure 8): only an entry of the current term is committed by counting
+        # replicas; earlier entries commit indirectly, by the Log Matching Property.
+        if index <= self.log.committed or self.log.term(index) != self.term:
+            return False
+        self.log.commit_to(index)
+        if self.id not in self.membership.voters and self.log.committed >= self.log.last_config_index():
+            # Thesis §4.2.2: a leader removed from the configuration manages the cluster until
+            # its removal is committed, then steps down.
+            self._bcast_append()
+            self._become_follower(self.term, None)
+            return False
+        return True
+
+    def _send_append(self, to: NodeId, pr: Progress) -> None:
+        if pr.probing and pr.paused:
+            return
+        prev = pr.next - 1
+        prev_term = self.log.term(prev)
+        assert prev_term is not None, f"next {pr.next} past the log of leader {self.id}"
+        hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_msg)
+        entries = tuple(self.log.slice(pr.next, hi))
+        self.msgs.append(MsgApp(self.id, to, self.term, prev, prev_term, entries, self.log.committed))
+        if pr.probing:
+            pr.paused = True
+        elif entries:
+            pr.next = entries[-1].index + 1  # replicate mode: pipeline the next batch
+
+    def _bcast_append(self) -> None:
+        for member in sorted(self.prs):
+            if member != self.id:
+                self._send_append(member, self.prs[member])
+
+    def _bcast_heartbeat(self) -> None:
+        for member in sorted(self.prs):
+            if member != self.id:
+                commit = min(self.prs[member].match, self.log.committed)
+                self.msgs.append(MsgHeartbeat(self.id, member, self.term, commit))
+
+    def _append_entries(self, entries: list[Entry]) -> None:
+        """Leader: appends new entries of its term and replicates them (Leader Append-Only)."""
+        self.log.append(entries)
+        if any(e.type is EntryType.CONFIG for e in entries):
+            self._sync_progress()
+        self._bcast_append()
+
+    def _sync_progress(self) -> None:
+        members = self.membership.members | {self.id}
+        for gone in set(self.prs) - members:
+            del self.prs[gone]
+        for new in members - set(self.prs):
+            self.prs[new] = Progress(next=self.log.last_index(), recent_active=True)
+
+    # --- the driver's requests ------------------------------------------------------------------
+
+    def propose(self, data: bytes, proposal_id: str | None = None) -> Entry:
+        """Appends a NORMAL entry (leader only). Committed once a majority of voters store it.
+
+        Returns:
+            The new entry; the driver can wait for its index to be applied at its term.
+
+        Raises:
+            NotLeader: this node is not the leader; ``leader`` says who may be.
+            ProposalDropped: a leadership transfer is under way (thesis §3.10).
+        """
+        self._check_proposal()
+        entry = Entry(self.log.last_index() + 1, self.term, EntryType.NORMAL, data, proposal_id)
+        self._append_entries([entry])
+        return entry
+
+    def propose_membership(self, new: Membership) -> Entry:
+        """Appends a CONFIG entry changing one member (leader only; thesis §4.1).
+
+        The new configuration is in force as soon as the entry is in the log. A further change
+        is refused until this one is committed.
+
+        Raises:
+            NotLeader, ProposalDropped: as for :meth:`propose`.
+            InvalidConfigChange: more than one node changes, no voter would remain, a change is
+                still uncommitted, or this leader has not yet committed an entry of its term.
+        """
+        self._check_proposal()
+        if self.log.last_config_index() > self.log.committed:
+            raise InvalidConfigChange("the previous membership change is not committed yet")
+        if self.log.committed < self.term_start_index:
+            # The single-server change bug (Ongaro, raft-dev 2015): a new leader must commit an
+            # entry of its own term before changing the configuration, or an uncommitted change
+            # from an earlier term can combine with this one into disjoint majorities.
+            raise InvalidConfigChange("the new leader has not committed an entry of its term yet")
+        check_single_change(self.membership, new)
+        entry = Entry(self.log.last_index() + 1, self.term, EntryType.CONFIG, new.encode())
+        self._append_entries([entry])
+        return entry
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        """Hands leadership to voter ``to`` (thesis §3.10), e.g. before a graceful leave.
+
+        Proposals are refused while the transfer runs. Once ``to`` holds the whole log the leader
+        sends it :class:`MsgTimeoutNow`; ``to`` then wins the election at the next term. The
+        transfer is abandoned after ``election_tick`` ticks.
+
+        Raises:
+            NotLeader: this node is not the leader.
+            ValueError: ``to`` is not a voter.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if to == self.id:
+            return
+        if to not in self.membership.voters:
+            raise ValueError(f"{to} is not a voter")
+        self.lead_transferee = to
+        self.transfer_elapsed = 0
+        pr = self.prs[to]
+        if pr.match == self.log.last_index():
+            self.msgs.append(MsgTimeoutNow(self.id, to, self.term))
+        else:
+            self._send_append(to, pr)
+
+    def _check_proposal(self) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.lead)
+        if self.lead_transferee is not None:
+            raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
+
+    # --- persistence feedback ---------------------------------------------------------------------
+
+    def on_persisted(self, index: int, term: int) -> None:
+        """The driver persisted entries up to ``(index, term)``.
+
+        A leader counts its own log toward a majority only once it is on its own disk.
+        """
+        self.log.stable_to(index, term)
+        if self.role is Role.LEADER and self.log.term(index) == term:
+            if self.prs[self.id].update(index) and self._maybe_commit():
+                self._bcast_append()

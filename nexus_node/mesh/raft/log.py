@@ -1,0 +1,178 @@
+"""The Raft log as the core sees it: stable entries in storage plus unstable ones in memory.
+
+Entries the core has accepted but the driver has not yet persisted are *unstable*; they are
+handed out in :attr:`~.ready.Ready.entries` and become stable when the Ready is advanced. The
+unstable part may start below the storage's last index: a follower that truncated a conflicting
+suffix (§5.3) holds the replacement here until the driver overwrites storage with it.
+"""
+
+from __future__ import annotations
+
+from .membership import Membership
+from .messages import Entry, EntryType
+from .storage import Storage
+
+
+class RaftLog:
+    """Storage + unstable entries + commit/applied indexes + the CONFIG entries of the log.
+
+    Args:
+        storage: Where persisted entries are read from.
+        initial: Membership in force when the log holds no CONFIG entry (an empty log on a node
+            that waits to be added: no voters, so it never campaigns).
+    """
+
+    def __init__(self, storage: Storage, initial: Membership = Membership()) -> None:
+        self.storage = storage
+        self._unstable: list[Entry] = []
+        self._offset = storage.last_index() + 1  # index of self._unstable[0]
+        self.committed = storage.hard_state().commit
+        self.applied = 0
+        self._initial = initial
+        # (index, membership) of every CONFIG entry, ascending, so a truncation can revert the
+        # configuration in force to the previous one (thesis §4.1).
+        self._configs: list[tuple[int, Membership]] = []
+        last = storage.last_index()
+        if last:
+            for e in storage.entries(1, last + 1):
+                if e.type is EntryType.CONFIG:
+                    self._configs.append((e.index, Membership.decode(e.data)))
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def last_index(self) -> int:
+        """Index of the last entry, stable or not."""
+        if self._unstable:
+            return self._offset + len(self._unstable) - 1
+        return self.storage.last_index()
+
+    def term(self, index: int) -> int | None:
+        """Term at ``index`` (0 at index 0), or None past the end of the log."""
+        if index >= self._offset:
+            pos = index - self._offset
+            return self._unstable[pos].term if pos < len(self._unstable) else None
+        if index > self.storage.last_index():
+            return None
+        return self.storage.term(index)
+
+    def last_term(self) -> int:
+        """Term of the last entry (0 for an empty log)."""
+        term = self.term(self.last_index())
+        assert term is not None
+        return term
+
+    def match_term(self, index: int, term: int) -> bool:
+        """Whether the log holds an entry at ``index`` with ``term`` (the §5.3 consistency check)."""
+        return self.term(index) == term
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """Whether a log ending at ``(last_index, last_term)`` is at least as up-to-date as ours.
+
+        §5.4.1: the later last term wins; with equal last terms the longer log wins.
+        """
+        my_term = self.last_term()
+        return last_term > my_term or (last_term == my_term and last_index >= self.last_index())
+
+    def slice(self, lo: int, hi: int) -> list[Entry]:
+        """Entries with ``lo <= index < hi`` (``1 <= lo``, ``hi <= last_index() + 1``)."""
+        if lo >= hi:
+            return []
+        out: list[Entry] = []
+        if lo < self._offset:
+            out.extend(self.storage.entries(lo, min(hi, self._offset)))
+        if hi > self._offset:
+            start = max(lo, self._offset) - self._offset
+            out.extend(self._unstable[start:hi - self._offset])
+        return out
+
+    def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """The last ``(i, term(i))`` with ``i <= index`` and ``term(i) <= term``.
+
+        Used on both sides of a rejected append (fast backtracking): every entry after ``i`` up to
+        ``index`` has a larger term than ``term``, so it cannot match the other log there, because
+        terms never decrease along a log.
+        """
+        i = min(index, self.last_index())
+        while i > 0:
+            t = self.term(i)
+            assert t is not None
+            if t <= term:
+                return i, t
+            i -= 1
+        return 0, 0
+
+    def membership(self) -> Membership:
+        """The configuration in force: the latest CONFIG entry in the log, committed or not."""
+        return self._configs[-1][1] if self._configs else self._initial
+
+    def last_config_index(self) -> int:
+        """Index of the latest CONFIG entry (0 if none)."""
+        return self._configs[-1][0] if self._configs else 0
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def append(self, entries: list[Entry]) -> None:
+        """Appends ``entries``, dropping any entries at or after ``entries[0].index`` first.
+
+        The caller guarantees the first entry directly follows an entry it matched (§5.3) and that
+        nothing committed is dropped.
+        """
+        if not entries:
+            return
+        first = entries[0].index
+        assert first > self.committed, f"truncating committed entry {first} <= {self.committed}"
+        assert first <= self.last_index() + 1, f"append at {first} leaves a gap"
+        if first >= self._offset:
+            del self._unstable[first - self._offset:]
+            self._unstable.extend(entries)
+        else:  # the replacement starts inside storage: it overwrites storage when persisted
+            self._unstable = list(entries)
+            self._offset = first
+        while self._configs and self._configs[-1][0] >= first:
+            self._configs.pop()
+        for e in entries:
+            if e.type is EntryType.CONFIG:
+                self._configs.append((e.index, Membership.decode(e.data)))
+
+    def maybe_append(self, prev_index: int, prev_term: int, entries: tuple[Entry, ...]) -> int | None:
+        """Follower side of AppendEntries (§5.3, Figure 2 receiver rules 2-4).
+
+        Returns:
+            The index of the last entry the leader's message vouches for (``prev_index +
+            len(entries)``), or None when the log does not contain ``(prev_index, prev_term)``.
+        """
+        if not self.match_term(prev_index, prev_term):
+            return None
+        # Rule 3: delete an existing entry that conflicts with a new one and all that follow it.
+        # Entries already present with the same term are identical (Log Matching) and kept: a
+        # stale or duplicated MsgApp must never truncate entries appended after it.
+        for pos, e in enumerate(entries):
+            if self.term(e.index) != e.term:
+                self.append(list(entries[pos:]))
+                break
+        return prev_index + len(entries)
+
+    def commit_to(self, index: int) -> bool:
+        """Raises the commit index to ``index`` if higher. Returns whether it moved."""
+        if index > self.committed:
+            assert index <= self.last_index(), f"commit {index} past last {self.last_index()}"
+            self.committed = index
+            return True
+        return False
+
+    # --- the Ready cycle --------------------------------------------------------------------------
+
+    def unstable_entries(self) -> list[Entry]:
+        """Entries not yet persisted."""
+        return list(self._unstable)
+
+    def stable_to(self, index: int, term: int) -> None:
+        """Marks entries up to ``(index, term)`` persisted, unless they were replaced meanwhile."""
+        if index < self._offset or self.term(index) != term:
+            return
+        del self._unstable[:index + 1 - self._offset]
+        self._offset = index + 1
+
+    def stable_last_index(self) -> int:
+        """Last index known to be persisted (entries before the unstable part)."""
+        return self._offset - 1

@@ -1,0 +1,247 @@
+"""Log entries, hard state and the peer messages of the Raft core.
+
+Everything here is a frozen dataclass of plain values (ints, strings, bytes, tuples), so a
+message can be turned into a JSON-able dict (:func:`message_to_dict`) or mapped field by field
+onto a protobuf message by the driver. No pickle anywhere: a peer's bytes are never code.
+
+Message names follow etcd-io/raft (``MsgApp``, ``MsgVote``...) so the paper, the thesis and
+etcd's code can be read side by side with this package.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+from typing import Any, Union
+
+#: A node id: stable across restarts (the driver keeps it in the data dir).
+NodeId = str
+
+
+class EntryType(enum.Enum):
+    """What a log entry carries."""
+
+    NORMAL = "normal"
+    """Application data (a proposal)."""
+    NOOP = "noop"
+    """Appended by every new leader so that it commits an entry of its own term (§8, thesis §6.4)."""
+    CONFIG = "config"
+    """A membership: the full voter and learner sets in ``data`` (see :mod:`.membership`)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry.
+
+    Attributes:
+        index: Position in the log, from 1.
+        term: Term of the leader that created the entry.
+        type: What ``data`` is.
+        data: Application bytes (NORMAL), empty (NOOP) or the encoded membership (CONFIG).
+        proposal_id: The proposer's unique id for this write, if any. The state machine uses it to
+            apply a write retried across a failover only once (Raft thesis §6.3).
+    """
+
+    index: int
+    term: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+    proposal_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HardState:
+    """What must be on disk before any message of the same :class:`~.ready.Ready` is sent.
+
+    Attributes:
+        term: Latest term this node has seen (Figure 2 ``currentTerm``).
+        vote: Candidate voted for in ``term`` (Figure 2 ``votedFor``), or None.
+        commit: Highest index known committed. Not required for safety (the paper keeps it
+            volatile) but persisting it lets a restarted node apply committed entries at once.
+    """
+
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+EMPTY_HARD_STATE = HardState()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgApp:
+    """AppendEntries (§5.3): entries after ``(prev_index, prev_term)``, plus the leader's commit."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgAppResp:
+    """Answer to :class:`MsgApp`.
+
+    On success ``index`` is the last index the follower now matches. On rejection ``index`` is the
+    rejected ``prev_index`` and ``(hint_index, hint_term)`` tell the leader where to probe next:
+    the follower's last index ``<= prev_index`` whose term is ``<= prev_term`` (fast backtracking,
+    the optimisation sketched at the end of §5.3, as etcd-io/raft does it).
+    """
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    index: int
+    reject: bool = False
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgVote:
+    """RequestVote (§5.2). ``transfer`` marks a campaign started by :class:`MsgTimeoutNow`, which
+    voters grant even while they believe a leader is alive (thesis §3.10, §4.2.3)."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    last_index: int
+    last_term: int
+    transfer: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgVoteResp:
+    """Answer to :class:`MsgVote`."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    reject: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgPreVote:
+    """Pre-vote (thesis §9.6): "would you vote for me at ``term``?" ``term`` is the sender's term
+    plus one; neither side changes its term or vote for it."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    last_index: int
+    last_term: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgPreVoteResp:
+    """Answer to :class:`MsgPreVote`: granted with the asked term, rejected with the voter's."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    reject: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgHeartbeat:
+    """Leader heartbeat (§5.2). ``commit`` is capped at what the follower is known to match."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    commit: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgHeartbeatResp:
+    """Answer to :class:`MsgHeartbeat`; proves the follower is alive (CheckQuorum, thesis §6.2)."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgTimeoutNow:
+    """Leadership transfer (thesis §3.10): "start an election now, without pre-vote"."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+
+
+Message = Union[
+    MsgApp,
+    MsgAppResp,
+    MsgVote,
+    MsgVoteResp,
+    MsgPreVote,
+    MsgPreVoteResp,
+    MsgHeartbeat,
+    MsgHeartbeatResp,
+    MsgTimeoutNow,
+]
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (MsgApp, MsgAppResp, MsgVote, MsgVoteResp, MsgPreVote, MsgPreVoteResp,
+                MsgHeartbeat, MsgHeartbeatResp, MsgTimeoutNow)
+}
+
+
+def entry_to_dict(entry: Entry) -> dict[str, Any]:
+    """Returns a JSON-able dict for ``entry`` (``data`` as base64)."""
+    out: dict[str, Any] = {
+        "index": entry.index,
+        "term": entry.term,
+        "type": entry.type.value,
+        "data": base64.b64encode(entry.data).decode("ascii"),
+    }
+    if entry.proposal_id is not None:
+        out["proposal_id"] = entry.proposal_id
+    return out
+
+
+def entry_from_dict(raw: dict[str, Any]) -> Entry:
+    """Inverse of :func:`entry_to_dict`.
+
+    Raises:
+        KeyError, ValueError: ``raw`` is not an encoded entry.
+    """
+    return Entry(
+        index=int(raw["index"]),
+        term=int(raw["term"]),
+        type=EntryType(raw["type"]),
+        data=base64.b64decode(raw["data"], validate=True),
+        proposal_id=raw.get("proposal_id"),
+    )
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """Returns a JSON-able dict for ``message``, with its class name under ``"type"``."""
+    out: dict[str, Any] = {"type": type(message).__name__}
+    for field in dataclasses.fields(message):
+        value = getattr(message, field.name)
+        if field.name == "entries":
+            value = [entry_to_dict(e) for e in value]
+        out[field.name] = value
+    return out
+
+
+def message_from_dict(raw: dict[str, Any]) -> Message:
+    """Inverse of :func:`message_to_dict`.
+
+    Raises:
+        KeyError, ValueError, TypeError: ``raw`` is not an encoded message.
+    """
+    cls = MESSAGE_TYPES.get(raw.get("type", ""))
+    if cls is None:
+        raise ValueError(f"unknown raft message type {raw.get('type')!r}")
+    kwargs = {k: v for k, v in raw.items() if k != "type"}
+    if "entries" in kwargs:
+        kwargs["entries"] = tuple(entry_from_dict(e) for e in kwargs["entries"])
+    return cls(**kwargs)  # type: ignore[no-any-return]

@@ -1,0 +1,212 @@
+"""RawNode: the Ready/advance API a driver uses to run one Raft node (after etcd's rawnode.go)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .core import Raft, RaftConfig, Role
+from .membership import Membership
+from .messages import EMPTY_HARD_STATE, Entry, EntryType, HardState, Message, NodeId
+from .storage import MemoryStorage, Storage
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state a driver may want to show or act on; never persisted."""
+
+    lead: NodeId | None
+    role: Role
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ready:
+    """Everything the driver must do after the node changed: see :class:`RawNode` for the order.
+
+    Attributes:
+        hard_state: New hard state to persist, or None if unchanged.
+        entries: Entries to persist (append to storage, replacing any held at or after
+            ``entries[0].index``).
+        messages: Messages to send once ``hard_state`` and ``entries`` are durable.
+        committed_entries: Entries to apply to the state machine, in order.
+        soft_state: New leader/role, or None if unchanged.
+    """
+
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    messages: tuple[Message, ...]
+    committed_entries: tuple[Entry, ...]
+    soft_state: SoftState | None
+
+    @property
+    def must_sync(self) -> bool:
+        """Whether the writes must reach the disk (fsync) before the messages go out."""
+        return bool(self.entries) or self.hard_state is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Status:
+    """A snapshot of a node's state, for operators and tests."""
+
+    id: NodeId
+    role: Role
+    term: int
+    lead: NodeId | None
+    vote: NodeId | None
+    commit: int
+    applied: int
+    last_index: int
+    membership: Membership
+
+
+class RawNode:
+    """One Raft node as a pure state machine: feed it ticks and messages, then drain its Ready.
+
+    Handling a Ready — the order is what makes the node safe, so a driver must keep it:
+
+    1. **Persist** ``entries`` (append, replacing any conflicting suffix) and then ``hard_state``,
+       durably (fsync when ``must_sync``). A vote, a term or an acknowledged entry that is sent
+       but not on disk could be forgotten by a crash: a node could vote twice in one term (§5.2)
+       or a leader could count an entry that is gone (§5.3).
+    2. **Send** ``messages``, in any order, over any transport that may lose, duplicate or
+       reorder them. (Sending before persisting is safe for a leader's own MsgApp only — thesis
+       §10.2.1 — not done here, to keep one rule.)
+    3. **Apply** ``committed_entries`` to the state machine in order. NOOP entries carry
+       nothing; CONFIG entries carry a :class:`~.membership.Membership` the driver may act on
+       (the core already uses it: see the membership module for when).
+    4. **Advance**: call :meth:`advance` with the same Ready. Only then may :meth:`ready` be
+       called again.
+
+    Between :meth:`ready` and :meth:`advance` the driver may keep calling :meth:`tick`,
+    :meth:`step` and :meth:`propose`; what they produce lands in the next Ready.
+
+    Args:
+        config: Node parameters (id, timeouts, seed...).
+        storage: The node's persisted state; a restarted node resumes from it alone.
+    """
+
+    def __init__(self, config: RaftConfig, storage: Storage) -> None:
+        self.raft = Raft(config, storage)
+        self._prev_hard = storage.hard_state()
+        self._prev_soft = SoftState(self.raft.lead, self.raft.role)
+        self._applying = self.raft.log.applied
+        self._outstanding: Ready | None = None
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One unit of logical time (the driver calls it every ``tick`` of its real clock)."""
+        self.raft.tick()
+
+    def step(self, message: Message) -> None:
+        """Handles a message received from a peer (addressed to this node)."""
+        if message.dst != self.raft.id:
+            raise ValueError(f"message for {message.dst} stepped into {self.raft.id}")
+        self.raft.step(message)
+
+    def campaign(self) -> None:
+        """Starts an election now (pre-vote first), as if the election timeout had elapsed."""
+        self.raft.campaign()
+
+    def propose(self, data: bytes, proposal_id: str | None = None) -> Entry:
+        """Proposes application data. See :meth:`Raft.propose` (raises NotLeader off the leader)."""
+        return self.raft.propose(data, proposal_id)
+
+    def propose_membership(self, membership: Membership) -> Entry:
+        """Proposes a one-node membership change. See :meth:`Raft.propose_membership`."""
+        return self.raft.propose_membership(membership)
+
+    def transfer_leadership(self, to: NodeId) -> None:
+        """Hands leadership to voter ``to``. See :meth:`Raft.transfer_leadership`."""
+        self.raft.transfer_leadership(to)
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def _hard_state(self) -> HardState:
+        r = self.raft
+        return HardState(r.term, r.vote, r.log.committed)
+
+    def has_ready(self) -> bool:
+        """Whether :meth:`ready` would return something."""
+        r = self.raft
+        return bool(
+            r.msgs
+            or r.log.unstable_entries()
+            or r.log.committed > self._applying
+            or self._hard_state() != self._prev_hard
+            or SoftState(r.lead, r.role) != self._prev_soft
+        )
+
+    def ready(self) -> Ready | None:
+        """Collects what the driver must persist, send and apply; None if nothing.
+
+        Raises:
+            RuntimeError: the previous Ready has not been advanced.
+        """
+        if self._outstanding is not None:
+            raise RuntimeError("advance() the previous Ready before asking for another")
+        if not self.has_ready():
+            return None
+        r = self.raft
+        hard = self._hard_state()
+        soft = SoftState(r.lead, r.role)
+        ready = Ready(
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=tuple(r.log.unstable_entries()),
+            messages=tuple(r.msgs),
+            committed_entries=tuple(r.log.slice(self._applying + 1, r.log.committed + 1)),
+            soft_state=soft if soft != self._prev_soft else None,
+        )
+        r.msgs = []
+        self._prev_soft = soft
+        if ready.committed_entries:
+            self._applying = ready.committed_entries[-1].index
+        self._outstanding = ready
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """Tells the node the driver has persisted, sent and applied ``ready``.
+
+        Raises:
+            RuntimeError: ``ready`` is not the outstanding Ready.
+        """
+        if ready is not self._outstanding:
+            raise RuntimeError("advance() takes the Ready returned by the last ready()")
+        self._outstanding = None
+        if ready.hard_state is not None:
+            self._prev_hard = ready.hard_state
+        if ready.entries:
+            last = ready.entries[-1]
+            self.raft.on_persisted(last.index, last.term)
+        if ready.committed_entries:
+            self.raft.log.applied = ready.committed_entries[-1].index
+
+    def status(self) -> Status:
+        """The node's current state."""
+        r = self.raft
+        return Status(r.id, r.role, r.term, r.lead, r.vote, r.log.committed, r.log.applied,
+                      r.log.last_index(), r.membership)
+
+
+def bootstrap(storage: MemoryStorage | Storage, voters: "list[NodeId] | set[NodeId]",
+              learners: "list[NodeId] | set[NodeId]" = ()) -> None:
+    """Writes the first configuration of a brand-new cluster into an empty storage.
+
+    Every founding node must be bootstrapped with the same members: each then holds the same
+    committed CONFIG entry at index 1 (term 1), and the first election happens at term 2. A
+    node that joins later starts with empty storage and is added by the leader
+    (:meth:`RawNode.propose_membership`).
+
+    Raises:
+        ValueError: the storage is not empty or has no ``append``/``set_hard_state``.
+    """
+    if storage.last_index() != 0 or storage.hard_state() != EMPTY_HARD_STATE:
+        raise ValueError("bootstrap needs an empty storage")
+    membership = Membership.of(voters, learners)
+    if not membership.voters:
+        raise ValueError("bootstrap needs at least one voter")
+    append = getattr(storage, "append", None)
+    set_hard_state = getattr(storage, "set_hard_state", None)
+    if append is None or set_hard_state is None:
+        raise ValueError("this storage cannot be bootstrapped here; write the entry yourself")
+    append([Entry(index=1, term=1, type=EntryType.CONFIG, data=membership.encode())])
+    set_hard_state(HardState(term=1, vote=None, commit=1))

@@ -1,0 +1,48 @@
+"""What a leader knows about each follower's log (Figure 2 ``nextIndex`` / ``matchIndex``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(slots=True)
+class Progress:
+    """Replication state of one member, kept by the leader.
+
+    Two modes, as in etcd-io/raft: while *probing* the leader sends one MsgApp at a time and waits
+    for its answer (or the next heartbeat answer) before sending another, because it does not yet
+    know where the follower's log matches its own; once an append succeeds it *replicates*,
+    sending new entries as soon as they exist and advancing ``next`` optimistically. Any
+    rejection drops back to probing from ``match + 1``.
+
+    Attributes:
+        match: Highest index known to be replicated on the member.
+        next: Index of the next entry to send.
+        probing: Whether in probe mode (see above).
+        paused: In probe mode, an append is in flight; wait before sending another.
+        recent_active: Heard from since the last CheckQuorum round (thesis §6.2).
+    """
+
+    match: int = 0
+    next: int = 1
+    probing: bool = True
+    paused: bool = False
+    recent_active: bool = False
+
+    def update(self, index: int) -> bool:
+        """Records a successful append up to ``index``. Returns whether ``match`` advanced."""
+        self.paused = False
+        if index <= self.match:
+            return False
+        self.match = index
+        self.next = max(self.next, index + 1)
+        if self.probing:
+            self.probing = False
+            self.next = index + 1
+        return True
+
+    def reset_probe(self) -> None:
+        """Falls back to probing right after what is known to match."""
+        self.probing = True
+        self.paused = False
+        self.next = self.match + 1
