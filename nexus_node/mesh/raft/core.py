@@ -423,12 +423,6 @@ class Raft:
         if index <= self.log.committed or self.log.term(index) != self.term:
             return False
         self.log.commit_to(index)
-        if self.id not in self.membership.voters and self.log.committed >= self.log.last_config_index():
-            # Thesis §4.2.2: a leader removed from the configuration manages the cluster until
-            # its removal is committed, then steps down.
-            self._bcast_append()
-            self._become_follower(self.term, None)
-            return False
         return True
 
     def _send_append(self, to: NodeId, pr: Progress) -> None:
@@ -495,8 +489,9 @@ class Raft:
 
         Raises:
             NotLeader, ProposalDropped: as for :meth:`propose`.
-            InvalidConfigChange: more than one node changes, no voter would remain, a change is
-                still uncommitted, or this leader has not yet committed an entry of its term.
+            InvalidConfigChange: more than one node changes, no voter would remain, the leader
+                would not be a voter, a change is still uncommitted, or this leader has not yet
+                committed an entry of its term.
         """
         self._check_proposal()
         if self.log.last_config_index() > self.log.committed:
@@ -506,6 +501,14 @@ class Raft:
             # entry of its own term before changing the configuration, or an uncommitted change
             # from an earlier term can combine with this one into disjoint majorities.
             raise InvalidConfigChange("the new leader has not committed an entry of its term yet")
+        if self.id not in new.voters:
+            # Thesis §4.2.2 lets a leader manage a configuration that excludes it until that
+            # is committed. With CheckQuorum that can deadlock: a leader that steps down before
+            # the entry spreads no longer campaigns (it is not a voter in its log), while the
+            # others, still in the old configuration, need its vote and its longer log rejects
+            # them. Simulation seed 68 found it. Moving leadership away first avoids all that.
+            raise InvalidConfigChange("a leader cannot demote or remove itself: transfer "
+                                      "leadership first")
         check_single_change(self.membership, new)
         entry = Entry(self.log.last_index() + 1, self.term, EntryType.CONFIG, new.encode())
         self._append_entries([entry])

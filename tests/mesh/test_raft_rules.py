@@ -1,0 +1,248 @@
+"""Focused tests of single Raft rules, each on a hand-built situation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nexus_node.mesh.raft import (
+    Entry,
+    EntryType,
+    HardState,
+    InvalidConfigChange,
+    Membership,
+    MsgApp,
+    MsgAppResp,
+    MsgPreVote,
+    MsgPreVoteResp,
+    MsgTimeoutNow,
+    MsgVote,
+    MsgVoteResp,
+    NotLeader,
+    ProposalDropped,
+    RaftConfig,
+    RawNode,
+    Role,
+    message_from_dict,
+    message_to_dict,
+)
+
+from .helpers import Cluster, drain, node_with_log
+
+ABC = ["a", "b", "c"]
+
+
+def test_vote_needs_an_up_to_date_log_and_is_given_once_per_term() -> None:
+    # a's log: [1]t1 [2]t2 [3]t2 (§5.4.1 compares last term first, then length).
+    a, st = node_with_log("a", ABC, [2, 2], HardState(term=2))
+    a.step(MsgVote("b", "a", 3, last_index=9, last_term=1))  # longer but older
+    a.step(MsgVote("b", "a", 3, last_index=2, last_term=2))  # same term, shorter
+    assert [m.reject for m in drain(a, st)] == [True, True]
+    a.step(MsgVote("b", "a", 3, last_index=3, last_term=2))  # as up to date: granted
+    a.step(MsgVote("c", "a", 3, last_index=5, last_term=3))  # better, but a voted already
+    a.step(MsgVote("b", "a", 3, last_index=3, last_term=2))  # b asking again: same answer
+    out = drain(a, st)
+    assert [(m.dst, m.reject) for m in out] == [("b", False), ("c", True), ("b", False)]
+    # The vote is persisted before the grant is sent: a restarted a refuses c in term 3.
+    assert st.hard_state() == HardState(term=3, vote="b", commit=0)
+    again = RawNode(RaftConfig("a"), st)
+    again.step(MsgVote("c", "a", 3, last_index=5, last_term=3))
+    assert [m.reject for m in drain(again, st)] == [True]
+
+
+def test_pre_vote_changes_no_term_and_a_returning_node_does_not_disrupt() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    term = cl.nodes["a"].status().term
+    cl.cut = {"c"}
+    cl.tick(100)  # c times out again and again, but only pre-votes
+    c = cl.nodes["c"].status()
+    assert c.term == term and c.role is Role.PRE_CANDIDATE
+    # Its pre-vote reaches a follower that hears from a: ignored (leader lease, thesis §4.2.3).
+    b_before = cl.nodes["b"].status()
+    cl.nodes["b"].step(MsgPreVote("c", "b", term + 1, last_index=99, last_term=term))
+    assert drain(cl.nodes["b"], cl.storage["b"]) == [] and cl.nodes["b"].status() == b_before
+    cl.cut = set()
+    cl.tick(30)
+    assert cl.leader() == "a" and all(n.status().term == term for n in cl.nodes.values())
+    assert cl.nodes["c"].status().lead == "a"
+
+
+def test_pre_vote_grant_is_for_a_future_term_and_binds_nothing() -> None:
+    a, st = node_with_log("a", ABC, [2], HardState(term=2))
+    a.step(MsgPreVote("b", "a", 3, last_index=2, last_term=2))
+    a.step(MsgPreVote("c", "a", 3, last_index=2, last_term=2))
+    out = drain(a, st)
+    assert out == [MsgPreVoteResp("a", "b", 3, reject=False), MsgPreVoteResp("a", "c", 3, reject=False)]
+    assert a.status().term == 2 and a.status().vote is None
+    a.step(MsgPreVote("b", "a", 1, last_index=5, last_term=1))  # stale term: told ours
+    assert drain(a, st) == [MsgPreVoteResp("a", "b", 2, reject=True)]
+
+
+def test_figure_8_old_term_entries_commit_only_under_a_current_term_entry() -> None:
+    # Raft paper Figure 8 (c): s1 leads term 4; its term-2 entry at index 2 is on s1, s2, s3
+    # (a majority of five) yet must not count as committed: s5, holding a term-3 entry at index
+    # 2, can still be elected by s2, s3, s4 and overwrite it (d).
+    five = ["s1", "s2", "s3", "s4", "s5"]
+    s1, st = node_with_log("s1", five, [2], HardState(term=3, commit=1), pre_vote=False)
+    s1.campaign()
+    drain(s1, st)
+    for v in ("s2", "s3"):
+        s1.step(MsgVoteResp(v, "s1", 4, reject=False))
+    assert drain(s1, st) and s1.status().role is Role.LEADER  # no-op [3]t4 appended, persisted
+    for v in ("s2", "s3"):
+        s1.step(MsgAppResp(v, "s1", 4, index=2))
+    drain(s1, st)
+    assert s1.status().commit == 1, "a previous-term entry was committed by counting (§5.4.2)"
+    # Why: s5's log [1]t1 [2]t3 beats s2's [1]t1 [2]t2 at the ballot (§5.4.1).
+    s2, st2 = node_with_log("s2", five, [2], HardState(term=4))
+    s2.step(MsgVote("s5", "s2", 5, last_index=2, last_term=3))
+    assert [m.reject for m in drain(s2, st2)] == [False]
+    # Once the term-4 no-op is on a majority (s1, s2, s3), it commits, and index 2 with it.
+    s1.step(MsgAppResp("s2", "s1", 4, index=3))
+    drain(s1, st)
+    assert s1.status().commit == 1
+    s1.step(MsgAppResp("s3", "s1", 4, index=3))
+    drain(s1, st)
+    assert s1.status().commit == 3
+
+
+def test_conflicting_suffix_is_truncated_and_stale_appends_truncate_nothing() -> None:
+    f, st = node_with_log("f", ABC, [2, 2, 2], HardState(term=2))  # [1]t1 [2..4]t2
+    f.step(MsgApp("l", "f", 3, prev_index=2, prev_term=2,
+                  entries=(Entry(3, 3, data=b"new3"),), commit=0))
+    out = drain(f, st)
+    assert out == [MsgAppResp("f", "l", 3, index=3)]
+    assert [(e.index, e.term) for e in st.entries(1, st.last_index() + 1)] == [
+        (1, 1), (2, 2), (3, 3)]
+    # A delayed duplicate of an older append must not cut entry 3 off again.
+    f.step(MsgApp("l", "f", 3, prev_index=1, prev_term=1,
+                  entries=(Entry(2, 2, data=b"e2"),), commit=0))
+    drain(f, st)
+    assert st.last_index() == 3 and st.term(3) == 3
+    # A probe past our log is rejected with a hint: our last index <= 7 whose term is <= 3.
+    f.step(MsgApp("l", "f", 3, prev_index=7, prev_term=3, entries=(), commit=0))
+    assert drain(f, st) == [MsgAppResp("f", "l", 3, index=7, reject=True, hint_index=3, hint_term=3)]
+
+
+def test_leader_backtracks_to_the_follower_hint_and_repairs_its_log() -> None:
+    cl = Cluster(ABC)
+    cl.elect("a")
+    cl.cut = {"c"}
+    for k in range(20):
+        cl.nodes["a"].propose(f"x{k}".encode())
+    cl.deliver()
+    cl.cut = set()
+    cl.tick(4)
+    logs = {i: [(e.index, e.term) for e in st.entries(1, st.last_index() + 1)]
+            for i, st in cl.storage.items()}
+    assert logs["a"] == logs["b"] == logs["c"] and len(logs["a"]) == 22
+    assert [e.data for e in cl.applied["c"]] == [e.data for e in cl.applied["a"]]
+
+
+def test_learners_never_vote_campaign_or_count_for_quorum() -> None:
+    cl = Cluster(["a", "b"], learners=["l"])
+    cl.cut = {"a", "b"}
+    cl.tick(200, only=["l"])  # a learner never times out into a campaign
+    assert cl.nodes["l"].status().role is Role.FOLLOWER and cl.nodes["l"].status().term == 1
+    assert cl.nodes["l"].ready() is None
+    cl.cut = set()
+    # a's pre-vote and vote go to b only; a learner's grant is not counted.
+    a = cl.nodes["a"]
+    a.campaign()
+    out = drain(a, cl.storage["a"])
+    assert {m.dst for m in out} == {"b"}
+    a.step(MsgPreVoteResp("l", "a", 2, reject=False))
+    assert a.status().role is Role.PRE_CANDIDATE
+    cl.nodes["b"].step(out[0])
+    cl.deliver()
+    assert cl.leader() == "a"
+    # The learner's acknowledgement alone never commits: b is down.
+    cl.cut = {"b"}
+    entry = a.propose(b"x")
+    cl.deliver()
+    assert a.status().commit < entry.index
+    assert cl.storage["l"].last_index() >= entry.index  # but it does receive the log
+    cl.cut = set()
+    cl.tick(4)
+    assert a.status().commit >= entry.index and cl.applied["l"][-1].data == b"x"
+
+
+def test_leadership_transfer_catches_the_target_up_then_hands_over() -> None:
+    cl = Cluster(ABC)
+    cl.elect("a")
+    term = cl.nodes["a"].status().term
+    cl.cut = {"c"}
+    cl.nodes["a"].propose(b"only on a and b")
+    cl.deliver()
+    cl.cut = set()
+    cl.nodes["a"].transfer_leadership("c")  # c lags: it is sent the log first, then TimeoutNow
+    with pytest.raises(ProposalDropped):
+        cl.nodes["a"].propose(b"refused while transferring")
+    sent: list[type] = []
+    cl.deliver(drop=lambda m: sent.append(type(m)) and False)
+    assert MsgTimeoutNow in sent
+    assert cl.leader() == "c" and cl.nodes["c"].status().term == term + 1
+    assert cl.nodes["a"].status().role is Role.FOLLOWER
+    with pytest.raises(NotLeader) as info:
+        cl.nodes["a"].propose(b"x")
+    assert info.value.leader == "c"
+    cl.nodes["c"].propose(b"after")
+    cl.deliver()
+    assert [e.data for e in cl.applied["a"] if e.type is EntryType.NORMAL] == [
+        b"only on a and b", b"after"]
+
+
+def test_transfer_is_abandoned_when_the_target_does_not_answer() -> None:
+    cl = Cluster(ABC, election_tick=10)
+    cl.elect("a")
+    cl.cut = {"c"}
+    cl.nodes["a"].transfer_leadership("c")
+    cl.tick(10, only=["a", "b"])
+    assert cl.leader() == "a"
+    cl.nodes["a"].propose(b"accepted again")
+
+
+def test_isolated_leader_steps_down_check_quorum() -> None:
+    cl = Cluster(ABC, election_tick=10)
+    cl.elect("a")
+    cl.cut = {"a"}
+    # The first check after the cut still counts what b and c said before it; the next one,
+    # at most 2 * election_tick after the last contact, finds no quorum.
+    cl.tick(10, only=["a"])
+    assert cl.nodes["a"].status().role is Role.LEADER
+    cl.tick(10, only=["a"])
+    assert cl.nodes["a"].status().role is Role.FOLLOWER
+
+
+def test_membership_changes_are_one_at_a_time_and_never_drop_the_leader() -> None:
+    cl = Cluster(ABC)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    with pytest.raises(InvalidConfigChange):
+        a.propose_membership(Membership.of(["a", "b", "c", "d", "e"]))
+    with pytest.raises(InvalidConfigChange):
+        a.propose_membership(Membership.of(["b", "c"]))  # the leader itself: transfer first
+    a.propose_membership(Membership.of(["a", "b", "c"], ["d"]))
+    with pytest.raises(InvalidConfigChange):  # the first is not committed yet
+        a.propose_membership(Membership.of(["a", "b"], ["d"]))
+    # In force as soon as appended (thesis §4.1): d already gets the log.
+    assert a.status().membership == Membership.of(["a", "b", "c"], ["d"])
+    with pytest.raises(NotLeader):
+        cl.nodes["b"].propose_membership(Membership.of(["a", "b"]))
+
+
+def test_messages_round_trip_through_json() -> None:
+    msgs = [
+        MsgApp("a", "b", 3, 4, 2, (Entry(5, 3, EntryType.NORMAL, b"\x00\xff", "p-1"),
+                                   Entry(6, 3, EntryType.NOOP)), 4),
+        MsgAppResp("b", "a", 3, 4, True, 2, 1),
+        MsgVote("a", "b", 3, 4, 2, True),
+        MsgPreVoteResp("b", "a", 3, False),
+        MsgTimeoutNow("a", "b", 3),
+    ]
+    for m in msgs:
+        assert message_from_dict(json.loads(json.dumps(message_to_dict(m)))) == m
+    with pytest.raises(ValueError):
+        message_from_dict({"type": "os.system"})
