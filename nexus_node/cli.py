@@ -115,13 +115,21 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True) -> str:
         lines.append(f"ran          {format_duration(end - job.started_at)} from {_when(job.started_at)}")
     if job.constraints_source:
         c = d["constraints"]
-        rationale = c.get("rationale", "") if isinstance(c, dict) else ""
-        lines.append(f"constraints  {job.constraints_source}" + (f": {rationale}" if rationale else ""))
+        rationale = job.constraints_rationale or (c.get("rationale", "") if isinstance(c, dict) else "")
+        engine = job.constraints_source
+        if job.constraints_model:
+            engine = f"{engine} over llm {job.constraints_model}" if engine == "user" else f"llm {job.constraints_model}"
+        lines.append(f"constraints  {engine}" + (f": {rationale}" if rationale else ""))
+        if job.constraints_fallback:
+            lines.append(f"             LLM not used: {job.constraints_fallback}")
     if job.feature_importance:
         pairs = [(f.column, f.importance) for f in job.feature_importance[:TOP_FEATURES]]
         lines += ["", "top features", format_features(pairs, unicode)]
     if job.summary:
-        lines += ["", "summary", textwrap.indent(textwrap.fill(job.summary, 86), "  ")]
+        by = {"llm": f" (by {job.summary_model or 'Gemini'})", "template": " (template)"}.get(job.summary_source, "")
+        lines += ["", f"summary{by}", textwrap.indent(textwrap.fill(job.summary, 86), "  ")]
+        if job.summary_fallback:
+            lines.append(textwrap.indent(textwrap.fill(f"LLM not used: {job.summary_fallback}", 86), "  "))
     return "\n".join(lines)
 
 

@@ -50,6 +50,9 @@ def job_to_pb(j: JobRecord) -> pb.Job:
         seed=j.seed, dataset_sha256=j.dataset_sha256, dataset_bytes=j.dataset_bytes,
         encoding=j.encoding, study_name=j.study_name,
         best_params_json=json.dumps(j.best_params) if j.best_params else "", node_id=j.node_id,
+        constraints_model=j.constraints_model, constraints_rationale=j.constraints_rationale,
+        constraints_fallback=j.constraints_fallback, summary_source=j.summary_source,
+        summary_model=j.summary_model, summary_fallback=j.summary_fallback,
     )
     return msg
 

@@ -30,6 +30,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.auth import ServerAuthInterceptor, node_token
 from nexus_node.jobs.manager import JobManager, ManagerSettings
+from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.servicer import NexusServicer
 from nexus_node.store.blobs import BlobStore
@@ -51,6 +52,8 @@ class NodeConfig:
     max_predict_mb: int = 64
     default_max_trials: int = 20
     cluster_name: str = "nexus"
+    # Disabled (no key) unless node_main resolves a key from the environment.
+    llm: LLMSettings = field(default_factory=LLMSettings)
 
 
 class Node:
@@ -67,6 +70,7 @@ class Node:
         self._pools: list[RunnerPool] = []
         self._threads: ThreadPoolExecutor | None = None
         self._lock_file: IO[str] | None = None
+        self._llm: GeminiClient | None = None
 
     @property
     def address(self) -> str:
@@ -106,6 +110,8 @@ class Node:
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
 
+        # Only a node with a key builds a client (and only its first call imports google-genai).
+        self._llm = GeminiClient(cfg.llm) if cfg.llm.enabled else None
         self.manager = JobManager(
             db=self._db, blobs=blobs, pool=work, serve_pool=serve, storage=storage,
             node_id=self.node_id, storage_host=_loopback_for(cfg.host), storage_port=self.port,
@@ -114,6 +120,7 @@ class Node:
                 default_max_trials=cfg.default_max_trials, threads_per_trial=cfg.threads_per_trial,
                 worker_memory_bytes=memory_info()[1],
             ),
+            llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
         )
         servicer = NexusServicer(
             self.manager, self.cluster_view, lambda suffix: blobs.new_temp(suffix),
@@ -134,6 +141,11 @@ class Node:
         for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
+        if self._llm is not None:
+            log.info("Gemini %s at %s proposes constraints and summaries", cfg.llm.model,
+                     cfg.llm.base_url or "Google's endpoint")
+        else:
+            log.info("heuristic constraints and template summaries: %s", cfg.llm.disabled_reason)
 
     def cluster_view(self) -> pb.Cluster:
         """This node as a one-node cluster (the mesh fills in peers)."""
@@ -156,6 +168,8 @@ class Node:
         if self.manager is not None:
             await self.manager.close()
         await asyncio.gather(*(p.close() for p in self._pools), return_exceptions=True)
+        if self._llm is not None:
+            await self._llm.aclose()
         if self._db is not None:
             await self._db.close()
         if self._threads is not None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from nexus_node.auth import default_data_dir
+from nexus_node.llm import DEFAULT_MODEL, resolve
 from nexus_node.node import Node, NodeConfig
 
 
@@ -27,15 +29,27 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
     ap.add_argument("--default-trials", type=int, default=20, help="trial budget of jobs that set none")
     ap.add_argument("--cluster", default="nexus", help="cluster name (default 'nexus')")
+    ap.add_argument("--llm", choices=("auto", "off"), default="auto",
+                    help="auto (default): ask Gemini for constraints and summaries when GEMINI_API_KEY "
+                         "or GOOGLE_API_KEY is set; off: heuristic constraints and template summaries")
+    ap.add_argument("--llm-model", default=DEFAULT_MODEL, help=f"Gemini model (default {DEFAULT_MODEL})")
+    ap.add_argument("--llm-base-url", default="", help="Gemini API endpoint (a proxy; default Google's)")
+    ap.add_argument("--llm-timeout", type=float, default=20.0,
+                    help="seconds one Gemini request may take (default 20; 429/5xx are retried twice)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.slots is not None and a.slots < 1:
         ap.error("--slots must be at least 1")
+    if a.llm_timeout <= 0:
+        ap.error("--llm-timeout must be positive")
+    llm = resolve(a.llm, a.llm_model, a.llm_base_url, os.environ,
+                  timeout_s=a.llm_timeout, deadline_s=max(45.0, 2.5 * a.llm_timeout))
     return NodeConfig(
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
+        llm=llm,
     )
 
 

@@ -31,9 +31,12 @@ def insurance_csv() -> Path:
 class NodeProcess:
     """A real ``nexus-node`` process on a loopback port, started and stopped by a test."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int = 0) -> None:
+    def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.extra = list(extra)
+        # A developer's own Gemini key must not reach test nodes: only what a test passes.
+        self.env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+        self.env.update(env or {})
         self.port = port or free_port()
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir.parent / f"{data_dir.name}-node.log"
@@ -48,7 +51,7 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nexus_node.node_main", "--host", "127.0.0.1",
              "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
-            stdout=subprocess.PIPE, stderr=logf, text=True,
+            stdout=subprocess.PIPE, stderr=logf, text=True, env=self.env,
         )
         assert self.proc.stdout is not None
         # The node prints one line once it serves; reading it is the synchronisation.
@@ -83,8 +86,8 @@ def free_port() -> int:
 def node_factory(tmp_path: Path) -> Iterator:
     nodes: list[NodeProcess] = []
 
-    def make(name: str = "node", *extra: str, port: int = 0) -> NodeProcess:
-        n = NodeProcess(tmp_path / name, *extra, port=port)
+    def make(name: str = "node", *extra: str, port: int = 0, env: dict[str, str] | None = None) -> NodeProcess:
+        n = NodeProcess(tmp_path / name, *extra, port=port, env=env)
         nodes.append(n)
         return n
 

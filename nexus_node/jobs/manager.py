@@ -20,14 +20,15 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Coroutine, TypeVar
 
 import optuna
 
 from nexus_node import studies
-from nexus_node.constraints import Constraints, apply_override, hard_bounds, heuristic_constraints, parse_override
+from nexus_node.constraints import Constraints, apply_override, hard_bounds, parse_override
 from nexus_node.csvcheck import check_csv
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
+from nexus_node.llm import GeminiClient, decide_constraints, summarize
 from nexus_node.jobs.events import NEW_BEST, STATE_CHANGED, TRIAL_FINISHED, EventHub, JobEvent, TrialView
 from nexus_node.jobs.records import (
     CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
@@ -39,6 +40,7 @@ from nexus_node.store.blobs import BlobStore
 from nexus_node.store.db import Database
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 METRICS = {  # name -> maximize
     "r2": True, "rmse": False, "mae": False,
@@ -65,12 +67,15 @@ class JobManager:
         self, *, db: Database, blobs: BlobStore, pool: RunnerPool, serve_pool: RunnerPool,
         storage: optuna.storages.BaseStorage, node_id: str, storage_host: str,
         storage_port: int, token: str | None, settings: ManagerSettings | None = None,
+        llm: GeminiClient | None = None, llm_unavailable: str = "",
     ) -> None:
         self.db, self.blobs, self.pool, self.serve_pool = db, blobs, pool, serve_pool
         self.storage = storage
         self.node_id = node_id
         self.storage_addr = {"host": storage_host, "port": storage_port, "token": token}
         self.settings = settings or ManagerSettings()
+        # Gemini, when this node has a key; otherwise why not (each job records it).
+        self.llm, self.llm_unavailable = llm, llm_unavailable or "no Gemini client on this node"
         self.events = EventHub()
         self._jobs: dict[str, JobRecord] = {}          # active jobs, the live copy
         self._drivers: dict[str, asyncio.Task[None]] = {}
@@ -291,11 +296,18 @@ class JobManager:
             raise InvalidInput(f"metric {metric!r} does not apply to a {job.task} target")
         job.metric, job.maximize = metric, METRICS[metric]
         memory = self.settings.worker_memory_bytes
-        c = heuristic_constraints(profile, memory)
+        # Gemini's constraints (or the heuristic's, with the reason) are the base; a user's
+        # override moves inside the same hard bounds over either.
+        decision = await self._unless_cancelled(
+            job, decide_constraints(self.llm, self.llm_unavailable, profile, job.spec.use_case, memory)
+        )
+        c = decision.constraints
         if job.spec.constraints_json:
             bounds = hard_bounds(int(profile["rows"]), int(profile.get("n_features", 0)), memory)
             c = apply_override(c, parse_override(job.spec.constraints_json), bounds, source="user")
         job.constraints, job.constraints_source = c.to_dict(), c.source
+        job.constraints_model, job.constraints_fallback = decision.model, decision.fallback
+        job.constraints_rationale = c.rationale
         study = await asyncio.to_thread(self._create_study, job, c)
         self._studies[job.job_id] = study
         job.prepared["search_started_at"] = time.time()
@@ -461,8 +473,6 @@ class JobManager:
         await self.db.put_job(job)
 
     async def _finalize(self, job: JobRecord) -> None:
-        from nexus_node.pipeline.summary import template_summary  # stdlib-only module
-
         files = {k: str(self.blobs.path(v)) for k, v in job.prepared["files"].items()}
         artifact = self.blobs.new_temp(".zip")
         result = await self._run_task(job, self.pool, {
@@ -491,10 +501,35 @@ class JobManager:
         job.model_id = model.model_id
         job.test_metrics = model.test_metrics
         job.feature_importance = {k: float(v) for k, v in result.get("feature_importance", {}).items()}
-        job.summary = template_summary(
-            job.spec.use_case, job.task, job.spec.target.strip(), job.test_metrics, job.feature_importance
-        )
+        await self.db.put_job(job)   # the model is recorded before the summary is asked for
+        insight = await self._unless_cancelled(job, summarize(
+            self.llm, self.llm_unavailable, use_case=job.spec.use_case, task=job.task,
+            target=job.spec.target.strip(), rows=int(job.profile.get("rows", 0)),
+            test_metrics=job.test_metrics, feature_importance=job.feature_importance,
+        ))
+        job.summary, job.summary_source = insight.text, insight.source
+        job.summary_model, job.summary_fallback = insight.model, insight.fallback
         await self._set_state(job, COMPLETED, "completed")
+
+    async def _unless_cancelled(self, job: JobRecord, call: Coroutine[Any, Any, T]) -> T:
+        """Await an LLM call, abandoning it when the job is cancelled meanwhile: a cancel
+        must not wait for Gemini's timeout."""
+        stop = self._stop_events[job.job_id]
+        self._check_cancel(job)
+        task = asyncio.ensure_future(call)
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()   # node shutting down: the call must not outlive the driver
+            raise
+        finally:
+            stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            raise _Cancelled()
+        return task.result()
 
     async def _run_task(self, job: JobRecord, pool: RunnerPool, task: dict[str, Any], label: str) -> dict[str, Any]:
         """Run a job-level task (prepare, finalize) on a slot, giving up if the job is cancelled."""

@@ -49,7 +49,10 @@ class JobRecord:
     study_name: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
     constraints: dict[str, Any] = field(default_factory=dict)
-    constraints_source: str = ""
+    constraints_source: str = ""       # llm | heuristic | user
+    constraints_model: str = ""        # Gemini model whose answer is the base, if any
+    constraints_rationale: str = ""
+    constraints_fallback: str = ""     # why the LLM's constraints were not used
     prepared: dict[str, Any] = field(default_factory=dict)   # prepare task's output + blob ids
     trials: dict[str, int] = field(default_factory=dict)     # Optuna state name -> count
     best_value: float | None = None
@@ -59,6 +62,9 @@ class JobRecord:
     test_metrics: dict[str, float] = field(default_factory=dict)
     feature_importance: dict[str, float] = field(default_factory=dict)
     summary: str = ""
+    summary_source: str = ""           # llm | template
+    summary_model: str = ""
+    summary_fallback: str = ""         # why the template summary was used
     cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
