@@ -163,11 +163,14 @@ class Node:
         return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=self.node_id, term=0, nodes=[node])
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self.server is not None:
-            await self.server.stop(grace)
+        # Jobs first, then runners (killed: their work is redone on restart), then the
+        # server: a runner must never see its node's port close mid-trial and record the
+        # connection error as the trial's failure.
         if self.manager is not None:
             await self.manager.close()
-        await asyncio.gather(*(p.close() for p in self._pools), return_exceptions=True)
+        await asyncio.gather(*(p.close(kill=True) for p in self._pools), return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop(grace)
         if self._llm is not None:
             await self._llm.aclose()
         if self._db is not None:

@@ -42,6 +42,10 @@ async def _mapped(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         yield
     except NexusError as e:
         await context.abort(status_for(e), str(e))
+    except OSError as e:
+        # A blob or the data dir vanished under the node: say so rather than UNKNOWN.
+        log.exception("storage error")
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the node's data dir could not be read: {e}")
 
 
 class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
@@ -90,7 +94,10 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
     async def SubmitJob(self, request_iterator, context):  # noqa: N802 (gRPC method names)
         async with _mapped(context):
             spec, path = await self._receive_file("spec", request_iterator, self.max_upload_bytes, "upload")
-            job = await self.manager.submit(convert.spec_from_pb(spec), path)
+            try:
+                job = await self.manager.submit(convert.spec_from_pb(spec), path)
+            finally:
+                path.unlink(missing_ok=True)   # moved into the blob store when accepted
             return pb.SubmitJobResponse(job_id=job.job_id, job=convert.job_to_pb(job))
 
     async def GetJob(self, request, context):  # noqa: N802
@@ -137,18 +144,20 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
             try:
                 if path.stat().st_size == 0:
                     raise InvalidInput("the prediction input is empty: send a CSV with a header row")
-                model, result = await self.manager.predict(str(model_id), path)
+                row = 0
+                first = True
+                async for classes, rows in self.manager.predict(str(model_id), path):
+                    for start in range(0, len(rows), PREDICT_BATCH):
+                        batch = [
+                            pb.Prediction(row=row + i, label=str(p["label"]), value=float(p["value"]),
+                                          probabilities=p.get("probabilities", []))
+                            for i, p in enumerate(rows[start:start + PREDICT_BATCH])
+                        ]
+                        row += len(batch)
+                        yield pb.PredictResponse(classes=classes if first else [], predictions=batch)
+                        first = False
             finally:
                 path.unlink(missing_ok=True)
-            preds = result["predictions"]
-            classes = list(result.get("classes", []))
-            for start in range(0, max(1, len(preds)), PREDICT_BATCH):
-                batch = [
-                    pb.Prediction(row=start + i, label=str(p["label"]), value=float(p["value"]),
-                                  probabilities=p.get("probabilities", []))
-                    for i, p in enumerate(preds[start:start + PREDICT_BATCH])
-                ]
-                yield pb.PredictResponse(classes=classes if start == 0 else [], predictions=batch)
 
     async def ExportModel(self, request, context):  # noqa: N802
         async with _mapped(context):
@@ -164,3 +173,11 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
 
     async def GetCluster(self, request, context):  # noqa: N802
         return self.cluster()
+
+    async def WatchCluster(self, request, context):  # noqa: N802
+        changes = self.manager.changes
+        version = changes.version   # read before the first view so no change is missed
+        yield self.cluster()
+        while True:
+            version = await changes.wait_past(version)
+            yield self.cluster()

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 import optuna
 
@@ -62,6 +63,27 @@ class _Cancelled(Exception):
     pass
 
 
+class ChangeFeed:
+    """A version counter that coroutines can wait on: ``notify()`` bumps it, ``wait_past(v)``
+    returns once it is past ``v``. WatchCluster uses it so that a watcher wakes on a change
+    and reads the newest view, however many changes happened meanwhile."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self.version += 1
+        # Wake every waiter, then arm a fresh event for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_past(self, version: int) -> int:
+        while self.version <= version:
+            await self._changed.wait()
+        return self.version
+
+
 class JobManager:
     def __init__(
         self, *, db: Database, blobs: BlobStore, pool: RunnerPool, serve_pool: RunnerPool,
@@ -77,10 +99,15 @@ class JobManager:
         # Gemini, when this node has a key; otherwise why not (each job records it).
         self.llm, self.llm_unavailable = llm, llm_unavailable or "no Gemini client on this node"
         self.events = EventHub()
+        self.changes = ChangeFeed()   # job states and busy slots, for WatchCluster
         self._jobs: dict[str, JobRecord] = {}          # active jobs, the live copy
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, dict[int, tuple[Runner, int]]] = {}  # job -> trial -> (runner, task id)
         self._stop_events: dict[str, asyncio.Event] = {}
+        # Set when a job's running trials must stop (cancel, time budget): a trial that
+        # registers after the cancels were sent still sees it.
+        self._stop_trials: dict[str, asyncio.Event] = {}
+        self._trial_tasks: set[asyncio.Task[None]] = set()
         self._studies: dict[str, optuna.Study] = {}
         self._lock = asyncio.Lock()
 
@@ -92,15 +119,22 @@ class JobManager:
             if job.terminal:
                 continue
             if job.cancel_requested:
+                study = await self._study_or_none(job)
+                if study is not None:
+                    await self._fail_running(study, "the job was cancelled")
                 await self._set_state(job, CANCELLED, "cancelled")
                 continue
             job.message = f"resumed after node restart (was {job.state})"
             self._launch(job)
 
     async def close(self) -> None:
-        for task in list(self._drivers.values()):
+        """Stop driving jobs (node shutdown). Jobs stay active on disk and resume on restart;
+        trials running now stay RUNNING in their study and are failed, with that reason,
+        by the restarted node."""
+        tasks = [*self._drivers.values(), *self._trial_tasks]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._drivers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- public operations ------------------------------------------------------------
 
@@ -146,12 +180,14 @@ class JobManager:
 
     async def cancel(self, job_id: str) -> JobRecord:
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or job.terminal:
             stored = await self.get(job_id)
             raise FailedPrecondition(f"job {job_id} already ended ({stored.state}); nothing to cancel")
         job.cancel_requested = True
         await self.db.put_job(job)
-        self._stop_events[job_id].set()
+        for events in (self._stop_events, self._stop_trials):
+            if job_id in events:
+                events[job_id].set()
         for runner, tid in self._running.get(job_id, {}).values():
             runner.cancel(tid)
         driver = self._drivers.get(job_id)
@@ -179,16 +215,39 @@ class JobManager:
     async def models(self) -> list[ModelRecord]:
         return await self.db.list_models()
 
-    async def predict(self, model_or_job: str, csv_path: Path) -> tuple[ModelRecord, dict[str, Any]]:
+    async def predict(self, model_or_job: str, csv_path: Path) -> AsyncIterator[tuple[list[str], list[dict[str, Any]]]]:
+        """Predictions for a CSV file, as ``(classes, rows)`` batches in row order.
+
+        The serve runner sends batches as they are ready, so the node holds one batch at a
+        time, not the whole result. Raises the runner's error (e.g. InvalidInput for a
+        missing column) before the first batch.
+        """
         model = await self.model(model_or_job)
+        artifact = self.blobs.path(model.artifact_sha256)
+        if not artifact.is_file():
+            raise FailedPrecondition(f"model {model.model_id}'s artifact is missing from this node's data dir")
         async with self.serve_pool.acquire() as runner:
             runner.current = f"predict {model.model_id}"
-            result = await runner.run({
-                "task": "predict",
-                "artifact_path": str(self.blobs.path(model.artifact_sha256)),
-                "csv_path": str(csv_path),
-            })
-        return model, result
+            batches: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+            _, fut = await runner.call(
+                {"task": "predict", "artifact_path": str(artifact), "csv_path": str(csv_path)},
+                on_event=lambda ev: batches.put_nowait(ev["rows"]) if ev.get("kind") == "predictions" else None,
+            )
+            held: list[dict[str, Any]] | None = None
+            while not (fut.done() and batches.empty()):
+                getter = asyncio.ensure_future(batches.get())
+                await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                # Hold one batch back until the result says the task succeeded: a failure
+                # (bad input) must reach the caller as an error, not after partial output.
+                if held is not None:
+                    yield list(model.classes), held
+                held = getter.result()
+            result = fut.result()
+            if held is not None:
+                yield list(result.get("classes", model.classes)), held
 
     # ---- the driver ------------------------------------------------------------------
 
@@ -197,8 +256,8 @@ class JobManager:
             raise InvalidInput("no target column given: set JobSpec.target (CLI: --target COL)")
         if spec.max_trials < 0 or spec.max_trials > self.settings.max_trials_limit:
             raise InvalidInput(f"max_trials must be between 0 and {self.settings.max_trials_limit}")
-        if spec.time_budget_seconds < 0:
-            raise InvalidInput("time_budget_seconds must be 0 (no limit) or positive")
+        if not math.isfinite(spec.time_budget_seconds) or spec.time_budget_seconds < 0:
+            raise InvalidInput("time_budget_seconds must be 0 (no limit) or a positive number of seconds")
         if spec.metric and spec.metric not in METRICS:
             raise InvalidInput(f"unknown metric {spec.metric!r}; choose one of {sorted(METRICS)}")
         if spec.constraints_json:
@@ -207,6 +266,7 @@ class JobManager:
     def _launch(self, job: JobRecord) -> None:
         self._jobs[job.job_id] = job
         self._stop_events[job.job_id] = asyncio.Event()
+        self._stop_trials[job.job_id] = asyncio.Event()
         self._running[job.job_id] = {}
         self._drivers[job.job_id] = asyncio.create_task(self._drive(job), name=f"job-{job.job_id}")
 
@@ -256,6 +316,7 @@ class JobManager:
             job.finished_at = now
         await self.db.put_job(job)
         self.events.publish(JobEvent(STATE_CHANGED, dataclasses.replace(job)))
+        self.changes.notify()
 
     async def _prepare(self, job: JobRecord) -> None:
         await self._set_state(job, PREPARING, "profiling and preparing the data")
@@ -341,9 +402,7 @@ class JobManager:
         )
         self._studies[job.job_id] = study
         # Trials left RUNNING by a previous incarnation of this node have no runner now.
-        for t in await asyncio.to_thread(study.get_trials, False):
-            if t.state.name == "RUNNING":
-                await asyncio.to_thread(studies.fail_trial, study, t._trial_id, "node restarted while the trial ran")
+        await self._fail_running(study, "node restarted while the trial ran")
         c = Constraints.from_dict(job.constraints)
         started = float(job.prepared.get("search_started_at") or time.time())
         budget = job.spec.time_budget_seconds
@@ -351,6 +410,27 @@ class JobManager:
         stop = self._stop_events[job.job_id]
         inflight: set[asyncio.Task[None]] = set()
         await self._refresh_counts(job, study)
+        try:
+            await self._search_loop(job, study, c, deadline, stop, inflight)
+        finally:
+            # However the loop ended (budget, cancel, an error), no trial outlives it.
+            if inflight:
+                self._stop_trials[job.job_id].set()
+                for runner, tid in self._running.get(job.job_id, {}).values():
+                    runner.cancel(tid)
+                await asyncio.gather(*inflight, return_exceptions=True)
+        self._check_cancel(job)
+        await self._refresh_counts(job, study)
+        if job.best_value is None:
+            reasons = [t.message for t in await self.trials(job.job_id) if t.message]
+            why = f": {max(set(reasons), key=reasons.count)}" if reasons else ""
+            raise NexusError(f"no trial completed{why}")
+        await self._set_state(job, FINALIZING, "retraining the best configuration on train+validation")
+
+    async def _search_loop(
+        self, job: JobRecord, study: optuna.Study, c: Constraints, deadline: float,
+        stop: asyncio.Event, inflight: set[asyncio.Task[None]],
+    ) -> None:
         while True:
             self._check_cancel(job)
             # Enqueued (WAITING) trials are not started yet; ask() picks them up first.
@@ -370,25 +450,19 @@ class JobManager:
                 raise
             task = asyncio.create_task(self._trial(job, study, slot, runner, trial, params))
             inflight.add(task)
+            self._trial_tasks.add(task)
             task.add_done_callback(inflight.discard)
+            task.add_done_callback(self._trial_tasks.discard)
         if inflight:
             remaining = deadline - time.time()
-            done, pending = await asyncio.wait(
-                set(inflight), timeout=None if remaining == float("inf") else max(0.0, remaining)
-            )
-            if pending:
-                # Time budget reached: running trials stop at their next epoch and are
-                # recorded as pruned with their last intermediate value.
-                for runner, tid in self._running.get(job.job_id, {}).values():
-                    runner.cancel(tid)
-                await asyncio.wait(pending)
-        self._check_cancel(job)
-        await self._refresh_counts(job, study)
-        if job.best_value is None:
-            reasons = [t.message for t in await self.trials(job.job_id) if t.message]
-            why = f": {max(set(reasons), key=reasons.count)}" if reasons else ""
-            raise NexusError(f"no trial completed{why}")
-        await self._set_state(job, FINALIZING, "retraining the best configuration on train+validation")
+            await asyncio.wait(set(inflight), timeout=None if remaining == float("inf") else max(0.0, remaining))
+            # Past the time budget the caller stops what still runs: those trials end at
+            # their next epoch, recorded as pruned with their last intermediate value.
+
+    async def _fail_running(self, study: optuna.Study, reason: str) -> None:
+        for t in await asyncio.to_thread(study.get_trials, False):
+            if t.state.name == "RUNNING":
+                await asyncio.to_thread(studies.fail_trial, study, t._trial_id, reason)
 
     async def _wait_slot(self, stop: asyncio.Event, deadline: float) -> int | None:
         """A free slot, or None once the job is stopped or its deadline passes."""
@@ -437,8 +511,12 @@ class JobManager:
                 "pruner": studies.PRUNER,
             }
             try:
-                tid, fut = await runner.call(task)
+                tid, fut = runner.submit(task)
                 running[trial.number] = (runner, tid)
+                if self._stop_trials[job.job_id].is_set():
+                    runner.cancel(tid)   # the job stopped between ask() and now
+                self.changes.notify()
+                await runner.drain()
                 await fut
             except NexusError as e:
                 await asyncio.to_thread(studies.fail_trial, study, trial._trial_id, str(e))
@@ -449,6 +527,7 @@ class JobManager:
         finally:
             running.pop(trial.number, None)
             self.pool.release(slot)
+            self.changes.notify()
         await self._trial_finished(job, study, trial._trial_id)
 
     async def _trial_finished(self, job: JobRecord, study: optuna.Study, trial_id: int) -> None:
@@ -475,7 +554,16 @@ class JobManager:
     async def _finalize(self, job: JobRecord) -> None:
         files = {k: str(self.blobs.path(v)) for k, v in job.prepared["files"].items()}
         artifact = self.blobs.new_temp(".zip")
-        result = await self._run_task(job, self.pool, {
+        try:
+            result = await self._run_finalize(job, files, artifact)
+            self._check_cancel(job)
+            sha, size = await asyncio.to_thread(self.blobs.ingest, artifact)
+        finally:
+            artifact.unlink(missing_ok=True)   # moved into the store on success
+        await self._record_model(job, result, sha, size)
+
+    async def _run_finalize(self, job: JobRecord, files: dict[str, str], artifact: Path) -> dict[str, Any]:
+        return await self._run_task(job, self.pool, {
             "task": "finalize", "params": job.best_params, "files": files,
             "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
             "metric": job.metric, "seed": job.seed, "threads": self.settings.threads_per_trial,
@@ -486,11 +574,12 @@ class JobManager:
             "epochs_hint": job.prepared.get("best_epochs", 0),
             "meta": {"job_id": job.job_id, "target": job.spec.target, "use_case": job.spec.use_case},
         }, label="finalize")
-        self._check_cancel(job)
-        sha, size = await asyncio.to_thread(self.blobs.ingest, artifact)
+
+    async def _record_model(self, job: JobRecord, result: dict[str, Any], sha: str, size: int) -> None:
         await self.db.put_blob(sha, size, "model")
         model = ModelRecord(
-            model_id="model-" + secrets.token_hex(5), job_id=job.job_id, task=job.task,
+            # One model per job, even if finalize runs again after a crash: the id is the job's.
+            model_id="model-" + job.job_id.removeprefix("job-"), job_id=job.job_id, task=job.task,
             target=job.spec.target.strip(), input_columns=list(result.get("input_columns", [])),
             classes=[str(c) for c in result.get("classes", [])],
             test_metrics={k: float(v) for k, v in result["test_metrics"].items()},
@@ -542,7 +631,9 @@ class JobManager:
             await asyncio.wait({fut, stopped}, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
             if not fut.done():
-                runner.cancel(tid)
+                # prepare and finalize do not poll for cancellation: end the runner (the
+                # pool starts a fresh one) so a cancel returns at once.
+                runner.kill()
                 await asyncio.wait({fut})
                 if not fut.cancelled():
                     fut.exception()   # retrieved: the task's outcome no longer matters

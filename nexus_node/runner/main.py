@@ -7,8 +7,8 @@ Protocol (JSON lines):
   {...}}`` or ``{"id": n, "ok": false, "error": {"kind": ..., "message": ...}}``.
 
 The protocol uses a private duplicate of stdout; fd 1 itself is pointed at stderr, so a
-library that prints cannot corrupt the stream. stdin reaching EOF means the node is gone:
-the runner exits rather than outlive it. Tasks run one at a time on the main thread; a
+library that prints cannot corrupt the stream. stdin reaching EOF means the node is gone (or
+stopping): the runner exits at once, abandoning any task, rather than outlive it. Tasks run one at a time on the main thread; a
 reader thread takes cancellations while a task runs.
 """
 
@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                 cancelled.add(int(msg["cancel"]))
             else:
                 inbox.put(msg)
-        inbox.put(None)
+        # EOF: the node stopped us or died. Nobody will read a result, and a task left
+        # running would write into a study or a data dir a restarted node now owns.
+        sys.stderr.flush()
+        os._exit(0)
 
     threading.Thread(target=read_stdin, daemon=True, name="runner-stdin").start()
     while (msg := inbox.get()) is not None:

@@ -21,6 +21,7 @@ from nexus_node.errors import NexusError, error_from_kind
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], None]
+START_TIMEOUT = 120.0   # importing torch on a slow disk takes seconds, never minutes
 
 
 class RunnerDied(NexusError):
@@ -62,7 +63,12 @@ class Runner:
             limit=256 << 20,
         )
         assert self._proc.stdout is not None
-        line = await self._proc.stdout.readline()
+        try:
+            line = await asyncio.wait_for(self._proc.stdout.readline(), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+            raise RunnerDied(f"runner {self.name} did not start within {START_TIMEOUT:.0f} s") from None
         if not line:
             code = await self._proc.wait()
             raise RunnerDied(f"runner {self.name} exited during start-up (status {code})")
@@ -92,6 +98,11 @@ class Runner:
                     err = msg.get("error", {})
                     if not fut.done():
                         fut.set_exception(error_from_kind(err.get("kind", "internal"), err.get("message", "")))
+        except BaseException:
+            # A protocol we cannot read (an over-long line, bad JSON) leaves the runner's
+            # state unknown: end it, so waiters fail now instead of hanging.
+            self._proc.kill()
+            raise
         finally:
             code = await self._proc.wait()
             reason = _exit_reason(code)
@@ -100,17 +111,34 @@ class Runner:
                     fut.set_exception(RunnerDied(f"runner process {reason}"))
             self._waiting.clear()
 
-    async def call(self, task: dict[str, Any], on_event: EventHandler | None = None) -> tuple[int, asyncio.Future[dict[str, Any]]]:
-        """Send a task; returns its id and a future for its result."""
+    def submit(self, task: dict[str, Any], on_event: EventHandler | None = None) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send a task without waiting; returns its id (usable for ``cancel`` at once) and
+        a future for its result."""
         if not self.alive:
             raise RunnerDied(f"runner {self.name} is not running")
         assert self._proc is not None and self._proc.stdin is not None
         tid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[tid] = (fut, on_event)
-        self._proc.stdin.write(json.dumps({"id": tid, "task": task}).encode() + b"\n")
-        await self._proc.stdin.drain()
+        try:
+            self._proc.stdin.write(json.dumps({"id": tid, "task": task}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self._waiting.pop(tid, None)
+            raise RunnerDied(f"runner {self.name} stopped taking tasks: {e}") from None
         return tid, fut
+
+    async def call(self, task: dict[str, Any], on_event: EventHandler | None = None) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send a task; returns its id and a future for its result."""
+        tid, fut = self.submit(task, on_event)
+        await self.drain()
+        return tid, fut
+
+    async def drain(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            await self._proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise RunnerDied(f"runner {self.name} stopped taking tasks: {e}") from None
 
     async def run(self, task: dict[str, Any], on_event: EventHandler | None = None) -> dict[str, Any]:
         _, fut = await self.call(task, on_event)
@@ -217,7 +245,12 @@ class RunnerPool:
             self._runners[slot] = r
             return r
 
-    async def close(self) -> None:
+    async def close(self, kill: bool = False) -> None:
+        """Stop every runner. ``kill``: at once, abandoning their tasks (node shutdown:
+        unfinished work is redone on restart); otherwise after their current task."""
         self._closed = True
+        if kill:
+            for r in self._runners.values():
+                r.kill()
         await asyncio.gather(*(r.stop() for r in self._runners.values()), return_exceptions=True)
         self._runners.clear()

@@ -359,14 +359,24 @@ def load_predictor(path: str):
     return _predictors.get_or_make(_file_key(path), lambda: load_artifact(path))
 
 
+PREDICT_BATCH = 5000
+
+
 def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """``{artifact_path, csv_path}`` to ``{classes, predictions: [{label, value, probabilities}]}``."""
+    """``{artifact_path, csv_path}`` to ``{classes, count}``; the predictions themselves go
+    out as events ``{"kind": "predictions", "start": i, "rows": [{label, value,
+    probabilities}, ...]}`` of at most :data:`PREDICT_BATCH` rows, in order, so neither a
+    protocol line nor the node's memory grows with the input."""
     _need(req, "artifact_path", "csv_path")
     from nexus_node.pipeline import csvio
 
     predictor = load_predictor(req["artifact_path"])
     df, _ = csvio.read_table(req["csv_path"])
-    return predictor.predict(df)
+    out = predictor.predict(df)
+    rows = out["predictions"]
+    for start in range(0, len(rows), PREDICT_BATCH):
+        ctx.emit({"kind": "predictions", "start": start, "rows": rows[start:start + PREDICT_BATCH]})
+    return {"classes": out["classes"], "count": len(rows)}
 
 
 _TASKS: dict[str, Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]] = {

@@ -47,12 +47,15 @@ def test_bad_specs(small_node):
         (pb.JobSpec(target="y", max_trials=-1), "max_trials"),
         (pb.JobSpec(target="y", constraints_json="{nope"), "not valid JSON"),
         (pb.JobSpec(target="y", drop_columns=["zz"]), "columns to drop"),
+        (pb.JobSpec(target="y", time_budget_seconds=float("nan")), "time_budget_seconds"),
     ]
     for spec, fragment in cases:
         e = rpc_error(s.SubmitJob, submit_requests(spec, GOOD), timeout=60)
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in e.details(), e.details()
     e = rpc_error(s.SubmitJob, iter([pb.SubmitJobRequest(chunk=GOOD)]), timeout=30)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec first" in e.details()
+    # Nothing of the rejected uploads is left behind.
+    assert list((small_node.data_dir / "blobs" / "tmp").iterdir()) == []
 
 
 def test_unknown_ids(small_node):

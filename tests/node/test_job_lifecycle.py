@@ -49,6 +49,8 @@ def test_regression_job_end_to_end(node_address, insurance_csv):
 
     model = s.GetModel(pb.GetModelRequest(model_id=job.job_id))
     assert model.model_id == job.model_id and model.target == "charges"
+    # One model per job, even if finalisation is redone after a crash.
+    assert job.model_id == "model-" + job.job_id.removeprefix("job-")
     assert "charges" not in model.input_columns and "smoker" in model.input_columns
     assert job.model_id in [m.model_id for m in s.ListModels(pb.ListModelsRequest()).models]
 
@@ -60,6 +62,13 @@ def test_regression_job_end_to_end(node_address, insurance_csv):
     smokers = [p.value for p, r in zip(preds, rows) if r["smoker"] == "yes"]
     others = [p.value for p, r in zip(preds, rows) if r["smoker"] == "no"]
     assert sum(smokers) / len(smokers) > 2 * sum(others) / len(others)
+
+    # A larger input streams back in several batches, still one prediction per row, in order.
+    lines = data.decode().splitlines()
+    big = "\n".join([lines[0]] + lines[1:] * 5) + "\n"
+    _, many = predict(s, job.model_id, big.encode())
+    assert [p.row for p in many] == list(range(5 * len(rows)))
+    assert [p.value for p in many[len(rows):2 * len(rows)]] == [p.value for p in preds]
 
     blob = b""
     sha = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from tests.conftest import dataset
 from tests.node.helpers import stub, submit, watch_until, watch_until_end
 
 
@@ -43,6 +44,35 @@ def test_cancel_stops_a_running_job_and_frees_its_slot(node_factory, insurance_c
     done, _ = watch_until_end(s, quick)
     assert done.state == pb.COMPLETED, done.message
     assert s.GetJob(pb.GetJobRequest(job_id=slow)).state == pb.CANCELLED
+
+
+def test_sigterm_mid_search_fails_no_trial_with_a_connection_error(node_factory, insurance_csv):
+    node = node_factory("n4", "--slots", "2").start()
+    s = stub(node.address)
+    job_id = submit(s, insurance_csv, "charges", max_trials=8,
+                    constraints_json='{"min_epochs": 40, "max_epochs": 40}').job_id
+    watch_until(s, job_id, lambda ev: ev.kind == pb.TRIAL_FINISHED)
+    node.stop()   # SIGTERM: a graceful stop while trials run
+    node.start()
+    s = stub(node.address)
+    job, _ = watch_until_end(s, job_id)
+    assert job.state == pb.COMPLETED, job.message
+    trials = s.ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+    assert len(trials) == 8
+    for t in trials:
+        assert t.state != "FAIL" or t.message == "node restarted while the trial ran", t.message
+
+
+def test_cancel_while_preparing_returns_and_the_next_job_runs(node_factory, insurance_csv):
+    node = node_factory("n5", "--slots", "1").start()
+    s = stub(node.address)
+    big = dataset("fertility.csv")   # 254k rows: preparing it takes a while
+    job_id = submit(s, big, "morekids", max_trials=1).job_id
+    watch_until(s, job_id, lambda ev: ev.job.state == pb.PREPARING)
+    assert s.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=60).state == pb.CANCELLED
+    quick = submit(s, insurance_csv, "charges", max_trials=1).job_id
+    done, _ = watch_until_end(s, quick)
+    assert done.state == pb.COMPLETED, done.message
 
 
 def test_time_budget_ends_the_search_cleanly(node_factory, insurance_csv):

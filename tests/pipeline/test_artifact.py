@@ -87,8 +87,12 @@ def test_predict_in_original_units_ignores_extra_columns_and_names_missing_ones(
     csv = write_csv(tmp_path, "age,sex,bmi,children,smoker,region,caf\xe9\n"
                               "19,female,27.9,0,yes,southwest,1\n40,male,30,2,no,northeast,2\n"
                               .encode("cp1252"))
-    res = run_task({"task": "predict", "artifact_path": str(path), "csv_path": str(csv)}, LocalContext())
-    smoker, non_smoker = (p["value"] for p in res["predictions"])
+    ctx = LocalContext()
+    res = run_task({"task": "predict", "artifact_path": str(path), "csv_path": str(csv)}, ctx)
+    assert res == {"classes": [], "count": 2}
+    # Predictions stream out as events, in batches, in row order.
+    assert [e["kind"] for e in ctx.events] == ["predictions"] and ctx.events[0]["start"] == 0
+    smoker, non_smoker = (p["value"] for p in ctx.events[0]["rows"])
     assert smoker > non_smoker
 
 
