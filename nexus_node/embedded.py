@@ -4,10 +4,12 @@ for scripts that want a private node without starting ``nexus-node``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from types import TracebackType
 
+from nexus_node.llm import DEFAULT_MODEL, resolve
 from nexus_node.node import Node, NodeConfig
 
 
@@ -15,6 +17,8 @@ class EmbeddedNode:
     """``with EmbeddedNode(data_dir) as address:`` — a loopback node with no token."""
 
     def __init__(self, data_dir: Path | str, slots: int | None = None, port: int = 0, **config: object) -> None:
+        # Like nexus-node with default flags: Gemini when the environment has a key.
+        config.setdefault("llm", resolve("auto", DEFAULT_MODEL, "", os.environ))
         self.config = NodeConfig(host="127.0.0.1", port=port, data_dir=Path(data_dir), slots=slots, **config)  # type: ignore[arg-type]
         self.node: Node | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
