@@ -71,3 +71,19 @@ def test_a_node_on_all_interfaces_creates_a_token(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_reflection_lists_the_services_to_token_holders(secured):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from nexus_node.auth import secure_channel
+
+    def services(token):
+        stub = reflection_pb2_grpc.ServerReflectionStub(secure_channel(secured.address, token))
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        return {s.name for r in replies for s in r.list_services_response.service}
+
+    assert {"nexus.v1.NexusService", "optuna.StorageService", "grpc.health.v1.Health"} <= services("s3cret-token")
+    with pytest.raises(grpc.RpcError) as info:
+        services(None)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
