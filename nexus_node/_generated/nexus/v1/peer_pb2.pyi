@@ -1,0 +1,82 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HelloRequest(_message.Message):
+    __slots__ = ("node_id", "cluster", "address", "protocol_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cluster: str
+    address: str
+    protocol_version: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class HelloReply(_message.Message):
+    __slots__ = ("node_id", "cluster", "address", "protocol_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cluster: str
+    address: str
+    protocol_version: int
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+
+class RaftBatch(_message.Message):
+    __slots__ = ("cluster", "from_node", "messages")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    from_node: str
+    messages: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., messages: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class StepAck(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
+class ProposeRequest(_message.Message):
+    __slots__ = ("cluster", "from_node", "proposal_id", "data")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    from_node: str
+    proposal_id: str
+    data: bytes
+    def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., proposal_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ProposeReply(_message.Message):
+    __slots__ = ("status", "index", "leader_id", "leader_address")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[ProposeReply.Status]
+        OK: _ClassVar[ProposeReply.Status]
+        NOT_LEADER: _ClassVar[ProposeReply.Status]
+        RETRY: _ClassVar[ProposeReply.Status]
+    STATUS_UNSPECIFIED: ProposeReply.Status
+    OK: ProposeReply.Status
+    NOT_LEADER: ProposeReply.Status
+    RETRY: ProposeReply.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    status: ProposeReply.Status
+    index: int
+    leader_id: str
+    leader_address: str
+    def __init__(self, status: _Optional[_Union[ProposeReply.Status, str]] = ..., index: _Optional[int] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ...) -> None: ...

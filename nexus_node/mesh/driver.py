@@ -1,0 +1,414 @@
+"""The asyncio driver: one task runs the pure Raft core against gRPC, a timer and SQLite.
+
+:class:`RaftDriver` owns a :class:`~nexus_node.mesh.raft.RawNode`. Only its loop task touches
+the core: ticks (from a timer task), messages (from ``PeerService.Step``) and local proposals
+all arrive through one inbox queue, so the core never sees two callers at once.
+
+Each Ready is handled in this order, which safety depends on (the core's RawNode docstring
+says why):
+
+1. **persist** — entries, then hard state, in one SQLite transaction, fsynced
+   (:class:`~nexus_node.mesh.log_store.RaftLogStore`);
+2. **send** — hand the messages to :class:`~nexus_node.mesh.transport.PeerTransport`, which
+   queues them per peer and returns at once (a slow peer never stalls the loop);
+3. **apply** — committed entries to :class:`~nexus_node.mesh.state.ReplicatedState`, in order,
+   resolving the proposals that were waiting for them;
+4. **advance**.
+
+While the loop awaits the disk, new inputs wait in the inbox and are all fed to the core before
+the next Ready, so concurrent proposals share one fsync and one round of messages.
+
+Proposals (:meth:`RaftDriver.propose`) carry a unique id. The leader proposes to its own core; a
+follower forwards to the leader with ``PeerService.Propose``. Either way the call returns only
+once *this* node has applied the entry (read-your-writes). Lost answers and failovers are
+handled by proposing again with the same id: the state machine applies an id once (Raft thesis
+§6.3), so a retry can never apply a write twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.mesh.log_store import RaftLogStore
+from nexus_node.mesh.raft import (
+    MemoryStorage,
+    Message,
+    NodeId,
+    NotLeader,
+    ProposalDropped,
+    RaftConfig,
+    RawNode,
+    Role,
+    Status,
+    bootstrap,
+)
+from nexus_node.mesh.state import ReplicatedState
+from nexus_node.mesh.transport import PeerTransport
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    """Timing of one node. Defaults suit a LAN (round trips well under 10 ms).
+
+    With the defaults a follower campaigns after 1–2 s without a heartbeat. On slow links
+    (round trips near ``tick_interval``) raise ``tick_interval`` rather than the tick counts,
+    so elections stay ten heartbeats apart.
+
+    Attributes:
+        tick_interval: Seconds per logical tick.
+        heartbeat_tick: Ticks between leader heartbeats.
+        election_tick: Minimum election timeout in ticks (the core randomizes in ``[e, 2e)``).
+        rpc_timeout: Deadline of each peer call, in seconds.
+        propose_timeout: How long :meth:`RaftDriver.propose` keeps trying by default.
+        inbox_size: Peer messages held before new ones are dropped (Raft re-sends).
+        seed: Seeds the core's election-timeout randomness; None draws one.
+    """
+
+    tick_interval: float = 0.1
+    heartbeat_tick: int = 1
+    election_tick: int = 10
+    rpc_timeout: float = 2.0
+    propose_timeout: float = 30.0
+    inbox_size: int = 10_000
+    seed: int | None = None
+
+    @property
+    def retry_interval(self) -> float:
+        """How long a proposal waits before proposing again: two maximal election timeouts."""
+        return 4 * self.election_tick * self.tick_interval
+
+
+class MeshStopped(RuntimeError):
+    """The driver stopped before the operation finished."""
+
+
+_TICK = object()
+
+
+class RaftDriver:
+    """Runs one Raft node: the core, its log on disk, its peers, its state machine.
+
+    Not thread-safe: every method runs on the loop that called :meth:`start`. Other threads
+    use ``asyncio.run_coroutine_threadsafe`` (as :mod:`nexus_node.mesh.journal` does).
+
+    Args:
+        node_id: This node's stable id (``data_dir/node_id``).
+        cluster: Cluster name; peers of another name are refused.
+        db_path: SQLite file of the Raft log.
+        address: ``host:port`` where this node's ``PeerService`` is reachable.
+        peers: Other nodes' ids and addresses (updated as peers say Hello).
+        token: Cluster token for outgoing calls, or None.
+        settings: Timing.
+        state: The state machine to apply to; must be fresh (the log is replayed into it).
+    """
+
+    def __init__(self, node_id: NodeId, cluster: str, db_path: Path, address: str,
+                 peers: Mapping[NodeId, str], token: str | None = None,
+                 settings: MeshSettings = MeshSettings(), state: ReplicatedState | None = None) -> None:
+        self.node_id = node_id
+        self.cluster = cluster
+        self.address = address
+        self.settings = settings
+        self.state = state or ReplicatedState()
+        self.ticks = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._db_path = db_path
+        self._peers = {k: v for k, v in peers.items() if k != node_id}
+        self._transport = PeerTransport(self, token, rpc_timeout=settings.rpc_timeout)
+        self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._store: RaftLogStore | None = None
+        self._raw: RawNode | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watchers: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._lead: NodeId | None = None
+        self._role = Role.FOLLOWER
+        self._lead_changes = 0
+        self._stopped = False
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    async def start(self, voters: Sequence[NodeId]) -> None:
+        """Opens the log, bootstraps a brand-new cluster, and starts the loop and the timer.
+
+        Args:
+            voters: The founding voters, used only when the log is empty (every founding node
+                must be given the same list). A restarted node resumes from its log.
+        """
+        self.loop = asyncio.get_running_loop()
+        self._store = await RaftLogStore.open(self._db_path)
+        if self._store.is_empty():
+            seed = MemoryStorage()
+            bootstrap(seed, list(voters))
+            await self._store.save(seed.hard_state(), seed.entries(1, seed.last_index() + 1))
+        s = self.settings
+        config = RaftConfig(node_id=self.node_id, election_tick=s.election_tick,
+                            heartbeat_tick=s.heartbeat_tick,
+                            seed=s.seed if s.seed is not None else secrets.randbits(32))
+        self._raw = RawNode(config, self._store)
+        self._tasks = [asyncio.create_task(self._run(), name=f"raft-{self.node_id}"),
+                       asyncio.create_task(self._tick_timer(), name=f"raft-tick-{self.node_id}")]
+        # Say Hello first so that peers learn this node's (possibly new) address before they
+        # next need to send to it; failures are fine, the next send greets again.
+        for peer, address in self._peers.items():
+            self._tasks.append(asyncio.create_task(self._greet(peer, address)))
+
+    async def stop(self) -> None:
+        """Stops at once, like a crash that keeps the disk: nothing is handed over.
+
+        Proposals still waiting fail with :class:`MeshStopped`.
+        """
+        self._stopped = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._fail_waiters(MeshStopped(f"node {self.node_id} stopped"))
+        await self._transport.close()
+        if self._store is not None:
+            await self._store.close()
+
+    async def _greet(self, peer: NodeId, address: str) -> None:
+        try:
+            await self._transport.hello(self._transport.stub(address), peer)
+        except Exception as exc:  # noqa: BLE001 - any failure just means "greet later"
+            log.debug("hello %s at %s: %s", peer, address, exc)
+
+    async def _tick_timer(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(self.settings.tick_interval)
+            self._inbox.put_nowait(_TICK)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._loop_forever()
+        except Exception as exc:
+            # A failed disk write leaves the core ahead of the disk: carrying on could send a
+            # vote or an acknowledgement that a restart forgets. Stop serving instead.
+            log.exception("raft loop of %s failed; the node stops taking part", self.node_id)
+            self._stopped = True
+            self._fail_waiters(MeshStopped(f"node {self.node_id} failed: {exc}"))
+            raise
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for _, fut in self._watchers:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._watchers.clear()
+        while not self._inbox.empty():  # local proposals the loop will never see
+            item = self._inbox.get_nowait()
+            if isinstance(item, tuple) and not item[2].done():
+                item[2].set_exception(exc)
+
+    async def _loop_forever(self) -> None:
+        assert self._raw is not None and self._store is not None
+        raw, store = self._raw, self._store
+        while True:
+            while (rd := raw.ready()) is not None:
+                await store.save(rd.hard_state, rd.entries)       # 1. persist
+                self._transport.send(rd.messages)                 # 2. send (never blocks)
+                for entry in rd.committed_entries:                # 3. apply
+                    self.state.apply(entry)
+                raw.advance(rd)                                   # 4. advance
+                if rd.soft_state is not None:
+                    if rd.soft_state.lead != self._lead:
+                        self._lead_changes += 1
+                    self._lead, self._role = rd.soft_state.lead, rd.soft_state.role
+            self._notify()  # wakes proposals whose entries were just applied
+            self._handle(await self._inbox.get())
+            while not self._inbox.empty():
+                self._handle(self._inbox.get_nowait())
+
+    def _handle(self, item: object) -> None:
+        assert self._raw is not None
+        if item is _TICK:
+            self.ticks += 1
+            self._raw.tick()
+        elif isinstance(item, tuple):  # (data, proposal_id, future of the entry's index)
+            data, pid, accepted = item
+            try:
+                entry = self._raw.propose(data, pid)
+            except (NotLeader, ProposalDropped) as exc:
+                if not accepted.done():
+                    accepted.set_exception(exc)
+            else:
+                if not accepted.done():
+                    accepted.set_result(entry.index)
+        else:
+            try:
+                self._raw.step(item)  # type: ignore[arg-type]
+            except ValueError as exc:
+                log.warning("dropping raft message: %s", exc)
+
+    def _notify(self) -> None:
+        keep = []
+        for pred, fut in self._watchers:
+            if fut.done():
+                continue
+            if pred():
+                fut.set_result(None)
+            else:
+                keep.append((pred, fut))
+        self._watchers = keep
+
+    # --- queries ----------------------------------------------------------------------------------
+
+    @property
+    def leader(self) -> NodeId | None:
+        """The leader this node believes in, or None."""
+        return self._lead
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this node leads."""
+        return self._role is Role.LEADER
+
+    def status(self) -> Status:
+        """The core's state (term, commit, applied, membership...)."""
+        if self._raw is None:
+            raise MeshStopped("not started")
+        return self._raw.status()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Waits until ``predicate()`` holds; it is checked after every turn of the loop.
+
+        Raises:
+            TimeoutError: it did not hold within ``timeout`` seconds.
+            MeshStopped: the driver stopped.
+        """
+        if predicate():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.append((predicate, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
+
+    # --- proposals --------------------------------------------------------------------------------
+
+    async def propose(self, data: bytes, proposal_id: str | None = None,
+                      timeout: float | None = None) -> int:
+        """Commits ``data`` and returns once this node has applied it.
+
+        Args:
+            data: A command (see :func:`nexus_node.mesh.state.encode_command`).
+            proposal_id: Unique id of this write; pass the same id to retry a write whose answer
+                was lost. Drawn at random if None.
+            timeout: Seconds to keep trying (default ``settings.propose_timeout``).
+
+        Returns:
+            The log index at which the write took effect (the first copy's, for a retry).
+
+        Raises:
+            TimeoutError: not applied in time (it may still be applied later: retry with the
+                same id to find out).
+            MeshStopped: the driver stopped.
+        """
+        if self._raw is None or self._stopped:
+            raise MeshStopped(f"node {self.node_id} is not running")
+        pid = proposal_id or uuid.uuid4().hex
+        deadline = time.monotonic() + (timeout if timeout is not None else self.settings.propose_timeout)
+        while (index := self.state.applied_at(pid)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"proposal {pid} not applied within the timeout")
+            changes = self._lead_changes
+            submitted = await self._submit(data, pid, min(remaining, self.settings.retry_interval))
+            # Propose again when leadership moves (the entry may have been lost with the old
+            # leader) or after the retry interval; a duplicate is harmless (thesis §6.3).
+            wait = self.settings.retry_interval if submitted else self.settings.tick_interval
+            try:
+                await self.wait_for(
+                    lambda: self.state.applied_at(pid) is not None or self._lead_changes != changes,
+                    min(wait, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                pass
+        return index
+
+    async def _submit(self, data: bytes, pid: str, budget: float) -> bool:
+        """One attempt to get the proposal to the leader. Returns whether it got there."""
+        leader = self._lead
+        if leader is None:
+            return False
+        if leader == self.node_id:
+            try:
+                await self._propose_local(data, pid)
+                return True
+            except (NotLeader, ProposalDropped):
+                return False
+        try:
+            reply = await self._transport.forward(leader, data, pid, timeout=budget)
+        except (grpc.aio.AioRpcError, LookupError) as exc:
+            log.debug("forwarding %s to %s: %s", pid, leader, exc)
+            return False
+        return reply.status == pb.ProposeReply.OK
+
+    async def _propose_local(self, data: bytes, pid: str) -> int:
+        if self._stopped:
+            raise MeshStopped(f"node {self.node_id} stopped")
+        accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait((data, pid, accepted))
+        return await accepted
+
+    # --- PeerHost: what PeerService calls -----------------------------------------------------------
+
+    def peer_address(self, node_id: NodeId) -> str | None:
+        """The address a peer last announced (or was configured with)."""
+        return self._peers.get(node_id)
+
+    def note_peer(self, node_id: NodeId, address: str) -> None:
+        """Records a peer's address from its Hello."""
+        if node_id != self.node_id:
+            self._peers[node_id] = address
+
+    def receive(self, messages: Sequence[Message]) -> int:
+        """Queues peer messages for the core; drops them when the inbox is full."""
+        if self._raw is None or self._stopped:
+            return 0
+        room = max(0, self.settings.inbox_size - self._inbox.qsize())
+        for m in messages[:room]:
+            self._inbox.put_nowait(m)
+        return min(room, len(messages))
+
+    async def propose_from_peer(self, data: bytes, proposal_id: str) -> pb.ProposeReply:
+        """A follower's forwarded proposal: commit it here and answer once applied here."""
+        def not_leader() -> pb.ProposeReply:
+            lead = self._lead or ""
+            return pb.ProposeReply(status=pb.ProposeReply.NOT_LEADER, leader_id=lead,
+                                   leader_address=self.address if lead == self.node_id
+                                   else self._peers.get(lead, ""))
+
+        if self._raw is None or self._stopped or not self.is_leader:
+            return not_leader()
+        if self.state.applied_at(proposal_id) is None:
+            try:
+                await self._propose_local(data, proposal_id)
+            except NotLeader:
+                return not_leader()
+            except ProposalDropped:
+                return pb.ProposeReply(status=pb.ProposeReply.RETRY)
+            try:
+                await self.wait_for(
+                    lambda: self.state.applied_at(proposal_id) is not None or not self.is_leader,
+                    self.settings.retry_interval)
+            except TimeoutError:
+                pass
+        index = self.state.applied_at(proposal_id)
+        if index is not None:
+            return pb.ProposeReply(status=pb.ProposeReply.OK, index=index)
+        return not_leader() if not self.is_leader else pb.ProposeReply(status=pb.ProposeReply.RETRY)

@@ -1,0 +1,257 @@
+"""The peer protocol over gRPC: ``nexus.v1.PeerService`` server side and per-peer senders.
+
+Servicer: translation only (STYLE.md §4) — protobuf in, the driver's methods, protobuf out; a
+peer of another cluster or protocol version gets FAILED_PRECONDITION, undecodable messages get
+INVALID_ARGUMENT. The service sits behind the node's
+:class:`~nexus_node.auth.ServerAuthInterceptor` like every other service, so a peer without the
+cluster token is refused before any of this runs.
+
+Senders: :meth:`PeerTransport.send` never waits. Each peer has one task draining a bounded queue
+into ``Step`` calls, one call in flight at a time; when the queue is full new messages are
+dropped. Raft tolerates lost messages (the leader re-sends on the next heartbeat or probe), so
+dropping is how a slow or dead peer is kept from stalling the driver or eating memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from typing import Protocol, Sequence
+
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node._generated.nexus.v1 import peer_pb2_grpc
+from nexus_node.auth import CHANNEL_OPTIONS, METADATA_KEY
+from nexus_node.mesh.raft import Message, NodeId, message_from_dict, message_to_dict
+
+log = logging.getLogger(__name__)
+
+#: Bumped on any incompatible change to peer.proto or to the encoding of Raft messages.
+PROTOCOL_VERSION = 1
+
+# A LAN peer that comes back should be talked to again within about a second, not after gRPC's
+# default reconnect backoff (which grows to two minutes).
+_PEER_CHANNEL_OPTIONS = CHANNEL_OPTIONS + [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class PeerHost(Protocol):
+    """What the transport needs from the node it serves (the driver implements it)."""
+
+    node_id: NodeId
+    cluster: str
+    address: str
+
+    def peer_address(self, node_id: NodeId) -> str | None: ...
+
+    def note_peer(self, node_id: NodeId, address: str) -> None: ...
+
+    def receive(self, messages: Sequence[Message]) -> int: ...
+
+    async def propose_from_peer(self, data: bytes, proposal_id: str) -> pb.ProposeReply: ...
+
+
+class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
+    """``nexus.v1.PeerService`` for one node.
+
+    Args:
+        host: The node's driver.
+    """
+
+    def __init__(self, host: PeerHost) -> None:
+        self._host = host
+
+    async def _check_cluster(self, cluster: str, context: grpc.aio.ServicerContext) -> None:
+        if cluster != self._host.cluster:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"this node belongs to cluster {self._host.cluster!r}, not {cluster!r}")
+
+    async def Hello(self, request: pb.HelloRequest, context: grpc.aio.ServicerContext) -> pb.HelloReply:
+        await self._check_cluster(request.cluster, context)
+        if request.protocol_version != PROTOCOL_VERSION:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"peer protocol {request.protocol_version} != {PROTOCOL_VERSION}")
+        if not request.node_id or not request.address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
+        self._host.note_peer(request.node_id, request.address)
+        h = self._host
+        return pb.HelloReply(node_id=h.node_id, cluster=h.cluster, address=h.address,
+                             protocol_version=PROTOCOL_VERSION)
+
+    async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
+        await self._check_cluster(request.cluster, context)
+        try:
+            messages = [_checked(message_from_dict(json.loads(raw))) for raw in request.messages]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable raft message: {exc}")
+        for m in messages:
+            # A node speaks only for itself, and only to us: anything else is a confused peer.
+            if m.src != request.from_node or m.dst != self._host.node_id:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"message {m.src}->{m.dst} in a batch from {request.from_node} "
+                                    f"to {self._host.node_id}")
+        return pb.StepAck(accepted=self._host.receive(messages))
+
+    async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeReply:
+        await self._check_cluster(request.cluster, context)
+        if not request.proposal_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proposal_id is required")
+        return await self._host.propose_from_peer(request.data, request.proposal_id)
+
+
+# Field annotations of the core's messages (strings: the module uses postponed annotations).
+_FIELD_TYPES = {"int": int, "NodeId": str, "bool": bool}
+
+
+def _checked(message: Message) -> Message:
+    """Returns ``message`` if every scalar field has its declared type.
+
+    The core trusts its inputs (a term compared with a string would crash its task), and JSON
+    from a peer may hold anything, so the types are checked here, at the edge.
+
+    Raises:
+        TypeError: a field has the wrong type.
+    """
+    for field in dataclasses.fields(message):
+        expected = _FIELD_TYPES.get(str(field.type))
+        value = getattr(message, field.name)
+        # bool is an int subclass: a term of True is as wrong as a term of "1".
+        if expected is not None and (type(value) is not expected):
+            raise TypeError(f"{type(message).__name__}.{field.name} must be {expected.__name__}")
+    return message
+
+
+def add_peer_service(server: grpc.aio.Server, host: PeerHost) -> None:
+    """Adds ``PeerService`` for ``host`` to ``server`` (before the server starts)."""
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(host), server)
+
+
+class _Link:
+    """The sending side towards one peer: a bounded queue and the task draining it."""
+
+    def __init__(self, transport: "PeerTransport", peer: NodeId) -> None:
+        self.peer = peer
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(transport.queue_size)
+        self._t = transport
+        self._greeted_at: str | None = None  # the address our Hello last reached
+        self.task = asyncio.create_task(self._run(), name=f"raft-send-{peer}")
+
+    async def _run(self) -> None:
+        t = self._t
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < t.max_batch:
+                batch.append(self.queue.get_nowait())
+            address = t.host.peer_address(self.peer)
+            if address is None:
+                continue  # no known address yet: drop, Raft re-sends
+            try:
+                stub = t.stub(address)
+                if self._greeted_at != address:
+                    await t.hello(stub, self.peer)
+                    self._greeted_at = address
+                await stub.Step(pb.RaftBatch(
+                    cluster=t.host.cluster, from_node=t.host.node_id,
+                    messages=[json.dumps(message_to_dict(m), separators=(",", ":")).encode()
+                              for m in batch]),
+                    timeout=t.rpc_timeout, metadata=t.metadata)
+            except (grpc.aio.AioRpcError, PeerMismatch) as exc:
+                # Greet again next time: the peer may come back on another address or as
+                # another process; until then its messages are dropped like any lost ones.
+                self._greeted_at = None
+                log.debug("%s -> %s: %d raft messages dropped: %s", t.host.node_id, self.peer,
+                          len(batch), exc)
+
+
+class PeerMismatch(Exception):
+    """The node at a peer's address is not the node we expected."""
+
+
+class PeerTransport:
+    """Sends Raft messages and forwarded proposals to peers; never blocks the caller.
+
+    Args:
+        host: The node's driver (id, cluster, address book).
+        token: Cluster token sent with every call, or None for an open loopback cluster.
+        rpc_timeout: Deadline of each ``Step`` and ``Hello`` call, in seconds.
+        queue_size: Messages held per peer before new ones are dropped.
+        max_batch: Messages per ``Step`` call at most.
+    """
+
+    def __init__(self, host: PeerHost, token: str | None, rpc_timeout: float = 2.0,
+                 queue_size: int = 1024, max_batch: int = 256) -> None:
+        self.host = host
+        self.metadata = ((METADATA_KEY, f"Bearer {token}"),) if token else ()
+        self.rpc_timeout = rpc_timeout
+        self.queue_size = queue_size
+        self.max_batch = max_batch
+        self._links: dict[NodeId, _Link] = {}
+        self._channels: dict[str, tuple[grpc.aio.Channel, peer_pb2_grpc.PeerServiceStub]] = {}
+
+    def stub(self, address: str) -> peer_pb2_grpc.PeerServiceStub:
+        """The stub for ``address``, on a channel kept open across calls."""
+        got = self._channels.get(address)
+        if got is None:
+            channel = grpc.aio.insecure_channel(address, options=_PEER_CHANNEL_OPTIONS)
+            got = self._channels[address] = (channel, peer_pb2_grpc.PeerServiceStub(channel))
+        return got[1]
+
+    async def hello(self, stub: peer_pb2_grpc.PeerServiceStub, expected: NodeId | None) -> pb.HelloReply:
+        """Introduces this node to the peer behind ``stub``.
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed (unreachable, refused, other cluster).
+            PeerMismatch: the peer is not ``expected``.
+        """
+        h = self.host
+        reply: pb.HelloReply = await stub.Hello(
+            pb.HelloRequest(node_id=h.node_id, cluster=h.cluster, address=h.address,
+                            protocol_version=PROTOCOL_VERSION),
+            timeout=self.rpc_timeout, metadata=self.metadata)
+        if expected is not None and reply.node_id != expected:
+            raise PeerMismatch(f"expected {expected}, found {reply.node_id}")
+        return reply
+
+    def send(self, messages: Sequence[Message]) -> None:
+        """Queues ``messages`` for their destinations; drops what does not fit."""
+        for m in messages:
+            link = self._links.get(m.dst)
+            if link is None:
+                link = self._links[m.dst] = _Link(self, m.dst)
+            try:
+                link.queue.put_nowait(m)
+            except asyncio.QueueFull:
+                log.debug("queue to %s full: dropping %s", m.dst, type(m).__name__)
+
+    async def forward(self, leader: NodeId, data: bytes, proposal_id: str,
+                      timeout: float) -> pb.ProposeReply:
+        """Hands a proposal to ``leader`` and waits for its answer.
+
+        Raises:
+            grpc.aio.AioRpcError: the call failed; the caller retries with the same id.
+            LookupError: no address is known for ``leader``.
+        """
+        address = self.host.peer_address(leader)
+        if address is None:
+            raise LookupError(f"no address for leader {leader}")
+        reply: pb.ProposeReply = await self.stub(address).Propose(
+            pb.ProposeRequest(cluster=self.host.cluster, from_node=self.host.node_id,
+                              proposal_id=proposal_id, data=data),
+            timeout=timeout, metadata=self.metadata)
+        return reply
+
+    async def close(self) -> None:
+        """Stops every sender and closes every channel."""
+        for link in self._links.values():
+            link.task.cancel()
+        await asyncio.gather(*(link.task for link in self._links.values()), return_exceptions=True)
+        self._links.clear()
+        for channel, _ in self._channels.values():
+            await channel.close()
+        self._channels.clear()

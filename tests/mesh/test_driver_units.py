@@ -1,0 +1,78 @@
+"""The driver's parts on their own: the SQLite log store and the deduplicating state machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_node.mesh.log_store import RaftLogStore
+from nexus_node.mesh.raft import Entry, EntryType, HardState, MemoryStorage, RaftConfig, RawNode, bootstrap
+from nexus_node.mesh.state import ReplicatedState, encode_command
+
+
+async def test_log_store_survives_reopen_and_truncates_like_memory_storage(tmp_path):
+    path = tmp_path / "raft.db"
+    store = await RaftLogStore.open(path)
+    assert store.is_empty()
+    entries = [Entry(1, 1, EntryType.CONFIG, b'{"voters":["a"]}'),
+               Entry(2, 2, data=b"x", proposal_id="p2"), Entry(3, 2, data=b"y")]
+    await store.save(HardState(2, "a", 1), entries)
+    # A follower's conflicting suffix is replaced (§5.3): index 3 from term 3 overwrites term 2.
+    await store.save(HardState(3, None, 2), [Entry(3, 3, data=b"z")])
+    await store.close()
+
+    again = await RaftLogStore.open(path)
+    assert not again.is_empty()
+    assert again.hard_state() == HardState(3, None, 2)
+    assert (again.first_index(), again.last_index(), again.term(0), again.term(3)) == (1, 3, 0, 3)
+    assert again.entries(1, 4) == [entries[0], entries[1], Entry(3, 3, data=b"z")]
+    with pytest.raises(ValueError, match="gap"):
+        await again.save(None, [Entry(5, 3)])
+    await again.close()
+
+
+async def test_a_node_restarts_from_the_log_store_alone(tmp_path):
+    path = tmp_path / "raft.db"
+    store = await RaftLogStore.open(path)
+    seed = MemoryStorage()
+    bootstrap(seed, ["a"])
+    await store.save(seed.hard_state(), seed.entries(1, 2))
+    node = RawNode(RaftConfig("a"), store)
+    node.campaign()  # a single voter elects itself
+    while (rd := node.ready()) is not None:
+        await store.save(rd.hard_state, rd.entries)
+        node.advance(rd)
+    node.propose(b"data", "p")
+    while (rd := node.ready()) is not None:
+        await store.save(rd.hard_state, rd.entries)
+        node.advance(rd)
+    status = node.status()
+    await store.close()
+
+    reopened = await RaftLogStore.open(path)
+    again = RawNode(RaftConfig("a"), reopened)
+    assert (again.status().term, again.status().commit) == (status.term, status.commit)
+    rd = again.ready()
+    assert rd is not None and [e.proposal_id for e in rd.committed_entries][-1] == "p"
+    await reopened.close()
+
+
+def test_state_machine_applies_a_proposal_id_once_and_skips_bad_commands():
+    state = ReplicatedState()
+    seen: list[tuple[object, int]] = []
+    state.register("k", lambda body, index: seen.append((body, index)) or len(seen))
+    with pytest.raises(ValueError, match="already"):
+        state.register("k", lambda body, index: None)
+
+    a = state.apply(Entry(1, 1, data=encode_command("k", {"v": 1}), proposal_id="p"))
+    noop = state.apply(Entry(2, 2, EntryType.NOOP))
+    dup = state.apply(Entry(3, 2, data=encode_command("k", {"v": 1}), proposal_id="p"))
+    bad = state.apply(Entry(4, 2, data=b"not json", proposal_id="q"))
+    unknown = state.apply(Entry(5, 2, data=encode_command("nope", 1)))
+    assert (a.index, a.result, a.duplicate) == (1, 1, False)
+    assert noop.result is None and not noop.duplicate
+    assert (dup.index, dup.duplicate) == (1, True)
+    assert bad.result is None and unknown.result is None
+    assert seen == [({"v": 1}, 1)]
+    assert state.applied_at("p") == 1 and state.applied_at("q") == 4 and state.applied_at("r") is None
+    with pytest.raises(ValueError, match="after 5"):
+        state.apply(Entry(7, 2))
