@@ -1,2 +1,5 @@
-"""The Textual dashboard (``nexus-tui``). Not built yet: it will talk to a node only through
-``nexus_node.client.NexusClient`` (see README, "What is not built yet")."""
+"""The Textual dashboard of a Nexus cluster (``nexus-tui``): see :mod:`nexus_tui.app`."""
+
+from nexus_tui.app import NexusApp, create_app, main
+
+__all__ = ["NexusApp", "create_app", "main"]

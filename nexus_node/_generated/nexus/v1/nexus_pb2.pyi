@@ -397,6 +397,10 @@ class GetClusterRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WatchClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Cluster(_message.Message):
     __slots__ = ("cluster_name", "coordinator_id", "term", "nodes")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]

@@ -89,6 +89,11 @@ class NexusServiceStub:
                 request_serializer=nexus_dot_v1_dot_nexus__pb2.GetClusterRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
                 _registered_method=True)
+        self.WatchCluster = channel.unary_stream(
+                '/nexus.v1.NexusService/WatchCluster',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
+                _registered_method=True)
 
 
 class NexusServiceServicer:
@@ -160,6 +165,12 @@ class NexusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NexusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +227,11 @@ def add_NexusServiceServicer_to_server(servicer, server):
             'GetCluster': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCluster,
                     request_deserializer=nexus_dot_v1_dot_nexus__pb2.GetClusterRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.Cluster.SerializeToString,
+            ),
+            'WatchCluster': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCluster,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_nexus__pb2.Cluster.SerializeToString,
             ),
     }
@@ -515,6 +531,33 @@ class NexusService:
             target,
             '/nexus.v1.NexusService/GetCluster',
             nexus_dot_v1_dot_nexus__pb2.GetClusterRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nexus.v1.NexusService/WatchCluster',
+            nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.SerializeToString,
             nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,3 @@
+from nexus_tui.app import main
+
+main()
