@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
-from nexus_node import client as nx
+from nexus_node import client as nx, jobview
 from nexus_node._generated.nexus.v1 import nexus_pb2
 from nexus_node.constraints import parse_override
 from nexus_node.errors import InvalidInput
@@ -83,8 +83,14 @@ def format_features(pairs: Sequence[tuple[str, float]], unicode: bool, width: in
     )
 
 
-def format_job(job: nexus_pb2.Job, unicode: bool = True) -> str:
-    """The human view of one job (``nexus show``)."""
+def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_pb2.TrialInfo] = ()) -> str:
+    """The human view of one job (``nexus show``).
+
+    Args:
+        job: The job.
+        unicode: Whether bars may use block characters.
+        trials: The job's trials; when given, a leaderboard of the best per family follows.
+    """
     d = nx.job_to_dict(job)
     counts = d["trials"]
     spec = job.spec
@@ -98,11 +104,11 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True) -> str:
     budget = [f"{spec.max_trials} trials"] if spec.max_trials else []
     if spec.time_budget_seconds:
         budget.append(format_duration(spec.time_budget_seconds))
-    trials = (
+    done = (
         f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
         f"{counts['RUNNING']} running"
     )
-    lines.append(f"trials       {trials}" + (f"  (budget {' / '.join(budget)})" if budget else ""))
+    lines.append(f"trials       {done}" + (f"  (budget {' / '.join(budget)})" if budget else ""))
     if job.metric:
         goal = "maximize" if job.maximize else "minimize"
         lines.append(f"best         {_best(job)}  ({goal}, validation split)")
@@ -122,6 +128,12 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True) -> str:
         lines.append(f"constraints  {engine}" + (f": {rationale}" if rationale else ""))
         if job.constraints_fallback:
             lines.append(f"             LLM not used: {job.constraints_fallback}")
+    columns = jobview.format_columns(d.get("profile") or {})
+    if columns:
+        lines += ["", *columns]
+    board = jobview.format_leaderboard(jobview.leaderboard(trials, job.maximize), job.metric or "score")
+    if board:
+        lines += ["", *board]
     if job.feature_importance:
         pairs = [(f.column, f.importance) for f in job.feature_importance[:TOP_FEATURES]]
         lines += ["", "top features", format_features(pairs, unicode)]
@@ -274,10 +286,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         job = client.get_job(args.job)
+        trials = [] if args.json else client.list_trials(args.job)
     if args.json:
         _print_json(nx.job_to_dict(job))
     else:
-        print(format_job(job, supports_unicode(sys.stdout)))
+        print(format_job(job, supports_unicode(sys.stdout), trials))
     return EXIT_OK
 
 

@@ -19,14 +19,19 @@ from typing import Any, Mapping
 from nexus_node.errors import InvalidInput
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
-FAMILIES = ("mlp",)
+# "mlp": the PyTorch network; "gbt": scikit-learn HistGradientBoosting. Both search in
+# one study by default: which wins depends on the table, and the sampler learns which.
+FAMILIES = ("mlp", "gbt")
 WIDTH_CHOICES = (8, 16, 32, 64, 128, 256, 512, 1024)
 BATCH_CHOICES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 @dataclass(frozen=True)
 class Constraints:
-    """Bounds of the MLP search space. Ranges are inclusive ``(low, high)`` pairs."""
+    """Bounds of the search space. Ranges are inclusive ``(low, high)`` pairs. The layer,
+    width, activation, dropout, weight-decay, batch and epoch bounds shape the MLP;
+    ``learning_rate`` is the MLP's (trees use their own range, see
+    :mod:`nexus_node.space`); ``families`` lists the model families searched."""
 
     min_layers: int = 1
     max_layers: int = 3
@@ -38,7 +43,7 @@ class Constraints:
     batch_sizes: tuple[int, ...] = (64, 128, 256)
     min_epochs: int = 10
     max_epochs: int = 100
-    families: tuple[str, ...] = ("mlp",)
+    families: tuple[str, ...] = FAMILIES
     rationale: str = ""
     source: str = "heuristic"
     notes: tuple[str, ...] = field(default=())

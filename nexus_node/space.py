@@ -1,8 +1,10 @@
-"""The MLP search space, bounded by :class:`~nexus_node.constraints.Constraints`.
+"""The search space, bounded by :class:`~nexus_node.constraints.Constraints`.
 
 Runs in the node process at ``study.ask()`` time: the node samples every parameter of a
 trial before handing it to a runner, so the sampler sees every trial in one place and a
-runner only trains what it is given.
+runner only trains what it is given. The family is sampled first and each family's
+parameters only for its trials (conditional parameters), so TPE models each family's
+space on that family's trials alone.
 """
 
 from __future__ import annotations
@@ -13,10 +15,28 @@ import optuna
 
 from nexus_node.constraints import Constraints
 
+# Gradient-boosted trees' space. Fixed rather than constrained: unlike the MLP's width and
+# batch size, none of these grows a trial's memory past what the data already takes.
+GBT_LEARNING_RATE = (0.01, 0.3)
+GBT_MAX_ITER = (50, 500)
+GBT_MAX_LEAF_NODES = (8, 128)
+GBT_MIN_SAMPLES_LEAF = (5, 100)
+GBT_L2 = (1e-6, 10.0)
+
 
 def suggest_params(trial: optuna.Trial, c: Constraints) -> dict[str, Any]:
     """Sample one configuration; returns the same dict the runner trains."""
-    p: dict[str, Any] = {"family": _choice(trial, "family", c.families)}
+    family = _choice(trial, "family", c.families)
+    if family == "gbt":
+        return {
+            "family": "gbt",
+            "learning_rate": _log_float(trial, "gbt_learning_rate", *GBT_LEARNING_RATE),
+            "max_iter": _int(trial, "gbt_max_iter", *GBT_MAX_ITER),
+            "max_leaf_nodes": trial.suggest_int("gbt_max_leaf_nodes", *GBT_MAX_LEAF_NODES, log=True),
+            "min_samples_leaf": trial.suggest_int("gbt_min_samples_leaf", *GBT_MIN_SAMPLES_LEAF, log=True),
+            "l2_regularization": _log_float(trial, "gbt_l2_regularization", *GBT_L2),
+        }
+    p: dict[str, Any] = {"family": family}
     p["n_layers"] = _int(trial, "n_layers", c.min_layers, c.max_layers)
     p["width"] = _choice(trial, "width", c.widths)
     p["activation"] = _choice(trial, "activation", c.activations)
@@ -30,11 +50,25 @@ def suggest_params(trial: optuna.Trial, c: Constraints) -> dict[str, Any]:
 
 
 def default_params(c: Constraints) -> dict[str, Any]:
-    """A sensible first configuration inside ``c``: enqueued as trial 0 so every search
-    starts from a known-good point instead of a random one."""
+    """A sensible first configuration of the first family inside ``c``: enqueued as
+    trial 0 so every search starts from a known-good point instead of a random one."""
+    return defaults_for(c.families[0], c)
+
+
+def default_configs(c: Constraints) -> list[dict[str, Any]]:
+    """One known-good starting configuration per family in ``c``, in family order."""
+    return [defaults_for(f, c) for f in c.families]
+
+
+def defaults_for(family: str, c: Constraints) -> dict[str, Any]:
+    """The known-good configuration of one family (scikit-learn's own defaults for trees,
+    with more iterations since early stopping ends them)."""
+    if family == "gbt":
+        return {"family": "gbt", "learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31,
+                "min_samples_leaf": 20, "l2_regularization": 1e-6}
     mid_width = c.widths[len(c.widths) // 2]
     return {
-        "family": c.families[0],
+        "family": family,
         "n_layers": min(max(2, c.min_layers), c.max_layers),
         "width": mid_width,
         "activation": "relu" if "relu" in c.activations else c.activations[0],
@@ -44,6 +78,15 @@ def default_params(c: Constraints) -> dict[str, Any]:
         "batch_size": c.batch_sizes[len(c.batch_sizes) // 2],
         "epochs": c.max_epochs,
     }
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as Optuna parameter names, for ``study.enqueue_trial``: tree
+    parameters carry a ``gbt_`` prefix in the study so they never share a distribution
+    with an MLP parameter of the same name (both families have a learning rate)."""
+    if config.get("family") != "gbt":
+        return dict(config)
+    return {("family" if k == "family" else f"gbt_{k}"): v for k, v in config.items()}
 
 
 def _choice(trial: optuna.Trial, name: str, choices: tuple) -> Any:

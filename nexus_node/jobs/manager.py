@@ -36,7 +36,7 @@ from nexus_node.jobs.records import (
     JobRecord, JobSpecRecord, ModelRecord,
 )
 from nexus_node.runner.pool import Runner, RunnerPool
-from nexus_node.space import default_params, suggest_params
+from nexus_node.space import default_configs, suggest_params, trial_params
 from nexus_node.store.blobs import BlobStore
 from nexus_node.store.db import Database
 
@@ -377,8 +377,9 @@ class JobManager:
     def _create_study(self, job: JobRecord, c: Constraints) -> optuna.Study:
         study = studies.make_study(self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job))
         if not study.get_trials(deepcopy=False):
-            # Start from a known-good configuration rather than a random one.
-            study.enqueue_trial(default_params(c), skip_if_exists=True)
+            # Start from a known-good configuration of each family rather than random ones.
+            for config in default_configs(c):
+                study.enqueue_trial(trial_params(config), skip_if_exists=True)
         return study
 
     def _max_trials(self, job: JobRecord) -> int:

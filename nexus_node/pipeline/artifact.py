@@ -1,8 +1,10 @@
 """The model artifact: one zip holding weights, preprocessing, config and metrics.
 
-Members: ``model.pt`` (``torch.save`` of the state_dict, read back with
-``weights_only=True``), ``preprocessing.json``, ``config.json``, ``metrics.json``.
-Nothing is pickled: loading an artifact from another node cannot run code.
+Members: ``preprocessing.json``, ``config.json``, ``metrics.json`` and the weights of the
+model's family (``config["family"]``): for ``mlp``, ``model.pt`` (``torch.save`` of the
+state_dict, read back with ``weights_only=True``); for ``gbt``, ``nodes.npy`` and
+``roots.npy`` (the exported trees, read back with ``allow_pickle=False``). Nothing is
+pickled: loading an artifact from another node cannot run code.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import torch
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline.prepare import transform
 from nexus_node.pipeline.train import model_from_state, pick_device, predict
+from nexus_node.pipeline.trees import predict_trees
 
 FORMAT = "nexus-model"
 FORMAT_VERSION = 1
-MEMBERS = ("model.pt", "preprocessing.json", "config.json", "metrics.json")
+MEMBERS = ("preprocessing.json", "config.json", "metrics.json")
+WEIGHTS = {"mlp": ("model.pt",), "gbt": ("nodes.npy", "roots.npy")}
 
 
 def library_versions() -> dict[str, str]:
@@ -33,29 +37,41 @@ def library_versions() -> dict[str, str]:
             "numpy": np.__version__, "pandas": pd.__version__}
 
 
-def write_artifact(path: str, state_dict: Mapping[str, torch.Tensor], preprocessing: Mapping[str, Any],
+def write_artifact(path: str, weights: Mapping[str, Any], preprocessing: Mapping[str, Any],
                    config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
     """Write the zip atomically (a reader never sees a half-written file).
 
     Args:
         path: Destination file.
-        state_dict: The network's weights (moved to the CPU before saving).
+        weights: For the ``mlp`` family the network's state_dict (moved to the CPU before
+            saving); for ``gbt`` the arrays ``{"nodes", "roots"}``.
         preprocessing: Fitted preprocessing dict.
         config: Everything needed to rebuild the network (see :func:`load_artifact`).
         metrics: Test metrics and feature importance.
     """
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
+    family = config.get("family", "mlp")
+    blobs: dict[str, bytes] = {}
+    if family == "gbt":
+        for name in WEIGHTS["gbt"]:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(weights[name.removesuffix(".npy")]), allow_pickle=False)
+            blobs[name] = buf.getvalue()
+    else:
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in weights.items()}, buf)
+        blobs["model.pt"] = buf.getvalue()
     tmp = f"{path}.tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("model.pt", buf.getvalue())
+        for name, data in blobs.items():
+            z.writestr(name, data)
         for name, obj in (("preprocessing.json", preprocessing), ("config.json", config), ("metrics.json", metrics)):
             z.writestr(name, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False))
     os.replace(tmp, path)
 
 
-def read_artifact(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Read the zip's members: ``(state_dict, preprocessing, config, metrics)``.
+def read_artifact(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Read the zip's members: ``(weights, preprocessing, config, metrics)``; ``weights``
+    as :func:`write_artifact` takes them for the artifact's family.
 
     Raises:
         InvalidInput: The file is not a Nexus model artifact.
@@ -66,14 +82,24 @@ def read_artifact(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], d
             absent = [m for m in MEMBERS if m not in names]
             if absent:
                 raise InvalidInput(f"{path} is not a Nexus model: it lacks {absent}")
-            state = torch.load(io.BytesIO(z.read("model.pt")), map_location="cpu", weights_only=True)
-            prep, config, metrics = (json.loads(z.read(n)) for n in MEMBERS[1:])
+            prep, config, metrics = (json.loads(z.read(n)) for n in MEMBERS)
+            family = config.get("family", "mlp")
+            if family not in WEIGHTS:
+                raise InvalidInput(f"{path} holds a {family!r} model; this node reads {sorted(WEIGHTS)}")
+            absent = [m for m in WEIGHTS[family] if m not in names]
+            if absent:
+                raise InvalidInput(f"{path} is not a Nexus model: it lacks {absent}")
+            if family == "gbt":
+                weights: dict[str, Any] = {
+                    m.removesuffix(".npy"): np.load(io.BytesIO(z.read(m)), allow_pickle=False) for m in WEIGHTS["gbt"]}
+            else:
+                weights = torch.load(io.BytesIO(z.read("model.pt")), map_location="cpu", weights_only=True)
     except zipfile.BadZipFile:
         raise InvalidInput(f"{path} is not a Nexus model (not a zip file)") from None
     if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
         raise InvalidInput(f"{path} has model format {config.get('format')!r} "
                            f"v{config.get('format_version')}; this node reads {FORMAT} v{FORMAT_VERSION}")
-    return state, prep, config, metrics
+    return weights, prep, config, metrics
 
 
 class Predictor:
@@ -85,13 +111,15 @@ class Predictor:
         metrics: The artifact's test metrics and feature importance.
     """
 
-    def __init__(self, state_dict: Mapping[str, torch.Tensor], preprocessing: dict[str, Any],
+    def __init__(self, weights: Mapping[str, Any], preprocessing: dict[str, Any],
                  config: dict[str, Any], metrics: dict[str, Any]) -> None:
         self.preprocessing, self.config, self.metrics = preprocessing, config, metrics
         self.task = config["task"]
         self.classes = list(config.get("classes") or [])
         self._transform = preprocessing["target"].get("transform")
-        self._model = model_from_state(state_dict, config["n_in"], config["n_out"], config["params"], pick_device())
+        self._trees = dict(weights) if config.get("family") == "gbt" else None
+        self._model = None if self._trees is not None else model_from_state(
+            weights, config["n_in"], config["n_out"], config["params"], pick_device())
 
     @property
     def input_columns(self) -> list[str]:
@@ -99,6 +127,8 @@ class Predictor:
 
     def predict_encoded(self, X: np.ndarray) -> np.ndarray:
         """Encoded rows to predictions: values in target units, or class probabilities."""
+        if self._trees is not None:
+            return predict_trees(self._trees, self.config, X, self.task, self._transform)
         device = next(self._model.parameters()).device
         return predict(self._model, torch.as_tensor(X, dtype=torch.float32, device=device), self.task, self._transform)
 

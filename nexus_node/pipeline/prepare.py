@@ -18,6 +18,7 @@ import pandas as pd
 
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline import csvio, target as target_scale
+from nexus_node.pipeline.trees import tree_columns
 from nexus_node.pipeline.profile import (
     CATEGORY_LIMIT,
     ColumnInfo,
@@ -42,6 +43,12 @@ OTHER, MISSING = "__other__", "__missing__"
 # Quantile bins of the piecewise-linear encoding added to every numeric column (fewer
 # when a column has fewer distinct values; 0 turns the encoding off).
 PLE_BINS = 16
+# Calendar parts of a date column, each scaled by its largest value into 0..1. Days since
+# 1970 say "when"; these say "which season / weekday / hour", which a model cannot read
+# off a day count (a weekday is that count modulo 7).
+# Values: (pandas attribute, largest value).
+DATE_PARTS = {"month": ("month", 12.0), "day": ("day", 31.0), "weekday": ("day_of_week", 6.0),
+              "dayofyear": ("day_of_year", 366.0), "hour": ("hour", 23.0)}
 ARRAY_NAMES = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 
@@ -63,14 +70,30 @@ def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[
     median = float(np.median(present)) if present.size else 0.0
     filled = np.concatenate([present, np.full(values.size - present.size, median)])
     std = float(filled.std())
+    parts = date_part_names(filled) if date_format else []
     edges = np.unique(np.quantile(present, np.linspace(0, 1, PLE_BINS + 1))) if present.size and PLE_BINS else []
     return {
         "name": name, "kind": "numeric", "date_format": date_format, "log": use_log,
         "median": median, "mean": float(filled.mean()), "std": std if std > 0 else 1.0,
-        "indicator": bool(present.size < values.size),
+        "indicator": bool(present.size < values.size), "parts": parts,
         # Fewer than two bins would only repeat the value itself.
         "bins": [float(e) for e in edges] if len(edges) > 2 else [],
     }
+
+
+def date_parts(days: np.ndarray, parts: Sequence[str]) -> np.ndarray:
+    """Calendar parts (see :data:`DATE_PARTS`) of days since 1970, shape ``(n, len(parts))``."""
+    t = pd.DatetimeIndex(pd.to_datetime(np.round(days * 86400.0), unit="s"))
+    cols = [np.asarray(getattr(t, DATE_PARTS[p][0]), dtype=np.float64) / DATE_PARTS[p][1] for p in parts]
+    return np.stack(cols, axis=1) if cols else np.zeros((days.size, 0))
+
+
+def date_part_names(days: np.ndarray) -> list[str]:
+    """The calendar parts that vary over the training days (a constant part says nothing)."""
+    if days.size == 0:
+        return []
+    values = date_parts(days, list(DATE_PARTS))
+    return [p for i, p in enumerate(DATE_PARTS) if np.unique(values[:, i]).size > 1]
 
 
 def piecewise_linear(v: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -123,6 +146,7 @@ def fit_preprocessing(train: pd.DataFrame, columns: Sequence[ColumnInfo], info: 
             raw = parse_dates(train[col.name], col.date_format) if col.date_format else parse_numbers(train[col.name])
             spec = fit_numeric(col.name, raw, col.date_format)
             block = [col.name] + ([f"{col.name}__missing"] if spec["indicator"] else [])
+            block += [f"{col.name}__{p}" for p in spec["parts"]]
             block += [f"{col.name}__bin{i}" for i in range(max(0, len(spec["bins"]) - 1))]
         else:
             spec = fit_categorical(col.name, train[col.name])
@@ -189,6 +213,10 @@ def transform(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
             out[:, start] = (filled - spec["mean"]) / spec["std"]
             if spec["indicator"]:
                 out[:, start + 1] = nan
+            parts = spec.get("parts") or []
+            if parts:
+                first = start + 1 + int(spec["indicator"])
+                out[:, first:first + len(parts)] = date_parts(filled, parts)
             if spec["bins"]:
                 out[:, stop - len(spec["bins"]) + 1:stop] = piecewise_linear(filled, spec["bins"])
         else:
@@ -319,9 +347,13 @@ def prepare(
         for name, arr in ((f"X_{part}", transform(df.iloc[idx], prep)), (f"y_{part}", y_all[idx])):
             files[name] = os.path.join(out_dir, f"{name}.npy")
             np.save(files[name], arr, allow_pickle=False)
+    # Trees split on raw thresholds, so they train on the encoded features minus the
+    # piecewise-linear bins; the indices travel with the arrays to every trial.
+    files["tree_columns"] = os.path.join(out_dir, "tree_columns.npy")
+    np.save(files["tree_columns"], tree_columns(prep["feature_names"]), allow_pickle=False)
     profile: dict[str, Any] = {
         "rows": len(df), "rows_dropped_missing_target": n_dropped,
-        "n_features": len(prep["feature_names"]), "task": info.task, "target": target,
+        "n_features": len(prep["feature_names"]), "task": info.task, "target": target, "encoding": encoding,
         "columns": [c.to_dict() for c in columns], "target_column": target_summary(df[target], info),
     }
     if info.task != "regression":

@@ -84,9 +84,25 @@ class TargetInfo:
     classes: tuple[str, ...] = ()
 
 
+# Decoration a spreadsheet puts around numbers exported as text: a currency sign, a
+# trailing percent sign, thousands separators in groups of three ("$1,234.50", "12%").
+_DECORATED = re.compile(r"^(?P<sign>[-+]?)[$€£¥]?\s*(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d*\.?\d+)\s*%?$")
+
+
 def parse_numbers(s: pd.Series) -> np.ndarray:
-    """Cells as float64; missing, unparseable and infinite cells become NaN."""
-    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    """Cells as float64; missing, unparseable and infinite cells become NaN.
+
+    Cells that plain parsing rejects get a second chance without currency signs, percent
+    signs and thousands separators (a percent stays in percent units: "12%" is 12), so a
+    column of amounts exported as text is a number column, at training and prediction
+    time alike.
+    """
+    v = np.array(pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
+    failed = np.isnan(v) & s.notna().to_numpy()
+    if failed.any():
+        m = s[failed].astype("str").str.extract(_DECORATED)
+        cleaned = (m["sign"].fillna("") + m["num"].str.replace(",", "", regex=False)).where(m["num"].notna())
+        v[failed] = pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     return np.where(np.isfinite(v), v, np.nan)
 
 

@@ -140,6 +140,12 @@ def load_arrays(files: Mapping[str, str]) -> dict[str, np.ndarray]:
     return {k: load_array(v) for k, v in files.items() if k.startswith(("X_", "y_"))}
 
 
+def _tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
+    """The tree family's feature indices; None (every feature) for arrays prepared before
+    prepare wrote them."""
+    return np.asarray(load_array(files["tree_columns"])) if "tree_columns" in files else None
+
+
 def _data_for(files: Mapping[str, str], task: str, n_classes: int) -> DeviceData:
     """Training tensors on the device, built once per dataset and reused by later trials."""
     key = (tuple(_file_key(files[k]) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()))
@@ -234,9 +240,9 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{study_name, trial_id, params, files, task_type, n_classes, metric, seed, threads,
     storage: {host, port, token}, pruner?}`` to ``{state, value, epochs, message}``.
 
-    ``epochs`` is the epoch count that produced ``value`` (also the trial's user attribute
-    ``epochs``; the epochs run are the trial's reported steps): pass it to finalize as
-    ``epochs_hint``. The study's direction must match the metric's own (``maximize`` in
+    ``epochs`` is the epoch count (boosting iterations for ``params["family"] == "gbt"``)
+    that produced ``value`` (also the trial's user attribute ``epochs``; the epochs run
+    are the trial's reported steps): pass it to finalize as ``epochs_hint``. The study's direction must match the metric's own (``maximize`` in
     the request is checked against it).
     """
     _need(req, "study_name", "trial_id", "params", "files", "task_type", "metric", "seed", "storage")
@@ -248,7 +254,8 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     n_classes = int(req.get("n_classes", 0))
     if task != "regression" and n_classes < 2:
         raise InvalidInput(f"a {task} trial needs n_classes >= 2, got {n_classes}")
-    data = _data_for(req["files"], task, n_classes)
+    gbt = req["params"].get("family", "mlp") == "gbt"
+    data = None if gbt else _data_for(req["files"], task, n_classes)
     pruner, warmup = _pruner(req.get("pruner"))
     # The node samples every parameter; the runner never asks the sampler for anything, so
     # the cheapest sampler avoids building TPE's state for nothing. The study object is
@@ -269,9 +276,17 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     trial_id = int(req["trial_id"])
     try:
         try:
-            res = train_and_score(data, req["params"], task, data.n_classes, metric, int(req["seed"]),
-                                  int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
-                                  pruned=reporter.pruned)
+            if gbt:
+                from nexus_node.pipeline.gbt import train_and_score_gbt
+
+                res = train_and_score_gbt(
+                    {k: load_array(req["files"][k]) for k in TRAIN_ARRAYS}, req["params"], task, metric,
+                    int(req["seed"]), int(req.get("threads", 1)), columns=_tree_columns(req["files"]),
+                    report=report, cancelled=ctx.cancelled, pruned=reporter.pruned)
+            else:
+                res = train_and_score(data, req["params"], task, data.n_classes, metric, int(req["seed"]),
+                                      int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
+                                      pruned=reporter.pruned)
         finally:
             error = reporter.close()
         if error is not None:
@@ -297,10 +312,11 @@ def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     artifact_path, meta?, target?, epochs_hint?}`` to ``{test_metrics, feature_importance,
     input_columns, classes, epochs_trained}``.
 
-    Refits on train+val for ``epochs_hint`` epochs (the best trial's ``epochs``; else
-    ``params["epochs"]``). Should that refit diverge, the model is trained as a trial is
-    (train split, early stopping on validation) instead, so a job never fails here for a
-    configuration that already worked. ``csv_path``, ``encoding``, ``drop_columns`` and
+    Refits ``params["family"]`` on train+val for ``epochs_hint`` epochs or boosting
+    iterations (the best trial's ``epochs``; else ``params["epochs"]`` or
+    ``params["max_iter"]``). Should an MLP refit diverge, the model is trained as a trial
+    is (train split, early stopping on validation) instead, so a job never fails here for
+    a configuration that already worked. ``csv_path``, ``encoding``, ``drop_columns`` and
     ``split_seed`` may be sent and are not needed: importance works on the encoded test
     split (see :mod:`nexus_node.pipeline.importance`).
     """
@@ -312,9 +328,34 @@ def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     metrics.check_metric(metric, task)
     seed, threads = int(req["seed"]), int(req.get("threads", 1))
     classes = list(prep["target"].get("classes") or [])
-    n_classes = len(classes)
-    transform = prep["target"].get("transform")
     arrays = load_arrays(req["files"])
+    fit = _refit_gbt if params.get("family", "mlp") == "gbt" else _refit_mlp
+    predict_np, weights, model_config, epochs, note = fit(req, arrays, len(classes))
+    y_test = np.asarray(arrays["y_test"])
+    X_test = np.array(arrays["X_test"], dtype=np.float32)
+    test_metrics = metrics.all_metrics(task, y_test, predict_np(X_test))
+    importance = permutation_importance(predict_np, X_test, y_test, prep, metric, seed)
+    config = {
+        "format": "nexus-model", "format_version": 1, "params": dict(params), **model_config,
+        "task": task, "metric": metric, "classes": classes,
+        "input_columns": list(prep["input_columns"]), "target": prep["target"]["name"],
+        "epochs_trained": epochs, "seed": seed, "note": note,
+        "versions": library_versions(), "meta": dict(req.get("meta") or {}),
+    }
+    write_artifact(req["artifact_path"], weights, prep, config,
+                   {"test_metrics": test_metrics, "feature_importance": importance})
+    return {"test_metrics": test_metrics, "feature_importance": importance,
+            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": epochs}
+
+
+_Refit = tuple[Callable[[np.ndarray], np.ndarray], Any, dict[str, Any], int, str]
+
+
+def _refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int) -> _Refit:
+    """The MLP on train+val: ``(predict, state_dict, config part, epochs, note)``."""
+    task, metric, params = req["task_type"], req["metric"], req["params"]
+    seed, threads = int(req["seed"]), int(req.get("threads", 1))
+    transform = req["preprocessing"]["target"].get("transform")
     epochs = int(req.get("epochs_hint") or params["epochs"])
     both = {"X_train": np.concatenate([arrays["X_train"], arrays["X_val"]]),
             "y_train": np.concatenate([arrays["y_train"], arrays["y_val"]])}
@@ -329,26 +370,37 @@ def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         model = model_from_state(res.state_dict, data.X_train.shape[1], output_width(task, n_classes), params)
         epochs, note = res.epochs, f"{why}; kept the model trained on the train split instead"
     device = data.device
-    y_test = np.asarray(arrays["y_test"])
 
     def predict_np(X: np.ndarray) -> np.ndarray:
         return predict(model, torch.as_tensor(X, dtype=torch.float32, device=device), task, transform)
 
-    X_test = np.array(arrays["X_test"], dtype=np.float32)
-    test_metrics = metrics.all_metrics(task, y_test, predict_np(X_test))
-    importance = permutation_importance(predict_np, X_test, y_test, prep, metric, seed)
-    config = {
-        "format": "nexus-model", "format_version": 1, "family": "mlp", "params": dict(params),
-        "task": task, "metric": metric, "n_in": int(data.X_train.shape[1]),
-        "n_out": output_width(task, n_classes), "classes": classes,
-        "input_columns": list(prep["input_columns"]), "target": prep["target"]["name"],
-        "epochs_trained": epochs, "seed": seed, "note": note,
-        "versions": library_versions(), "meta": dict(req.get("meta") or {}),
-    }
-    write_artifact(req["artifact_path"], model.state_dict(), prep, config,
-                   {"test_metrics": test_metrics, "feature_importance": importance})
-    return {"test_metrics": test_metrics, "feature_importance": importance,
-            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": epochs}
+    config = {"family": "mlp", "n_in": int(data.X_train.shape[1]), "n_out": output_width(task, n_classes)}
+    return predict_np, model.state_dict(), config, epochs, note
+
+
+def _refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int) -> _Refit:
+    """Boosted trees on train+val, exported to arrays: ``(predict, arrays, config part,
+    iterations, note)``. Test metrics and importance use the exported trees, the model
+    that will serve."""
+    from nexus_node.pipeline.gbt import export_trees, fit_gbt
+    from nexus_node.pipeline.trees import predict_trees
+
+    task, params = req["task_type"], req["params"]
+    transform = req["preprocessing"]["target"].get("transform")
+    n_iter = int(req.get("epochs_hint") or params["max_iter"])
+    cols = _tree_columns(req["files"])
+    if cols is None:
+        cols = np.arange(arrays["X_train"].shape[1], dtype=np.int64)
+    X = np.concatenate([arrays["X_train"], arrays["X_val"]])[:, cols]
+    y = np.concatenate([arrays["y_train"], arrays["y_val"]])
+    model = fit_gbt(X, y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
+    weights, meta = export_trees(model)
+    meta = {"family": "gbt", **meta, "columns": [int(c) for c in cols]}
+
+    def predict_np(X_enc: np.ndarray) -> np.ndarray:
+        return predict_trees(weights, meta, X_enc, task, transform)
+
+    return predict_np, weights, meta, n_iter, ""
 
 
 def load_predictor(path: str):

@@ -11,7 +11,7 @@ import torch
 
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline import csvio
-from nexus_node.pipeline.artifact import MEMBERS, load_artifact
+from nexus_node.pipeline.artifact import MEMBERS, WEIGHTS, load_artifact
 from nexus_node.pipeline.metrics import default_metric
 from nexus_node.pipeline.train import train_and_score
 from nexus_node.runner.context import LocalContext
@@ -57,8 +57,8 @@ def test_insurance_finalize_tests_above_080_and_ranks_smoker_first(insurance_mod
 def test_artifact_holds_only_json_and_a_weights_only_state_dict(insurance_model):
     _, path = insurance_model
     with zipfile.ZipFile(path) as z:
-        assert sorted(z.namelist()) == sorted(MEMBERS)
-        for name in MEMBERS[1:]:
+        assert sorted(z.namelist()) == sorted(MEMBERS + WEIGHTS["mlp"])
+        for name in MEMBERS:
             json.loads(z.read(name))
         state = torch.load(io.BytesIO(z.read("model.pt")), weights_only=True)
         config = json.loads(z.read("config.json"))

@@ -106,3 +106,11 @@ def test_day_first_dates_are_recognised():
     cols = {c.name: c for c in profile_columns(_table("bike_sharing_hour.csv"), "count", [])}
     assert cols["dateday"].date_format == "%d-%m-%Y"
     assert cols["instant"].reason.startswith("row number")
+
+
+def test_numbers_exported_as_text_are_parsed():
+    s = pd.Series(["$1,234.50", "12%", "-3,000", "€ 5", "1e3", "1,2", "abc", None], dtype="str")
+    got = parse_numbers(s)
+    np.testing.assert_array_equal(got[:5], [1234.5, 12.0, -3000.0, 5.0, 1000.0])
+    # A decimal comma or a word is not a number; "1,2" is not a thousands group.
+    assert np.isnan(got[5:]).all()

@@ -71,15 +71,21 @@ def test_trial_completes_in_the_study_with_intermediate_values(insurance, server
     assert [e["epoch"] for e in ctx.events] == list(range(run)) and ctx.events[0]["kind"] == "epoch"
 
 
-def test_trial_behind_the_median_is_pruned(insurance, server):
-    storage, spec = server
-    study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+def _study_of_good_trials(storage, name: str) -> optuna.Study:
+    """A study whose five finished trials reported 0.99 for 40 steps: any real trial is
+    behind their median."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     for _ in range(5):
         t = study.ask()
         for step in range(40):
             t.report(0.99, step)
         study.tell(t, 0.99)
-    trial = study.ask()
+    return study
+
+
+def test_trial_behind_the_median_is_pruned(insurance, server):
+    storage, spec = server
+    trial = _study_of_good_trials(storage, "p").ask()
     out = run_task(_trial_req(insurance, spec, "p", trial._trial_id), LocalContext())
     assert out["state"] == "PRUNED" and out["message"].startswith("pruned at epoch")
     frozen = storage.get_trial(trial._trial_id)
@@ -143,3 +149,38 @@ def test_a_training_runner_does_not_load_pandas():
     code = ("import sys, nexus_node.runner.tasks; "
             "bad = {'pandas', 'sklearn'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+GBT = {"family": "gbt", "learning_rate": 0.1, "max_iter": 200, "max_leaf_nodes": 15, "min_samples_leaf": 10,
+       "l2_regularization": 0.1}
+
+
+def _gbt_req(prepared, spec, study_name, trial_id):
+    # Only the tree parameters: an MLP default merged in would not change a tree trial,
+    # but the request should be what the node sends.
+    return {**_trial_req(prepared, spec, study_name, trial_id), "params": dict(GBT)}
+
+
+def test_tree_trial_reports_iteration_chunks_and_completes_in_the_study(insurance, server):
+    storage, spec = server
+    study = optuna.create_study(study_name="g", storage=storage, direction="maximize")
+    trial = study.ask()
+    ctx = LocalContext()
+    out = run_task(_gbt_req(insurance, spec, "g", trial._trial_id), ctx)
+    assert out["state"] == "COMPLETE" and out["value"] > 0.80 and out["epochs"] % 10 == 0
+    frozen = storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.COMPLETE and frozen.user_attrs["epochs"] == out["epochs"]
+    steps = sorted(frozen.intermediate_values)
+    assert steps == list(range(len(steps))) and max(frozen.intermediate_values.values()) == pytest.approx(out["value"])
+
+
+def test_tree_trial_behind_the_median_is_pruned(insurance, server):
+    storage, spec = server
+    trial = _study_of_good_trials(storage, "gp").ask()
+    # A slow learning rate keeps improving for many chunks, so the trial is still running
+    # when the pruner's (asynchronous) answer arrives, even on a loaded machine.
+    req = _gbt_req(insurance, spec, "gp", trial._trial_id)
+    req["params"]["learning_rate"] = 0.02
+    out = run_task(req, LocalContext())
+    assert out["state"] == "PRUNED" and out["message"].startswith("pruned at step")
+    assert PRUNER["n_warmup_steps"] < len(storage.get_trial(trial._trial_id).intermediate_values) < 15

@@ -7,6 +7,7 @@ from nexus_node.constraints import (
     Constraints, apply_override, clamp, hard_bounds, heuristic_constraints, parse_override,
 )
 from nexus_node.errors import InvalidInput
+from nexus_node import space
 from nexus_node.space import default_params, suggest_params
 
 PROFILE = {"rows": 1338, "n_features": 11, "task": "regression", "columns": []}
@@ -84,12 +85,38 @@ def test_bad_override_says_what_is_wrong(text, fragment):
 def test_suggested_params_stay_inside_constraints():
     c = apply_override(heuristic_constraints(PROFILE, 8 << 30), {"max_epochs": 30, "widths": [32, 64]}, BOUNDS, "user")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    families = set()
     for _ in range(30):
         p = suggest_params(study.ask(), c)
+        families.add(p["family"])
+        if p["family"] == "gbt":
+            assert set(p) == {"family", "learning_rate", "max_iter", "max_leaf_nodes", "min_samples_leaf",
+                              "l2_regularization"}
+            assert space.GBT_MAX_ITER[0] <= p["max_iter"] <= space.GBT_MAX_ITER[1]
+            assert space.GBT_LEARNING_RATE[0] <= p["learning_rate"] <= space.GBT_LEARNING_RATE[1]
+            continue
         assert c.min_layers <= p["n_layers"] <= c.max_layers
         assert p["width"] in c.widths
         assert c.dropout[0] <= p["dropout"] <= c.dropout[1]
         assert c.min_epochs <= p["epochs"] <= c.max_epochs
         assert p["batch_size"] in c.batch_sizes
+    # Both families by default, each sampled; the defaults start one trial of each.
+    assert c.families == ("mlp", "gbt") and families == {"mlp", "gbt"}
     d = default_params(c)
     assert d["width"] in c.widths and c.min_epochs <= d["epochs"] <= c.max_epochs
+    assert [cfg["family"] for cfg in space.default_configs(c)] == ["mlp", "gbt"]
+
+
+def test_enqueued_defaults_come_back_as_the_same_configurations():
+    c = heuristic_constraints(PROFILE, 8 << 30)
+    study = optuna.create_study()
+    for config in space.default_configs(c):
+        study.enqueue_trial(space.trial_params(config))
+    assert [suggest_params(study.ask(), c) for _ in c.families] == space.default_configs(c)
+
+
+def test_a_family_list_of_one_searches_only_that_family():
+    c = apply_override(heuristic_constraints(PROFILE, 8 << 30), {"families": ["gbt", "xgboost"]}, BOUNDS, "user")
+    assert c.families == ("gbt",)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    assert {suggest_params(study.ask(), c)["family"] for _ in range(5)} == {"gbt"}
