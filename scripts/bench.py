@@ -49,7 +49,7 @@ def bench_overhead(n_trials: int, epochs: int, width: int, batch: int, rounds: i
     torch.set_num_threads(1)
     seed = 11
     override = {"min_epochs": epochs, "max_epochs": epochs, "widths": [width], "batch_sizes": [batch],
-                "min_layers": 2, "max_layers": 2}
+                "min_layers": 2, "max_layers": 2, "families": ["mlp"]}
 
     in_trials: list[float] = []
     base_in_trials: list[float] = []
