@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import traceback
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 from nexus_node.errors import NexusError
 
@@ -56,9 +56,73 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def anon_rss() -> int:
+    """Resident anonymous memory of this process (heap, tensors, arrays), in bytes.
+
+    Anonymous only: pages of memory-mapped shards are file-backed, shared with the page
+    cache, and the kernel can drop them; they are not what a trial costs the machine.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class MemoryWatch:
+    """Watches a task's memory from a side thread and calls ``on_exceed(used)`` once when
+    the task has added more than ``budget_mb`` of resident anonymous memory.
+
+    A watch rather than an rlimit: RLIMIT_DATA/AS count reserved address space (every
+    thread's 8 MB stack, allocator arenas), so a budget that stops a wide network also
+    stops gRPC from starting a thread. Resident memory is what starves the other trials.
+    A single allocation larger than the machine's free memory can still outrun the watch;
+    then the kernel's OOM killer ends the runner, and the node fails the trial saying so.
+    """
+
+    INTERVAL = 0.02
+
+    def __init__(self, budget_mb: int, on_exceed: Callable[[int], None]) -> None:
+        self.budget = budget_mb << 20
+        self.on_exceed = on_exceed
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "MemoryWatch":
+        if self.budget > 0:
+            base = anon_rss()
+            self._thread = threading.Thread(target=self._watch, args=(base,), daemon=True, name="memory-watch")
+            self._thread.start()
+        return self
+
+    def _watch(self, base: int) -> None:
+        while not self._done.wait(self.INTERVAL):
+            used = anon_rss() - base
+            if used > self.budget:
+                self.on_exceed(used)
+                return
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _over_budget(out: "_Writer", tid: int, used: int, budget_mb: int) -> None:
+    out.send({"id": tid, "ok": False, "exiting": True, "error": {"kind": "internal", "message": (
+        f"out of memory: the trial used {used >> 20} MB, over its budget of {budget_mb} MB; "
+        "a smaller batch size or width fits (or give trials more with nexus-node --trial-memory-mb)")}})
+    # The training thread cannot be interrupted safely mid-operation: end the runner (the
+    # node starts a fresh one for the next task) before it takes the machine's memory.
+    sys.stderr.flush()
+    os._exit(3)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--trial-memory-mb", type=int, default=0,
+                    help="anonymous memory a trial may add to the runner (0: no budget)")
     args = ap.parse_args(argv)
 
     proto = os.fdopen(os.dup(1), "wb")
@@ -95,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     while (msg := inbox.get()) is not None:
         tid = int(msg["id"])
         try:
-            result = tasks.run_task(msg["task"], _Context(tid, out, cancelled))
+            budget = args.trial_memory_mb if msg["task"].get("task") == "trial" else 0
+            with MemoryWatch(budget, lambda used: _over_budget(out, tid, used, budget)):
+                result = tasks.run_task(msg["task"], _Context(tid, out, cancelled))
             out.send({"id": tid, "ok": True, "result": result})
         except NexusError as e:
             out.send({"id": tid, "ok": False, "error": {"kind": e.kind, "message": str(e)}})

@@ -33,9 +33,10 @@ class RunnerDied(NexusError):
 class Runner:
     """One child process executing one task at a time."""
 
-    def __init__(self, name: str, threads: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, threads: int, env: dict[str, str] | None = None, trial_memory_mb: int = 0) -> None:
         self.name = name
         self.threads = threads
+        self.trial_memory_mb = trial_memory_mb
         self._env = env
         self._proc: asyncio.subprocess.Process | None = None
         self._ids = itertools.count(1)
@@ -43,6 +44,7 @@ class Runner:
         self._reader: asyncio.Task[None] | None = None
         self.info: dict[str, Any] = {}
         self.current: str = ""   # what the runner is doing, for the cluster view
+        self._exiting = False    # the runner said it is ending (after a task ran out of memory)
 
     @property
     def pid(self) -> int | None:
@@ -50,13 +52,14 @@ class Runner:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
+        return self._proc is not None and self._proc.returncode is None and not self._exiting
 
     async def start(self) -> None:
         env = dict(os.environ if self._env is None else self._env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nexus_node.runner.main", "--threads", str(self.threads),
+            "--trial-memory-mb", str(self.trial_memory_mb),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             # A task's training loop can take a large line (predictions); the default 64 KiB
             # limit would cut it.
@@ -94,6 +97,8 @@ class Runner:
                     if not fut.done():
                         fut.set_result(msg["result"])
                 else:
+                    if msg.get("exiting"):
+                        self._exiting = True   # so the pool replaces it, not hands it a task
                     self._waiting.pop(tid, None)
                     err = msg.get("error", {})
                     if not fut.done():
@@ -184,10 +189,11 @@ class RunnerPool:
     yields a live runner, starting or replacing its process as needed.
     """
 
-    def __init__(self, name: str, slots: int, threads: int) -> None:
+    def __init__(self, name: str, slots: int, threads: int, trial_memory_mb: int = 0) -> None:
         self.name = name
         self.slots = slots
         self.threads = threads
+        self.trial_memory_mb = trial_memory_mb
         self._free: asyncio.Queue[int] = asyncio.Queue()
         for i in range(slots):
             self._free.put_nowait(i)
@@ -240,7 +246,7 @@ class RunnerPool:
             if r is not None:
                 log.warning("replacing dead runner %s", r.name)
                 await r.stop()
-            r = Runner(f"{self.name}-{slot}", self.threads)
+            r = Runner(f"{self.name}-{slot}", self.threads, trial_memory_mb=self.trial_memory_mb)
             await r.start()
             self._runners[slot] = r
             return r
