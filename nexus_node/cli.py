@@ -164,7 +164,11 @@ def format_cluster(cluster: nexus_pb2.Cluster) -> str:
         for n in cluster.nodes
     ]
     headers = ("NODE", "ADDRESS", "ROLE", "SLOTS", "MEMORY FREE", "ACCEL", "RUNNING")
-    return head + "\n" + table(headers, rows)
+    text = head + "\n" + table(headers, rows)
+    if cluster.discovered:
+        found = [(p.node_id or "(seed)", p.address, p.source) for p in cluster.discovered]
+        text += "\n\ndiscovered, not members (the mesh is not wired yet)\n" + table(("NODE", "ADDRESS", "FOUND BY"), found)
+    return text
 
 
 def _main_metric(metrics: dict[str, float]) -> str:

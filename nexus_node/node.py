@@ -31,6 +31,8 @@ from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.auth import ServerAuthInterceptor, node_token
 from nexus_node.jobs.manager import JobManager, ManagerSettings
 from nexus_node.llm import GeminiClient, LLMSettings
+from nexus_node.mesh.discovery import Discovery, DiscoverySettings, primary_address
+from nexus_node.mesh.peers import advertise_host
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.servicer import NexusServicer
 from nexus_node.store.blobs import BlobStore
@@ -52,6 +54,9 @@ class NodeConfig:
     max_predict_mb: int = 64
     default_max_trials: int = 20
     cluster_name: str = "nexus"
+    seeds: list[str] = field(default_factory=list)   # host:port of peers, for networks without multicast
+    mdns: bool = True
+    advertise_host: str | None = None   # None: the bound address (see mesh.peers.advertise_host)
     # Disabled (no key) unless node_main resolves a key from the environment.
     llm: LLMSettings = field(default_factory=LLMSettings)
 
@@ -71,6 +76,7 @@ class Node:
         self._threads: ThreadPoolExecutor | None = None
         self._lock_file: IO[str] | None = None
         self._llm: GeminiClient | None = None
+        self.discovery: Discovery | None = None
 
     @property
     def address(self) -> str:
@@ -138,6 +144,16 @@ class Node:
         await server.start()
         self.server = server
         await self.manager.start()
+        # Discovery only fills the peer directory (shown as Cluster.discovered); the mesh,
+        # once wired, turns its entries into members after PeerService.Hello. The same
+        # --seeds list is meant for every node, so a node drops its own address from it.
+        wildcard = cfg.host in ("0.0.0.0", "::", "")
+        host, why = advertise_host(cfg.host, cfg.advertise_host, primary_address() if wildcard else None)
+        self.discovery = Discovery(DiscoverySettings(
+            node_id=self.node_id, cluster=cfg.cluster_name, port=self.port, advertise_host=host,
+            no_advert_reason=why, seeds=tuple(s for s in cfg.seeds if s != self.address), mdns=cfg.mdns,
+        ), on_change=self.manager.changes.notify)
+        await self.discovery.start()
         for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
@@ -148,7 +164,7 @@ class Node:
             log.info("heuristic constraints and template summaries: %s", cfg.llm.disabled_reason)
 
     def cluster_view(self) -> pb.Cluster:
-        """This node as a one-node cluster (the mesh fills in peers)."""
+        """This node as a one-node cluster, plus the peers discovery found (not members yet)."""
         total, free = memory_info()
         work = self._pools[0] if self._pools else None
         info = work.info if work else {}
@@ -160,9 +176,17 @@ class Node:
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
             running=self.manager.running_on() if self.manager else [], version=__version__,
         )
-        return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=self.node_id, term=0, nodes=[node])
+        discovered = [
+            pb.DiscoveredPeer(node_id=p.node_id, address=p.address, source=p.source, last_seen=p.last_seen)
+            for p in (self.discovery.peers() if self.discovery else [])
+        ]
+        return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=self.node_id, term=0,
+                          nodes=[node], discovered=discovered)
 
     async def stop(self, grace: float = 2.0) -> None:
+        # Goodbyes first (RFC 6762 §10.1), so peers stop listing a node that is leaving.
+        if self.discovery is not None:
+            await self.discovery.close()
         # Jobs first, then runners (killed: their work is redone on restart), then the
         # server: a runner must never see its node's port close mid-trial and record the
         # connection error as the trial's failure.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from nexus_node.auth import default_data_dir
 from nexus_node.llm import DEFAULT_MODEL, resolve
+from nexus_node.mesh.peers import parse_seeds
 from nexus_node.node import Node, NodeConfig
 
 
@@ -29,6 +31,13 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
     ap.add_argument("--default-trials", type=int, default=20, help="trial budget of jobs that set none")
     ap.add_argument("--cluster", default="nexus", help="cluster name (default 'nexus')")
+    ap.add_argument("--seeds", default="",
+                    help="host:port,... of other nodes, for networks without multicast (IPv6: [addr]:port)")
+    ap.add_argument("--no-mdns", action="store_true",
+                    help="neither announce this node nor browse for peers by mDNS")
+    ap.add_argument("--advertise-host",
+                    help="IP address peers should use (default: --host; for 0.0.0.0 the primary "
+                         "interface's; a loopback-bound node announces nothing unless this is given)")
     ap.add_argument("--llm", choices=("auto", "off"), default="auto",
                     help="auto (default): ask Gemini for constraints and summaries when GEMINI_API_KEY "
                          "or GOOGLE_API_KEY is set; off: heuristic constraints and template summaries")
@@ -41,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.slots is not None and a.slots < 1:
         ap.error("--slots must be at least 1")
+    try:
+        seeds = parse_seeds(a.seeds)
+    except ValueError as exc:
+        ap.error(f"--seeds: {exc}")
+    if a.advertise_host is not None and not _is_ip(a.advertise_host):
+        ap.error("--advertise-host must be an IP address (mDNS announces addresses, not names)")
     if a.llm_timeout <= 0:
         ap.error("--llm-timeout must be positive")
     llm = resolve(a.llm, a.llm_model, a.llm_base_url, os.environ,
@@ -49,8 +64,16 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
-        llm=llm,
+        llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
     )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def serve(config: NodeConfig) -> None:

@@ -299,3 +299,13 @@ def test_the_cli_imports_no_heavy_library():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_cluster_lists_discovered_peers_apart_from_members():
+    view = pb.Cluster(cluster_name="lab", coordinator_id="n1", nodes=[pb.NodeInfo(node_id="n1")],
+                      discovered=[pb.DiscoveredPeer(node_id="n2", address="10.0.0.2:7070", source="mdns"),
+                                  pb.DiscoveredPeer(address="10.0.0.3:7070", source="seed")])
+    text = cli.format_cluster(view)
+    members, _, found = text.partition("discovered, not members")
+    assert "n2" not in members and "n2" in found and "(seed)" in found and "10.0.0.3:7070" in found
+    assert "discovered" not in cli.format_cluster(pb.Cluster(nodes=[pb.NodeInfo(node_id="n1")]))

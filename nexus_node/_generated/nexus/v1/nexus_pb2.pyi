@@ -402,13 +402,27 @@ class WatchClusterRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("cluster_name", "coordinator_id", "term", "nodes")
+    __slots__ = ("cluster_name", "coordinator_id", "term", "nodes", "discovered")
     CLUSTER_NAME_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    DISCOVERED_FIELD_NUMBER: _ClassVar[int]
     cluster_name: str
     coordinator_id: str
     term: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, cluster_name: _Optional[str] = ..., coordinator_id: _Optional[str] = ..., term: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    discovered: _containers.RepeatedCompositeFieldContainer[DiscoveredPeer]
+    def __init__(self, cluster_name: _Optional[str] = ..., coordinator_id: _Optional[str] = ..., term: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., discovered: _Optional[_Iterable[_Union[DiscoveredPeer, _Mapping]]] = ...) -> None: ...
+
+class DiscoveredPeer(_message.Message):
+    __slots__ = ("node_id", "address", "source", "last_seen")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    source: str
+    last_seen: float
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., source: _Optional[str] = ..., last_seen: _Optional[float] = ...) -> None: ...

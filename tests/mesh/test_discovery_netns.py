@@ -1,0 +1,111 @@
+"""mDNS discovery across hosts: network namespaces joined by a bridge (needs root).
+
+Each namespace is a host with one veth into a bridge that lives in a namespace of its own,
+so nothing is added to the machine's own network. The addresses (10.231.N.0/24) exist only
+inside these namespaces. Two probes of cluster ``lab`` must find each other with no seeds;
+a probe of cluster ``other`` on the same link must be heard and refused by both, and must
+admit neither.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE_S = 20.0
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def bridged_hosts() -> Iterator[list[tuple[str, str]]]:
+    """Three namespaces on one bridge: [(namespace, address)], removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (CI runs this as root)")
+    tag = f"nx{os.getpid() % 100000}"
+    bridge_ns = f"{tag}-br"
+    hosts = [(f"{tag}-h{i}", f"10.231.{os.getpid() % 250}.{i + 1}") for i in range(3)]
+    made: list[str] = []
+    try:
+        try:
+            ip("netns", "add", bridge_ns)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"`ip netns` does not work here: {getattr(exc, 'stderr', exc)}")
+        made.append(bridge_ns)
+        ip("-n", bridge_ns, "link", "add", "br0", "type", "bridge")
+        ip("-n", bridge_ns, "link", "set", "br0", "up")
+        for i, (ns, address) in enumerate(hosts):
+            ip("netns", "add", ns)
+            made.append(ns)
+            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}", "netns", bridge_ns)
+            ip("-n", bridge_ns, "link", "set", f"p{i}", "master", "br0", "up")
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            ip("-n", ns, "link", "set", "eth0", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        yield hosts
+    finally:
+        for ns in reversed(made):   # deleting a namespace deletes its veth ends too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def probe(ns: str, address: str, cluster: str, node_id: str, expect: str, refuse: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.mesh.discovery_probe",
+         "--host", address, "--cluster", cluster, "--node-id", node_id, "--expect", expect,
+         "--refuse", refuse, "--timeout", str(DEADLINE_S)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_reports(procs: dict[str, subprocess.Popen[str]]) -> dict[str, dict]:
+    """Each probe's JSON line; a probe prints by its own deadline, so this is bounded."""
+    reports: dict[str, dict] = {}
+    end = time.monotonic() + DEADLINE_S + 15   # + interpreter start-up
+    while len(reports) < len(procs) and time.monotonic() < end:
+        waiting = {p.stdout: name for name, p in procs.items() if name not in reports}
+        ready, _, _ = select.select(list(waiting), [], [], end - time.monotonic())
+        for stream in ready:
+            line = stream.readline()
+            name = waiting[stream]
+            if not line:
+                pytest.fail(f"probe {name} exited: {procs[name].stderr.read()[-2000:]}")
+            reports[name] = json.loads(line)
+    return reports
+
+
+def test_nodes_of_one_cluster_find_each_other_by_mdns_and_another_cluster_stays_out(bridged_hosts):
+    (ns_a, ip_a), (ns_b, ip_b), (ns_c, ip_c) = bridged_hosts
+    procs = {
+        "a": probe(ns_a, ip_a, "lab", "node-a", expect="node-b", refuse="node-c"),
+        "b": probe(ns_b, ip_b, "lab", "node-b", expect="node-a", refuse="node-c"),
+        "c": probe(ns_c, ip_c, "other", "node-c", expect="", refuse="node-a,node-b"),
+    }
+    try:
+        reports = read_reports(procs)
+    finally:
+        for p in procs.values():   # closing stdin ends a probe (goodbye packets, then exit)
+            p.stdin.close()
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    assert set(reports) == {"a", "b", "c"}, reports
+    assert reports["a"]["peers"] == [{"node_id": "node-b", "address": f"{ip_b}:7070", "source": "mdns"}]
+    assert reports["b"]["peers"] == [{"node_id": "node-a", "address": f"{ip_a}:7070", "source": "mdns"}]
+    assert reports["c"]["peers"] == []
+    assert reports["a"]["refused"]["node-c"] == "cluster 'other', not 'lab'"
+    assert reports["b"]["refused"]["node-c"] == "cluster 'other', not 'lab'"
+    assert reports["c"]["refused"]["node-a"] == "cluster 'lab', not 'other'"
+    assert all(r["ok"] and r["registered"] for r in reports.values()), reports
