@@ -11,7 +11,7 @@ import math
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 from optuna.storages import JournalStorage
@@ -19,7 +19,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import TrialState
 
+from nexus_node import pruning
 from nexus_node.jobs.events import TrialView
+from nexus_node.space import GBT_MAX_ITER
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,13 +63,17 @@ def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_
     )
 
 
-PRUNER = {"kind": "median", "n_startup_trials": 4, "n_warmup_steps": 5}
+def pruner_spec(kind: str, constraints: Mapping[str, Any]) -> dict[str, Any]:
+    """The pruner spec of a job under ``constraints`` (a ``Constraints.to_dict()``), sent
+    with each of its trials (see :mod:`nexus_node.pruning`)."""
+    return pruning.spec_for(kind, int(constraints.get("max_epochs", 100)), GBT_MAX_ITER[1])
 
 
-def make_pruner() -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=PRUNER["n_startup_trials"], n_warmup_steps=PRUNER["n_warmup_steps"]
-    )
+def make_pruner(spec: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
+    """The pruner of a study object. The node's own study objects only ask and tell (the
+    runners prune, with the job's spec), so theirs matters only to code that loads the
+    study elsewhere and does not pass a pruner."""
+    return pruning.build(spec or pruning.spec_for(pruning.DEFAULT_KIND, 100, GBT_MAX_ITER[1]))[0]
 
 
 def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:

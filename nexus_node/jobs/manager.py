@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Coroutine, TypeVar
 
 import optuna
 
-from nexus_node import studies
+from nexus_node import pruning, studies
 from nexus_node.constraints import Constraints, apply_override, hard_bounds, parse_override
 from nexus_node.csvcheck import check_csv
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
@@ -57,6 +57,7 @@ class ManagerSettings:
     max_trials_limit: int = 10_000
     worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
     threads_per_trial: int = 1
+    pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.pruning)
 
 
 class _Cancelled(Exception):
@@ -372,6 +373,9 @@ class JobManager:
         study = await asyncio.to_thread(self._create_study, job, c)
         self._studies[job.job_id] = study
         job.prepared["search_started_at"] = time.time()
+        # Fixed with the job (not read from the settings per trial): a node restarted with
+        # another default pruner kind keeps pruning a running job's trials the same way.
+        job.prepared["pruner"] = studies.pruner_spec(self.settings.pruner, job.constraints)
         await self._set_state(job, SEARCHING, f"searching: {job.task}, optimising {metric} on validation")
 
     def _create_study(self, job: JobRecord, c: Constraints) -> optuna.Study:
@@ -509,7 +513,7 @@ class JobManager:
                 "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
                 "metric": job.metric, "maximize": job.maximize, "seed": job.seed + trial.number,
                 "threads": self.settings.threads_per_trial, "storage": self.storage_addr,
-                "pruner": studies.PRUNER,
+                "pruner": job.prepared.get("pruner") or studies.pruner_spec(self.settings.pruner, job.constraints),
             }
             try:
                 tid, fut = runner.submit(task)

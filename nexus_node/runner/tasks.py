@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 import torch
 
+from nexus_node import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline.model import output_width
@@ -161,17 +162,6 @@ def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
     return _storages.get_or_make(key, lambda: NexusStorageProxy(host=key[0], port=key[1], token=key[2]))
 
 
-def _pruner(spec: Mapping[str, Any] | None) -> tuple[optuna.pruners.BasePruner, int]:
-    spec = spec or {"kind": "median"}
-    if spec.get("kind") == "none":
-        return optuna.pruners.NopPruner(), 1 << 30
-    if spec.get("kind") != "median":
-        raise InvalidInput(f"pruner kind {spec.get('kind')!r} is not 'median' or 'none'")
-    warmup = int(spec.get("n_warmup_steps", 5))
-    return optuna.pruners.MedianPruner(n_startup_trials=int(spec.get("n_startup_trials", 5)),
-                                       n_warmup_steps=warmup), warmup
-
-
 class _PipelinedReporter:
     """Reports intermediate values and asks the pruner off the training thread.
 
@@ -229,7 +219,7 @@ class _PipelinedReporter:
             try:
                 for value, epoch in items:
                     self._trial.report(value, epoch)
-                # Before the warm-up the median pruner always says no; asking costs a trip.
+                # Before the warm-up the pruner always says no; asking costs a trip.
                 if items[-1][1] >= self._warmup and not self._prune:
                     self._prune = self._trial.should_prune()
             except BaseException as e:  # handed to the training thread, which re-raises it
@@ -256,7 +246,7 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         raise InvalidInput(f"a {task} trial needs n_classes >= 2, got {n_classes}")
     gbt = req["params"].get("family", "mlp") == "gbt"
     data = None if gbt else _data_for(req["files"], task, n_classes)
-    pruner, warmup = _pruner(req.get("pruner"))
+    pruner, warmup = pruning.build(req.get("pruner"))
     # The node samples every parameter; the runner never asks the sampler for anything, so
     # the cheapest sampler avoids building TPE's state for nothing. The study object is
     # reused by the slot's next trials: loading it costs two round trips.

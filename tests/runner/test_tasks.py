@@ -11,6 +11,7 @@ import pytest
 from optuna.storages._grpc.server import make_server
 from optuna.trial import TrialState
 
+from nexus_node import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner import tasks
@@ -71,14 +72,18 @@ def test_trial_completes_in_the_study_with_intermediate_values(insurance, server
     assert [e["epoch"] for e in ctx.events] == list(range(run)) and ctx.events[0]["kind"] == "epoch"
 
 
-def _study_of_good_trials(storage, name: str) -> optuna.Study:
-    """A study whose five finished trials reported 0.99 for 40 steps: any real trial is
-    behind their median."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    for _ in range(5):
+def _study_of_good_trials(storage, name: str, pruner: optuna.pruners.BasePruner | None = None,
+                          n: int = 5) -> optuna.Study:
+    """A study whose ``n`` finished trials reported 0.99 for 40 steps: any real trial is
+    behind them. With a pruner, each report is followed by ``should_prune`` as a runner
+    does, so rung-based pruners record the rungs these trials passed."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", pruner=pruner)
+    for _ in range(n):
         t = study.ask()
         for step in range(40):
             t.report(0.99, step)
+            if pruner is not None:
+                assert not t.should_prune()
         study.tell(t, 0.99)
     return study
 
@@ -92,6 +97,25 @@ def test_trial_behind_the_median_is_pruned(insurance, server):
     assert frozen.state == TrialState.PRUNED
     # Reports run ahead of the pruner's answer by at most a few epochs.
     assert PRUNER["n_warmup_steps"] < len(frozen.intermediate_values) < 15
+
+
+HYPERBAND = pruning.spec_for("hyperband", 40, 200)
+
+
+def test_trial_behind_its_rung_is_pruned_by_hyperband(insurance, server):
+    storage, spec = server
+    pruner, warmup = pruning.build(HYPERBAND)
+    # Eight good trials: both of Hyperband's brackets (5..40 steps, factor 3) hold some, so
+    # whichever bracket the new trial hashes to has rungs to compare it with.
+    trial = _study_of_good_trials(storage, "h", pruner, n=8).ask()
+    out = run_task({**_trial_req(insurance, spec, "h", trial._trial_id), "pruner": HYPERBAND}, LocalContext())
+    assert out["state"] == "PRUNED" and out["message"].startswith("pruned at epoch")
+    frozen = storage.get_trial(trial._trial_id)
+    assert frozen.state == TrialState.PRUNED
+    # Stopped at its bracket's first rung (step 5 or 15), plus the epochs reported while
+    # the answer travelled; the good trials ran 40.
+    assert warmup < len(frozen.intermediate_values) < 25
+    assert any(k.startswith("completed_rung_") for k in frozen.system_attrs)
 
 
 def test_cancelled_trial_is_told_pruned(insurance, server):
