@@ -6,13 +6,24 @@ overhead: wall time of N short trials (a real training loop of about a second) t
     seed, pruner and torch threads (1), so they train the same configurations. Target <= 1.05
     (Ray Tune's published overhead for 1 s trials is 1.14).
 
-Usage: scripts/bench [overhead] [--trials N] [--epochs E] [--out FILE]
+quality: for each shared dataset, a fixed 80/20 split (seed 0) written by the bench; Nexus
+    (a real node process, the 80% file submitted with a wall-clock search budget; the job
+    splits it into train/validation/test itself) against FLAML (``AutoML.fit`` with the same
+    budget on the same 80%, strings as pandas categories, nothing else); both predict the
+    same 20% and are scored there (R² for regression, ROC-AUC for classification, one-vs-rest
+    macro for more than two classes) with numpy. Target: never more than 0.01 R² / 0.005 AUC
+    behind FLAML, ahead on at least half. FLAML is the ``bench`` extra (scripts/bench
+    installs it when ``quality`` is asked for).
+
+Usage: scripts/bench [overhead] [quality] [--trials N] [--epochs E] [--datasets a,b]
+                     [--budget S] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -144,6 +155,191 @@ def bench_overhead(n_trials: int, epochs: int, width: int, batch: int, rounds: i
     }
 
 
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityCase:
+    name: str
+    target: str
+    regression: bool
+    # Columns that leak the target (generic_polllist: ``dem``/``rep`` are the raw shares the
+    # adjusted ones are computed from, and ``adjusted_rep`` is the other half of the same
+    # adjustment). The same columns are left out for both tools.
+    drop: tuple[str, ...] = ()
+
+
+QUALITY_CASES = (
+    QualityCase("adult", "class", False),
+    QualityCase("bike_sharing_hour", "count", True, ("casual", "registered")),
+    QualityCase("book_banning", "removed", False),
+    QualityCase("generic_polllist", "adjusted_dem", True, ("dem", "rep", "adjusted_rep")),
+    QualityCase("fertility", "morekids", False),
+    QualityCase("insurance", "charges", True),
+    QualityCase("titanic", "Survived", False),
+)
+QUALITY_TARGETS = {"r2": 0.01, "roc_auc": 0.005}   # the most either metric may trail FLAML
+
+
+def read_raw(path: Path):
+    """The file as text columns, exactly as written (no missing-value parsing), and the
+    encoding that read it: the split files are written back in the same encoding so that
+    Nexus sees the file's own quirks."""
+    import pandas as pd
+
+    for enc in ("utf-8", "cp1252", "latin-1"):
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=enc), enc
+        except UnicodeDecodeError:
+            continue
+    raise ValueError(f"{path}: no encoding read it")
+
+
+def split_80_20(path: Path, out_dir: Path, seed: int = 0) -> tuple[Path, Path, str]:
+    """Rows shuffled with ``seed``: the first 80% to ``*_train.csv``, the rest to ``*_test.csv``."""
+    import numpy as np
+
+    df, enc = read_raw(path)
+    order = np.random.default_rng(seed).permutation(len(df))
+    cut = int(round(0.8 * len(df)))
+    train, test = out_dir / f"{path.stem}_train.csv", out_dir / f"{path.stem}_test.csv"
+    df.iloc[order[:cut]].to_csv(train, index=False, encoding=enc)
+    df.iloc[order[cut:]].to_csv(test, index=False, encoding=enc)
+    return train, test, enc
+
+
+def r2_score(y, pred) -> float:
+    import numpy as np
+
+    y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
+    return float(1.0 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def roc_auc(positive, score) -> float:
+    """Mann-Whitney AUC with tied scores given their average rank."""
+    import numpy as np
+
+    positive, score = np.asarray(positive, dtype=bool), np.asarray(score, dtype=float)
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def class_auc(labels, classes: list[str], proba) -> float:
+    """ROC-AUC of per-class probabilities (columns in ``classes`` order): the last class's
+    for two classes, else the one-vs-rest macro average over classes present in ``labels``."""
+    import numpy as np
+
+    labels, proba = np.asarray(labels).astype(str), np.asarray(proba, dtype=float)
+    if len(classes) == 2:
+        return roc_auc(labels == classes[1], proba[:, 1])
+    present = [i for i, c in enumerate(classes) if 0 < (labels == c).sum() < len(labels)]
+    return float(np.mean([roc_auc(labels == classes[i], proba[:, i]) for i in present]))
+
+
+def _truth(test_path: Path, enc: str, target: str):
+    """The test rows' target as text, and which rows have one (both tools skip the rest)."""
+    import pandas as pd
+
+    y = pd.read_csv(test_path, dtype=str, encoding=enc)[target].str.strip()
+    keep = y.notna() & (y != "")
+    return y, keep.to_numpy()
+
+
+def _nexus_case(client, case: QualityCase, train: Path, test: Path, enc: str, budget: float) -> dict:
+    import numpy as np
+
+    t0 = time.perf_counter()
+    # The time budget is what ends the search; seed 0 would let the node pick one.
+    job = client.submit(train, case.target, time_budget=budget, max_trials=10_000, seed=1,
+                        drop_columns=case.drop)
+    job = client.wait(job.job_id)
+    if job.state != 5:   # COMPLETED
+        return {"error": job.message, "seconds": time.perf_counter() - t0}
+    result = client.predict(job.model_id, test)
+    seconds = time.perf_counter() - t0
+    y, keep = _truth(test, enc, case.target)
+    regression = not result.classes
+    if regression:
+        score = r2_score(y[keep].astype(float), np.array([r.value for r in result.rows])[keep])
+    else:
+        proba = np.array([r.probabilities for r in result.rows])[keep]
+        score = class_auc(y[keep].to_numpy(), list(result.classes), proba)
+    return {"metric": "r2" if regression else "roc_auc", "score": score, "seconds": seconds,
+            "trials": job.trials.complete + job.trials.pruned, "best_params": json.loads(job.best_params_json or "{}")}
+
+
+def _flaml_frame(path: Path, enc: str, case: QualityCase, categories: dict | None = None):
+    """Minimal preparation for FLAML: pandas' own parsing, the dropped columns and rows
+    without a target removed, text columns as pandas categories (FLAML's documented input
+    for categoricals), the test file's categories taken from the training file's."""
+    import pandas as pd
+
+    df = pd.read_csv(path, encoding=enc, dtype={case.target: str})
+    df = df.drop(columns=[c for c in case.drop if c in df.columns])
+    y = df.pop(case.target).str.strip()
+    keep = (y.notna() & (y != "")).to_numpy()
+    cats = categories if categories is not None else {}
+    for col in df.columns:
+        if categories is None and (pd.api.types.is_string_dtype(df[col]) or pd.api.types.is_object_dtype(df[col])):
+            cats[col] = df[col].astype("category").cat.categories
+        if col in cats:
+            df[col] = pd.Categorical(df[col], categories=cats[col])
+    return df, y, keep, cats
+
+
+def _flaml_case(case: QualityCase, train: Path, test: Path, enc: str, budget: float, regression: bool) -> dict:
+    import numpy as np
+    from flaml import AutoML
+
+    t0 = time.perf_counter()
+    X, y, keep, cats = _flaml_frame(train, enc, case)
+    X, y = X[keep], y[keep]
+    automl = AutoML()
+    task = "regression" if regression else "classification"
+    automl.fit(X, y.astype(float) if regression else y, task=task, time_budget=budget,
+               metric="r2" if regression else "roc_auc" if y.nunique() == 2 else "roc_auc_ovr",
+               seed=0, verbose=0, n_jobs=os.cpu_count() or 1)
+    X_test, y_test, keep_test, _ = _flaml_frame(test, enc, case, cats)
+    X_test, y_test = X_test[keep_test], y_test[keep_test]
+    if regression:
+        score = r2_score(y_test.astype(float), automl.predict(X_test))
+    else:
+        classes = [str(c) for c in automl.classes_]
+        score = class_auc(y_test.to_numpy(), classes, automl.predict_proba(X_test))
+    return {"metric": "r2" if regression else "roc_auc", "score": score,
+            "seconds": time.perf_counter() - t0, "best_estimator": automl.best_estimator}
+
+
+def bench_quality(names: list[str] | None, budget: float) -> dict:
+    """Each dataset in turn (never two tools at once: they would share the cores), Nexus
+    first, then FLAML, on the same split."""
+    from nexus_node.client import NexusClient
+
+    cases = [c for c in QUALITY_CASES if names is None or c.name in names]
+    rows: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp, node_process(Path(tmp) / "node", slots=0) as address:
+        client = NexusClient(address)
+        for case in cases:
+            train, test, enc = split_80_20(SHARED / f"{case.name}.csv", Path(tmp))
+            nexus = _nexus_case(client, case, train, test, enc, budget)
+            flaml = _flaml_case(case, train, test, enc, budget, case.regression)
+            delta = nexus["score"] - flaml["score"] if "score" in nexus else None
+            rows[case.name] = {"metric": flaml["metric"], "nexus": nexus, "flaml": flaml, "delta": delta,
+                               "within_target": delta is not None and delta >= -QUALITY_TARGETS[flaml["metric"]]}
+            print(f"  {case.name}: {flaml['metric']} nexus {nexus.get('score')} flaml {flaml['score']:.4f}",
+                  file=sys.stderr, flush=True)
+    deltas = [r["delta"] for r in rows.values() if r["delta"] is not None]
+    return {
+        "budget_s": budget, "split_seed": 0, "datasets": rows,
+        "ahead": sum(d > 0 for d in deltas), "compared": len(rows),
+        "all_within_target": all(r["within_target"] for r in rows.values()),
+        "targets": QUALITY_TARGETS,
+    }
+
+
 @contextlib.contextmanager
 def node_process(data_dir: Path, slots: int) -> Iterator[str]:
     """A real ``nexus-node`` process on a free loopback port, as users run it."""
@@ -152,7 +348,7 @@ def node_process(data_dir: Path, slots: int) -> Iterator[str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "nexus_node.node_main", "--port", str(port), "--data-dir", str(data_dir),
-         "--slots", str(slots), "--log-level", "WARNING"],
+         *(["--slots", str(slots)] if slots else []), "--log-level", "WARNING"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -165,23 +361,46 @@ def node_process(data_dir: Path, slots: int) -> Iterator[str]:
         proc.wait(30)
 
 
+def print_quality(q: dict) -> None:
+    rows = [("dataset", "metric", "Nexus", "FLAML", "delta", "ok", "Nexus s", "FLAML s")]
+    for name, r in q["datasets"].items():
+        n, f = r["nexus"], r["flaml"]
+        rows.append((name, r["metric"], f"{n['score']:.4f}" if "score" in n else "failed", f"{f['score']:.4f}",
+                     f"{r['delta']:+.4f}" if r["delta"] is not None else "", "yes" if r["within_target"] else "NO",
+                     f"{n['seconds']:.0f}", f"{f['seconds']:.0f}"))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print(f"budget {q['budget_s']:.0f} s each; Nexus ahead on {q['ahead']} of {q['compared']}; "
+          f"within target everywhere: {q['all_within_target']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", nargs="*", default=[], help="figures to measure: overhead (default: all)")
+    ap.add_argument("which", nargs="*", default=[], help="figures to measure: overhead, quality (default: overhead)")
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=10, help="epochs per trial (sets the trial length)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each side")
     ap.add_argument("--width", type=int, default=512, help="hidden width of the benchmark's MLP")
     ap.add_argument("--batch", type=int, default=16, help="batch size of the benchmark's MLP")
+    ap.add_argument("--datasets", default="", help="quality: comma-separated dataset names (default: all)")
+    ap.add_argument("--budget", type=float, default=60.0, help="quality: wall-clock seconds for each tool")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     a = ap.parse_args(argv)
-    unknown = set(a.which) - {"overhead"}
+    unknown = set(a.which) - {"overhead", "quality"}
     if unknown:
-        ap.error(f"unknown figures {sorted(unknown)}; known: overhead")
+        ap.error(f"unknown figures {sorted(unknown)}; known: overhead, quality")
+    names = [n.strip() for n in a.datasets.split(",") if n.strip()] or None
+    known = {c.name for c in QUALITY_CASES}
+    if names and set(names) - known:
+        ap.error(f"unknown datasets {sorted(set(names) - known)}; known: {', '.join(sorted(known))}")
+    # The quality bench takes a quarter of an hour: it runs only when asked for by name.
     a.which = a.which or ["overhead"]
     results: dict[str, dict] = {}
     if "overhead" in a.which:
         results["overhead"] = bench_overhead(a.trials, a.epochs, a.width, a.batch, a.rounds)
+    if "quality" in a.which:
+        results["quality"] = bench_quality(names, a.budget)
     rows = [("figure", "value", "target")]
     if "overhead" in results:
         r = results["overhead"]
@@ -194,8 +413,11 @@ def main(argv: list[str] | None = None) -> int:
             ("overhead per reported epoch (ms)", f"{r['overhead_ms_per_epoch']:.2f}", ""),
         ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    if len(rows) > 1:
+        for r in rows:
+            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    if "quality" in results:
+        print_quality(results["quality"])
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
