@@ -50,6 +50,7 @@ class NodeConfig:
     token_file: str | None = None
     slots: int | None = None               # None: one per core
     threads_per_trial: int = 1
+    trial_memory_mb: int | None = None     # None: a share of free memory per slot
     max_upload_mb: int = 512
     max_predict_mb: int = 64
     default_max_trials: int = 20
@@ -99,7 +100,13 @@ class Node:
         storage = studies.open_storage(self.data_dir / "optuna.journal")
 
         slots = cfg.slots or max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_trial))
-        work = RunnerPool("work", slots, cfg.threads_per_trial)
+        memory_mb = cfg.trial_memory_mb
+        if memory_mb is None:
+            # Four fifths of what is free now, split over the runners (the slots and the
+            # serve runner): a trial that wants more fails alone instead of starving others.
+            memory_mb = max(256, (int(memory_info()[1] * 0.8) // (slots + 1)) >> 20)
+        self.trial_memory_mb = memory_mb
+        work = RunnerPool("work", slots, cfg.threads_per_trial, trial_memory_mb=memory_mb)
         serve = RunnerPool("serve", 1, 1)
         self._pools = [work, serve]
 

@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--token-file", help="file holding the cluster token")
     ap.add_argument("--slots", type=int, help="trials run at once (default: one per core)")
     ap.add_argument("--threads-per-trial", type=int, default=1, help="torch threads of each trial (default 1)")
+    ap.add_argument("--trial-memory-mb", type=int,
+                    help="memory one trial may use (default: 80%% of free memory shared by the runners)")
     ap.add_argument("--max-upload-mb", type=int, default=512, help="largest CSV accepted (default 512)")
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
     ap.add_argument("--default-trials", type=int, default=20, help="trial budget of jobs that set none")
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.slots is not None and a.slots < 1:
         ap.error("--slots must be at least 1")
+    if a.trial_memory_mb is not None and a.trial_memory_mb < 1:
+        ap.error("--trial-memory-mb must be positive")
     try:
         seeds = parse_seeds(a.seeds)
     except ValueError as exc:
@@ -62,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                   timeout_s=a.llm_timeout, deadline_s=max(45.0, 2.5 * a.llm_timeout))
     return NodeConfig(
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
-        threads_per_trial=max(1, a.threads_per_trial), max_upload_mb=a.max_upload_mb,
+        threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
         llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
     )

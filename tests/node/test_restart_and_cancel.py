@@ -98,3 +98,23 @@ def test_a_second_node_on_the_same_data_dir_is_refused(node_factory):
     else:
         raise AssertionError("a second node started on a data dir in use")
     assert stub(first.address).ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
+
+
+def test_a_trial_past_its_memory_budget_fails_alone(node_factory, insurance_csv):
+    # 24 MB is plenty for a narrow MLP on insurance and far too little for a wide, deep
+    # one (three 1024-wide layers with Adam's state and 512-row activations).
+    node = node_factory("n6", "--slots", "1", "--trial-memory-mb", "24").start()
+    s = stub(node.address)
+    wide = submit(s, insurance_csv, "charges", max_trials=2,
+                  constraints_json='{"families": ["mlp"], "widths": [1024], "min_layers": 3, "max_layers": 3,'
+                                   ' "batch_sizes": [512], "max_epochs": 5}').job_id
+    job, _ = watch_until_end(s, wide)
+    assert job.state == pb.FAILED and "out of memory" in job.message, job.message
+    trials = s.ListTrials(pb.ListTrialsRequest(job_id=wide)).trials
+    assert len(trials) == 2
+    assert all(t.state == "FAIL" and "over its budget of 24 MB" in t.message for t in trials), trials
+    # The node and its next runner carry on: a narrow job completes on the same node.
+    narrow = submit(s, insurance_csv, "charges", max_trials=2,
+                    constraints_json='{"families": ["mlp"], "widths": [32], "max_layers": 1, "max_epochs": 5}').job_id
+    done, _ = watch_until_end(s, narrow)
+    assert done.state == pb.COMPLETED, done.message
