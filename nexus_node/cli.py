@@ -410,7 +410,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     remove = args.data_dir is None and not args.keep
     unicode = supports_unicode(sys.stdout)
     try:
-        with importlib.resources.as_file(resource) as csv_path, EmbeddedNode(data_dir=data_dir, slots=None) as address:
+        # One slot: trials then finish in a fixed order, so with the fixed seed the sampler,
+        # and the demo's numbers, repeat exactly from run to run.
+        with importlib.resources.as_file(resource) as csv_path, EmbeddedNode(data_dir=data_dir, slots=1) as address:
             print(f"Nexus demo: an embedded node at {address}, data in {data_dir}")
             print(f"data: bundled insurance.csv, target '{DEMO_TARGET}' ({DEMO_USE_CASE})")
             budget = f"{args.trials} trials" + (f" or {format_duration(args.time_budget)}" if args.time_budget else "")
