@@ -85,7 +85,9 @@ async def test_unreachable_node_offers_an_address(node_address: str):
     dead = f"127.0.0.1:{free_port()}"
     app = real_app(dead, discover=lambda: [])
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: type(app.screen).__name__ == "ConnectScreen", 20, "the connect screen")
+        # The screen is pushed before it is composed: wait for its widgets, not just its type.
+        await until(pilot, lambda: type(app.screen).__name__ == "ConnectScreen" and app.screen.query("#address"),
+                    20, "the connect screen")
         message = str(app.screen.query_one("#message", Static).render())
         assert message == f"No node reachable at {dead}; found by mDNS: none"
         field = app.screen.query_one("#address", Input)
