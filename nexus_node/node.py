@@ -25,18 +25,24 @@ from grpc_reflection.v1alpha import reflection
 from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
-from nexus_node import __version__, studies
+from optuna.storages import JournalStorage
+
+from nexus_node import __version__
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
+from nexus_node._generated.nexus.v1 import peer_pb2
 from nexus_node.auth import ServerAuthInterceptor, node_token
 from nexus_node.jobs.manager import JobManager, ManagerSettings
 from nexus_node.llm import GeminiClient, LLMSettings
+from nexus_node.mesh.blob_sync import BlobSync
+from nexus_node.mesh.cluster import ClusterSettings, Mesh
 from nexus_node.mesh.discovery import Discovery, DiscoverySettings, primary_address
+from nexus_node.mesh.driver import MeshSettings
 from nexus_node.mesh.peers import advertise_host
+from nexus_node.mesh.transport import add_peer_service
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.servicer import NexusServicer
 from nexus_node.store.blobs import BlobStore
-from nexus_node.store.db import Database
 from nexus_node.system import memory_info
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,8 @@ class NodeConfig:
     seeds: list[str] = field(default_factory=list)   # host:port of peers, for networks without multicast
     mdns: bool = True
     advertise_host: str | None = None   # None: the bound address (see mesh.peers.advertise_host)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    timing: MeshSettings = field(default_factory=MeshSettings)
     # Disabled (no key) unless node_main resolves a key from the environment.
     llm: LLMSettings = field(default_factory=LLMSettings)
 
@@ -72,7 +80,9 @@ class Node:
         self.token: str | None = None
         self.token_note = ""
         self.manager: JobManager | None = None
-        self._db: Database | None = None
+        self.mesh: Mesh | None = None
+        self.blob_sync: BlobSync | None = None
+        self._leadership: asyncio.Task[None] | None = None
         self._pools: list[RunnerPool] = []
         self._threads: ThreadPoolExecutor | None = None
         self._lock_file: IO[str] | None = None
@@ -95,9 +105,6 @@ class Node:
 
         blobs = BlobStore(self.data_dir / "blobs")
         blobs.clear_temp()
-        self._db = Database(self.data_dir / "nexus.db")
-        await self._db.open()
-        storage = studies.open_storage(self.data_dir / "optuna.journal")
 
         slots = cfg.slots or max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_trial))
         memory_mb = cfg.trial_memory_mb
@@ -123,10 +130,33 @@ class Node:
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
 
+        # Discovery fills the peer directory (mDNS and --seeds); the mesh says Hello to those
+        # peers to found or join a cluster. The same --seeds list is meant for every node, so
+        # a node drops its own address from it.
+        wildcard = cfg.host in ("0.0.0.0", "::", "")
+        host, why = advertise_host(cfg.host, cfg.advertise_host, primary_address() if wildcard else None)
+        self.peer_address = f"{host}:{self.port}" if host else self.address
+        self.discovery = Discovery(DiscoverySettings(
+            node_id=self.node_id, cluster=cfg.cluster_name, port=self.port, advertise_host=host,
+            no_advert_reason=why, seeds=tuple(s for s in cfg.seeds if s not in (self.address, self.peer_address)),
+            mdns=cfg.mdns,
+        ), on_change=self._on_cluster_change)
+        self.mesh = mesh = Mesh(
+            self.node_id, cfg.cluster_name, self.peer_address, self.data_dir, self.token,
+            peers=lambda: [p.address for p in self.discovery.peers()] if self.discovery else [],
+            listening=lambda: bool(cfg.seeds) or bool(self.discovery and self.discovery.mdns_active),
+            settings=cfg.cluster, timing=cfg.timing,
+        )
+        self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, mesh.records, mesh.transport,
+                                  mesh.members, cfg.cluster.replicas)
+        # One JournalStorage per node over the replicated journal: reads are local, writes
+        # commit through consensus (mesh/journal.py).
+        storage = JournalStorage(mesh.journal.backend())
+
         # Only a node with a key builds a client (and only its first call imports google-genai).
         self._llm = GeminiClient(cfg.llm) if cfg.llm.enabled else None
         self.manager = JobManager(
-            db=self._db, blobs=blobs, pool=work, serve_pool=serve, storage=storage,
+            db=mesh.records, blobs=blobs, pool=work, serve_pool=serve, storage=storage,
             node_id=self.node_id, storage_host=_loopback_for(cfg.host), storage_port=self.port,
             token=self.token,
             settings=ManagerSettings(
@@ -134,12 +164,17 @@ class Node:
                 worker_memory_bytes=memory_info()[1],
             ),
             llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
+            events=mesh.hub, fetch_blob=self.blob_sync.ensure,
         )
+        mesh.records.job_listeners.append(self.manager.job_applied)
+        mesh.records.job_listeners.append(lambda job: self._on_cluster_change())
+        mesh.on_change = self._on_cluster_change
         servicer = NexusServicer(
             self.manager, self.cluster_view, lambda suffix: blobs.new_temp(suffix),
             max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
         )
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
+        add_peer_service(server, mesh.driver, self)
         api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -150,17 +185,9 @@ class Node:
         ), server)
         await server.start()
         self.server = server
-        await self.manager.start()
-        # Discovery only fills the peer directory (shown as Cluster.discovered); the mesh,
-        # once wired, turns its entries into members after PeerService.Hello. The same
-        # --seeds list is meant for every node, so a node drops its own address from it.
-        wildcard = cfg.host in ("0.0.0.0", "::", "")
-        host, why = advertise_host(cfg.host, cfg.advertise_host, primary_address() if wildcard else None)
-        self.discovery = Discovery(DiscoverySettings(
-            node_id=self.node_id, cluster=cfg.cluster_name, port=self.port, advertise_host=host,
-            no_advert_reason=why, seeds=tuple(s for s in cfg.seeds if s != self.address), mdns=cfg.mdns,
-        ), on_change=self.manager.changes.notify)
         await self.discovery.start()
+        await mesh.start()   # founds, joins or resumes a cluster; replays the log
+        self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
         for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
@@ -170,42 +197,117 @@ class Node:
         else:
             log.info("heuristic constraints and template summaries: %s", cfg.llm.disabled_reason)
 
-    def cluster_view(self) -> pb.Cluster:
-        """This node as a one-node cluster, plus the peers discovery found (not members yet)."""
+    def _on_cluster_change(self) -> None:
+        if self.manager is not None:
+            self.manager.changes.notify()
+
+    async def _follow_leadership(self) -> None:
+        """Drives jobs exactly while this node leads: the coordinator is the consensus leader."""
+        assert self.mesh is not None and self.manager is not None
+        driver, active = self.mesh.driver, False
+        while True:
+            try:
+                await driver.wait_for(lambda: driver.is_leader != active, 3600)
+            except TimeoutError:
+                continue
+            if driver.is_leader and not active:
+                try:
+                    # Everything committed by earlier coordinators is applied here first.
+                    await self.mesh.barrier()
+                except (TimeoutError, Exception) as exc:  # noqa: BLE001 - lost it again: wait
+                    log.info("leadership barrier: %s", exc)
+                    continue
+                log.info("node %s coordinates (term %d)", self.node_id, driver.status().term)
+                active = True
+                await self.manager.activate("a restart or a coordinator change")
+            elif not driver.is_leader and active:
+                log.info("node %s no longer coordinates", self.node_id)
+                active = False
+                await self.manager.deactivate(kill_trials=True)
+            self._on_cluster_change()
+
+    # ---- PeerService hooks (mesh.transport.NodeHooks) ---------------------------------------------
+
+    async def join(self, node_id: str, address: str):  # type: ignore[no-untyped-def]
+        assert self.mesh is not None
+        return await self.mesh.join(node_id, address)
+
+    def blob_file(self, sha256: str) -> Path | None:
+        return self.blob_sync.local(sha256) if self.blob_sync else None
+
+    def describe(self) -> pb.NodeInfo:
+        """This node's own view of itself (its role is filled in by whoever asks)."""
         total, free = memory_info()
         work = self._pools[0] if self._pools else None
         info = work.info if work else {}
-        node = pb.NodeInfo(
-            node_id=self.node_id, address=self.address, role=pb.COORDINATOR, term=0,
-            last_contact=time.time(), slots_total=work.slots if work else 0,
-            slots_busy=work.busy if work else 0, memory_total_bytes=total,
-            memory_free_bytes=free,
+        return pb.NodeInfo(
+            node_id=self.node_id, address=self.peer_address, last_contact=time.time(),
+            slots_total=work.slots if work else 0, slots_busy=work.busy if work else 0,
+            memory_total_bytes=total, memory_free_bytes=free,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
             running=self.manager.running_on() if self.manager else [], version=__version__,
         )
+
+    async def cluster_view(self) -> pb.Cluster:
+        """Every member (voters, non-voters) with its role, plus peers found but not members."""
+        assert self.mesh is not None
+        d = self.mesh.driver
+        status = d.status()
+        m = status.membership
+
+        async def one(node_id: str) -> pb.NodeInfo:
+            if node_id == self.node_id:
+                node = self.describe()
+            else:
+                address = d.peer_address(node_id) or ""
+                node = pb.NodeInfo(node_id=node_id, address=address)
+                heard = d.last_heard(node_id)
+                if heard is not None:
+                    node.last_contact = time.time() - (time.monotonic() - heard)
+                if address:
+                    try:
+                        node = await self.mesh.transport.stub(address).Describe(
+                            peer_pb2.DescribeRequest(cluster=self.config.cluster_name),
+                            timeout=1.0, metadata=self.mesh.transport.metadata)
+                    except grpc.aio.AioRpcError:
+                        pass   # unreachable: listed with its last contact
+            node.role = (pb.COORDINATOR if node_id == status.lead else
+                         pb.VOTER if node_id in m.voters else pb.NON_VOTER)
+            node.term = status.term
+            return node
+
+        nodes = await asyncio.gather(*(one(n) for n in sorted(m.members)))
+        known = set(m.members) | {n.address for n in nodes}
         discovered = [
             pb.DiscoveredPeer(node_id=p.node_id, address=p.address, source=p.source, last_seen=p.last_seen)
             for p in (self.discovery.peers() if self.discovery else [])
+            if p.node_id not in known and p.address not in known
         ]
-        return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=self.node_id, term=0,
-                          nodes=[node], discovered=discovered)
+        return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=status.lead or "",
+                          term=status.term, nodes=list(nodes), discovered=discovered)
 
     async def stop(self, grace: float = 2.0) -> None:
         # Goodbyes first (RFC 6762 §10.1), so peers stop listing a node that is leaving.
         if self.discovery is not None:
             await self.discovery.close()
+        if self._leadership is not None:
+            self._leadership.cancel()
+            await asyncio.gather(self._leadership, return_exceptions=True)
         # Jobs first, then runners (killed: their work is redone on restart), then the
         # server: a runner must never see its node's port close mid-trial and record the
         # connection error as the trial's failure.
         if self.manager is not None:
-            await self.manager.close()
+            await self.manager.deactivate()
+        if self.mesh is not None:
+            await self.mesh.leave()   # a coordinator hands over before it goes
+            if self.blob_sync is not None:
+                await self.blob_sync.close()
+            await self.mesh.stop()
         await asyncio.gather(*(p.close(kill=True) for p in self._pools), return_exceptions=True)
         if self.server is not None:
             await self.server.stop(grace)
         if self._llm is not None:
             await self._llm.aclose()
-        if self._db is not None:
-            await self._db.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
         if self._lock_file is not None:

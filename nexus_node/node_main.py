@@ -13,6 +13,8 @@ from pathlib import Path
 
 from nexus_node.auth import default_data_dir
 from nexus_node.llm import DEFAULT_MODEL, resolve
+from nexus_node.mesh.cluster import ClusterSettings
+from nexus_node.mesh.driver import MeshSettings
 from nexus_node.mesh.peers import parse_seeds
 from nexus_node.node import Node, NodeConfig
 
@@ -40,6 +42,19 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--advertise-host",
                     help="IP address peers should use (default: --host; for 0.0.0.0 the primary "
                          "interface's; a loopback-bound node announces nothing unless this is given)")
+    ap.add_argument("--voters", type=int, default=3,
+                    help="voting members wanted, 1 to 7 (default 3; an even number acts as the odd one "
+                         "below it). Other members replicate everything but do not vote")
+    ap.add_argument("--voter-timeout", type=float, default=30.0,
+                    help="seconds a voter may be silent before a healthy non-voter replaces it (default 30)")
+    ap.add_argument("--replicas", type=int, default=2,
+                    help="nodes that keep a copy of every dataset, shard and model (default 2)")
+    ap.add_argument("--join-window", type=float, default=2.0,
+                    help="seconds a new node with --seeds or mDNS listens for a cluster before "
+                         "founding one (default 2)")
+    ap.add_argument("--raft-tick-ms", type=int, default=100,
+                    help="consensus tick (default 100 ms: heartbeats every tick, elections after "
+                         "10-20 ticks of silence). On slow links raise it, e.g. 500")
     ap.add_argument("--llm", choices=("auto", "off"), default="auto",
                     help="auto (default): ask Gemini for constraints and summaries when GEMINI_API_KEY "
                          "or GOOGLE_API_KEY is set; off: heuristic constraints and template summaries")
@@ -60,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error(f"--seeds: {exc}")
     if a.advertise_host is not None and not _is_ip(a.advertise_host):
         ap.error("--advertise-host must be an IP address (mDNS announces addresses, not names)")
+    if not 1 <= a.voters <= 7:
+        ap.error("--voters must be between 1 and 7")
+    if a.replicas < 1:
+        ap.error("--replicas must be at least 1")
+    if a.voter_timeout <= 0 or a.join_window < 0 or a.raft_tick_ms < 10:
+        ap.error("--voter-timeout must be positive, --join-window not negative, --raft-tick-ms at least 10")
     if a.llm_timeout <= 0:
         ap.error("--llm-timeout must be positive")
     llm = resolve(a.llm, a.llm_model, a.llm_base_url, os.environ,
@@ -69,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
         llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
+        cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, join_window=a.join_window,
+                                replicas=a.replicas),
+        timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0),
     )
 
 

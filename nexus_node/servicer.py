@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -50,7 +50,7 @@ async def _mapped(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
 
 class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
     def __init__(
-        self, manager: JobManager, cluster: Callable[[], pb.Cluster], temp_file: Callable[[str], Path],
+        self, manager: JobManager, cluster: Callable[[], Awaitable[pb.Cluster]], temp_file: Callable[[str], Path],
         max_upload_bytes: int, max_predict_bytes: int,
     ) -> None:
         self.manager = manager
@@ -162,6 +162,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
     async def ExportModel(self, request, context):  # noqa: N802
         async with _mapped(context):
             model = await self.manager.model(request.model_id)
+            await self.manager.fetch_blob(model.artifact_sha256)   # fetched from a peer if need be
             first = True
             for chunk in self.manager.blobs.read_chunks(model.artifact_sha256):
                 if first:
@@ -172,12 +173,12 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                     yield pb.ExportModelChunk(data=chunk)
 
     async def GetCluster(self, request, context):  # noqa: N802
-        return self.cluster()
+        return await self.cluster()
 
     async def WatchCluster(self, request, context):  # noqa: N802
         changes = self.manager.changes
         version = changes.version   # read before the first view so no change is missed
-        yield self.cluster()
+        yield await self.cluster()
         while True:
             version = await changes.wait_past(version)
-            yield self.cluster()
+            yield await self.cluster()

@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
 
 import optuna
 
@@ -30,7 +30,7 @@ from nexus_node.constraints import Constraints, apply_override, hard_bounds, par
 from nexus_node.csvcheck import check_csv
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
 from nexus_node.llm import GeminiClient, decide_constraints, summarize
-from nexus_node.jobs.events import NEW_BEST, STATE_CHANGED, TRIAL_FINISHED, EventHub, JobEvent, TrialView
+from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED, EventHub, TrialView
 from nexus_node.jobs.records import (
     CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
     JobRecord, JobSpecRecord, ModelRecord,
@@ -38,7 +38,9 @@ from nexus_node.jobs.records import (
 from nexus_node.runner.pool import Runner, RunnerPool
 from nexus_node.space import default_configs, suggest_params, trial_params
 from nexus_node.store.blobs import BlobStore
-from nexus_node.store.db import Database
+
+if TYPE_CHECKING:
+    from nexus_node.mesh.records import ReplicatedRecords
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +60,10 @@ class ManagerSettings:
     worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
     threads_per_trial: int = 1
     pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.pruning)
+
+
+#: Why a trial left RUNNING when its job is resumed failed.
+RUNNING_LOST = "the node running the trial stopped or lost the coordinator's role while it ran"
 
 
 class _Cancelled(Exception):
@@ -86,11 +92,20 @@ class ChangeFeed:
 
 
 class JobManager:
+    """Jobs of the cluster as one node sees them.
+
+    Every node answers reads from the replicated records and commits submits and cancels
+    through consensus; only the coordinator (the consensus leader) *drives* jobs: between
+    :meth:`activate` (it became leader) and :meth:`deactivate` (it lost leadership, or stops).
+    A job written by any node reaches the coordinator's :meth:`job_applied`, which starts it.
+    """
+
     def __init__(
-        self, *, db: Database, blobs: BlobStore, pool: RunnerPool, serve_pool: RunnerPool,
+        self, *, db: "ReplicatedRecords", blobs: BlobStore, pool: RunnerPool, serve_pool: RunnerPool,
         storage: optuna.storages.BaseStorage, node_id: str, storage_host: str,
         storage_port: int, token: str | None, settings: ManagerSettings | None = None,
         llm: GeminiClient | None = None, llm_unavailable: str = "",
+        events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
     ) -> None:
         self.db, self.blobs, self.pool, self.serve_pool = db, blobs, pool, serve_pool
         self.storage = storage
@@ -99,7 +114,10 @@ class JobManager:
         self.settings = settings or ManagerSettings()
         # Gemini, when this node has a key; otherwise why not (each job records it).
         self.llm, self.llm_unavailable = llm, llm_unavailable or "no Gemini client on this node"
-        self.events = EventHub()
+        # Published by the records when a job write is applied (on every node alike).
+        self.events = events or EventHub()
+        self.fetch_blob = fetch_blob or self._local_blob
+        self.active = False
         self.changes = ChangeFeed()   # job states and busy slots, for WatchCluster
         self._jobs: dict[str, JobRecord] = {}          # active jobs, the live copy
         self._drivers: dict[str, asyncio.Task[None]] = {}
@@ -114,10 +132,17 @@ class JobManager:
 
     # ---- lifecycle --------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Resume every job that was active when the node stopped."""
+    async def _local_blob(self, sha256: str) -> Path:
+        path = self.blobs.path(sha256)
+        if not path.is_file():
+            raise FailedPrecondition(f"blob {sha256[:12]} is missing from this node's data dir")
+        return path
+
+    async def activate(self, why: str = "node restart") -> None:
+        """This node coordinates now: resume every job that is not finished."""
+        self.active = True
         for job in await self.db.list_jobs():
-            if job.terminal:
+            if job.terminal or job.job_id in self._drivers:
                 continue
             if job.cancel_requested:
                 study = await self._study_or_none(job)
@@ -125,17 +150,55 @@ class JobManager:
                     await self._fail_running(study, "the job was cancelled")
                 await self._set_state(job, CANCELLED, "cancelled")
                 continue
-            job.message = f"resumed after node restart (was {job.state})"
+            if job.state != PENDING:
+                job.message = f"resumed after {why} (was {job.state})"
             self._launch(job)
 
-    async def close(self) -> None:
-        """Stop driving jobs (node shutdown). Jobs stay active on disk and resume on restart;
-        trials running now stay RUNNING in their study and are failed, with that reason,
-        by the restarted node."""
+    start = activate
+
+    def job_applied(self, job: JobRecord) -> None:
+        """A job write was applied here (driver task; must not block). The coordinator starts
+        new jobs and passes cancels on to the job's driver."""
+        if not self.active:
+            return
+        live = self._jobs.get(job.job_id)
+        if live is None:
+            if not job.terminal and job.job_id not in self._drivers:
+                self._launch(job)
+            return
+        if job.cancel_requested and not live.cancel_requested:
+            live.cancel_requested = True
+            self._stop_job(job.job_id)
+
+    def _stop_job(self, job_id: str) -> None:
+        for events in (self._stop_events, self._stop_trials):
+            if job_id in events:
+                events[job_id].set()
+        for runner, tid in self._running.get(job_id, {}).values():
+            runner.cancel(tid)
+
+    async def deactivate(self, kill_trials: bool = False) -> None:
+        """Stop driving jobs (shutdown, or leadership lost). Jobs stay as recorded and the next
+        coordinator resumes them; trials running now stay RUNNING in their study and are failed,
+        with the reason, when it does. ``kill_trials`` also ends the runners of those trials (a
+        node that goes on living must not keep computing results nobody will accept)."""
+        self.active = False
+        if kill_trials:
+            for trials in self._running.values():
+                for runner, _ in trials.values():
+                    runner.kill()
         tasks = [*self._drivers.values(), *self._trial_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._jobs.clear()
+        self._drivers.clear()
+        self._running.clear()
+        self._stop_events.clear()
+        self._stop_trials.clear()
+        self._studies.clear()
+
+    close = deactivate
 
     # ---- public operations ------------------------------------------------------------
 
@@ -162,8 +225,8 @@ class JobManager:
             encoding=summary.encoding, study_name=f"nexus-{job_id}",
             message=f"{summary.target_present} rows with a target, read as {summary.encoding}",
         )
+        # Committed through consensus; the coordinator (maybe this node) starts it on apply.
         await self.db.put_job(job)
-        self._launch(job)
         return dataclasses.replace(job)
 
     async def get(self, job_id: str) -> JobRecord:
@@ -179,21 +242,17 @@ class JobManager:
         jobs = await self.db.list_jobs()
         return [dataclasses.replace(self._jobs.get(j.job_id, j)) for j in jobs]
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        job = self._jobs.get(job_id)
-        if job is None or job.terminal:
-            stored = await self.get(job_id)
-            raise FailedPrecondition(f"job {job_id} already ended ({stored.state}); nothing to cancel")
-        job.cancel_requested = True
-        await self.db.put_job(job)
-        for events in (self._stop_events, self._stop_trials):
-            if job_id in events:
-                events[job_id].set()
-        for runner, tid in self._running.get(job_id, {}).values():
-            runner.cancel(tid)
+    async def cancel(self, job_id: str, timeout: float = 60.0) -> JobRecord:
+        """Commits the cancel (any node); returns once the job has ended, or after ``timeout``."""
+        job = await self.get(job_id)
+        if job.terminal:
+            raise FailedPrecondition(f"job {job_id} already ended ({job.state}); nothing to cancel")
+        await self.db.cancel_job(job_id)
         driver = self._drivers.get(job_id)
         if driver is not None:
-            await asyncio.shield(asyncio.wait({driver}))
+            await asyncio.shield(asyncio.wait({driver}, timeout=timeout))
+        else:
+            await self.db.wait_job(job_id, lambda j: j.terminal, timeout)
         return await self.get(job_id)
 
     async def trials(self, job_id: str) -> list[TrialView]:
@@ -224,9 +283,7 @@ class JobManager:
         missing column) before the first batch.
         """
         model = await self.model(model_or_job)
-        artifact = self.blobs.path(model.artifact_sha256)
-        if not artifact.is_file():
-            raise FailedPrecondition(f"model {model.model_id}'s artifact is missing from this node's data dir")
+        artifact = await self.fetch_blob(model.artifact_sha256)
         async with self.serve_pool.acquire() as runner:
             runner.current = f"predict {model.model_id}"
             batches: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
@@ -265,6 +322,7 @@ class JobManager:
             parse_override(spec.constraints_json)
 
     def _launch(self, job: JobRecord) -> None:
+        job = dataclasses.replace(job)   # the live copy this node's driver owns
         self._jobs[job.job_id] = job
         self._stop_events[job.job_id] = asyncio.Event()
         self._stop_trials[job.job_id] = asyncio.Event()
@@ -315,8 +373,7 @@ class JobManager:
             job.started_at = now
         if job.terminal:
             job.finished_at = now
-        await self.db.put_job(job)
-        self.events.publish(JobEvent(STATE_CHANGED, dataclasses.replace(job)))
+        await self.db.put_job(job)   # every node publishes the state change when it applies this
         self.changes.notify()
 
     async def _prepare(self, job: JobRecord) -> None:
@@ -325,7 +382,7 @@ class JobManager:
         try:
             result = await self._run_task(job, self.pool, {
                 "task": "prepare",
-                "csv_path": str(self.blobs.path(job.dataset_sha256)),
+                "csv_path": str(await self.fetch_blob(job.dataset_sha256)),
                 "target": job.spec.target.strip(),
                 "seed": job.seed,
                 "drop_columns": [c.strip() for c in job.spec.drop_columns],
@@ -406,8 +463,11 @@ class JobManager:
             studies.make_study, self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job)
         )
         self._studies[job.job_id] = study
-        # Trials left RUNNING by a previous incarnation of this node have no runner now.
-        await self._fail_running(study, "node restarted while the trial ran")
+        # Trials left RUNNING by a previous coordinator (or this node before a restart) have
+        # no runner now.
+        await self._fail_running(study, RUNNING_LOST)
+        for sha in job.prepared["files"].values():
+            await self.fetch_blob(sha)
         c = Constraints.from_dict(job.constraints)
         started = float(job.prepared.get("search_started_at") or time.time())
         budget = job.spec.time_budget_seconds
@@ -538,14 +598,15 @@ class JobManager:
     async def _trial_finished(self, job: JobRecord, study: optuna.Study, trial_id: int) -> None:
         frozen = await asyncio.to_thread(study._storage.get_trial, trial_id)
         before = job.best_value
-        await self._refresh_counts(job, study)
+        await self._refresh_counts(job, study, write=False)
         view = studies.trial_view(frozen)
-        snapshot = dataclasses.replace(job)
-        self.events.publish(JobEvent(TRIAL_FINISHED, snapshot, view))
+        kinds = [TRIAL_FINISHED]
         if job.best_trial == frozen.number and job.best_value != before:
-            self.events.publish(JobEvent(NEW_BEST, snapshot, view))
+            kinds.append(NEW_BEST)
+        # The events ride on the write: every node publishes them when it applies it.
+        await self.db.put_job(job, trial=view, kinds=tuple(kinds))
 
-    async def _refresh_counts(self, job: JobRecord, study: optuna.Study) -> None:
+    async def _refresh_counts(self, job: JobRecord, study: optuna.Study, write: bool = True) -> None:
         trials = await asyncio.to_thread(study.get_trials, False)
         job.trials = studies.counts(trials)
         complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -554,10 +615,11 @@ class JobManager:
             job.best_value, job.best_trial = float(best.value), best.number
             job.best_params = dict(best.user_attrs.get(studies.CONFIG_ATTR) or best.params)
             job.prepared["best_epochs"] = int(best.user_attrs.get("epochs", 0) or 0)
-        await self.db.put_job(job)
+        if write:
+            await self.db.put_job(job)
 
     async def _finalize(self, job: JobRecord) -> None:
-        files = {k: str(self.blobs.path(v)) for k, v in job.prepared["files"].items()}
+        files = {k: str(await self.fetch_blob(v)) for k, v in job.prepared["files"].items()}
         artifact = self.blobs.new_temp(".zip")
         try:
             result = await self._run_finalize(job, files, artifact)
@@ -573,7 +635,7 @@ class JobManager:
             "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
             "metric": job.metric, "seed": job.seed, "threads": self.settings.threads_per_trial,
             "preprocessing": job.prepared["preprocessing"],
-            "csv_path": str(self.blobs.path(job.dataset_sha256)), "encoding": job.encoding,
+            "csv_path": str(await self.fetch_blob(job.dataset_sha256)), "encoding": job.encoding,
             "target": job.spec.target.strip(), "drop_columns": job.spec.drop_columns,
             "artifact_path": str(artifact), "split_seed": job.seed,
             "epochs_hint": job.prepared.get("best_epochs", 0),

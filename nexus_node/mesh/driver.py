@@ -42,6 +42,8 @@ from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node.mesh.log_store import RaftLogStore
 from nexus_node.mesh.raft import (
     MemoryStorage,
+    InvalidConfigChange,
+    Membership,
     Message,
     NodeId,
     NotLeader,
@@ -95,6 +97,16 @@ class MeshStopped(RuntimeError):
 
 
 _TICK = object()
+_CAMPAIGN = object()
+
+
+@dataclasses.dataclass
+class _Change:
+    """A membership change or a leadership transfer for the loop to hand to the core."""
+
+    membership: Membership | None
+    transfer_to: NodeId | None
+    done: "asyncio.Future[int]"
 
 
 class RaftDriver:
@@ -135,20 +147,31 @@ class RaftDriver:
         self._lead: NodeId | None = None
         self._role = Role.FOLLOWER
         self._lead_changes = 0
+        self._heard: dict[NodeId, float] = {}
         self._stopped = False
 
     # --- life cycle -------------------------------------------------------------------------------
 
-    async def start(self, voters: Sequence[NodeId]) -> None:
+    async def has_log(self) -> bool:
+        """Whether this node's data dir already holds a Raft log (it was a member before)."""
+        store = await RaftLogStore.open(self._db_path)
+        try:
+            return not store.is_empty()
+        finally:
+            await store.close()
+
+    async def start(self, voters: Sequence[NodeId] = ()) -> None:
         """Opens the log, bootstraps a brand-new cluster, and starts the loop and the timer.
 
         Args:
             voters: The founding voters, used only when the log is empty (every founding node
-                must be given the same list). A restarted node resumes from its log.
+                must be given the same list). Empty: a node that will be added to an existing
+                cluster by its leader (it waits, never campaigning, until the log reaches it).
+                A restarted node resumes from its log.
         """
         self.loop = asyncio.get_running_loop()
         self._store = await RaftLogStore.open(self._db_path)
-        if self._store.is_empty():
+        if self._store.is_empty() and voters:
             seed = MemoryStorage()
             bootstrap(seed, list(voters))
             await self._store.save(seed.hard_state(), seed.entries(1, seed.last_index() + 1))
@@ -163,6 +186,10 @@ class RaftDriver:
         # next need to send to it; failures are fine, the next send greets again.
         for peer, address in self._peers.items():
             self._tasks.append(asyncio.create_task(self._greet(peer, address)))
+        if self._raw.status().membership.voters == {self.node_id}:
+            # The only voter needs no one's vote: lead now rather than after an election
+            # timeout, so a lone node serves at once.
+            self._inbox.put_nowait(_CAMPAIGN)
 
     async def stop(self) -> None:
         """Stops at once, like a crash that keeps the disk: nothing is handed over.
@@ -212,6 +239,8 @@ class RaftDriver:
             item = self._inbox.get_nowait()
             if isinstance(item, tuple) and not item[2].done():
                 item[2].set_exception(exc)
+            elif isinstance(item, _Change) and not item.done.done():
+                item.done.set_exception(exc)
 
     async def _loop_forever(self) -> None:
         assert self._raw is not None and self._store is not None
@@ -237,6 +266,22 @@ class RaftDriver:
         if item is _TICK:
             self.ticks += 1
             self._raw.tick()
+        elif item is _CAMPAIGN:
+            self._raw.campaign()
+        elif isinstance(item, _Change):
+            try:
+                if item.membership is not None:
+                    index = self._raw.propose_membership(item.membership).index
+                else:
+                    assert item.transfer_to is not None
+                    self._raw.transfer_leadership(item.transfer_to)
+                    index = 0
+            except (NotLeader, ProposalDropped, InvalidConfigChange, ValueError) as exc:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            else:
+                if not item.done.done():
+                    item.done.set_result(index)
         elif isinstance(item, tuple):  # (data, proposal_id, future of the entry's index)
             data, pid, accepted = item
             try:
@@ -275,6 +320,50 @@ class RaftDriver:
     def is_leader(self) -> bool:
         """Whether this node leads."""
         return self._role is Role.LEADER
+
+    @property
+    def lead_changes(self) -> int:
+        """How many times the leader this node believes in has changed (for watchers)."""
+        return self._lead_changes
+
+    def is_member(self) -> bool:
+        """Whether this node is in its cluster's configuration (voter or learner)."""
+        return self._raw is not None and self.node_id in self._raw.status().membership.members
+
+    def last_heard(self, node_id: NodeId) -> float | None:
+        """``time.monotonic()`` of the last message received from ``node_id``, if any."""
+        return self._heard.get(node_id)
+
+    def match_index(self, node_id: NodeId) -> int:
+        """The leader's view of how much of its log ``node_id`` holds (0 when not leading)."""
+        if self._raw is None or not self.is_leader:
+            return 0
+        pr = self._raw.raft.prs.get(node_id)
+        return pr.match if pr is not None else 0
+
+    async def change_membership(self, membership: Membership, timeout: float = 10.0) -> int:
+        """Proposes a one-node membership change (leader only) and waits until it is applied here.
+
+        Raises:
+            NotLeader, ProposalDropped, InvalidConfigChange: refused by the core.
+            TimeoutError: not applied in time.
+        """
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Change(membership, None, done))
+        index = await done
+        await self.wait_for(lambda: self.state.applied_index >= index, timeout)
+        return index
+
+    async def transfer_leadership(self, to: NodeId, timeout: float = 3.0) -> bool:
+        """Hands leadership to voter ``to``; returns whether ``to`` leads within ``timeout``."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Change(None, to, done))
+        try:
+            await done
+            await self.wait_for(lambda: self._lead == to, timeout)
+        except (NotLeader, ValueError, TimeoutError):
+            return False
+        return True
 
     def status(self) -> Status:
         """The core's state (term, commit, applied, membership...)."""
@@ -381,6 +470,8 @@ class RaftDriver:
         if self._raw is None or self._stopped:
             return 0
         room = max(0, self.settings.inbox_size - self._inbox.qsize())
+        if messages:
+            self._heard[messages[0].src] = time.monotonic()
         for m in messages[:room]:
             self._inbox.put_nowait(m)
         return min(room, len(messages))

@@ -18,10 +18,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import grpc
 
+from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.auth import CHANNEL_OPTIONS, METADATA_KEY
@@ -56,6 +58,21 @@ class PeerHost(Protocol):
 
     async def propose_from_peer(self, data: bytes, proposal_id: str) -> pb.ProposeReply: ...
 
+    def is_member(self) -> bool: ...
+
+    @property
+    def leader(self) -> NodeId | None: ...
+
+
+class NodeHooks(Protocol):
+    """What the node adds to the peer protocol beyond consensus (joins, blobs, its own view)."""
+
+    async def join(self, node_id: NodeId, address: str) -> pb.ProposeReply: ...
+
+    def blob_file(self, sha256: str) -> Path | None: ...
+
+    def describe(self) -> nexus_pb.NodeInfo: ...
+
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     """``nexus.v1.PeerService`` for one node.
@@ -64,8 +81,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         host: The node's driver.
     """
 
-    def __init__(self, host: PeerHost) -> None:
+    def __init__(self, host: PeerHost, hooks: NodeHooks | None = None) -> None:
         self._host = host
+        self._hooks = hooks
 
     async def _check_cluster(self, cluster: str, context: grpc.aio.ServicerContext) -> None:
         if cluster != self._host.cluster:
@@ -81,8 +99,11 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
         self._host.note_peer(request.node_id, request.address)
         h = self._host
+        lead = h.leader or ""
+        lead_address = (h.address if lead == h.node_id else h.peer_address(lead) or "") if lead else ""
         return pb.HelloReply(node_id=h.node_id, cluster=h.cluster, address=h.address,
-                             protocol_version=PROTOCOL_VERSION)
+                             protocol_version=PROTOCOL_VERSION, member=h.is_member(),
+                             leader_id=lead, leader_address=lead_address)
 
     async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
         await self._check_cluster(request.cluster, context)
@@ -104,6 +125,33 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proposal_id is required")
         return await self._host.propose_from_peer(request.data, request.proposal_id)
 
+
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.ProposeReply:
+        await self._check_cluster(request.cluster, context)
+        if not request.node_id or not request.address:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
+        if self._hooks is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not admit members")
+        return await self._hooks.join(request.node_id, request.address)
+
+    async def FetchBlob(self, request: pb.FetchBlobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        await self._check_cluster(request.cluster, context)
+        path = self._hooks.blob_file(request.sha256) if self._hooks is not None else None
+        if path is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256} is not on this node")
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            while chunk := f.read(BLOB_CHUNK):
+                yield pb.BlobChunk(data=chunk)
+
+    async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> nexus_pb.NodeInfo:
+        await self._check_cluster(request.cluster, context)
+        if self._hooks is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no node view")
+        return self._hooks.describe()
+
+
+#: Bytes per FetchBlob message: well under gRPC's message limit, large enough to stream fast.
+BLOB_CHUNK = 1 << 20
 
 # Field annotations of the core's messages (strings: the module uses postponed annotations).
 _FIELD_TYPES = {"int": int, "NodeId": str, "bool": bool}
@@ -127,9 +175,9 @@ def _checked(message: Message) -> Message:
     return message
 
 
-def add_peer_service(server: grpc.aio.Server, host: PeerHost) -> None:
+def add_peer_service(server: grpc.aio.Server, host: PeerHost, hooks: NodeHooks | None = None) -> None:
     """Adds ``PeerService`` for ``host`` to ``server`` (before the server starts)."""
-    peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(host), server)
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(host, hooks), server)
 
 
 class _Link:

@@ -1,8 +1,8 @@
-"""Discovery wired into real node processes on loopback: seeds, mDNS, the dashboard's offer.
+"""Discovery wired into real node processes on loopback: seeds and mDNS form one cluster;
+another cluster name is never admitted; the dashboard's offer.
 
-The mesh is not wired into the node yet, so peers appear in ``Cluster.discovered``, never in
-``Cluster.nodes``. Waiting is on ``WatchCluster`` (the node re-sends its view whenever the
-peer directory changes) with a deadline, never on sleeps.
+Waiting is on ``WatchCluster`` (the node re-sends its view whenever membership, the leader or
+the peer directory changes) with a deadline, never on sleeps.
 """
 
 from __future__ import annotations
@@ -36,16 +36,22 @@ def watch_until(address: str, predicate) -> pb.Cluster:
     raise AssertionError(f"no such view within {DEADLINE_S} s; last: {last}")
 
 
-def test_seeds_are_listed_without_multicast_and_a_node_skips_its_own_address(node_factory):
+def members(view: pb.Cluster) -> dict[str, int]:
+    return {n.address: n.role for n in view.nodes}
+
+
+def test_seeds_form_one_cluster_without_multicast(node_factory):
     port_a, port_b = free_port(), free_port()
     seeds = f"127.0.0.1:{port_a},127.0.0.1:{port_b}"   # the same list on every node
     a = node_factory("a", "--slots", "1", "--seeds", seeds, "--no-mdns", port=port_a).start()
     b = node_factory("b", "--slots", "1", "--seeds", seeds, "--no-mdns", port=port_b).start()
-    for node, other in ((a, b), (b, a)):
-        view = stub(node.address).GetCluster(pb.GetClusterRequest())
-        # A seed is an address until the peer is identified (Hello, once the mesh is wired).
-        assert discovered(view) == {("", other.address, "seed")}
-        assert [n.address for n in view.nodes] == [node.address]   # candidates, not members
+    for node in (a, b):
+        view = watch_until(node.address, lambda v: len(v.nodes) == 2)
+        # Two nodes: one voter (the coordinator) and one non-voter; members are not "discovered".
+        assert sorted(members(view).values()) == [pb.COORDINATOR, pb.NON_VOTER]
+        assert not view.discovered
+    views = [stub(n.address).GetCluster(pb.GetClusterRequest()) for n in (a, b)]
+    assert views[0].coordinator_id == views[1].coordinator_id != ""
 
 
 def test_nodes_announced_on_loopback_find_each_other_and_the_dashboard_offers_them(node_factory):
@@ -56,19 +62,17 @@ def test_nodes_announced_on_loopback_find_each_other_and_the_dashboard_offers_th
     c = node_factory("c", *announce, "--cluster", other).start()
     # Bound to loopback without --advertise-host: a dev node announces nothing.
     quiet = node_factory("quiet", "--slots", "1", "--cluster", lab).start()
-    ids = {n: stub(n.address).GetCluster(pb.GetClusterRequest()).nodes[0].node_id for n in (a, b, c)}
 
-    view = watch_until(b.address, lambda v: (ids[a], a.address, "mdns") in discovered(v))
-    assert ids[c] not in {p.node_id for p in view.discovered}
-    watch_until(a.address, lambda v: discovered(v) == {(ids[b], b.address, "mdns")})
-    watch_until(c.address, lambda v: not v.discovered)
-    assert not stub(quiet.address).GetCluster(pb.GetClusterRequest()).discovered
+    # a and b found each other by mDNS alone and form one cluster; c (another name) is in
+    # neither, and has a cluster of its own.
+    for node in (a, b):
+        view = watch_until(node.address, lambda v: set(members(v)) == {a.address, b.address})
+        assert c.address not in {p.address for p in view.discovered}
+    assert set(members(stub(c.address).GetCluster(pb.GetClusterRequest()))) == {c.address}
+    quiet_view = stub(quiet.address).GetCluster(pb.GetClusterRequest())
+    assert set(members(quiet_view)) == {quiet.address} and not quiet_view.discovered
 
     # nexus-tui's connect screen browses the same service type.
     offered = set(browse(timeout=2.0))
     assert {a.address, b.address, c.address} <= offered and quiet.address not in offered
-
-    # A node that stops says goodbye (RFC 6762 §10.1): its peers drop it at once.
-    a.stop()
-    watch_until(b.address, lambda v: ids[a] not in {p.node_id for p in v.discovered})
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_dot_v1_dot_nexus__pb2
 from nexus_node._generated.nexus.v1 import peer_pb2 as nexus_dot_v1_dot_peer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -49,6 +50,21 @@ class PeerServiceStub:
                 request_serializer=nexus_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_peer__pb2.ProposeReply.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/nexus.v1.PeerService/Join',
+                request_serializer=nexus_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_peer__pb2.ProposeReply.FromString,
+                _registered_method=True)
+        self.FetchBlob = channel.unary_stream(
+                '/nexus.v1.PeerService/FetchBlob',
+                request_serializer=nexus_dot_v1_dot_peer__pb2.FetchBlobRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_peer__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/nexus.v1.PeerService/Describe',
+                request_serializer=nexus_dot_v1_dot_peer__pb2.DescribeRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.NodeInfo.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -79,6 +95,30 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """A node that is not a member yet asks to be added (as a non-voting member; the
+        coordinator promotes it later). Answered by the leader once the change is committed, or
+        NOT_LEADER with a hint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchBlob(self, request, context):
+        """Streams a content-addressed blob (dataset, prepared shard, model artifact) this node
+        holds, in chunks; NOT_FOUND if it does not hold it. The caller checks the hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Describe(self, request, context):
+        """This node's own view of itself (slots, memory, accelerator, what it runs) for GetCluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +136,21 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.Propose,
                     request_deserializer=nexus_dot_v1_dot_peer__pb2.ProposeRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_peer__pb2.ProposeReply.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=nexus_dot_v1_dot_peer__pb2.JoinRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_peer__pb2.ProposeReply.SerializeToString,
+            ),
+            'FetchBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBlob,
+                    request_deserializer=nexus_dot_v1_dot_peer__pb2.FetchBlobRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_peer__pb2.BlobChunk.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=nexus_dot_v1_dot_peer__pb2.DescribeRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.NodeInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +234,87 @@ class PeerService:
             '/nexus.v1.PeerService/Propose',
             nexus_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
             nexus_dot_v1_dot_peer__pb2.ProposeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.PeerService/Join',
+            nexus_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
+            nexus_dot_v1_dot_peer__pb2.ProposeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nexus.v1.PeerService/FetchBlob',
+            nexus_dot_v1_dot_peer__pb2.FetchBlobRequest.SerializeToString,
+            nexus_dot_v1_dot_peer__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.PeerService/Describe',
+            nexus_dot_v1_dot_peer__pb2.DescribeRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.NodeInfo.FromString,
             options,
             channel_credentials,
             insecure,

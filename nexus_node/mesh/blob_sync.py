@@ -1,0 +1,129 @@
+"""Blobs across the mesh: fetch what this node lacks from a peer that holds it, and keep copies.
+
+Placement is in the replicated records (which nodes hold which sha256). A node that needs a blob
+it lacks (the coordinator preparing a dataset uploaded elsewhere, any node serving a model)
+streams it from a holder with ``PeerService.FetchBlob``, checks the hash, stores it and records
+itself as a holder. Besides, every blob should live on ``replicas`` nodes: the nodes that keep
+it are the first ``replicas`` members in rendezvous order of ``sha256(blob + node)`` (a pure
+choice every node computes alike, which moves few blobs when members come and go), and those
+fetch it as soon as its placement is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import Callable, Iterable
+
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.errors import FailedPrecondition
+from nexus_node.mesh.records import BlobInfo, ReplicatedRecords
+from nexus_node.mesh.transport import PeerTransport
+from nexus_node.store.blobs import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+def keepers(sha256: str, members: Iterable[str], replicas: int) -> list[str]:
+    """The members that should hold blob ``sha256`` (rendezvous hashing)."""
+    ranked = sorted(members, key=lambda n: hashlib.sha256(f"{sha256}/{n}".encode()).digest())
+    return ranked[:max(1, replicas)]
+
+
+class BlobSync:
+    """Fetches and replicates blobs for one node.
+
+    Args:
+        node_id: This node.
+        store: Its blob store.
+        records: The replicated records (placement).
+        transport: For FetchBlob calls (token attached).
+        members: Current members (voters and learners).
+        replicas: Copies each blob should have.
+    """
+
+    def __init__(self, node_id: str, cluster: str, store: BlobStore, records: ReplicatedRecords,
+                 transport: PeerTransport, members: Callable[[], set[str]], replicas: int = 2) -> None:
+        self.node_id, self.cluster, self.store, self.records = node_id, cluster, store, records
+        self.transport, self.members, self.replicas = transport, members, replicas
+        self._fetching: dict[str, asyncio.Task[Path]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        records.blob_listeners.append(self._placed)
+
+    def local(self, sha256: str) -> Path | None:
+        path = self.store.path(sha256)
+        return path if path.is_file() else None
+
+    async def ensure(self, sha256: str) -> Path:
+        """The local path of blob ``sha256``, fetched from a holder first if needed.
+
+        Raises:
+            FailedPrecondition: no reachable node holds it.
+        """
+        path = self.local(sha256)
+        if path is not None:
+            return path
+        task = self._fetching.get(sha256)
+        if task is None:
+            task = self._fetching[sha256] = asyncio.create_task(self._fetch(sha256))
+            task.add_done_callback(lambda _: self._fetching.pop(sha256, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, sha256: str) -> Path:
+        holders = sorted(self.records.holders(sha256) - {self.node_id})
+        errors = []
+        for holder in holders:
+            address = self.transport.host.peer_address(holder)
+            if not address:
+                errors.append(f"{holder}: address unknown")
+                continue
+            tmp = self.store.new_temp(".part")
+            digest = hashlib.sha256()
+            try:
+                with open(tmp, "wb") as f:
+                    call = self.transport.stub(address).FetchBlob(
+                        pb.FetchBlobRequest(cluster=self.cluster, sha256=sha256),
+                        metadata=self.transport.metadata, timeout=600)
+                    async for chunk in call:
+                        digest.update(chunk.data)
+                        f.write(chunk.data)
+                if digest.hexdigest() != sha256:
+                    errors.append(f"{holder}: content does not match its hash")
+                    continue
+                got, size = await asyncio.to_thread(self.store.ingest, tmp)
+                info = self.records.blobs.get(sha256)
+                await self.records.put_blob(got, size, info.kind if info else "blob")
+                log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, holder)
+                return self.store.path(got)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(f"{holder}: {exc.code().name} {exc.details()}")
+            finally:
+                tmp.unlink(missing_ok=True)
+        why = "; ".join(errors) if errors else "no node is recorded as holding it"
+        raise FailedPrecondition(f"blob {sha256[:12]} is not on this node and could not be fetched ({why})")
+
+    def _placed(self, info: BlobInfo) -> None:
+        """A placement was applied: fetch the blob if this node is one of its keepers."""
+        if info.sha256 in self._fetching or self.local(info.sha256) is not None:
+            return
+        if self.node_id not in keepers(info.sha256, self.members(), self.replicas):
+            return
+        task = asyncio.get_running_loop().create_task(self._replicate(info.sha256))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _replicate(self, sha256: str) -> None:
+        try:
+            await self.ensure(sha256)
+        except Exception as exc:  # noqa: BLE001 - a keeper retries when placement changes again
+            log.warning("could not replicate blob %s: %s", sha256[:12], exc)
+
+    async def close(self) -> None:
+        tasks = [*self._background, *self._fetching.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,255 @@
+"""A node's place in the mesh: forming or joining a cluster, admitting members, shaping voters.
+
+:class:`Mesh` puts together the consensus driver, the replicated state (records and the Optuna
+journal) and the membership work that needs I/O; the decisions themselves are pure
+(:mod:`nexus_node.mesh.admission`).
+
+* **Forming.** A node whose data dir has no Raft log says Hello to the peers it knows (``--seeds``
+  and mDNS) until :func:`~nexus_node.mesh.admission.formation_step` says found or join. Joining is
+  ``PeerService.Join`` to the leader, which adds the node as a non-voting member; the node runs
+  its driver with an empty log meanwhile and receives the whole log from the leader.
+* **Addresses.** Each member's address is a replicated record, so whichever node leads next
+  can reach every member; a node restarted on a new address records it again.
+* **Shaping.** The leader checks every second whether to promote or demote one member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.jobs.events import EventHub
+from nexus_node.mesh import admission
+from nexus_node.mesh.driver import MeshSettings, MeshStopped, RaftDriver
+from nexus_node.mesh.journal import ReplicatedJournal
+from nexus_node.mesh.raft import InvalidConfigChange, Membership, NotLeader, ProposalDropped
+from nexus_node.mesh.records import ReplicatedRecords
+from nexus_node.mesh.state import encode_command
+
+log = logging.getLogger(__name__)
+
+BARRIER = "barrier"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSettings:
+    """Membership policy of one node (used while it coordinates).
+
+    Attributes:
+        voters: Voters wanted (odd; 1 to 7). Other members are non-voting.
+        voter_timeout: Seconds a voter may be silent before a healthy non-voter replaces it.
+        join_window: Seconds a new node listens for peers before founding a cluster.
+        replicas: Copies of every blob the cluster keeps.
+    """
+
+    voters: int = 3
+    voter_timeout: float = 30.0
+    join_window: float = 2.0
+    replicas: int = 2
+
+
+class Mesh:
+    """Consensus, replicated state and membership for one node.
+
+    Args:
+        node_id, cluster, address, token: This node.
+        data_dir: Where the Raft log lives (``raft.db``).
+        peers: The peer directory's current entries (addresses to say Hello to).
+        listening: Whether peers may turn up (seeds given, mDNS on): a new node then listens
+            for ``join_window`` seconds before founding a cluster.
+        settings, timing: Membership policy and consensus timing.
+    """
+
+    def __init__(self, node_id: str, cluster: str, address: str, data_dir: Path, token: str | None,
+                 peers: Callable[[], list[str]], listening: Callable[[], bool] = lambda: False,
+                 settings: ClusterSettings = ClusterSettings(),
+                 timing: MeshSettings = MeshSettings()) -> None:
+        self.node_id, self.cluster, self.address = node_id, cluster, address
+        self.settings = settings
+        self.driver = RaftDriver(node_id, cluster, data_dir / "raft.db", address, {}, token, timing)
+        self.hub = EventHub()
+        self.records = ReplicatedRecords(self.driver, self.hub)
+        self.journal = ReplicatedJournal(self.driver)
+        self.driver.state.register(BARRIER, lambda body, index: None)
+        self._peers = peers
+        self._listening = listening   # whether peers may still turn up (seeds, mDNS)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._join_lock = asyncio.Lock()
+        self._leader_since = 0.0
+        self.on_change: Callable[[], None] = lambda: None   # leader or membership changed
+
+    @property
+    def transport(self):  # type: ignore[no-untyped-def]
+        return self.driver._transport
+
+    def members(self) -> set[str]:
+        try:
+            return set(self.driver.status().membership.members)
+        except MeshStopped:
+            return {self.node_id}
+
+    # ---- start ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resumes from the log, or forms/joins a cluster; returns once this node is a member
+        and has applied what its log held at start."""
+        if await self.driver.has_log():
+            await self.driver.start()
+        else:
+            action, target = await self._form()
+            if action is admission.Formation.FOUND:
+                log.info("founding cluster %r as its first voter", self.cluster)
+                await self.driver.start([self.node_id])
+            else:
+                await self.driver.start()
+                await self._join(target)
+        commit = self.driver.status().commit
+        await self.driver.wait_for(lambda: self.driver.state.applied_index >= commit, 120)
+        self._tasks = [asyncio.create_task(self._shape_forever(), name="mesh-shape"),
+                       asyncio.create_task(self._announce(), name="mesh-announce")]
+
+    async def _form(self) -> tuple[admission.Formation, str]:
+        started = time.monotonic()
+        while True:
+            addresses = [a for a in self._peers() if a != self.address]
+            answers = await asyncio.gather(*(self._hello(a) for a in addresses))
+            heard = [a for a in answers if a is not None]
+            action, target = admission.formation_step(
+                self.node_id, heard, time.monotonic() - started, self.settings.join_window,
+                peers_configured=bool(addresses) or self._listening())
+            if action is not admission.Formation.WAIT:
+                return action, target
+            await asyncio.sleep(0.3)
+
+    async def _hello(self, address: str) -> admission.HelloAnswer | None:
+        try:
+            reply = await self.transport.hello(self.transport.stub(address), None)
+        except Exception as exc:  # noqa: BLE001 - unreachable or refused: not an answer
+            log.debug("hello %s: %s", address, exc)
+            return None
+        self.driver.note_peer(reply.node_id, reply.address or address)
+        return admission.HelloAnswer(reply.node_id, reply.address or address, reply.member,
+                                     reply.leader_id, reply.leader_address)
+
+    async def _join(self, target: str) -> None:
+        """Asks to be added until this node is in the configuration it has applied."""
+        while not self.driver.is_member():
+            try:
+                reply = await self.transport.stub(target).Join(
+                    pb.JoinRequest(cluster=self.cluster, node_id=self.node_id, address=self.address),
+                    timeout=10, metadata=self.transport.metadata)
+                if reply.status == pb.ProposeReply.NOT_LEADER and reply.leader_address:
+                    target = reply.leader_address
+                    continue
+                if reply.status == pb.ProposeReply.OK:
+                    log.info("joined cluster %r through %s", self.cluster, target)
+                    await self.driver.wait_for(self.driver.is_member, 30)
+                    return
+            except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                log.debug("join through %s: %s", target, exc)
+            await asyncio.sleep(0.3)
+
+    # ---- the coordinator's side -------------------------------------------------------------------
+
+    async def join(self, node_id: str, address: str) -> pb.ProposeReply:
+        """``PeerService.Join`` on this node: add ``node_id`` as a non-voting member."""
+        d = self.driver
+        if not d.is_leader:
+            lead = d.leader or ""
+            return pb.ProposeReply(status=pb.ProposeReply.NOT_LEADER, leader_id=lead,
+                                   leader_address=d.peer_address(lead) or "" if lead else "")
+        async with self._join_lock:
+            d.note_peer(node_id, address)
+            try:
+                if self.records.addresses.get(node_id) != address:
+                    await self.records.put_member(node_id, address)
+                m = d.status().membership
+                if node_id not in m.members:
+                    await d.change_membership(Membership(m.voters, m.learners | {node_id}))
+                    log.info("admitted %s at %s as a non-voting member", node_id, address)
+            except (NotLeader, ProposalDropped, InvalidConfigChange, TimeoutError, MeshStopped) as exc:
+                log.info("join of %s deferred: %s", node_id, exc)
+                return pb.ProposeReply(status=pb.ProposeReply.RETRY)
+        return pb.ProposeReply(status=pb.ProposeReply.OK)
+
+    async def barrier(self, timeout: float = 30.0) -> None:
+        """Returns once an entry proposed now is applied here: every earlier one is too."""
+        await self.driver.propose(encode_command(BARRIER, {}), None, timeout)
+
+    def health(self, now: float) -> dict[str, admission.MemberHealth]:
+        d = self.driver
+        commit = d.status().commit
+        out = {}
+        for n in self.members():
+            if n == self.node_id:
+                out[n] = admission.MemberHealth(0.0, True)
+                continue
+            heard = d.last_heard(n)
+            # A new leader has not had time to hear from everyone: count from when it took over.
+            since = max(heard or 0.0, self._leader_since)
+            out[n] = admission.MemberHealth(now - since if since else math.inf,
+                                            d.match_index(n) >= commit - 64)
+        return out
+
+    async def _shape_forever(self) -> None:
+        last_view: tuple[object, ...] = ()
+        was_leader = False
+        while True:
+            await asyncio.sleep(1.0)
+            d = self.driver
+            try:
+                status = d.status()
+            except MeshStopped:
+                return
+            view = (status.lead, status.term, status.membership)
+            if view != last_view:
+                last_view = view
+                self.on_change()
+            if d.is_leader and not was_leader:
+                self._leader_since = time.monotonic()
+            was_leader = d.is_leader
+            if not d.is_leader:
+                continue
+            change = admission.next_change(status.membership, self.node_id, self.health(time.monotonic()),
+                                           self.settings.voters, self.settings.voter_timeout)
+            if change is None:
+                continue
+            try:
+                await d.change_membership(change)
+                log.info("membership: voters %s, non-voters %s", sorted(change.voters), sorted(change.learners))
+            except (NotLeader, ProposalDropped, InvalidConfigChange, TimeoutError) as exc:
+                log.debug("membership change deferred: %s", exc)
+
+    async def _announce(self) -> None:
+        """Records this node's address once it differs from the recorded one."""
+        while self.records.addresses.get(self.node_id) != self.address:
+            try:
+                await self.records.put_member(self.node_id, self.address)
+            except (TimeoutError, MeshStopped) as exc:
+                log.debug("announcing address: %s", exc)
+                await asyncio.sleep(1.0)
+
+    async def leave(self, timeout: float = 3.0) -> None:
+        """A graceful stop: a leader hands leadership to the most caught-up voter first."""
+        d = self.driver
+        if not d.is_leader:
+            return
+        others = [v for v in d.status().membership.voters if v != self.node_id]
+        if others:
+            best = max(others, key=d.match_index)
+            if await d.transfer_leadership(best, timeout):
+                log.info("handed leadership to %s", best)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.driver.stop()

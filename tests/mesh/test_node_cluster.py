@@ -1,0 +1,128 @@
+"""Real three-process clusters on loopback: formation from seeds, jobs submitted and watched on
+any node, the coordinator killed with SIGKILL, a node restarted, a node without the token.
+
+Waiting is on server streams (WatchCluster, WatchJob) with deadlines, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node.jobs.manager import RUNNING_LOST
+from tests.conftest import free_port
+from tests.node.helpers import predict, stub, submit, watch_until, watch_until_end
+
+DEADLINE_S = 30.0
+pytestmark = pytest.mark.timeout(400)
+
+
+def cluster_until(address: str, predicate, timeout: float = DEADLINE_S, token: str | None = None) -> pb.Cluster:
+    """The first cluster view of the node at ``address`` that satisfies ``predicate``."""
+    last = None
+    try:
+        for last in stub(address, token).WatchCluster(pb.WatchClusterRequest(), timeout=timeout):
+            if predicate(last):
+                return last
+    except grpc.RpcError as exc:
+        if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+            raise
+    raise AssertionError(f"no such view of {address} within {timeout} s; last: {last}")
+
+
+def roles(view: pb.Cluster) -> dict[str, int]:
+    return {n.address: n.role for n in view.nodes}
+
+
+def three_voters(view: pb.Cluster) -> bool:
+    r = sorted(roles(view).values())
+    return r == [pb.COORDINATOR, pb.VOTER, pb.VOTER]
+
+
+def start_cluster(node_factory, n: int = 3, *extra: str):
+    ports = [free_port() for _ in range(n)]
+    seeds = ",".join(f"127.0.0.1:{p}" for p in ports)   # the same list on every node
+    nodes = [node_factory(f"n{i}", "--slots", "1", "--seeds", seeds, "--no-mdns", *extra, port=p).start()
+             for i, p in enumerate(ports)]
+    for node in nodes:
+        cluster_until(node.address, three_voters)
+    return nodes
+
+
+def coordinator(nodes, view: pb.Cluster):
+    lead = next(n.address for n in view.nodes if n.role == pb.COORDINATOR)
+    return next(n for n in nodes if n.address == lead)
+
+
+def test_three_nodes_form_one_cluster_and_any_node_takes_and_serves_jobs(node_factory, insurance_csv):
+    nodes = start_cluster(node_factory)
+    views = [stub(n.address).GetCluster(pb.GetClusterRequest()) for n in nodes]
+    assert len({v.coordinator_id for v in views}) == 1 and views[0].coordinator_id
+    assert all(len(v.nodes) == 3 and v.nodes[0].slots_total == 1 for v in views)
+    lead = coordinator(nodes, views[0])
+    first, second = [n for n in nodes if n is not lead]
+
+    # Submitted to a non-coordinator, watched on the other one: the coordinator runs it.
+    job_id = submit(stub(first.address), insurance_csv, "charges", max_trials=3, seed=3).job_id
+    job, events = watch_until_end(stub(second.address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+    assert sum(ev.kind == pb.TRIAL_FINISHED for ev in events) == 3
+    trials = stub(first.address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+    assert len(trials) == 3 and {t.node_id for t in trials} == {views[0].coordinator_id}
+
+    # Every node serves the model (the artifact is fetched from a node that holds it).
+    rows = insurance_csv.read_text().splitlines(keepends=True)[:11]
+    for node in nodes:
+        _, preds = predict(stub(node.address), job.model_id, "".join(rows).encode())
+        assert len(preds) == 10
+
+
+def test_killing_the_coordinator_elects_another_and_its_job_completes(node_factory, insurance_csv):
+    nodes = start_cluster(node_factory)
+    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
+    lead = coordinator(nodes, view)
+    survivors = [n for n in nodes if n is not lead]
+    job_id = submit(stub(survivors[0].address), insurance_csv, "charges", max_trials=6, seed=5,
+                    constraints_json='{"min_epochs": 30, "max_epochs": 30, "families": ["mlp"]}').job_id
+    watch_until(stub(survivors[0].address), job_id, lambda ev: ev.kind == pb.TRIAL_FINISHED)
+
+    lead.kill()   # SIGKILL: no goodbye, no leadership transfer
+    new = cluster_until(survivors[0].address,
+                        lambda v: v.coordinator_id not in ("", view.coordinator_id))
+    assert new.term > view.term
+    assert cluster_until(survivors[1].address, lambda v: v.coordinator_id == new.coordinator_id)
+
+    job, _ = watch_until_end(stub(survivors[1].address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+    trials = stub(survivors[1].address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+    assert len(trials) == 6   # the budget counts each trial once, failed ones included
+    lost = [t for t in trials if t.state == "FAIL"]
+    # (A trial asked for just before the kill may not carry its node yet.)
+    assert all(t.message == RUNNING_LOST and t.node_id in ("", view.coordinator_id) for t in lost), lost
+    assert any(t.node_id == new.coordinator_id and t.state == "COMPLETE" for t in trials)
+
+    # The killed node comes back on its data dir and catches up with what it missed.
+    lead.start()
+    back = watch_until_end(stub(lead.address), job_id)[0]
+    assert back.state == pb.COMPLETED and back.model_id == job.model_id
+    assert cluster_until(lead.address, lambda v: v.coordinator_id == new.coordinator_id and len(v.nodes) == 3)
+
+
+def test_a_node_without_the_token_is_never_admitted(node_factory, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("cluster-secret\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-secret\n")
+    ports = [free_port() for _ in range(3)]
+    seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
+    common = ("--slots", "1", "--seeds", seeds, "--no-mdns")
+    a = node_factory("a", *common, "--token-file", str(token), port=ports[0]).start()
+    b = node_factory("b", *common, "--token-file", str(token), port=ports[1]).start()
+    intruder = node_factory("x", *common, "--token-file", str(wrong), port=ports[2]).start()
+    view = cluster_until(a.address, lambda v: len(v.nodes) == 2, token="cluster-secret")
+    assert intruder.address not in roles(view)
+    # The intruder, refused by both, founded a cluster of its own.
+    alone = stub(intruder.address, "not-the-secret").GetCluster(pb.GetClusterRequest())
+    assert list(roles(alone)) == [intruder.address]
+    assert roles(stub(b.address, "cluster-secret").GetCluster(pb.GetClusterRequest())) == roles(view)

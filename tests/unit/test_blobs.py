@@ -1,0 +1,15 @@
+import hashlib
+
+from nexus_node.store.blobs import BlobStore
+
+
+def test_blob_is_content_addressed_and_idempotent(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    for _ in range(2):
+        t = store.new_temp()
+        t.write_bytes(b"hello")
+        sha, size = store.ingest(t)
+        assert not t.exists()
+    assert sha == hashlib.sha256(b"hello").hexdigest() and size == 5
+    assert store.path(sha).read_bytes() == b"hello"
+    assert b"".join(store.read_chunks(sha, 2)) == b"hello"
