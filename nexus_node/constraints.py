@@ -24,6 +24,16 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
 FAMILIES = ("mlp", "gbt")
 WIDTH_CHOICES = (8, 16, 32, 64, 128, 256, 512, 1024)
 BATCH_CHOICES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Regression target scales and class weightings the search may choose between (both
+# families); see nexus_node.pipeline.target and the families' ``class_weight``.
+TARGET_TRANSFORMS = ("none", "log")
+CLASS_WEIGHTS = ("none", "balanced")
+# A class table this lopsided (largest class count over smallest) searches balanced class
+# weights too.
+IMBALANCE_RATIO = 1.5
+# A positive regression target at least this skewed searches a log scale too (the value
+# of nexus_node.pipeline.target.OFFER_LOG_SKEW; repeated here to keep this module pure).
+OFFER_LOG_SKEW = 0.75
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,11 @@ class Constraints:
     """Bounds of the search space. Ranges are inclusive ``(low, high)`` pairs. The layer,
     width, activation, dropout, weight-decay, batch and epoch bounds shape the MLP;
     ``learning_rate`` is the MLP's (trees use their own range, see
-    :mod:`nexus_node.space`); ``families`` lists the model families searched."""
+    :mod:`nexus_node.space`); ``families`` lists the model families searched.
+    ``target_transforms`` (regression: ``"none"``, ``"log"``) and ``class_weights``
+    (classification: ``"none"``, ``"balanced"``) are the choices searched for the target's
+    scale and the loss's class weights; empty means the choice does not apply (the other
+    task, or a job from before the choice existed) and configurations carry none."""
 
     min_layers: int = 1
     max_layers: int = 3
@@ -44,6 +58,8 @@ class Constraints:
     min_epochs: int = 10
     max_epochs: int = 100
     families: tuple[str, ...] = FAMILIES
+    target_transforms: tuple[str, ...] = ()
+    class_weights: tuple[str, ...] = ()
     rationale: str = ""
     source: str = "heuristic"
     notes: tuple[str, ...] = field(default=())
@@ -124,7 +140,29 @@ def heuristic_constraints(profile: Mapping[str, Any], memory_bytes: int) -> Cons
             min_epochs=5, max_epochs=25,
             rationale=f"{rows} rows: large batches and few epochs keep trials short",
         )
+    c = dataclasses.replace(c, **_target_choices(profile))
     return clamp(c, b)
+
+
+def _target_choices(profile: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``target_transforms`` / ``class_weights`` from the target's profile: a log scale is
+    offered for a positive, right-skewed regression target, balanced class weights for an
+    imbalanced class table; validation then decides between them and the plain choice."""
+    task = profile.get("task")
+    stats = (profile.get("target_column") or {}).get("stats") or {}
+    if task == "regression":
+        skew = stats.get("skew")
+        if skew is None and stats.get("std"):
+            # Pearson's median skewness, for a profile that lacks the moment one.
+            skew = 3.0 * (float(stats["mean"]) - float(stats["median"])) / float(stats["std"])
+        positive = stats.get("min") is not None and float(stats["min"]) > 0
+        offer = positive and skew is not None and float(skew) >= OFFER_LOG_SKEW
+        return {"target_transforms": TARGET_TRANSFORMS if offer else ("none",)}
+    if task in ("binary", "multiclass"):
+        counts = [int(n) for n in (stats.get("class_counts") or {}).values() if int(n) > 0]
+        lopsided = len(counts) > 1 and max(counts) >= IMBALANCE_RATIO * min(counts)
+        return {"class_weights": CLASS_WEIGHTS if lopsided else ("none",)}
+    return {}
 
 
 def clamp(c: Constraints, b: Bounds) -> Constraints:
@@ -159,10 +197,17 @@ def clamp(c: Constraints, b: Bounds) -> Constraints:
     if (min_epochs, max_epochs) != (c.min_epochs, c.max_epochs):
         note(f"epochs clamped to {min_epochs}..{max_epochs}")
     families = tuple(f for f in dict.fromkeys(c.families) if f in FAMILIES) or ("mlp",)
+    transforms = tuple(t for t in dict.fromkeys(c.target_transforms) if t in TARGET_TRANSFORMS)
+    if transforms != tuple(c.target_transforms):
+        note(f"target transforms limited to {list(transforms)}")
+    weights = tuple(w for w in dict.fromkeys(c.class_weights) if w in CLASS_WEIGHTS)
+    if weights != tuple(c.class_weights):
+        note(f"class weights limited to {list(weights)}")
     return dataclasses.replace(
         c, min_layers=min_layers, max_layers=max_layers, widths=widths, activations=acts,
         dropout=dropout, learning_rate=lr, weight_decay=wd, batch_sizes=batches,
         min_epochs=min_epochs, max_epochs=max_epochs, families=families,
+        target_transforms=transforms, class_weights=weights,
         rationale=str(c.rationale)[:500], notes=tuple(dict.fromkeys(notes)),
     )
 
@@ -195,7 +240,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if unknown:
         raise InvalidInput(f"unknown constraint keys {unknown}; allowed: {sorted(_KEYS)}")
     ranges = ("dropout", "learning_rate", "weight_decay")
-    lists = ("widths", "activations", "batch_sizes", "families")
+    lists = ("widths", "activations", "batch_sizes", "families", "target_transforms", "class_weights")
     ints = ("min_layers", "max_layers", "min_epochs", "max_epochs")
     for k, v in d.items():
         if k in ranges and not (

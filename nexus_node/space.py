@@ -30,13 +30,14 @@ def suggest_params(trial: optuna.Trial, c: Constraints) -> dict[str, Any]:
     if family == "gbt":
         return {
             "family": "gbt",
+            **_target_params(trial, c, "gbt_"),
             "learning_rate": _log_float(trial, "gbt_learning_rate", *GBT_LEARNING_RATE),
             "max_iter": _int(trial, "gbt_max_iter", *GBT_MAX_ITER),
             "max_leaf_nodes": trial.suggest_int("gbt_max_leaf_nodes", *GBT_MAX_LEAF_NODES, log=True),
             "min_samples_leaf": trial.suggest_int("gbt_min_samples_leaf", *GBT_MIN_SAMPLES_LEAF, log=True),
             "l2_regularization": _log_float(trial, "gbt_l2_regularization", *GBT_L2),
         }
-    p: dict[str, Any] = {"family": family}
+    p: dict[str, Any] = {"family": family, **_target_params(trial, c, "")}
     p["n_layers"] = _int(trial, "n_layers", c.min_layers, c.max_layers)
     p["width"] = _choice(trial, "width", c.widths)
     p["activation"] = _choice(trial, "activation", c.activations)
@@ -49,6 +50,17 @@ def suggest_params(trial: optuna.Trial, c: Constraints) -> dict[str, Any]:
     return p
 
 
+def _target_params(trial: optuna.Trial, c: Constraints, prefix: str) -> dict[str, Any]:
+    """The target's scale and the loss's class weights, for the choices ``c`` offers (none
+    when it offers none: the task has no such choice)."""
+    p: dict[str, Any] = {}
+    if c.target_transforms:
+        p["target_transform"] = _choice(trial, f"{prefix}target_transform", c.target_transforms)
+    if c.class_weights:
+        p["class_weight"] = _choice(trial, f"{prefix}class_weight", c.class_weights)
+    return p
+
+
 def default_params(c: Constraints) -> dict[str, Any]:
     """A sensible first configuration of the first family inside ``c``: enqueued as
     trial 0 so every search starts from a known-good point instead of a random one."""
@@ -56,19 +68,31 @@ def default_params(c: Constraints) -> dict[str, Any]:
 
 
 def default_configs(c: Constraints) -> list[dict[str, Any]]:
-    """One known-good starting configuration per family in ``c``, in family order."""
-    return [defaults_for(f, c) for f in c.families]
+    """Known-good starting configurations: one per family in ``c``, in family order, then
+    the trees' default again with each other target scale ``c`` offers, so validation
+    compares the scales on equal terms within the first trials (trees: the quicker family
+    to train). Class weightings get no start of their own: measured, they barely move
+    ROC-AUC (adult +0.002, titanic -0.003 test AUC with the trees' default), so the
+    sampler alone tries them rather than every search paying a trial for them."""
+    configs = [defaults_for(f, c) for f in c.families]
+    if "gbt" in c.families:
+        base = defaults_for("gbt", c)
+        configs += [{**base, "target_transform": t} for t in c.target_transforms[1:]]
+    return configs
 
 
 def defaults_for(family: str, c: Constraints) -> dict[str, Any]:
     """The known-good configuration of one family (scikit-learn's own defaults for trees,
     with more iterations since early stopping ends them)."""
+    target = {k: v[0] for k, v in (("target_transform", c.target_transforms),
+                                     ("class_weight", c.class_weights)) if v}
     if family == "gbt":
-        return {"family": "gbt", "learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31,
+        return {"family": "gbt", **target, "learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31,
                 "min_samples_leaf": 20, "l2_regularization": 1e-6}
     mid_width = c.widths[len(c.widths) // 2]
     return {
         "family": family,
+        **target,
         "n_layers": min(max(2, c.min_layers), c.max_layers),
         "width": mid_width,
         "activation": "relu" if "relu" in c.activations else c.activations[0],

@@ -38,7 +38,19 @@ def _estimator(task: str, params: Mapping[str, Any], max_iter: int, seed: int):
         # estimator must not carve another one out of the training rows.
         early_stopping=False, warm_start=True, random_state=seed,
     )
-    return HistGradientBoostingRegressor(**kw) if task == "regression" else HistGradientBoostingClassifier(**kw)
+    if task == "regression":
+        return HistGradientBoostingRegressor(**kw)
+    return HistGradientBoostingClassifier(**kw, class_weight=class_weight(params))
+
+
+def class_weight(params: Mapping[str, Any]) -> str | None:
+    """A configuration's ``class_weight`` (``"none"``, the default, or ``"balanced"``: each
+    class's rows weighted by n / (classes x its count), so a rare class weighs as much in
+    the loss as a common one) as scikit-learn takes it."""
+    choice = params.get("class_weight", "none")
+    if choice not in ("none", "balanced"):
+        raise ValueError(f"class_weight {choice!r} is not 'none' or 'balanced'")
+    return None if choice == "none" else "balanced"
 
 
 def _threads(threads: int):
@@ -69,7 +81,8 @@ def train_and_score_gbt(
 
     Args:
         arrays: ``X_train, y_train, X_val, y_val`` (regression targets in original units).
-        params: ``learning_rate, max_iter, max_leaf_nodes, min_samples_leaf, l2_regularization``.
+        params: ``learning_rate, max_iter, max_leaf_nodes, min_samples_leaf, l2_regularization``;
+            optionally ``class_weight`` and ``target_transform``.
         task: ``"regression"``, ``"binary"`` or ``"multiclass"``.
         metric: Validation metric (its own direction decides "better").
         seed: Seeds the estimator.
@@ -90,7 +103,7 @@ def train_and_score_gbt(
     y_tr, y_va = np.asarray(arrays["y_train"]), np.asarray(arrays["y_val"])
     transform = None
     if task == "regression":
-        transform = target_scale.fit_target_transform(y_tr)
+        transform = target_scale.for_params(y_tr, params)
         y_tr = target_scale.forward(y_tr, transform)
     maximize = metrics.MAXIMIZE[metric]
     max_iter = max(CHUNK, int(params["max_iter"]))
@@ -133,7 +146,8 @@ def fit_gbt(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], task: str, 
         n_iter: Boosting iterations.
         seed: Seeds the estimator.
         threads: OpenMP threads.
-        transform: Regression target scaling (``preprocessing["target"]["transform"]``).
+        transform: Regression target scaling (:func:`.target.for_params` of the
+            configuration; the artifact records it).
     """
     y_fit = target_scale.forward(y, transform) if task == "regression" else y
     model = _estimator(task, params, max(1, int(n_iter)), seed)

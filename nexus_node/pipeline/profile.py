@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.target import skewness
 
 # One-hot keeps at most this many categories per column (by training frequency).
 CATEGORY_LIMIT = 30
@@ -267,8 +268,10 @@ def profile_columns(df: pd.DataFrame, target: str, drop_columns: Sequence[str]) 
 def target_summary(s: pd.Series, info: TargetInfo) -> dict[str, Any]:
     """Statistics of the target for the profile (after missing rows are removed)."""
     if info.task == "regression":
-        return {"name": info.name, "dtype": "float64", "n_unique": int(s.nunique()),
-                "stats": _numeric_stats(parse_numbers(s))}
+        values = parse_numbers(s)
+        # Skewness decides whether the search tries a log scale (constraints.py).
+        stats = {**_numeric_stats(values), "skew": skewness(values[~np.isnan(values)])}
+        return {"name": info.name, "dtype": "float64", "n_unique": int(s.nunique()), "stats": stats}
     labels = target_labels(s, info)
     counts = np.bincount(labels, minlength=len(info.classes))
     return {"name": info.name, "dtype": "float64" if info.numeric else "str", "n_unique": len(info.classes),

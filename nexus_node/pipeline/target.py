@@ -1,7 +1,14 @@
-"""Scaling of a regression target, so the network regresses a unit-variance quantity.
+"""Scaling of a regression target, so a model regresses a unit-variance quantity.
 
 Numpy only: the trial path imports this without pandas. The fitted transform is a plain
 dict (it lives in the preprocessing JSON and the model artifact).
+
+Whether a positive target is modelled on a log scale is a searched parameter
+(``params["target_transform"]``: ``"none"`` or ``"log"``, offered by the constraints for a
+positive, right-skewed target), so validation decides; the best trial's choice is what the
+final model uses and what its artifact records. Configurations without the parameter (jobs
+from before it existed) keep the old rule: log when the target is positive and skewed past
+:data:`LOG_SKEW`.
 """
 
 from __future__ import annotations
@@ -10,27 +17,61 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# A positive target this skewed (sample skewness) is modelled on a log scale: prices and
-# costs span orders of magnitude, and squared error on the raw scale is then dominated by
-# a few rows.
+# Without a searched choice, a positive target this skewed (sample skewness) is modelled
+# on a log scale.
 LOG_SKEW = 2.0
+# The search offers the log scale for a positive target at least this skewed: below it a
+# log rarely changes which rows dominate squared error, and an extra choice costs trials.
+OFFER_LOG_SKEW = 0.75
+TRANSFORMS = ("none", "log")
 
 
-def fit_target_transform(y: np.ndarray) -> dict[str, Any]:
+def fit_target_transform(y: np.ndarray, log: bool | None = None) -> dict[str, Any]:
     """Fit the scaling of a regression target on the training rows.
 
     Args:
         y: Target values in original units.
+        log: Model ``log(y)`` (ignored, i.e. False, when some value is not positive);
+            None applies the skewness rule (:data:`LOG_SKEW`).
 
     Returns:
         ``{"log": bool, "mean": float, "std": float}``; ``mean``/``std`` are of the
         (possibly logged) values.
     """
     y = np.asarray(y, dtype=np.float64)
-    use_log = bool(y.min() > 0 and skewness(y) > LOG_SKEW)
+    positive = bool(y.size and y.min() > 0)
+    use_log = positive and (skewness(y) > LOG_SKEW if log is None else bool(log))
     z = np.log(y) if use_log else y
     std = float(z.std())
     return {"log": use_log, "mean": float(z.mean()), "std": std if std > 0 else 1.0}
+
+
+def log_choice(params: Mapping[str, Any] | None) -> bool | None:
+    """A configuration's ``target_transform`` as :func:`fit_target_transform`'s ``log``
+    argument (None when the configuration does not choose)."""
+    choice = (params or {}).get("target_transform")
+    if choice is None:
+        return None
+    if choice not in TRANSFORMS:
+        raise ValueError(f"target_transform {choice!r} is not one of {TRANSFORMS}")
+    return choice == "log"
+
+
+def for_params(y: np.ndarray, params: Mapping[str, Any] | None,
+               default: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The transform a configuration trains with: fitted on ``y`` with its
+    ``target_transform`` choice; without one, ``default`` (the preprocessing's) when
+    given, else the skewness rule."""
+    log = log_choice(params)
+    if log is None and default is not None:
+        return dict(default)
+    return fit_target_transform(y, log)
+
+
+def offer_log(y_min: float, skew: float) -> bool:
+    """Whether the search should try a log scale for a target with this minimum and
+    skewness."""
+    return bool(y_min > 0 and skew >= OFFER_LOG_SKEW)
 
 
 def forward(y: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:
@@ -48,5 +89,6 @@ def inverse(z: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:
 
 def skewness(y: np.ndarray) -> float:
     """Sample skewness (0 for a constant)."""
+    y = np.asarray(y, dtype=np.float64)
     sd = y.std()
     return float(((y - y.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0

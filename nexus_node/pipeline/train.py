@@ -56,6 +56,7 @@ class DeviceData:
     def from_arrays(
         cls, arrays: Mapping[str, np.ndarray], task: str, n_classes: int,
         device: torch.device | None = None, transform: Mapping[str, Any] | None = None,
+        log: bool | None = None,
     ) -> "DeviceData":
         """Move ``X_train``/``y_train`` (and ``X_val``/``y_val`` when present) to ``device``.
 
@@ -66,12 +67,13 @@ class DeviceData:
             n_classes: Class count (ignored for regression).
             device: Defaults to :func:`pick_device`.
             transform: The regression target scaling; fitted on ``y_train`` when omitted.
+            log: When fitting it: a configuration's log choice (:func:`.target.log_choice`).
         """
         device = device or pick_device()
         y_train = np.asarray(arrays["y_train"])
         t = None
         if task == "regression":
-            t = dict(transform) if transform is not None else target_scale.fit_target_transform(y_train)
+            t = dict(transform) if transform is not None else target_scale.fit_target_transform(y_train, log)
             y_t = torch.tensor(target_scale.forward(y_train, t), dtype=torch.float32, device=device)
         else:
             y_t = torch.tensor(y_train, dtype=torch.int64, device=device)
@@ -111,11 +113,26 @@ class TrainResult:
     epochs_run: int
 
 
-def _loss_fn(task: str, params: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy for classes; for regression ``params["loss"]``: ``"huber"`` (default)
-    or ``"mse"``."""
+def class_weights(y: np.ndarray, n_classes: int, choice: str) -> np.ndarray | None:
+    """Per-class loss weights for ``params["class_weight"]``: None for ``"none"``; for
+    ``"balanced"`` ``n / (n_classes * count)`` (scikit-learn's rule; a class absent from
+    ``y`` gets 1), so every class carries the same total weight."""
+    if choice == "none":
+        return None
+    if choice != "balanced":
+        raise ValueError(f"class_weight {choice!r} is not 'none' or 'balanced'")
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1.0)), 1.0)
+
+
+def _loss_fn(data: DeviceData, params: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy for classes (weighted per ``params["class_weight"]``, default
+    ``"none"``); for regression ``params["loss"]``: ``"huber"`` (default) or ``"mse"``."""
+    task = data.task
     if task != "regression":
-        return nn.CrossEntropyLoss()
+        w = class_weights(data.y_train.cpu().numpy(), data.n_classes, params.get("class_weight", "none"))
+        return nn.CrossEntropyLoss(weight=None if w is None else torch.tensor(
+            w, dtype=torch.float32, device=data.device))
     kind = params.get("loss", "huber")
     if kind not in ("huber", "mse"):
         raise ValueError(f"loss {kind!r} is not 'huber' or 'mse'")
@@ -197,7 +214,9 @@ def train_and_score(
     ``params["epochs"]``.
 
     Args:
-        data: Device tensors, or numpy arrays ``X_train, y_train, X_val, y_val``.
+        data: Device tensors (for regression scaled as the configuration says:
+            ``DeviceData.from_arrays(..., log=target.log_choice(params))``), or numpy
+            arrays ``X_train, y_train, X_val, y_val``.
         params: The configuration (see :func:`nexus_node.space.suggest_params`).
         task_type: ``"regression"``, ``"binary"`` or ``"multiclass"``.
         n_classes: Class count (ignored for regression).
@@ -217,11 +236,11 @@ def train_and_score(
     """
     metrics.check_metric(metric, task_type)
     if not isinstance(data, DeviceData):
-        data = DeviceData.from_arrays(data, task_type, n_classes)
+        data = DeviceData.from_arrays(data, task_type, n_classes, log=target_scale.log_choice(params))
     if data.X_val is None:
         raise ValueError("train_and_score needs a validation split")
     model, opt, gen = _setup(data, params, seed, threads)
-    loss_fn = _loss_fn(task_type, params)
+    loss_fn = _loss_fn(data, params)
     maximize = metrics.MAXIMIZE[metric]
     best: float | None = None
     best_epoch, best_state, since_best = 0, None, 0
@@ -261,7 +280,7 @@ def fit_fixed(
         ``(model, "")``, or ``(None, reason)`` when the loss diverged.
     """
     model, opt, gen = _setup(data, params, seed, threads)
-    loss_fn = _loss_fn(data.task, params)
+    loss_fn = _loss_fn(data, params)
     for epoch in range(max(1, epochs)):
         loss = _run_epoch(model, opt, loss_fn, data.X_train, data.y_train, int(params["batch_size"]), gen)
         if not math.isfinite(loss):

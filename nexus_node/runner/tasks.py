@@ -34,7 +34,7 @@ import torch
 
 from nexus_node import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
-from nexus_node.pipeline import metrics
+from nexus_node.pipeline import metrics, target as target_scale
 from nexus_node.pipeline.model import output_width
 from nexus_node.pipeline.train import (
     DeviceData, fit_fixed, model_from_state, pick_device, predict, train_and_score, warm_up,
@@ -147,11 +147,12 @@ def _tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
     return np.asarray(load_array(files["tree_columns"])) if "tree_columns" in files else None
 
 
-def _data_for(files: Mapping[str, str], task: str, n_classes: int) -> DeviceData:
-    """Training tensors on the device, built once per dataset and reused by later trials."""
-    key = (tuple(_file_key(files[k]) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()))
+def _data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None) -> DeviceData:
+    """Training tensors on the device, built once per dataset (and regression target
+    scale: ``log`` is the configuration's choice) and reused by later trials."""
+    key = (tuple(_file_key(files[k]) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()), log)
     return _device_data.get_or_make(key, lambda: DeviceData.from_arrays(
-        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, task, n_classes))
+        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, task, n_classes, log=log))
 
 
 def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
@@ -245,7 +246,8 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     if task != "regression" and n_classes < 2:
         raise InvalidInput(f"a {task} trial needs n_classes >= 2, got {n_classes}")
     gbt = req["params"].get("family", "mlp") == "gbt"
-    data = None if gbt else _data_for(req["files"], task, n_classes)
+    log = target_scale.log_choice(req["params"]) if task == "regression" else None
+    data = None if gbt else _data_for(req["files"], task, n_classes, log)
     pruner, warmup = pruning.build(req.get("pruner"))
     # The node samples every parameter; the runner never asks the sampler for anything, so
     # the cheapest sampler avoids building TPE's state for nothing. The study object is
@@ -319,6 +321,13 @@ def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     seed, threads = int(req["seed"]), int(req.get("threads", 1))
     classes = list(prep["target"].get("classes") or [])
     arrays = load_arrays(req["files"])
+    if task == "regression":
+        # The configuration's own target scale (a searched choice), fitted on the rows the
+        # refit sees; the artifact's preprocessing records it, so serving inverts the same.
+        y_fit = np.concatenate([arrays["y_train"], arrays["y_val"]])
+        prep = {**prep, "target": {**prep["target"], "transform": target_scale.for_params(
+            y_fit, params, prep["target"].get("transform"))}}
+        req = {**req, "preprocessing": prep}
     fit = _refit_gbt if params.get("family", "mlp") == "gbt" else _refit_mlp
     predict_np, weights, model_config, epochs, note = fit(req, arrays, len(classes))
     y_test = np.asarray(arrays["y_test"])

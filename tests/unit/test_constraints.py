@@ -90,8 +90,8 @@ def test_suggested_params_stay_inside_constraints():
         p = suggest_params(study.ask(), c)
         families.add(p["family"])
         if p["family"] == "gbt":
-            assert set(p) == {"family", "learning_rate", "max_iter", "max_leaf_nodes", "min_samples_leaf",
-                              "l2_regularization"}
+            assert set(p) == {"family", "target_transform", "learning_rate", "max_iter", "max_leaf_nodes",
+                              "min_samples_leaf", "l2_regularization"}
             assert space.GBT_MAX_ITER[0] <= p["max_iter"] <= space.GBT_MAX_ITER[1]
             assert space.GBT_LEARNING_RATE[0] <= p["learning_rate"] <= space.GBT_LEARNING_RATE[1]
             continue
@@ -120,3 +120,39 @@ def test_a_family_list_of_one_searches_only_that_family():
     assert c.families == ("gbt",)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     assert {suggest_params(study.ask(), c)["family"] for _ in range(5)} == {"gbt"}
+
+
+def test_target_choices_are_searched_and_started_from_for_both_families():
+    skewed = {**PROFILE, "target_column": {"stats": {"min": 1.0, "skew": 1.5}}}
+    c = heuristic_constraints(skewed, 8 << 30)
+    assert c.target_transforms == ("none", "log") and c.class_weights == ()
+    configs = space.default_configs(c)
+    # One default per family on the plain scale, then the trees' default on the log scale.
+    assert [(cfg["family"], cfg["target_transform"]) for cfg in configs] == [
+        ("mlp", "none"), ("gbt", "none"), ("gbt", "log")]
+    study = optuna.create_study()
+    for config in configs:
+        study.enqueue_trial(space.trial_params(config))
+    assert [suggest_params(study.ask(), c) for _ in configs] == configs
+    random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {(p["family"], p["target_transform"]) for p in (suggest_params(random.ask(), c) for _ in range(40))}
+    assert seen == {("mlp", "none"), ("mlp", "log"), ("gbt", "none"), ("gbt", "log")}
+    binary = {**PROFILE, "task": "binary", "target_column": {"stats": {"class_counts": {"a": 90, "b": 10}}}}
+    cb = heuristic_constraints(binary, 8 << 30)
+    assert cb.class_weights == ("none", "balanced") and cb.target_transforms == ()
+    assert [cfg.get("class_weight") for cfg in space.default_configs(cb)] == ["none", "none"]
+    random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert {suggest_params(random.ask(), cb)["class_weight"] for _ in range(20)} == {"none", "balanced"}
+
+
+def test_target_choices_are_limited_to_known_values_and_old_constraints_offer_none():
+    c = apply_override(heuristic_constraints(PROFILE, 8 << 30),
+                       {"target_transforms": ["log", "sqrt"], "class_weights": ["heavy"]}, BOUNDS, "user")
+    assert c.target_transforms == ("log",) and c.class_weights == ()
+    assert any("target transforms" in n for n in c.notes) and any("class weights" in n for n in c.notes)
+    # A job's constraints stored before these choices existed: configurations carry none,
+    # and training keeps the old behaviour.
+    old = Constraints.from_dict({k: v for k, v in c.to_dict().items()
+                                 if k not in ("target_transforms", "class_weights")})
+    p = suggest_params(optuna.create_study().ask(), old)
+    assert "target_transform" not in p and "class_weight" not in p
