@@ -151,11 +151,13 @@ def format_cluster(cluster: nexus_pb2.Cluster) -> str:
         f"cluster {cluster.cluster_name or '-'}  coordinator {cluster.coordinator_id or '-'}  "
         f"term {cluster.term}"
     )
+    now = time.time()
     rows = [
         (
             n.node_id,
             n.address,
-            nexus_pb2.NodeRole.Name(n.role),
+            nexus_pb2.NodeRole.Name(n.role).lower().replace("_", "-"),
+            f"{max(0.0, now - n.last_contact):.1f} s ago" if n.last_contact else "never",
             f"{n.slots_busy}/{n.slots_total}",
             f"{n.memory_free_bytes / 2**30:.1f}/{n.memory_total_bytes / 2**30:.1f} GiB",
             n.accelerator or "-",
@@ -163,11 +165,11 @@ def format_cluster(cluster: nexus_pb2.Cluster) -> str:
         )
         for n in cluster.nodes
     ]
-    headers = ("NODE", "ADDRESS", "ROLE", "SLOTS", "MEMORY FREE", "ACCEL", "RUNNING")
+    headers = ("NODE", "ADDRESS", "ROLE", "LAST CONTACT", "SLOTS", "MEMORY FREE", "ACCEL", "RUNNING")
     text = head + "\n" + table(headers, rows)
     if cluster.discovered:
         found = [(p.node_id or "(seed)", p.address, p.source) for p in cluster.discovered]
-        text += "\n\ndiscovered, not members (the mesh is not wired yet)\n" + table(("NODE", "ADDRESS", "FOUND BY"), found)
+        text += "\n\ndiscovered, not members (yet)\n" + table(("NODE", "ADDRESS", "FOUND BY"), found)
     return text
 
 

@@ -37,7 +37,8 @@ from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.mesh.blob_sync import BlobSync
 from nexus_node.mesh.cluster import ClusterSettings, Mesh
 from nexus_node.mesh.discovery import Discovery, DiscoverySettings, primary_address
-from nexus_node.mesh.driver import MeshSettings
+from nexus_node.mesh.driver import MeshSettings, MeshStopped
+from nexus_node.mesh.raft import NotLeader
 from nexus_node.mesh.peers import advertise_host
 from nexus_node.mesh.transport import add_peer_service
 from nexus_node.runner.pool import RunnerPool
@@ -164,7 +165,7 @@ class Node:
                 worker_memory_bytes=memory_info()[1],
             ),
             llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
-            events=mesh.hub, fetch_blob=self.blob_sync.ensure,
+            events=mesh.hub, fetch_blob=self.blob_sync.ensure, replicated=self.blob_sync.replicated,
         )
         mesh.records.job_listeners.append(self.manager.job_applied)
         mesh.records.job_listeners.append(lambda job: self._on_cluster_change())
@@ -205,21 +206,36 @@ class Node:
         """Drives jobs exactly while this node leads: the coordinator is the consensus leader."""
         assert self.mesh is not None and self.manager is not None
         driver, active = self.mesh.driver, False
+        pause = self.config.timing.tick_interval
         while True:
             try:
                 await driver.wait_for(lambda: driver.is_leader != active, 3600)
             except TimeoutError:
                 continue
+            except MeshStopped:
+                await self.manager.deactivate(kill_trials=True)
+                return
             if driver.is_leader and not active:
+                term = driver.status().term
                 try:
-                    # Everything committed by earlier coordinators is applied here first.
-                    await self.mesh.barrier()
-                except (TimeoutError, Exception) as exc:  # noqa: BLE001 - lost it again: wait
-                    log.info("leadership barrier: %s", exc)
+                    # Everything committed by earlier coordinators is applied here first; the
+                    # barrier is fenced to this term, so a node deposed meanwhile never activates.
+                    await self.mesh.barrier(term)
+                except (NotLeader, TimeoutError, MeshStopped) as exc:
+                    log.info("leadership barrier of term %d: %s", term, exc or type(exc).__name__)
+                    await asyncio.sleep(pause)
                     continue
-                log.info("node %s coordinates (term %d)", self.node_id, driver.status().term)
+                if not (driver.is_leader and driver.status().term == term):
+                    continue
+                log.info("node %s coordinates (term %d)", self.node_id, term)
                 active = True
-                await self.manager.activate("a restart or a coordinator change")
+                try:
+                    await self.manager.activate("a restart or a coordinator change", term)
+                except Exception:  # noqa: BLE001 - whatever failed, never half-coordinate
+                    log.exception("resuming jobs in term %d failed; giving the jobs up", term)
+                    active = False
+                    await self.manager.deactivate(kill_trials=True)
+                    await asyncio.sleep(pause)
             elif not driver.is_leader and active:
                 log.info("node %s no longer coordinates", self.node_id)
                 active = False

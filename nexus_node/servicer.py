@@ -16,6 +16,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound, TooLarge, Unauthenticated
 from nexus_node.jobs.events import SNAPSHOT, JobEvent
 from nexus_node.jobs.manager import JobManager
+from nexus_node.mesh.driver import MeshStopped
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ async def _mapped(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         yield
     except NexusError as e:
         await context.abort(status_for(e), str(e))
+    except (TimeoutError, MeshStopped) as e:
+        # Before OSError: TimeoutError is one. A write that timed out may still take effect.
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"the cluster could not commit this in time (no coordinator or no quorum "
+                            f"reachable: {e or type(e).__name__}); it may still take effect: check "
+                            f"before retrying")
     except OSError as e:
         # A blob or the data dir vanished under the node: say so rather than UNKNOWN.
         log.exception("storage error")

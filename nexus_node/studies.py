@@ -1,22 +1,18 @@
 """The node's Optuna studies: one ``JournalStorage`` per node holding every job's study.
 
-The journal is the seam the mesh replaces: today a ``JournalFileBackend`` in the data dir;
-with the mesh, a backend over the replicated log (the same two-method interface). The same
-storage object is served to runners and users through Optuna's ``StorageService``.
+The journal lives in the replicated log (``mesh/journal.py``): reads are this node's applied
+copy, writes commit through consensus. The same storage object is served to runners and users
+through Optuna's ``StorageService`` on the node's port.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import warnings
-from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import TrialState
 
 from nexus_node import pruning
@@ -31,35 +27,31 @@ NODE_ATTR = "node_id"
 CONFIG_ATTR = "config"
 
 
-class _ThreadLock(BaseJournalFileLock):
-    """The journal has one writer process, the node (``Node`` holds an exclusive lock on the
-    data dir), so a lock between threads is enough. Optuna's default lock is a file that a
-    process killed mid-write leaves behind, and the next node would wait out its 30 s grace
-    period before breaking it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def acquire(self) -> bool:
-        return self._lock.acquire()
-
-    def release(self) -> None:
-        self._lock.release()
-
-
-def open_storage(path: Path) -> JournalStorage:
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=_ThreadLock()))
-
-
 def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
-    # constant_liar: trials running in parallel count as pessimistic results, so parallel
-    # slots do not all sample the same promising region.
-    sampler = optuna.samplers.TPESampler(
-        seed=seed, constant_liar=True, n_startup_trials=max(4, min(10, n_trials // 3))
-    )
+    sampler = _sampler(seed, n_trials)
     return optuna.create_study(
         storage=storage, study_name=name, sampler=sampler, load_if_exists=True,
         direction="maximize" if maximize else "minimize", pruner=make_pruner(),
+    )
+
+
+def load_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
+    """An existing study, with the sampler :func:`make_study` gives it. Unlike
+    ``create_study(load_if_exists=True)``, which appends a CREATE_STUDY log on every call,
+    loading writes nothing, so a read of a study is not a replicated write.
+
+    Raises:
+        KeyError: no such study.
+    """
+    return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(seed, n_trials),
+                             pruner=make_pruner())
+
+
+def _sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    # constant_liar: trials running in parallel count as pessimistic results, so parallel
+    # slots do not all sample the same promising region.
+    return optuna.samplers.TPESampler(
+        seed=seed, constant_liar=True, n_startup_trials=max(4, min(10, n_trials // 3))
     )
 
 

@@ -35,6 +35,8 @@ from nexus_node.jobs.records import (
     CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
     JobRecord, JobSpecRecord, ModelRecord,
 )
+from nexus_node.mesh.driver import MeshStopped
+from nexus_node.mesh.raft import NotLeader
 from nexus_node.runner.pool import Runner, RunnerPool
 from nexus_node.space import default_configs, suggest_params, trial_params
 from nexus_node.store.blobs import BlobStore
@@ -106,6 +108,7 @@ class JobManager:
         storage_port: int, token: str | None, settings: ManagerSettings | None = None,
         llm: GeminiClient | None = None, llm_unavailable: str = "",
         events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
+        replicated: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.db, self.blobs, self.pool, self.serve_pool = db, blobs, pool, serve_pool
         self.storage = storage
@@ -117,7 +120,11 @@ class JobManager:
         # Published by the records when a job write is applied (on every node alike).
         self.events = events or EventHub()
         self.fetch_blob = fetch_blob or self._local_blob
+        # Waits (bounded) until a new blob has its copies on other nodes: a job never depends
+        # on a blob only one node holds, when the cluster has more.
+        self.replicated = replicated or (lambda sha: asyncio.sleep(0))
         self.active = False
+        self.term: int | None = None   # the term this node coordinates in: fences its writes
         self.changes = ChangeFeed()   # job states and busy slots, for WatchCluster
         self._jobs: dict[str, JobRecord] = {}          # active jobs, the live copy
         self._drivers: dict[str, asyncio.Task[None]] = {}
@@ -138,9 +145,9 @@ class JobManager:
             raise FailedPrecondition(f"blob {sha256[:12]} is missing from this node's data dir")
         return path
 
-    async def activate(self, why: str = "node restart") -> None:
-        """This node coordinates now: resume every job that is not finished."""
-        self.active = True
+    async def activate(self, why: str = "node restart", term: int | None = None) -> None:
+        """This node coordinates now (in ``term``): resume every job that is not finished."""
+        self.active, self.term = True, term
         for job in await self.db.list_jobs():
             if job.terminal or job.job_id in self._drivers:
                 continue
@@ -182,7 +189,7 @@ class JobManager:
         coordinator resumes them; trials running now stay RUNNING in their study and are failed,
         with the reason, when it does. ``kill_trials`` also ends the runners of those trials (a
         node that goes on living must not keep computing results nobody will accept)."""
-        self.active = False
+        self.active, self.term = False, None
         if kill_trials:
             for trials in self._running.values():
                 for runner, _ in trials.values():
@@ -216,6 +223,7 @@ class JobManager:
             raise
         sha, size = await asyncio.to_thread(self.blobs.ingest, upload)
         await self.db.put_blob(sha, size, "dataset")
+        await self.replicated(sha)
         now = time.time()
         job_id = "job-" + secrets.token_hex(5)
         seed = spec.seed or secrets.randbelow(2**31 - 1) + 1
@@ -337,6 +345,9 @@ class JobManager:
                 await self._search(job)
             if job.state == FINALIZING:
                 await self._finalize(job)
+        except (NotLeader, MeshStopped) as e:
+            # Leadership moved (or the node stops): the next coordinator resumes the job.
+            log.info("job %s: no longer driven here: %s", job.job_id, e or type(e).__name__)
         except _Cancelled:
             await self._set_state(job, CANCELLED, "cancelled by the user")
         except NexusError as e:
@@ -351,6 +362,7 @@ class JobManager:
                 self._jobs.pop(job.job_id, None)
                 self._stop_events.pop(job.job_id, None)
                 self._running.pop(job.job_id, None)
+                self._stop_trials.pop(job.job_id, None)
                 self._studies.pop(job.job_id, None)
             self._drivers.pop(job.job_id, None)
 
@@ -373,7 +385,7 @@ class JobManager:
             job.started_at = now
         if job.terminal:
             job.finished_at = now
-        await self.db.put_job(job)   # every node publishes the state change when it applies this
+        await self.db.put_job(job, term=self.term)   # every node publishes the change on apply
         self.changes.notify()
 
     async def _prepare(self, job: JobRecord) -> None:
@@ -391,8 +403,10 @@ class JobManager:
             files = {}
             for name, path in result["files"].items():
                 sha, size = await asyncio.to_thread(self.blobs.ingest, Path(path))
-                await self.db.put_blob(sha, size, f"shard:{name}")
+                await self.db.put_blob(sha, size, f"shard:{name}", term=self.term)
                 files[name] = sha
+            for sha in files.values():
+                await self.replicated(sha)
         finally:
             await asyncio.to_thread(shutil.rmtree, out_dir, True)
         self._check_cancel(job)
@@ -452,16 +466,17 @@ class JobManager:
         if job.state in (PENDING, PREPARING) or not job.constraints:
             return None
         try:
+            # Loaded, not created: a read must not append to the replicated journal.
             return await asyncio.to_thread(
-                studies.make_study, self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job)
+                studies.load_study, self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job)
             )
         except KeyError:
             return None
 
     async def _search(self, job: JobRecord) -> None:
-        study = self._studies.get(job.job_id) or await asyncio.to_thread(
-            studies.make_study, self.storage, job.study_name, job.maximize, job.seed, self._max_trials(job)
-        )
+        study = await self._study_or_none(job)
+        if study is None:
+            raise NexusError(f"the study of job {job.job_id} is missing from the journal")
         self._studies[job.job_id] = study
         # Trials left RUNNING by a previous coordinator (or this node before a restart) have
         # no runner now.
@@ -484,6 +499,9 @@ class JobManager:
                 for runner, tid in self._running.get(job.job_id, {}).values():
                     runner.cancel(tid)
                 await asyncio.gather(*inflight, return_exceptions=True)
+        # None of this node's trials runs now: a trial still RUNNING was created by a deposed
+        # coordinator whose write landed late. Nobody runs it; it must not stay RUNNING.
+        await self._fail_running(study, RUNNING_LOST)
         self._check_cancel(job)
         await self._refresh_counts(job, study)
         if job.best_value is None:
@@ -604,7 +622,7 @@ class JobManager:
         if job.best_trial == frozen.number and job.best_value != before:
             kinds.append(NEW_BEST)
         # The events ride on the write: every node publishes them when it applies it.
-        await self.db.put_job(job, trial=view, kinds=tuple(kinds))
+        await self.db.put_job(job, trial=view, kinds=tuple(kinds), term=self.term)
 
     async def _refresh_counts(self, job: JobRecord, study: optuna.Study, write: bool = True) -> None:
         trials = await asyncio.to_thread(study.get_trials, False)
@@ -616,7 +634,7 @@ class JobManager:
             job.best_params = dict(best.user_attrs.get(studies.CONFIG_ATTR) or best.params)
             job.prepared["best_epochs"] = int(best.user_attrs.get("epochs", 0) or 0)
         if write:
-            await self.db.put_job(job)
+            await self.db.put_job(job, term=self.term)
 
     async def _finalize(self, job: JobRecord) -> None:
         files = {k: str(await self.fetch_blob(v)) for k, v in job.prepared["files"].items()}
@@ -643,7 +661,8 @@ class JobManager:
         }, label="finalize")
 
     async def _record_model(self, job: JobRecord, result: dict[str, Any], sha: str, size: int) -> None:
-        await self.db.put_blob(sha, size, "model")
+        await self.db.put_blob(sha, size, "model", term=self.term)
+        await self.replicated(sha)
         model = ModelRecord(
             # One model per job, even if finalize runs again after a crash: the id is the job's.
             model_id="model-" + job.job_id.removeprefix("job-"), job_id=job.job_id, task=job.task,
@@ -653,11 +672,11 @@ class JobManager:
             artifact_sha256=sha, artifact_bytes=size, created_at=time.time(),
             family=str(job.best_params.get("family", "mlp")), params=job.best_params,
         )
-        await self.db.put_model(model)
+        await self.db.put_model(model, term=self.term)
         job.model_id = model.model_id
         job.test_metrics = model.test_metrics
         job.feature_importance = {k: float(v) for k, v in result.get("feature_importance", {}).items()}
-        await self.db.put_job(job)   # the model is recorded before the summary is asked for
+        await self.db.put_job(job, term=self.term)   # the model is recorded before the summary is asked for
         insight = await self._unless_cancelled(job, summarize(
             self.llm, self.llm_unavailable, use_case=job.spec.use_case, task=job.task,
             target=job.spec.target.strip(), rows=int(job.profile.get("rows", 0)),
@@ -695,8 +714,15 @@ class JobManager:
             self._check_cancel(job)
             tid, fut = await runner.call(task)
             stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({fut, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
+            try:
+                await asyncio.wait({fut, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # Shutdown or leadership lost: the work is redone by whoever drives the job
+                # next, so this runner must not go on computing it.
+                runner.kill()
+                raise
+            finally:
+                stopped.cancel()
             if not fut.done():
                 # prepare and finalize do not poll for cancellation: end the runner (the
                 # pool starts a fresh one) so a cancel returns at once.

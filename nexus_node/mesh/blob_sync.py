@@ -96,8 +96,9 @@ class BlobSync:
                     continue
                 got, size = await asyncio.to_thread(self.store.ingest, tmp)
                 info = self.records.blobs.get(sha256)
-                await self.records.put_blob(got, size, info.kind if info else "blob")
                 log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, holder)
+                # Recorded in the background: the blob is here whether or not that commits now.
+                self._spawn(self._record_holder(got, size, info.kind if info else "blob"))
                 return self.store.path(got)
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{holder}: {exc.code().name} {exc.details()}")
@@ -106,15 +107,35 @@ class BlobSync:
         why = "; ".join(errors) if errors else "no node is recorded as holding it"
         raise FailedPrecondition(f"blob {sha256[:12]} is not on this node and could not be fetched ({why})")
 
+    async def _record_holder(self, sha256: str, size: int, kind: str) -> None:
+        try:
+            await self.records.put_blob(sha256, size, kind)
+        except Exception as exc:  # noqa: BLE001 - the copy is still used locally
+            log.info("could not record this node as holder of %s: %s", sha256[:12], exc)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def replicated(self, sha256: str, timeout: float = 10.0) -> None:
+        """Waits until blob ``sha256`` has ``replicas`` holders among the members (fewer in a
+        smaller cluster), at most ``timeout`` seconds (a keeper that is down never fetches)."""
+        want = min(self.replicas, len(self.members()))
+        try:
+            await self.records.driver.wait_for(lambda: len(self.records.holders(sha256) & self.members()) >= want,
+                                               timeout)
+        except TimeoutError:
+            log.warning("blob %s has %d of %d copies after %.0f s; going on", sha256[:12],
+                        len(self.records.holders(sha256)), want, timeout)
+
     def _placed(self, info: BlobInfo) -> None:
         """A placement was applied: fetch the blob if this node is one of its keepers."""
         if info.sha256 in self._fetching or self.local(info.sha256) is not None:
             return
         if self.node_id not in keepers(info.sha256, self.members(), self.replicas):
             return
-        task = asyncio.get_running_loop().create_task(self._replicate(info.sha256))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self._replicate(info.sha256))
 
     async def _replicate(self, sha256: str) -> None:
         try:

@@ -141,7 +141,15 @@ class Mesh:
 
     async def _join(self, target: str) -> None:
         """Asks to be added until this node is in the configuration it has applied."""
+        failures = 0
         while not self.driver.is_member():
+            if failures >= 5:
+                # The node we were sent to is gone: ask the peers again who leads now.
+                failures = 0
+                action, found = await self._form()
+                if action is admission.Formation.JOIN:
+                    target = found
+                # (FOUND cannot be acted on now: the driver runs with an empty log; keep asking.)
             try:
                 reply = await self.transport.stub(target).Join(
                     pb.JoinRequest(cluster=self.cluster, node_id=self.node_id, address=self.address),
@@ -155,6 +163,7 @@ class Mesh:
                     return
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 log.debug("join through %s: %s", target, exc)
+            failures += 1
             await asyncio.sleep(0.3)
 
     # ---- the coordinator's side -------------------------------------------------------------------
@@ -180,9 +189,10 @@ class Mesh:
                 return pb.ProposeReply(status=pb.ProposeReply.RETRY)
         return pb.ProposeReply(status=pb.ProposeReply.OK)
 
-    async def barrier(self, timeout: float = 30.0) -> None:
-        """Returns once an entry proposed now is applied here: every earlier one is too."""
-        await self.driver.propose(encode_command(BARRIER, {}), None, timeout)
+    async def barrier(self, term: int, timeout: float = 30.0) -> None:
+        """Returns once an entry this node proposed as leader of ``term`` is applied here: every
+        earlier entry is too. Raises NotLeader if it does not lead in ``term``."""
+        await self.driver.propose(encode_command(BARRIER, {}), None, timeout, term=term)
 
     def health(self, now: float) -> dict[str, admission.MemberHealth]:
         d = self.driver

@@ -227,6 +227,7 @@ class RaftDriver:
             # vote or an acknowledgement that a restart forgets. Stop serving instead.
             log.exception("raft loop of %s failed; the node stops taking part", self.node_id)
             self._stopped = True
+            self._role, self._lead = Role.FOLLOWER, None
             self._fail_waiters(MeshStopped(f"node {self.node_id} failed: {exc}"))
             raise
 
@@ -380,6 +381,8 @@ class RaftDriver:
         """
         if predicate():
             return
+        if self._stopped:
+            raise MeshStopped(f"node {self.node_id} stopped")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watchers.append((predicate, fut))
         try:
@@ -391,7 +394,7 @@ class RaftDriver:
     # --- proposals --------------------------------------------------------------------------------
 
     async def propose(self, data: bytes, proposal_id: str | None = None,
-                      timeout: float | None = None) -> int:
+                      timeout: float | None = None, term: int | None = None) -> int:
         """Commits ``data`` and returns once this node has applied it.
 
         Args:
@@ -399,6 +402,9 @@ class RaftDriver:
             proposal_id: Unique id of this write; pass the same id to retry a write whose answer
                 was lost. Drawn at random if None.
             timeout: Seconds to keep trying (default ``settings.propose_timeout``).
+            term: Fence: propose only while this node leads in ``term``, never forwarding. A
+                coordinator's own writes use it, so a deposed coordinator's late writes are
+                not committed by its successor on its behalf.
 
         Returns:
             The log index at which the write took effect (the first copy's, for a retry).
@@ -407,12 +413,15 @@ class RaftDriver:
             TimeoutError: not applied in time (it may still be applied later: retry with the
                 same id to find out).
             MeshStopped: the driver stopped.
+            NotLeader: with ``term``, this node does not lead in that term (any more).
         """
-        if self._raw is None or self._stopped:
-            raise MeshStopped(f"node {self.node_id} is not running")
         pid = proposal_id or uuid.uuid4().hex
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.propose_timeout)
         while (index := self.state.applied_at(pid)) is None:
+            if self._raw is None or self._stopped:
+                raise MeshStopped(f"node {self.node_id} is not running")
+            if term is not None and not (self.is_leader and self._raw.status().term == term):
+                raise NotLeader(self._lead)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"proposal {pid} not applied within the timeout")

@@ -130,27 +130,30 @@ class ReplicatedRecords:
 
     # ---- writers (event loop) -----------------------------------------------------------------
 
-    async def _commit(self, body: dict[str, Any]) -> None:
-        await self.driver.propose(encode_command(KIND, body), uuid.uuid4().hex)
+    async def _commit(self, body: dict[str, Any], term: int | None = None) -> None:
+        await self.driver.propose(encode_command(KIND, body), uuid.uuid4().hex, term=term)
+
+    # ``term``: the coordinator's writes are fenced to the term it leads in (see
+    # RaftDriver.propose); a write from any node (a submit, a cancel) passes None.
 
     async def put_job(self, job: JobRecord, *, trial: TrialView | None = None,
-                      kinds: tuple[str, ...] = ()) -> None:
+                      kinds: tuple[str, ...] = (), term: int | None = None) -> None:
         """Commits ``job``; with ``trial``, every node publishes ``kinds`` events about it."""
         body: dict[str, Any] = {"op": "put_job", "job": job.to_dict()}
         if trial is not None:
             body["event"] = {"trial": dataclasses.asdict(trial), "kinds": list(kinds)}
-        await self._commit(body)
+        await self._commit(body, term)
 
     async def cancel_job(self, job_id: str) -> None:
         await self._commit({"op": "cancel_job", "job_id": job_id})
 
-    async def put_model(self, model: ModelRecord) -> None:
-        await self._commit({"op": "put_model", "model": model.to_dict()})
+    async def put_model(self, model: ModelRecord, term: int | None = None) -> None:
+        await self._commit({"op": "put_model", "model": model.to_dict()}, term)
 
-    async def put_blob(self, sha256: str, size: int, kind: str) -> None:
+    async def put_blob(self, sha256: str, size: int, kind: str, term: int | None = None) -> None:
         """Records that this node holds blob ``sha256``."""
         await self._commit({"op": "put_blob", "sha256": sha256, "size": size, "kind": kind,
-                            "holder": self.driver.node_id})
+                            "holder": self.driver.node_id}, term)
 
     async def put_member(self, node_id: str, address: str) -> None:
         await self._commit({"op": "member", "node_id": node_id, "address": address})

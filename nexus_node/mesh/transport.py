@@ -240,10 +240,17 @@ class PeerTransport:
         self.queue_size = queue_size
         self.max_batch = max_batch
         self._links: dict[NodeId, _Link] = {}
+        self._closed = False
         self._channels: dict[str, tuple[grpc.aio.Channel, peer_pb2_grpc.PeerServiceStub]] = {}
 
     def stub(self, address: str) -> peer_pb2_grpc.PeerServiceStub:
-        """The stub for ``address``, on a channel kept open across calls."""
+        """The stub for ``address``, on a channel kept open across calls.
+
+        Raises:
+            RuntimeError: the transport is closed.
+        """
+        if self._closed:
+            raise RuntimeError("peer transport closed")
         got = self._channels.get(address)
         if got is None:
             channel = grpc.aio.insecure_channel(address, options=_PEER_CHANNEL_OPTIONS)
@@ -296,6 +303,7 @@ class PeerTransport:
 
     async def close(self) -> None:
         """Stops every sender and closes every channel."""
+        self._closed = True
         for link in self._links.values():
             link.task.cancel()
         await asyncio.gather(*(link.task for link in self._links.values()), return_exceptions=True)
