@@ -105,7 +105,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                              protocol_version=PROTOCOL_VERSION, member=h.is_member(),
                              leader_id=lead, leader_address=lead_address)
 
-    async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
+    async def _decoded(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> list[Message]:
         await self._check_cluster(request.cluster, context)
         try:
             messages = [_checked(message_from_dict(json.loads(raw))) for raw in request.messages]
@@ -117,7 +117,16 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"message {m.src}->{m.dst} in a batch from {request.from_node} "
                                     f"to {self._host.node_id}")
-        return pb.StepAck(accepted=self._host.receive(messages))
+        return messages
+
+    async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
+        return pb.StepAck(accepted=self._host.receive(await self._decoded(request, context)))
+
+    async def StepStream(self, request_iterator, context: grpc.aio.ServicerContext) -> pb.StepAck:  # type: ignore[no-untyped-def]
+        accepted = 0
+        async for request in request_iterator:
+            accepted += self._host.receive(await self._decoded(request, context))
+        return pb.StepAck(accepted=accepted)
 
     async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeReply:
         await self._check_cluster(request.cluster, context)
@@ -188,6 +197,7 @@ class _Link:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(transport.queue_size)
         self._t = transport
         self._greeted_at: str | None = None  # the address our Hello last reached
+        self._stream: grpc.aio.StreamUnaryCall | None = None   # open StepStream to _greeted_at
         self.task = asyncio.create_task(self._run(), name=f"raft-send-{peer}")
 
     async def _run(self) -> None:
@@ -201,20 +211,41 @@ class _Link:
                 continue  # no known address yet: drop, Raft re-sends
             try:
                 stub = t.stub(address)
-                if self._greeted_at != address:
+                if self._greeted_at != address or self._stream is None or self._stream.done():
+                    self._close_stream()
                     await t.hello(stub, self.peer)
                     self._greeted_at = address
-                await stub.Step(pb.RaftBatch(
+                    self._stream = stub.StepStream(metadata=t.metadata)
+                write = asyncio.ensure_future(self._stream.write(pb.RaftBatch(
                     cluster=t.host.cluster, from_node=t.host.node_id,
                     messages=[json.dumps(message_to_dict(m), separators=(",", ":")).encode()
-                              for m in batch]),
-                    timeout=t.rpc_timeout, metadata=t.metadata)
-            except (grpc.aio.AioRpcError, PeerMismatch) as exc:
-                # Greet again next time: the peer may come back on another address or as
-                # another process; until then its messages are dropped like any lost ones.
+                              for m in batch])))
+                # Not wait_for: cancelling a write that the transport holds can block until
+                # the call ends. A write that takes too long ends the call instead.
+                await asyncio.wait({write}, timeout=t.rpc_timeout)
+                if not write.done():
+                    write.add_done_callback(_retrieve)
+                    raise TimeoutError(f"write to {self.peer} took over {t.rpc_timeout} s")
+                write.result()
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
+                    TimeoutError, PeerMismatch) as exc:
+                # Greet again and open a new stream next time: the peer may come back on
+                # another address or as another process; until then its messages are dropped
+                # like any lost ones.
                 self._greeted_at = None
+                self._close_stream()
                 log.debug("%s -> %s: %d raft messages dropped: %s", t.host.node_id, self.peer,
                           len(batch), exc)
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+
+
+def _retrieve(fut: "asyncio.Future[object]") -> None:
+    if not fut.cancelled():
+        fut.exception()   # an abandoned write's outcome no longer matters
 
 
 class PeerMismatch(Exception):
@@ -305,8 +336,11 @@ class PeerTransport:
         """Stops every sender and closes every channel."""
         self._closed = True
         for link in self._links.values():
+            link._close_stream()
             link.task.cancel()
-        await asyncio.gather(*(link.task for link in self._links.values()), return_exceptions=True)
+        tasks = [link.task for link in self._links.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
         self._links.clear()
         for channel, _ in self._channels.values():
             await channel.close()

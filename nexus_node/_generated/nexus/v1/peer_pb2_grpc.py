@@ -45,6 +45,11 @@ class PeerServiceStub:
                 request_serializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
                 _registered_method=True)
+        self.StepStream = channel.stream_unary(
+                '/nexus.v1.PeerService/StepStream',
+                request_serializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
+                _registered_method=True)
         self.Propose = channel.unary_unary(
                 '/nexus.v1.PeerService/Propose',
                 request_serializer=nexus_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
@@ -82,6 +87,15 @@ class PeerServiceServicer:
     def Step(self, request, context):
         """A batch of Raft messages from one node to another. Fire-and-forget: the core tolerates
         loss, duplication and reordering, so the ack says only that the batch was queued.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StepStream(self, request_iterator, context):
+        """The same batches on one long-lived stream per peer (what nodes use: a message on an open
+        stream costs a fraction of a unary call). Ends when either side goes; the sender opens a
+        new one, and whatever was lost in between Raft re-sends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +143,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
             ),
             'Step': grpc.unary_unary_rpc_method_handler(
                     servicer.Step,
+                    request_deserializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.FromString,
+                    response_serializer=nexus_dot_v1_dot_peer__pb2.StepAck.SerializeToString,
+            ),
+            'StepStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.StepStream,
                     request_deserializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.FromString,
                     response_serializer=nexus_dot_v1_dot_peer__pb2.StepAck.SerializeToString,
             ),
@@ -205,6 +224,33 @@ class PeerService:
             request,
             target,
             '/nexus.v1.PeerService/Step',
+            nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
+            nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/nexus.v1.PeerService/StepStream',
             nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
             nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
             options,
