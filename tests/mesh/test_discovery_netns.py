@@ -109,3 +109,52 @@ def test_nodes_of_one_cluster_find_each_other_by_mdns_and_another_cluster_stays_
     assert reports["b"]["refused"]["node-c"] == "cluster 'other', not 'lab'"
     assert reports["c"]["refused"]["node-a"] == "cluster 'lab', not 'other'"
     assert all(r["ok"] and r["registered"] for r in reports.values()), reports
+
+
+def in_ns(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, *argv]
+
+
+def cluster_json(ns: str, address: str, token: Path) -> dict:
+    proc = subprocess.run(in_ns(ns, "-m", "nexus_node.cli", "--connect", address, "--token-file", str(token),
+                                "cluster", "--json"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_real_nodes_with_no_seeds_form_one_cluster_by_mdns_and_another_cluster_stays_out(bridged_hosts, tmp_path):
+    (ns_a, ip_a), (ns_b, ip_b), (ns_c, ip_c) = bridged_hosts
+    token = tmp_path / "token"
+    token.write_text("netns-cluster-token\n")
+    procs: list[subprocess.Popen[str]] = []
+
+    def node(ns: str, address: str, cluster: str) -> None:
+        proc = subprocess.Popen(
+            in_ns(ns, "-m", "nexus_node.node_main", "--host", address, "--port", "7070", "--slots", "1",
+                  "--data-dir", str(tmp_path / ns), "--token-file", str(token), "--cluster", cluster,
+                  "--join-window", "5"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(proc)
+        # The node prints its "listening" line once it founded or joined a cluster.
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and "listening on" in proc.stdout.readline(), f"node in {ns} did not start"
+
+    try:
+        node(ns_a, ip_a, "lab")
+        node(ns_b, ip_b, "lab")
+        node(ns_c, ip_c, "other")
+        for ns, ip_ in ((ns_a, ip_a), (ns_b, ip_b)):
+            view = cluster_json(ns, f"{ip_}:7070", token)
+            assert sorted(n["address"] for n in view["nodes"]) == sorted([f"{ip_a}:7070", f"{ip_b}:7070"]), view
+            assert view["coordinator_id"]
+        other = cluster_json(ns_c, f"{ip_c}:7070", token)
+        assert [n["address"] for n in other["nodes"]] == [f"{ip_c}:7070"], other
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

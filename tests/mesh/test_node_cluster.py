@@ -126,3 +126,28 @@ def test_a_node_without_the_token_is_never_admitted(node_factory, tmp_path):
     alone = stub(intruder.address, "not-the-secret").GetCluster(pb.GetClusterRequest())
     assert list(roles(alone)) == [intruder.address]
     assert roles(stub(b.address, "cluster-secret").GetCluster(pb.GetClusterRequest())) == roles(view)
+
+
+def test_a_stopped_coordinator_hands_over_and_a_restarted_cluster_has_everything(node_factory, insurance_csv):
+    nodes = start_cluster(node_factory)
+    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
+    job_id = submit(stub(nodes[1].address), insurance_csv, "charges", max_trials=2, seed=2).job_id
+    job, _ = watch_until_end(stub(nodes[2].address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+
+    lead = coordinator(nodes, view)
+    lead.stop()   # SIGTERM: a graceful leave hands leadership to an up-to-date voter first
+    survivor = next(n for n in nodes if n is not lead)
+    cluster_until(survivor.address, lambda v: v.coordinator_id not in ("", view.coordinator_id))
+    assert "handed leadership to" in lead.log.read_text()
+
+    for n in nodes:
+        n.stop()
+    for n in nodes:   # the whole cluster comes back from its data dirs
+        n.start()
+    for n in nodes:
+        cluster_until(n.address, three_voters)
+        back = stub(n.address).GetJob(pb.GetJobRequest(job_id=job_id))
+        assert back.state == pb.COMPLETED and back.model_id == job.model_id
+        rows = insurance_csv.read_text().splitlines(keepends=True)[:4]
+        assert len(predict(stub(n.address), job.model_id, "".join(rows).encode())[1]) == 3

@@ -131,3 +131,28 @@ def test_watch_cluster_streams_changes(node_address: str, insurance_csv: Path):
         assert second.coordinator_id == first.coordinator_id
     finally:
         client.close()
+
+
+async def test_switches_to_another_node_of_the_cluster_when_its_node_dies(tmp_path: Path):
+    """Connected to one node of a two-node cluster; that node is killed; the app says so and
+    carries on with the other node, which it learned from the cluster view."""
+    ports = [free_port(), free_port()]
+    seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
+    nodes = [NodeProcess(tmp_path / f"n{i}", "--slots", "1", "--seeds", seeds, "--no-mdns", port=p).start()
+             for i, p in enumerate(ports)]
+    try:
+        first, second = nodes
+        app = real_app(first.address, discover=lambda: [])
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected, 20, "the connection")
+            table = app.screen.query_one("#nodes", DataTable)
+            await until(pilot, lambda: table.row_count == 2, 30, "both members")
+            assert second.address in app.known_addresses
+            first.kill()
+            await until(pilot, lambda: app.sub_title == f"connected to {second.address}", 40,
+                        "the switch to the other node")
+            await until(pilot, lambda: app.screen.query_one("#nodes", DataTable).row_count == 2, 10,
+                        "the cluster from the other node")
+    finally:
+        for n in nodes:
+            n.stop()
