@@ -7,7 +7,8 @@
 - ``trial``: train one Optuna trial, reporting to the study through the node's storage
   proxy, and finish it there (``tell``).
 - ``finalize``: refit the best configuration on train+val, test it, rank columns by
-  permutation importance, write the model artifact.
+  permutation importance, then refit it on every row (train+val+test) for the model
+  artifact.
 - ``predict``: predictions for a CSV from a model artifact.
 
 Bad user data raises :class:`~nexus_node.errors.InvalidInput`; the runner sends its kind
@@ -26,7 +27,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Mapping, TypeVar
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, TypeVar
 
 import numpy as np
 import optuna
@@ -302,15 +303,30 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{params, files, task_type, n_classes, metric, seed, threads, preprocessing,
     artifact_path, meta?, target?, epochs_hint?}`` to ``{test_metrics, feature_importance,
-    input_columns, classes, epochs_trained}``.
+    input_columns, classes, epochs_trained, evaluated_on, test_rows, evaluated_model_rows,
+    evaluated_model_splits, final_model_rows, final_model_splits, note}`` (``epochs_trained``
+    and ``note`` are the final model's).
 
-    Refits ``params["family"]`` on train+val for ``epochs_hint`` epochs or boosting
-    iterations (the best trial's ``epochs``; else ``params["epochs"]`` or
-    ``params["max_iter"]``). Should an MLP refit diverge, the model is trained as a trial
-    is (train split, early stopping on validation) instead, so a job never fails here for
-    a configuration that already worked. ``csv_path``, ``encoding``, ``drop_columns`` and
-    ``split_seed`` may be sent and are not needed: importance works on the encoded test
-    split (see :mod:`nexus_node.pipeline.importance`).
+    Two fits of the best configuration, as an AutoML tool's user expects:
+
+    1. **Evaluated model**: ``params["family"]`` refitted on train+val for ``epochs_hint``
+       epochs or boosting iterations (the best trial's ``epochs``; else ``params["epochs"]``
+       or ``params["max_iter"]``) and scored on the held-out test split. These are the
+       reported test metrics and the permutation importance. Should an MLP refit diverge,
+       the model is trained as a trial is (train split, early stopping on validation)
+       instead, so a job never fails here for a configuration that already worked.
+    2. **Final model**: the same configuration, for the same epoch or iteration count (no
+       validation is left to stop on), refitted on every row: train+val+test. The artifact
+       holds this one. Should it diverge, the artifact keeps the evaluated model and
+       ``note`` says so.
+
+    The feature preprocessing stays as prepare fitted it on the train split (the
+    configuration was searched on that encoding, and the test rows are already encoded
+    with it); the regression target's scaling is the configuration's, fitted on train+val,
+    and serves both fits. The result and the artifact's ``metrics.json`` say which rows
+    each model saw. ``csv_path``, ``encoding``, ``drop_columns`` and ``split_seed`` may be
+    sent and are not needed: importance works on the encoded test split (see
+    :mod:`nexus_node.pipeline.importance`).
     """
     _need(req, "params", "files", "task_type", "metric", "seed", "preprocessing", "artifact_path")
     from nexus_node.pipeline.artifact import library_versions, write_artifact
@@ -318,49 +334,84 @@ def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
     task, metric, params, prep = req["task_type"], req["metric"], req["params"], req["preprocessing"]
     metrics.check_metric(metric, task)
-    seed, threads = int(req["seed"]), int(req.get("threads", 1))
+    seed = int(req["seed"])
     classes = list(prep["target"].get("classes") or [])
     arrays = load_arrays(req["files"])
     if task == "regression":
         # The configuration's own target scale (a searched choice), fitted on the rows the
-        # refit sees; the artifact's preprocessing records it, so serving inverts the same.
+        # evaluated refit sees; the artifact's preprocessing records it, so serving inverts the same.
         y_fit = np.concatenate([arrays["y_train"], arrays["y_val"]])
         prep = {**prep, "target": {**prep["target"], "transform": target_scale.for_params(
             y_fit, params, prep["target"].get("transform"))}}
         req = {**req, "preprocessing": prep}
     fit = _refit_gbt if params.get("family", "mlp") == "gbt" else _refit_mlp
-    predict_np, weights, model_config, epochs, note = fit(req, arrays, len(classes))
+    epochs = int(req.get("epochs_hint") or params["epochs" if fit is _refit_mlp else "max_iter"])
+    evaluated = fit(req, arrays, len(classes), EVALUATED_SPLITS, epochs, fallback=True)
     y_test = np.asarray(arrays["y_test"])
     X_test = np.array(arrays["X_test"], dtype=np.float32)
-    test_metrics = metrics.all_metrics(task, y_test, predict_np(X_test))
-    importance = permutation_importance(predict_np, X_test, y_test, prep, metric, seed)
+    test_metrics = metrics.all_metrics(task, y_test, evaluated.predict(X_test))
+    importance = permutation_importance(evaluated.predict, X_test, y_test, prep, metric, seed)
+    final = fit(req, arrays, len(classes), FINAL_SPLITS, evaluated.epochs, fallback=False)
+    if final.weights is None:
+        final = evaluated._replace(note="; ".join(n for n in (
+            evaluated.note, f"{final.note}; kept the evaluated model") if n))
+    rows = {
+        "evaluated_on": "test", "test_rows": int(y_test.shape[0]),
+        "evaluated_model_rows": evaluated.rows, "evaluated_model_splits": list(evaluated.splits),
+        "final_model_rows": final.rows, "final_model_splits": list(final.splits),
+    }
     config = {
-        "format": "nexus-model", "format_version": 1, "params": dict(params), **model_config,
+        "format": "nexus-model", "format_version": 1, "params": dict(params), **final.config,
         "task": task, "metric": metric, "classes": classes,
         "input_columns": list(prep["input_columns"]), "target": prep["target"]["name"],
-        "epochs_trained": epochs, "seed": seed, "note": note,
+        "epochs_trained": final.epochs, "seed": seed, "note": final.note,
         "versions": library_versions(), "meta": dict(req.get("meta") or {}),
     }
-    write_artifact(req["artifact_path"], weights, prep, config,
-                   {"test_metrics": test_metrics, "feature_importance": importance})
+    write_artifact(req["artifact_path"], final.weights, prep, config,
+                   {"test_metrics": test_metrics, "feature_importance": importance, **rows})
     return {"test_metrics": test_metrics, "feature_importance": importance,
-            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": epochs}
+            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": final.epochs,
+            **rows, "note": final.note}
 
 
-_Refit = tuple[Callable[[np.ndarray], np.ndarray], Any, dict[str, Any], int, str]
+# Which splits each of finalize's two fits trains on.
+EVALUATED_SPLITS = ("train", "val")
+FINAL_SPLITS = ("train", "val", "test")
 
 
-def _refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int) -> _Refit:
-    """The MLP on train+val: ``(predict, state_dict, config part, epochs, note)``."""
+class _Fit(NamedTuple):
+    """One of finalize's fits. ``weights`` is None when the fit diverged (``note`` says
+    why); ``epochs`` are the epochs or boosting iterations it ran; ``splits`` and ``rows``
+    are the rows it saw."""
+
+    predict: Callable[[np.ndarray], np.ndarray] | None
+    weights: Any
+    config: dict[str, Any]
+    epochs: int
+    note: str
+    splits: tuple[str, ...]
+    rows: int
+
+
+def _stack(arrays: Mapping[str, np.ndarray], splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` of the named splits, in order."""
+    return (np.concatenate([arrays[f"X_{s}"] for s in splits]),
+            np.concatenate([arrays[f"y_{s}"] for s in splits]))
+
+
+def _refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
+               splits: tuple[str, ...], epochs: int, fallback: bool) -> _Fit:
+    """The MLP on ``splits`` for ``epochs`` epochs. With ``fallback``, a diverging fit is
+    replaced by the model trained as a trial is (train split, early stopping on val)."""
     task, metric, params = req["task_type"], req["metric"], req["params"]
     seed, threads = int(req["seed"]), int(req.get("threads", 1))
     transform = req["preprocessing"]["target"].get("transform")
-    epochs = int(req.get("epochs_hint") or params["epochs"])
-    both = {"X_train": np.concatenate([arrays["X_train"], arrays["X_val"]]),
-            "y_train": np.concatenate([arrays["y_train"], arrays["y_val"]])}
-    data = DeviceData.from_arrays(both, task, n_classes, transform=transform)
+    X, y = _stack(arrays, splits)
+    data = DeviceData.from_arrays({"X_train": X, "y_train": y}, task, n_classes, transform=transform)
     model, why = fit_fixed(data, params, epochs, seed, threads)
     note = ""
+    if model is None and not fallback:
+        return _Fit(None, None, {}, epochs, why, splits, int(y.shape[0]))
     if model is None:
         split = DeviceData.from_arrays({k: arrays[k] for k in TRAIN_ARRAYS}, task, n_classes, transform=transform)
         res = train_and_score(split, params, task, n_classes, metric, seed, threads)
@@ -368,38 +419,41 @@ def _refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
             raise FailedPrecondition(f"the best configuration no longer trains: {why}; {res.message}")
         model = model_from_state(res.state_dict, data.X_train.shape[1], output_width(task, n_classes), params)
         epochs, note = res.epochs, f"{why}; kept the model trained on the train split instead"
+        splits, rows = ("train",), int(arrays["y_train"].shape[0])
+    else:
+        rows = int(y.shape[0])
     device = data.device
+    del data   # the device copy of the rows is not needed past training
 
-    def predict_np(X: np.ndarray) -> np.ndarray:
-        return predict(model, torch.as_tensor(X, dtype=torch.float32, device=device), task, transform)
+    def predict_np(X_enc: np.ndarray) -> np.ndarray:
+        return predict(model, torch.as_tensor(X_enc, dtype=torch.float32, device=device), task, transform)
 
-    config = {"family": "mlp", "n_in": int(data.X_train.shape[1]), "n_out": output_width(task, n_classes)}
-    return predict_np, model.state_dict(), config, epochs, note
+    config = {"family": "mlp", "n_in": int(X.shape[1]), "n_out": output_width(task, n_classes)}
+    return _Fit(predict_np, model.state_dict(), config, epochs, note, splits, rows)
 
 
-def _refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int) -> _Refit:
-    """Boosted trees on train+val, exported to arrays: ``(predict, arrays, config part,
-    iterations, note)``. Test metrics and importance use the exported trees, the model
-    that will serve."""
+def _refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
+               splits: tuple[str, ...], n_iter: int, fallback: bool) -> _Fit:
+    """Boosted trees on ``splits`` for ``n_iter`` iterations, exported to arrays; ``predict``
+    walks the exported trees, the model that would serve. (Trees do not diverge:
+    ``fallback`` is unused.)"""
     from nexus_node.pipeline.gbt import export_trees, fit_gbt
     from nexus_node.pipeline.trees import predict_trees
 
     task, params = req["task_type"], req["params"]
     transform = req["preprocessing"]["target"].get("transform")
-    n_iter = int(req.get("epochs_hint") or params["max_iter"])
     cols = _tree_columns(req["files"])
     if cols is None:
         cols = np.arange(arrays["X_train"].shape[1], dtype=np.int64)
-    X = np.concatenate([arrays["X_train"], arrays["X_val"]])[:, cols]
-    y = np.concatenate([arrays["y_train"], arrays["y_val"]])
-    model = fit_gbt(X, y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
+    X, y = _stack(arrays, splits)
+    model = fit_gbt(X[:, cols], y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
     weights, meta = export_trees(model)
     meta = {"family": "gbt", **meta, "columns": [int(c) for c in cols]}
 
     def predict_np(X_enc: np.ndarray) -> np.ndarray:
         return predict_trees(weights, meta, X_enc, task, transform)
 
-    return predict_np, weights, meta, n_iter, ""
+    return _Fit(predict_np, weights, meta, n_iter, "", splits, int(y.shape[0]))
 
 
 def load_predictor(path: str):
