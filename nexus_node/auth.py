@@ -162,9 +162,23 @@ class _Details(grpc.ClientCallDetails):
         self.compression = getattr(d, "compression", None)
 
 
+#: Keepalive: while a call is open (a WatchCluster or WatchJob stream), the client pings the
+#: node every KEEPALIVE_S seconds and gives the connection up when a ping is not answered in
+#: KEEPALIVE_TIMEOUT_S: a node that hangs (or a link that drops silently) ends the stream in
+#: seconds instead of never. Nodes accept pings that often (SERVER_OPTIONS).
+KEEPALIVE_S, KEEPALIVE_TIMEOUT_S = 10, 5
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+]
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    # gRPC servers answer pings more frequent than every 5 minutes with GOAWAY by default.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_S * 1000 // 2),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 

@@ -31,7 +31,7 @@ from nexus_node import __version__
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node._generated.nexus.v1 import peer_pb2
-from nexus_node.auth import ServerAuthInterceptor, node_token
+from nexus_node.auth import SERVER_OPTIONS, ServerAuthInterceptor, node_token
 from nexus_node.jobs.manager import JobManager, ManagerSettings
 from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.mesh.blob_sync import BlobSync
@@ -123,9 +123,7 @@ class Node:
         # pool. It must be large enough for every runner's storage calls at once.
         self._threads = ThreadPoolExecutor(max_workers=max(8, 2 * slots + 4), thread_name_prefix="storage")
         server = grpc.aio.server(
-            migration_thread_pool=self._threads, interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", 64 << 20),
-                     ("grpc.max_send_message_length", 64 << 20)],
+            migration_thread_pool=self._threads, interceptors=interceptors, options=SERVER_OPTIONS,
         )
         self.port = server.add_insecure_port(f"{_bind_host(cfg.host)}:{cfg.port}")
         if self.port == 0:

@@ -156,3 +156,51 @@ async def test_switches_to_another_node_of_the_cluster_when_its_node_dies(tmp_pa
     finally:
         for n in nodes:
             n.stop()
+
+
+async def test_the_connect_screen_offers_nodes_found_by_mdns(tmp_path: Path):
+    """No node at the given address: the screen lists a real node announcing itself by mDNS
+    (on loopback, with --advertise-host) and picking it connects."""
+    import uuid
+
+    from textual.widgets import OptionList
+
+    node = NodeProcess(tmp_path / "announced", "--slots", "1", "--advertise-host", "127.0.0.1",
+                       "--cluster", f"tui-{uuid.uuid4().hex[:6]}").start()
+    try:
+        dead = f"127.0.0.1:{free_port()}"
+        app = real_app(dead)   # the real mDNS browse
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: type(app.screen).__name__ == "ConnectScreen" and app.screen.query("#found"),
+                        30, "the connect screen with nodes found by mDNS")
+            found = app.screen.query_one("#found", OptionList)
+            offered = [str(found.get_option_at_index(i).prompt) for i in range(found.option_count)]
+            assert node.address in offered
+            found.highlighted = offered.index(node.address)
+            found.focus()
+            await pilot.press("enter")
+            await until(pilot, lambda: app.connected, 20, "the connection")
+            assert app.sub_title == f"connected to {node.address}"
+    finally:
+        node.stop()
+
+
+async def test_a_hung_node_is_noticed_by_keepalive_and_the_app_recovers(tmp_path: Path):
+    """SIGSTOP leaves the node's sockets open but silent: keepalive pings (auth.KEEPALIVE_S)
+    end the stream, the app says the node is lost, and it reconnects once the node resumes."""
+    import os
+    import signal
+
+    node = NodeProcess(tmp_path / "node", "--slots", "1").start()
+    try:
+        app = real_app(node.address, discover=lambda: [])
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected, 20, "the connection")
+            os.kill(node.proc.pid, signal.SIGSTOP)
+            try:
+                await until(pilot, lambda: "lost" in app.sub_title, 60, "the hang to be noticed")
+            finally:
+                os.kill(node.proc.pid, signal.SIGCONT)
+            await until(pilot, lambda: app.connected, 60, "the reconnection")
+    finally:
+        node.stop()
