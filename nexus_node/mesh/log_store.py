@@ -52,6 +52,12 @@ class RaftLogStore:
     def __init__(self, db: aiosqlite.Connection, cache: MemoryStorage) -> None:
         self._db = db
         self._cache = cache
+        self._commit_dirty = False   # the cached commit index is ahead of the disk's
+
+    async def _write_hard_state(self, h: HardState) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO raft_hard_state (id, term, vote, commit_index) VALUES (0, ?, ?, ?)",
+            (h.term, h.vote, h.commit))
 
     @classmethod
     async def open(cls, path: Path) -> "RaftLogStore":
@@ -85,7 +91,11 @@ class RaftLogStore:
         return cls(db, cache)
 
     async def close(self) -> None:
-        """Closes the database connection."""
+        """Writes a commit index not yet on disk, then closes the database connection."""
+        if self._commit_dirty:
+            await self._write_hard_state(self._cache.hard_state())
+            await self._db.commit()
+            self._commit_dirty = False
         await self._db.close()
 
     def is_empty(self) -> bool:
@@ -104,6 +114,17 @@ class RaftLogStore:
         """
         if not entries and hard_state is None:
             return
+        held = self._cache.hard_state()
+        if not entries and hard_state is not None and (hard_state.term, hard_state.vote) == (held.term, held.vote):
+            # Only the commit index moved. Nothing depends on it being on disk (a restarted
+            # node learns it again from the leader; a lower one only means replaying less at
+            # start), so, as etcd does, it waits for the next write that must be durable
+            # instead of costing an fsync of its own.
+            self._cache.set_hard_state(hard_state)
+            self._commit_dirty = True
+            return
+        if hard_state is None and self._commit_dirty:
+            hard_state = self._cache.hard_state()
         if entries:
             first = entries[0].index
             if not 1 <= first <= self._cache.last_index() + 1:
@@ -114,14 +135,12 @@ class RaftLogStore:
                 [(e.index, e.term, e.type.value, e.data, e.proposal_id) for e in entries],
             )
         if hard_state is not None:
-            await self._db.execute(
-                "INSERT OR REPLACE INTO raft_hard_state (id, term, vote, commit_index) VALUES (0, ?, ?, ?)",
-                (hard_state.term, hard_state.vote, hard_state.commit),
-            )
+            await self._write_hard_state(hard_state)
         await self._db.commit()
         self._cache.append(entries)
         if hard_state is not None:
             self._cache.set_hard_state(hard_state)
+            self._commit_dirty = False
 
     # --- Storage (reads, from memory) -------------------------------------------------------------
 

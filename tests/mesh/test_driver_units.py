@@ -30,6 +30,30 @@ async def test_log_store_survives_reopen_and_truncates_like_memory_storage(tmp_p
     await again.close()
 
 
+async def test_a_commit_only_change_is_not_forced_to_disk_but_term_and_vote_always_are(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "raft.db"
+
+    def on_disk() -> tuple:
+        with sqlite3.connect(path) as db:   # what a crash right now would leave
+            return db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchone()
+
+    store = await RaftLogStore.open(path)
+    await store.save(HardState(2, "a", 0), [Entry(1, 1, EntryType.CONFIG, b'{"voters":["a"]}')])
+    await store.save(HardState(2, "a", 1), [])            # only the commit index moved
+    assert store.hard_state() == HardState(2, "a", 1) and on_disk() == (2, "a", 0)
+    await store.save(HardState(3, "a", 1), [])            # a term is durable at once
+    assert on_disk() == (3, "a", 1)
+    await store.save(HardState(3, "a", 1 + 0), [Entry(2, 3, data=b"x")])
+    await store.save(HardState(3, "a", 2), [])
+    await store.save(None, [Entry(3, 3, data=b"y")])      # the next durable write carries it
+    assert on_disk() == (3, "a", 2)
+    await store.save(HardState(3, "a", 3), [])
+    await store.close()                                   # and a clean close flushes it
+    assert on_disk() == (3, "a", 3)
+
+
 async def test_a_node_restarts_from_the_log_store_alone(tmp_path):
     path = tmp_path / "raft.db"
     store = await RaftLogStore.open(path)
