@@ -56,7 +56,9 @@ def test_seeds_form_one_cluster_without_multicast(node_factory):
 
 def test_nodes_announced_on_loopback_find_each_other_and_the_dashboard_offers_them(node_factory):
     lab, other = f"lab-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
-    announce = ("--slots", "1", "--advertise-host", "127.0.0.1")
+    # A wider join window than the default 2 s: on a loaded machine mDNS can take longer to
+    # resolve a peer, and a node that hears nobody in its window founds a cluster of its own.
+    announce = ("--slots", "1", "--advertise-host", "127.0.0.1", "--join-window", "8")
     a = node_factory("a", *announce, "--cluster", lab).start()
     b = node_factory("b", *announce, "--cluster", lab).start()
     c = node_factory("c", *announce, "--cluster", other).start()

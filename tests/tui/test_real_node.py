@@ -169,7 +169,9 @@ async def test_the_connect_screen_offers_nodes_found_by_mdns(tmp_path: Path):
                        "--cluster", f"tui-{uuid.uuid4().hex[:6]}").start()
     try:
         dead = f"127.0.0.1:{free_port()}"
-        app = real_app(dead)   # the real mDNS browse
+        from nexus_tui.discovery import browse
+
+        app = real_app(dead, discover=lambda: browse(timeout=4.0))   # the real mDNS browse
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: type(app.screen).__name__ == "ConnectScreen" and app.screen.query("#found"),
                         30, "the connect screen with nodes found by mDNS")
