@@ -116,6 +116,10 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_
         lines.append(f"model        {job.model_id}")
     if job.test_metrics:
         lines.append("test         " + "  ".join(f"{k} {_num(v)}" for k, v in sorted(job.test_metrics.items())))
+        if job.test_rows and job.evaluated_model_rows:
+            lines.append(f"             on {job.test_rows:,} held-out rows, by a fit on "
+                         f"{job.evaluated_model_rows:,} rows; the served model was refitted on "
+                         f"{job.final_model_rows:,} rows")
     if job.started_at:
         end = job.finished_at or time.time()
         lines.append(f"ran          {format_duration(end - job.started_at)} from {_when(job.started_at)}")

@@ -53,6 +53,8 @@ def job_to_pb(j: JobRecord) -> pb.Job:
         constraints_model=j.constraints_model, constraints_rationale=j.constraints_rationale,
         constraints_fallback=j.constraints_fallback, summary_source=j.summary_source,
         summary_model=j.summary_model, summary_fallback=j.summary_fallback,
+        evaluated_model_rows=j.evaluated_model_rows, test_rows=j.test_rows,
+        final_model_rows=j.final_model_rows,
     )
     return msg
 

@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from grpc.experimental.aio import init_grpc_aio
+
+# gRPC's asyncio layer shuts its completion queue down (joining its poller thread) when the last
+# aio object is garbage-collected; with a new event loop per test that can happen inside a later
+# test's GC and deadlock the whole run (seen once: a TUI test hung in gc -> cygrpc -> join;
+# grpc/grpc#22365). Initialising it once from the main thread keeps one reference for the
+# session, so that shutdown never runs mid-suite.
+init_grpc_aio()
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("NEXUS_DATASETS", ROOT.parent / "shared" / "datasets"))

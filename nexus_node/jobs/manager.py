@@ -676,6 +676,9 @@ class JobManager:
         job.model_id = model.model_id
         job.test_metrics = model.test_metrics
         job.feature_importance = {k: float(v) for k, v in result.get("feature_importance", {}).items()}
+        job.evaluated_model_rows = int(result.get("evaluated_model_rows", 0) or 0)
+        job.test_rows = int(result.get("test_rows", 0) or 0)
+        job.final_model_rows = int(result.get("final_model_rows", 0) or 0)
         await self.db.put_job(job, term=self.term)   # the model is recorded before the summary is asked for
         insight = await self._unless_cancelled(job, summarize(
             self.llm, self.llm_unavailable, use_case=job.spec.use_case, task=job.task,

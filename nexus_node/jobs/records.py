@@ -65,6 +65,9 @@ class JobRecord:
     summary_source: str = ""           # llm | template
     summary_model: str = ""
     summary_fallback: str = ""         # why the template summary was used
+    evaluated_model_rows: int = 0      # rows of the fit that test_metrics score
+    test_rows: int = 0                 # held-out rows test_metrics were measured on
+    final_model_rows: int = 0          # rows the served model was refitted on
     cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:

@@ -155,6 +155,7 @@ def test_an_unreachable_node_exits_3_with_a_hint(capsys, clean_env):
 def finished(fake_node: FakeNode) -> pb.Job:
     job = finished_job("j9", pb.JobSpec(target="charges", filename="insurance.csv", max_trials=24,
                                         use_case="price insurance", time_budget_seconds=100))
+    job.evaluated_model_rows, job.test_rows, job.final_model_rows = 1070, 268, 1338
     fake_node.service.add_job(job)
     return job
 
@@ -176,6 +177,8 @@ def test_show_human(run, finished):
     assert "2 complete, 1 pruned, 0 failed" in out and "budget 24 trials / 1:40" in out
     assert "best         r2 0.8512  (maximize" in out
     assert "test         mae 2500  r2 0.86  rmse 4500" in out
+    assert ("on 268 held-out rows, by a fit on 1,070 rows; the served model was refitted on 1,338 rows"
+            in " ".join(out.split()))
     assert "constraints  heuristic: 1338 rows: small network" in out
     assert "Smoking status drives premiums" in out
     features = out.split("top features\n")[1].split("\n\n")[0].splitlines()

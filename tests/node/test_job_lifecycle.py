@@ -38,6 +38,9 @@ def test_regression_job_end_to_end(node_address, insurance_csv):
     assert job.trials.running == 0 and job.has_best
     assert set(job.test_metrics) >= {"r2", "rmse", "mae"}
     assert job.test_metrics["r2"] > 0.6
+    # Scored on held-out rows by a train+validation fit; the served model saw every row.
+    assert 0 < job.test_rows < job.evaluated_model_rows < job.final_model_rows == 1338
+    assert job.evaluated_model_rows + job.test_rows == job.final_model_rows
     assert [f.column for f in job.feature_importance][0] == "smoker"
     assert "charges" in job.summary
     assert job.constraints_source == "user" and json.loads(job.constraints_json)["max_epochs"] == 15
