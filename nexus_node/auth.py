@@ -172,6 +172,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+    # By default a client stops pinging after 2 pings with no data sent: a watch stream is
+    # exactly that (data only flows down), so the limit would end the keepalive.
+    ("grpc.http2.max_pings_without_data", 0),
 ]
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
