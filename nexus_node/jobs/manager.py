@@ -161,7 +161,6 @@ class JobManager:
                 job.message = f"resumed after {why} (was {job.state})"
             self._launch(job)
 
-    start = activate
 
     def job_applied(self, job: JobRecord) -> None:
         """A job write was applied here (driver task; must not block). The coordinator starts
@@ -205,7 +204,6 @@ class JobManager:
         self._stop_trials.clear()
         self._studies.clear()
 
-    close = deactivate
 
     # ---- public operations ------------------------------------------------------------
 
