@@ -16,6 +16,9 @@ from typing import Any, Callable
 
 import grpc
 
+from nexus_node.tls import ClientTls
+from nexus_node.tls import channel as tls_channel
+
 METADATA_KEY = "authorization"
 TOKEN_FILENAME = "token"
 # Health checks must work for load balancers and orchestrators that hold no token.
@@ -185,10 +188,10 @@ SERVER_OPTIONS = [
 ]
 
 
-def secure_channel(address: str, token: str | None) -> grpc.Channel:
-    """A sync channel that attaches the token to every call (plaintext transport; TLS comes
-    with the mesh)."""
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def secure_channel(address: str, token: str | None, tls: ClientTls | None = None) -> grpc.Channel:
+    """A sync channel that attaches the token to every call; TLS when ``tls`` is given (see
+    :func:`nexus_node.tls.client_tls`), plaintext otherwise."""
+    channel = tls_channel(address, tls, CHANNEL_OPTIONS)
     if token:
         channel = grpc.intercept_channel(channel, _ClientAuth(token))
     return channel

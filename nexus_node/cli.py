@@ -32,6 +32,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2
 from nexus_node.constraints import parse_override
 from nexus_node.errors import InvalidInput
 from nexus_node.progress import ProgressBar, bar, format_duration, supports_unicode
+from nexus_node.tls import ENV_CA, TlsError
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_RPC = 0, 1, 2, 3
 DEMO_TARGET = "charges"
@@ -197,7 +198,9 @@ def _exit_for(job: nexus_pb2.Job) -> int:
 
 def _connect(args: argparse.Namespace) -> nx.NexusClient:
     try:
-        return nx.NexusClient(args.connect, token_file=args.token_file)
+        return nx.NexusClient(args.connect, token_file=args.token_file, tls_ca=args.tls_ca)
+    except TlsError as e:
+        raise UsageError(str(e)) from None
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read the token: {e}") from None
 
@@ -423,7 +426,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"data: bundled insurance.csv, target '{DEMO_TARGET}' ({DEMO_USE_CASE})")
             budget = f"{args.trials} trials" + (f" or {format_duration(args.time_budget)}" if args.time_budget else "")
             print(f"search: {budget}, whichever comes first\n", flush=True)
-            with nx.NexusClient(address) as client:
+            with nx.NexusClient(address, tls_ca="") as client:   # the embedded node is plaintext
                 job = client.submit(
                     csv_path, DEMO_TARGET, use_case=DEMO_USE_CASE,
                     max_trials=args.trials, time_budget=args.time_budget, seed=args.seed,
@@ -451,6 +454,9 @@ def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="a node of the cluster (default: $NEXUS_ADDR or 127.0.0.1:7070)")
     parser.add_argument("--token-file", metavar="PATH", default=default,
                         help="file holding the cluster token (default: $NEXUS_TOKEN, then ~/.nexus/token)")
+    parser.add_argument("--tls-ca", metavar="FILE", default=default,
+                        help="connect over TLS, checking the node's certificate against this CA "
+                             "(default: $NEXUS_TLS_CA; plaintext when neither is set)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -525,7 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = nx.describe_error(e)
         if getattr(e, "code", lambda: None)() == grpc.StatusCode.UNAVAILABLE:
             address = args.connect or nx.default_address()
-            message += f" (is a node running at {address}? start one with nexus-node, or pass --connect)"
+            tls = "pass --tls-ca for a node that serves TLS" if not (
+                getattr(args, "tls_ca", None) or os.environ.get(ENV_CA)) else "check --tls-ca"
+            message += f" (is a node running at {address}? start one with nexus-node, or pass --connect; {tls})"
         print(f"error: {message}", file=sys.stderr)
         return EXIT_RPC
     except (nx.ClientError, TimeoutError) as e:

@@ -35,6 +35,7 @@ import grpc
 
 from nexus_node import auth
 from nexus_node._generated.nexus.v1 import nexus_pb2, nexus_pb2_grpc
+from nexus_node.tls import client_tls
 
 if TYPE_CHECKING:
     from nexus_node.study_proxy import NexusStorageProxy
@@ -112,6 +113,11 @@ class NexusClient:
             the default data dir's token file (see :func:`nexus_node.auth.client_token`).
         token_file: a file holding the token.
         timeout: deadline in seconds for unary calls.
+        tls_ca: the CA file to check the node's certificate against (TLS); when absent,
+            ``NEXUS_TLS_CA``; plaintext when neither is set, or when it is ``""``.
+
+    Raises:
+        nexus_node.tls.TlsError: the CA file cannot be read or holds no certificate.
     """
 
     def __init__(
@@ -120,11 +126,13 @@ class NexusClient:
         token: str | None = None,
         token_file: str | None = None,
         timeout: float = 30.0,
+        tls_ca: str | None = None,
     ) -> None:
         self.address = address or default_address()
         self.timeout = timeout
         self._token = auth.client_token(token, token_file)
-        self._channel = auth.secure_channel(self.address, self._token)
+        self._tls = client_tls(tls_ca)
+        self._channel = auth.secure_channel(self.address, self._token, self._tls)
         self._stub = nexus_pb2_grpc.NexusServiceStub(self._channel)
 
     def __enter__(self) -> "NexusClient":
@@ -416,7 +424,7 @@ class NexusClient:
         return self._stub.GetCluster(nexus_pb2.GetClusterRequest(), timeout=self.timeout)
 
     def optuna_storage(self) -> "NexusStorageProxy":
-        """An Optuna storage reading this node's studies (token carried).
+        """An Optuna storage reading this node's studies (token carried, TLS as this client).
 
         Every node serves Optuna's ``StorageService`` on its one port, so plain Optuna code
         and optuna-dashboard can read a job's trials::
@@ -433,7 +441,7 @@ class NexusClient:
         from nexus_node.study_proxy import NexusStorageProxy
 
         host, port = split_address(self.address)
-        return NexusStorageProxy(host=host, port=port, token=self._token)
+        return NexusStorageProxy(host=host, port=port, token=self._token, tls=self._tls)
 
 
 def split_address(address: str) -> tuple[str, int]:

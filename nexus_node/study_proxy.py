@@ -17,13 +17,16 @@ from optuna.storages._grpc.auto_generated import api_pb2_grpc
 from optuna.storages._grpc.client import GrpcClientCache
 
 from nexus_node.auth import secure_channel
+from nexus_node.tls import ClientTls
 
 
 class NexusStorageProxy(GrpcStorageProxy):
-    """A ``GrpcStorageProxy`` whose channel carries ``authorization: Bearer <token>``."""
+    """A ``GrpcStorageProxy`` whose channel carries ``authorization: Bearer <token>``, over
+    TLS when ``tls`` is given."""
 
-    def __init__(self, *, host: str, port: int, token: str | None = None) -> None:
+    def __init__(self, *, host: str, port: int, token: str | None = None, tls: ClientTls | None = None) -> None:
         self._token = token
+        self._tls = tls
         with warnings.catch_warnings():
             # Optuna marks the proxy experimental; Nexus pins the Optuna version it tests.
             warnings.simplefilter("ignore", ExperimentalWarning)
@@ -32,6 +35,6 @@ class NexusStorageProxy(GrpcStorageProxy):
     def _setup(self) -> None:
         # Overrides the parent's insecure, token-less channel; the rest of the proxy
         # (cache, retries, pickling for workers) is Optuna's own.
-        self._channel = secure_channel(f"{self._host}:{self._port}", self._token)
+        self._channel = secure_channel(f"{self._host}:{self._port}", self._token, self._tls)
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)

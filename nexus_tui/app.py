@@ -26,6 +26,7 @@ from textual.binding import Binding
 from textual.worker import get_current_worker
 
 from nexus_node.client import default_address, is_terminal
+from nexus_node.tls import TlsError, client_tls
 from nexus_tui import discovery
 from nexus_tui.client import ClientFactory, ClusterClient, RequestFailed, Unreachable
 from nexus_tui.commands import ScreenCommands
@@ -265,14 +266,14 @@ class NexusApp(App[None]):
 
 def create_app(
     address: str | None = None, token: str | None = None, client_factory: ClientFactory | None = None,
-    **kwargs: object,
+    tls_ca: str | None = None, **kwargs: object,
 ) -> NexusApp:
     """The app factory: a gRPC client factory unless one is given (tests pass a fake)."""
     if client_factory is None:
         from nexus_tui.grpc_client import GrpcClusterClient
 
         def client_factory(addr: str) -> ClusterClient:
-            return GrpcClusterClient(addr, token=token)
+            return GrpcClusterClient(addr, token=token, tls_ca=tls_ca)
 
     return NexusApp(address or default_address(), client_factory, **kwargs)  # type: ignore[arg-type]
 
@@ -282,5 +283,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connect", metavar="HOST:PORT", default=None,
                         help="a node of the cluster (default: $NEXUS_ADDR or 127.0.0.1:7070)")
     parser.add_argument("--token", default=None, help="cluster token (default: $NEXUS_TOKEN or the token file)")
+    parser.add_argument("--tls-ca", metavar="FILE", default=None,
+                        help="connect over TLS, checking the node's certificate against this CA "
+                             "(default: $NEXUS_TLS_CA; plaintext when neither is set)")
     args = parser.parse_args(argv)
-    create_app(args.connect, token=args.token).run()
+    try:
+        client_tls(args.tls_ca)   # a bad CA file fails here, not in the first connection
+    except TlsError as exc:
+        parser.error(str(exc))
+    create_app(args.connect, token=args.token, tls_ca=args.tls_ca).run()

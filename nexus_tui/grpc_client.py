@@ -11,6 +11,7 @@ from nexus_node import auth
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.client import NexusClient, describe_error
+from nexus_node.tls import client_tls
 from nexus_tui.client import RequestFailed, Unreachable
 
 T = TypeVar("T")
@@ -37,14 +38,18 @@ class GrpcClusterClient:
         address: ``HOST:PORT`` of the node.
         token: the cluster token (else the ``NexusClient`` defaults: env, token file).
         timeout: deadline of unary calls, short so a dead node is noticed quickly.
+        tls_ca: the CA to check the node's certificate against (TLS); else ``NEXUS_TLS_CA``;
+            plaintext when neither is set.
     """
 
-    def __init__(self, address: str, token: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, address: str, token: str | None = None, timeout: float = 5.0,
+                 tls_ca: str | None = None) -> None:
         self.address = address
-        self._nexus = NexusClient(address, token=token, timeout=timeout)
+        tls = client_tls(tls_ca)
+        self._nexus = NexusClient(address, token=token, timeout=timeout, tls_ca=tls.ca_file if tls else "")
         # NexusClient has no WatchCluster call (it predates the RPC); a stub on a channel of
         # our own keeps this package off NexusClient's private fields.
-        self._channel = auth.secure_channel(address, auth.client_token(token, None))
+        self._channel = auth.secure_channel(address, auth.client_token(token, None), tls)
         self._stub = nexus_pb2_grpc.NexusServiceStub(self._channel)
         self._calls: set[Any] = set()
 

@@ -42,6 +42,7 @@ from nexus_node.pipeline.train import (
 )
 from nexus_node.runner.context import TaskContext
 from nexus_node.study_proxy import NexusStorageProxy
+from nexus_node.tls import from_spec as tls_from_spec
 
 V = TypeVar("V")
 TRAIN_ARRAYS = ("X_train", "y_train", "X_val", "y_val")
@@ -160,8 +161,11 @@ def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
     # One proxy per node address: its channel and trial cache survive across trials. That
     # assumes the storage behind an address stays the same, which holds for runners: they
     # are children of their node and the node's journal outlives the node's restarts.
-    key = (spec["host"], int(spec["port"]), spec.get("token"))
-    return _storages.get_or_make(key, lambda: NexusStorageProxy(host=key[0], port=key[1], token=key[2]))
+    # With TLS on, the node's certificate is checked against the CA under a name it carries
+    # (nexus_node/tls.py: it need not name the loopback address).
+    tls = tls_from_spec(spec)
+    key = (spec["host"], int(spec["port"]), spec.get("token"), tls)
+    return _storages.get_or_make(key, lambda: NexusStorageProxy(host=key[0], port=key[1], token=key[2], tls=tls))
 
 
 class _PipelinedReporter:
@@ -254,7 +258,7 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     # the cheapest sampler avoids building TPE's state for nothing. The study object is
     # reused by the slot's next trials: loading it costs two round trips.
     store = req["storage"]
-    key = (store["host"], int(store["port"]), store.get("token"), req["study_name"],
+    key = (store["host"], int(store["port"]), store.get("token"), tls_from_spec(store), req["study_name"],
            tuple(sorted((req.get("pruner") or {}).items())))
     study = _studies.get_or_make(key, lambda: optuna.load_study(
         study_name=req["study_name"], storage=_storage(store), sampler=optuna.samplers.RandomSampler(), pruner=pruner))

@@ -10,14 +10,15 @@ import grpc
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.auth import secure_channel
+from nexus_node.tls import ClientTls
 
 # Small searches keep the suite fast: a few short trials still exercise every stage.
 FAST = '{"max_epochs": 15, "min_epochs": 5, "max_layers": 2, "widths": [32, 64]}'
 TERMINAL = {pb.COMPLETED, pb.FAILED, pb.CANCELLED}
 
 
-def stub(address: str, token: str | None = None) -> nexus_pb2_grpc.NexusServiceStub:
-    return nexus_pb2_grpc.NexusServiceStub(secure_channel(address, token))
+def stub(address: str, token: str | None = None, tls: ClientTls | None = None) -> nexus_pb2_grpc.NexusServiceStub:
+    return nexus_pb2_grpc.NexusServiceStub(secure_channel(address, token, tls))
 
 
 def submit_requests(spec: pb.JobSpec, data: bytes, chunk: int = 4096) -> Iterator[pb.SubmitJobRequest]:
