@@ -64,7 +64,7 @@ def trial_to_pb(t: TrialView) -> pb.TrialInfo:
         number=t.number, state=t.state, value=t.value if t.value is not None else 0.0,
         has_value=t.value is not None, params_json=json.dumps(t.params),
         duration_seconds=t.duration_seconds, node_id=t.node_id, message=t.message,
-        last_step=t.last_step,
+        last_step=t.last_step, retry_of=t.retry_of,
     )
 
 

@@ -32,6 +32,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node._generated.nexus.v1 import peer_pb2
 from nexus_node.auth import SERVER_OPTIONS, ServerAuthInterceptor, node_token
+from nexus_node.dispatch import Dispatcher, WorkSettings
 from nexus_node.jobs.manager import JobManager, ManagerSettings
 from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.mesh.blob_sync import BlobSync
@@ -45,6 +46,8 @@ from nexus_node.runner.pool import RunnerPool
 from nexus_node.servicer import NexusServicer
 from nexus_node.store.blobs import BlobStore
 from nexus_node.system import memory_info
+from nexus_node.worker import WorkerAgent
+from nexus_node.tls import add_port, load_node_tls, storage_fields
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,14 @@ class NodeConfig:
     max_predict_mb: int = 64
     default_max_trials: int = 20
     cluster_name: str = "nexus"
+    tls_cert: str | None = None   # with tls_key: serve TLS only (nexus_node/tls.py)
+    tls_key: str | None = None
+    tls_ca: str | None = None     # the CA peers' certificates are checked against
     seeds: list[str] = field(default_factory=list)   # host:port of peers, for networks without multicast
     mdns: bool = True
     advertise_host: str | None = None   # None: the bound address (see mesh.peers.advertise_host)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    work: WorkSettings = field(default_factory=WorkSettings)   # --grace, --max-retries
     timing: MeshSettings = field(default_factory=MeshSettings)
     # Disabled (no key) unless node_main resolves a key from the environment.
     llm: LLMSettings = field(default_factory=LLMSettings)
@@ -83,6 +90,7 @@ class Node:
         self.manager: JobManager | None = None
         self.mesh: Mesh | None = None
         self.blob_sync: BlobSync | None = None
+        self.worker: WorkerAgent | None = None
         self._leadership: asyncio.Task[None] | None = None
         self._pools: list[RunnerPool] = []
         self._threads: ThreadPoolExecutor | None = None
@@ -125,7 +133,8 @@ class Node:
         server = grpc.aio.server(
             migration_thread_pool=self._threads, interceptors=interceptors, options=SERVER_OPTIONS,
         )
-        self.port = server.add_insecure_port(f"{_bind_host(cfg.host)}:{cfg.port}")
+        self.tls = load_node_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self.port = add_port(server, f"{_bind_host(cfg.host)}:{cfg.port}", self.tls)
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
 
@@ -144,7 +153,7 @@ class Node:
             self.node_id, cfg.cluster_name, self.peer_address, self.data_dir, self.token,
             peers=lambda: [p.address for p in self.discovery.peers()] if self.discovery else [],
             listening=lambda: bool(cfg.seeds) or bool(self.discovery and self.discovery.mdns_active),
-            settings=cfg.cluster, timing=cfg.timing,
+            settings=cfg.cluster, timing=cfg.timing, tls=self.tls.peers if self.tls else None,
         )
         self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, mesh.records, mesh.transport,
                                   mesh.members, cfg.cluster.replicas)
@@ -155,16 +164,24 @@ class Node:
         # Only a node with a key builds a client (and only its first call imports google-genai).
         self._llm = GeminiClient(cfg.llm) if cfg.llm.enabled else None
         self.manager = JobManager(
-            db=mesh.records, blobs=blobs, pool=work, serve_pool=serve, storage=storage,
-            node_id=self.node_id, storage_host=_loopback_for(cfg.host), storage_port=self.port,
-            token=self.token,
+            db=mesh.records, blobs=blobs, serve_pool=serve, storage=storage, node_id=self.node_id,
             settings=ManagerSettings(
-                default_max_trials=cfg.default_max_trials, threads_per_trial=cfg.threads_per_trial,
-                worker_memory_bytes=memory_info()[1],
+                default_max_trials=cfg.default_max_trials, worker_memory_bytes=memory_info()[1],
+                work=cfg.work,
             ),
             llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
             events=mesh.hub, fetch_blob=self.blob_sync.ensure, replicated=self.blob_sync.replicated,
         )
+        # This node's share of the work: trials, preparations and retrains the coordinator
+        # assigns (over a stream to whichever node leads, this one included).
+        self.worker = WorkerAgent(
+            node_id=self.node_id, cluster=cfg.cluster_name, address=self.peer_address, pool=work, blobs=blobs,
+            mesh=mesh, fetch_blob=self.blob_sync.ensure, settings=cfg.work,
+            # Runners reach this node's own StorageService (over TLS when the node serves TLS).
+            storage={"host": _loopback_for(cfg.host), "port": self.port, "token": self.token,
+                     **storage_fields(self.tls)},
+        )
+        self.worker.on_change = self._on_cluster_change
         mesh.records.job_listeners.append(self.manager.job_applied)
         mesh.records.job_listeners.append(lambda job: self._on_cluster_change())
         mesh.on_change = self._on_cluster_change
@@ -187,6 +204,7 @@ class Node:
         await self.discovery.start()
         await mesh.start()   # founds, joins or resumes a cluster; replays the log
         self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
+        self.worker.start()
         for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
@@ -211,7 +229,7 @@ class Node:
             except TimeoutError:
                 continue
             except MeshStopped:
-                await self.manager.deactivate(kill_trials=True)
+                await self.manager.deactivate()
                 return
             if driver.is_leader and not active:
                 term = driver.status().term
@@ -232,12 +250,12 @@ class Node:
                 except Exception:  # noqa: BLE001 - whatever failed, never half-coordinate
                     log.exception("resuming jobs in term %d failed; giving the jobs up", term)
                     active = False
-                    await self.manager.deactivate(kill_trials=True)
+                    await self.manager.deactivate()
                     await asyncio.sleep(pause)
             elif not driver.is_leader and active:
                 log.info("node %s no longer coordinates", self.node_id)
                 active = False
-                await self.manager.deactivate(kill_trials=True)
+                await self.manager.deactivate()
             self._on_cluster_change()
 
     # ---- PeerService hooks (mesh.transport.NodeHooks) ---------------------------------------------
@@ -245,6 +263,9 @@ class Node:
     async def join(self, node_id: str, address: str):  # type: ignore[no-untyped-def]
         assert self.mesh is not None
         return await self.mesh.join(node_id, address)
+
+    def dispatcher(self) -> Dispatcher | None:
+        return self.manager.dispatcher if self.manager is not None and self.manager.active else None
 
     def blob_file(self, sha256: str) -> Path | None:
         return self.blob_sync.local(sha256) if self.blob_sync else None
@@ -256,10 +277,10 @@ class Node:
         info = work.info if work else {}
         return pb.NodeInfo(
             node_id=self.node_id, address=self.peer_address, last_contact=time.time(),
-            slots_total=work.slots if work else 0, slots_busy=work.busy if work else 0,
+            slots_total=work.slots if work else 0, slots_busy=len(self.worker.running) if self.worker else 0,
             memory_total_bytes=total, memory_free_bytes=free,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
-            running=self.manager.running_on() if self.manager else [], version=__version__,
+            running=self.worker.running_labels() if self.worker else [], version=__version__,
         )
 
     async def cluster_view(self) -> pb.Cluster:
@@ -310,6 +331,8 @@ class Node:
         # Jobs first, then runners (killed: their work is redone on restart), then the
         # server: a runner must never see its node's port close mid-trial and record the
         # connection error as the trial's failure.
+        if self.worker is not None:
+            await self.worker.stop(hand_back=True)   # the coordinator re-runs them elsewhere at once
         if self.manager is not None:
             await self.manager.deactivate()
         if self.mesh is not None:

@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 from nexus_node.auth import default_data_dir
+from nexus_node.dispatch import WorkSettings
 from nexus_node.llm import DEFAULT_MODEL, resolve
 from nexus_node.mesh.cluster import ClusterSettings
 from nexus_node.mesh.driver import MeshSettings
 from nexus_node.mesh.peers import parse_seeds
 from nexus_node.node import Node, NodeConfig
+from nexus_node.tls import TlsError, load_node_tls
 
 
 def parse_args(argv: list[str] | None = None) -> NodeConfig:
@@ -27,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--data-dir", type=Path, default=default_data_dir(),
                     help="where jobs, models, blobs and the token live (default ~/.nexus or $NEXUS_DATA_DIR)")
     ap.add_argument("--token-file", help="file holding the cluster token")
+    ap.add_argument("--tls-cert", metavar="FILE",
+                    help="this node's certificate (PEM); with --tls-key the node serves TLS only")
+    ap.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM, unencrypted)")
+    ap.add_argument("--tls-ca", metavar="FILE",
+                    help="the CA that signed the cluster's node certificates: peers are checked "
+                         "against it (default: the system's roots)")
     ap.add_argument("--slots", type=int, help="trials run at once (default: one per core)")
     ap.add_argument("--threads-per-trial", type=int, default=1, help="torch threads of each trial (default 1)")
     ap.add_argument("--trial-memory-mb", type=int,
@@ -55,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--raft-tick-ms", type=int, default=100,
                     help="consensus tick (default 100 ms: heartbeats every tick, elections after "
                          "10-20 ticks of silence). On slow links raise it, e.g. 500")
+    ap.add_argument("--grace", type=float, default=5.0,
+                    help="seconds a node may miss heartbeats before it is declared dead and its trials "
+                         "re-run elsewhere (default 5; heartbeats go every second)")
+    ap.add_argument("--max-retries", type=int, default=2,
+                    help="times a configuration whose node died is run again (default 2)")
     ap.add_argument("--llm", choices=("auto", "off"), default="auto",
                     help="auto (default): ask Gemini for constraints and summaries when GEMINI_API_KEY "
                          "or GOOGLE_API_KEY is set; off: heuristic constraints and template summaries")
@@ -81,18 +94,26 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--replicas must be at least 1")
     if a.voter_timeout <= 0 or a.join_window < 0 or a.raft_tick_ms < 10:
         ap.error("--voter-timeout must be positive, --join-window not negative, --raft-tick-ms at least 10")
+    if a.grace < 1.5 or a.max_retries < 0:
+        ap.error("--grace must be at least 1.5 s (heartbeats go every second), --max-retries not negative")
     if a.llm_timeout <= 0:
         ap.error("--llm-timeout must be positive")
+    try:
+        load_node_tls(a.tls_cert, a.tls_key, a.tls_ca)   # fails here, not after startup work
+    except TlsError as exc:
+        ap.error(str(exc))
     llm = resolve(a.llm, a.llm_model, a.llm_base_url, os.environ,
                   timeout_s=a.llm_timeout, deadline_s=max(45.0, 2.5 * a.llm_timeout))
     return NodeConfig(
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
+        tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
         llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
         cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, join_window=a.join_window,
                                 replicas=a.replicas),
         timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0),
+        work=WorkSettings(grace=a.grace, max_retries=a.max_retries),
     )
 
 
@@ -108,7 +129,8 @@ async def serve(config: NodeConfig) -> None:
     node = Node(config)
     await node.start()
     # One line on stdout that scripts (and tests) can wait for.
-    print(f"nexus-node {node.node_id} listening on {node.address} ({node.token_note})", flush=True)
+    tls = " over TLS" if config.tls_cert else ""
+    print(f"nexus-node {node.node_id} listening on {node.address}{tls} ({node.token_note})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -128,6 +128,22 @@ def place(schedule: Schedule, pending: Mapping[str, Sequence[TrialRequest]], job
     return placements, refusals
 
 
+#: What any task adds beyond its data (the runner's own imports are paid once, at start):
+#: a small network's weights and optimiser state, a batch, tree histograms. A floor, not a
+#: bound: the runner enforces the trial's real budget.
+TASK_BASE_MEMORY = 8 << 20
+#: Copies of its input a task holds at its peak: preparation parses text into frames and
+#: arrays; training holds the arrays, tensors of them and a shuffled batch order; the final
+#: retrain stacks splits on top of that.
+_DATA_COPIES = {"prepare": 8, "trial": 3, "finalize": 5}
+
+
+def task_memory(kind: str, data_bytes: int) -> int:
+    """Estimated peak memory of a task of ``kind`` over ``data_bytes`` of input (the CSV for
+    preparation, the prepared shards otherwise): what placement keeps free for it."""
+    return TASK_BASE_MEMORY + _DATA_COPIES.get(kind, 4) * max(0, data_bytes)
+
+
 def grant(schedule: Schedule, placement: Placement, lease_id: str, term: int, now: float) -> Lease:
     lease = Lease(lease_id, placement.request, placement.node_id, term, now)
     schedule.leases[lease_id] = lease

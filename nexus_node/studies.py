@@ -7,6 +7,7 @@ through Optuna's ``StorageService`` on the node's port.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 
 from nexus_node import pruning
 from nexus_node.jobs.events import TrialView
-from nexus_node.space import GBT_MAX_ITER
+from nexus_node.space import GBT_MAX_ITER, trial_params
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,6 +26,11 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 FAIL_REASON = "fail_reason"
 NODE_ATTR = "node_id"
 CONFIG_ATTR = "config"
+#: System attribute of a trial failed because its node died or left (not its configuration's
+#: doing): such a trial does not use the job's budget and its parameters are run again.
+LOST_ATTR = "nexus:lost"
+#: User attribute of a re-run: the number of the trial whose parameters it runs again.
+RETRY_OF = "retry_of"
 
 
 def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
@@ -68,12 +74,15 @@ def make_pruner(spec: Mapping[str, Any] | None = None) -> optuna.pruners.BasePru
     return pruning.build(spec or pruning.spec_for(pruning.DEFAULT_KIND, 100, GBT_MAX_ITER[1]))[0]
 
 
-def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
-    """Fail a trial that is still RUNNING, recording why. Returns False if it had finished."""
+def fail_trial(study: optuna.Study, trial_id: int, reason: str, lost: bool = False) -> bool:
+    """Fail a trial that is still RUNNING, recording why (``lost``: its node died, see
+    :data:`LOST_ATTR`). Returns False if it had finished."""
     storage = study._storage
     if storage.get_trial(trial_id).state.is_finished():
         return False
     storage.set_trial_system_attr(trial_id, FAIL_REASON, reason[:500])
+    if lost:
+        storage.set_trial_system_attr(trial_id, LOST_ATTR, True)
     try:
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
     except RuntimeError:
@@ -81,17 +90,62 @@ def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
     return True
 
 
+def config_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The configuration a trial trains. A trial stopped before the node handed it out has no
+    recorded configuration yet: then its enqueued parameters, else those sampled so far."""
+    if t.user_attrs.get(CONFIG_ATTR):
+        return dict(t.user_attrs[CONFIG_ATTR])
+    params = t.system_attrs.get("fixed_params") or t.params   # Optuna's record of enqueue_trial
+    if params.get("family") != "gbt":
+        return dict(params)
+    return {k.removeprefix("gbt_"): v for k, v in params.items()}
+
+
+def config_key_of(config: Mapping[str, Any]) -> str:
+    """Identifies a configuration (retries are counted per configuration)."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def config_key(t: optuna.trial.FrozenTrial) -> str:
+    return config_key_of(config_of(t))
+
+
+def is_lost(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == TrialState.FAIL and bool(t.system_attrs.get(LOST_ATTR))
+
+
+def losses(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    """How often each configuration was lost with its node."""
+    out: dict[str, int] = {}
+    for t in trials:
+        if is_lost(t):
+            out[config_key(t)] = out.get(config_key(t), 0) + 1
+    return out
+
+
+def budget_used(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Trials that count against a job's budget: started ones, except those lost with their
+    node (their re-run counts instead)."""
+    return sum(t.state != TrialState.WAITING and not is_lost(t) for t in trials)
+
+
+def enqueue_retry(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    """Enqueues a re-run of ``t``'s parameters; ``ask()`` takes it before sampling anew."""
+    study.enqueue_trial(trial_params(config_of(t)), user_attrs={RETRY_OF: t.number}, skip_if_exists=False)
+
+
 def trial_view(t: optuna.trial.FrozenTrial) -> TrialView:
     value = t.value if t.state == TrialState.COMPLETE and t.values else None
     if value is not None and not math.isfinite(value):
         value = None
     duration = t.duration.total_seconds() if t.duration is not None else 0.0
-    params: dict[str, Any] = t.user_attrs.get(CONFIG_ATTR) or dict(t.params)
+    params = config_of(t)
     return TrialView(
         number=t.number, state=t.state.name, value=value, params=params,
         duration_seconds=duration, node_id=str(t.user_attrs.get(NODE_ATTR, "")),
         message=str(t.system_attrs.get(FAIL_REASON, "")),
         last_step=max(t.intermediate_values) if t.intermediate_values else 0,
+        retry_of=t.user_attrs.get(RETRY_OF) if isinstance(t.user_attrs.get(RETRY_OF), int) else None,
     )
 
 

@@ -22,6 +22,7 @@ class TrialView:
     node_id: str = ""
     message: str = ""
     last_step: int = 0
+    retry_of: int | None = None   # the trial whose parameters this one runs again
 
 
 @dataclass

@@ -1,23 +1,27 @@
-"""Job lifecycle on one node: submit → prepare → search → finalize, with restart recovery.
+"""Job lifecycle across the cluster: submit → prepare → search → finalize, with recovery.
 
-Concurrency: everything here runs on the node's event loop. Heavy work happens in runner
-processes (``RunnerPool``); Optuna storage calls, which take locks and may touch the disk,
-run in threads via ``asyncio.to_thread``. Each active job has one driver task; each running
-trial has one task. A job record is persisted (committed to SQLite) at every state change
-and after every finished trial, so a restarted node resumes from the last stage it
-completed: an interrupted search continues with the trials already in its study (the ones
-that were running are failed with the reason), an interrupted preparation or finalisation
-runs again.
+The coordinator drives every job; the work itself (preparation, each trial, the final
+retrain) is a task it hands to a node's runners through the :class:`~nexus_node.dispatch.Dispatcher`
+(any node, itself included). Concurrency: everything here runs on the node's event loop;
+Optuna storage calls, which take locks and may wait on consensus, run in threads via
+``asyncio.to_thread``. Each active job has one driver task; each trial in flight has one task.
+A job record is committed at every state change and after every finished trial, so the next
+coordinator (or this node after a restart) resumes from the last stage completed: an
+interrupted search continues with the trials already in its study (the ones that were running
+are failed with the reason and re-run with the same parameters), an interrupted preparation or
+finalisation runs again. A task whose node dies is lost and re-run elsewhere, a bounded
+number of times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import secrets
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +41,10 @@ from nexus_node.jobs.records import (
 )
 from nexus_node.mesh.driver import MeshStopped
 from nexus_node.mesh.raft import NotLeader
-from nexus_node.runner.pool import Runner, RunnerPool
+from nexus_node.dispatch import Dispatcher, Outcome, WorkSettings
+from nexus_node.errors import error_from_kind
+from nexus_node.runner.pool import RunnerPool
+from nexus_node.scheduler import Lease, task_memory
 from nexus_node.space import default_configs, suggest_params, trial_params
 from nexus_node.store.blobs import BlobStore
 
@@ -60,12 +67,12 @@ class ManagerSettings:
     default_max_trials: int = 20
     max_trials_limit: int = 10_000
     worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
-    threads_per_trial: int = 1
     pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.pruning)
+    work: WorkSettings = dataclasses.field(default_factory=WorkSettings)
 
 
 #: Why a trial left RUNNING when its job is resumed failed.
-RUNNING_LOST = "the node running the trial stopped or lost the coordinator's role while it ran"
+RUNNING_LOST = "the coordinator changed or restarted while the trial ran"
 
 
 class _Cancelled(Exception):
@@ -103,17 +110,15 @@ class JobManager:
     """
 
     def __init__(
-        self, *, db: "ReplicatedRecords", blobs: BlobStore, pool: RunnerPool, serve_pool: RunnerPool,
-        storage: optuna.storages.BaseStorage, node_id: str, storage_host: str,
-        storage_port: int, token: str | None, settings: ManagerSettings | None = None,
+        self, *, db: "ReplicatedRecords", blobs: BlobStore, serve_pool: RunnerPool,
+        storage: optuna.storages.BaseStorage, node_id: str, settings: ManagerSettings | None = None,
         llm: GeminiClient | None = None, llm_unavailable: str = "",
         events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
         replicated: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
-        self.db, self.blobs, self.pool, self.serve_pool = db, blobs, pool, serve_pool
+        self.db, self.blobs, self.serve_pool = db, blobs, serve_pool
         self.storage = storage
         self.node_id = node_id
-        self.storage_addr = {"host": storage_host, "port": storage_port, "token": token}
         self.settings = settings or ManagerSettings()
         # Gemini, when this node has a key; otherwise why not (each job records it).
         self.llm, self.llm_unavailable = llm, llm_unavailable or "no Gemini client on this node"
@@ -128,7 +133,8 @@ class JobManager:
         self.changes = ChangeFeed()   # job states and busy slots, for WatchCluster
         self._jobs: dict[str, JobRecord] = {}          # active jobs, the live copy
         self._drivers: dict[str, asyncio.Task[None]] = {}
-        self._running: dict[str, dict[int, tuple[Runner, int]]] = {}  # job -> trial -> (runner, task id)
+        self.dispatcher: Dispatcher | None = None   # while coordinating
+        self._running: dict[str, dict[int, Lease]] = {}  # job -> trial number -> its lease
         self._stop_events: dict[str, asyncio.Event] = {}
         # Set when a job's running trials must stop (cancel, time budget): a trial that
         # registers after the cancels were sent still sees it.
@@ -148,6 +154,8 @@ class JobManager:
     async def activate(self, why: str = "node restart", term: int | None = None) -> None:
         """This node coordinates now (in ``term``): resume every job that is not finished."""
         self.active, self.term = True, term
+        self.dispatcher = Dispatcher(term or 0, self.settings.work, on_change=self.changes.notify)
+        self.dispatcher.start()
         for job in await self.db.list_jobs():
             if job.terminal or job.job_id in self._drivers:
                 continue
@@ -177,26 +185,26 @@ class JobManager:
             self._stop_job(job.job_id)
 
     def _stop_job(self, job_id: str) -> None:
+        """The job was cancelled: its tasks stop and their slots are free at once."""
         for events in (self._stop_events, self._stop_trials):
             if job_id in events:
                 events[job_id].set()
-        for runner, tid in self._running.get(job_id, {}).values():
-            runner.cancel(tid)
+        if self.dispatcher is not None:
+            self.dispatcher.cancel_job(job_id)
 
-    async def deactivate(self, kill_trials: bool = False) -> None:
+    async def deactivate(self) -> None:
         """Stop driving jobs (shutdown, or leadership lost). Jobs stay as recorded and the next
         coordinator resumes them; trials running now stay RUNNING in their study and are failed,
-        with the reason, when it does. ``kill_trials`` also ends the runners of those trials (a
-        node that goes on living must not keep computing results nobody will accept)."""
+        with the reason, and re-run when it does. The nodes running them learn from the next
+        coordinator that their leases are void and stop them."""
         self.active, self.term = False, None
-        if kill_trials:
-            for trials in self._running.values():
-                for runner, _ in trials.values():
-                    runner.kill()
         tasks = [*self._drivers.values(), *self._trial_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            self.dispatcher = None
         self._jobs.clear()
         self._drivers.clear()
         self._running.clear()
@@ -388,25 +396,15 @@ class JobManager:
 
     async def _prepare(self, job: JobRecord) -> None:
         await self._set_state(job, PREPARING, "profiling and preparing the data")
-        out_dir = self.blobs.new_temp_dir(f"prep-{job.job_id}-")
-        try:
-            result = await self._run_task(job, self.pool, {
-                "task": "prepare",
-                "csv_path": str(await self.fetch_blob(job.dataset_sha256)),
-                "target": job.spec.target.strip(),
-                "seed": job.seed,
-                "drop_columns": [c.strip() for c in job.spec.drop_columns],
-                "out_dir": str(out_dir),
-            }, label="prepare")
-            files = {}
-            for name, path in result["files"].items():
-                sha, size = await asyncio.to_thread(self.blobs.ingest, Path(path))
-                await self.db.put_blob(sha, size, f"shard:{name}", term=self.term)
-                files[name] = sha
-            for sha in files.values():
-                await self.replicated(sha)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, out_dir, True)
+        result = await self._remote(job, {
+            "task": "prepare", "label": f"{job.job_id}/prepare",
+            "csv_sha256": job.dataset_sha256, "target": job.spec.target.strip(), "seed": job.seed,
+            "drop_columns": [c.strip() for c in job.spec.drop_columns],
+        }, task_memory("prepare", job.dataset_bytes))
+        # The node that prepared holds the shards; a job never depends on one copy.
+        files = {str(k): str(v) for k, v in result["files"].items()}
+        for sha in files.values():
+            await self.replicated(sha)
         self._check_cancel(job)
         profile = result["profile"]
         job.profile = profile
@@ -477,10 +475,8 @@ class JobManager:
             raise NexusError(f"the study of job {job.job_id} is missing from the journal")
         self._studies[job.job_id] = study
         # Trials left RUNNING by a previous coordinator (or this node before a restart) have
-        # no runner now.
-        await self._fail_running(study, RUNNING_LOST)
-        for sha in job.prepared["files"].values():
-            await self.fetch_blob(sha)
+        # no lease now: failed, and re-run with the same parameters.
+        await asyncio.to_thread(self._recover_running, job, study)
         c = Constraints.from_dict(job.constraints)
         started = float(job.prepared.get("search_started_at") or time.time())
         budget = job.spec.time_budget_seconds
@@ -491,14 +487,16 @@ class JobManager:
         try:
             await self._search_loop(job, study, c, deadline, stop, inflight)
         finally:
-            # However the loop ended (budget, cancel, an error), no trial outlives it.
+            # However the loop ended (budget, cancel, an error), no trial outlives it: each
+            # stops at its next epoch and records what it reached.
             if inflight:
                 self._stop_trials[job.job_id].set()
-                for runner, tid in self._running.get(job.job_id, {}).values():
-                    runner.cancel(tid)
+                if self.dispatcher is not None:
+                    for lease in self._running.get(job.job_id, {}).values():
+                        self.dispatcher.stop_task(lease.lease_id, "the job's search ended")
                 await asyncio.gather(*inflight, return_exceptions=True)
-        # None of this node's trials runs now: a trial still RUNNING was created by a deposed
-        # coordinator whose write landed late. Nobody runs it; it must not stay RUNNING.
+        # None of this coordinator's trials runs now: a trial still RUNNING was created by a
+        # deposed coordinator whose write landed late. Nobody runs it; it must not stay RUNNING.
         await self._fail_running(study, RUNNING_LOST)
         self._check_cancel(job)
         await self._refresh_counts(job, study)
@@ -508,108 +506,169 @@ class JobManager:
             raise NexusError(f"no trial completed{why}")
         await self._set_state(job, FINALIZING, "retraining the best configuration on train+validation")
 
+    def _recover_running(self, job: JobRecord, study: optuna.Study) -> None:
+        """(thread) Fails the trials left RUNNING, as lost, and enqueues their re-runs, unless
+        their configuration used up its retries (earlier losses are counted from the study)."""
+        d = self._dispatch
+        trials = study.get_trials(deepcopy=False)
+        for key, n in studies.losses(trials).items():
+            d.note_failures(job.job_id, key, n)
+        for t in trials:
+            if t.state.name != "RUNNING":
+                continue
+            if not studies.fail_trial(study, t._trial_id, RUNNING_LOST, lost=True):
+                continue
+            key = studies.config_key(t)
+            if d.count_failure(job.job_id, key) <= self.settings.work.max_retries:
+                studies.enqueue_retry(study, t)
+
     async def _search_loop(
         self, job: JobRecord, study: optuna.Study, c: Constraints, deadline: float,
         stop: asyncio.Event, inflight: set[asyncio.Task[None]],
     ) -> None:
+        memory = task_memory("trial", self._shard_bytes(job))
         while True:
             self._check_cancel(job)
-            # Enqueued (WAITING) trials are not started yet; ask() picks them up first.
-            n = await asyncio.to_thread(
-                lambda: sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
-            )
-            if n >= self._max_trials(job) or time.time() >= deadline:
+            if time.time() >= deadline:
                 break
-            slot = await self._wait_slot(stop, deadline)
-            if slot is None:
+            used = await asyncio.to_thread(lambda: studies.budget_used(study.get_trials(deepcopy=False)))
+            if used >= self._max_trials(job):
+                if not inflight:
+                    break
+                # A trial in flight may yet be lost, and its re-run enqueued: wait for one to end.
+                await self._wait_any(inflight, stop, deadline)
+                continue
+            lease = await self._reserve(job, memory, deadline)
+            if lease is None:
                 break
             try:
-                runner = await self.pool.runner_for(slot)
-                trial, params = await asyncio.to_thread(self._ask, study, c)
+                trial, params = await asyncio.to_thread(self._ask, study, c, lease.node_id)
             except BaseException:
-                self.pool.release(slot)
+                self._dispatch.release(lease)
                 raise
-            task = asyncio.create_task(self._trial(job, study, slot, runner, trial, params))
+            task = asyncio.create_task(self._trial(job, study, lease, trial, params))
             inflight.add(task)
             self._trial_tasks.add(task)
             task.add_done_callback(inflight.discard)
             task.add_done_callback(self._trial_tasks.discard)
-        if inflight:
+        if inflight and not stop.is_set():
             remaining = deadline - time.time()
             await asyncio.wait(set(inflight), timeout=None if remaining == float("inf") else max(0.0, remaining))
             # Past the time budget the caller stops what still runs: those trials end at
             # their next epoch, recorded as pruned with their last intermediate value.
+
+    @staticmethod
+    async def _wait_any(tasks: set[asyncio.Task[None]], stop: asyncio.Event, deadline: float) -> None:
+        stopped = asyncio.create_task(stop.wait())
+        remaining = deadline - time.time()
+        try:
+            await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=None if remaining == float("inf") else max(0.0, remaining))
+        finally:
+            stopped.cancel()
 
     async def _fail_running(self, study: optuna.Study, reason: str) -> None:
         for t in await asyncio.to_thread(study.get_trials, False):
             if t.state.name == "RUNNING":
                 await asyncio.to_thread(studies.fail_trial, study, t._trial_id, reason)
 
-    async def _wait_slot(self, stop: asyncio.Event, deadline: float) -> int | None:
-        """A free slot, or None once the job is stopped or its deadline passes."""
-        take = asyncio.create_task(self.pool.take_slot())
+    @property
+    def _dispatch(self) -> Dispatcher:
+        if self.dispatcher is None:
+            raise NotLeader("this node no longer coordinates")
+        return self.dispatcher
+
+    async def _reserve(self, job: JobRecord, memory: int, deadline: float = float("inf")) -> Lease | None:
+        """A slot for one of the job's tasks, or None once the job is stopped or its deadline
+        passes."""
+        stop = self._stop_events[job.job_id]
+        take = asyncio.ensure_future(self._dispatch.reserve(job.job_id, memory, job.created_at))
         stopped = asyncio.create_task(stop.wait())
         remaining = deadline - time.time()
-        done, _ = await asyncio.wait(
-            {take, stopped}, timeout=None if remaining == float("inf") else max(0.0, remaining),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        stopped.cancel()
-        if take in done:
-            if stop.is_set() or time.time() >= deadline:
-                self.pool.release(take.result())
-                return None
-            return take.result()
-        take.cancel()
         try:
-            slot = await take
-        except asyncio.CancelledError:
-            return None
-        self.pool.release(slot)   # got a slot just as we gave up waiting
+            done, _ = await asyncio.wait(
+                {take, stopped}, timeout=None if remaining == float("inf") else max(0.0, remaining),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            stopped.cancel()
+        if take in done and not stop.is_set() and time.time() < deadline:
+            return take.result()
+        take.cancel()   # a slot granted meanwhile is given back by reserve itself
+        with contextlib.suppress(asyncio.CancelledError):
+            await take
         return None
 
-    def _ask(self, study: optuna.Study, c: Constraints) -> tuple[optuna.Trial, dict[str, Any]]:
+    def _shard_bytes(self, job: JobRecord) -> int:
+        sizes = [self.db.blobs[sha].size for sha in job.prepared.get("files", {}).values() if sha in self.db.blobs]
+        return sum(sizes)
+
+    async def _remote(self, job: JobRecord, task: dict[str, Any], memory: int) -> dict[str, Any]:
+        """Runs a job-level task (prepare, finalize) on some node; runs it again elsewhere if
+        its node dies, at most ``max_retries`` times."""
+        label = task["task"]
+        for attempt in itertools.count(1):
+            lease = await self._reserve(job, memory)
+            if lease is None:
+                raise _Cancelled()
+            outcome: Outcome = await self._dispatch.send(lease, task)
+            if outcome.ok:
+                return outcome.result
+            self._check_cancel(job)
+            if not outcome.lost:
+                raise error_from_kind(outcome.error_kind, outcome.message)
+            if attempt > self.settings.work.max_retries:
+                raise NexusError(f"{label} was lost {attempt} times (last: {outcome.message})")
+            log.warning("job %s: %s lost (%s); running it again", job.job_id, label, outcome.message)
+        raise AssertionError("unreachable")
+
+    def _ask(self, study: optuna.Study, c: Constraints, node_id: str) -> tuple[optuna.Trial, dict[str, Any]]:
         trial = study.ask()
         params = suggest_params(trial, c)
         trial.set_user_attr(studies.CONFIG_ATTR, params)
-        trial.set_user_attr(studies.NODE_ATTR, self.node_id)
+        trial.set_user_attr(studies.NODE_ATTR, node_id)
         return trial, params
 
     async def _trial(
-        self, job: JobRecord, study: optuna.Study, slot: int, runner: Runner,
-        trial: optuna.Trial, params: dict[str, Any],
+        self, job: JobRecord, study: optuna.Study, lease: Lease, trial: optuna.Trial, params: dict[str, Any],
     ) -> None:
         running = self._running.setdefault(job.job_id, {})
+        running[trial.number] = lease
         try:
-            runner.current = f"{job.job_id}/{trial.number}"
-            files = {k: str(self.blobs.path(v)) for k, v in job.prepared["files"].items()}
             task = {
-                "task": "trial", "study_name": job.study_name, "trial_id": trial._trial_id,
-                "trial_number": trial.number, "params": params, "files": files,
+                "task": "trial", "label": f"{job.job_id}/{trial.number}",
+                "study_name": job.study_name, "trial_id": trial._trial_id,
+                "trial_number": trial.number, "params": params, "files": dict(job.prepared["files"]),
                 "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
                 "metric": job.metric, "maximize": job.maximize, "seed": job.seed + trial.number,
-                "threads": self.settings.threads_per_trial, "storage": self.storage_addr,
                 "pruner": job.prepared.get("pruner") or studies.pruner_spec(self.settings.pruner, job.constraints),
             }
-            try:
-                tid, fut = runner.submit(task)
-                running[trial.number] = (runner, tid)
-                if self._stop_trials[job.job_id].is_set():
-                    runner.cancel(tid)   # the job stopped between ask() and now
+            if self._stop_trials[job.job_id].is_set():
+                self._dispatch.release(lease)   # the job stopped between ask() and now
+                outcome = Outcome(False, message="the job's search ended before the trial started")
+            else:
+                fut = self._dispatch.send(lease, task, config_key=studies.config_key_of(params),
+                                          trial_number=trial.number)
                 self.changes.notify()
-                await runner.drain()
-                await fut
-            except NexusError as e:
-                await asyncio.to_thread(studies.fail_trial, study, trial._trial_id, str(e))
-            # A runner that returned without finishing the trial must not leave it RUNNING.
-            await asyncio.to_thread(
-                studies.fail_trial, study, trial._trial_id, "the runner did not record a result"
-            )
+                outcome = await fut
+            await asyncio.to_thread(self._settle, job, study, trial, outcome)
         finally:
             running.pop(trial.number, None)
-            self.pool.release(slot)
             self.changes.notify()
         await self._trial_finished(job, study, trial._trial_id)
+
+    def _settle(self, job: JobRecord, study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+        """(thread) Records what the study must know beyond what the runner told it."""
+        tid = trial._trial_id
+        if outcome.lost and not self._stop_trials[job.job_id].is_set():
+            # Failed first, so a late result of the dead node is refused by the study; re-run
+            # only if the failure is ours (the runner's own result may have landed first).
+            if studies.fail_trial(study, tid, outcome.message, lost=True) and outcome.retry:
+                studies.enqueue_retry(study, study._storage.get_trial(tid))
+        elif not outcome.ok:
+            studies.fail_trial(study, tid, outcome.message or "the task failed")
+        # A runner that returned without finishing the trial must not leave it RUNNING.
+        studies.fail_trial(study, tid, "the runner did not record a result")
 
     async def _trial_finished(self, job: JobRecord, study: optuna.Study, trial_id: int) -> None:
         frozen = await asyncio.to_thread(study._storage.get_trial, trial_id)
@@ -635,32 +694,20 @@ class JobManager:
             await self.db.put_job(job, term=self.term)
 
     async def _finalize(self, job: JobRecord) -> None:
-        files = {k: str(await self.fetch_blob(v)) for k, v in job.prepared["files"].items()}
-        artifact = self.blobs.new_temp(".zip")
-        try:
-            result = await self._run_finalize(job, files, artifact)
-            self._check_cancel(job)
-            sha, size = await asyncio.to_thread(self.blobs.ingest, artifact)
-        finally:
-            artifact.unlink(missing_ok=True)   # moved into the store on success
-        await self._record_model(job, result, sha, size)
-
-    async def _run_finalize(self, job: JobRecord, files: dict[str, str], artifact: Path) -> dict[str, Any]:
-        return await self._run_task(job, self.pool, {
-            "task": "finalize", "params": job.best_params, "files": files,
-            "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
-            "metric": job.metric, "seed": job.seed, "threads": self.settings.threads_per_trial,
-            "preprocessing": job.prepared["preprocessing"],
-            "csv_path": str(await self.fetch_blob(job.dataset_sha256)), "encoding": job.encoding,
-            "target": job.spec.target.strip(), "drop_columns": job.spec.drop_columns,
-            "artifact_path": str(artifact), "split_seed": job.seed,
-            "epochs_hint": job.prepared.get("best_epochs", 0),
+        result = await self._remote(job, {
+            "task": "finalize", "label": f"{job.job_id}/finalize", "params": job.best_params,
+            "files": dict(job.prepared["files"]), "task_type": job.task,
+            "n_classes": job.prepared.get("n_classes", 0), "metric": job.metric, "seed": job.seed,
+            "preprocessing": job.prepared["preprocessing"], "csv_sha256": job.dataset_sha256,
+            "encoding": job.encoding, "target": job.spec.target.strip(), "drop_columns": job.spec.drop_columns,
+            "split_seed": job.seed, "epochs_hint": job.prepared.get("best_epochs", 0),
             "meta": {"job_id": job.job_id, "target": job.spec.target, "use_case": job.spec.use_case},
-        }, label="finalize")
+        }, task_memory("finalize", self._shard_bytes(job)))
+        self._check_cancel(job)
+        await self._record_model(job, result, str(result["artifact_sha256"]), int(result["artifact_bytes"]))
 
     async def _record_model(self, job: JobRecord, result: dict[str, Any], sha: str, size: int) -> None:
-        await self.db.put_blob(sha, size, "model", term=self.term)
-        await self.replicated(sha)
+        await self.replicated(sha)   # the node that trained it recorded its copy
         model = ModelRecord(
             # One model per job, even if finalize runs again after a crash: the id is the job's.
             model_id="model-" + job.job_id.removeprefix("job-"), job_id=job.job_id, task=job.task,
@@ -706,34 +753,3 @@ class JobManager:
             await asyncio.wait({task})
             raise _Cancelled()
         return task.result()
-
-    async def _run_task(self, job: JobRecord, pool: RunnerPool, task: dict[str, Any], label: str) -> dict[str, Any]:
-        """Run a job-level task (prepare, finalize) on a slot, giving up if the job is cancelled."""
-        stop = self._stop_events[job.job_id]
-        async with pool.acquire() as runner:
-            runner.current = f"{job.job_id}/{label}"
-            self._check_cancel(job)
-            tid, fut = await runner.call(task)
-            stopped = asyncio.create_task(stop.wait())
-            try:
-                await asyncio.wait({fut, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                # Shutdown or leadership lost: the work is redone by whoever drives the job
-                # next, so this runner must not go on computing it.
-                runner.kill()
-                raise
-            finally:
-                stopped.cancel()
-            if not fut.done():
-                # prepare and finalize do not poll for cancellation: end the runner (the
-                # pool starts a fresh one) so a cancel returns at once.
-                runner.kill()
-                await asyncio.wait({fut})
-                if not fut.cancelled():
-                    fut.exception()   # retrieved: the task's outcome no longer matters
-                raise _Cancelled()
-            return fut.result()
-
-    def running_on(self) -> list[str]:
-        return [f"{job}/{n}" for job, trials in self._running.items() for n in trials]
-

@@ -33,6 +33,7 @@ from nexus_node.mesh.journal import ReplicatedJournal
 from nexus_node.mesh.raft import InvalidConfigChange, Membership, NotLeader, ProposalDropped
 from nexus_node.mesh.records import ReplicatedRecords
 from nexus_node.mesh.state import encode_command
+from nexus_node.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,16 @@ class Mesh:
         listening: Whether peers may turn up (seeds given, mDNS on): a new node then listens
             for ``join_window`` seconds before founding a cluster.
         settings, timing: Membership policy and consensus timing.
+        tls: How peers' certificates are checked (the node has TLS on); None: plaintext.
     """
 
     def __init__(self, node_id: str, cluster: str, address: str, data_dir: Path, token: str | None,
                  peers: Callable[[], list[str]], listening: Callable[[], bool] = lambda: False,
                  settings: ClusterSettings = ClusterSettings(),
-                 timing: MeshSettings = MeshSettings()) -> None:
+                 timing: MeshSettings = MeshSettings(), tls: ClientTls | None = None) -> None:
         self.node_id, self.cluster, self.address = node_id, cluster, address
         self.settings = settings
-        self.driver = RaftDriver(node_id, cluster, data_dir / "raft.db", address, {}, token, timing)
+        self.driver = RaftDriver(node_id, cluster, data_dir / "raft.db", address, {}, token, timing, tls=tls)
         self.hub = EventHub()
         self.records = ReplicatedRecords(self.driver, self.hub)
         self.journal = ReplicatedJournal(self.driver)

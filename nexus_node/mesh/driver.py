@@ -56,6 +56,7 @@ from nexus_node.mesh.raft import (
 )
 from nexus_node.mesh.state import ReplicatedState
 from nexus_node.mesh.transport import PeerTransport
+from nexus_node.tls import ClientTls
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,13 @@ class RaftDriver:
         token: Cluster token for outgoing calls, or None.
         settings: Timing.
         state: The state machine to apply to; must be fresh (the log is replayed into it).
+        tls: How peers' certificates are checked when the node has TLS on; None: plaintext.
     """
 
     def __init__(self, node_id: NodeId, cluster: str, db_path: Path, address: str,
                  peers: Mapping[NodeId, str], token: str | None = None,
-                 settings: MeshSettings = MeshSettings(), state: ReplicatedState | None = None) -> None:
+                 settings: MeshSettings = MeshSettings(), state: ReplicatedState | None = None,
+                 tls: ClientTls | None = None) -> None:
         self.node_id = node_id
         self.cluster = cluster
         self.address = address
@@ -138,7 +141,7 @@ class RaftDriver:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._db_path = db_path
         self._peers = {k: v for k, v in peers.items() if k != node_id}
-        self._transport = PeerTransport(self, token, rpc_timeout=settings.rpc_timeout)
+        self._transport = PeerTransport(self, token, rpc_timeout=settings.rpc_timeout, tls=tls)
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         self._store: RaftLogStore | None = None
         self._raw: RawNode | None = None

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import grpc
 
@@ -28,6 +28,10 @@ from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.auth import CHANNEL_OPTIONS, METADATA_KEY
 from nexus_node.mesh.raft import Message, NodeId, message_from_dict, message_to_dict
+from nexus_node.tls import ClientTls, aio_channel
+
+if TYPE_CHECKING:
+    from nexus_node.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,9 @@ class NodeHooks(Protocol):
     def blob_file(self, sha256: str) -> Path | None: ...
 
     def describe(self) -> nexus_pb.NodeInfo: ...
+
+    def dispatcher(self) -> "Dispatcher | None":
+        """The work dispatcher while this node coordinates, else None."""
 
 
 class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
@@ -157,6 +164,22 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if self._hooks is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no node view")
         return self._hooks.describe()
+
+    async def Work(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        await self._check_cluster(first.cluster, context)
+        if not first.node_id or first.WhichOneof("body") != "heartbeat":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a work stream opens with a heartbeat from a node")
+        dispatcher = self._hooks.dispatcher() if self._hooks is not None else None
+        if dispatcher is None:
+            lead = self._host.leader
+            where = f"node {lead} at {self._host.peer_address(lead) or '?'}" if lead else "no node yet"
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"node {self._host.node_id} does not coordinate; {where} does")
+        async for msg in dispatcher.serve(first, request_iterator):
+            yield msg
 
 
 #: Bytes per FetchBlob message: well under gRPC's message limit, large enough to stream fast.
@@ -261,11 +284,13 @@ class PeerTransport:
         rpc_timeout: Deadline of each ``Step`` and ``Hello`` call, in seconds.
         queue_size: Messages held per peer before new ones are dropped.
         max_batch: Messages per ``Step`` call at most.
+        tls: How peers' certificates are checked when the node has TLS on; None: plaintext.
     """
 
     def __init__(self, host: PeerHost, token: str | None, rpc_timeout: float = 2.0,
-                 queue_size: int = 1024, max_batch: int = 256) -> None:
+                 queue_size: int = 1024, max_batch: int = 256, tls: ClientTls | None = None) -> None:
         self.host = host
+        self.tls = tls
         self.metadata = ((METADATA_KEY, f"Bearer {token}"),) if token else ()
         self.rpc_timeout = rpc_timeout
         self.queue_size = queue_size
@@ -284,7 +309,7 @@ class PeerTransport:
             raise RuntimeError("peer transport closed")
         got = self._channels.get(address)
         if got is None:
-            channel = grpc.aio.insecure_channel(address, options=_PEER_CHANNEL_OPTIONS)
+            channel = aio_channel(address, self.tls, _PEER_CHANNEL_OPTIONS)
             got = self._channels[address] = (channel, peer_pb2_grpc.PeerServiceStub(channel))
         return got[1]
 

@@ -13,16 +13,18 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.jobs.manager import RUNNING_LOST
 from tests.conftest import free_port
 from tests.node.helpers import predict, stub, submit, watch_until, watch_until_end
+from tests.node.trial_checks import assert_budget_kept
 
 DEADLINE_S = 30.0
 pytestmark = pytest.mark.timeout(400)
 
 
-def cluster_until(address: str, predicate, timeout: float = DEADLINE_S, token: str | None = None) -> pb.Cluster:
+def cluster_until(address: str, predicate, timeout: float = DEADLINE_S, token: str | None = None,
+                  tls=None) -> pb.Cluster:
     """The first cluster view of the node at ``address`` that satisfies ``predicate``."""
     last = None
     try:
-        for last in stub(address, token).WatchCluster(pb.WatchClusterRequest(), timeout=timeout):
+        for last in stub(address, token, tls).WatchCluster(pb.WatchClusterRequest(), timeout=timeout):
             if predicate(last):
                 return last
     except grpc.RpcError as exc:
@@ -69,7 +71,8 @@ def test_three_nodes_form_one_cluster_and_any_node_takes_and_serves_jobs(node_fa
     assert job.state == pb.COMPLETED, job.message
     assert sum(ev.kind == pb.TRIAL_FINISHED for ev in events) == 3
     trials = stub(first.address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
-    assert len(trials) == 3 and {t.node_id for t in trials} == {views[0].coordinator_id}
+    # One slot per node, three trials at once: each node ran one.
+    assert len(trials) == 3 and {t.node_id for t in trials} == {n.node_id for n in views[0].nodes}
 
     # Every node serves the model (the artifact is fetched from a node that holds it).
     rows = insurance_csv.read_text().splitlines(keepends=True)[:11]
@@ -96,10 +99,10 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     job, _ = watch_until_end(stub(survivors[1].address), job_id)
     assert job.state == pb.COMPLETED, job.message
     trials = stub(survivors[1].address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
-    assert len(trials) == 6   # the budget counts each trial once, failed ones included
-    lost = [t for t in trials if t.state == "FAIL"]
-    # (A trial asked for just before the kill may not carry its node yet.)
-    assert all(t.message == RUNNING_LOST and t.node_id in ("", view.coordinator_id) for t in lost), lost
+    # Trials running when the coordinator died (on any node: their leases died with it) are
+    # failed with the reason and re-run; the budget counts each configuration once.
+    assert_budget_kept(trials, 6)
+    assert all(t.message == RUNNING_LOST for t in trials if t.state == "FAIL"), trials
     assert any(t.node_id == new.coordinator_id and t.state in ("COMPLETE", "PRUNED") for t in trials)
 
     # The killed node comes back on its data dir and catches up with what it missed.
@@ -107,6 +110,29 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     back = watch_until_end(stub(lead.address), job_id)[0]
     assert back.state == pb.COMPLETED and back.model_id == job.model_id
     assert cluster_until(lead.address, lambda v: v.coordinator_id == new.coordinator_id and len(v.nodes) == 3)
+
+
+def test_a_killed_worker_s_trial_runs_again_on_another_node(node_factory, insurance_csv):
+    nodes = start_cluster(node_factory, 3, "--grace", "2")
+    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
+    lead = coordinator(nodes, view)
+    job_id = submit(stub(lead.address), insurance_csv, "charges", max_trials=6, seed=7,
+                    constraints_json='{"min_epochs": 60, "max_epochs": 60, "families": ["mlp"]}').job_id
+    busy = cluster_until(lead.address, lambda v: any(
+        n.running and n.role != pb.COORDINATOR and n.running[0].startswith(job_id + "/") for n in v.nodes))
+    victim_info = next(n for n in busy.nodes if n.running and n.role != pb.COORDINATOR)
+    victim = next(n for n in nodes if n.address == victim_info.address)
+    victim.kill()   # SIGKILL mid-trial: its heartbeats stop
+
+    job, _ = watch_until_end(stub(lead.address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+    trials = stub(lead.address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+    retries = assert_budget_kept(trials, 6)
+    by_number = {t.number: t for t in trials}
+    lost = [t for t in trials if t.state == "FAIL"]
+    assert lost and all(t.node_id == victim_info.node_id and "missed heartbeats" in t.message for t in lost), lost
+    for r in retries:   # re-run elsewhere
+        assert r.node_id != victim_info.node_id and by_number[r.retry_of].node_id == victim_info.node_id
 
 
 def test_a_node_without_the_token_is_never_admitted(node_factory, tmp_path):

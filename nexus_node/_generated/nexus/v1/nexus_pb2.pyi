@@ -233,7 +233,7 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class TrialInfo(_message.Message):
-    __slots__ = ("number", "state", "value", "has_value", "params_json", "duration_seconds", "node_id", "message", "last_step")
+    __slots__ = ("number", "state", "value", "has_value", "params_json", "duration_seconds", "node_id", "message", "last_step", "retry_of")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +243,7 @@ class TrialInfo(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    RETRY_OF_FIELD_NUMBER: _ClassVar[int]
     number: int
     state: str
     value: float
@@ -252,7 +253,8 @@ class TrialInfo(_message.Message):
     node_id: str
     message: str
     last_step: int
-    def __init__(self, number: _Optional[int] = ..., state: _Optional[str] = ..., value: _Optional[float] = ..., has_value: _Optional[bool] = ..., params_json: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., node_id: _Optional[str] = ..., message: _Optional[str] = ..., last_step: _Optional[int] = ...) -> None: ...
+    retry_of: int
+    def __init__(self, number: _Optional[int] = ..., state: _Optional[str] = ..., value: _Optional[float] = ..., has_value: _Optional[bool] = ..., params_json: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., node_id: _Optional[str] = ..., message: _Optional[str] = ..., last_step: _Optional[int] = ..., retry_of: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("kind", "job", "trial")

@@ -3,10 +3,82 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkUp(_message.Message):
+    __slots__ = ("cluster", "node_id", "heartbeat", "result")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    node_id: str
+    heartbeat: Heartbeat
+    result: TaskResult
+    def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("term", "slots", "task_memory_bytes", "memory_free_bytes", "memory_total_bytes", "cores", "accelerator", "running")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    TASK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    term: int
+    slots: int
+    task_memory_bytes: int
+    memory_free_bytes: int
+    memory_total_bytes: int
+    cores: int
+    accelerator: str
+    running: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, term: _Optional[int] = ..., slots: _Optional[int] = ..., task_memory_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., cores: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("lease_id", "ok", "error_kind", "error_message", "result_json")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    ok: bool
+    error_kind: str
+    error_message: str
+    result_json: bytes
+    def __init__(self, lease_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ..., result_json: _Optional[bytes] = ...) -> None: ...
+
+class WorkDown(_message.Message):
+    __slots__ = ("assign", "cancel")
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    assign: Assignment
+    cancel: CancelTask
+    def __init__(self, assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("lease_id", "term", "task_json")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    TASK_JSON_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    term: int
+    task_json: bytes
+    def __init__(self, lease_id: _Optional[str] = ..., term: _Optional[int] = ..., task_json: _Optional[bytes] = ...) -> None: ...
+
+class CancelTask(_message.Message):
+    __slots__ = ("lease_id", "reason")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    reason: str
+    def __init__(self, lease_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("cluster", "node_id", "address")

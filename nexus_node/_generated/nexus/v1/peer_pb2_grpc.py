@@ -70,6 +70,11 @@ class PeerServiceStub:
                 request_serializer=nexus_dot_v1_dot_peer__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_nexus__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Work = channel.stream_stream(
+                '/nexus.v1.PeerService/Work',
+                request_serializer=nexus_dot_v1_dot_peer__pb2.WorkUp.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_peer__pb2.WorkDown.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -133,6 +138,15 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Work(self, request_iterator, context):
+        """A node's work stream to the coordinator: heartbeats (capacity, running leases) and task
+        results go up; assignments and cancellations come down. The coordinator answers
+        FAILED_PRECONDITION when it does not lead; the node then opens one to the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +184,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=nexus_dot_v1_dot_peer__pb2.DescribeRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_nexus__pb2.NodeInfo.SerializeToString,
+            ),
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=nexus_dot_v1_dot_peer__pb2.WorkUp.FromString,
+                    response_serializer=nexus_dot_v1_dot_peer__pb2.WorkDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +380,33 @@ class PeerService:
             '/nexus.v1.PeerService/Describe',
             nexus_dot_v1_dot_peer__pb2.DescribeRequest.SerializeToString,
             nexus_dot_v1_dot_nexus__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nexus.v1.PeerService/Work',
+            nexus_dot_v1_dot_peer__pb2.WorkUp.SerializeToString,
+            nexus_dot_v1_dot_peer__pb2.WorkDown.FromString,
             options,
             channel_credentials,
             insecure,
