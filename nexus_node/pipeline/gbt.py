@@ -12,7 +12,7 @@ The fitted ensemble leaves the runner as plain arrays (:func:`export_trees`) tha
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -67,8 +67,8 @@ def predict_model(model: Any, X: np.ndarray, task: str, transform: Mapping[str, 
 
 
 def train_and_score_gbt(
-    arrays: Mapping[str, np.ndarray], params: Mapping[str, Any], task: str, metric: str, seed: int,
-    threads: int = 1, columns: np.ndarray | None = None,
+    arrays: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], params: Mapping[str, Any], task: str,
+    metric: str, seed: int, threads: int = 1, columns: np.ndarray | None = None,
     report: Callable[[float, int], bool] | None = None,
     cancelled: Callable[[], bool] | None = None,
     pruned: Callable[[], bool] | None = None,
@@ -76,11 +76,13 @@ def train_and_score_gbt(
     """Boost in chunks of :data:`CHUNK` iterations with early stopping on validation.
 
     Step ``k`` (0-based, as Optuna's pruners expect) is the validation score after
-    ``(k + 1) * CHUNK`` iterations. The result's ``epochs`` is the iteration count that
-    produced the best score: what a refit on train+val should run.
+    ``(k + 1) * CHUNK`` iterations; with several folds, the mean of the folds' scores, every
+    fold boosted in step with the others. The result's ``epochs`` is the iteration count
+    that produced the best score: what a refit on train+val should run.
 
     Args:
-        arrays: ``X_train, y_train, X_val, y_val`` (regression targets in original units).
+        arrays: ``X_train, y_train, X_val, y_val`` (regression targets in original units),
+            or a list of them: the folds of :func:`.folds.fold_splits`.
         params: ``learning_rate, max_iter, max_leaf_nodes, min_samples_leaf, l2_regularization``;
             optionally ``class_weight`` and ``target_transform``.
         task: ``"regression"``, ``"binary"`` or ``"multiclass"``.
@@ -89,8 +91,8 @@ def train_and_score_gbt(
         threads: OpenMP threads (0 leaves the default).
         columns: Feature indices to use (:func:`.trees.tree_columns`); all when None.
         report: Called after every chunk; True prunes.
-        cancelled: Polled between chunks; True ends the run as pruned.
-        pruned: Polled between chunks: a pruning answer that arrived after ``report``.
+        cancelled: Polled between chunks (and folds); True ends the run as pruned.
+        pruned: Polled between chunks (and folds): a pruning answer that arrived after ``report``.
 
     Returns:
         A :class:`~nexus_node.pipeline.train.TrainResult` (``state_dict`` is always None:
@@ -98,27 +100,36 @@ def train_and_score_gbt(
     """
     metrics.check_metric(metric, task)
     cols = slice(None) if columns is None else np.asarray(columns)
-    X_tr = np.asarray(arrays["X_train"])[:, cols]
-    X_va = np.asarray(arrays["X_val"])[:, cols]
-    y_tr, y_va = np.asarray(arrays["y_train"]), np.asarray(arrays["y_val"])
-    transform = None
-    if task == "regression":
-        transform = target_scale.for_params(y_tr, params)
-        y_tr = target_scale.forward(y_tr, transform)
+    splits = [arrays] if isinstance(arrays, Mapping) else list(arrays)
+    folds = []
+    for a in splits:
+        y_tr = np.asarray(a["y_train"])
+        transform = None
+        if task == "regression":
+            transform = target_scale.for_params(y_tr, params)
+            y_tr = target_scale.forward(y_tr, transform)
+        folds.append((np.asarray(a["X_train"])[:, cols], y_tr, np.asarray(a["X_val"])[:, cols],
+                      np.asarray(a["y_val"]), transform, _estimator(task, params, CHUNK, seed)))
     maximize = metrics.MAXIMIZE[metric]
     max_iter = max(CHUNK, int(params["max_iter"]))
-    model = _estimator(task, params, CHUNK, seed)
     best: float | None = None
     best_iter, since_best, steps = 0, 0, math.ceil(max_iter / CHUNK)
+
+    def stopped() -> bool:
+        return (cancelled is not None and cancelled()) or (pruned is not None and pruned())
+
     with _threads(threads):
         for step in range(steps):
-            if (cancelled is not None and cancelled()) or (pruned is not None and pruned()):
-                why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at step {step - 1}"
-                return TrainResult(best, best_iter, None, "PRUNED", why, step * CHUNK)
             n_iter = min((step + 1) * CHUNK, max_iter)
-            model.set_params(max_iter=n_iter)
-            model.fit(X_tr, y_tr)
-            value = metrics.score(metric, y_va, predict_model(model, X_va, task, transform))
+            scores = []
+            for X_tr, y_tr, X_va, y_va, transform, model in folds:
+                if stopped():
+                    why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at step {step - 1}"
+                    return TrainResult(best, best_iter, None, "PRUNED", why, step * CHUNK)
+                model.set_params(max_iter=n_iter)
+                model.fit(X_tr, y_tr)
+                scores.append(metrics.score(metric, y_va, predict_model(model, X_va, task, transform)))
+            value = float(np.mean(scores))
             if not math.isfinite(value):
                 return TrainResult(None, n_iter, None, "FAIL", f"validation {metric} is {value} after "
                                    f"{n_iter} iterations; a lower learning rate may help", n_iter)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline import csvio, target as target_scale
+from nexus_node.pipeline.folds import assign_folds
 from nexus_node.pipeline.trees import tree_columns
 from nexus_node.pipeline.profile import (
     CATEGORY_LIMIT,
@@ -351,6 +352,13 @@ def prepare(
     # piecewise-linear bins; the indices travel with the arrays to every trial.
     files["tree_columns"] = os.path.join(out_dir, "tree_columns.npy")
     np.save(files["tree_columns"], tree_columns(prep["feature_names"]), allow_pickle=False)
+    # A small table is cross-validated: every train+validation row's fold travels with the
+    # arrays too (see nexus_node.pipeline.folds); a large one keeps the single split.
+    folds = assign_folds(len(train_idx), len(val_idx), seed, None if labels is None else labels[train_idx],
+                         None if labels is None else labels[val_idx])
+    if folds is not None:
+        files["folds"] = os.path.join(out_dir, "folds.npy")
+        np.save(files["folds"], folds, allow_pickle=False)
     profile: dict[str, Any] = {
         "rows": len(df), "rows_dropped_missing_target": n_dropped,
         "n_features": len(prep["feature_names"]), "task": info.task, "target": target, "encoding": encoding,
@@ -365,6 +373,7 @@ def prepare(
         "files": files,
         "feature_names": list(prep["feature_names"]),
         "input_columns": list(prep["input_columns"]),
-        "split": {"seed": seed, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+        "split": {"seed": seed, "train": len(train_idx), "val": len(val_idx), "test": len(test_idx),
+                  "cv_folds": 1 if folds is None else int(folds.max()) + 1},
     }
 

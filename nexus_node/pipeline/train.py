@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -194,7 +194,7 @@ def predict(model: nn.Module, X: torch.Tensor, task: str, transform: Mapping[str
 
 
 def train_and_score(
-    data: DeviceData | Mapping[str, np.ndarray],
+    data: DeviceData | Mapping[str, np.ndarray] | Sequence[DeviceData],
     params: Mapping[str, Any],
     task_type: str,
     n_classes: int,
@@ -211,12 +211,14 @@ def train_and_score(
     Optuna). Each epoch scores the validation split with ``metric`` and calls
     ``report(value, epoch)`` (0-based epoch, as Optuna's pruners expect); a true answer
     prunes. Training stops after :data:`PATIENCE` epochs without improvement or at
-    ``params["epochs"]``.
+    ``params["epochs"]``. Given several folds (:func:`.folds.fold_splits`), one network per
+    fold trains in step with the others and an epoch's value is the mean of the folds'
+    validation scores.
 
     Args:
         data: Device tensors (for regression scaled as the configuration says:
-            ``DeviceData.from_arrays(..., log=target.log_choice(params))``), or numpy
-            arrays ``X_train, y_train, X_val, y_val``.
+            ``DeviceData.from_arrays(..., log=target.log_choice(params))``), a list of them
+            (one per fold, fold 0 first), or numpy arrays ``X_train, y_train, X_val, y_val``.
         params: The configuration (see :func:`nexus_node.space.suggest_params`).
         task_type: ``"regression"``, ``"binary"`` or ``"multiclass"``.
         n_classes: Class count (ignored for regression).
@@ -232,15 +234,16 @@ def train_and_score(
             it trains the same epochs as an in-process ``report`` answering True.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult`; with folds its weights are fold 0's (the network trained on
+        the train split), the model a single-split trial would keep.
     """
     metrics.check_metric(metric, task_type)
-    if not isinstance(data, DeviceData):
+    if isinstance(data, Mapping):
         data = DeviceData.from_arrays(data, task_type, n_classes, log=target_scale.log_choice(params))
-    if data.X_val is None:
+    folds = [data] if isinstance(data, DeviceData) else list(data)
+    if not folds or any(d.X_val is None for d in folds):
         raise ValueError("train_and_score needs a validation split")
-    model, opt, gen = _setup(data, params, seed, threads)
-    loss_fn = _loss_fn(data, params)
+    runs = [(*_setup(d, params, seed, threads), _loss_fn(d, params)) for d in folds]
     maximize = metrics.MAXIMIZE[metric]
     best: float | None = None
     best_epoch, best_state, since_best = 0, None, 0
@@ -248,19 +251,24 @@ def train_and_score(
     polls = [f for f in (cancelled, pruned) if f is not None]
     stop = (lambda: any(f() for f in polls)) if polls else None
     for epoch in range(max_epochs):
-        loss = None if stop is not None and stop() else _run_epoch(
-            model, opt, loss_fn, data.X_train, data.y_train, int(params["batch_size"]), gen, stop)
-        if loss is None:
-            why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at epoch {epoch - 1}"
-            return TrainResult(best, best_epoch, best_state, "PRUNED", why, epoch)
-        value = metrics.score(metric, data.y_val_np, predict(model, data.X_val, task_type, data.transform))
+        losses, scores = [], []
+        for d, (model, opt, gen, loss_fn) in zip(folds, runs):
+            loss = None if stop is not None and stop() else _run_epoch(
+                model, opt, loss_fn, d.X_train, d.y_train, int(params["batch_size"]), gen, stop)
+            if loss is None:
+                why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at epoch {epoch - 1}"
+                return TrainResult(best, best_epoch, best_state, "PRUNED", why, epoch)
+            losses.append(loss)
+            scores.append(metrics.score(metric, d.y_val_np, predict(model, d.X_val, task_type, d.transform)))
+        loss = next((x for x in losses if not math.isfinite(x)), losses[0])
+        value = float(np.mean(scores))
         if not (math.isfinite(loss) and math.isfinite(value)):
             return TrainResult(None, epoch + 1, None, "FAIL",
                                f"training diverged at epoch {epoch}: loss {loss}, {metric} {value}; "
                                "a lower learning rate may help", epoch + 1)
         if best is None or (value > best if maximize else value < best):
             best, best_epoch, since_best = value, epoch + 1, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in runs[0][0].state_dict().items()}
         else:
             since_best += 1
         if report is not None and report(value, epoch):

@@ -36,6 +36,7 @@ import torch
 from nexus_node import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.pipeline import metrics, target as target_scale
+from nexus_node.pipeline.folds import fold_splits
 from nexus_node.pipeline.model import output_width
 from nexus_node.pipeline.train import (
     DeviceData, fit_fixed, model_from_state, pick_device, predict, train_and_score, warm_up,
@@ -67,6 +68,7 @@ class _LRU(OrderedDict):
 
 
 _arrays = _LRU(16)
+_splits = _LRU(2)
 _device_data = _LRU(2)
 _storages = _LRU(4)
 _predictors = _LRU(4)
@@ -149,12 +151,25 @@ def _tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
     return np.asarray(load_array(files["tree_columns"])) if "tree_columns" in files else None
 
 
-def _data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None) -> DeviceData:
-    """Training tensors on the device, built once per dataset (and regression target
-    scale: ``log`` is the configuration's choice) and reused by later trials."""
-    key = (tuple(_file_key(files[k]) for k in TRAIN_ARRAYS), task, n_classes, str(pick_device()), log)
-    return _device_data.get_or_make(key, lambda: DeviceData.from_arrays(
-        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, task, n_classes, log=log))
+def _split_key(files: Mapping[str, str]) -> tuple:
+    return tuple(_file_key(files[k]) for k in TRAIN_ARRAYS + (("folds",) if "folds" in files else ()))
+
+
+def _splits_for(files: Mapping[str, str]) -> list[dict[str, np.ndarray]]:
+    """What a trial validates on: the folds of a cross-validated table (prepare wrote
+    ``folds``: :mod:`nexus_node.pipeline.folds`), else the one train/validation split;
+    built once per dataset and reused by later trials."""
+    return _splits.get_or_make(_split_key(files), lambda: fold_splits(
+        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, load_array(files["folds"]) if "folds" in files else None))
+
+
+def _data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None) -> list[DeviceData]:
+    """Training tensors of every split of :func:`_splits_for` on the device, built once per
+    dataset (and regression target scale: ``log`` is the configuration's choice) and
+    reused by later trials."""
+    key = (_split_key(files), task, n_classes, str(pick_device()), log)
+    return _device_data.get_or_make(key, lambda: [
+        DeviceData.from_arrays(split, task, n_classes, log=log) for split in _splits_for(files)])
 
 
 def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
@@ -277,11 +292,11 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
                 from nexus_node.pipeline.gbt import train_and_score_gbt
 
                 res = train_and_score_gbt(
-                    {k: load_array(req["files"][k]) for k in TRAIN_ARRAYS}, req["params"], task, metric,
+                    _splits_for(req["files"]), req["params"], task, metric,
                     int(req["seed"]), int(req.get("threads", 1)), columns=_tree_columns(req["files"]),
                     report=report, cancelled=ctx.cancelled, pruned=reporter.pruned)
             else:
-                res = train_and_score(data, req["params"], task, data.n_classes, metric, int(req["seed"]),
+                res = train_and_score(data, req["params"], task, n_classes, metric, int(req["seed"]),
                                       int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
                                       pruned=reporter.pruned)
         finally:

@@ -58,7 +58,7 @@ def test_insurance_result_shape_and_files(insurance):
     split = insurance["split"]
     assert split["train"] + split["val"] + split["test"] == 1338 and split["seed"] == 0
     a = arrays(insurance)
-    assert set(a) == set(ARRAY_NAMES) | {"tree_columns"}
+    assert set(a) == set(ARRAY_NAMES) | {"tree_columns", "folds"}   # 1,338 rows: cross-validated
     assert a["X_train"].dtype == np.float32 and a["X_train"].shape == (split["train"], len(names))
     assert a["y_train"].dtype == np.float64
     # The regression target stays in original units; its scaling is in the preprocessing.
