@@ -1,0 +1,187 @@
+"""The coordinator's dispatcher driven through its stream interface, without sockets: nodes are
+queues of WorkUp messages, the clock is a number the test moves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.dispatch import HANDED_BACK, Dispatcher, WorkSettings
+
+MB = 1 << 20
+
+
+async def until(predicate) -> None:
+    """Yields to the loop until ``predicate()`` holds (the dispatcher's reader tasks run)."""
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+class FakeNode:
+    """One node's end of a work stream."""
+
+    def __init__(self, dispatcher: Dispatcher, node_id: str, slots: int = 1, memory: int = 512 * MB) -> None:
+        self.d, self.node_id, self.slots, self.memory = dispatcher, node_id, slots, memory
+        self.up: asyncio.Queue[pb.WorkUp | None] = asyncio.Queue()
+        self.down: asyncio.Queue[pb.WorkDown] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def heartbeat(self, running: tuple[str, ...] = ()) -> pb.WorkUp:
+        return pb.WorkUp(cluster="c", node_id=self.node_id, heartbeat=pb.Heartbeat(
+            term=1, slots=self.slots, task_memory_bytes=self.memory, running=list(running)))
+
+    async def _inbound(self):
+        while (msg := await self.up.get()) is not None:
+            yield msg
+
+    async def _pump(self) -> None:
+        async for msg in self.d.serve(self.heartbeat(), self._inbound()):
+            self.down.put_nowait(msg)
+
+    async def connect(self) -> None:
+        self._task = asyncio.create_task(self._pump())
+        await until(lambda: any(v.node_id == self.node_id for v in self.d.nodes()))
+
+    async def beat(self, now: float) -> None:
+        self.up.put_nowait(self.heartbeat())
+        await until(lambda: any(v.node_id == self.node_id and v.last_heartbeat == now for v in self.d.nodes()))
+
+    async def disconnect(self) -> None:
+        self.up.put_nowait(None)
+        assert self._task is not None
+        await self._task
+
+    async def next_down(self) -> pb.WorkDown:
+        return await asyncio.wait_for(self.down.get(), 5)
+
+    def send_result(self, lease_id: str, ok: bool = True, **kw) -> None:
+        self.up.put_nowait(pb.WorkUp(cluster="c", node_id=self.node_id, result=pb.TaskResult(
+            lease_id=lease_id, ok=ok, result_json=json.dumps(kw.pop("result", {})).encode(), **kw)))
+
+
+@pytest.fixture
+def clock():
+    return [0.0]
+
+
+@pytest.fixture
+async def dispatcher(clock):
+    d = Dispatcher(term=7, settings=WorkSettings(grace=5.0, max_retries=1), clock=lambda: clock[0])
+    yield d
+    await d.stop()
+
+
+async def test_an_assignment_carries_the_term_and_its_result_comes_back(dispatcher):
+    a = FakeNode(dispatcher, "a")
+    await a.connect()
+    lease = await dispatcher.reserve("job1", 10 * MB, rank=1.0)
+    assert lease.node_id == "a" and lease.term == 7
+    fut = dispatcher.send(lease, {"task": "trial", "x": 1}, config_key="cfg", trial_number=0)
+    msg = await a.next_down()
+    assert msg.assign.lease_id == lease.lease_id and msg.assign.term == 7
+    assert json.loads(msg.assign.task_json) == {"task": "trial", "x": 1}
+    a.send_result(lease.lease_id, result={"value": 0.5})
+    outcome = await asyncio.wait_for(fut, 5)
+    assert outcome.ok and outcome.result == {"value": 0.5} and outcome.node_id == "a"
+    assert dispatcher.busy("a") == 0
+
+
+async def test_a_silent_node_loses_its_task_which_may_run_again_and_its_late_result_is_refused(dispatcher, clock):
+    a, b = FakeNode(dispatcher, "a"), FakeNode(dispatcher, "b")
+    await a.connect()
+    lease = await dispatcher.reserve("job1", MB, rank=1.0)
+    fut = dispatcher.send(lease, {"task": "trial"}, config_key="cfg")
+    await b.connect()
+    clock[0] = 4.0
+    await b.beat(4.0)
+    dispatcher.check(clock[0])
+    assert not fut.done()   # within grace
+    clock[0] = 5.5
+    await b.beat(5.5)
+    dispatcher.check(clock[0])
+    outcome = fut.result()
+    assert outcome.lost and outcome.retry and "missed heartbeats" in outcome.message
+    # Its slot is gone with it: the next reservation goes to the live node.
+    assert (await dispatcher.reserve("job1", MB, rank=1.0)).node_id == "b"
+    # The dead node's result arrives late (on its old stream): refused, counted nowhere.
+    a.send_result(lease.lease_id, result={"value": 1.0})
+    await a.disconnect()   # the stream has read everything the node sent
+    assert fut.result().lost and dispatcher.busy("a") == 0
+
+
+async def test_a_configuration_lost_more_than_max_retries_times_is_not_retried(dispatcher, clock):
+    for attempt, node in enumerate(("a", "b")):
+        n = FakeNode(dispatcher, node)
+        await n.connect()
+        lease = await dispatcher.reserve("job1", MB, rank=1.0)
+        assert lease.node_id == node
+        fut = dispatcher.send(lease, {"task": "trial"}, config_key="poison")
+        clock[0] += 10.0
+        dispatcher.check(clock[0])
+        assert fut.result().lost
+        assert fut.result().retry is (attempt == 0), attempt   # max_retries=1
+
+
+async def test_a_reconnecting_node_gets_its_unresolved_assignments_again(dispatcher):
+    a = FakeNode(dispatcher, "a")
+    await a.connect()
+    lease = await dispatcher.reserve("job1", MB, rank=1.0)
+    fut = dispatcher.send(lease, {"task": "prepare"})
+    first = await a.next_down()
+    await a.disconnect()
+    await a.connect()
+    again = await a.next_down()
+    assert again.assign.lease_id == first.assign.lease_id == lease.lease_id
+    a.send_result(lease.lease_id, result={"files": {}})
+    assert (await asyncio.wait_for(fut, 5)).ok
+
+
+async def test_a_lease_the_coordinator_does_not_hold_is_cancelled_on_the_node(dispatcher):
+    a = FakeNode(dispatcher, "a")
+    await a.connect()
+    a.up.put_nowait(a.heartbeat(running=("from-an-earlier-coordinator",)))
+    msg = await a.next_down()
+    assert msg.cancel.lease_id == "from-an-earlier-coordinator"
+
+
+async def test_cancelling_a_job_frees_its_slot_at_once_for_another_job(dispatcher):
+    a = FakeNode(dispatcher, "a")
+    await a.connect()
+    long_lease = await dispatcher.reserve("long", MB, rank=1.0)
+    long_fut = dispatcher.send(long_lease, {"task": "trial"})
+    await a.next_down()
+    waiting = asyncio.create_task(dispatcher.reserve("small", MB, rank=2.0))
+    await until(lambda: "small" in dispatcher._waiting)
+    assert not waiting.done()   # one slot, taken
+    dispatcher.cancel_job("long")
+    assert (await a.next_down()).cancel.lease_id == long_lease.lease_id
+    assert long_fut.result().lost and not long_fut.result().retry
+    assert (await asyncio.wait_for(waiting, 5)).node_id == "a"
+    # The cancelled trial's own result, when its runner stops, is refused.
+    a.send_result(long_lease.lease_id, result={})
+    await a.disconnect()
+    assert dispatcher.busy("a") == 1 and dispatcher.schedule.running_of("small")
+
+
+async def test_a_task_handed_back_by_a_leaving_node_is_lost_and_may_run_again(dispatcher):
+    a = FakeNode(dispatcher, "a")
+    await a.connect()
+    lease = await dispatcher.reserve("job1", MB, rank=1.0)
+    fut = dispatcher.send(lease, {"task": "trial"}, config_key="cfg")
+    a.send_result(lease.lease_id, ok=False, error_kind=HANDED_BACK, error_message="node a left")
+    outcome = await asyncio.wait_for(fut, 5)
+    assert outcome.lost and outcome.retry
+    assert dispatcher.failures("job1", "cfg") == 0   # not the configuration's fault
+
+
+async def test_a_task_no_node_could_ever_hold_is_refused_with_the_sizes(dispatcher):
+    a = FakeNode(dispatcher, "a", memory=100 * MB)
+    await a.connect()
+    with pytest.raises(Exception, match="needs 200 MB; the largest node has 100 MB"):
+        await dispatcher.reserve("big", 200 * MB, rank=1.0)
