@@ -27,7 +27,7 @@ from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
 from optuna.storages import JournalStorage
 
-from nexus_node import __version__
+from nexus_node import __version__, pruning
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node._generated.nexus.v1 import peer_pb2
@@ -73,6 +73,7 @@ class NodeConfig:
     advertise_host: str | None = None   # None: the bound address (see mesh.peers.advertise_host)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     work: WorkSettings = field(default_factory=WorkSettings)   # --grace, --max-retries
+    pruner: str = pruning.DEFAULT_KIND   # of new jobs
     timing: MeshSettings = field(default_factory=MeshSettings)
     # Disabled (no key) unless node_main resolves a key from the environment.
     llm: LLMSettings = field(default_factory=LLMSettings)
@@ -167,7 +168,7 @@ class Node:
             db=mesh.records, blobs=blobs, serve_pool=serve, storage=storage, node_id=self.node_id,
             settings=ManagerSettings(
                 default_max_trials=cfg.default_max_trials, worker_memory_bytes=memory_info()[1],
-                work=cfg.work,
+                work=cfg.work, pruner=cfg.pruner,
             ),
             llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
             events=mesh.hub, fetch_blob=self.blob_sync.ensure, replicated=self.blob_sync.replicated,

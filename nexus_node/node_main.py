@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from nexus_node.auth import default_data_dir
+from nexus_node import pruning
 from nexus_node.dispatch import WorkSettings
 from nexus_node.llm import DEFAULT_MODEL, resolve
 from nexus_node.mesh.cluster import ClusterSettings
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                          "re-run elsewhere (default 5; heartbeats go every second)")
     ap.add_argument("--max-retries", type=int, default=2,
                     help="times a configuration whose node died is run again (default 2)")
+    ap.add_argument("--pruner", choices=pruning.KINDS, default=pruning.DEFAULT_KIND,
+                    help=f"how new jobs stop poor trials early (default {pruning.DEFAULT_KIND}; none: every "
+                         "trial runs its full epochs)")
     ap.add_argument("--llm", choices=("auto", "off"), default="auto",
                     help="auto (default): ask Gemini for constraints and summaries when GEMINI_API_KEY "
                          "or GOOGLE_API_KEY is set; off: heuristic constraints and template summaries")
@@ -113,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, join_window=a.join_window,
                                 replicas=a.replicas),
         timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0),
-        work=WorkSettings(grace=a.grace, max_retries=a.max_retries),
+        work=WorkSettings(grace=a.grace, max_retries=a.max_retries), pruner=a.pruner,
     )
 
 

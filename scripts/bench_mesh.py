@@ -45,8 +45,8 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, data_dir: Path, port: int, seeds: str) -> None:
-        self.data_dir, self.port, self.seeds = data_dir, port, seeds
+    def __init__(self, data_dir: Path, port: int, seeds: str, *extra: str) -> None:
+        self.data_dir, self.port, self.seeds, self.extra = data_dir, port, seeds, extra
         self.proc: subprocess.Popen[str] | None = None
 
     @property
@@ -56,7 +56,8 @@ class Node:
     def start(self) -> "Node":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nexus_node.node_main", "--port", str(self.port), "--data-dir",
-             str(self.data_dir), "--slots", "1", "--seeds", self.seeds, "--no-mdns", "--log-level", "WARNING"],
+             str(self.data_dir), "--slots", "1", "--seeds", self.seeds, "--no-mdns", "--log-level", "WARNING",
+             *self.extra],
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if "listening on" not in line:
@@ -90,11 +91,12 @@ def three_voters(view: pb.Cluster) -> bool:
     return sorted(n.role for n in view.nodes) == [pb.COORDINATOR, pb.VOTER, pb.VOTER]
 
 
-def cluster(tmp: Path, n: int = 3) -> list[Node]:
+def cluster(tmp: Path, n: int = 3, *extra: str) -> list[Node]:
+    """``n`` nodes formed from --seeds (``extra``: more nexus-node flags; a later --slots wins)."""
     ports = [free_port() for _ in range(n)]
     seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
-    nodes = [Node(tmp / f"n{i}", p, seeds).start() for i, p in enumerate(ports)]
-    view_until(nodes[0].address, three_voters)
+    nodes = [Node(tmp / f"n{i}", p, seeds, *extra).start() for i, p in enumerate(ports)]
+    view_until(nodes[0].address, lambda v: len(v.nodes) == n and v.coordinator_id != "")
     return nodes
 
 

@@ -1,0 +1,216 @@
+"""Distributed-trial benchmarks on real node processes (loopback); each figure against a baseline
+of the same run.
+
+scale: trials per minute of one job on a 2-node cluster over the same job on a 1-node cluster,
+    one slot of one thread per node, identical short MLP trials (fixed architecture and epochs,
+    no pruning), measured from the job's first trial start to its last trial end (taken from the
+    study). Interleaved rounds, after a warm-up job on each cluster (runners started). Target
+    >= 1.85 (on this 2-core machine the two nodes' trials share the cores with the nodes
+    themselves).
+
+rerun: a 3-node cluster with --grace G and two slots per node runs 3 long trials, one per node;
+    a worker running one is killed with SIGKILL; the figure is the time from the kill to the
+    start of its re-run on another node (the retry's start, read from the study). Target
+    <= grace + 1 s. Repeated --rounds times (the killed node restarts between rounds).
+
+rss: peak resident memory of one node plus its runner processes (summed, sampled every 50 ms
+    from /proc) while it tunes ../shared/datasets/fertility.csv (254k rows). Target <= 512 MB.
+
+Usage: scripts/bench scale|rerun|rss [--rounds R] [--trials N] [--grace G]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import optuna  # noqa: E402
+from optuna.storages import GrpcStorageProxy  # noqa: E402
+
+from bench_mesh import cluster, stub  # noqa: E402
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb  # noqa: E402
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+DATASETS = ROOT.parent / "shared" / "datasets"
+TERMINAL = (pb.COMPLETED, pb.FAILED, pb.CANCELLED)
+
+
+def submit(address: str, csv: Path, target: str, **spec) -> str:
+    data = csv.read_bytes()
+
+    def requests():
+        yield pb.SubmitJobRequest(spec=pb.JobSpec(target=target, use_case="benchmark", **spec))
+        for i in range(0, len(data), 1 << 20):
+            yield pb.SubmitJobRequest(chunk=data[i:i + (1 << 20)])
+
+    return stub(address).SubmitJob(requests(), timeout=120).job_id
+
+
+def wait_end(address: str, job_id: str, timeout: float = 900) -> pb.Job:
+    for ev in stub(address).WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=timeout):
+        if ev.job.state in TERMINAL:
+            if ev.job.state != pb.COMPLETED:
+                raise RuntimeError(f"job {job_id} ended {pb.JobState.Name(ev.job.state)}: {ev.job.message}")
+            return ev.job
+    raise RuntimeError("job stream ended")
+
+
+def study_trials(address: str, job: pb.Job) -> list[optuna.trial.FrozenTrial]:
+    host, port = address.rsplit(":", 1)
+    storage = GrpcStorageProxy(host=host, port=int(port))
+    return optuna.load_study(study_name=job.study_name, storage=storage).get_trials(deepcopy=False)
+
+
+# Identical trials: one architecture, fixed epochs, no pruning (the nodes run --pruner none).
+SAME_TRIALS = json.dumps({"families": ["mlp"], "widths": [64], "min_layers": 2, "max_layers": 2,
+                          "batch_sizes": [64], "min_epochs": 40, "max_epochs": 40})
+
+
+def _trials_per_minute(address: str, n_trials: int, seed: int) -> float:
+    job = wait_end(address, submit(address, DATASETS / "insurance.csv", "charges", max_trials=n_trials,
+                                   seed=seed, constraints_json=SAME_TRIALS))
+    trials = [t for t in study_trials(address, job) if t.datetime_start and t.datetime_complete]
+    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+    return 60.0 * len(trials) / span
+
+
+def bench_scale(n_trials: int, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        one = cluster(Path(tmp) / "one", 1, "--pruner", "none")
+        two = cluster(Path(tmp) / "two", 2, "--pruner", "none")
+        try:
+            for c in (one, two):   # warm-up: every node's runner started and torch imported
+                _trials_per_minute(c[0].address, 2 * len(c), seed=1)
+            singles, pairs = [], []
+            for r in range(rounds):   # interleaved: the machine's speed drifts
+                singles.append(_trials_per_minute(one[0].address, n_trials, seed=10 + r))
+                pairs.append(_trials_per_minute(two[0].address, n_trials, seed=10 + r))
+        finally:
+            for n in one + two:
+                n.stop()
+    return {"trials_per_job": n_trials, "rounds": rounds, "one_node_trials_per_min": singles,
+            "two_nodes_trials_per_min": pairs, "ratio": sum(pairs) / sum(singles), "target": 1.85}
+
+
+def bench_rerun(rounds: int, grace: float) -> dict:
+    seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = cluster(Path(tmp), 3, "--slots", "2", "--grace", str(grace), "--pruner", "none")
+        try:
+            for r in range(rounds):
+                view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
+                lead = next(n for n in nodes if n.address == next(
+                    x.address for x in view.nodes if x.role == pb.COORDINATOR))
+                job_id = submit(lead.address, DATASETS / "insurance.csv", "charges", max_trials=3, seed=20 + r,
+                                constraints_json=json.dumps({"families": ["mlp"], "min_epochs": 300,
+                                                             "max_epochs": 300, "widths": [128]}))
+                victim_info = None
+                for v in stub(lead.address).WatchCluster(pb.WatchClusterRequest(), timeout=300):
+                    busy = [n for n in v.nodes if n.role != pb.COORDINATOR and
+                            any(x.startswith(job_id + "/") and not x.endswith(("prepare", "finalize"))
+                                for x in n.running)]
+                    if busy:
+                        victim_info = busy[0]
+                        break
+                victim = next(n for n in nodes if n.address == victim_info.address)
+                killed = time.time()
+                victim.kill()
+                job = wait_end(lead.address, job_id)
+                trials = study_trials(lead.address, job)
+                retry = next(t for t in trials if "retry_of" in t.user_attrs)
+                seconds.append(retry.datetime_start.timestamp() - killed)
+                victim.start()
+        finally:
+            for n in nodes:
+                n.stop()
+    return {"grace_s": grace, "rounds": rounds, "seconds": seconds, "median_s": statistics.median(seconds),
+            "max_s": max(seconds), "target_s": grace + 1.0}
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def bench_rss(n_trials: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        node = cluster(Path(tmp), 1, "--slots", "1")[0]
+        peak, samples, done = [0], [0], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], _tree_rss(node.proc.pid))
+                samples[0] += 1
+
+        watcher = threading.Thread(target=sample, daemon=True)
+        watcher.start()
+        try:
+            started = time.perf_counter()
+            job = wait_end(node.address, submit(node.address, DATASETS / "fertility.csv", "morekids",
+                                                max_trials=n_trials, seed=3))
+            seconds = time.perf_counter() - started
+        finally:
+            done.set()
+            watcher.join()
+            node.stop()
+    return {"dataset": "fertility.csv", "trials": n_trials, "job_seconds": seconds, "samples": samples[0],
+            "peak_rss_mb": peak[0] / (1 << 20), "target_mb": 512, "test_metrics": dict(job.test_metrics)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", nargs="+", choices=("scale", "rerun", "rss"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--grace", type=float, default=5.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "work.json")
+    a = ap.parse_args(argv)
+    results: dict[str, dict] = {}
+    rows = [("figure", "value", "target")]
+    if "scale" in a.which:
+        r = results["scale"] = bench_scale(a.trials, a.rounds)
+        rows += [("trials/min, 2 nodes / 1 node", f"{r['ratio']:.2f}", ">= 1.85"),
+                 ("  1 node trials/min", " ".join(f"{x:.1f}" for x in r["one_node_trials_per_min"]), ""),
+                 ("  2 nodes trials/min", " ".join(f"{x:.1f}" for x in r["two_nodes_trials_per_min"]), "")]
+    if "rerun" in a.which:
+        r = results["rerun"] = bench_rerun(a.rounds, a.grace)
+        rows += [(f"kill -9 worker -> trial re-run elsewhere, median s (grace {a.grace:g})",
+                  f"{r['median_s']:.2f}", f"<= {a.grace + 1:g}"),
+                 ("  each", " ".join(f"{x:.2f}" for x in r["seconds"]), "")]
+    if "rss" in a.which:
+        r = results["rss"] = bench_rss(min(a.trials, 8))
+        rows += [("peak RSS node + runners, fertility.csv, MB", f"{r['peak_rss_mb']:.0f}", "<= 512"),
+                 ("  trials / job seconds", f"{r['trials']} / {r['job_seconds']:.0f}", "")]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **results}, indent=2))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
