@@ -328,7 +328,8 @@ def cmd_trials(args: argparse.Namespace) -> int:
         args, trials, nx.trial_to_dict, ("#", "STATE", "VALUE", "TIME", "STEP", "NODE", "PARAMS / MESSAGE"),
         lambda t: (
             t.number, t.state, _num(t.value) if t.has_value else "-", f"{t.duration_seconds:.1f}s",
-            t.last_step, t.node_id or "-", t.message or t.params_json,
+            t.last_step, t.node_id or "-",
+            (f"re-run of #{t.retry_of}: " if t.HasField("retry_of") else "") + (t.message or t.params_json),
         ),
         "no trials",
     )

@@ -601,6 +601,7 @@ def trial_to_dict(trial: nexus_pb2.TrialInfo) -> dict[str, Any]:
         "last_step": trial.last_step,
         "node_id": trial.node_id,
         "message": trial.message,
+        "retry_of": trial.retry_of if trial.HasField("retry_of") else None,
     }
 
 

@@ -59,6 +59,8 @@ def test_model_trial_and_cluster_dicts():
     assert (m["task"], m["classes"], m["params"], m["test_metrics"]) == ("BINARY", ["no", "yes"], {"w": 8}, {"accuracy": 0.9})
     t = trial_to_dict(pb.TrialInfo(number=4, state="PRUNED", value=0.0, has_value=False, last_step=3))
     assert (t["number"], t["state"], t["value"], t["last_step"], t["params"]) == (4, "PRUNED", None, 3, None)
+    assert t["retry_of"] is None
+    assert trial_to_dict(pb.TrialInfo(number=9, state="COMPLETE", retry_of=0))["retry_of"] == 0   # 0 is a trial
     c = cluster_to_dict(pb.Cluster(cluster_name="lab", term=2, nodes=[pb.NodeInfo(node_id="n1", role=pb.VOTER, running=["j/1"])]))
     assert c["nodes"][0]["role"] == "VOTER" and c["nodes"][0]["running"] == ["j/1"]
     assert json.loads(json.dumps([m, t, c])) == [m, t, c]
