@@ -25,7 +25,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Collection, Coroutine, TypeVar
 
 import optuna
 
@@ -470,9 +470,16 @@ class JobManager:
             return None
 
     async def _search(self, job: JobRecord) -> None:
+        resumed = job.job_id not in self._studies   # prepared by another coordinator, or before a restart
         study = await self._study_or_none(job)
         if study is None:
             raise NexusError(f"the study of job {job.job_id} is missing from the journal")
+        if resumed:
+            # A sampler seeded as the job's first one would draw the first configurations again
+            # (its random start-up phase ignores the study): seeded past the trials it already has.
+            drawn = await asyncio.to_thread(lambda: len(study.get_trials(deepcopy=False)))
+            study = await asyncio.to_thread(studies.load_study, self.storage, job.study_name, job.maximize,
+                                            job.seed + drawn, self._max_trials(job))
         self._studies[job.job_id] = study
         # Trials left RUNNING by a previous coordinator (or this node before a restart) have
         # no lease now: failed, and re-run with the same parameters.
@@ -506,18 +513,21 @@ class JobManager:
             raise NexusError(f"no trial completed{why}")
         await self._set_state(job, FINALIZING, "retraining the best configuration on train+validation")
 
-    def _recover_running(self, job: JobRecord, study: optuna.Study) -> None:
-        """(thread) Fails the trials left RUNNING, as lost, and enqueues their re-runs, unless
-        their configuration used up its retries (earlier losses are counted from the study)."""
+    def _recover_running(self, job: JobRecord, study: optuna.Study, mine: Collection[int] = ()) -> None:
+        """(thread) Fails the trials left RUNNING, except ``mine`` (the ones this coordinator
+        asked for), as lost, and enqueues their re-runs, unless their configuration used up its
+        retries (earlier losses are counted from the study)."""
         d = self._dispatch
         trials = study.get_trials(deepcopy=False)
         for key, n in studies.losses(trials).items():
             d.note_failures(job.job_id, key, n)
         for t in trials:
-            if t.state.name != "RUNNING":
+            if t.state.name != "RUNNING" or t.number in mine:
                 continue
             if not studies.fail_trial(study, t._trial_id, RUNNING_LOST, lost=True):
                 continue
+            log.info("job %s: trial %d was RUNNING with no lease of this coordinator; failed as lost",
+                     job.job_id, t.number)
             key = studies.config_key(t)
             if d.count_failure(job.job_id, key) <= self.settings.work.max_retries:
                 studies.enqueue_retry(study, t)
@@ -527,11 +537,12 @@ class JobManager:
         stop: asyncio.Event, inflight: set[asyncio.Task[None]],
     ) -> None:
         memory = task_memory("trial", self._shard_bytes(job))
+        mine: set[int] = set()   # the trials this coordinator asked for
         while True:
             self._check_cancel(job)
             if time.time() >= deadline:
                 break
-            used = await asyncio.to_thread(lambda: studies.budget_used(study.get_trials(deepcopy=False)))
+            used = await asyncio.to_thread(self._budget_used, job, study, mine)
             if used >= self._max_trials(job):
                 if not inflight:
                     break
@@ -546,6 +557,7 @@ class JobManager:
             except BaseException:
                 self._dispatch.release(lease)
                 raise
+            mine.add(trial.number)
             task = asyncio.create_task(self._trial(job, study, lease, trial, params))
             inflight.add(task)
             self._trial_tasks.add(task)
@@ -556,6 +568,14 @@ class JobManager:
             await asyncio.wait(set(inflight), timeout=None if remaining == float("inf") else max(0.0, remaining))
             # Past the time budget the caller stops what still runs: those trials end at
             # their next epoch, recorded as pruned with their last intermediate value.
+
+    def _budget_used(self, job: JobRecord, study: optuna.Study, mine: Collection[int]) -> int:
+        """(thread) Trials that use the job's budget. A RUNNING trial this coordinator did not
+        ask for was created by a deposed coordinator whose write landed late (retried across
+        the failover): nobody runs it, so it is failed as lost and re-run, and does not hold a
+        place in the budget meanwhile."""
+        self._recover_running(job, study, mine)
+        return studies.budget_used(study.get_trials(deepcopy=False))
 
     @staticmethod
     async def _wait_any(tasks: set[asyncio.Task[None]], stop: asyncio.Event, deadline: float) -> None:

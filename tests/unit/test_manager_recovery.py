@@ -1,0 +1,33 @@
+"""The coordinator's search loop and trials it did not start: a deposed coordinator's ``ask`` that
+commits after the failover (found by tests/mesh/test_chaos_netns.py, seed 6: the trial held a
+place in the budget while nobody ran it, so the job ended one finished trial short)."""
+
+from __future__ import annotations
+
+import optuna
+
+from nexus_node import studies
+from nexus_node.dispatch import Dispatcher
+from nexus_node.jobs.manager import RUNNING_LOST, JobManager
+from nexus_node.jobs.records import JobRecord, JobSpecRecord
+
+
+def test_a_running_trial_this_coordinator_did_not_ask_for_is_lost_and_re_run_not_counted():
+    storage = optuna.storages.InMemoryStorage()
+    study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
+    manager = JobManager(db=None, blobs=None, serve_pool=None, storage=storage, node_id="n1")  # type: ignore[arg-type]
+    manager.dispatcher = Dispatcher(term=5)
+    job = JobRecord(job_id="job-x", spec=JobSpecRecord(target="y"))
+
+    mine = study.ask()                 # asked by this coordinator: it runs
+    late = study.ask()                 # the deposed coordinator's, landed after the failover
+    late.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
+
+    assert manager._budget_used(job, study, {mine.number}) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[mine.number].state.name == "RUNNING"
+    assert trials[late.number].state.name == "FAIL" and studies.is_lost(trials[late.number])
+    assert trials[late.number].system_attrs[studies.FAIL_REASON] == RUNNING_LOST
+    (rerun,) = [t for t in trials if t.state.name == "WAITING"]
+    assert rerun.user_attrs[studies.RETRY_OF] == late.number
+    assert manager._budget_used(job, study, {mine.number}) == 1   # nothing more to recover
