@@ -37,11 +37,16 @@ def insurance_csv() -> Path:
 
 
 class NodeProcess:
-    """A real ``nexus-node`` process on a loopback port, started and stopped by a test."""
+    """A real ``nexus-node`` process on a loopback port, started and stopped by a test.
 
-    def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    ``host`` and ``netns``: it listens on ``host`` inside that network namespace instead (one
+    of :mod:`tests.mesh.netns`'s hosts); ``ip netns exec`` execs, so its pid is the node's."""
+
+    def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None,
+                 host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.data_dir = data_dir
         self.extra = list(extra)
+        self.host, self.netns = host, netns
         # A developer's own Gemini key must not reach test nodes: only what a test passes.
         self.env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
         self.env.update(env or {})
@@ -51,13 +56,14 @@ class NodeProcess:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> "NodeProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nexus_node.node_main", "--host", "127.0.0.1",
+            [*(["ip", "netns", "exec", self.netns] if self.netns else []),
+             sys.executable, "-m", "nexus_node.node_main", "--host", self.host,
              "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
             stdout=subprocess.PIPE, stderr=logf, text=True, env=self.env,
         )
@@ -94,8 +100,9 @@ def free_port() -> int:
 def node_factory(tmp_path: Path) -> Iterator:
     nodes: list[NodeProcess] = []
 
-    def make(name: str = "node", *extra: str, port: int = 0, env: dict[str, str] | None = None) -> NodeProcess:
-        n = NodeProcess(tmp_path / name, *extra, port=port, env=env)
+    def make(name: str = "node", *extra: str, port: int = 0, env: dict[str, str] | None = None,
+             host: str = "127.0.0.1", netns: str | None = None) -> NodeProcess:
+        n = NodeProcess(tmp_path / name, *extra, port=port, env=env, host=host, netns=netns)
         nodes.append(n)
         return n
 

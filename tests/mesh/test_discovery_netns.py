@@ -1,16 +1,13 @@
 """mDNS discovery across hosts: network namespaces joined by a bridge (needs root).
 
-Each namespace is a host with one veth into a bridge that lives in a namespace of its own,
-so nothing is added to the machine's own network. The addresses (10.231.N.0/24) exist only
-inside these namespaces. Two probes of cluster ``lab`` must find each other with no seeds;
-a probe of cluster ``other`` on the same link must be heard and refused by both, and must
-admit neither.
+The hosts are :mod:`tests.mesh.netns`'s namespaces on one bridge. Two probes of cluster ``lab``
+must find each other with no seeds; a probe of cluster ``other`` on the same link must be heard
+and refused by both, and must admit neither.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import sys
@@ -20,43 +17,17 @@ from typing import Iterator
 
 import pytest
 
+from tests.mesh import netns
+
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 20.0
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
 @pytest.fixture
 def bridged_hosts() -> Iterator[list[tuple[str, str]]]:
     """Three namespaces on one bridge: [(namespace, address)], removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (CI runs this as root)")
-    tag = f"nx{os.getpid() % 100000}"
-    bridge_ns = f"{tag}-br"
-    hosts = [(f"{tag}-h{i}", f"10.231.{os.getpid() % 250}.{i + 1}") for i in range(3)]
-    made: list[str] = []
-    try:
-        try:
-            ip("netns", "add", bridge_ns)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            pytest.skip(f"`ip netns` does not work here: {getattr(exc, 'stderr', exc)}")
-        made.append(bridge_ns)
-        ip("-n", bridge_ns, "link", "add", "br0", "type", "bridge")
-        ip("-n", bridge_ns, "link", "set", "br0", "up")
-        for i, (ns, address) in enumerate(hosts):
-            ip("netns", "add", ns)
-            made.append(ns)
-            ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}", "netns", bridge_ns)
-            ip("-n", bridge_ns, "link", "set", f"p{i}", "master", "br0", "up")
-            ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-        yield hosts
-    finally:
-        for ns in reversed(made):   # deleting a namespace deletes its veth ends too
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with netns.bridged_hosts(3) as bridge:
+        yield [(h.ns, h.address) for h in bridge.hosts]
 
 
 def probe(ns: str, address: str, cluster: str, node_id: str, expect: str, refuse: str) -> subprocess.Popen[str]:
