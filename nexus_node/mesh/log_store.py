@@ -53,6 +53,7 @@ class RaftLogStore:
         self._db = db
         self._cache = cache
         self._commit_dirty = False   # the cached commit index is ahead of the disk's
+        self._closed = False
 
     async def _write_hard_state(self, h: HardState) -> None:
         await self._db.execute(
@@ -91,12 +92,19 @@ class RaftLogStore:
         return cls(db, cache)
 
     async def close(self) -> None:
-        """Writes a commit index not yet on disk, then closes the database connection."""
-        if self._commit_dirty:
-            await self._write_hard_state(self._cache.hard_state())
-            await self._db.commit()
-            self._commit_dirty = False
-        await self._db.close()
+        """Writes a commit index not yet on disk, then closes the database connection.
+        Closing twice (a failed disk write already ended the driver) does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._commit_dirty:
+                # Lazy by design: a commit index is re-learned from the leader if this is lost.
+                await self._write_hard_state(self._cache.hard_state())
+                await self._db.commit()
+                self._commit_dirty = False
+        finally:
+            await self._db.close()
 
     def is_empty(self) -> bool:
         """Whether nothing was ever persisted (a brand-new node)."""
