@@ -201,6 +201,16 @@ def bench_storage(n_trials: int, rounds: int) -> dict:
             "ratio": ratio, "target": 0.5}
 
 
+def report(rows: list[tuple[str, str, str]], results: dict[str, dict], out: Path) -> None:
+    """Prints the table and writes the results as JSON (shared by the mesh and work benches)."""
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **results}, indent=2))
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="+", choices=("failover", "storage"))
@@ -220,12 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [("Optuna trials/s, 3 clients: 3-voter cluster / run_grpc_proxy_server", f"{r['ratio']:.3f}", ">= 0.5"),
                  ("  proxy trials/s", " ".join(f"{x:.1f}" for x in r["optuna_proxy_trials_per_s"]), ""),
                  ("  nexus trials/s", " ".join(f"{x:.1f}" for x in r["nexus_trials_per_s"]), "")]
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **results}, indent=2))
-    print(f"wrote {a.out}")
+    report(rows, results, a.out)
     return 0
 
 

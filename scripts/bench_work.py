@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import optuna  # noqa: E402
 from optuna.storages import GrpcStorageProxy  # noqa: E402
 
-from bench_mesh import cluster, stub  # noqa: E402
+from bench_mesh import cluster, report, stub  # noqa: E402
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,12 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         r = results["rss"] = bench_rss(min(a.trials, 8))
         rows += [("peak RSS node + runners, fertility.csv, MB", f"{r['peak_rss_mb']:.0f}", "<= 512"),
                  ("  trials / job seconds", f"{r['trials']} / {r['job_seconds']:.0f}", "")]
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **results}, indent=2))
-    print(f"wrote {a.out}")
+    report(rows, results, a.out)
     return 0
 
 
