@@ -42,6 +42,7 @@ from nexus_node.mesh.driver import MeshSettings, MeshStopped
 from nexus_node.mesh.raft import NotLeader
 from nexus_node.mesh.peers import advertise_host
 from nexus_node.mesh.transport import add_peer_service
+from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.servicer import NexusServicer
 from nexus_node.store.blobs import BlobStore
@@ -61,6 +62,7 @@ class NodeConfig:
     slots: int | None = None               # None: one per core
     threads_per_trial: int = 1
     trial_memory_mb: int | None = None     # None: a share of free memory per slot
+    memory_mb: int | None = None           # node and runners together; None: the machine's (or cgroup's)
     max_upload_mb: int = 512
     max_predict_mb: int = 64
     default_max_trials: int = 20
@@ -116,14 +118,19 @@ class Node:
         blobs = BlobStore(self.data_dir / "blobs")
         blobs.clear_temp()
 
-        slots = cfg.slots or max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_trial))
+        total, free = memory_info()
+        limit_mb = cfg.memory_mb or total >> 20
+        slots = cfg.slots or min(max(1, (os.cpu_count() or 1) // max(1, cfg.threads_per_trial)),
+                                 families.slots_for_memory(limit_mb))
         memory_mb = cfg.trial_memory_mb
         if memory_mb is None:
             # Four fifths of what is free now, split over the runners (the slots and the
             # serve runner): a trial that wants more fails alone instead of starving others.
-            memory_mb = max(256, (int(memory_info()[1] * 0.8) // (slots + 1)) >> 20)
+            memory_mb = max(256, (int(min(free, limit_mb << 20) * 0.8) // (slots + 1)) >> 20)
         self.trial_memory_mb = memory_mb
-        work = RunnerPool("work", slots, cfg.threads_per_trial, trial_memory_mb=memory_mb)
+        self.memory_mb = limit_mb
+        work = RunnerPool("work", slots, cfg.threads_per_trial, trial_memory_mb=memory_mb,
+                          one_family=families.one_family_per_runner(limit_mb, slots))
         serve = RunnerPool("serve", 1, 1)
         self._pools = [work, serve]
 

@@ -29,6 +29,7 @@ import grpc
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node.dispatch import HANDED_BACK, WorkSettings
 from nexus_node.errors import NexusError
+from nexus_node.runner import families
 from nexus_node.runner.pool import Runner, RunnerPool
 from nexus_node.scheduler import accept_assignment
 from nexus_node.store.blobs import BlobStore
@@ -218,7 +219,7 @@ class WorkerAgent:
         try:
             slot = await self.pool.take_slot()
             local = await self._localize(task, scratch)
-            runner = await self.pool.runner_for(slot)
+            runner = await self.pool.runner_for(slot, families.family_of(local))
             runner.current = self.labels.get(lease_id, kind)
             tid, fut = runner.submit(local)
             self._runners[lease_id] = (runner, tid, kind)

@@ -5,10 +5,14 @@ model's family (``config["family"]``): for ``mlp``, ``model.pt`` (``torch.save``
 state_dict, read back with ``weights_only=True``); for ``gbt``, ``nodes.npy`` and
 ``roots.npy`` (the exported trees, read back with ``allow_pickle=False``). Nothing is
 pickled: loading an artifact from another node cannot run code.
+
+torch is imported only for ``mlp`` artifacts: writing or serving trees never loads it (a
+runner that only ran trees stays small).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
@@ -18,11 +22,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline.prepare import transform
-from nexus_node.pipeline.train import model_from_state, pick_device, predict
 from nexus_node.pipeline.trees import predict_trees
 
 FORMAT = "nexus-model"
@@ -33,7 +35,7 @@ WEIGHTS = {"mlp": ("model.pt",), "gbt": ("nodes.npy", "roots.npy")}
 
 def library_versions() -> dict[str, str]:
     """Versions that produced an artifact (for people diagnosing a load failure)."""
-    return {"python": platform.python_version(), "torch": torch.__version__,
+    return {"python": platform.python_version(), "torch": importlib.metadata.version("torch"),
             "numpy": np.__version__, "pandas": pd.__version__}
 
 
@@ -57,6 +59,8 @@ def write_artifact(path: str, weights: Mapping[str, Any], preprocessing: Mapping
             np.save(buf, np.asarray(weights[name.removesuffix(".npy")]), allow_pickle=False)
             blobs[name] = buf.getvalue()
     else:
+        import torch
+
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in weights.items()}, buf)
         blobs["model.pt"] = buf.getvalue()
@@ -93,6 +97,8 @@ def read_artifact(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
                 weights: dict[str, Any] = {
                     m.removesuffix(".npy"): np.load(io.BytesIO(z.read(m)), allow_pickle=False) for m in WEIGHTS["gbt"]}
             else:
+                import torch
+
                 weights = torch.load(io.BytesIO(z.read("model.pt")), map_location="cpu", weights_only=True)
     except zipfile.BadZipFile:
         raise InvalidInput(f"{path} is not a Nexus model (not a zip file)") from None
@@ -118,8 +124,11 @@ class Predictor:
         self.classes = list(config.get("classes") or [])
         self._transform = preprocessing["target"].get("transform")
         self._trees = dict(weights) if config.get("family") == "gbt" else None
-        self._model = None if self._trees is not None else model_from_state(
-            weights, config["n_in"], config["n_out"], config["params"], pick_device())
+        self._model = None
+        if self._trees is None:
+            from nexus_node.pipeline.train import model_from_state, pick_device
+
+            self._model = model_from_state(weights, config["n_in"], config["n_out"], config["params"], pick_device())
 
     @property
     def input_columns(self) -> list[str]:
@@ -129,6 +138,10 @@ class Predictor:
         """Encoded rows to predictions: values in target units, or class probabilities."""
         if self._trees is not None:
             return predict_trees(self._trees, self.config, X, self.task, self._transform)
+        import torch
+
+        from nexus_node.pipeline.train import predict
+
         device = next(self._model.parameters()).device
         return predict(self._model, torch.as_tensor(X, dtype=torch.float32, device=device), self.task, self._transform)
 

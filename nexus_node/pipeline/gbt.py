@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from nexus_node.pipeline import metrics, target as target_scale
-from nexus_node.pipeline.train import TrainResult
+from nexus_node.pipeline.result import TrainResult
 
 # Boosting iterations per reported step: one pruning decision per chunk. Ten keeps the
 # refit between reports cheap (warm start adds trees, it does not start over) while a
@@ -95,7 +95,7 @@ def train_and_score_gbt(
         pruned: Polled between chunks (and folds): a pruning answer that arrived after ``report``.
 
     Returns:
-        A :class:`~nexus_node.pipeline.train.TrainResult` (``state_dict`` is always None:
+        A :class:`~nexus_node.pipeline.result.TrainResult` (``state_dict`` is always None:
         the finalize task refits).
     """
     metrics.check_metric(metric, task)

@@ -19,6 +19,8 @@ from torch import nn
 
 from nexus_node.pipeline import metrics, target as target_scale
 from nexus_node.pipeline.model import build_mlp, output_width
+from nexus_node.pipeline.optim import FusedAdamW
+from nexus_node.pipeline.result import TrainResult
 
 # Epochs without a better validation score before a trial stops early.
 PATIENCE = 10
@@ -26,8 +28,11 @@ PATIENCE = 10
 # rows no feature explains; squared error chases them, Huber's linear tail does not. On the
 # insurance data this lifts held-out R² from about 0.83 to 0.84 and costs nothing elsewhere.
 HUBER_DELTA = 0.25
-# Rows per forward pass at evaluation time: bounds memory on large validation splits.
-EVAL_CHUNK = 65536
+# Rows per forward pass at evaluation time: bounds memory on large validation splits. Each
+# layer's output is chunk x width floats and a few are alive at once: 8192 rows of a
+# 512-wide network hold about 50 MB (65536 rows made a fertility trial peak 440 MB over
+# its data); smaller chunks than this start to cost time on the CPU.
+EVAL_CHUNK = 8192
 
 
 def pick_device() -> torch.device:
@@ -92,27 +97,6 @@ class DeviceData:
         return self.X_train.device
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """How a training run ended.
-
-    Attributes:
-        value: Best validation score (None when no epoch was scored).
-        epochs: Epochs that produced ``value``: what a refit on train+val should run.
-        state_dict: Weights at the best epoch (CPU tensors), None on failure.
-        state: ``"COMPLETE"``, ``"PRUNED"`` or ``"FAIL"``.
-        message: Why it ended, for people.
-        epochs_run: Epochs actually run (includes the patience tail).
-    """
-
-    value: float | None
-    epochs: int
-    state_dict: dict[str, torch.Tensor] | None
-    state: str
-    message: str
-    epochs_run: int
-
-
 def class_weights(y: np.ndarray, n_classes: int, choice: str) -> np.ndarray | None:
     """Per-class loss weights for ``params["class_weight"]``: None for ``"none"``; for
     ``"balanced"`` ``n / (n_classes * count)`` (scikit-learn's rule; a class absent from
@@ -146,14 +130,15 @@ def _setup(data: DeviceData, params: Mapping[str, Any], seed: int, threads: int)
     torch.manual_seed(seed)
     model = build_mlp(data.X_train.shape[1], output_width(data.task, data.n_classes), params).to(data.device)
     # The fused kernel updates all parameters in one call: about a quarter off a small
-    # model's epoch on the CPU, where the per-tensor loop is mostly Python overhead.
-    opt = torch.optim.AdamW(model.parameters(), lr=float(params["learning_rate"]),
-                            weight_decay=float(params["weight_decay"]), fused=True)
+    # model's epoch on the CPU, where the per-tensor loop is mostly Python overhead. Called
+    # through FusedAdamW, not torch.optim, which loads torch's compiler (pipeline/optim.py).
+    opt = FusedAdamW(model.parameters(), lr=float(params["learning_rate"]),
+                     weight_decay=float(params["weight_decay"]))
     gen = torch.Generator().manual_seed(seed)
     return model, opt, gen
 
 
-def _run_epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn, X: torch.Tensor, y: torch.Tensor,
+def _run_epoch(model: nn.Module, opt: FusedAdamW, loss_fn, X: torch.Tensor, y: torch.Tensor,
                batch: int, gen: torch.Generator, stop: Callable[[], bool] | None = None) -> float | None:
     """One shuffled pass; returns the mean training loss (NaN/inf if it diverged), or None
     when ``stop()`` turned true between two batches and the epoch was abandoned."""
@@ -307,8 +292,9 @@ def model_from_state(state_dict: Mapping[str, torch.Tensor], n_in: int, n_out: i
 def warm_up() -> None:
     """Train a tiny network for two epochs on random data, on the device trials use.
 
-    The first forward, backward and fused optimizer step in a process set up kernels and
-    thread pools (about a second on a CPU); doing it here keeps that out of a trial.
+    The first forward, backward and optimizer step in a process set up kernels and thread
+    pools; doing it here keeps that out of a trial's clock (about 10 ms on a CPU since the
+    optimizer no longer loads torch's compiler, see :mod:`.optim`; more on a GPU).
     """
     rng = np.random.default_rng(0)
     tiny = {"X_train": rng.normal(size=(64, 4)).astype(np.float32), "y_train": rng.normal(size=64),

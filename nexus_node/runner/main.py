@@ -15,6 +15,7 @@ reader thread takes cancellations while a task runs.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ import traceback
 from typing import Any, BinaryIO, Callable
 
 from nexus_node.errors import NexusError
+from nexus_node.runner import families
 
 
 class _Context:
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--trial-memory-mb", type=int, default=0,
                     help="anonymous memory a trial may add to the runner (0: no budget)")
+    ap.add_argument("--family", choices=(families.ANY, families.NETWORKS, families.TABLES), default=families.ANY,
+                    help="the library family this runner is for (runner/families.py): a tables "
+                         "runner does not load torch at start")
     args = ap.parse_args(argv)
 
     proto = os.fdopen(os.dup(1), "wb")
@@ -135,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[var] = str(args.threads)
     from nexus_node.runner import tasks  # the heavy import, paid once per runner
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    out.send({"ready": True, "info": tasks.run_task({"task": "ping"}, _Context(0, out, set()))})
+    # Warming torch up here (not in the first trial) keeps trials' clocks comparable; a
+    # runner for tables never needs it.
+    ping = {"task": "ping", "warm_up": args.family != families.TABLES}
+    out.send({"ready": True, "info": tasks.run_task(ping, _Context(0, out, set()))})
 
     inbox: "queue.Queue[dict[str, Any] | None]" = queue.Queue()
     cancelled: set[int] = set()
@@ -171,7 +176,17 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             out.send({"id": tid, "ok": False, "error": {"kind": "internal", "message": f"{type(e).__name__}: {e}"}})
         cancelled.discard(tid)
+        _give_back_freed_memory()
     return 0
+
+
+def _give_back_freed_memory() -> None:
+    """Return the heap a finished task freed to the system (glibc keeps freed chunks for
+    reuse; a runner between tasks would otherwise hold its largest task's peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim
+        pass
 
 
 if __name__ == "__main__":

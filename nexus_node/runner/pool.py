@@ -1,7 +1,9 @@
 """Node side of the runners: start them, hand them tasks, replace the ones that die.
 
 Runners are started lazily, on the first task that needs one, and then kept: process
-start-up and the torch import (~2 s) are paid once per slot, not once per trial.
+start-up and the torch import (~2 s) are paid once per slot, not once per trial. A pool that
+keeps one library family per runner (:mod:`nexus_node.runner.families`, for nodes short of
+memory) replaces a slot's idle runner when the next task needs the other family.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from typing import Any, AsyncIterator, Callable
 
 from nexus_node.errors import NexusError, error_from_kind
+from nexus_node.runner import families
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,11 @@ class RunnerDied(NexusError):
 class Runner:
     """One child process executing one task at a time."""
 
-    def __init__(self, name: str, threads: int, env: dict[str, str] | None = None, trial_memory_mb: int = 0) -> None:
+    def __init__(self, name: str, threads: int, env: dict[str, str] | None = None, trial_memory_mb: int = 0,
+                 family: str = families.ANY) -> None:
         self.name = name
         self.threads = threads
+        self.family = family
         self.trial_memory_mb = trial_memory_mb
         self._env = env
         self._proc: asyncio.subprocess.Process | None = None
@@ -59,7 +64,7 @@ class Runner:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nexus_node.runner.main", "--threads", str(self.threads),
-            "--trial-memory-mb", str(self.trial_memory_mb),
+            "--trial-memory-mb", str(self.trial_memory_mb), "--family", self.family,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             # A task's training loop can take a large line (predictions); the default 64 KiB
             # limit would cut it.
@@ -189,11 +194,14 @@ class RunnerPool:
     yields a live runner, starting or replacing its process as needed.
     """
 
-    def __init__(self, name: str, slots: int, threads: int, trial_memory_mb: int = 0) -> None:
+    def __init__(self, name: str, slots: int, threads: int, trial_memory_mb: int = 0,
+                 one_family: bool = False) -> None:
         self.name = name
         self.slots = slots
         self.threads = threads
         self.trial_memory_mb = trial_memory_mb
+        self.one_family = one_family
+        self._info: dict[str, Any] = {}
         self._free: asyncio.Queue[int] = asyncio.Queue()
         for i in range(slots):
             self._free.put_nowait(i)
@@ -210,10 +218,11 @@ class RunnerPool:
 
     @property
     def info(self) -> dict[str, Any]:
+        """What the latest runner that loaded torch said about it (device, versions)."""
         for r in self._runners.values():
-            if r.info:
-                return r.info
-        return {}
+            if r.info.get("device"):
+                self._info = r.info
+        return self._info
 
     async def take_slot(self) -> int:
         """Wait for a free slot. Cancelling the wait is safe: no slot is lost."""
@@ -224,11 +233,12 @@ class RunnerPool:
             self._runners[slot].current = ""
         self._free.put_nowait(slot)
 
-    async def runner_for(self, slot: int) -> Runner:
-        """The live runner of a taken slot, started or replaced if needed."""
+    async def runner_for(self, slot: int, family: str = families.ANY) -> Runner:
+        """The live runner of a taken slot for a task of ``family``, started or replaced if
+        needed."""
         if self._closed:
             raise NexusError("node is shutting down")
-        return await self._ensure(slot)
+        return await self._ensure(slot, family)
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[Runner]:
@@ -238,15 +248,21 @@ class RunnerPool:
         finally:
             self.release(slot)
 
-    async def _ensure(self, slot: int) -> Runner:
+    async def _ensure(self, slot: int, family: str) -> Runner:
+        if not self.one_family:
+            family = families.ANY
         async with self._start_locks[slot]:
             r = self._runners.get(slot)
-            if r is not None and r.alive:
+            if r is not None and r.alive and family in (families.ANY, r.family):
                 return r
             if r is not None:
-                log.warning("replacing dead runner %s", r.name)
+                if r.alive:
+                    log.info("runner %s (%s) makes way for one for %s", r.name, r.family, family)
+                else:
+                    log.warning("replacing dead runner %s", r.name)
                 await r.stop()
-            r = Runner(f"{self.name}-{slot}", self.threads, trial_memory_mb=self.trial_memory_mb)
+            r = Runner(f"{self.name}-{slot}", self.threads, trial_memory_mb=self.trial_memory_mb,
+                       family=families.TABLES if family == families.ANY and self.one_family else family)
             await r.start()
             self._runners[slot] = r
             return r

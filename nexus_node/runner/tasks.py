@@ -2,7 +2,8 @@
 
 ``run_task(req, ctx)`` dispatches on ``req["task"]``:
 
-- ``ping``: ``{"pong", "torch", "device", "cuda_name", "warm_up_s"}`` (the first ping warms torch up).
+- ``ping``: ``{"pong", "torch", "device", "cuda_name", "warm_up_s"}`` (the first ping warms torch up;
+  ``{"warm_up": false}`` leaves torch unloaded and answers None for its fields).
 - ``prepare``: read, profile, split and encode a CSV (:func:`nexus_node.pipeline.prepare.prepare`).
 - ``trial``: train one Optuna trial, reporting to the study through the node's storage
   proxy, and finish it there (``tell``).
@@ -16,34 +17,36 @@ and message to the node. Runners are long-lived and run tasks one at a time, so 
 caches (arrays, device tensors, storage proxies, loaded models) carry over between tasks
 without locks; each is bounded.
 
-Only numpy, torch and optuna load with this module: a runner that only ever trains never
-imports pandas (prepare, finalize and predict import it when first called).
+Only numpy and optuna load with this module. torch loads with the first task that trains or
+serves a network, pandas with the first prepare, finalize or predict, scikit-learn with the
+first tree: a runner holds only the libraries of the tasks it ran (see
+:mod:`nexus_node.runner.libraries`, which the node uses to keep one family per runner when
+memory is short).
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Mapping, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, TypeVar
 
 import numpy as np
 import optuna
-import torch
 
 from nexus_node import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.pipeline import metrics, target as target_scale
 from nexus_node.pipeline.folds import fold_splits
-from nexus_node.pipeline.model import output_width
-from nexus_node.pipeline.train import (
-    DeviceData, fit_fixed, model_from_state, pick_device, predict, train_and_score, warm_up,
-)
 from nexus_node.runner.context import TaskContext
 from nexus_node.study_proxy import NexusStorageProxy
 from nexus_node.tls import from_spec as tls_from_spec
+
+if TYPE_CHECKING:
+    from nexus_node.pipeline.train import DeviceData
 
 V = TypeVar("V")
 TRAIN_ARRAYS = ("X_train", "y_train", "X_val", "y_val")
@@ -108,6 +111,12 @@ def _task_ping(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     two epochs: torch's one-time setup (about a second on a CPU) is then paid when the
     runner starts (it pings once to say it is ready), not by the first trial's clock."""
     global _warm_up_s
+    if not req.get("warm_up", True) and "torch" not in sys.modules:
+        return {"pong": True, "torch": None, "device": None, "cuda_name": None, "warm_up_s": None}
+    import torch
+
+    from nexus_node.pipeline.train import warm_up
+
     if _warm_up_s is None:
         started = time.perf_counter()
         warm_up()
@@ -167,6 +176,8 @@ def _data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | N
     """Training tensors of every split of :func:`_splits_for` on the device, built once per
     dataset (and regression target scale: ``log`` is the configuration's choice) and
     reused by later trials."""
+    from nexus_node.pipeline.train import DeviceData, pick_device
+
     key = (_split_key(files), task, n_classes, str(pick_device()), log)
     return _device_data.get_or_make(key, lambda: [
         DeviceData.from_arrays(split, task, n_classes, log=log) for split in _splits_for(files)])
@@ -296,6 +307,8 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
                     int(req["seed"]), int(req.get("threads", 1)), columns=_tree_columns(req["files"]),
                     report=report, cancelled=ctx.cancelled, pruned=reporter.pruned)
             else:
+                from nexus_node.pipeline.train import train_and_score
+
                 res = train_and_score(data, req["params"], task, n_classes, metric, int(req["seed"]),
                                       int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
                                       pruned=reporter.pruned)
@@ -422,6 +435,11 @@ def _refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
                splits: tuple[str, ...], epochs: int, fallback: bool) -> _Fit:
     """The MLP on ``splits`` for ``epochs`` epochs. With ``fallback``, a diverging fit is
     replaced by the model trained as a trial is (train split, early stopping on val)."""
+    import torch
+
+    from nexus_node.pipeline.model import output_width
+    from nexus_node.pipeline.train import DeviceData, fit_fixed, model_from_state, predict, train_and_score
+
     task, metric, params = req["task_type"], req["metric"], req["params"]
     seed, threads = int(req["seed"]), int(req.get("threads", 1))
     transform = req["preprocessing"]["target"].get("transform")

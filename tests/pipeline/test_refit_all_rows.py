@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nexus_node.pipeline import gbt, metrics
+from nexus_node.pipeline import gbt, metrics, train
 from nexus_node.pipeline.artifact import load_artifact
 from nexus_node.pipeline.train import DeviceData, fit_fixed, predict
-from nexus_node.runner import tasks
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
 from tests.pipeline.helpers import arrays
@@ -102,14 +101,14 @@ def test_mlp_artifact_is_refitted_on_every_row_for_the_hinted_epochs(insurance, 
 def test_a_diverging_refit_on_every_row_keeps_the_evaluated_model_and_says_so(insurance, tmp_path, monkeypatch):
     a = arrays(insurance)
     n_tv, n_all = _rows(a)
-    real = tasks.fit_fixed
+    real = train.fit_fixed   # the runner imports it when a network is refitted
 
     def diverge_on_every_row(data, *args, **kwargs):
         if data.X_train.shape[0] == n_all:
             return None, "refit diverged at epoch 0 (loss nan)"
         return real(data, *args, **kwargs)
 
-    monkeypatch.setattr(tasks, "fit_fixed", diverge_on_every_row)
+    monkeypatch.setattr(train, "fit_fixed", diverge_on_every_row)
     path = tmp_path / "kept.zip"
     res = _finalize(insurance, path, {**MLP, "epochs": 2}, epochs_hint=None)
     assert res["epochs_trained"] == 2

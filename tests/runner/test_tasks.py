@@ -169,6 +169,16 @@ def test_ping_reports_the_device():
     assert out["warm_up_s"] > 0 and run_task({"task": "ping"}, LocalContext())["warm_up_s"] == out["warm_up_s"]
 
 
+def test_a_ping_without_warm_up_leaves_torch_unloaded():
+    code = ("import sys\n"
+            "from nexus_node.runner.tasks import run_task\n"
+            "from nexus_node.runner.context import LocalContext\n"
+            "out = run_task({'task': 'ping', 'warm_up': False}, LocalContext())\n"
+            "assert out['pong'] and out['torch'] is None, out\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_a_training_runner_does_not_load_pandas():
     code = ("import sys, nexus_node.runner.tasks; "
             "bad = {'pandas', 'sklearn'} & set(sys.modules); assert not bad, bad")

@@ -1,0 +1,46 @@
+"""Which library family a task loads in its runner, and when a node keeps one family per
+runner process.
+
+A runner imports lazily: torch with the first network it trains or serves, pandas and
+scikit-learn with the first preparation or tree. Left alone, a runner that has run both
+kinds holds both (measured: about 330 MB resident before any data), on top of the node.
+That is fine on a machine with gigabytes per slot and too much on a 512 MB one, so a node
+whose memory per slot is short (:func:`one_family_per_runner`) restarts a slot's idle runner
+when the next task needs the other family. The restart costs a process start (about a
+second for torch, less for the table libraries) only when the family changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+NETWORKS = "networks"   # torch: MLP trials, an MLP's final refit
+TABLES = "tables"       # pandas and scikit-learn: preparation, tree trials, a tree's final refit
+ANY = "any"             # whatever the task needs, loaded as it goes
+
+#: Below this much memory per slot (node and runners together) a node keeps one family per
+#: runner: a runner holding torch, pandas and scikit-learn plus a trial's data does not fit.
+ONE_FAMILY_BELOW_MB_PER_SLOT = 1024
+
+
+def family_of(task: Mapping[str, Any]) -> str:
+    """The family ``task`` (a runner request) loads; :data:`ANY` when it cannot be told."""
+    kind = task.get("task")
+    if kind == "prepare":
+        return TABLES
+    if kind in ("trial", "finalize"):
+        params = task.get("params") or {}
+        return TABLES if params.get("family", "mlp") == "gbt" else NETWORKS
+    return ANY
+
+
+def one_family_per_runner(memory_mb: int, slots: int) -> bool:
+    """Whether a node with ``memory_mb`` for itself and its runners keeps one family per
+    runner."""
+    return memory_mb < ONE_FAMILY_BELOW_MB_PER_SLOT * max(1, slots)
+
+
+def slots_for_memory(memory_mb: int) -> int:
+    """The most slots ``memory_mb`` holds: a runner with one family and a trial's data takes
+    about 400 MB, the node about 100 MB."""
+    return max(1, (memory_mb - 100) // 400)
