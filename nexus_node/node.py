@@ -63,6 +63,7 @@ class NodeConfig:
     threads_per_trial: int = 1
     trial_memory_mb: int | None = None     # None: a share of free memory per slot
     memory_mb: int | None = None           # node and runners together; None: the machine's (or cgroup's)
+    blob_cache_mb: int = 4096              # the blob store's size bound (mesh/blob_cache.py); 0: none
     max_upload_mb: int = 512
     max_predict_mb: int = 64
     default_max_trials: int = 20
@@ -164,7 +165,7 @@ class Node:
             settings=cfg.cluster, timing=cfg.timing, tls=self.tls.peers if self.tls else None,
         )
         self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, mesh.records, mesh.transport,
-                                  mesh.members, cfg.cluster.replicas)
+                                  mesh.members, cfg.cluster.replicas, bound_bytes=cfg.blob_cache_mb << 20)
         # One JournalStorage per node over the replicated journal: reads are local, writes
         # commit through consensus (mesh/journal.py).
         storage = JournalStorage(mesh.journal.backend())

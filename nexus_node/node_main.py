@@ -44,6 +44,10 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                     help="memory this node and its runners may use together (default: the machine's, or its "
                          "cgroup limit); it caps the slots, and below 1024 MB per slot each runner keeps "
                          "one library family (torch or pandas/scikit-learn), see docs/architecture.md")
+    ap.add_argument("--blob-cache-mb", type=int, default=4096,
+                    help="size bound of this node's blob store (default 4096; 0: none): past it the node "
+                         "drops copies it fetched, least recently used first, never those it keeps for "
+                         "the cluster's --replicas")
     ap.add_argument("--max-upload-mb", type=int, default=512, help="largest CSV accepted (default 512)")
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
     ap.add_argument("--default-trials", type=int, default=20, help="trial budget of jobs that set none")
@@ -90,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--slots must be at least 1")
     if a.trial_memory_mb is not None and a.trial_memory_mb < 1:
         ap.error("--trial-memory-mb must be positive")
+    if a.blob_cache_mb < 0:
+        ap.error("--blob-cache-mb must be 0 (no bound) or positive")
     if a.memory_mb is not None and a.memory_mb < 256:
         ap.error("--memory-mb must be at least 256 (a runner with torch alone takes about 230 MB)")
     try:
@@ -116,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                   timeout_s=a.llm_timeout, deadline_s=max(45.0, 2.5 * a.llm_timeout))
     return NodeConfig(
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
-        threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, memory_mb=a.memory_mb,
+        threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, memory_mb=a.memory_mb, blob_cache_mb=a.blob_cache_mb,
         max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,

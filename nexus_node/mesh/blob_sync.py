@@ -7,6 +7,10 @@ itself as a holder. Besides, every blob should live on ``replicas`` nodes: the n
 it are the first ``replicas`` members in rendezvous order of ``sha256(blob + node)`` (a pure
 choice every node computes alike, which moves few blobs when members come and go), and those
 fetch it as soon as its placement is applied.
+
+The store has a size bound (``--blob-cache-mb``): after each fetch, a node over it drops
+cached copies (not the ones it keeps for the cluster) by the rules of
+:mod:`nexus_node.mesh.blob_cache`, recording the drop before deleting the file.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -21,6 +27,7 @@ import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node.errors import FailedPrecondition
+from nexus_node.mesh.blob_cache import HeldBlob, to_drop
 from nexus_node.mesh.records import BlobInfo, ReplicatedRecords
 from nexus_node.mesh.transport import PeerTransport
 from nexus_node.store.blobs import BlobStore
@@ -44,12 +51,18 @@ class BlobSync:
         transport: For FetchBlob calls (token attached).
         members: Current members (voters and learners).
         replicas: Copies each blob should have.
+        bound_bytes: The store's size bound (0: none); see :mod:`nexus_node.mesh.blob_cache`.
+        min_idle: Seconds a cached copy must go unused before it may be dropped.
     """
 
     def __init__(self, node_id: str, cluster: str, store: BlobStore, records: ReplicatedRecords,
-                 transport: PeerTransport, members: Callable[[], set[str]], replicas: int = 2) -> None:
+                 transport: PeerTransport, members: Callable[[], set[str]], replicas: int = 2,
+                 bound_bytes: int = 0, min_idle: float = 60.0) -> None:
         self.node_id, self.cluster, self.store, self.records = node_id, cluster, store, records
         self.transport, self.members, self.replicas = transport, members, replicas
+        self.bound_bytes, self.min_idle = bound_bytes, min_idle
+        self._trimming = asyncio.Lock()
+        self._trim_pending = False
         self._fetching: dict[str, asyncio.Task[Path]] = {}
         self._background: set[asyncio.Task[None]] = set()
         records.blob_listeners.append(self._placed)
@@ -66,6 +79,7 @@ class BlobSync:
         """
         path = self.local(sha256)
         if path is not None:
+            _touch(path)   # the file's mtime is its last use: the cache drops the oldest first
             return path
         task = self._fetching.get(sha256)
         if task is None:
@@ -99,6 +113,7 @@ class BlobSync:
                 log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, holder)
                 # Recorded in the background: the blob is here whether or not that commits now.
                 self._spawn(self._record_holder(got, size, info.kind if info else "blob"))
+                self._request_trim()
                 return self.store.path(got)
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{holder}: {exc.code().name} {exc.details()}")
@@ -112,6 +127,46 @@ class BlobSync:
             await self.records.put_blob(sha256, size, kind)
         except Exception as exc:  # noqa: BLE001 - the copy is still used locally
             log.info("could not record this node as holder of %s: %s", sha256[:12], exc)
+
+    def held(self) -> list[HeldBlob]:
+        """Every blob in this node's store, as the cache rules see it."""
+        members = self.members()
+        out = []
+        for path in self.store.blob_files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            sha = path.name
+            keep = keepers(sha, members, self.replicas)
+            out.append(HeldBlob(sha, st.st_size, st.st_mtime, self.node_id in keep,
+                                len(self.records.holders(sha) & (set(keep) - {self.node_id}))))
+        return out
+
+    def _request_trim(self) -> None:
+        if self.bound_bytes and not self._trim_pending:
+            self._trim_pending = True
+            self._spawn(self.trim())
+
+    async def trim(self) -> list[str]:
+        """Drops cached copies while the store is over its bound; returns what was dropped."""
+        dropped: list[str] = []
+        async with self._trimming:
+            self._trim_pending = False
+            wanted = min(self.replicas, len(self.members()))
+            for sha in to_drop(self.held(), self.bound_bytes, time.time(), wanted, self.min_idle):
+                if sha in self._fetching:
+                    continue
+                try:
+                    await self.records.drop_blob(sha)
+                except Exception as exc:  # noqa: BLE001 - not recorded: keep the file, try next time
+                    log.info("could not record dropping blob %s: %s", sha[:12], exc)
+                    break
+                self.store.path(sha).unlink(missing_ok=True)
+                dropped.append(sha)
+            if dropped:
+                log.info("dropped %d cached blob(s) to stay under %d MB", len(dropped), self.bound_bytes >> 20)
+        return dropped
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro)
@@ -130,6 +185,11 @@ class BlobSync:
                         len(self.records.holders(sha256)), want, timeout)
 
     def _placed(self, info: BlobInfo) -> None:
+        if self.local(info.sha256) is not None:
+            self._request_trim()   # a keeper's copy landing may make this node's copy droppable
+        self._fetch_if_kept(info)
+
+    def _fetch_if_kept(self, info: BlobInfo) -> None:
         """A placement was applied: fetch the blob if this node is one of its keepers."""
         if info.sha256 in self._fetching or self.local(info.sha256) is not None:
             return
@@ -148,3 +208,10 @@ class BlobSync:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:   # gone or read-only: the order of drops is all that depends on it
+        pass

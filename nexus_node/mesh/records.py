@@ -94,6 +94,11 @@ class ReplicatedRecords:
                 for listener in self.blob_listeners:
                     listener(info)
                 return None
+            if op == "drop_blob":
+                info = self.blobs.get(str(body["sha256"]))
+                if info is not None:
+                    info.holders.discard(str(body["holder"]))
+                return None
             if op == "member":
                 node_id, address = str(body["node_id"]), str(body["address"])
                 self.addresses[node_id] = address
@@ -154,6 +159,11 @@ class ReplicatedRecords:
         """Records that this node holds blob ``sha256``."""
         await self._commit({"op": "put_blob", "sha256": sha256, "size": size, "kind": kind,
                             "holder": self.driver.node_id}, term)
+
+    async def drop_blob(self, sha256: str) -> None:
+        """Records that this node no longer holds blob ``sha256`` (commit before deleting the
+        file, so no node is sent to a copy that is gone)."""
+        await self._commit({"op": "drop_blob", "sha256": sha256, "holder": self.driver.node_id})
 
     async def put_member(self, node_id: str, address: str) -> None:
         await self._commit({"op": "member", "node_id": node_id, "address": address})

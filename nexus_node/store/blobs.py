@@ -67,6 +67,11 @@ class BlobStore:
             while chunk := f.read(chunk_size):
                 yield chunk
 
+    def blob_files(self) -> list[Path]:
+        """Every blob file in the store."""
+        return [p for d in self.root.iterdir() if d.is_dir() and len(d.name) == 2 and d != self.tmp
+                for p in d.iterdir() if p.is_file() and len(p.name) == 64]
+
     def clear_temp(self) -> None:
         """Drop leftovers of uploads interrupted by a crash."""
         for p in self.tmp.iterdir():

@@ -1,0 +1,64 @@
+"""A node over its blob-store bound drops cached copies, recording the drop first, and keeps
+what it holds for the cluster (real records on a one-voter driver, real files)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from nexus_node.jobs.events import EventHub
+from nexus_node.mesh.blob_sync import BlobSync, keepers
+from nexus_node.mesh.driver import MeshSettings, RaftDriver
+from nexus_node.mesh.records import ReplicatedRecords
+from nexus_node.store.blobs import BlobStore
+
+FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)
+MEMBERS = {"n1", "n2"}
+
+
+def _blob(store: BlobStore, data: bytes, age: float) -> str:
+    tmp = store.new_temp()
+    tmp.write_bytes(data)
+    sha, _ = store.ingest(tmp)
+    old = store.path(sha).stat().st_mtime - age
+    os.utime(store.path(sha), (old, old))
+    return sha
+
+
+def _kept_by(node: str, store: BlobStore, prefix: bytes, age: float) -> str:
+    """A blob whose one keeper (replicas 1) among MEMBERS is ``node``."""
+    for i in range(1000):
+        data = prefix + str(i).encode() * 1000
+        sha = hashlib.sha256(data).hexdigest()
+        if keepers(sha, MEMBERS, 1) == [node]:
+            return _blob(store, data, age)
+    raise AssertionError("no such blob")
+
+
+async def test_cached_copies_go_and_kept_ones_stay(tmp_path):
+    driver = RaftDriver("n1", "test", tmp_path / "raft.db", "127.0.0.1:1", {}, settings=FAST)
+    records = ReplicatedRecords(driver, EventHub())
+    await driver.start(["n1"])
+    await driver.wait_for(lambda: driver.is_leader, 10)
+    store = BlobStore(tmp_path / "blobs")
+    sync = BlobSync("n1", "test", store, records, None, lambda: set(MEMBERS), replicas=1,  # type: ignore[arg-type]
+                    bound_bytes=1, min_idle=60)
+    try:
+        mine = _kept_by("n1", store, b"mine", age=600)          # n1 keeps it: never dropped
+        cached = _kept_by("n2", store, b"cached", age=600)      # n2 keeps it and holds it: droppable
+        waiting = _kept_by("n2", store, b"waiting", age=600)    # n2 keeps it but has not fetched it
+        fresh = _kept_by("n2", store, b"fresh", age=0)          # just used
+        for sha in (mine, cached, waiting, fresh):
+            await records.put_blob(sha, store.path(sha).stat().st_size, "dataset")
+        for sha in (cached, fresh):   # n2's copies, as n2's own put_blob would record them
+            await records._commit({"op": "put_blob", "sha256": sha, "size": 1, "kind": "dataset", "holder": "n2"})
+
+        # n2's copy landing is what makes n1's droppable: the node trims on its own.
+        await driver.wait_for(lambda: records.holders(cached) == {"n2"}, 10)
+        await sync.trim()   # waits for the background trim (one at a time)
+        assert not store.has(cached)
+        assert all(store.has(s) and "n1" in records.holders(s) for s in (mine, waiting, fresh))
+        assert await sync.trim() == []   # still over the bound, but nothing else may go
+    finally:
+        await sync.close()
+        await driver.stop()
