@@ -41,6 +41,12 @@ FEATURE_LOG_SKEW = 2.0
 # backed by a single row only teaches the network that row.
 MIN_CATEGORY_COUNT = 2
 OTHER, MISSING = "__other__", "__missing__"
+# A categorical column with more distinct training values than the one-hot keeps
+# (CATEGORY_LIMIT) also gets a count feature: log1p of how many *other* training rows hold
+# the row's value (a book challenged in other places, passengers on one ticket), which
+# one-hot of 30 values loses for the rest. The counts of at most this many values are kept
+# in the preprocessing (the most frequent; rarer values count 0, as unseen ones do).
+COUNT_LIMIT = 10_000
 # Quantile bins of the piecewise-linear encoding added to every numeric column (fewer
 # when a column has fewer distinct values; 0 turns the encoding off).
 PLE_BINS = 16
@@ -116,7 +122,9 @@ def fit_categorical(name: str, s: pd.Series) -> dict[str, Any]:
     Keeps the :data:`~.profile.CATEGORY_LIMIT` most frequent values seen at least
     :data:`MIN_CATEGORY_COUNT` times (ties broken by value so the result is deterministic);
     other values share an ``__other__`` column and missing cells a ``__missing__`` column,
-    each present only when training needed it.
+    each present only when training needed it. With more distinct values than
+    ``CATEGORY_LIMIT``, ``counts`` holds each value's training count (see :data:`COUNT_LIMIT`)
+    for the ``__count`` feature; else it is empty.
     """
     counts = s.dropna().value_counts()
     ranked = sorted(((int(c), str(v)) for v, c in counts.items()), key=lambda t: (-t[0], t[1]))
@@ -124,6 +132,7 @@ def fit_categorical(name: str, s: pd.Series) -> dict[str, Any]:
     return {
         "name": name, "kind": "categorical", "categories": keep,
         "other": len(keep) < len(ranked), "missing": bool(s.isna().any()),
+        "counts": {v: c for c, v in ranked[:COUNT_LIMIT]} if len(ranked) > CATEGORY_LIMIT else {},
     }
 
 
@@ -154,6 +163,7 @@ def fit_preprocessing(train: pd.DataFrame, columns: Sequence[ColumnInfo], info: 
             block = [f"{col.name}={c}" for c in spec["categories"]]
             block += [f"{col.name}={OTHER}"] if spec["other"] else []
             block += [f"{col.name}={MISSING}"] if spec["missing"] else []
+            block += [f"{col.name}__count"] if spec["counts"] else []
         spec["features"] = [len(names), len(names) + len(block)]
         names += block
         specs.append(spec)
@@ -182,7 +192,7 @@ def check_columns(df: pd.DataFrame, prep: Mapping[str, Any]) -> None:
         )
 
 
-def transform(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
+def transform(df: pd.DataFrame, prep: Mapping[str, Any], fitted_rows: bool = False) -> np.ndarray:
     """Encode a frame of text cells with fitted preprocessing.
 
     Columns not used in training are ignored. Unparseable numbers count as missing; unseen
@@ -191,6 +201,9 @@ def transform(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
     Args:
         df: Rows to encode; needs every column in ``prep["input_columns"]``.
         prep: The dict from :func:`fit_preprocessing` (or its JSON round trip).
+        fitted_rows: ``df`` holds the rows the preprocessing was fitted on: a row's
+            ``__count`` then leaves the row itself out, so that it means, for training rows
+            as for any other, how many other training rows share the value.
 
     Returns:
         float32 array of shape ``(len(df), len(prep["feature_names"]))``.
@@ -232,6 +245,11 @@ def transform(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
                 slot[missing] = k + int(spec["other"])
             rows = np.flatnonzero(slot >= 0)
             out[rows, start + slot[rows]] = 1.0
+            if spec.get("counts"):
+                n = text.map(spec["counts"]).fillna(0).to_numpy(dtype=np.float64)
+                if fitted_rows:
+                    n = np.maximum(n - 1.0, 0.0)
+                out[:, stop - 1] = np.log1p(n)
     return out
 
 
@@ -345,7 +363,8 @@ def prepare(
     files = {}
     y_all = encode_target(df[target], prep)
     for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
-        for name, arr in ((f"X_{part}", transform(df.iloc[idx], prep)), (f"y_{part}", y_all[idx])):
+        X = transform(df.iloc[idx], prep, fitted_rows=part == "train")
+        for name, arr in ((f"X_{part}", X), (f"y_{part}", y_all[idx])):
             files[name] = os.path.join(out_dir, f"{name}.npy")
             np.save(files[name], arr, allow_pickle=False)
     # Trees split on raw thresholds, so they train on the encoded features minus the

@@ -19,6 +19,12 @@ from nexus_node.pipeline.target import skewness
 
 # One-hot keeps at most this many categories per column (by training frequency).
 CATEGORY_LIMIT = 30
+# A text column with more distinct values than CATEGORY_LIMIT and than half its cells is
+# free text (dropped) unless at least this share of its cells repeat another cell's value:
+# then it is a key shared by groups of rows (a book's title, a ticket, an author), and a
+# row's group says something about it (encoded as the group's size and the most frequent
+# values, see ``prepare.fit_categorical``). Free text repeats almost never (names: 0%).
+MIN_REPEATED_SHARE = 0.2
 # Text targets with more classes than this are refused: a per-class probability over
 # hundreds of labels is not what a tabular MLP on a few thousand rows can learn.
 MAX_CLASSES = 50
@@ -202,11 +208,19 @@ def profile_column(s: pd.Series, name: str, rows: int) -> ColumnInfo:
         info.reason = f"constant: every row is {present.iloc[0]!r}"
     elif n_unique == n_present and n_present >= 10:
         info.reason = "identifier or free text: a different value in every row"
-    elif n_unique > CATEGORY_LIMIT and n_unique > 0.5 * n_present:
-        info.reason = f"free text: {n_unique} distinct values in {n_present} rows"
+    elif n_unique > CATEGORY_LIMIT and n_unique > 0.5 * n_present and (
+            repeated := repeated_share(present)) < MIN_REPEATED_SHARE:
+        info.reason = (f"free text: {n_unique} distinct values in {n_present} rows, "
+                       f"{100 * repeated:.0f}% of them shared with another row")
     else:
         info.kind = "categorical"
     return info
+
+
+def repeated_share(present: pd.Series) -> float:
+    """Share of the (non-missing) cells whose value occurs in another cell too."""
+    counts = present.map(present.value_counts())
+    return float((counts.to_numpy() > 1).mean()) if present.size else 0.0
 
 
 def detect_target(s: pd.Series, name: str) -> TargetInfo:

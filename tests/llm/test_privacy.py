@@ -29,8 +29,12 @@ def test_titanic_metadata_keeps_statistics_and_withholds_text_and_ids(titanic_pr
     assert meta["rows"] == 891 and meta["task"] == "binary"
     assert cols["Age"]["stats"]["max"] == 80.0 and 0.19 < cols["Age"]["missing_fraction"] < 0.2
     assert cols["Sex"]["top_categories"] == [["male", 0.6476], ["female", 0.3524]]
-    for dropped in ("Name", "Ticket", "Cabin", "PassengerId"):
+    for dropped in ("Name", "PassengerId"):
         assert "stats" not in cols[dropped] and "top_categories" not in cols[dropped]
+    # Tickets and cabins are kept as keys shared by groups of passengers: the ticket's name
+    # withholds its values, and no cabin is shared by enough passengers to be quoted.
+    assert "values_withheld" in cols["Ticket"] and "top_categories" not in cols["Ticket"]
+    assert cols["Cabin"]["kind"] == "categorical" and cols["Cabin"]["top_categories"] == []
     for column in ("Name", "Ticket", "Cabin"):
         leaked = [v for v in titanic_values(column) if len(v) > 3 and v in text]
         assert not leaked, f"{column} values in the metadata: {leaked[:3]}"

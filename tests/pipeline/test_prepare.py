@@ -79,7 +79,7 @@ def test_classification_split_is_stratified_and_labels_are_encoded(titanic):
     rates = [a[f"y_{s}"].mean() for s in ("train", "val", "test")]
     assert a["y_train"].dtype == np.int64 and max(rates) - min(rates) < 0.01
     dropped = {c["name"]: c["reason"] for c in titanic["profile"]["columns"] if c["kind"] == "dropped"}
-    assert set(dropped) == {"PassengerId", "Name", "Ticket", "Cabin"}
+    assert set(dropped) == {"PassengerId", "Name"}
     assert {d["name"] for d in titanic["preprocessing"]["dropped"]} == set(dropped)
 
 
@@ -133,9 +133,10 @@ def test_categories_are_bounded_by_frequency_with_an_other_column():
     assert len(spec["categories"]) == 30 and spec["other"] and spec["missing"]
     assert spec["categories"][0] == "United-States"
     start, stop = spec["features"]
-    assert stop - start == 32
+    assert stop - start == 33   # 30 values, other, missing, and the count (41 values > 30)
+    assert prep["feature_names"][stop - 1] == "native-country__count"
     X = transform(df.iloc[:200], prep)
-    assert np.array_equal(X[:, start:stop].sum(axis=1), np.ones(200, dtype=np.float32))
+    assert np.array_equal(X[:, start:stop - 1].sum(axis=1), np.ones(200, dtype=np.float32))
 
 
 def test_missing_training_column_is_named():
@@ -153,3 +154,33 @@ def test_skewed_nonnegative_feature_is_log_scaled():
 def test_piecewise_linear_encoding_climbs_through_each_bin():
     enc = piecewise_linear(np.array([-1.0, 0.0, 1.5, 3.0, 9.0]), [0.0, 1.0, 2.0, 3.0])
     assert enc.tolist() == [[0, 0, 0], [0, 0, 0], [1, 0.5, 0], [1, 1, 1], [1, 1, 1]]
+
+
+def test_high_cardinality_categories_get_a_count_of_other_training_rows(tmp_path):
+    # 40 titles (more than the one-hot's 30) in 53 rows: t0 in 5 rows, t1..t9 in 2, t10..t39 in 1.
+    titles = ["t0"] * 5 + [f"t{i}" for i in range(1, 10) for _ in range(2)] + [f"t{i}" for i in range(10, 40)]
+    train = pd.DataFrame({"title": pd.Series(titles, dtype="str"),
+                          "shelf": pd.Series((["a", "b", "c"] * 18)[:53], dtype="str"),
+                          "y": pd.Series((["0", "1"] * 27)[:53], dtype="str")})
+    prep = fit_preprocessing(train, profile_columns(train, "y", []), detect_target(train["y"], "y"))
+    names = prep["feature_names"]
+    assert "title__count" in names and not any(n.startswith("shelf__") for n in names)   # 3 values: one-hot only
+    col = names.index("title__count")
+    # The rows it was fitted on count the *other* rows with their value ...
+    fitted = transform(train, prep, fitted_rows=True)[:, col]
+    assert np.allclose(fitted[[0, 5, 23]], np.log1p([4, 1, 0]))
+    # ... as new rows count the training rows with theirs; unseen and missing values count 0.
+    new = pd.DataFrame({"title": pd.Series(["t0", "t1", "t30", "never seen", pd.NA], dtype="str"),
+                        "shelf": pd.Series(["a"] * 5, dtype="str")})
+    assert np.allclose(transform(new, prep)[:, col], np.log1p([5, 2, 1, 0, 0]))
+    assert np.allclose(transform(new, json.loads(json.dumps(prep)))[:, col], np.log1p([5, 2, 1, 0, 0]))
+    # prepare writes the training split's rows with the fitted-rows count, the others with
+    # the training split's count.
+    big = pd.DataFrame({"title": [f"t{i % 80}" for i in range(200)], "y": [str(i % 3 % 2) for i in range(200)]})
+    res = prepare(str(write_csv(tmp_path, big.to_csv(index=False))), "y", 0, str(tmp_path / "out"))
+    a = arrays(res)
+    col = res["feature_names"].index("title__count")
+    train_idx, val_idx, _ = split_indices(200, 0, 0.2, 0.2, big["y"].astype(int).to_numpy())
+    in_train = big["title"].iloc[train_idx].value_counts()
+    assert np.allclose(a["X_train"][:, col], np.log1p(big["title"].iloc[train_idx].map(in_train) - 1))
+    assert np.allclose(a["X_val"][:, col], np.log1p(big["title"].iloc[val_idx].map(in_train).fillna(0)))

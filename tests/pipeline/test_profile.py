@@ -67,9 +67,10 @@ def test_titanic_drops_ids_and_free_text_and_keeps_the_rest():
     k = _kinds(_table("titanic.csv"), "Survived")
     assert k["PassengerId"][0] == "dropped" and "row number" in k["PassengerId"][1]
     assert k["Name"][0] == "dropped" and "every row" in k["Name"][1]
-    assert k["Ticket"][0] == "dropped" and "free text" in k["Ticket"][1]
+    # 681 tickets in 891 rows, but 39% of passengers share theirs with others: a key.
+    assert k["Ticket"][0] == "categorical" and k["Cabin"][0] == "categorical"
     assert {n for n, (kind, _) in k.items() if kind != "dropped"} == {
-        "Pclass", "Sex", "Age", "SibSp", "Parch", "Fare", "Embarked"}
+        "Pclass", "Sex", "Age", "SibSp", "Parch", "Ticket", "Fare", "Cabin", "Embarked"}
     assert k["Sex"][0] == "categorical" and k["Age"][0] == "numeric"
 
 
@@ -114,3 +115,15 @@ def test_numbers_exported_as_text_are_parsed():
     np.testing.assert_array_equal(got[:5], [1234.5, 12.0, -3000.0, 5.0, 1000.0])
     # A decimal comma or a word is not a number; "1,2" is not a thousands group.
     assert np.isnan(got[5:]).all()
+
+
+def test_many_distinct_text_values_are_a_key_when_enough_cells_repeat():
+    # 60 rows, 40 distinct values: free text by the distinct count alone (> 30 and > half).
+    # Values 0-19 occur twice (40 of 60 cells repeat another), 20-39 once.
+    shared = pd.Series([f"book {i}" for i in list(range(20)) * 2 + list(range(20, 40))], dtype="str")
+    info = profile_column(shared, "title", 60)
+    assert (info.kind, info.n_unique) == ("categorical", 40)
+    # 55 distinct in 60 rows: 10 cells (17%) repeat, under MIN_REPEATED_SHARE: free text.
+    prose = pd.Series([f"note {i}" for i in list(range(5)) * 2 + list(range(5, 55))], dtype="str")
+    info = profile_column(prose, "comment", 60)
+    assert info.kind == "dropped" and info.reason == "free text: 55 distinct values in 60 rows, 17% of them shared with another row"
