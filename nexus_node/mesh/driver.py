@@ -19,8 +19,8 @@ While the loop awaits the disk, new inputs wait in the inbox and are all fed to 
 the next Ready, so concurrent proposals share one fsync and one round of messages.
 
 Proposals (:meth:`RaftDriver.propose`) carry a unique id. The leader proposes to its own core; a
-follower forwards to the leader with ``PeerService.Propose``. Either way the call returns only
-once *this* node has applied the entry (read-your-writes). Lost answers and failovers are
+follower hands them to the leader in its stream of Raft messages, unanswered. Either way the
+call returns only once *this* node has applied the entry (read-your-writes). Lost answers and failovers are
 handled by proposing again with the same id: the state machine applies an id once (Raft thesis
 §6.3), so a retry can never apply a write twice.
 """
@@ -36,9 +36,6 @@ import uuid
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import grpc
-
-from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node.mesh.log_store import RaftLogStore
 from nexus_node.mesh.raft import (
     MemoryStorage,
@@ -91,6 +88,12 @@ class MeshSettings:
     def retry_interval(self) -> float:
         """How long a proposal waits before proposing again: two maximal election timeouts."""
         return 4 * self.election_tick * self.tick_interval
+
+    @property
+    def forward_retry_interval(self) -> float:
+        """How long a forwarded proposal waits before it is sent again: one maximal election
+        timeout. Nothing says it arrived, so this also covers a loss on the way."""
+        return 2 * self.election_tick * self.tick_interval
 
 
 class MeshStopped(RuntimeError):
@@ -286,15 +289,15 @@ class RaftDriver:
             else:
                 if not item.done.done():
                     item.done.set_result(index)
-        elif isinstance(item, tuple):  # (data, proposal_id, future of the entry's index)
+        elif isinstance(item, tuple):  # (data, proposal_id, future of the entry's index or None)
             data, pid, accepted = item
             try:
                 entry = self._raw.propose(data, pid)
             except (NotLeader, ProposalDropped) as exc:
-                if not accepted.done():
+                if accepted is not None and not accepted.done():
                     accepted.set_exception(exc)
             else:
-                if not accepted.done():
+                if accepted is not None and not accepted.done():
                     accepted.set_result(entry.index)
         else:
             try:
@@ -429,10 +432,9 @@ class RaftDriver:
             if remaining <= 0:
                 raise TimeoutError(f"proposal {pid} not applied within the timeout")
             changes = self._lead_changes
-            submitted = await self._submit(data, pid, min(remaining, self.settings.retry_interval))
             # Propose again when leadership moves (the entry may have been lost with the old
             # leader) or after the retry interval; a duplicate is harmless (thesis §6.3).
-            wait = self.settings.retry_interval if submitted else self.settings.tick_interval
+            wait = await self._submit(data, pid)
             try:
                 await self.wait_for(
                     lambda: self.state.applied_at(pid) is not None or self._lead_changes != changes,
@@ -441,23 +443,23 @@ class RaftDriver:
                 pass
         return index
 
-    async def _submit(self, data: bytes, pid: str, budget: float) -> bool:
-        """One attempt to get the proposal to the leader. Returns whether it got there."""
+    async def _submit(self, data: bytes, pid: str) -> float:
+        """One attempt to get the proposal to the leader. Returns how long to wait for it
+        before proposing again."""
+        s = self.settings
         leader = self._lead
         if leader is None:
-            return False
+            return s.tick_interval
         if leader == self.node_id:
             try:
                 await self._propose_local(data, pid)
-                return True
+                return s.retry_interval
             except (NotLeader, ProposalDropped):
-                return False
-        try:
-            reply = await self._transport.forward(leader, data, pid, timeout=budget)
-        except (grpc.aio.AioRpcError, LookupError) as exc:
-            log.debug("forwarding %s to %s: %s", pid, leader, exc)
-            return False
-        return reply.status == pb.ProposeReply.OK
+                return s.tick_interval
+        if self._transport.forward(leader, data, pid):
+            return s.forward_retry_interval
+        log.debug("forwarding %s to %s: no address or queue full", pid, leader)
+        return s.tick_interval
 
     async def _propose_local(self, data: bytes, pid: str) -> int:
         if self._stopped:
@@ -488,30 +490,16 @@ class RaftDriver:
             self._inbox.put_nowait(m)
         return min(room, len(messages))
 
-    async def propose_from_peer(self, data: bytes, proposal_id: str) -> pb.ProposeReply:
-        """A follower's forwarded proposal: commit it here and answer once applied here."""
-        def not_leader() -> pb.ProposeReply:
-            lead = self._lead or ""
-            return pb.ProposeReply(status=pb.ProposeReply.NOT_LEADER, leader_id=lead,
-                                   leader_address=self.address if lead == self.node_id
-                                   else self._peers.get(lead, ""))
-
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]]) -> int:
+        """Writes followers forwarded (data, proposal id): proposed here while this node
+        leads, else dropped (their proposers send them again when they see the new leader).
+        Returns how many were queued for the core."""
         if self._raw is None or self._stopped or not self.is_leader:
-            return not_leader()
-        if self.state.applied_at(proposal_id) is None:
-            try:
-                await self._propose_local(data, proposal_id)
-            except NotLeader:
-                return not_leader()
-            except ProposalDropped:
-                return pb.ProposeReply(status=pb.ProposeReply.RETRY)
-            try:
-                await self.wait_for(
-                    lambda: self.state.applied_at(proposal_id) is not None or not self.is_leader,
-                    self.settings.retry_interval)
-            except TimeoutError:
-                pass
-        index = self.state.applied_at(proposal_id)
-        if index is not None:
-            return pb.ProposeReply(status=pb.ProposeReply.OK, index=index)
-        return not_leader() if not self.is_leader else pb.ProposeReply(status=pb.ProposeReply.RETRY)
+            return 0
+        room = max(0, self.settings.inbox_size - self._inbox.qsize())
+        queued = 0
+        for data, pid in proposals[:room]:
+            if self.state.applied_at(pid) is None:
+                self._inbox.put_nowait((data, pid, None))
+                queued += 1
+        return queued

@@ -9,7 +9,9 @@ cluster token is refused before any of this runs.
 Senders: :meth:`PeerTransport.send` never waits. Each peer has one task draining a bounded queue
 into ``Step`` calls, one call in flight at a time; when the queue is full new messages are
 dropped. Raft tolerates lost messages (the leader re-sends on the next heartbeat or probe), so
-dropping is how a slow or dead peer is kept from stalling the driver or eating memory.
+dropping is how a slow or dead peer is kept from stalling the driver or eating memory. A
+follower's writes for the leader (:meth:`PeerTransport.forward`) ride in the same batches,
+unanswered: a unary call per write cost both nodes several times a message on the stream.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.auth import CHANNEL_OPTIONS, METADATA_KEY
 from nexus_node.mesh.raft import Message, NodeId, message_from_dict, message_to_dict
+from nexus_node.mesh.raft.messages import MESSAGE_TYPES
 from nexus_node.tls import ClientTls, aio_channel
 
 if TYPE_CHECKING:
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bumped on any incompatible change to peer.proto or to the encoding of Raft messages.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # A LAN peer that comes back should be talked to again within about a second, not after gRPC's
 # default reconnect backoff (which grows to two minutes).
@@ -60,7 +63,7 @@ class PeerHost(Protocol):
 
     def receive(self, messages: Sequence[Message]) -> int: ...
 
-    async def propose_from_peer(self, data: bytes, proposal_id: str) -> pb.ProposeReply: ...
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]]) -> int: ...
 
     def is_member(self) -> bool: ...
 
@@ -114,6 +117,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
 
     async def _decoded(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> list[Message]:
         await self._check_cluster(request.cluster, context)
+        if any(not p.proposal_id for p in request.proposals):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a proposal needs a proposal_id")
         try:
             messages = [_checked(message_from_dict(json.loads(raw))) for raw in request.messages]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -126,21 +131,20 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                                     f"to {self._host.node_id}")
         return messages
 
+    async def _received(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> int:
+        accepted = self._host.receive(await self._decoded(request, context))
+        if request.proposals:
+            self._host.receive_proposals([(p.data, p.proposal_id) for p in request.proposals])
+        return accepted
+
     async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
-        return pb.StepAck(accepted=self._host.receive(await self._decoded(request, context)))
+        return pb.StepAck(accepted=await self._received(request, context))
 
     async def StepStream(self, request_iterator, context: grpc.aio.ServicerContext) -> pb.StepAck:  # type: ignore[no-untyped-def]
         accepted = 0
         async for request in request_iterator:
-            accepted += self._host.receive(await self._decoded(request, context))
+            accepted += await self._received(request, context)
         return pb.StepAck(accepted=accepted)
-
-    async def Propose(self, request: pb.ProposeRequest, context: grpc.aio.ServicerContext) -> pb.ProposeReply:
-        await self._check_cluster(request.cluster, context)
-        if not request.proposal_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "proposal_id is required")
-        return await self._host.propose_from_peer(request.data, request.proposal_id)
-
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.ProposeReply:
         await self._check_cluster(request.cluster, context)
@@ -187,6 +191,11 @@ BLOB_CHUNK = 1 << 20
 
 # Field annotations of the core's messages (strings: the module uses postponed annotations).
 _FIELD_TYPES = {"int": int, "NodeId": str, "bool": bool}
+# Per message class, the scalar fields and their types, worked out once.
+_SCALARS: dict[type, tuple[tuple[str, type], ...]] = {
+    cls: tuple((f.name, _FIELD_TYPES[str(f.type)]) for f in dataclasses.fields(cls)
+               if str(f.type) in _FIELD_TYPES)
+    for cls in MESSAGE_TYPES.values()}
 
 
 def _checked(message: Message) -> Message:
@@ -198,12 +207,10 @@ def _checked(message: Message) -> Message:
     Raises:
         TypeError: a field has the wrong type.
     """
-    for field in dataclasses.fields(message):
-        expected = _FIELD_TYPES.get(str(field.type))
-        value = getattr(message, field.name)
+    for name, expected in _SCALARS[type(message)]:
         # bool is an int subclass: a term of True is as wrong as a term of "1".
-        if expected is not None and (type(value) is not expected):
-            raise TypeError(f"{type(message).__name__}.{field.name} must be {expected.__name__}")
+        if type(getattr(message, name)) is not expected:
+            raise TypeError(f"{type(message).__name__}.{name} must be {expected.__name__}")
     return message
 
 
@@ -212,15 +219,24 @@ def add_peer_service(server: grpc.aio.Server, host: PeerHost, hooks: NodeHooks |
     peer_pb2_grpc.add_PeerServiceServicer_to_server(PeerServicer(host, hooks), server)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Forward:
+    """A write handed to the leader (see :meth:`PeerTransport.forward`)."""
+
+    data: bytes
+    proposal_id: str
+
+
 class _Link:
     """The sending side towards one peer: a bounded queue and the task draining it."""
 
     def __init__(self, transport: "PeerTransport", peer: NodeId) -> None:
         self.peer = peer
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(transport.queue_size)
+        self.queue: asyncio.Queue[Message | _Forward] = asyncio.Queue(transport.queue_size)
         self._t = transport
         self._greeted_at: str | None = None  # the address our Hello last reached
         self._stream: grpc.aio.StreamUnaryCall | None = None   # open StepStream to _greeted_at
+        self._stalled = False   # the current write outlasted the RPC timeout
         self.task = asyncio.create_task(self._run(), name=f"raft-send-{peer}")
 
     async def _run(self) -> None:
@@ -239,17 +255,27 @@ class _Link:
                     await t.hello(stub, self.peer)
                     self._greeted_at = address
                     self._stream = stub.StepStream(metadata=t.metadata)
-                write = asyncio.ensure_future(self._stream.write(pb.RaftBatch(
+                request = pb.RaftBatch(
                     cluster=t.host.cluster, from_node=t.host.node_id,
                     messages=[json.dumps(message_to_dict(m), separators=(",", ":")).encode()
-                              for m in batch])))
+                              for m in batch if not isinstance(m, _Forward)],
+                    proposals=[pb.Proposal(proposal_id=m.proposal_id, data=m.data)
+                               for m in batch if isinstance(m, _Forward)])
                 # Not wait_for: cancelling a write that the transport holds can block until
-                # the call ends. A write that takes too long ends the call instead.
-                await asyncio.wait({write}, timeout=t.rpc_timeout)
-                if not write.done():
-                    write.add_done_callback(_retrieve)
-                    raise TimeoutError(f"write to {self.peer} took over {t.rpc_timeout} s")
-                write.result()
+                # the call ends. A write that takes too long ends the call instead, which
+                # fails the write; a timer rather than a task per batch, as this runs for
+                # every batch to every peer.
+                self._stalled = False
+                timer = asyncio.get_running_loop().call_later(t.rpc_timeout, self._end_stalled)
+                try:
+                    await self._stream.write(request)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not self._stalled or (task is not None and task.cancelling()):
+                        raise
+                    raise TimeoutError(f"write to {self.peer} took over {t.rpc_timeout} s") from None
+                finally:
+                    timer.cancel()
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
                     TimeoutError, PeerMismatch) as exc:
                 # Greet again and open a new stream next time: the peer may come back on
@@ -260,15 +286,17 @@ class _Link:
                 log.debug("%s -> %s: %d raft messages dropped: %s", t.host.node_id, self.peer,
                           len(batch), exc)
 
+    def _end_stalled(self) -> None:
+        # The peer has not taken a batch within the RPC timeout: ending the call makes the
+        # pending write raise CancelledError, which _run turns into a TimeoutError.
+        self._stalled = True
+        if self._stream is not None:
+            self._stream.cancel()
+
     def _close_stream(self) -> None:
         if self._stream is not None:
             self._stream.cancel()
             self._stream = None
-
-
-def _retrieve(fut: "asyncio.Future[object]") -> None:
-    if not fut.cancelled():
-        fut.exception()   # an abandoned write's outcome no longer matters
 
 
 class PeerMismatch(Exception):
@@ -332,30 +360,30 @@ class PeerTransport:
     def send(self, messages: Sequence[Message]) -> None:
         """Queues ``messages`` for their destinations; drops what does not fit."""
         for m in messages:
-            link = self._links.get(m.dst)
-            if link is None:
-                link = self._links[m.dst] = _Link(self, m.dst)
-            try:
-                link.queue.put_nowait(m)
-            except asyncio.QueueFull:
-                log.debug("queue to %s full: dropping %s", m.dst, type(m).__name__)
+            self._queue(m.dst, m)
 
-    async def forward(self, leader: NodeId, data: bytes, proposal_id: str,
-                      timeout: float) -> pb.ProposeReply:
-        """Hands a proposal to ``leader`` and waits for its answer.
+    def forward(self, leader: NodeId, data: bytes, proposal_id: str) -> bool:
+        """Queues a write for ``leader``, in the batches of Raft messages; never waits.
 
-        Raises:
-            grpc.aio.AioRpcError: the call failed; the caller retries with the same id.
-            LookupError: no address is known for ``leader``.
+        Returns:
+            Whether it was queued (False: no address known for ``leader``, queue full, closed).
+            Queued is not delivered: the caller proposes again, with the same id, when its
+            write is not applied in time.
         """
-        address = self.host.peer_address(leader)
-        if address is None:
-            raise LookupError(f"no address for leader {leader}")
-        reply: pb.ProposeReply = await self.stub(address).Propose(
-            pb.ProposeRequest(cluster=self.host.cluster, from_node=self.host.node_id,
-                              proposal_id=proposal_id, data=data),
-            timeout=timeout, metadata=self.metadata)
-        return reply
+        if self._closed or self.host.peer_address(leader) is None:
+            return False
+        return self._queue(leader, _Forward(data, proposal_id))
+
+    def _queue(self, dst: NodeId, item: Message | _Forward) -> bool:
+        link = self._links.get(dst)
+        if link is None:
+            link = self._links[dst] = _Link(self, dst)
+        try:
+            link.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.debug("queue to %s full: dropping %s", dst, type(item).__name__)
+            return False
+        return True
 
     async def close(self) -> None:
         """Stops every sender and closes every channel."""

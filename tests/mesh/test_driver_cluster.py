@@ -112,7 +112,7 @@ async def test_peer_service_refuses_calls_without_the_token_or_of_another_cluste
         stub = peer_pb2_grpc.PeerServiceStub(channel)
         for md in [(), ((METADATA_KEY, "Bearer wrong"),)]:
             for call, req in [(stub.Hello, hello), (stub.Step, pb.RaftBatch(cluster="test")),
-                              (stub.Propose, pb.ProposeRequest(cluster="test", proposal_id="x"))]:
+                              (stub.Join, pb.JoinRequest(cluster="test", node_id="x", address="a:1"))]:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await call(req, metadata=md)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -129,6 +129,10 @@ async def test_peer_service_refuses_calls_without_the_token_or_of_another_cluste
                 await stub.Step(pb.RaftBatch(cluster="test", from_node="n1", messages=[raw]),
                                 metadata=good)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
+        with pytest.raises(grpc.aio.AioRpcError) as err:   # a forwarded write without its id
+            await stub.Step(pb.RaftBatch(cluster="test", from_node="n1",
+                                         proposals=[pb.Proposal(data=b"x")]), metadata=good)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         reply = await stub.Hello(hello, metadata=good)
         assert (reply.node_id, reply.cluster) == ("n0", "test")
 

@@ -12,6 +12,7 @@ from nexus_node.mesh.raft import (
     HardState,
     InvalidConfigChange,
     Membership,
+    Message,
     MsgApp,
     MsgAppResp,
     MsgPreVote,
@@ -124,6 +125,26 @@ def test_conflicting_suffix_is_truncated_and_stale_appends_truncate_nothing() ->
     # A probe past our log is rejected with a hint: our last index <= 7 whose term is <= 3.
     f.step(MsgApp("l", "f", 3, prev_index=7, prev_term=3, entries=(), commit=0))
     assert drain(f, st) == [MsgAppResp("f", "l", 3, index=7, reject=True, hint_index=3, hint_term=3)]
+
+
+def test_a_new_commit_index_goes_out_in_appends_that_are_answered_only_when_rejected() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    sent: list[Message] = []
+    entry = cl.nodes["a"].propose(b"x")
+    cl.deliver(drop=lambda m: sent.append(m) or False)
+    # The entry to each follower and its answer, then the commit index alone, unanswered.
+    assert [(type(m).__name__, m.dst, getattr(m, "commit_only", None)) for m in sent] == [
+        ("MsgApp", "b", False), ("MsgApp", "c", False), ("MsgAppResp", "a", None),
+        ("MsgAppResp", "a", None), ("MsgApp", "b", True), ("MsgApp", "c", True)]
+    assert all(n.status().commit == entry.index for n in cl.nodes.values())
+    assert cl.applied["c"][-1].data == b"x"
+    # One that does not match (the entry before it was lost) is rejected, so the leader repairs.
+    f, st = node_with_log("f", ABC, [2], HardState(term=2))
+    f.step(MsgApp("l", "f", 2, prev_index=3, prev_term=2, entries=(), commit=3, commit_only=True))
+    assert drain(f, st) == [MsgAppResp("f", "l", 2, index=3, reject=True, hint_index=2, hint_term=2)]
+    f.step(MsgApp("l", "f", 2, prev_index=2, prev_term=2, entries=(), commit=2, commit_only=True))
+    assert drain(f, st) == [] and f.status().commit == 2
 
 
 def test_leader_backtracks_to_the_follower_hint_and_repairs_its_log() -> None:

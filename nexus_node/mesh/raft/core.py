@@ -360,7 +360,8 @@ class Raft:
     def _handle_append(self, m: MsgApp) -> None:
         if m.prev_index < self.log.committed:
             # Everything up to our commit index is settled; tell the leader where we stand.
-            self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
+            if not m.commit_only:
+                self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
             return
         last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.entries)
         if last_new is None:
@@ -373,7 +374,10 @@ class Raft:
         # Figure 2 receiver rule 5. Only up to the last entry this message vouches for: entries
         # after it may be stale leftovers that the leader has not yet overwritten.
         self.log.commit_to(min(m.commit, last_new))
-        self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=last_new))
+        if not m.commit_only:
+            # The answer to a commit-only append would tell the leader nothing: a lost entry
+            # shows up as a rejection of the next append, or at the next heartbeat's answer.
+            self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=last_new))
 
     def _handle_heartbeat(self, m: MsgHeartbeat) -> None:
         # The leader caps a heartbeat's commit at our known match index, so it is in our log.
@@ -392,7 +396,7 @@ class Raft:
                 self._on_reject(m, pr)
             elif pr.update(m.index):
                 if self._maybe_commit():
-                    self._bcast_append()
+                    self._bcast_append(commit_only=True)
                 elif pr.next <= self.log.last_index():
                     self._send_append(m.src, pr)
                 if m.src == self.lead_transferee and pr.match == self.log.last_index():
@@ -425,7 +429,9 @@ class Raft:
         self.log.commit_to(index)
         return True
 
-    def _send_append(self, to: NodeId, pr: Progress) -> None:
+    def _send_append(self, to: NodeId, pr: Progress, commit_only: bool = False) -> None:
+        """Sends what ``to`` lacks; with ``commit_only``, an empty append to a replicating
+        follower asks for no answer (see :class:`MsgApp`). A probe is always answered."""
         if pr.probing and pr.paused:
             return
         prev = pr.next - 1
@@ -433,16 +439,18 @@ class Raft:
         assert prev_term is not None, f"next {pr.next} past the log of leader {self.id}"
         hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_msg)
         entries = tuple(self.log.slice(pr.next, hi))
-        self.msgs.append(MsgApp(self.id, to, self.term, prev, prev_term, entries, self.log.committed))
+        quiet = commit_only and not entries and not pr.probing
+        self.msgs.append(MsgApp(self.id, to, self.term, prev, prev_term, entries, self.log.committed,
+                                commit_only=quiet))
         if pr.probing:
             pr.paused = True
         elif entries:
             pr.next = entries[-1].index + 1  # replicate mode: pipeline the next batch
 
-    def _bcast_append(self) -> None:
+    def _bcast_append(self, commit_only: bool = False) -> None:
         for member in sorted(self.prs):
             if member != self.id:
-                self._send_append(member, self.prs[member])
+                self._send_append(member, self.prs[member], commit_only)
 
     def _bcast_heartbeat(self) -> None:
         for member in sorted(self.prs):
@@ -555,4 +563,4 @@ class Raft:
         self.log.stable_to(index, term)
         if self.role is Role.LEADER and self.log.term(index) == term:
             if self.prs[self.id].update(index) and self._maybe_commit():
-                self._bcast_append()
+                self._bcast_append(commit_only=True)

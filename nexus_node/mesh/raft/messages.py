@@ -71,7 +71,12 @@ EMPTY_HARD_STATE = HardState()
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MsgApp:
-    """AppendEntries (§5.3): entries after ``(prev_index, prev_term)``, plus the leader's commit."""
+    """AppendEntries (§5.3): entries after ``(prev_index, prev_term)``, plus the leader's commit.
+
+    ``commit_only`` marks an empty append sent only to spread a new commit index: the follower
+    checks and commits as for any append but answers only a rejection, since the leader learns
+    nothing from a success (it tracks the follower through the answers to entries).
+    """
 
     src: NodeId
     dst: NodeId
@@ -80,6 +85,7 @@ class MsgApp:
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    commit_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,6 +199,11 @@ MESSAGE_TYPES: dict[str, type] = {
 }
 
 
+# Field names per message class, looked up once: every message to or from a peer is encoded.
+_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in MESSAGE_TYPES.values()}
+
+
 def entry_to_dict(entry: Entry) -> dict[str, Any]:
     """Returns a JSON-able dict for ``entry`` (``data`` as base64)."""
     out: dict[str, Any] = {
@@ -223,12 +234,13 @@ def entry_from_dict(raw: dict[str, Any]) -> Entry:
 
 def message_to_dict(message: Message) -> dict[str, Any]:
     """Returns a JSON-able dict for ``message``, with its class name under ``"type"``."""
-    out: dict[str, Any] = {"type": type(message).__name__}
-    for field in dataclasses.fields(message):
-        value = getattr(message, field.name)
-        if field.name == "entries":
+    cls = type(message)
+    out: dict[str, Any] = {"type": cls.__name__}
+    for name in _FIELDS[cls]:
+        value = getattr(message, name)
+        if name == "entries":
             value = [entry_to_dict(e) for e in value]
-        out[field.name] = value
+        out[name] = value
     return out
 
 

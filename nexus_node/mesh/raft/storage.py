@@ -6,7 +6,7 @@ needs entries it no longer holds in memory); all writes are done by the driver w
 is rebuilt from storage alone, which is exactly what survives a crash.
 
 No snapshots or log compaction yet: ``first_index()`` is always 1 and the whole log is kept. A
-persistent backend (aiosqlite) only has to provide the same six methods.
+persistent backend (SQLite) only has to provide the same six methods.
 """
 
 from __future__ import annotations

@@ -141,32 +141,30 @@ class HelloReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ..., member: _Optional[bool] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ...) -> None: ...
 
 class RaftBatch(_message.Message):
-    __slots__ = ("cluster", "from_node", "messages")
+    __slots__ = ("cluster", "from_node", "messages", "proposals")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     from_node: str
     messages: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., messages: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    proposals: _containers.RepeatedCompositeFieldContainer[Proposal]
+    def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., messages: _Optional[_Iterable[bytes]] = ..., proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ...) -> None: ...
+
+class Proposal(_message.Message):
+    __slots__ = ("proposal_id", "data")
+    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    proposal_id: str
+    data: bytes
+    def __init__(self, proposal_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class StepAck(_message.Message):
     __slots__ = ("accepted",)
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
-
-class ProposeRequest(_message.Message):
-    __slots__ = ("cluster", "from_node", "proposal_id", "data")
-    CLUSTER_FIELD_NUMBER: _ClassVar[int]
-    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
-    PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    cluster: str
-    from_node: str
-    proposal_id: str
-    data: bytes
-    def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., proposal_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ProposeReply(_message.Message):
     __slots__ = ("status", "index", "leader_id", "leader_address")

@@ -50,11 +50,6 @@ class PeerServiceStub:
                 request_serializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
                 _registered_method=True)
-        self.Propose = channel.unary_unary(
-                '/nexus.v1.PeerService/Propose',
-                request_serializer=nexus_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
-                response_deserializer=nexus_dot_v1_dot_peer__pb2.ProposeReply.FromString,
-                _registered_method=True)
         self.Join = channel.unary_unary(
                 '/nexus.v1.PeerService/Join',
                 request_serializer=nexus_dot_v1_dot_peer__pb2.JoinRequest.SerializeToString,
@@ -101,14 +96,6 @@ class PeerServiceServicer:
         """The same batches on one long-lived stream per peer (what nodes use: a message on an open
         stream costs a fraction of a unary call). Ends when either side goes; the sender opens a
         new one, and whatever was lost in between Raft re-sends.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Propose(self, request, context):
-        """A follower hands a proposal to the leader. The leader answers once the entry is
-        committed and applied on the leader, or NOT_LEADER with a hint of who leads.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,11 +151,6 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.StepStream,
                     request_deserializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.FromString,
                     response_serializer=nexus_dot_v1_dot_peer__pb2.StepAck.SerializeToString,
-            ),
-            'Propose': grpc.unary_unary_rpc_method_handler(
-                    servicer.Propose,
-                    request_deserializer=nexus_dot_v1_dot_peer__pb2.ProposeRequest.FromString,
-                    response_serializer=nexus_dot_v1_dot_peer__pb2.ProposeReply.SerializeToString,
             ),
             'Join': grpc.unary_unary_rpc_method_handler(
                     servicer.Join,
@@ -272,33 +254,6 @@ class PeerService:
             '/nexus.v1.PeerService/StepStream',
             nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
             nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Propose(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/nexus.v1.PeerService/Propose',
-            nexus_dot_v1_dot_peer__pb2.ProposeRequest.SerializeToString,
-            nexus_dot_v1_dot_peer__pb2.ProposeReply.FromString,
             options,
             channel_credentials,
             insecure,
