@@ -3,6 +3,7 @@ gRPC status codes. No business logic lives here."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from nexus_node import convert
+from nexus_node import convert, studies
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound, TooLarge, Unauthenticated
@@ -134,6 +135,13 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
         async with _mapped(context):
             trials = await self.manager.trials(request.job_id)
             return pb.ListTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
+
+    async def ReportSteps(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            steps = [(int(s.step), float(s.value)) for s in request.steps]
+            written = await asyncio.get_running_loop().run_in_executor(
+                None, studies.report_steps, self.manager.storage, int(request.trial_id), steps)
+            return pb.ReportStepsReply(written=written)
 
     async def ListModels(self, request, context):  # noqa: N802
         async with _mapped(context):

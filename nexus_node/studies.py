@@ -17,6 +17,7 @@ from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from nexus_node import pruning
+from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
 from nexus_node.jobs.events import TrialView
 from nexus_node.space import GBT_MAX_ITER, trial_params
 
@@ -154,3 +155,65 @@ def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     for t in trials:
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
+
+
+def report_steps(storage: JournalStorage, trial_id: int, steps: list[tuple[int, float]]) -> int:
+    """Writes a running trial's intermediate values as ONE journal append: what Optuna's
+    ``Trial.report`` does once per step (the same log operations, and steps the trial
+    already has are skipped as ``report`` skips them), in one consensus round instead of
+    one per step. Returns how many steps were written.
+
+    Uses JournalStorage's lock, backend and worker id (Optuna 5.0's private names; the
+    version is pinned): the public API has no batch write (:func:`_append`).
+
+    Raises:
+        InvalidInput: a negative step.
+        NotFound: no such trial.
+        FailedPrecondition: the trial is finished.
+    """
+    from optuna.storages.journal._storage import JournalOperation
+
+    if any(step < 0 for step, _ in steps):
+        raise InvalidInput("steps must be non-negative")
+    try:
+        trial = storage.get_trial(trial_id)   # takes the storage's lock itself (not re-entrant)
+    except KeyError:
+        raise NotFound(f"no trial with id {trial_id} in this node's studies") from None
+    if trial.state.is_finished():
+        raise FailedPrecondition(f"trial {trial.number} is already {trial.state.name}; its steps are not recorded")
+    fresh: dict[int, float] = {}
+    for step, value in steps:
+        if step not in trial.intermediate_values and step not in fresh:
+            fresh[int(step)] = float(value)
+    if not fresh:
+        return 0
+    _append(storage, [{"op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, "trial_id": trial_id,
+                       "step": step, "intermediate_value": value} for step, value in fresh.items()])
+    return len(fresh)
+
+
+def set_user_attrs(storage: JournalStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
+    """``Trial.set_user_attr`` for each of ``attrs``, in one journal append (one consensus
+    round) instead of one per attribute.
+
+    Raises:
+        FailedPrecondition: the trial is finished.
+    """
+    from optuna.storages.journal._storage import JournalOperation
+
+    _append(storage, [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial_id,
+                       "user_attr": {key: value}} for key, value in attrs.items()])
+
+
+def _append(storage: JournalStorage, ops: list[dict[str, Any]]) -> None:
+    """Appends Optuna journal operations (without ``worker_id``: this storage's is added) as
+    one write, and reads them back as JournalStorage's own writers do."""
+    with storage._thread_lock:
+        worker = storage._replay_result.worker_id
+        storage._backend.append_logs([{**op, "worker_id": worker} for op in ops])
+        try:
+            # Replaying our own writes raises if the trial finished since the caller looked,
+            # as the one-at-a-time writers would have.
+            storage._sync_with_backend()
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            raise FailedPrecondition(str(exc)) from None

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import warnings
 
-from optuna.exceptions import ExperimentalWarning
+import grpc
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
 from optuna.storages._grpc.auto_generated import api_pb2_grpc
 from optuna.storages._grpc.client import GrpcClientCache
 
+from nexus_node._generated.nexus.v1 import nexus_pb2, nexus_pb2_grpc
 from nexus_node.auth import secure_channel
 from nexus_node.tls import ClientTls
 
@@ -38,3 +40,22 @@ class NexusStorageProxy(GrpcStorageProxy):
         self._channel = secure_channel(f"{self._host}:{self._port}", self._token, self._tls)
         self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
+
+    def report_steps(self, trial_id: int, steps: list[tuple[int, float]]) -> bool:
+        """Writes ``(step, value)`` pairs of a running trial in one call (the node's
+        ``NexusService.ReportSteps``: one journal append, one consensus round). False when the
+        server is not a Nexus node (plain Optuna's proxy): report step by step instead.
+
+        Raises:
+            UpdateFinishedTrialError: the trial is finished (as ``Trial.report`` raises).
+        """
+        try:
+            nexus_pb2_grpc.NexusServiceStub(self._channel).ReportSteps(nexus_pb2.ReportStepsRequest(
+                trial_id=trial_id, steps=[nexus_pb2.TrialStep(step=s, value=v) for s, v in steps]), timeout=60)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                return False
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
+                raise UpdateFinishedTrialError(exc.details()) from None  # type: ignore[attr-defined]
+            raise
+        return True

@@ -4,7 +4,8 @@ of the same run.
 scale: trials per minute of one job on a 2-node cluster over the same job on a 1-node cluster,
     one slot of one thread per node, identical short MLP trials (fixed architecture and epochs,
     no pruning), measured from the job's first trial start to its last trial end (taken from the
-    study). Interleaved rounds, after a warm-up job on each cluster (runners started). Target
+    study). Interleaved rounds, after a warm-up job of the same size on each cluster (the first
+    job on a fresh cluster ran up to a third slower: runners starting, caches filling). Target
     >= 1.85 (on this 2-core machine the two nodes' trials share the cores with the nodes
     themselves).
 
@@ -94,8 +95,8 @@ def bench_scale(n_trials: int, rounds: int) -> dict:
         one = cluster(Path(tmp) / "one", 1, "--pruner", "none")
         two = cluster(Path(tmp) / "two", 2, "--pruner", "none")
         try:
-            for c in (one, two):   # warm-up: every node's runner started and torch imported
-                _trials_per_minute(c[0].address, 2 * len(c), seed=1)
+            for c in (one, two):   # warm-up, a whole job each: runners started, caches filled
+                _trials_per_minute(c[0].address, n_trials, seed=1)
             singles, pairs = [], []
             for r in range(rounds):   # interleaved: the machine's speed drifts
                 singles.append(_trials_per_minute(one[0].address, n_trials, seed=10 + r))

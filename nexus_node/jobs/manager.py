@@ -645,8 +645,7 @@ class JobManager:
     def _ask(self, study: optuna.Study, c: Constraints, node_id: str) -> tuple[optuna.Trial, dict[str, Any]]:
         trial = study.ask()
         params = suggest_params(trial, c)
-        trial.set_user_attr(studies.CONFIG_ATTR, params)
-        trial.set_user_attr(studies.NODE_ATTR, node_id)
+        studies.set_user_attrs(study._storage, trial._trial_id, {studies.CONFIG_ATTR: params, studies.NODE_ATTR: node_id})
         return trial, params
 
     async def _trial(

@@ -278,6 +278,28 @@ class ListTrialsResponse(_message.Message):
     trials: _containers.RepeatedCompositeFieldContainer[TrialInfo]
     def __init__(self, trials: _Optional[_Iterable[_Union[TrialInfo, _Mapping]]] = ...) -> None: ...
 
+class ReportStepsRequest(_message.Message):
+    __slots__ = ("trial_id", "steps")
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    trial_id: int
+    steps: _containers.RepeatedCompositeFieldContainer[TrialStep]
+    def __init__(self, trial_id: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[TrialStep, _Mapping]]] = ...) -> None: ...
+
+class TrialStep(_message.Message):
+    __slots__ = ("step", "value")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    value: float
+    def __init__(self, step: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+
+class ReportStepsReply(_message.Message):
+    __slots__ = ("written",)
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    written: int
+    def __init__(self, written: _Optional[int] = ...) -> None: ...
+
 class Model(_message.Message):
     __slots__ = ("model_id", "job_id", "task", "target", "input_columns", "classes", "test_metrics", "artifact_sha256", "artifact_bytes", "created_at", "family", "params_json")
     class TestMetricsEntry(_message.Message):

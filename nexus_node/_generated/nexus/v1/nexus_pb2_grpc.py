@@ -94,6 +94,11 @@ class NexusServiceStub:
                 request_serializer=nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
                 _registered_method=True)
+        self.ReportSteps = channel.unary_unary(
+                '/nexus.v1.NexusService/ReportSteps',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.FromString,
+                _registered_method=True)
 
 
 class NexusServiceServicer:
@@ -171,6 +176,14 @@ class NexusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportSteps(self, request, context):
+        """For trial code (the runners): several reports in one write. FAILED_PRECONDITION if the
+        trial is finished, NOT_FOUND if the storage has no such trial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NexusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +246,11 @@ def add_NexusServiceServicer_to_server(servicer, server):
                     servicer.WatchCluster,
                     request_deserializer=nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_nexus__pb2.Cluster.SerializeToString,
+            ),
+            'ReportSteps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSteps,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +577,33 @@ class NexusService:
             '/nexus.v1.NexusService/WatchCluster',
             nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.SerializeToString,
             nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.NexusService/ReportSteps',
+            nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.FromString,
             options,
             channel_credentials,
             insecure,
