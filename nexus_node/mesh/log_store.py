@@ -1,4 +1,4 @@
-"""The Raft log and hard state on disk (SQLite), with the cache the core reads.
+"""The Raft log and hard state on disk (SQLite through aiosqlite), with the cache the core reads.
 
 The core reads :class:`~nexus_node.mesh.raft.Storage` synchronously and often (terms for the
 consistency check, entries for MsgApp), so :class:`RaftLogStore` keeps the whole persisted log in
@@ -8,9 +8,9 @@ committed with ``synchronous=FULL`` so that it is on disk before any message of 
 sent (Raft §5.2, §5.3: a forgotten vote or acknowledged entry breaks safety). The cache is updated
 after the commit, so it never holds anything the disk does not.
 
-The connection lives on one thread of its own and each save is one call there: the whole
-transaction costs the event loop a single hand-off (aiosqlite took one per statement, four
-per save, each a wake-up of the loop).
+Each aiosqlite call is a hand-off to the connection's thread and a wake-up of the loop, so a
+save makes as few as it can: the entries in one ``executemany``, the commit, and only when
+needed a ``DELETE`` (a follower's conflicting suffix) and the hard state (a new term or vote).
 
 No compaction yet (the core has no snapshots), so the log and its cache grow with the cluster's
 history; the state machine is rebuilt at start-up by re-applying the committed log.
@@ -18,11 +18,10 @@ history; the state machine is rebuilt at start-up by re-applying the committed l
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
+
+import aiosqlite
 
 from nexus_node.mesh.raft import Entry, EntryType, HardState, MemoryStorage
 from nexus_node.mesh.raft.messages import EMPTY_HARD_STATE
@@ -43,45 +42,6 @@ CREATE TABLE IF NOT EXISTS raft_log (
 );
 """
 
-_PUT_HARD_STATE = "INSERT OR REPLACE INTO raft_hard_state (id, term, vote, commit_index) VALUES (0, ?, ?, ?)"
-
-
-def _connect(path: Path) -> tuple[sqlite3.Connection, list[Entry], HardState | None]:
-    db = sqlite3.connect(path, check_same_thread=False)
-    try:
-        # WAL lets a commit be one sequential write; FULL makes each commit fsync, which the
-        # persist-before-send rule needs (NORMAL would only be durable at checkpoints).
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        db.commit()
-        entries = [Entry(int(i), int(t), EntryType(ty), bytes(d), p) for i, t, ty, d, p in
-                   db.execute("SELECT idx, term, type, data, proposal_id FROM raft_log ORDER BY idx")]
-        for expected, e in enumerate(entries, start=1):
-            if e.index != expected:
-                raise ValueError(f"{path}: raft log has a gap before index {e.index}")
-        row = db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchone()
-    except BaseException:
-        db.close()
-        raise
-    return db, entries, HardState(int(row[0]), row[1], int(row[2])) if row is not None else None
-
-
-def _write(db: sqlite3.Connection, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
-    """One transaction: a follower's conflicting suffix out, the entries and hard state in."""
-    try:
-        if entries:
-            db.execute("DELETE FROM raft_log WHERE idx >= ?", (entries[0].index,))
-            db.executemany(
-                "INSERT INTO raft_log (idx, term, type, data, proposal_id) VALUES (?, ?, ?, ?, ?)",
-                [(e.index, e.term, e.type.value, e.data, e.proposal_id) for e in entries])
-        if hard_state is not None:
-            db.execute(_PUT_HARD_STATE, (hard_state.term, hard_state.vote, hard_state.commit))
-        db.commit()
-    except BaseException:
-        db.rollback()
-        raise
-
 
 class RaftLogStore:
     """A :class:`~nexus_node.mesh.raft.Storage` persisted in SQLite.
@@ -93,15 +53,16 @@ class RaftLogStore:
     Use :meth:`open` to build one.
     """
 
-    def __init__(self, db: sqlite3.Connection, thread: ThreadPoolExecutor, cache: MemoryStorage) -> None:
+    def __init__(self, db: aiosqlite.Connection, cache: MemoryStorage) -> None:
         self._db = db
-        self._thread = thread   # the connection's only user
         self._cache = cache
         self._commit_dirty = False   # the cached commit index is ahead of the disk's
         self._closed = False
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    async def _write_hard_state(self, h: HardState) -> None:
+        await self._db.execute(
+            "INSERT OR REPLACE INTO raft_hard_state (id, term, vote, commit_index) VALUES (0, ?, ?, ?)",
+            (h.term, h.vote, h.commit))
 
     @classmethod
     async def open(cls, path: Path) -> "RaftLogStore":
@@ -113,17 +74,26 @@ class RaftLogStore:
         Returns:
             The store, holding exactly what a previous run persisted.
         """
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-log")
-        try:
-            db, entries, hard = await asyncio.get_running_loop().run_in_executor(thread, _connect, path)
-        except BaseException:
-            thread.shutdown(wait=False)
-            raise
+        db = await aiosqlite.connect(path)
+        # WAL lets a commit be one sequential write; FULL makes each commit fsync, which the
+        # persist-before-send rule needs (NORMAL would only be durable at checkpoints).
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.executescript(_SCHEMA)
+        await db.commit()
         cache = MemoryStorage()
+        async with db.execute("SELECT idx, term, type, data, proposal_id FROM raft_log ORDER BY idx") as cur:
+            entries = [Entry(int(i), int(t), EntryType(ty), bytes(d), p) async for i, t, ty, d, p in cur]
+        for expected, e in enumerate(entries, start=1):
+            if e.index != expected:
+                await db.close()
+                raise ValueError(f"{path}: raft log has a gap before index {e.index}")
         cache.append(entries)
-        if hard is not None:
-            cache.set_hard_state(hard)
-        return cls(db, thread, cache)
+        async with db.execute("SELECT term, vote, commit_index FROM raft_hard_state") as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            cache.set_hard_state(HardState(int(row[0]), row[1], int(row[2])))
+        return cls(db, cache)
 
     async def close(self) -> None:
         """Writes a commit index not yet on disk, then closes the database connection.
@@ -134,11 +104,11 @@ class RaftLogStore:
         try:
             if self._commit_dirty:
                 # Lazy by design: a commit index is re-learned from the leader if this is lost.
-                await self._run(_write, self._db, self._cache.hard_state(), ())
+                await self._write_hard_state(self._cache.hard_state())
+                await self._db.commit()
                 self._commit_dirty = False
         finally:
-            await self._run(self._db.close)
-            self._thread.shutdown(wait=False)
+            await self._db.close()
 
     def is_empty(self) -> bool:
         """Whether nothing was ever persisted (a brand-new node)."""
@@ -171,7 +141,15 @@ class RaftLogStore:
             first = entries[0].index
             if not 1 <= first <= self._cache.last_index() + 1:
                 raise ValueError(f"append at {first} leaves a gap after {self._cache.last_index()}")
-        await self._run(_write, self._db, hard_state, entries)
+            if first <= self._cache.last_index():   # a follower's conflicting suffix (§5.3)
+                await self._db.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
+            await self._db.executemany(
+                "INSERT INTO raft_log (idx, term, type, data, proposal_id) VALUES (?, ?, ?, ?, ?)",
+                [(e.index, e.term, e.type.value, e.data, e.proposal_id) for e in entries],
+            )
+        if hard_state is not None:
+            await self._write_hard_state(hard_state)
+        await self._db.commit()
         self._cache.append(entries)
         if hard_state is not None:
             self._cache.set_hard_state(hard_state)

@@ -1,1 +1,1 @@
-"""Durable node state: SQLite (through aiosqlite) for records, content-addressed files for blobs."""
+"""Content-addressed files for blobs (the replicated records and Raft log live under nexus_node/mesh)."""
