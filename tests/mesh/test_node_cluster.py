@@ -118,9 +118,13 @@ def test_a_killed_worker_s_trial_runs_again_on_another_node(node_factory, insura
     lead = coordinator(nodes, view)
     job_id = submit(stub(lead.address), insurance_csv, "charges", max_trials=6, seed=7,
                     constraints_json='{"min_epochs": 60, "max_epochs": 60, "families": ["mlp"]}').job_id
-    busy = cluster_until(lead.address, lambda v: any(
-        n.running and n.role != pb.COORDINATOR and n.running[0].startswith(job_id + "/") for n in v.nodes))
-    victim_info = next(n for n in busy.nodes if n.running and n.role != pb.COORDINATOR)
+    def running_a_trial(n: pb.NodeInfo) -> bool:
+        # A trial's label is JOB/NUMBER; JOB/prepare would be re-run without failing a trial.
+        return n.role != pb.COORDINATOR and any(r.startswith(job_id + "/") and r.rsplit("/", 1)[1].isdigit()
+                                                for r in n.running)
+
+    busy = cluster_until(lead.address, lambda v: any(running_a_trial(n) for n in v.nodes))
+    victim_info = next(n for n in busy.nodes if running_a_trial(n))
     victim = next(n for n in nodes if n.address == victim_info.address)
     victim.kill()   # SIGKILL mid-trial: its heartbeats stop
 
@@ -130,7 +134,7 @@ def test_a_killed_worker_s_trial_runs_again_on_another_node(node_factory, insura
     retries = assert_budget_kept(trials, 6)
     by_number = {t.number: t for t in trials}
     lost = [t for t in trials if t.state == "FAIL"]
-    assert lost and all(t.node_id == victim_info.node_id and "missed heartbeats" in t.message for t in lost), lost
+    assert lost and all(t.node_id == victim_info.node_id and "missed heartbeats" in t.message for t in lost), (victim_info.node_id, [(t.number, t.state, t.node_id, t.message, t.retry_of if t.HasField("retry_of") else None) for t in trials])
     for r in retries:   # re-run elsewhere
         assert r.node_id != victim_info.node_id and by_number[r.retry_of].node_id == victim_info.node_id
 
