@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import optuna
 from optuna.storages import JournalStorage
@@ -20,6 +20,8 @@ from nexus_node import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
 from nexus_node.jobs.events import TrialView
 from nexus_node.space import GBT_MAX_ITER, trial_params
+
+T = TypeVar("T")
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -192,17 +194,40 @@ def report_steps(storage: JournalStorage, trial_id: int, steps: list[tuple[int, 
     return len(fresh)
 
 
-def set_user_attrs(storage: JournalStorage, trial_id: int, attrs: Mapping[str, Any]) -> None:
-    """``Trial.set_user_attr`` for each of ``attrs``, in one journal append (one consensus
-    round) instead of one per attribute.
+def suggest_in_one_write(trial: optuna.Trial, suggest: Callable[[optuna.Trial], T],
+                         user_attrs: Callable[[T], Mapping[str, Any]]) -> T:
+    """Runs ``suggest(trial)`` holding back the storage writes of its ``suggest_*`` calls, then
+    writes them with ``user_attrs(result)`` as one journal append (one consensus round for a
+    trial's parameters and attributes, instead of one per parameter).
 
-    Raises:
-        FailedPrecondition: the trial is finished.
+    The sampler reads other trials, and this trial's own values from the trial object, never
+    this trial's parameters from storage, so what it draws is unchanged.
     """
+    from optuna.distributions import distribution_to_json
     from optuna.storages.journal._storage import JournalOperation
 
-    _append(storage, [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial_id,
-                       "user_attr": {key: value}} for key, value in attrs.items()])
+    storage = trial.storage
+    held: list[dict[str, Any]] = []
+
+    class _HeldParams:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(storage, name)
+
+        def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                            distribution: optuna.distributions.BaseDistribution) -> None:
+            held.append({"op_code": JournalOperation.SET_TRIAL_PARAM, "trial_id": trial_id, "param_name": param_name,
+                         "param_value_internal": param_value_internal,
+                         "distribution": distribution_to_json(distribution)})
+
+    trial.storage = _HeldParams()  # type: ignore[assignment]
+    try:
+        result = suggest(trial)
+    finally:
+        trial.storage = storage
+    held += [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial._trial_id, "user_attr": {k: v}}
+             for k, v in user_attrs(result).items()]
+    _append(storage, held)
+    return result
 
 
 def _append(storage: JournalStorage, ops: list[dict[str, Any]]) -> None:

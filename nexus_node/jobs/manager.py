@@ -644,8 +644,8 @@ class JobManager:
 
     def _ask(self, study: optuna.Study, c: Constraints, node_id: str) -> tuple[optuna.Trial, dict[str, Any]]:
         trial = study.ask()
-        params = suggest_params(trial, c)
-        studies.set_user_attrs(study._storage, trial._trial_id, {studies.CONFIG_ATTR: params, studies.NODE_ATTR: node_id})
+        params = studies.suggest_in_one_write(trial, lambda t: suggest_params(t, c),
+                                              lambda p: {studies.CONFIG_ATTR: p, studies.NODE_ATTR: node_id})
         return trial, params
 
     async def _trial(

@@ -14,9 +14,11 @@ from nexus_node.studies import report_steps
 
 class CountingBackend(JournalFileBackend):
     appends = 0
+    param_appends = 0   # appends holding trial parameters
 
     def append_logs(self, logs):  # type: ignore[no-untyped-def]
         self.appends += 1
+        self.param_appends += any(int(log["op_code"]) == 5 for log in logs)   # SET_TRIAL_PARAM
         super().append_logs(logs)
 
 
@@ -53,15 +55,47 @@ def test_bad_steps_unknown_and_finished_trials_are_refused(storage_and_backend):
     assert storage.get_trial(trial).intermediate_values == {}
 
 
-def test_user_attributes_land_in_one_append(storage_and_backend):
-    from nexus_node.studies import set_user_attrs
+def _space(t):
+    return {"lr": t.suggest_float("lr", 1e-4, 1e-1, log=True), "width": t.suggest_categorical("width", [32, 64, 128]),
+            "layers": t.suggest_int("layers", 1, 4)}
 
-    storage, backend = storage_and_backend
-    trial = storage.create_new_trial(storage.create_new_study([StudyDirection.MAXIMIZE], "s"))
-    before = backend.appends
-    set_user_attrs(storage, trial, {"nexus:config": {"width": 64}, "nexus:node": "node-1"})
-    assert backend.appends == before + 1
-    assert storage.get_trial(trial).user_attrs == {"nexus:config": {"width": 64}, "nexus:node": "node-1"}
-    storage.set_trial_state_values(trial, TrialState.FAIL)
+
+def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_same(tmp_path):
+    import optuna
+
+    from nexus_node.studies import suggest_in_one_write
+
+    draws = []
+    for held in (False, True):
+        backend = CountingBackend(str(tmp_path / f"journal-{held}.log"))
+        study = optuna.create_study(storage=JournalStorage(backend), sampler=optuna.samplers.TPESampler(
+            seed=3, n_startup_trials=2, constant_liar=True), direction="maximize")
+        for i in range(4):
+            trial = study.ask()
+            before = backend.param_appends
+            if held:
+                # (TPE writes its own system attribute when it samples; that write is not held.)
+                params = suggest_in_one_write(trial, _space, lambda p: {"nexus:config": p, "nexus:node": "n1"})
+                assert backend.param_appends == before + 1
+            else:
+                params = _space(trial)
+            study.tell(trial, params["lr"] * params["layers"])
+            draws.append(params)
+        stored = study.trials[-1]
+        assert stored.params == draws[-1]
+        if held:
+            assert stored.user_attrs == {"nexus:config": draws[-1], "nexus:node": "n1"}
+    assert draws[:4] == draws[4:]   # the sampler drew exactly what it draws writing each param
+
+
+def test_held_writes_of_a_finished_trial_are_refused(storage_and_backend):
+    import optuna
+
+    from nexus_node.studies import suggest_in_one_write
+
+    storage, _ = storage_and_backend
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     with pytest.raises(FailedPrecondition):
-        set_user_attrs(storage, trial, {"late": 1})
+        suggest_in_one_write(trial, _space, lambda p: {})
