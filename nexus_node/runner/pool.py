@@ -1,7 +1,7 @@
 """Node side of the runners: start them, hand them tasks, replace the ones that die.
 
 Runners are started lazily, on the first task that needs one, and then kept: process
-start-up and the torch import (~2 s) are paid once per slot, not once per trial. A pool that
+start-up and the torch import (~1.4 s) are paid once per slot, not once per trial. A pool that
 keeps one library family per runner (:mod:`nexus_node.runner.families`, for nodes short of
 memory) replaces a slot's idle runner when the next task needs the other family.
 """
