@@ -34,6 +34,10 @@ def test_calls_without_the_token_are_refused(secured):
         assert "token" in e.details()
         e = rpc_error(stub(secured.address, token).WatchJob, pb.WatchJobRequest(job_id="x"), timeout=10)
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Trial code's batched reports are study writes: refused the same way.
+        e = rpc_error(stub(secured.address, token).ReportSteps, pb.ReportStepsRequest(
+            trial_id=0, steps=[pb.TrialStep(step=0, value=1.0)]), timeout=10)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_optuna_storage_service_needs_the_token_too(secured):
