@@ -193,8 +193,15 @@ class Chaos:
             trials = self.trials(lead)
             return [n for n in numbers if n in trials and trials[n].state == "RUNNING"]
 
-        view = cluster_until(lead.address, lambda v: bool(running(v)), timeout=DEADLINE_S, token=TOKEN)
-        return running(view)[0]
+        # Keep the numbers the predicate saw: asked again, the trial may have ended meanwhile.
+        seen: list[int] = []
+
+        def victim_runs_one(view: pb.Cluster) -> bool:
+            seen[:] = running(view)
+            return bool(seen)
+
+        cluster_until(lead.address, victim_runs_one, timeout=DEADLINE_S, token=TOKEN)
+        return seen[0]
 
     def snapshot(self, witness) -> None:
         """Every COMPLETE trial a live node holds now: none of them may be lost later."""
