@@ -34,24 +34,40 @@ async def test_a_commit_only_change_is_not_forced_to_disk_but_term_and_vote_alwa
     import sqlite3
 
     path = tmp_path / "raft.db"
+    now = [100.0]
 
     def on_disk() -> tuple:
         with sqlite3.connect(path) as db:   # what a crash right now would leave
-            return db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchone()
+            state = db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchone()
+            return state, db.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
 
-    store = await RaftLogStore.open(path)
+    store = await RaftLogStore.open(path, commit_every_s=1.0, clock=lambda: now[0])
     await store.save(HardState(2, "a", 0), [Entry(1, 1, EntryType.CONFIG, b'{"voters":["a"]}')])
     await store.save(HardState(2, "a", 1), [])            # only the commit index moved
-    assert store.hard_state() == HardState(2, "a", 1) and on_disk() == (2, "a", 0)
+    assert store.hard_state() == HardState(2, "a", 1) and on_disk() == ((2, "a", 0), 1)
     await store.save(HardState(3, "a", 1), [])            # a term is durable at once
-    assert on_disk() == (3, "a", 1)
-    await store.save(HardState(3, "a", 1 + 0), [Entry(2, 3, data=b"x")])
-    await store.save(HardState(3, "a", 2), [])
-    await store.save(None, [Entry(3, 3, data=b"y")])      # the next durable write carries it
-    assert on_disk() == (3, "a", 2)
+    assert on_disk() == ((3, "a", 1), 1)
+    await store.save(HardState(3, "a", 2), [Entry(2, 3, data=b"x")])
+    # Within commit_every_s of the last hard-state write, entries go alone (one statement)...
+    assert on_disk() == ((3, "a", 1), 2) and store.hard_state() == HardState(3, "a", 2)
+    now[0] += 1.0
+    await store.save(None, [Entry(3, 3, data=b"y")])      # ...after it, the next write carries it
+    assert on_disk() == ((3, "a", 2), 3)
     await store.save(HardState(3, "a", 3), [])
     await store.close()                                   # and a clean close flushes it
-    assert on_disk() == (3, "a", 3)
+    assert on_disk() == ((3, "a", 3), 3)
+
+
+async def test_a_save_too_long_for_one_statement_is_still_one_transaction(tmp_path):
+    path = tmp_path / "raft.db"
+    store = await RaftLogStore.open(path)
+    many = [Entry(i, 1, data=b"%d" % i) for i in range(1, 2502)]
+    await store.save(HardState(1, None, 0), many)
+    await store.save(None, [Entry(2500, 2, data=b"new")])   # a conflicting suffix: DELETE + INSERT
+    await store.close()
+    again = await RaftLogStore.open(path)
+    assert again.last_index() == 2500 and again.entries(2499, 2501) == [many[2498], Entry(2500, 2, data=b"new")]
+    await again.close()
 
 
 async def test_a_node_restarts_from_the_log_store_alone(tmp_path):

@@ -147,6 +147,34 @@ def test_a_new_commit_index_goes_out_in_appends_that_are_answered_only_when_reje
     assert drain(f, st) == [] and f.status().commit == 2
 
 
+def test_a_heartbeat_round_skips_a_follower_that_will_answer_an_append_sent_since_the_last() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=1)
+    cl.elect("a")
+    cl.tick(1)   # the first round after the election's appends skips both followers
+
+    def round_after(action) -> list[tuple[str, str]]:
+        sent: list[Message] = []
+        action()
+        cl.deliver(drop=lambda m: sent.append(m) or False)
+        cl.nodes["a"].tick()
+        cl.deliver(drop=lambda m: sent.append(m) or False)
+        return [(type(m).__name__, m.dst) for m in sent if m.src == "a"]
+
+    # Nothing sent since the last round: both get a heartbeat.
+    assert round_after(lambda: None) == [("MsgHeartbeat", "b"), ("MsgHeartbeat", "c")]
+    # An entry went to both and will be answered: that round sends no heartbeat...
+    sent = round_after(lambda: cl.nodes["a"].propose(b"x"))
+    assert ("MsgHeartbeat", "b") not in sent and ("MsgHeartbeat", "c") not in sent
+    # ...but only that one: the commit-only appends it was followed by are never answered.
+    assert round_after(lambda: None) == [("MsgHeartbeat", "b"), ("MsgHeartbeat", "c")]
+    # A follower that heard only appends keeps its leader, and the leader keeps its quorum.
+    for _ in range(30):
+        cl.nodes["a"].propose(b"y")
+        cl.tick(1)
+    assert cl.leader() == "a" and cl.nodes["a"].status().term == cl.nodes["b"].status().term
+    assert [e.data for e in cl.applied["c"]][-1] == b"y"
+
+
 def test_leader_backtracks_to_the_follower_hint_and_repairs_its_log() -> None:
     cl = Cluster(ABC)
     cl.elect("a")

@@ -442,6 +442,8 @@ class Raft:
         quiet = commit_only and not entries and not pr.probing
         self.msgs.append(MsgApp(self.id, to, self.term, prev, prev_term, entries, self.log.committed,
                                 commit_only=quiet))
+        if not quiet:
+            pr.answer_due = True
         if pr.probing:
             pr.paused = True
         elif entries:
@@ -455,7 +457,15 @@ class Raft:
     def _bcast_heartbeat(self) -> None:
         for member in sorted(self.prs):
             if member != self.id:
-                commit = min(self.prs[member].match, self.log.committed)
+                pr = self.prs[member]
+                if pr.answer_due:
+                    # An answered append went out since the last round: it already reset the
+                    # member's election timer and its answer counts for CheckQuorum, so a
+                    # heartbeat now would be a second message for nothing. A lost append is
+                    # still noticed, one round later, by the heartbeat after this one.
+                    pr.answer_due = False
+                    continue
+                commit = min(pr.match, self.log.committed)
                 self.msgs.append(MsgHeartbeat(self.id, member, self.term, commit))
 
     def _append_entries(self, entries: list[Entry]) -> None:

@@ -21,6 +21,8 @@ class Progress:
         probing: Whether in probe mode (see above).
         paused: In probe mode, an append is in flight; wait before sending another.
         recent_active: Heard from since the last CheckQuorum round (thesis §6.2).
+        answer_due: An append that the member will answer went out since the last heartbeat
+            round; the next round skips this member (see ``Raft._bcast_heartbeat``).
     """
 
     match: int = 0
@@ -28,6 +30,7 @@ class Progress:
     probing: bool = True
     paused: bool = False
     recent_active: bool = False
+    answer_due: bool = False
 
     def update(self, index: int) -> bool:
         """Records a successful append up to ``index``. Returns whether ``match`` advanced."""
