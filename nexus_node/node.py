@@ -41,7 +41,7 @@ from nexus_node.mesh.discovery import Discovery, DiscoverySettings, primary_addr
 from nexus_node.mesh.driver import MeshSettings, MeshStopped
 from nexus_node.mesh.raft import NotLeader
 from nexus_node.mesh.peers import advertise_host
-from nexus_node.mesh.transport import add_peer_service
+from nexus_node.mesh.transport import PeerServicer, add_peer_service
 from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.servicer import NexusServicer
@@ -98,6 +98,7 @@ class Node:
         self._leadership: asyncio.Task[None] | None = None
         self._pools: list[RunnerPool] = []
         self._threads: ThreadPoolExecutor | None = None
+        self._peer_service: PeerServicer | None = None
         self._lock_file: IO[str] | None = None
         self._llm: GeminiClient | None = None
         self.discovery: Discovery | None = None
@@ -199,7 +200,7 @@ class Node:
             max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
         )
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
-        add_peer_service(server, mesh.driver, self)
+        self._peer_service = add_peer_service(server, mesh.driver, self)
         api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -350,6 +351,8 @@ class Node:
                 await self.blob_sync.close()
             await self.mesh.stop()
         await asyncio.gather(*(p.close(kill=True) for p in self._pools), return_exceptions=True)
+        if self._peer_service is not None:
+            self._peer_service.end_streams()
         if self.server is not None:
             await self.server.stop(grace)
         if self._llm is not None:

@@ -173,6 +173,8 @@ def test_a_stopped_coordinator_hands_over_and_a_restarted_cluster_has_everything
 
     for n in nodes:
         n.stop()
+    for n in nodes:   # a clean stop ends the peers' streams cleanly: no error, no traceback
+        assert "Traceback" not in n.log.read_text(), n.log.read_text()[-3000:]
     for n in nodes:   # the whole cluster comes back from its data dirs
         n.start()
     for n in nodes:
