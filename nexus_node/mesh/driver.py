@@ -244,7 +244,8 @@ class RaftDriver:
         self._watchers.clear()
         while not self._inbox.empty():  # local proposals the loop will never see
             item = self._inbox.get_nowait()
-            if isinstance(item, tuple) and not item[2].done():
+            # (A write a follower handed over has no future here: its proposer retries.)
+            if isinstance(item, tuple) and item[2] is not None and not item[2].done():
                 item[2].set_exception(exc)
             elif isinstance(item, _Change) and not item.done.done():
                 item.done.set_exception(exc)

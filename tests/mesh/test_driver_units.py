@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from nexus_node.mesh.log_store import RaftLogStore
@@ -116,3 +118,18 @@ def test_state_machine_applies_a_proposal_id_once_and_skips_bad_commands():
     assert state.applied_at("p") == 1 and state.applied_at("q") == 4 and state.applied_at("r") is None
     with pytest.raises(ValueError, match="after 5"):
         state.apply(Entry(7, 2))
+
+
+async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbox(tmp_path):
+    from nexus_node.mesh.driver import MeshSettings, RaftDriver
+
+    driver = RaftDriver("a", "test", tmp_path / "raft.db", "127.0.0.1:1", {},
+                        settings=MeshSettings(tick_interval=0.02))
+    await driver.start(["a"])
+    await driver.wait_for(lambda: driver.is_leader, 10)
+    # A follower's write (nobody waits on it here: its proposer retries), then the node stops
+    # before its loop takes it: stop() fails the waiting proposals and must pass this one by.
+    assert driver.receive_proposals([(b"theirs", "p-forwarded")]) == 1
+    async with asyncio.timeout(10):   # not wait_for: its task would let the loop run first
+        await driver.stop()
+    assert driver.state.applied_at("p-forwarded") is None
