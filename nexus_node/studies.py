@@ -7,6 +7,7 @@ through Optuna's ``StorageService`` on the node's port.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import warnings
@@ -80,17 +81,32 @@ def make_pruner(spec: Mapping[str, Any] | None = None) -> optuna.pruners.BasePru
 def fail_trial(study: optuna.Study, trial_id: int, reason: str, lost: bool = False) -> bool:
     """Fail a trial that is still RUNNING, recording why (``lost``: its node died, see
     :data:`LOST_ATTR`). Returns False if it had finished."""
+    from optuna.storages.journal._storage import JournalOperation
+
     storage = study._storage
     if storage.get_trial(trial_id).state.is_finished():
         return False
-    storage.set_trial_system_attr(trial_id, FAIL_REASON, reason[:500])
-    if lost:
-        storage.set_trial_system_attr(trial_id, LOST_ATTR, True)
+    attrs = {FAIL_REASON: reason[:500], **({LOST_ATTR: True} if lost else {})}
+    ops = [{"op_code": JournalOperation.SET_TRIAL_SYSTEM_ATTR, "trial_id": trial_id, "system_attr": {k: v}}
+           for k, v in attrs.items()]
+    ops.append({"op_code": JournalOperation.SET_TRIAL_STATE_VALUES, "trial_id": trial_id,
+                "state": int(TrialState.FAIL), "values": None, "datetime_complete": _now()})
     try:
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    except RuntimeError:
+        if isinstance(storage, JournalStorage):
+            # One write: a trial its runner finishes meanwhile keeps none of it (no stray reason).
+            _append(storage, ops)
+        else:   # another storage (unit tests): one write each
+            for key, value in attrs.items():
+                storage.set_trial_system_attr(trial_id, key, value)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except (FailedPrecondition, optuna.exceptions.UpdateFinishedTrialError):
         return False   # finished by its runner in the meantime
     return True
+
+
+def _now() -> str:
+    """A completion time as Optuna's own journal writes it."""
+    return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def config_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -236,9 +252,16 @@ def _append(storage: JournalStorage, ops: list[dict[str, Any]]) -> None:
     with storage._thread_lock:
         worker = storage._replay_result.worker_id
         storage._backend.append_logs([{**op, "worker_id": worker} for op in ops])
-        try:
-            # Replaying our own writes raises if the trial finished since the caller looked,
-            # as the one-at-a-time writers would have.
-            storage._sync_with_backend()
-        except optuna.exceptions.UpdateFinishedTrialError as exc:
-            raise FailedPrecondition(str(exc)) from None
+        # Replaying our own writes raises if the trial finished since the caller looked, as
+        # the one-at-a-time writers would have. It raises at the first such op and stops
+        # there: the replay goes on until it has read all of them, or each one left would
+        # raise again later, in whatever call of this node's storage came next.
+        refused: Exception | None = None
+        while True:
+            try:
+                storage._sync_with_backend()
+                break
+            except optuna.exceptions.UpdateFinishedTrialError as exc:
+                refused = refused or exc
+        if refused is not None:
+            raise FailedPrecondition(str(refused))

@@ -12,8 +12,9 @@ Each aiosqlite call is a hand-off to the connection's thread and a wake-up of th
 85 µs of CPU on the 2-core test machine, against 40 µs for the SQLite work itself), so the common
 save, new entries and nothing else, is one call: a multi-row ``INSERT`` in autocommit mode, which
 SQLite runs as its own transaction. A follower's conflicting suffix (a ``DELETE`` first) and a new
-term or vote take an explicit transaction of several calls; they are rare. The commit index is
-written lazily (see :meth:`RaftLogStore.save`).
+term or vote take an explicit transaction of several calls; they are rare. The commit index known
+when a batch is written goes in its rows (``commit_at``), so it reaches the disk in that same
+statement; a start-up takes the highest of those and the hard state's.
 
 No compaction yet (the core has no snapshots), so the log and its cache grow with the cluster's
 history; the state machine is rebuilt at start-up by re-applying the committed log.
@@ -21,9 +22,8 @@ history; the state machine is rebuilt at start-up by re-applying the committed l
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import aiosqlite
 
@@ -42,15 +42,16 @@ CREATE TABLE IF NOT EXISTS raft_log (
     term INTEGER NOT NULL,
     type TEXT NOT NULL,
     data BLOB NOT NULL,
-    proposal_id TEXT
+    proposal_id TEXT,
+    commit_at INTEGER NOT NULL DEFAULT 0
 );
 """
 
-#: At most this many entries go in one multi-row INSERT (5 parameters each, well under SQLite's
+#: At most this many entries go in one multi-row INSERT (6 parameters each, well under SQLite's
 #: limit of 32766 variables); a longer save uses a transaction instead.
 _ONE_STATEMENT_ENTRIES = 1000
-_INSERT = "INSERT INTO raft_log (idx, term, type, data, proposal_id) VALUES "
-_ROW = "(?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO raft_log (idx, term, type, data, proposal_id, commit_at) VALUES "
+_ROW = "(?, ?, ?, ?, ?, ?)"
 
 
 class RaftLogStore:
@@ -63,14 +64,10 @@ class RaftLogStore:
     Use :meth:`open` to build one.
     """
 
-    def __init__(self, db: aiosqlite.Connection, cache: MemoryStorage, commit_every_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, db: aiosqlite.Connection, cache: MemoryStorage) -> None:
         self._db = db
         self._cache = cache
-        self._commit_every_s = commit_every_s
-        self._clock = clock
         self._commit_dirty = False   # the cached commit index is ahead of the disk's
-        self._commit_written_at = clock()
         self._closed = False
 
     async def _write_hard_state(self, h: HardState) -> None:
@@ -79,15 +76,11 @@ class RaftLogStore:
             (h.term, h.vote, h.commit))
 
     @classmethod
-    async def open(cls, path: Path, commit_every_s: float = 1.0,
-                   clock: Callable[[], float] = time.monotonic) -> "RaftLogStore":
+    async def open(cls, path: Path) -> "RaftLogStore":
         """Opens (creating if needed) the log at ``path`` and loads it into memory.
 
         Args:
             path: The SQLite file; its directory must exist.
-            commit_every_s: How stale the commit index on disk may get while entries are
-                written (see :meth:`save`).
-            clock: Seconds, monotonic (tests pass their own).
 
         Returns:
             The store, holding exactly what a previous run persisted.
@@ -99,6 +92,9 @@ class RaftLogStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.executescript(_SCHEMA)
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(raft_log)")}
+        if "commit_at" not in columns:   # a log written before the column existed
+            await db.execute("ALTER TABLE raft_log ADD COLUMN commit_at INTEGER NOT NULL DEFAULT 0")
         cache = MemoryStorage()
         async with db.execute("SELECT idx, term, type, data, proposal_id FROM raft_log ORDER BY idx") as cur:
             entries = [Entry(int(i), int(t), EntryType(ty), bytes(d), p) async for i, t, ty, d, p in cur]
@@ -109,9 +105,11 @@ class RaftLogStore:
         cache.append(entries)
         async with db.execute("SELECT term, vote, commit_index FROM raft_hard_state") as cur:
             row = await cur.fetchone()
+        (commit_at,) = (await db.execute_fetchall("SELECT coalesce(max(commit_at), 0) FROM raft_log"))[0]
         if row is not None:
-            cache.set_hard_state(HardState(int(row[0]), row[1], int(row[2])))
-        return cls(db, cache, commit_every_s, clock)
+            commit = max(int(row[2]), min(int(commit_at), cache.last_index()))
+            cache.set_hard_state(HardState(int(row[0]), row[1], commit))
+        return cls(db, cache)
 
     async def close(self) -> None:
         """Writes a commit index not yet on disk, then closes the database connection.
@@ -140,8 +138,8 @@ class RaftLogStore:
         A new term or vote is on disk before this returns. A hard state that only moves the
         commit index is not forced to disk: nothing depends on it being there (a restarted node
         learns it again from the leader; a lower one only means replaying less at start), so, as
-        etcd does, it rides along with a later write, at most once per ``commit_every_s`` so
-        that the usual save stays one statement, and at :meth:`close`.
+        etcd does, it rides along with the next write of entries (in their ``commit_at``, the
+        same statement) and is written at :meth:`close`.
 
         Args:
             hard_state: New hard state, or None if unchanged.
@@ -157,14 +155,12 @@ class RaftLogStore:
             hard_state = None
         if not entries and hard_state is None:
             return
-        if hard_state is None and self._commit_dirty and \
-                self._clock() - self._commit_written_at >= self._commit_every_s:
-            hard_state = self._cache.hard_state()
+        commit = (hard_state or self._cache.hard_state()).commit
         first = entries[0].index if entries else 0
         if entries and not 1 <= first <= self._cache.last_index() + 1:
             raise ValueError(f"append at {first} leaves a gap after {self._cache.last_index()}")
         conflict = bool(entries) and first <= self._cache.last_index()   # a follower's suffix (§5.3)
-        rows = [(e.index, e.term, e.type.value, e.data, e.proposal_id) for e in entries]
+        rows = [(e.index, e.term, e.type.value, e.data, e.proposal_id, commit) for e in entries]
         if hard_state is None and not conflict and len(rows) <= _ONE_STATEMENT_ENTRIES:
             await self._db.execute(_INSERT + ", ".join([_ROW] * len(rows)), [x for r in rows for x in r])
         elif rows:
@@ -188,8 +184,8 @@ class RaftLogStore:
         self._cache.append(entries)
         if hard_state is not None:
             self._cache.set_hard_state(hard_state)
+        if hard_state is not None or rows:
             self._commit_dirty = False
-            self._commit_written_at = self._clock()
 
     # --- Storage (reads, from memory) -------------------------------------------------------------
 

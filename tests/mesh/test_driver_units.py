@@ -36,28 +36,55 @@ async def test_a_commit_only_change_is_not_forced_to_disk_but_term_and_vote_alwa
     import sqlite3
 
     path = tmp_path / "raft.db"
-    now = [100.0]
 
     def on_disk() -> tuple:
-        with sqlite3.connect(path) as db:   # what a crash right now would leave
-            state = db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchone()
-            return state, db.execute("SELECT max(idx) FROM raft_log").fetchone()[0]
+        """What a crash right now would leave: (term, vote, commit index), last index."""
+        with sqlite3.connect(path) as db:
+            term, vote, commit = db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchone()
+            commit_at, last = db.execute("SELECT max(commit_at), max(idx) FROM raft_log").fetchone()
+            return (term, vote, max(commit, commit_at or 0)), last
 
-    store = await RaftLogStore.open(path, commit_every_s=1.0, clock=lambda: now[0])
+    store = await RaftLogStore.open(path)
     await store.save(HardState(2, "a", 0), [Entry(1, 1, EntryType.CONFIG, b'{"voters":["a"]}')])
     await store.save(HardState(2, "a", 1), [])            # only the commit index moved
     assert store.hard_state() == HardState(2, "a", 1) and on_disk() == ((2, "a", 0), 1)
     await store.save(HardState(3, "a", 1), [])            # a term is durable at once
     assert on_disk() == ((3, "a", 1), 1)
     await store.save(HardState(3, "a", 2), [Entry(2, 3, data=b"x")])
-    # Within commit_every_s of the last hard-state write, entries go alone (one statement)...
-    assert on_disk() == ((3, "a", 1), 2) and store.hard_state() == HardState(3, "a", 2)
-    now[0] += 1.0
-    await store.save(None, [Entry(3, 3, data=b"y")])      # ...after it, the next write carries it
-    assert on_disk() == ((3, "a", 2), 3)
+    assert on_disk() == ((3, "a", 2), 2)                  # entries carry the commit index with them
     await store.save(HardState(3, "a", 3), [])
-    await store.close()                                   # and a clean close flushes it
+    assert on_disk() == ((3, "a", 2), 2)
+    await store.save(None, [Entry(3, 3, data=b"y")])      # ...the next write of entries too
     assert on_disk() == ((3, "a", 3), 3)
+    await store.save(HardState(3, "a", 3), [Entry(4, 3, data=b"z")])
+    await store.save(HardState(3, "a", 4), [])
+    await store.close()                                   # and a clean close flushes it
+    assert on_disk() == ((3, "a", 4), 4)
+    again = await RaftLogStore.open(path)
+    assert again.hard_state() == HardState(3, "a", 4)
+    await again.close()
+
+
+async def test_a_log_from_before_commit_at_opens_and_gains_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "raft.db"
+    with sqlite3.connect(path) as db:   # the schema of earlier versions
+        db.executescript("""
+            CREATE TABLE raft_hard_state (id INTEGER PRIMARY KEY CHECK (id = 0), term INTEGER NOT NULL,
+                                          vote TEXT, commit_index INTEGER NOT NULL);
+            CREATE TABLE raft_log (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, type TEXT NOT NULL,
+                                   data BLOB NOT NULL, proposal_id TEXT);
+            INSERT INTO raft_hard_state VALUES (0, 2, 'a', 1);
+            INSERT INTO raft_log VALUES (1, 1, 'config', X'7B7D', NULL);
+        """)
+    store = await RaftLogStore.open(path)
+    assert store.hard_state() == HardState(2, "a", 1) and store.last_index() == 1
+    await store.save(HardState(2, "a", 2), [Entry(2, 2, data=b"x")])
+    await store.close()
+    again = await RaftLogStore.open(path)
+    assert again.hard_state() == HardState(2, "a", 2) and again.last_index() == 2
+    await again.close()
 
 
 async def test_a_save_too_long_for_one_statement_is_still_one_transaction(tmp_path):

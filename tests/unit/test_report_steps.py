@@ -99,3 +99,38 @@ def test_held_writes_of_a_finished_trial_are_refused(storage_and_backend):
     storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     with pytest.raises(FailedPrecondition):
         suggest_in_one_write(trial, _space, lambda p: {})
+
+
+def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothing_behind(tmp_path):
+    """Another writer (a second JournalStorage on the same journal: another node) finishes the
+    trial between the check and the append: the whole batch is refused, and no op of it raises
+    again in a later, unrelated call of this storage."""
+    import optuna
+
+    from nexus_node.studies import FAIL_REASON, LOST_ATTR, fail_trial
+
+    path = str(tmp_path / "journal.log")
+    mine, other = JournalStorage(JournalFileBackend(path)), JournalStorage(JournalFileBackend(path))
+    study_id = mine.create_new_study([StudyDirection.MAXIMIZE], "s")
+    trial = mine.create_new_trial(study_id)
+    study = optuna.load_study(study_name="s", storage=mine)
+
+    real_get = mine.get_trial
+    def finished_right_after_the_check(trial_id):  # type: ignore[no-untyped-def]
+        frozen = real_get(trial_id)
+        other.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.9])
+        return frozen
+    mine.get_trial = finished_right_after_the_check  # type: ignore[method-assign]
+    assert fail_trial(study, trial, "its node died", lost=True) is False
+    mine.get_trial = real_get  # type: ignore[method-assign]
+
+    again = mine.get_trial(trial)   # would raise UpdateFinishedTrialError for each op left
+    assert again.state is TrialState.COMPLETE and again.values == [0.9]
+    assert FAIL_REASON not in again.system_attrs and LOST_ATTR not in again.system_attrs
+    mine.create_new_trial(study_id)  # and so would any other call
+    # On a trial still running, the reason, the lost mark and the state land together.
+    running = mine.create_new_trial(study_id)
+    assert fail_trial(study, running, "its node died", lost=True) is True
+    failed = other.get_trial(running)
+    assert failed.state is TrialState.FAIL and failed.system_attrs[LOST_ATTR] is True
+    assert failed.system_attrs[FAIL_REASON] == "its node died" and failed.datetime_complete is not None
