@@ -532,12 +532,30 @@ class JobManager:
             if d.count_failure(job.job_id, key) <= self.settings.work.max_retries:
                 studies.enqueue_retry(study, t)
 
+    def _rerun_orphans(self, job: JobRecord, study: optuna.Study) -> None:
+        """(thread, before this coordinator asks for any trial of ``job``) Enqueues the re-run
+        of each trial failed as lost whose re-run was never enqueued: failing it and enqueuing
+        its re-run are two writes, and the coordinator that made the first may have stopped or
+        been deposed before the second. Its loss is already counted (``studies.losses``)."""
+        d = self._dispatch
+        trials = study.get_trials(deepcopy=False)
+        for key, n in studies.losses(trials).items():
+            d.note_failures(job.job_id, key, n)
+        rerun = {t.user_attrs.get(studies.RETRY_OF) for t in trials}
+        for t in trials:
+            if t.state.name == "FAIL" and studies.is_lost(t) and t.number not in rerun:
+                key = studies.config_key(t)
+                if d.failures(job.job_id, key) <= self.settings.work.max_retries:
+                    log.info("job %s: trial %d was lost without a re-run; enqueuing it", job.job_id, t.number)
+                    studies.enqueue_retry(study, t)
+
     async def _search_loop(
         self, job: JobRecord, study: optuna.Study, c: Constraints, deadline: float,
         stop: asyncio.Event, inflight: set[asyncio.Task[None]],
     ) -> None:
         memory = task_memory("trial", self._shard_bytes(job))
         mine: set[int] = set()   # the trials this coordinator asked for
+        await asyncio.to_thread(self._rerun_orphans, job, study)
         while True:
             self._check_cancel(job)
             if time.time() >= deadline:

@@ -31,3 +31,32 @@ def test_a_running_trial_this_coordinator_did_not_ask_for_is_lost_and_re_run_not
     (rerun,) = [t for t in trials if t.state.name == "WAITING"]
     assert rerun.user_attrs[studies.RETRY_OF] == late.number
     assert manager._budget_used(job, study, {mine.number}) == 1   # nothing more to recover
+
+
+def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coordinator():
+    """Failing a lost trial and enqueuing its re-run are two writes: a coordinator stopped
+    between them (SIGTERM of a one-node cluster, seen in CI) left a lost trial never re-run."""
+    storage = optuna.storages.InMemoryStorage()
+    study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
+    manager = JobManager(db=None, blobs=None, serve_pool=None, storage=storage, node_id="n1")  # type: ignore[arg-type]
+    manager.dispatcher = Dispatcher(term=6)
+    job = JobRecord(job_id="job-x", spec=JobSpecRecord(target="y"))
+
+    orphan = study.ask()
+    orphan.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
+    assert studies.fail_trial(study, orphan._trial_id, RUNNING_LOST, lost=True)
+    spent = study.ask()           # lost past its retries: not re-run
+    spent.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 128})
+    for _ in range(3):
+        manager.dispatcher.count_failure(job.job_id, studies.config_key_of({"family": "mlp", "width": 128}))
+    assert studies.fail_trial(study, spent._trial_id, RUNNING_LOST, lost=True)
+    rerun_already = study.ask()   # lost too, but its re-run was enqueued: nothing to do
+    rerun_already.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 64})
+    assert studies.fail_trial(study, rerun_already._trial_id, RUNNING_LOST, lost=True)
+    studies.enqueue_retry(study, study.get_trials(deepcopy=False)[rerun_already.number])
+
+    manager._rerun_orphans(job, study)
+    manager._rerun_orphans(job, study)   # a second look enqueues nothing more
+    waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    assert sorted(t.user_attrs[studies.RETRY_OF] for t in waiting) == [orphan.number, rerun_already.number]
+    assert studies.config_of(waiting[-1]) == {"family": "mlp", "width": 32}
