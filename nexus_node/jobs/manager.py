@@ -518,9 +518,7 @@ class JobManager:
         asked for), as lost, and enqueues their re-runs, unless their configuration used up its
         retries (earlier losses are counted from the study)."""
         d = self._dispatch
-        trials = study.get_trials(deepcopy=False)
-        for key, n in studies.losses(trials).items():
-            d.note_failures(job.job_id, key, n)
+        trials = self._trials_noting_losses(job, study)
         for t in trials:
             if t.state.name != "RUNNING" or t.number in mine:
                 continue
@@ -532,15 +530,21 @@ class JobManager:
             if d.count_failure(job.job_id, key) <= self.settings.work.max_retries:
                 studies.enqueue_retry(study, t)
 
+    def _trials_noting_losses(self, job: JobRecord, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        """(thread) The job's trials, after carrying over into the dispatcher how often each
+        configuration was lost (earlier coordinators counted them in the study)."""
+        trials = study.get_trials(deepcopy=False)
+        for key, n in studies.losses(trials).items():
+            self._dispatch.note_failures(job.job_id, key, n)
+        return trials
+
     def _rerun_orphans(self, job: JobRecord, study: optuna.Study) -> None:
         """(thread, before this coordinator asks for any trial of ``job``) Enqueues the re-run
         of each trial failed as lost whose re-run was never enqueued: failing it and enqueuing
         its re-run are two writes, and the coordinator that made the first may have stopped or
         been deposed before the second. Its loss is already counted (``studies.losses``)."""
         d = self._dispatch
-        trials = study.get_trials(deepcopy=False)
-        for key, n in studies.losses(trials).items():
-            d.note_failures(job.job_id, key, n)
+        trials = self._trials_noting_losses(job, study)
         rerun = {t.user_attrs.get(studies.RETRY_OF) for t in trials}
         for t in trials:
             if t.state.name == "FAIL" and studies.is_lost(t) and t.number not in rerun:

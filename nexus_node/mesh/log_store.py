@@ -168,8 +168,7 @@ class RaftLogStore:
             try:
                 if conflict:
                     await self._db.execute("DELETE FROM raft_log WHERE idx >= ?", (first,))
-                if rows:
-                    await self._db.executemany(_INSERT + _ROW, rows)
+                await self._db.executemany(_INSERT + _ROW, rows)
                 if hard_state is not None:
                     await self._write_hard_state(hard_state)
                 await self._db.execute("COMMIT")

@@ -71,7 +71,6 @@ class PeerHost(Protocol):
     def leader(self) -> NodeId | None: ...
 
 
-
 class NodeHooks(Protocol):
     """What the node adds to the peer protocol beyond consensus (joins, blobs, its own view)."""
 
