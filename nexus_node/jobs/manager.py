@@ -559,12 +559,13 @@ class JobManager:
     ) -> None:
         memory = task_memory("trial", self._shard_bytes(job))
         mine: set[int] = set()   # the trials this coordinator asked for
-        await asyncio.to_thread(self._rerun_orphans, job, study)
+        first = True
         while True:
             self._check_cancel(job)
             if time.time() >= deadline:
                 break
-            used = await asyncio.to_thread(self._budget_used, job, study, mine)
+            used = await asyncio.to_thread(self._budget_used, job, study, mine, first)
+            first = False
             if used >= self._max_trials(job):
                 if not inflight:
                     break
@@ -591,12 +592,14 @@ class JobManager:
             # Past the time budget the caller stops what still runs: those trials end at
             # their next epoch, recorded as pruned with their last intermediate value.
 
-    def _budget_used(self, job: JobRecord, study: optuna.Study, mine: Collection[int]) -> int:
+    def _budget_used(self, job: JobRecord, study: optuna.Study, mine: Collection[int], first: bool = False) -> int:
         """(thread) Trials that use the job's budget. A RUNNING trial this coordinator did not
         ask for was created by a deposed coordinator whose write landed late (retried across
         the failover): nobody runs it, so it is failed as lost and re-run, and does not hold a
         place in the budget meanwhile."""
         self._recover_running(job, study, mine)
+        if first:   # before this coordinator asks for any trial of the job
+            self._rerun_orphans(job, study)
         return studies.budget_used(study.get_trials(deepcopy=False))
 
     @staticmethod
