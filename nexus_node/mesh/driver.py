@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 class MeshSettings:
     """Timing of one node. Defaults suit a LAN (round trips well under 10 ms).
 
-    With the defaults a follower campaigns after 1–2 s without a heartbeat. On slow links
+    With the defaults the leader sends heartbeats every 200 ms and a follower campaigns after
+    1–2 s without one (five to ten missed heartbeats). A heartbeat round costs each node a
+    message sent or received per peer on the event loop: at every tick it was most of an
+    idle node's CPU, which on a shared machine is taken from the trials. On slow links
     (round trips near ``tick_interval``) raise ``tick_interval`` rather than the tick counts,
     so elections stay ten heartbeats apart.
 
@@ -77,7 +80,7 @@ class MeshSettings:
     """
 
     tick_interval: float = 0.1
-    heartbeat_tick: int = 1
+    heartbeat_tick: int = 2
     election_tick: int = 10
     rpc_timeout: float = 2.0
     propose_timeout: float = 30.0

@@ -198,35 +198,41 @@ def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
 class _PipelinedReporter:
     """Reports intermediate values and asks the pruner off the training thread.
 
-    Each ``report`` and ``should_prune`` is a round trip to the node's storage (and, behind
-    it, a consensus round): about a millisecond on loopback, as long as an epoch of a small
-    table. Waiting for them every epoch would add a large share to short trials, so the
+    Each ``should_prune`` and each write is a round trip to the node's storage (and a write,
+    a consensus round behind it): about a millisecond on loopback, as long as an epoch of a
+    small table. Waiting for them every epoch would add a large share to short trials, so the
     training thread hands each epoch's value to one background thread and polls for the
     pruning answer between batches. A "prune" that arrives during the next epoch abandons
     that epoch, so the trial stops at the same reported epoch as in-process Optuna would,
     having spent only the round trip's time on the abandoned epoch.
 
-    Writes: through a Nexus node, the values that queued up are written together
-    (``ReportSteps``: one journal append) at most once per ``interval`` seconds. One
+    Through a Nexus node the values are written in batches (``ReportSteps``: one journal
+    append) at most once per ``write_interval`` seconds, and the pruner is asked at most once
+    per ``ask_interval``. Pruners never need a running trial's values in the study: Optuna's
+    pruners judge a trial by the copy its ``Trial`` keeps (updated here as values arrive)
+    against other trials' finished values and rung attributes. The study's copy is for
+    watchers (the trial list's epochs column), for which a second is fresh enough. A
     consensus round per epoch was most of a node's CPU per trial (42 log entries for a
-    40-epoch trial; measured by ``scripts/bench scale``), and every entry stays in the log.
-    The cost: the pruner answers from values up to ``interval`` old. Against plain Optuna
-    storage (no ``ReportSteps``) values are reported one by one, as soon as possible.
+    40-epoch trial), every entry stays in the log, and on a 2-core machine the nodes' CPU is
+    taken from the trials (``scripts/bench scale``). Against plain Optuna storage (no
+    ``ReportSteps``) values are reported one by one, as soon as possible.
 
     Ordering: one thread reports values in epoch order, followed by one ``should_prune``;
-    :meth:`close` writes what is queued at once and waits, so the study sees every reported
+    :meth:`close` writes what is held at once and waits, so the study holds every reported
     epoch before the trial is told.
     """
 
     def __init__(self, trial: optuna.Trial, warmup: int,
                  write_steps: Callable[[int, list[tuple[int, float]]], bool] | None = None,
-                 interval: float = 0.2) -> None:
+                 ask_interval: float = 0.2, write_interval: float = 1.0) -> None:
         self._trial, self._warmup = trial, warmup
-        self._write_steps, self._interval = write_steps, interval
+        self._write_steps = write_steps
+        self._ask_interval, self._write_interval = ask_interval, write_interval
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closing = threading.Event()
         self._prune = False
         self._error: BaseException | None = None
+        self._held: list[tuple[int, float]] = []   # (epoch, value) the study does not hold yet
         self._thread = threading.Thread(target=self._run, name="nexus-trial-report", daemon=True)
         self._thread.start()
 
@@ -242,19 +248,19 @@ class _PipelinedReporter:
         return self._prune or self._error is not None
 
     def close(self) -> BaseException | None:
-        """Write every queued report now and wait; returns the error that stopped reporting, if any."""
+        """Write every held report now and wait; returns the error that stopped reporting, if any."""
         self._closing.set()
         self._queue.put(None)
         self._thread.join()
         return self._error
 
     def _run(self) -> None:
-        done, last = False, -math.inf
+        done, last_round, last_write = False, -math.inf, time.monotonic()
         while not done:
             batch = [self._queue.get()]
             if self._write_steps is not None and batch[-1] is not None:
-                # Let values gather until the interval since the last write is up.
-                self._closing.wait(self._interval - (time.monotonic() - last))
+                # Let values gather until the interval since the last round is up.
+                self._closing.wait(self._ask_interval - (time.monotonic() - last_round))
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -262,27 +268,44 @@ class _PipelinedReporter:
                     break
             done = batch[-1] is None
             items = [b for b in batch if b is not None]
-            if not items or self._error is not None:
+            if self._error is not None or not (items or done):
                 continue
             try:
-                self._write(items)
-                last = time.monotonic()
+                self._take(items)
+                if self._held and (done or time.monotonic() - last_write >= self._write_interval):
+                    self._flush()
+                    last_write = time.monotonic()
                 # Before the warm-up the pruner always says no; asking costs a trip.
-                if items[-1][1] >= self._warmup and not self._prune:
+                if items and items[-1][1] >= self._warmup and not self._prune and not done:
                     self._prune = self._trial.should_prune()
             except BaseException as e:  # handed to the training thread, which re-raises it
                 self._error = e
+            last_round = time.monotonic()
 
-    def _write(self, items: list[tuple[float, int]]) -> None:
-        if self._write_steps is not None:
-            if self._write_steps(self._trial._trial_id, [(epoch, value) for value, epoch in items]):
-                # Trial.report keeps the values it wrote on the trial too; should_prune
-                # hands that copy to the pruner (Optuna 5.0's private name; pinned).
-                for value, epoch in items:
-                    self._trial._cached_frozen_trial.intermediate_values[epoch] = float(value)
-                return
-            self._write_steps = None   # not a Nexus node: step by step from now on
+    def _take(self, items: list[tuple[float, int]]) -> None:
+        if self._write_steps is None:
+            for value, epoch in items:
+                self._trial.report(value, epoch)
+            return
+        # Trial.report keeps the values on the trial too, and should_prune hands that copy
+        # to the pruner (Optuna 5.0's private name; pinned). A step kept once keeps its
+        # first value, as Trial.report does.
+        kept = self._trial._cached_frozen_trial.intermediate_values
         for value, epoch in items:
+            if epoch not in kept:
+                kept[epoch] = float(value)
+                self._held.append((epoch, float(value)))
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if self._write_steps is not None and self._write_steps(self._trial._trial_id, held):
+            return
+        # Not a Nexus node: step by step from now on, through Trial.report (which skips a
+        # step its copy already has).
+        self._write_steps = None
+        kept = self._trial._cached_frozen_trial.intermediate_values
+        for epoch, value in held:
+            kept.pop(epoch, None)
             self._trial.report(value, epoch)
 
 

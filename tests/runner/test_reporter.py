@@ -1,0 +1,95 @@
+"""The trial reporter: values reach the study in few writes, and the pruner judges a trial by
+every value it reported, written yet or not."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+from nexus_node.runner.tasks import _PipelinedReporter
+
+
+class Recorder:
+    """A ``write_steps`` that records each batch; ``nexus=False`` answers as plain Optuna does."""
+
+    def __init__(self, nexus: bool = True) -> None:
+        self.nexus = nexus
+        self.batches: list[list[tuple[int, float]]] = []
+
+    def __call__(self, trial_id: int, steps: list[tuple[int, float]]) -> bool:
+        self.batches.append(list(steps))
+        return self.nexus
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+def test_values_held_between_writes_land_in_order_in_one_write_at_close():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    rec = Recorder()
+    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=3600)
+    for epoch in range(25):
+        assert reporter(0.5 + epoch / 100, epoch) is False
+    assert reporter.close() is None
+    assert rec.batches == [[(e, 0.5 + e / 100) for e in range(25)]]
+
+
+def test_the_pruner_sees_values_the_study_does_not_hold_yet():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    good = study.ask()
+    for step in range(40):
+        good.report(0.99, step)
+    study.tell(good, 0.99)
+    trial = study.ask()
+    rec = Recorder()
+    reporter = _PipelinedReporter(trial, warmup=0, write_steps=rec, write_interval=3600)
+    for epoch in range(5):
+        reporter(0.1, epoch)
+    _wait_for(reporter.pruned)
+    assert rec.batches == []   # judged before anything was written
+    assert reporter.close() is None
+    assert [s for s, _ in rec.batches[0]] == list(range(5))
+
+
+def test_a_server_without_report_steps_gets_every_value_through_trial_report():
+    study = optuna.create_study(direction="minimize")
+    trial = study.ask()
+    rec = Recorder(nexus=False)
+    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=0.0)
+    for epoch in range(10):
+        reporter(float(epoch), epoch)
+    assert reporter.close() is None
+    assert len(rec.batches) == 1   # asked once, then step by step
+    assert study._storage.get_trial(trial._trial_id).intermediate_values == {e: float(e) for e in range(10)}
+
+
+def test_a_repeated_step_keeps_its_first_value():
+    study = optuna.create_study()
+    trial = study.ask()
+    rec = Recorder()
+    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=3600)
+    reporter(1.0, 0)
+    reporter(2.0, 0)
+    reporter(3.0, 1)
+    reporter.close()
+    assert rec.batches == [[(0, 1.0), (1, 3.0)]]
+    assert trial._cached_frozen_trial.intermediate_values == {0: 1.0, 1: 3.0}
+
+
+def test_with_no_interval_values_are_written_as_they_come():
+    study = optuna.create_study()
+    trial = study.ask()
+    rec = Recorder()
+    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, ask_interval=0.0, write_interval=0.0)
+    reporter(1.0, 0)
+    _wait_for(lambda: rec.batches)
+    reporter(2.0, 1)
+    reporter.close()
+    assert [s for batch in rec.batches for s, _ in batch] == [0, 1] and len(rec.batches) == 2
