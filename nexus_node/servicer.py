@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -142,6 +143,20 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
             written = await asyncio.get_running_loop().run_in_executor(
                 None, studies.report_steps, self.manager.storage, int(request.trial_id), steps)
             return pb.ReportStepsReply(written=written)
+
+    async def FinishTrial(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            steps = [(int(s.step), float(s.value)) for s in request.steps]
+            try:
+                attrs = json.loads(request.user_attrs_json) if request.user_attrs_json else {}
+            except ValueError as exc:
+                raise InvalidInput(f"user_attrs_json is not JSON: {exc}") from None
+            if not isinstance(attrs, dict):
+                raise InvalidInput("user_attrs_json must be a JSON object")
+            state, value = await asyncio.get_running_loop().run_in_executor(
+                None, studies.finish_trial, self.manager.storage, int(request.trial_id), steps, attrs,
+                request.state, float(request.value))
+            return pb.FinishTrialReply(state=state, value=value or 0.0, has_value=value is not None)
 
     async def ListModels(self, request, context):  # noqa: N802
         async with _mapped(context):

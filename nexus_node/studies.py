@@ -189,25 +189,75 @@ def report_steps(storage: JournalStorage, trial_id: int, steps: list[tuple[int, 
         NotFound: no such trial.
         FailedPrecondition: the trial is finished.
     """
+    ops = _step_ops(_running_trial(storage, trial_id, "its steps are not recorded"), steps)
+    if ops:
+        _append(storage, ops)
+    return len(ops)
+
+
+#: The states a runner may finish a trial in (Study.tell's, less RUNNING and WAITING).
+FINISH_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def finish_trial(storage: JournalStorage, trial_id: int, steps: list[tuple[int, float]],
+                 user_attrs: Mapping[str, Any], state: str, value: float | None) -> tuple[str, float | None]:
+    """Writes the end of a running trial as one journal append: its last intermediate values
+    (as :func:`report_steps`), its user attributes, then its state and value, which is what
+    ``Trial.report``, ``Trial.set_user_attr`` and ``Study.tell`` write one consensus round
+    each. As ``Study.tell``: a PRUNED trial's value is its last intermediate value when that
+    is finite, a FAIL trial has none. Returns ``(state, value)`` as recorded.
+
+    Raises:
+        InvalidInput: a negative step, another state, or a COMPLETE value that is not finite.
+        NotFound: no such trial.
+        FailedPrecondition: the trial is finished (nothing of this is recorded).
+    """
     from optuna.storages.journal._storage import JournalOperation
 
-    if any(step < 0 for step, _ in steps):
-        raise InvalidInput("steps must be non-negative")
+    if state not in FINISH_STATES:
+        raise InvalidInput(f"a trial finishes as one of {', '.join(FINISH_STATES)}, not {state!r}")
+    if state == "COMPLETE" and (value is None or not math.isfinite(value)):
+        raise InvalidInput(f"a COMPLETE trial needs a finite value, got {value!r}")
+    trial = _running_trial(storage, trial_id, "it is not finished again")
+    ops = _step_ops(trial, steps)
+    if state == "PRUNED":
+        reported = {**trial.intermediate_values, **{op["step"]: op["intermediate_value"] for op in ops}}
+        last = reported[max(reported)] if reported else None
+        value = last if last is not None and math.isfinite(last) else None
+    elif state == "FAIL":
+        value = None
+    ops += [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial_id, "user_attr": {k: v}}
+            for k, v in user_attrs.items()]
+    ops.append({"op_code": JournalOperation.SET_TRIAL_STATE_VALUES, "trial_id": trial_id,
+                "state": int(TrialState[state]), "values": None if value is None else [float(value)],
+                "datetime_complete": _now()})
+    _append(storage, ops)
+    return state, value
+
+
+def _running_trial(storage: JournalStorage, trial_id: int, refused: str) -> optuna.trial.FrozenTrial:
     try:
         trial = storage.get_trial(trial_id)   # takes the storage's lock itself (not re-entrant)
     except KeyError:
         raise NotFound(f"no trial with id {trial_id} in this node's studies") from None
     if trial.state.is_finished():
-        raise FailedPrecondition(f"trial {trial.number} is already {trial.state.name}; its steps are not recorded")
+        raise FailedPrecondition(f"trial {trial.number} is already {trial.state.name}; {refused}")
+    return trial
+
+
+def _step_ops(trial: optuna.trial.FrozenTrial, steps: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """The journal ops of ``steps`` the trial does not have yet (a step keeps its first
+    value, as ``Trial.report`` keeps it)."""
+    from optuna.storages.journal._storage import JournalOperation
+
+    if any(step < 0 for step, _ in steps):
+        raise InvalidInput("steps must be non-negative")
     fresh: dict[int, float] = {}
     for step, value in steps:
         if step not in trial.intermediate_values and step not in fresh:
             fresh[int(step)] = float(value)
-    if not fresh:
-        return 0
-    _append(storage, [{"op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, "trial_id": trial_id,
-                       "step": step, "intermediate_value": value} for step, value in fresh.items()])
-    return len(fresh)
+    return [{"op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, "trial_id": trial._trial_id,
+             "step": step, "intermediate_value": value} for step, value in fresh.items()]
 
 
 def suggest_in_one_write(trial: optuna.Trial, suggest: Callable[[optuna.Trial], T],

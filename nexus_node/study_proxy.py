@@ -9,7 +9,9 @@ Every node serves Optuna's own ``StorageService`` on its one port, so plain Optu
 
 from __future__ import annotations
 
+import json
 import warnings
+from typing import Any, Mapping
 
 import grpc
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
@@ -49,13 +51,33 @@ class NexusStorageProxy(GrpcStorageProxy):
         Raises:
             UpdateFinishedTrialError: the trial is finished (as ``Trial.report`` raises).
         """
+        return self._nexus_call("ReportSteps", nexus_pb2.ReportStepsRequest(
+            trial_id=trial_id, steps=[nexus_pb2.TrialStep(step=s, value=v) for s, v in steps])) is not None
+
+    def finish_trial(self, trial_id: int, steps: list[tuple[int, float]], user_attrs: Mapping[str, Any],
+                     state: str, value: float | None) -> tuple[str, float | None] | None:
+        """Writes a trial's last steps, its user attributes and its final state in one call
+        (the node's ``NexusService.FinishTrial``: one journal append, one consensus round).
+        Returns ``(state, value)`` as recorded; None when the server is not a Nexus node:
+        write them one by one instead.
+
+        Raises:
+            UpdateFinishedTrialError: the trial is finished (as ``Study.tell`` finds it).
+        """
+        reply = self._nexus_call("FinishTrial", nexus_pb2.FinishTrialRequest(
+            trial_id=trial_id, steps=[nexus_pb2.TrialStep(step=s, value=v) for s, v in steps],
+            user_attrs_json=json.dumps(dict(user_attrs)), state=state, value=value or 0.0))
+        if reply is None:
+            return None
+        return reply.state, reply.value if reply.has_value else None
+
+    def _nexus_call(self, method: str, request: Any) -> Any:
+        """One of the node's trial-writing calls; None if the server does not have it."""
         try:
-            nexus_pb2_grpc.NexusServiceStub(self._channel).ReportSteps(nexus_pb2.ReportStepsRequest(
-                trial_id=trial_id, steps=[nexus_pb2.TrialStep(step=s, value=v) for s, v in steps]), timeout=60)
+            return getattr(nexus_pb2_grpc.NexusServiceStub(self._channel), method)(request, timeout=60)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
-                return False
+                return None
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
                 raise UpdateFinishedTrialError(exc.details()) from None  # type: ignore[attr-defined]
             raise
-        return True

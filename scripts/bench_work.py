@@ -6,10 +6,13 @@ scale: trials per minute of one job on a 2-node cluster over the same job on a 1
     pruning; a trial that stopped early (no better score for 10 epochs) counts as the share of
     the 40 epochs it ran, so both clusters are credited for the same work (raw trials/min are
     in the JSON too); measured from the job's first trial start to its last trial end (taken
-    from the study). Interleaved rounds, after a warm-up job of the same size on each cluster (the first
-    job on a fresh cluster ran up to a third slower: runners starting, caches filling). Target
-    >= 1.85 (on this 2-core machine the two nodes' trials share the cores with the nodes
-    themselves).
+    from the study), over jobs of 32 trials. Interleaved rounds, after a warm-up job of the
+    same size on each cluster (the first job on a fresh cluster ran up to a third slower:
+    runners starting, caches filling). Target >= 1.85 (on this 2-core machine the two nodes'
+    trials share the cores with the nodes themselves). Beside it: the steady ratio, which
+    leaves out the job's tail (the last trial running while the other slot has nothing left:
+    half a trial on average, a cost of the job's size rather than of the cluster's rate), and
+    the tails.
 
 rerun: a 3-node cluster with --grace G and two slots per node runs 3 long trials, one per node;
     a worker running one is killed with SIGKILL; the figure is the time from the kill to the
@@ -29,6 +32,7 @@ Usage: scripts/bench scale|rerun|rss [--rounds R] [--trials N] [--grace G]
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -46,6 +50,7 @@ import optuna  # noqa: E402
 from optuna.storages import GrpcStorageProxy  # noqa: E402
 
 from bench_mesh import cluster, report, stub  # noqa: E402
+from nexus_node import studies  # noqa: E402
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -85,17 +90,41 @@ SAME_TRIALS = json.dumps({"families": ["mlp"], "widths": [64], "min_layers": 2, 
                           "batch_sizes": [64], "min_epochs": EPOCHS, "max_epochs": EPOCHS})
 
 
-def _trials_per_minute(address: str, n_trials: int, seed: int) -> tuple[float, float]:
-    """``(trials/min counting each trial as the share of its epochs it ran, plain trials/min)``."""
+def _trials_per_minute(address: str, n_trials: int, seed: int) -> tuple[float, float, float, float]:
+    """``(trials/min counting each trial as the share of its epochs it ran, plain trials/min,
+    steady trials/min, tail seconds)`` of one job; see :func:`_rates`."""
     job = wait_end(address, submit(address, DATASETS / "insurance.csv", "charges", max_trials=n_trials,
                                    seed=seed, constraints_json=SAME_TRIALS))
-    trials = [t for t in study_trials(address, job) if t.datetime_start and t.datetime_complete]
-    span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
-    # Early stopping (10 epochs without a better score) ends some trials before their 40
-    # epochs, and parallel slots draw other configurations than one slot does: count each
-    # trial as the share of the 40 epochs it ran, so both clusters are credited for the same work.
-    done = sum((max(t.intermediate_values) + 1) / EPOCHS if t.intermediate_values else 1.0 for t in trials)
-    return 60.0 * done / span, 60.0 * len(trials) / span
+    return _rates([t for t in study_trials(address, job) if t.datetime_start and t.datetime_complete])
+
+
+def _rates(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float, float, float]:
+    """Early stopping (10 epochs without a better score) ends some trials before their 40
+    epochs, and parallel slots draw other configurations than one slot does: each trial
+    counts as the share of the 40 epochs it ran, so both clusters are credited for the same
+    work. The whole job runs from its first trial's start to its last trial's end. Its end
+    includes the tail: once the last trial has started, a slot that finishes first has nothing
+    left to run. The steady rate leaves the tail out: it counts the work done (each trial's
+    share, spread evenly over its run) while every slot still had trials to run, i.e. until
+    the first slot ran out."""
+    def work(t: optuna.trial.FrozenTrial) -> float:
+        return (max(t.intermediate_values) + 1) / EPOCHS if t.intermediate_values else 1.0
+
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    last_by_slot: dict[str, datetime.datetime] = {}
+    for t in trials:
+        slot = str(t.user_attrs.get(studies.NODE_ATTR, ""))
+        last_by_slot[slot] = max(last_by_slot.get(slot, t.datetime_complete), t.datetime_complete)
+    steady_end = min(last_by_slot.values())
+    steady = 0.0
+    for t in trials:
+        run = (t.datetime_complete - t.datetime_start).total_seconds()
+        inside = (min(t.datetime_complete, steady_end) - t.datetime_start).total_seconds()
+        steady += work(t) * (max(0.0, inside) / run if run > 0 else 1.0)
+    span = (end - start).total_seconds()
+    return (60.0 * sum(work(t) for t in trials) / span, 60.0 * len(trials) / span,
+            60.0 * steady / (steady_end - start).total_seconds(), (end - steady_end).total_seconds())
 
 
 def bench_scale(n_trials: int, rounds: int) -> dict:
@@ -112,12 +141,18 @@ def bench_scale(n_trials: int, rounds: int) -> dict:
         finally:
             for n in one + two:
                 n.stop()
-    singles, pairs = [x[0] for x in single_runs], [x[0] for x in pair_runs]
-    return {"trials_per_job": n_trials, "rounds": rounds, "one_node_trials_per_min": singles,
-            "two_nodes_trials_per_min": pairs, "ratio": sum(pairs) / sum(singles), "target": 1.85,
+
+    def ratio(i: int) -> float:
+        return sum(x[i] for x in pair_runs) / sum(x[i] for x in single_runs)
+
+    return {"trials_per_job": n_trials, "rounds": rounds, "target": 1.85, "ratio": ratio(0),
+            "one_node_trials_per_min": [x[0] for x in single_runs],
+            "two_nodes_trials_per_min": [x[0] for x in pair_runs],
             "raw_one_node_trials_per_min": [x[1] for x in single_runs],
-            "raw_two_nodes_trials_per_min": [x[1] for x in pair_runs],
-            "raw_ratio": sum(x[1] for x in pair_runs) / sum(x[1] for x in single_runs)}
+            "raw_two_nodes_trials_per_min": [x[1] for x in pair_runs], "raw_ratio": ratio(1),
+            "steady_one_node_trials_per_min": [x[2] for x in single_runs],
+            "steady_two_nodes_trials_per_min": [x[2] for x in pair_runs], "steady_ratio": ratio(2),
+            "two_nodes_tail_seconds": [x[3] for x in pair_runs]}
 
 
 def bench_rerun(rounds: int, grace: float) -> dict:
@@ -207,25 +242,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("which", nargs="+", choices=("scale", "rerun", "rss"))
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--trials", type=int, help="trials per job (default: scale 32, rerun 3, rss 8)")
     ap.add_argument("--grace", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "work.json")
     a = ap.parse_args(argv)
     results: dict[str, dict] = {}
     rows = [("figure", "value", "target")]
     if "scale" in a.which:
-        r = results["scale"] = bench_scale(a.trials, a.rounds)
+        r = results["scale"] = bench_scale(a.trials or 32, a.rounds)
         rows += [("trials/min, 2 nodes / 1 node", f"{r['ratio']:.2f}", ">= 1.85"),
                  ("  1 node trials/min", " ".join(f"{x:.1f}" for x in r["one_node_trials_per_min"]), ""),
                  ("  2 nodes trials/min", " ".join(f"{x:.1f}" for x in r["two_nodes_trials_per_min"]), ""),
-                 ("  plain trials/min ratio (early-stopped trials count as whole)", f"{r['raw_ratio']:.2f}", "")]
+                 ("  plain trials/min ratio (early-stopped trials count as whole)", f"{r['raw_ratio']:.2f}", ""),
+                 ("  steady ratio (while both slots had trials to run)", f"{r['steady_ratio']:.2f}", ""),
+                 ("  2 nodes: tail, one slot idle at the job's end, s",
+                  " ".join(f"{x:.2f}" for x in r["two_nodes_tail_seconds"]), "")]
     if "rerun" in a.which:
         r = results["rerun"] = bench_rerun(a.rounds, a.grace)
         rows += [(f"kill -9 worker -> trial re-run elsewhere, median s (grace {a.grace:g})",
                   f"{r['median_s']:.2f}", f"<= {a.grace + 1:g}"),
                  ("  each", " ".join(f"{x:.2f}" for x in r["seconds"]), "")]
     if "rss" in a.which:
-        r = results["rss"] = bench_rss(min(a.trials, 8))
+        r = results["rss"] = bench_rss(min(a.trials or 8, 8))
         small, sized = r["memory_512"], r["self_sized_one_slot"]
         rows += [("peak RSS node + runners, fertility.csv, --memory-mb 512, MB", f"{r['peak_rss_mb']:.0f}", "<= 512"),
                  ("  job seconds / test roc_auc", f"{small['job_seconds']:.0f} / {small['test_metrics'].get('roc_auc', 0):.4f}", ""),

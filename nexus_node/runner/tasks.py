@@ -233,6 +233,7 @@ class _PipelinedReporter:
         self._prune = False
         self._error: BaseException | None = None
         self._held: list[tuple[int, float]] = []   # (epoch, value) the study does not hold yet
+        self._write_at_close = True
         self._thread = threading.Thread(target=self._run, name="nexus-trial-report", daemon=True)
         self._thread.start()
 
@@ -247,12 +248,20 @@ class _PipelinedReporter:
         """True once the pruner said to stop (or reporting failed): polled between batches."""
         return self._prune or self._error is not None
 
-    def close(self) -> BaseException | None:
-        """Write every held report now and wait; returns the error that stopped reporting, if any."""
+    def close(self, write_held: bool = True) -> BaseException | None:
+        """Take every queued report, write what is held unless ``write_held`` is False (see
+        :meth:`take_held`), and wait; returns the error that stopped reporting, if any."""
+        self._write_at_close = write_held
         self._closing.set()
         self._queue.put(None)
         self._thread.join()
         return self._error
+
+    def take_held(self) -> list[tuple[int, float]]:
+        """(after ``close(write_held=False)``) The ``(epoch, value)`` pairs the study does not
+        hold yet, to be written with the trial's end; :meth:`write` writes them otherwise."""
+        held, self._held = self._held, []
+        return held
 
     def _run(self) -> None:
         done, last_round, last_write = False, -math.inf, time.monotonic()
@@ -272,8 +281,9 @@ class _PipelinedReporter:
                 continue
             try:
                 self._take(items)
-                if self._held and (done or time.monotonic() - last_write >= self._write_interval):
-                    self._flush()
+                if self._held and (self._write_at_close if done else
+                                   time.monotonic() - last_write >= self._write_interval):
+                    self.write(self.take_held())
                     last_write = time.monotonic()
                 # Before the warm-up the pruner always says no; asking costs a trip.
                 if items and items[-1][1] >= self._warmup and not self._prune and not done:
@@ -296,8 +306,8 @@ class _PipelinedReporter:
                 kept[epoch] = float(value)
                 self._held.append((epoch, float(value)))
 
-    def _flush(self) -> None:
-        held, self._held = self._held, []
+    def write(self, held: list[tuple[int, float]]) -> None:
+        """Writes ``held`` values (taken from the reporter) to the study."""
         if self._write_steps is not None and self._write_steps(self._trial._trial_id, held):
             return
         # Not a Nexus node: step by step from now on, through Trial.report (which skips a
@@ -364,19 +374,23 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
                                       int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
                                       pruned=reporter.pruned)
         finally:
-            error = reporter.close()
+            error = reporter.close(write_held=False)
         if error is not None:
             raise error
-        state = optuna.trial.TrialState[res.state]
-        # Epochs run need no attribute: they are the reported steps.
-        trial.set_user_attr("epochs", res.epochs)
-        if res.state == "FAIL":
-            trial.set_user_attr("fail_reason", res.message)
+        attrs: dict[str, Any] = {"epochs": res.epochs, **({"fail_reason": res.message} if res.state == "FAIL" else {})}
         value = res.value if res.state == "COMPLETE" else None
-        told = study.tell(trial, value, state=state, skip_if_finished=True)
+        # The last values, the attributes and the state in one write (one consensus round).
+        held = reporter.take_held()
+        told = _storage(store).finish_trial(trial_id, held, attrs, res.state, value)
+        if told is None:   # plain Optuna storage: the same, one write each
+            reporter.write(held)
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            frozen = study.tell(trial, value, state=optuna.trial.TrialState[res.state], skip_if_finished=True)
+            told = (frozen.state.name, frozen.value)
     except optuna.exceptions.UpdateFinishedTrialError:
-        told, state = None, None
-    if told is None or told.state != state:
+        told = None
+    if told is None or told[0] != res.state:
         now = trial.storage.get_trial(trial_id).state.name
         raise FailedPrecondition(f"trial {trial_id} was already {now} in the study (finished elsewhere); "
                                  "this runner's result is discarded")

@@ -38,6 +38,9 @@ def test_calls_without_the_token_are_refused(secured):
         e = rpc_error(stub(secured.address, token).ReportSteps, pb.ReportStepsRequest(
             trial_id=0, steps=[pb.TrialStep(step=0, value=1.0)]), timeout=10)
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+        e = rpc_error(stub(secured.address, token).FinishTrial, pb.FinishTrialRequest(
+            trial_id=0, state="COMPLETE", value=1.0), timeout=10)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_optuna_storage_service_needs_the_token_too(secured):

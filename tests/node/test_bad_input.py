@@ -94,3 +94,21 @@ def test_cancel_of_a_finished_job_is_refused(small_node):
     assert done, "test_predict_input_missing_a_training_column leaves a completed job"
     e = rpc_error(s.CancelJob, pb.CancelJobRequest(job_id=done[0].job_id), timeout=10)
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "already ended" in e.details()
+
+
+def test_bad_trial_writes_from_trial_code(small_node):
+    s = stub(small_node.address)
+    for req, code, fragment in [
+        (pb.FinishTrialRequest(trial_id=12345, state="COMPLETE", value=1.0), grpc.StatusCode.NOT_FOUND, "12345"),
+        (pb.FinishTrialRequest(trial_id=0, state="DONE"), grpc.StatusCode.INVALID_ARGUMENT, "one of COMPLETE"),
+        (pb.FinishTrialRequest(trial_id=0, state="COMPLETE", value=float("nan")),
+         grpc.StatusCode.INVALID_ARGUMENT, "finite"),
+        (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="[1]"),
+         grpc.StatusCode.INVALID_ARGUMENT, "JSON object"),
+        (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="{"), grpc.StatusCode.INVALID_ARGUMENT, "not JSON"),
+    ]:
+        e = rpc_error(s.FinishTrial, req, timeout=10)
+        assert e.code() == code and fragment in e.details(), (req, e.details())
+    e = rpc_error(s.ReportSteps, pb.ReportStepsRequest(trial_id=12345, steps=[pb.TrialStep(step=0, value=1.0)]),
+                  timeout=10)
+    assert e.code() == grpc.StatusCode.NOT_FOUND

@@ -1,8 +1,10 @@
 """Through a node, a trial's epochs reach the study in a few journal writes, not one each,
-and the study still has every epoch."""
+the trial's end (last epochs, attributes, state) is one write, and the study still has
+every epoch."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import optuna
@@ -24,7 +26,8 @@ def test_a_trial_s_epochs_are_written_in_batches(node_factory, insurance_csv):
 
     host, port = node.address.rsplit(":", 1)
     study = optuna.load_study(study_name=job.study_name, storage=NexusStorageProxy(host=host, port=int(port)))
-    trials = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    everything = study.get_trials()
+    trials = [t for t in everything if t.state == optuna.trial.TrialState.COMPLETE]
     assert trials
     steps = 0
     for t in trials:   # every epoch a trial ran is in the study, in order
@@ -33,5 +36,12 @@ def test_a_trial_s_epochs_are_written_in_batches(node_factory, insurance_csv):
         steps += ran
     node.stop()
     with sqlite3.connect(node.data_dir / "raft.db") as db:
-        writes = sum(1 for (data,) in db.execute("SELECT data FROM raft_log") if b"intermediate_value" in bytes(data))
+        entries = [bytes(data) for (data,) in db.execute("SELECT data FROM raft_log")]
+    writes = sum(1 for data in entries if b"intermediate_value" in data)
     assert 0 < writes <= steps / 3, (writes, steps)
+    # Each trial's end: its epochs attribute and its state in the same entry, once.
+    journal = [json.loads(data)["body"]["logs"] for data in entries if data.startswith(b'{"kind":"optuna_journal"')]
+    ends = [ops for ops in journal if any("epochs" in op.get("user_attr", {}) for op in ops)]
+    assert len(ends) == len(everything), len(ends)
+    for ops in ends:
+        assert ops[-1].get("datetime_complete") and ops[-1]["trial_id"] == ops[0]["trial_id"], ops

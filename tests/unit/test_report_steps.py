@@ -134,3 +134,53 @@ def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothin
     failed = other.get_trial(running)
     assert failed.state is TrialState.FAIL and failed.system_attrs[LOST_ATTR] is True
     assert failed.system_attrs[FAIL_REASON] == "its node died" and failed.datetime_complete is not None
+
+
+def test_a_trial_s_end_is_one_append_as_tell_would_record_it(storage_and_backend):
+    from nexus_node.studies import finish_trial
+
+    storage, backend = storage_and_backend
+    study = storage.create_new_study([StudyDirection.MAXIMIZE], "s")
+    done = storage.create_new_trial(study)
+    report_steps(storage, done, [(0, 0.5)])
+    before = backend.appends
+    assert finish_trial(storage, done, [(0, 0.1), (1, 0.6)], {"epochs": 2}, "COMPLETE", 0.6) == ("COMPLETE", 0.6)
+    assert backend.appends == before + 1
+    t = storage.get_trial(done)
+    assert (t.state, t.values, t.intermediate_values) == (TrialState.COMPLETE, [0.6], {0: 0.5, 1: 0.6})
+    assert t.user_attrs == {"epochs": 2} and t.datetime_complete is not None
+    # PRUNED: the last intermediate value (this call's included), as Study.tell records it.
+    pruned = storage.create_new_trial(study)
+    report_steps(storage, pruned, [(0, 0.3)])
+    assert finish_trial(storage, pruned, [(1, 0.2)], {}, "PRUNED", None) == ("PRUNED", 0.2)
+    assert storage.get_trial(pruned).values == [0.2]
+    never = storage.create_new_trial(study)
+    assert finish_trial(storage, never, [], {}, "PRUNED", None) == ("PRUNED", None)
+    nan = storage.create_new_trial(study)
+    assert finish_trial(storage, nan, [(0, float("nan"))], {}, "PRUNED", None) == ("PRUNED", None)
+    failed = storage.create_new_trial(study)
+    assert finish_trial(storage, failed, [], {"fail_reason": "diverged"}, "FAIL", 1.0) == ("FAIL", None)
+    assert storage.get_trial(failed).user_attrs["fail_reason"] == "diverged"
+
+
+def test_a_bad_end_or_a_finished_trial_is_refused_and_records_nothing(storage_and_backend):
+    from nexus_node.studies import finish_trial
+
+    storage, backend = storage_and_backend
+    study = storage.create_new_study([StudyDirection.MINIMIZE], "s")
+    trial = storage.create_new_trial(study)
+    before = backend.appends
+    with pytest.raises(InvalidInput, match="RUNNING"):
+        finish_trial(storage, trial, [], {}, "RUNNING", 1.0)
+    with pytest.raises(InvalidInput, match="finite"):
+        finish_trial(storage, trial, [], {}, "COMPLETE", float("inf"))
+    with pytest.raises(InvalidInput, match="non-negative"):
+        finish_trial(storage, trial, [(-1, 0.0)], {}, "COMPLETE", 1.0)
+    with pytest.raises(NotFound):
+        finish_trial(storage, 999, [], {}, "COMPLETE", 1.0)
+    assert backend.appends == before
+    storage.set_trial_state_values(trial, TrialState.FAIL)
+    with pytest.raises(FailedPrecondition, match="FAIL"):
+        finish_trial(storage, trial, [(0, 1.0)], {"epochs": 1}, "COMPLETE", 1.0)
+    t = storage.get_trial(trial)
+    assert t.state is TrialState.FAIL and t.intermediate_values == {} and t.user_attrs == {}

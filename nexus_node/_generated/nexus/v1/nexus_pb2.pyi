@@ -300,6 +300,30 @@ class ReportStepsReply(_message.Message):
     written: int
     def __init__(self, written: _Optional[int] = ...) -> None: ...
 
+class FinishTrialRequest(_message.Message):
+    __slots__ = ("trial_id", "steps", "user_attrs_json", "state", "value")
+    TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    USER_ATTRS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    trial_id: int
+    steps: _containers.RepeatedCompositeFieldContainer[TrialStep]
+    user_attrs_json: str
+    state: str
+    value: float
+    def __init__(self, trial_id: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[TrialStep, _Mapping]]] = ..., user_attrs_json: _Optional[str] = ..., state: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
+class FinishTrialReply(_message.Message):
+    __slots__ = ("state", "value", "has_value")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HAS_VALUE_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    value: float
+    has_value: bool
+    def __init__(self, state: _Optional[str] = ..., value: _Optional[float] = ..., has_value: _Optional[bool] = ...) -> None: ...
+
 class Model(_message.Message):
     __slots__ = ("model_id", "job_id", "task", "target", "input_columns", "classes", "test_metrics", "artifact_sha256", "artifact_bytes", "created_at", "family", "params_json")
     class TestMetricsEntry(_message.Message):

@@ -99,6 +99,11 @@ class NexusServiceStub:
                 request_serializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.FromString,
                 _registered_method=True)
+        self.FinishTrial = channel.unary_unary(
+                '/nexus.v1.NexusService/FinishTrial',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialReply.FromString,
+                _registered_method=True)
 
 
 class NexusServiceServicer:
@@ -184,6 +189,15 @@ class NexusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FinishTrial(self, request, context):
+        """For trial code: a trial's end in one write. FAILED_PRECONDITION if the trial is finished
+        (nothing of the request is recorded), NOT_FOUND if there is no such trial,
+        INVALID_ARGUMENT for another state or a COMPLETE value that is not finite.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NexusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +265,11 @@ def add_NexusServiceServicer_to_server(servicer, server):
                     servicer.ReportSteps,
                     request_deserializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.SerializeToString,
+            ),
+            'FinishTrial': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishTrial,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,6 +623,33 @@ class NexusService:
             '/nexus.v1.NexusService/ReportSteps',
             nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.SerializeToString,
             nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishTrial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.NexusService/FinishTrial',
+            nexus_dot_v1_dot_nexus__pb2.FinishTrialRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.FinishTrialReply.FromString,
             options,
             channel_credentials,
             insecure,
