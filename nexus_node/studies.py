@@ -204,26 +204,29 @@ def finish_trial(storage: JournalStorage, trial_id: int, steps: list[tuple[int, 
     """Writes the end of a running trial as one journal append: its last intermediate values
     (as :func:`report_steps`), its user attributes, then its state and value, which is what
     ``Trial.report``, ``Trial.set_user_attr`` and ``Study.tell`` write one consensus round
-    each. As ``Study.tell``: a PRUNED trial's value is its last intermediate value when that
-    is finite, a FAIL trial has none. Returns ``(state, value)`` as recorded.
+    each. As ``Study.tell``: a COMPLETE value may not be NaN, a PRUNED trial's value is its last
+    intermediate value unless that is NaN, a FAIL trial has none, and only a RUNNING trial
+    finishes. Returns ``(state, value)`` as recorded.
 
     Raises:
-        InvalidInput: a negative step, another state, or a COMPLETE value that is not finite.
+        InvalidInput: a negative step, another state, or a COMPLETE value that is NaN.
         NotFound: no such trial.
-        FailedPrecondition: the trial is finished (nothing of this is recorded).
+        FailedPrecondition: the trial is finished or WAITING (nothing of this is recorded).
     """
     from optuna.storages.journal._storage import JournalOperation
 
     if state not in FINISH_STATES:
         raise InvalidInput(f"a trial finishes as one of {', '.join(FINISH_STATES)}, not {state!r}")
-    if state == "COMPLETE" and (value is None or not math.isfinite(value)):
-        raise InvalidInput(f"a COMPLETE trial needs a finite value, got {value!r}")
+    if state == "COMPLETE" and (value is None or math.isnan(value)):
+        raise InvalidInput(f"a COMPLETE trial needs a value that is a number, got {value!r}")
     trial = _running_trial(storage, trial_id, "it is not finished again")
+    if trial.state != TrialState.RUNNING:
+        raise FailedPrecondition(f"trial {trial.number} is {trial.state.name}, not RUNNING; it cannot finish")
     ops = _step_ops(trial, steps)
     if state == "PRUNED":
         reported = {**trial.intermediate_values, **{op["step"]: op["intermediate_value"] for op in ops}}
         last = reported[max(reported)] if reported else None
-        value = last if last is not None and math.isfinite(last) else None
+        value = last if last is not None and not math.isnan(last) else None
     elif state == "FAIL":
         value = None
     ops += [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial_id, "user_attr": {k: v}}

@@ -31,6 +31,7 @@ class NexusStorageProxy(GrpcStorageProxy):
     def __init__(self, *, host: str, port: int, token: str | None = None, tls: ClientTls | None = None) -> None:
         self._token = token
         self._tls = tls
+        self._missing: set[str] = set()   # NexusService calls the server does not have
         with warnings.catch_warnings():
             # Optuna marks the proxy experimental; Nexus pins the Optuna version it tests.
             warnings.simplefilter("ignore", ExperimentalWarning)
@@ -72,11 +73,15 @@ class NexusStorageProxy(GrpcStorageProxy):
         return reply.state, reply.value if reply.has_value else None
 
     def _nexus_call(self, method: str, request: Any) -> Any:
-        """One of the node's trial-writing calls; None if the server does not have it."""
+        """One of the node's trial-writing calls; None if the server does not have it (asked
+        once per proxy: a plain Optuna server answers UNIMPLEMENTED every time)."""
+        if method in self._missing:
+            return None
         try:
             return getattr(nexus_pb2_grpc.NexusServiceStub(self._channel), method)(request, timeout=60)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                self._missing.add(method)
                 return None
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
                 raise UpdateFinishedTrialError(exc.details()) from None  # type: ignore[attr-defined]

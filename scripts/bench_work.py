@@ -6,8 +6,8 @@ scale: trials per minute of one job on a 2-node cluster over the same job on a 1
     pruning; a trial that stopped early (no better score for 10 epochs) counts as the share of
     the 40 epochs it ran, so both clusters are credited for the same work (raw trials/min are
     in the JSON too); measured from the job's first trial start to its last trial end (taken
-    from the study), over jobs of 32 trials. Interleaved rounds, after a warm-up job of the
-    same size on each cluster (the first job on a fresh cluster ran up to a third slower:
+    from the study), over jobs of 32 trials. Interleaved rounds (ABBA order), after a warm-up
+    job of the same size on each cluster (the first job on a fresh cluster ran up to a third slower:
     runners starting, caches filling). Target >= 1.85 (on this 2-core machine the two nodes'
     trials share the cores with the nodes themselves). Beside it: the steady ratio, which
     leaves out the job's tail (the last trial running while the other slot has nothing left:
@@ -113,9 +113,10 @@ def _rates(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float, float,
     start = min(t.datetime_start for t in trials)
     end = max(t.datetime_complete for t in trials)
     last_by_slot: dict[str, datetime.datetime] = {}
-    for t in trials:
-        slot = str(t.user_attrs.get(studies.NODE_ATTR, ""))
-        last_by_slot[slot] = max(last_by_slot.get(slot, t.datetime_complete), t.datetime_complete)
+    for t in trials:   # each node has one slot (bench_mesh.Node starts them with --slots 1)
+        slot = t.user_attrs.get(studies.NODE_ATTR)
+        if slot:
+            last_by_slot[slot] = max(last_by_slot.get(slot, t.datetime_complete), t.datetime_complete)
     steady_end = min(last_by_slot.values())
     steady = 0.0
     for t in trials:
@@ -135,9 +136,11 @@ def bench_scale(n_trials: int, rounds: int) -> dict:
             for c in (one, two):   # warm-up, a whole job each: runners started, caches filled
                 _trials_per_minute(c[0].address, n_trials, seed=1)
             single_runs, pair_runs = [], []
-            for r in range(rounds):   # interleaved: the machine's speed drifts
-                single_runs.append(_trials_per_minute(one[0].address, n_trials, seed=10 + r))
-                pair_runs.append(_trials_per_minute(two[0].address, n_trials, seed=10 + r))
+            for r in range(rounds):
+                # Interleaved, in ABBA order: the machine's speed drifts by up to a third
+                # within minutes, and a fixed order would credit the drift to one side.
+                for c, runs in ((one, single_runs), (two, pair_runs))[::1 if r % 2 == 0 else -1]:
+                    runs.append(_trials_per_minute(c[0].address, n_trials, seed=10 + r))
         finally:
             for n in one + two:
                 n.stop()

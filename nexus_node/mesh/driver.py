@@ -64,10 +64,10 @@ class MeshSettings:
 
     With the defaults the leader sends heartbeats every 200 ms and a follower campaigns after
     1–2 s without one (five to ten missed heartbeats). A heartbeat round costs each node a
-    message sent or received per peer on the event loop: at every tick it was most of an
-    idle node's CPU, which on a shared machine is taken from the trials. On slow links
-    (round trips near ``tick_interval``) raise ``tick_interval`` rather than the tick counts,
-    so elections stay ten heartbeats apart.
+    message sent or received per peer on the event loop: at every tick an idle node of a
+    2-node cluster used half as much CPU again, taken from the trials on a shared machine. On
+    slow links (round trips near ``tick_interval``) raise ``tick_interval`` rather than the
+    tick counts, so elections stay five to ten heartbeats apart.
 
     Attributes:
         tick_interval: Seconds per logical tick.

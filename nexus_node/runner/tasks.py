@@ -215,11 +215,12 @@ class _PipelinedReporter:
     consensus round per epoch was most of a node's CPU per trial (42 log entries for a
     40-epoch trial), every entry stays in the log, and on a 2-core machine the nodes' CPU is
     taken from the trials (``scripts/bench scale``). Against plain Optuna storage (no
-    ``ReportSteps``) values are reported one by one, as soon as possible.
+    ``ReportSteps``, found at the first write) values are reported one by one.
 
     Ordering: one thread reports values in epoch order, followed by one ``should_prune``;
-    :meth:`close` writes what is held at once and waits, so the study holds every reported
-    epoch before the trial is told.
+    :meth:`close` writes what is held at once and waits (or, with ``write_held=False``, leaves
+    it for the caller to write with the trial's end: ``FinishTrial``), so the study holds
+    every reported epoch once the trial is told.
     """
 
     def __init__(self, trial: optuna.Trial, warmup: int,
@@ -373,8 +374,11 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
                 res = train_and_score(data, req["params"], task, n_classes, metric, int(req["seed"]),
                                       int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
                                       pruned=reporter.pruned)
-        finally:
-            error = reporter.close(write_held=False)
+        except BaseException:
+            reporter.close()   # what the trial reported up to its failure reaches the study
+            raise
+        # The values still held go with the trial's end, in the same write.
+        error = reporter.close(write_held=False)
         if error is not None:
             raise error
         attrs: dict[str, Any] = {"epochs": res.epochs, **({"fail_reason": res.message} if res.state == "FAIL" else {})}

@@ -102,7 +102,7 @@ def test_bad_trial_writes_from_trial_code(small_node):
         (pb.FinishTrialRequest(trial_id=12345, state="COMPLETE", value=1.0), grpc.StatusCode.NOT_FOUND, "12345"),
         (pb.FinishTrialRequest(trial_id=0, state="DONE"), grpc.StatusCode.INVALID_ARGUMENT, "one of COMPLETE"),
         (pb.FinishTrialRequest(trial_id=0, state="COMPLETE", value=float("nan")),
-         grpc.StatusCode.INVALID_ARGUMENT, "finite"),
+         grpc.StatusCode.INVALID_ARGUMENT, "a number"),
         (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="[1]"),
          grpc.StatusCode.INVALID_ARGUMENT, "JSON object"),
         (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="{"), grpc.StatusCode.INVALID_ARGUMENT, "not JSON"),

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import time
 
+from typing import Iterator
+
 import optuna
+import pytest
+from optuna.storages import InMemoryStorage
+from optuna.storages._grpc.server import make_server
+
+from nexus_node.study_proxy import NexusStorageProxy
+from tests.conftest import free_port
 
 from nexus_node.runner.tasks import _PipelinedReporter
 
@@ -20,6 +28,20 @@ class Recorder:
     def __call__(self, trial_id: int, steps: list[tuple[int, float]]) -> bool:
         self.batches.append(list(steps))
         return self.nexus
+
+
+@pytest.fixture
+def storage() -> Iterator[NexusStorageProxy]:
+    """The study behind Optuna's gRPC proxy, as a runner sees it: a trial read from it is a
+    copy, so a value only the runner's Trial holds is not in the study (a local storage
+    hands the Trial the study's own object)."""
+    port = free_port()
+    server = make_server(InMemoryStorage(), "127.0.0.1", port)
+    server.start()
+    proxy = NexusStorageProxy(host="127.0.0.1", port=port)
+    yield proxy
+    proxy.close()
+    server.stop(None)
 
 
 def _wait_for(predicate, timeout: float = 30.0) -> None:
@@ -40,8 +62,8 @@ def test_values_held_between_writes_land_in_order_in_one_write_at_close():
     assert rec.batches == [[(e, 0.5 + e / 100) for e in range(25)]]
 
 
-def test_the_pruner_sees_values_the_study_does_not_hold_yet():
-    study = optuna.create_study(direction="maximize",
+def test_the_pruner_sees_values_the_study_does_not_hold_yet(storage):
+    study = optuna.create_study(storage=storage, direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     good = study.ask()
     for step in range(40):
@@ -54,12 +76,13 @@ def test_the_pruner_sees_values_the_study_does_not_hold_yet():
         reporter(0.1, epoch)
     _wait_for(reporter.pruned)
     assert rec.batches == []   # judged before anything was written
+    assert storage.get_trial(trial._trial_id).intermediate_values == {}
     assert reporter.close() is None
     assert [s for s, _ in rec.batches[0]] == list(range(5))
 
 
-def test_a_server_without_report_steps_gets_every_value_through_trial_report():
-    study = optuna.create_study(direction="minimize")
+def test_a_server_without_report_steps_gets_every_value_through_trial_report(storage):
+    study = optuna.create_study(storage=storage, direction="minimize")
     trial = study.ask()
     rec = Recorder(nexus=False)
     reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=0.0)
@@ -67,7 +90,7 @@ def test_a_server_without_report_steps_gets_every_value_through_trial_report():
         reporter(float(epoch), epoch)
     assert reporter.close() is None
     assert len(rec.batches) == 1   # asked once, then step by step
-    assert study._storage.get_trial(trial._trial_id).intermediate_values == {e: float(e) for e in range(10)}
+    assert storage.get_trial(trial._trial_id).intermediate_values == {e: float(e) for e in range(10)}
 
 
 def test_a_repeated_step_keeps_its_first_value():

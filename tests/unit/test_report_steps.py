@@ -160,10 +160,14 @@ def test_a_trial_s_end_is_one_append_as_tell_would_record_it(storage_and_backend
     assert finish_trial(storage, nan, [(0, float("nan"))], {}, "PRUNED", None) == ("PRUNED", None)
     failed = storage.create_new_trial(study)
     assert finish_trial(storage, failed, [], {"fail_reason": "diverged"}, "FAIL", 1.0) == ("FAIL", None)
+    unbounded = storage.create_new_trial(study)   # as Study.tell, only NaN is not a value
+    assert finish_trial(storage, unbounded, [], {}, "COMPLETE", float("inf")) == ("COMPLETE", float("inf"))
     assert storage.get_trial(failed).user_attrs["fail_reason"] == "diverged"
 
 
 def test_a_bad_end_or_a_finished_trial_is_refused_and_records_nothing(storage_and_backend):
+    import optuna
+
     from nexus_node.studies import finish_trial
 
     storage, backend = storage_and_backend
@@ -172,13 +176,16 @@ def test_a_bad_end_or_a_finished_trial_is_refused_and_records_nothing(storage_an
     before = backend.appends
     with pytest.raises(InvalidInput, match="RUNNING"):
         finish_trial(storage, trial, [], {}, "RUNNING", 1.0)
-    with pytest.raises(InvalidInput, match="finite"):
-        finish_trial(storage, trial, [], {}, "COMPLETE", float("inf"))
+    with pytest.raises(InvalidInput, match="a number"):
+        finish_trial(storage, trial, [], {}, "COMPLETE", float("nan"))
     with pytest.raises(InvalidInput, match="non-negative"):
         finish_trial(storage, trial, [(-1, 0.0)], {}, "COMPLETE", 1.0)
     with pytest.raises(NotFound):
         finish_trial(storage, 999, [], {}, "COMPLETE", 1.0)
     assert backend.appends == before
+    waiting = storage.create_new_trial(study, template_trial=optuna.trial.create_trial(state=TrialState.WAITING))
+    with pytest.raises(FailedPrecondition, match="WAITING"):
+        finish_trial(storage, waiting, [], {}, "COMPLETE", 1.0)
     storage.set_trial_state_values(trial, TrialState.FAIL)
     with pytest.raises(FailedPrecondition, match="FAIL"):
         finish_trial(storage, trial, [(0, 1.0)], {"epochs": 1}, "COMPLETE", 1.0)

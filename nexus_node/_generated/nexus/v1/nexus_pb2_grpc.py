@@ -191,8 +191,8 @@ class NexusServiceServicer:
 
     def FinishTrial(self, request, context):
         """For trial code: a trial's end in one write. FAILED_PRECONDITION if the trial is finished
-        (nothing of the request is recorded), NOT_FOUND if there is no such trial,
-        INVALID_ARGUMENT for another state or a COMPLETE value that is not finite.
+        or not running yet (nothing of the request is recorded), NOT_FOUND if there is no such
+        trial, INVALID_ARGUMENT for another state or a COMPLETE value that is NaN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
