@@ -23,7 +23,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
-from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
 from optuna.storages import JournalStorage
 
@@ -48,6 +47,7 @@ from nexus_node.servicer import NexusServicer
 from nexus_node.store.blobs import BlobStore
 from nexus_node.system import memory_info
 from nexus_node.worker import WorkerAgent
+from nexus_node.storage_service import add_storage_service
 from nexus_node.tls import add_port, load_node_tls, storage_fields
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,11 @@ class Node:
         self._pools = [work, serve]
 
         interceptors = [ServerAuthInterceptor(self.token)] if self.token else []
-        # Optuna's StorageService servicer is synchronous: the aio server runs it on this
-        # pool. It must be large enough for every runner's storage calls at once.
+        # Writes to the study wait for consensus on this pool (storage_service.py); every
+        # handler is async, so the server itself needs no thread pool. It must be large enough
+        # for every runner's storage writes at once.
         self._threads = ThreadPoolExecutor(max_workers=max(8, 2 * slots + 4), thread_name_prefix="storage")
-        server = grpc.aio.server(
-            migration_thread_pool=self._threads, interceptors=interceptors, options=SERVER_OPTIONS,
-        )
+        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.tls = load_node_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
         self.port = add_port(server, f"{_bind_host(cfg.host)}:{cfg.port}", self.tls)
         if self.port == 0:
@@ -201,7 +200,8 @@ class Node:
         )
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
-        api_pb2_grpc.add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+        # Reads on the loop over a storage of their own, writes on the pool (storage_service.py).
+        add_storage_service(server, storage, JournalStorage(mesh.journal.backend()), self._threads)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((
