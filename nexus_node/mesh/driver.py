@@ -293,10 +293,11 @@ class RaftDriver:
             else:
                 if not item.done.done():
                     item.done.set_result(index)
-        elif isinstance(item, tuple):  # (data, proposal_id, future of the entry's index or None)
-            data, pid, accepted = item
+        elif isinstance(item, tuple):
+            # (data, proposal_id, future of the entry's index or None, follower that handed it over)
+            data, pid, accepted, origin = item
             try:
-                entry = self._raw.propose(data, pid)
+                entry = self._raw.propose(data, pid, origin)
             except (NotLeader, ProposalDropped) as exc:
                 if accepted is not None and not accepted.done():
                     accepted.set_exception(exc)
@@ -469,7 +470,7 @@ class RaftDriver:
         if self._stopped:
             raise MeshStopped(f"node {self.node_id} stopped")
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait((data, pid, accepted))
+        self._inbox.put_nowait((data, pid, accepted, None))
         return await accepted
 
     # --- PeerHost: what PeerService calls -----------------------------------------------------------
@@ -494,16 +495,16 @@ class RaftDriver:
             self._inbox.put_nowait(m)
         return min(room, len(messages))
 
-    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]]) -> int:
-        """Writes followers forwarded (data, proposal id): proposed here while this node
-        leads, else dropped (their proposers send them again when they see the new leader).
-        Returns how many were queued for the core."""
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]], origin: NodeId) -> int:
+        """Writes follower ``origin`` forwarded (data, proposal id): proposed here while this
+        node leads, else dropped (their proposers send them again when they see the new
+        leader). Returns how many were queued for the core."""
         if self._raw is None or self._stopped or not self.is_leader:
             return 0
         room = max(0, self.settings.inbox_size - self._inbox.qsize())
         queued = 0
         for data, pid in proposals[:room]:
             if self.state.applied_at(pid) is None:
-                self._inbox.put_nowait((data, pid, None))
+                self._inbox.put_nowait((data, pid, None, origin))
                 queued += 1
         return queued

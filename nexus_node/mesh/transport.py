@@ -63,7 +63,7 @@ class PeerHost(Protocol):
 
     def receive(self, messages: Sequence[Message]) -> int: ...
 
-    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]]) -> int: ...
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]], origin: NodeId) -> int: ...
 
     def is_member(self) -> bool: ...
 
@@ -135,7 +135,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     async def _received(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> int:
         accepted = self._host.receive(await self._decoded(request, context))
         if request.proposals:
-            self._host.receive_proposals([(p.data, p.proposal_id) for p in request.proposals])
+            self._host.receive_proposals([(p.data, p.proposal_id) for p in request.proposals], request.from_node)
         return accepted
 
     async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:

@@ -302,7 +302,9 @@ class Sim:
             if hinted is None:
                 return
             try:
-                hinted.propose(f"v{self.proposed}".encode(), proposal_id=f"p{self.proposed}")
+                # As a follower hands its writes over: the first node asked is the origin.
+                hinted.propose(f"v{self.proposed}".encode(), proposal_id=f"p{self.proposed}",
+                               origin=node.raft.id)
             except (NotLeader, ProposalDropped):
                 return
             node = hinted

@@ -147,6 +147,45 @@ def test_a_new_commit_index_goes_out_in_appends_that_are_answered_only_when_reje
     assert drain(f, st) == [] and f.status().commit == 2
 
 
+def test_a_handed_over_write_is_announced_at_once_only_to_the_follower_that_waits_for_it() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+
+    def commits_sent(action) -> list[str]:
+        sent: list[Message] = []
+        action()
+        cl.deliver(drop=lambda m: sent.append(m) or False)
+        return [m.dst for m in sent if isinstance(m, MsgApp) and m.commit_only]
+
+    # b handed the write over: b hears the commit at once, c does not (nobody there waits).
+    entry = cl.nodes["a"].propose(b"from-b", origin="b")
+    assert commits_sent(lambda: None) == ["b"]
+    assert cl.nodes["b"].status().commit == entry.index
+    assert cl.nodes["c"].status().commit < entry.index
+    # c learns it with the next append, which carries the leader's commit index.
+    nxt = cl.nodes["a"].propose(b"from-c", origin="c")
+    assert commits_sent(lambda: None) == ["c"]
+    assert cl.nodes["c"].status().commit == nxt.index and cl.applied["c"][-1].data == b"from-c"
+    # The leader's own writes are announced to everyone.
+    mine = cl.nodes["a"].propose(b"leader's")
+    assert commits_sent(lambda: None) == ["b", "c"]
+    assert all(n.status().commit == mine.index for n in cl.nodes.values())
+    # So is a commit that covers a handed-over entry and one of the leader's (the answers for
+    # the first are lost: the answers for the second commit both at once).
+    first = cl.nodes["a"].propose(b"b's", origin="b")
+    second = cl.nodes["a"].propose(b"leader's again")
+    sent: list[Message] = []
+    cl.deliver(drop=lambda m: sent.append(m) or (isinstance(m, MsgAppResp) and m.index == first.index))
+    assert [m.dst for m in sent if isinstance(m, MsgApp) and m.commit_only] == ["b", "c"]
+    assert all(n.status().commit == second.index for n in cl.nodes.values())
+    # Without appends, the heartbeat brings an unannounced commit to the follower.
+    last = cl.nodes["a"].propose(b"last", origin="b")
+    assert commits_sent(lambda: None) == ["b"] and cl.nodes["c"].status().commit < last.index
+    cl.tick(4)
+    assert all(n.status().commit == last.index for n in cl.nodes.values())
+    assert [e.data for e in cl.applied["c"]][-1] == b"last"
+
+
 def test_a_heartbeat_round_skips_a_follower_that_will_answer_an_append_sent_since_the_last() -> None:
     cl = Cluster(ABC, election_tick=10, heartbeat_tick=1)
     cl.elect("a")

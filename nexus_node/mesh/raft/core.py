@@ -133,6 +133,9 @@ class Raft:
         self.lead_transferee: NodeId | None = None
         self.transfer_elapsed = 0
         self.term_start_index = 0  # index of this leader's no-op entry
+        # Leader: entries that a follower handed over (index -> that follower). Only it waits
+        # for their commit; see _announce_commit.
+        self.handed_over: dict[int, NodeId] = {}
         self._reset_timeout()
 
     # --- queries --------------------------------------------------------------------------------
@@ -198,6 +201,7 @@ class Raft:
         self.prs = {}
         self.lead_transferee = None
         self.transfer_elapsed = 0
+        self.handed_over = {}
 
     def _become_follower(self, term: int, lead: NodeId | None) -> None:
         self._reset(term)
@@ -395,8 +399,9 @@ class Raft:
             if m.reject:
                 self._on_reject(m, pr)
             elif pr.update(m.index):
+                committed = self.log.committed
                 if self._maybe_commit():
-                    self._bcast_append(commit_only=True)
+                    self._announce_commit(committed)
                 elif pr.next <= self.log.last_index():
                     self._send_append(m.src, pr)
                 if m.src == self.lead_transferee and pr.match == self.log.last_index():
@@ -454,6 +459,33 @@ class Raft:
             if member != self.id:
                 self._send_append(member, self.prs[member], commit_only)
 
+    def _announce_commit(self, before: int) -> None:
+        """Tells followers that the commit index moved past ``before``.
+
+        A follower needs to hear it at once only to answer a write it handed over (its proposer
+        waits until the entry is applied there). So when every newly committed entry was handed
+        over by some follower, only those followers are told now; the others learn the index
+        with their next append or heartbeat (§5.3: the leader's commit index rides on every
+        AppendEntries), which saves a message per follower per write under load. The leader's
+        own entries (the coordinator's writes, configuration changes, its no-op) are announced
+        to everyone at once, as before: any node may act on them.
+        """
+        committed = self.log.committed
+        told: set[NodeId] | None = set()
+        for index in range(before + 1, committed + 1):
+            origin = self.handed_over.pop(index, None)
+            if origin is None:
+                told = None
+            elif told is not None:
+                told.add(origin)
+        for member in sorted(self.prs):
+            if member == self.id:
+                continue
+            pr = self.prs[member]
+            if told is None or member in told or pr.probing or pr.next <= self.log.last_index():
+                # (Someone probing or with entries still to take gets a message anyway.)
+                self._send_append(member, pr, commit_only=True)
+
     def _bcast_heartbeat(self) -> None:
         for member in sorted(self.prs):
             if member != self.id:
@@ -484,8 +516,12 @@ class Raft:
 
     # --- the driver's requests ------------------------------------------------------------------
 
-    def propose(self, data: bytes, proposal_id: str | None = None) -> Entry:
+    def propose(self, data: bytes, proposal_id: str | None = None, origin: NodeId | None = None) -> Entry:
         """Appends a NORMAL entry (leader only). Committed once a majority of voters store it.
+
+        Args:
+            origin: The follower that handed this write over, if any: it alone is told of the
+                entry's commit at once (see :meth:`_announce_commit`).
 
         Returns:
             The new entry; the driver can wait for its index to be applied at its term.
@@ -496,6 +532,8 @@ class Raft:
         """
         self._check_proposal()
         entry = Entry(self.log.last_index() + 1, self.term, EntryType.NORMAL, data, proposal_id)
+        if origin is not None and origin != self.id and origin in self.prs:
+            self.handed_over[entry.index] = origin
         self._append_entries([entry])
         return entry
 
@@ -572,5 +610,6 @@ class Raft:
         """
         self.log.stable_to(index, term)
         if self.role is Role.LEADER and self.log.term(index) == term:
+            committed = self.log.committed
             if self.prs[self.id].update(index) and self._maybe_commit():
-                self._bcast_append(commit_only=True)
+                self._announce_commit(committed)

@@ -107,9 +107,9 @@ class RawNode:
         """Starts an election now (pre-vote first), as if the election timeout had elapsed."""
         self.raft.campaign()
 
-    def propose(self, data: bytes, proposal_id: str | None = None) -> Entry:
+    def propose(self, data: bytes, proposal_id: str | None = None, origin: NodeId | None = None) -> Entry:
         """Proposes application data. See :meth:`Raft.propose` (raises NotLeader off the leader)."""
-        return self.raft.propose(data, proposal_id)
+        return self.raft.propose(data, proposal_id, origin)
 
     def propose_membership(self, membership: Membership) -> Entry:
         """Proposes a one-node membership change. See :meth:`Raft.propose_membership`."""
