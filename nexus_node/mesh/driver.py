@@ -405,7 +405,8 @@ class RaftDriver:
     # --- proposals --------------------------------------------------------------------------------
 
     async def propose(self, data: bytes, proposal_id: str | None = None,
-                      timeout: float | None = None, term: int | None = None) -> int:
+                      timeout: float | None = None, term: int | None = None,
+                      private: bool = False) -> int:
         """Commits ``data`` and returns once this node has applied it.
 
         Args:
@@ -416,6 +417,9 @@ class RaftDriver:
             term: Fence: propose only while this node leads in ``term``, never forwarding. A
                 coordinator's own writes use it, so a deposed coordinator's late writes are
                 not committed by its successor on its behalf.
+            private: Only this node waits for the write: the leader tells the other followers
+                of its commit with their next append or heartbeat instead of at once (fewer
+                messages per write). For writes no other node acts on the moment they commit.
 
         Returns:
             The log index at which the write took effect (the first copy's, for a retry).
@@ -439,7 +443,7 @@ class RaftDriver:
             changes = self._lead_changes
             # Propose again when leadership moves (the entry may have been lost with the old
             # leader) or after the retry interval; a duplicate is harmless (thesis §6.3).
-            wait = await self._submit(data, pid)
+            wait = await self._submit(data, pid, private)
             try:
                 await self.wait_for(
                     lambda: self.state.applied_at(pid) is not None or self._lead_changes != changes,
@@ -448,7 +452,7 @@ class RaftDriver:
                 pass
         return index
 
-    async def _submit(self, data: bytes, pid: str) -> float:
+    async def _submit(self, data: bytes, pid: str, private: bool = False) -> float:
         """One attempt to get the proposal to the leader. Returns how long to wait for it
         before proposing again."""
         s = self.settings
@@ -461,7 +465,7 @@ class RaftDriver:
                 return s.retry_interval
             except (NotLeader, ProposalDropped):
                 return s.tick_interval
-        if self._transport.forward(leader, data, pid):
+        if self._transport.forward(leader, data, pid, private):
             return s.forward_retry_interval
         log.debug("forwarding %s to %s: no address or queue full", pid, leader)
         return s.tick_interval
@@ -495,16 +499,16 @@ class RaftDriver:
             self._inbox.put_nowait(m)
         return min(room, len(messages))
 
-    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]], origin: NodeId) -> int:
-        """Writes follower ``origin`` forwarded (data, proposal id): proposed here while this
-        node leads, else dropped (their proposers send them again when they see the new
-        leader). Returns how many were queued for the core."""
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId) -> int:
+        """Writes follower ``origin`` forwarded (data, proposal id, private): proposed here
+        while this node leads, else dropped (their proposers send them again when they see the
+        new leader). Returns how many were queued for the core."""
         if self._raw is None or self._stopped or not self.is_leader:
             return 0
         room = max(0, self.settings.inbox_size - self._inbox.qsize())
         queued = 0
-        for data, pid in proposals[:room]:
+        for data, pid, private in proposals[:room]:
             if self.state.applied_at(pid) is None:
-                self._inbox.put_nowait((data, pid, None, origin))
+                self._inbox.put_nowait((data, pid, None, origin if private else None))
                 queued += 1
         return queued

@@ -96,7 +96,10 @@ class ReplicatedJournal:
             The log index of the command.
         """
         data = encode_command(KIND, {"name": name, "logs": logs})
-        return await self.driver.propose(data, uuid.uuid4().hex, timeout)
+        # Private: only this node's caller waits for it; other nodes' readers of the study see
+        # it with the leader's next message to them (the coordinator, which acts on trials,
+        # applies it at once), and a job's own records, which watchers follow, are not private.
+        return await self.driver.propose(data, uuid.uuid4().hex, timeout, private=True)
 
 
 class ReplicatedJournalBackend(BaseJournalBackend):

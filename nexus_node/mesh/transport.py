@@ -63,7 +63,7 @@ class PeerHost(Protocol):
 
     def receive(self, messages: Sequence[Message]) -> int: ...
 
-    def receive_proposals(self, proposals: Sequence[tuple[bytes, str]], origin: NodeId) -> int: ...
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId) -> int: ...
 
     def is_member(self) -> bool: ...
 
@@ -135,7 +135,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
     async def _received(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> int:
         accepted = self._host.receive(await self._decoded(request, context))
         if request.proposals:
-            self._host.receive_proposals([(p.data, p.proposal_id) for p in request.proposals], request.from_node)
+            self._host.receive_proposals([(p.data, p.proposal_id, p.private) for p in request.proposals],
+                                         request.from_node)
         return accepted
 
     async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
@@ -245,6 +246,7 @@ class _Forward:
 
     data: bytes
     proposal_id: str
+    private: bool = False
 
 
 class _Link:
@@ -257,6 +259,7 @@ class _Link:
         self._greeted_at: str | None = None  # the address our Hello last reached
         self._stream: grpc.aio.StreamUnaryCall | None = None   # open StepStream to _greeted_at
         self._stalled = False   # the current write outlasted the RPC timeout
+        self.writing_since: float | None = None   # loop time the pending write began
         self.task = asyncio.create_task(self._run(), name=f"raft-send-{peer}")
 
     async def _run(self) -> None:
@@ -279,14 +282,14 @@ class _Link:
                     cluster=t.host.cluster, from_node=t.host.node_id,
                     messages=[json.dumps(message_to_dict(m), separators=(",", ":")).encode()
                               for m in batch if not isinstance(m, _Forward)],
-                    proposals=[pb.Proposal(proposal_id=m.proposal_id, data=m.data)
+                    proposals=[pb.Proposal(proposal_id=m.proposal_id, data=m.data, private=m.private)
                                for m in batch if isinstance(m, _Forward)])
                 # Not wait_for: cancelling a write that the transport holds can block until
-                # the call ends. A write that takes too long ends the call instead, which
-                # fails the write; a timer rather than a task per batch, as this runs for
-                # every batch to every peer.
+                # the call ends. A write that takes too long ends the call instead (the
+                # transport's watchdog, rather than a timer per write: this runs for every
+                # batch to every peer), which fails the write.
                 self._stalled = False
-                timer = asyncio.get_running_loop().call_later(t.rpc_timeout, self._end_stalled)
+                self.writing_since = asyncio.get_running_loop().time()
                 try:
                     await self._stream.write(request)
                 except asyncio.CancelledError:
@@ -295,7 +298,7 @@ class _Link:
                         raise
                     raise TimeoutError(f"write to {self.peer} took over {t.rpc_timeout} s") from None
                 finally:
-                    timer.cancel()
+                    self.writing_since = None
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError,
                     TimeoutError, PeerMismatch) as exc:
                 # Greet again and open a new stream next time: the peer may come back on
@@ -306,10 +309,11 @@ class _Link:
                 log.debug("%s -> %s: %d raft messages dropped: %s", t.host.node_id, self.peer,
                           len(batch), exc)
 
-    def _end_stalled(self) -> None:
-        # The peer has not taken a batch within the RPC timeout: ending the call makes the
-        # pending write raise CancelledError, which _run turns into a TimeoutError.
+    def end_stalled(self) -> None:
+        """Ends the call of a write the peer has not taken within the RPC timeout: the
+        pending write raises CancelledError, which _run turns into a TimeoutError."""
         self._stalled = True
+        self.writing_since = None
         if self._stream is not None:
             self._stream.cancel()
 
@@ -344,6 +348,7 @@ class PeerTransport:
         self.queue_size = queue_size
         self.max_batch = max_batch
         self._links: dict[NodeId, _Link] = {}
+        self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self._channels: dict[str, tuple[grpc.aio.Channel, peer_pb2_grpc.PeerServiceStub]] = {}
 
@@ -382,8 +387,11 @@ class PeerTransport:
         for m in messages:
             self._queue(m.dst, m)
 
-    def forward(self, leader: NodeId, data: bytes, proposal_id: str) -> bool:
+    def forward(self, leader: NodeId, data: bytes, proposal_id: str, private: bool = False) -> bool:
         """Queues a write for ``leader``, in the batches of Raft messages; never waits.
+
+        Args:
+            private: Only this node waits for the write (see ``Proposal.private``).
 
         Returns:
             Whether it was queued (False: no address known for ``leader``, queue full, closed).
@@ -392,12 +400,14 @@ class PeerTransport:
         """
         if self._closed or self.host.peer_address(leader) is None:
             return False
-        return self._queue(leader, _Forward(data, proposal_id))
+        return self._queue(leader, _Forward(data, proposal_id, private))
 
     def _queue(self, dst: NodeId, item: Message | _Forward) -> bool:
         link = self._links.get(dst)
         if link is None:
             link = self._links[dst] = _Link(self, dst)
+            if self._watchdog is None:
+                self._watchdog = asyncio.create_task(self._watch(), name="raft-send-watchdog")
         try:
             link.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -405,9 +415,24 @@ class PeerTransport:
             return False
         return True
 
+    async def _watch(self) -> None:
+        # Ends writes that outlast the RPC timeout, checked at half the timeout: a write is
+        # given between one and one and a half timeouts.
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.rpc_timeout / 2)
+            now = loop.time()
+            for link in list(self._links.values()):
+                since = link.writing_since
+                if since is not None and now - since > self.rpc_timeout:
+                    link.end_stalled()
+
     async def close(self) -> None:
         """Stops every sender and closes every channel."""
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for link in self._links.values():
             link._close_stream()
             link.task.cancel()

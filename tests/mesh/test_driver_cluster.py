@@ -11,6 +11,7 @@ from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.auth import METADATA_KEY
 from nexus_node.mesh.driver import MeshStopped
+from nexus_node.mesh.state import encode_command
 from nexus_node.mesh.transport import PROTOCOL_VERSION
 
 from .driver_cluster import FAST, TOKEN, MeshCluster
@@ -161,3 +162,27 @@ async def test_a_failed_disk_write_stops_the_node_instead_of_running_ahead_of_it
     with pytest.raises(MeshStopped):
         await leader.record("never durable here")
     assert leader.driver.receive([]) == 0  # it takes no further part
+
+
+async def test_a_private_write_s_commit_reaches_other_followers_later_a_public_one_at_once(cluster):
+    leader = await cluster.leader()
+    proposer, other = [n for n in cluster.nodes if n is not leader]
+    notices: list[int] = []
+    receive = other.driver.receive
+
+    def counting(messages):
+        notices.extend(m.commit for m in messages if getattr(m, "commit_only", False))
+        return receive(messages)
+
+    other.driver.receive = counting   # the transport calls it for every batch from a peer
+
+    # Private (an Optuna journal append): the proposer applies it on return; the other
+    # follower applies it too, but from a heartbeat, never from an announcement.
+    index = await proposer.driver.propose(encode_command("record", "private"), "p-private", private=True)
+    await other.driver.wait_for(lambda: other.driver.state.applied_index >= index, 10)
+    assert "private" in other.applied and not [c for c in notices if c >= index]
+
+    # Public (a job record): announced to every follower at once.
+    index = await proposer.record("public", "p-public")
+    await other.driver.wait_for(lambda: any(c >= index for c in notices), 10)
+    await other.driver.wait_for(lambda: "public" in other.applied, 10)

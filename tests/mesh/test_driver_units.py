@@ -156,7 +156,7 @@ async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbo
     await driver.wait_for(lambda: driver.is_leader, 10)
     # A follower's write (nobody waits on it here: its proposer retries), then the node stops
     # before its loop takes it: stop() fails the waiting proposals and must pass this one by.
-    assert driver.receive_proposals([(b"theirs", "p-forwarded")], "n2") == 1
+    assert driver.receive_proposals([(b"theirs", "p-forwarded", False)], "n2") == 1
     async with asyncio.timeout(10):   # not wait_for: its task would let the loop run first
         await driver.stop()
     assert driver.state.applied_at("p-forwarded") is None

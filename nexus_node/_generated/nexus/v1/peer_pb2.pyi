@@ -153,12 +153,14 @@ class RaftBatch(_message.Message):
     def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., messages: _Optional[_Iterable[bytes]] = ..., proposals: _Optional[_Iterable[_Union[Proposal, _Mapping]]] = ...) -> None: ...
 
 class Proposal(_message.Message):
-    __slots__ = ("proposal_id", "data")
+    __slots__ = ("proposal_id", "data", "private")
     PROPOSAL_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_FIELD_NUMBER: _ClassVar[int]
     proposal_id: str
     data: bytes
-    def __init__(self, proposal_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    private: bool
+    def __init__(self, proposal_id: _Optional[str] = ..., data: _Optional[bytes] = ..., private: _Optional[bool] = ...) -> None: ...
 
 class StepAck(_message.Message):
     __slots__ = ("accepted",)
