@@ -258,8 +258,10 @@ class RaftDriver:
         raw, store = self._raw, self._store
         while True:
             while (rd := raw.ready()) is not None:
+                early = rd.messages_before_persist                # a leader's appends go
+                self._transport.send(early)                       # while it writes its disk
                 await store.save(rd.hard_state, rd.entries)       # 1. persist
-                self._transport.send(rd.messages)                 # 2. send (never blocks)
+                self._transport.send(rd.messages_after_persist)   # 2. send (never blocks)
                 for entry in rd.committed_entries:                # 3. apply
                     self.state.apply(entry)
                 raw.advance(rd)                                   # 4. advance

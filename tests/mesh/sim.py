@@ -163,6 +163,14 @@ class Sim:
             if rd is None:
                 return
             st = self.storage[i]
+            # 0. a leader's appends may go before its disk write (and it may crash in between)
+            early = rd.messages_before_persist
+            for m in early:
+                self.send(m)
+            if self.faults and early and rd.entries and self.rng.random() < self.p.p_crash / 4:
+                self.crash(i)  # sent, never persisted
+                self.stats["crashes_before_persist"] += 1
+                return
             # 1. persist
             st.append(rd.entries)
             if rd.hard_state is not None:
@@ -171,7 +179,7 @@ class Sim:
                 self.crash(i)  # persisted, never sent
                 return
             # 2. send
-            for m in rd.messages:
+            for m in rd.messages_after_persist:
                 self.send(m)
             # 3. apply
             for e in rd.committed_entries:

@@ -186,6 +186,36 @@ def test_a_handed_over_write_is_announced_at_once_only_to_the_follower_that_wait
     assert [e.data for e in cl.applied["c"]][-1] == b"last"
 
 
+def test_a_leader_s_appends_may_precede_its_disk_write_but_it_counts_itself_only_after() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    entry = a.propose(b"x")
+    rd = a.ready()
+    assert rd is not None and rd.entries == (entry,)
+    assert [(type(m).__name__, m.dst) for m in rd.messages_before_persist] == [("MsgApp", "b"), ("MsgApp", "c")]
+    assert rd.messages_after_persist == ()
+    # b stores it and answers while a has not written it: one copy of three is no majority.
+    cl.nodes["b"].step(rd.messages_before_persist[0])
+    answer = drain(cl.nodes["b"], cl.storage["b"])
+    a.step(answer[0])
+    assert a.status().commit < entry.index
+    # a's own write done (advance): two copies of three, committed.
+    cl.storage["a"].append(rd.entries)
+    a.advance(rd)
+    assert a.status().commit == entry.index
+
+    # A Ready that carries a new term or vote sends nothing before it is on disk: a lone
+    # voter wins its election at once, and its first appends (to its learner) carry the term.
+    solo = Cluster(["v"], learners=["l"], election_tick=10, heartbeat_tick=2)
+    v = solo.nodes["v"]
+    v.campaign()
+    rd = v.ready()
+    assert rd is not None and rd.hard_state is not None and rd.soft_state.role is Role.LEADER
+    assert any(isinstance(m, MsgApp) for m in rd.messages)
+    assert rd.messages_before_persist == () and rd.messages_after_persist == rd.messages
+
+
 def test_a_heartbeat_round_skips_a_follower_that_will_answer_an_append_sent_since_the_last() -> None:
     cl = Cluster(ABC, election_tick=10, heartbeat_tick=1)
     cl.elect("a")

@@ -59,5 +59,5 @@ def test_simulation_keeps_safety_and_recovers() -> None:
           f"healing {slowest} ticks; {dict(sorted(total.items()))}")
     assert total["applied"] > 0
     if len(seeds) >= 200:  # the faults actually happened
-        for what in ("crashes", "partitions", "transfers", "membership_changes"):
+        for what in ("crashes", "crashes_before_persist", "partitions", "transfers", "membership_changes"):
             assert total[what] > 0, what

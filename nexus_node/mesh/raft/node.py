@@ -6,7 +6,7 @@ import dataclasses
 
 from .core import Raft, RaftConfig, Role
 from .membership import Membership
-from .messages import EMPTY_HARD_STATE, Entry, EntryType, HardState, Message, NodeId
+from .messages import EMPTY_HARD_STATE, Entry, EntryType, HardState, Message, MsgApp, NodeId
 from .storage import MemoryStorage, Storage
 
 
@@ -26,9 +26,12 @@ class Ready:
         hard_state: New hard state to persist, or None if unchanged.
         entries: Entries to persist (append to storage, replacing any held at or after
             ``entries[0].index``).
-        messages: Messages to send once ``hard_state`` and ``entries`` are durable.
+        messages: Messages to send once ``hard_state`` and ``entries`` are durable (all of
+            them; :attr:`messages_before_persist` may go earlier).
         committed_entries: Entries to apply to the state machine, in order.
         soft_state: New leader/role, or None if unchanged.
+        leader_appends_early: A leader's appends in ``messages`` may be sent before the
+            persist step (see :attr:`messages_before_persist`).
     """
 
     hard_state: HardState | None
@@ -36,6 +39,24 @@ class Ready:
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     soft_state: SoftState | None
+    leader_appends_early: bool = False
+
+    @property
+    def messages_before_persist(self) -> tuple[Message, ...]:
+        """The messages that may be sent before ``entries`` are durable: a leader's appends,
+        in a Ready that changes no term or vote (thesis §10.2.1). The leader counts its own
+        copy toward a majority only once it is on disk (:meth:`RawNode.advance`), so sending
+        early only overlaps its disk write with the followers' instead of following it."""
+        if not self.leader_appends_early:
+            return ()
+        return tuple(m for m in self.messages if isinstance(m, MsgApp))
+
+    @property
+    def messages_after_persist(self) -> tuple[Message, ...]:
+        """The rest of ``messages``: acknowledgements, votes and everything else."""
+        if not self.leader_appends_early:
+            return self.messages
+        return tuple(m for m in self.messages if not isinstance(m, MsgApp))
 
     @property
     def must_sync(self) -> bool:
@@ -68,8 +89,9 @@ class RawNode:
        but not on disk could be forgotten by a crash: a node could vote twice in one term (§5.2)
        or a leader could count an entry that is gone (§5.3).
     2. **Send** ``messages``, in any order, over any transport that may lose, duplicate or
-       reorder them. (Sending before persisting is safe for a leader's own MsgApp only — thesis
-       §10.2.1 — not done here, to keep one rule.)
+       reorder them. A leader's appends (:attr:`Ready.messages_before_persist`) may go before
+       step 1 instead, overlapping the leader's disk write with its followers' (thesis
+       §10.2.1); everything else waits for the disk.
     3. **Apply** ``committed_entries`` to the state machine in order. NOOP entries carry
        nothing; CONFIG entries carry a :class:`~.membership.Membership` the driver may act on
        (the core already uses it: see the membership module for when).
@@ -155,6 +177,9 @@ class RawNode:
             messages=tuple(r.msgs),
             committed_entries=tuple(r.log.slice(self._applying + 1, r.log.committed + 1)),
             soft_state=soft if soft != self._prev_soft else None,
+            # A term or vote must be on disk before any message that carries it goes out.
+            leader_appends_early=r.role is Role.LEADER and (hard.term, hard.vote) == (
+                self._prev_hard.term, self._prev_hard.vote),
         )
         r.msgs = []
         self._prev_soft = soft
