@@ -84,11 +84,15 @@ class Dispatcher:
         term: The term this coordinator leads in; every assignment carries it.
         on_change: Called when slots are taken or freed (the cluster view changed).
         clock: Monotonic seconds (tests pass their own).
+        applied_index: This node's applied log index; every assignment carries it, so that a
+            node starts the task only once it has applied as much.
     """
 
     def __init__(self, term: int, settings: WorkSettings | None = None,
-                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 applied_index: Callable[[], int] = lambda: 0) -> None:
         self.term = term
+        self._applied_index = applied_index
         self.settings = settings or WorkSettings()
         self.schedule = Schedule()
         self._on_change = on_change or (lambda: None)
@@ -165,7 +169,8 @@ class Dispatcher:
         self.schedule.leases[lease.lease_id] = dataclasses.replace(held, request=request)
         self._results[lease.lease_id] = fut
         msg = pb.WorkDown(assign=pb.Assignment(lease_id=lease.lease_id, term=self.term,
-                                               task_json=json.dumps(task).encode()))
+                                               task_json=json.dumps(task).encode(),
+                                               log_index=self._applied_index()))
         self._sent[lease.lease_id] = msg
         self._sessions[lease.node_id].push(msg)
         return fut

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Results kept for re-sending after a reconnect.
 KEPT_RESULTS = 1024
+#: Seconds a task waits for this node to apply what the coordinator had applied when it sent it.
+CATCH_UP_S = 10.0
 
 
 class WorkerAgent:
@@ -193,7 +195,8 @@ class WorkerAgent:
                                      error_message=f"undecodable task: {exc}"))
             return
         self.labels[a.lease_id] = str(task.get("label", task.get("task", "")))
-        self.running[a.lease_id] = asyncio.create_task(self._execute(a.lease_id, task), name=f"lease-{a.lease_id}")
+        self.running[a.lease_id] = asyncio.create_task(self._execute(a.lease_id, task, a.log_index),
+                                                       name=f"lease-{a.lease_id}")
         self.on_change()
 
     def _cancel(self, lease_id: str) -> None:
@@ -211,12 +214,27 @@ class WorkerAgent:
         else:
             runner.kill()        # prepare and finalize do not poll; the pool starts a fresh runner
 
-    async def _execute(self, lease_id: str, task: dict[str, Any]) -> None:
+    async def _caught_up(self, index: int) -> None:
+        """Waits until this node has applied the log up to ``index`` (the coordinator's when it
+        sent the task): a trial's runner reads the trial from this node's copy of the study,
+        and the commit of its creation may reach this node a moment after the assignment does.
+        After CATCH_UP_S the task runs anyway (and fails with its own message if it must)."""
+        driver = self.mesh.driver
+        if driver.state.applied_index >= index:
+            return
+        try:
+            await driver.wait_for(lambda: driver.state.applied_index >= index, CATCH_UP_S)
+        except TimeoutError:
+            log.warning("applied index %d still short of %d after %.0f s; running the task anyway",
+                        driver.state.applied_index, index, CATCH_UP_S)
+
+    async def _execute(self, lease_id: str, task: dict[str, Any], log_index: int = 0) -> None:
         kind = str(task.get("task", ""))
         scratch: list[Path] = []
         result: pb.TaskResult | None = None
         slot: int | None = None
         try:
+            await self._caught_up(log_index)
             slot = await self.pool.take_slot()
             local = await self._localize(task, scratch)
             runner = await self.pool.runner_for(slot, families.family_of(local))

@@ -154,7 +154,9 @@ class JobManager:
     async def activate(self, why: str = "node restart", term: int | None = None) -> None:
         """This node coordinates now (in ``term``): resume every job that is not finished."""
         self.active, self.term = True, term
-        self.dispatcher = Dispatcher(term or 0, self.settings.work, on_change=self.changes.notify)
+        driver = self.db.driver
+        self.dispatcher = Dispatcher(term or 0, self.settings.work, on_change=self.changes.notify,
+                                     applied_index=lambda: driver.state.applied_index)
         self.dispatcher.start()
         for job in await self.db.list_jobs():
             if job.terminal or job.job_id in self._drivers:

@@ -160,3 +160,30 @@ async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbo
     async with asyncio.timeout(10):   # not wait_for: its task would let the loop run first
         await driver.stop()
     assert driver.state.applied_at("p-forwarded") is None
+
+
+async def test_a_task_starts_only_once_its_node_has_applied_what_the_coordinator_had(tmp_path):
+    from types import SimpleNamespace
+
+    from nexus_node.mesh.driver import MeshSettings, RaftDriver
+    from nexus_node.mesh.state import encode_command
+    from nexus_node.worker import WorkerAgent
+
+    driver = RaftDriver("a", "test", tmp_path / "raft.db", "127.0.0.1:1", {},
+                        settings=MeshSettings(tick_interval=0.02))
+    await driver.start(["a"])
+    try:
+        await driver.wait_for(lambda: driver.is_leader, 10)
+        worker = WorkerAgent(node_id="a", cluster="test", address="127.0.0.1:1", pool=None, blobs=None,  # type: ignore[arg-type]
+                             mesh=SimpleNamespace(driver=driver), fetch_blob=lambda sha: None, storage={})
+        ahead = driver.state.applied_index + 1
+        waiting = asyncio.create_task(worker._caught_up(ahead))
+        for _ in range(20):   # the loop turns; nothing new is applied, so it keeps waiting
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        await driver.propose(encode_command("noop-for-test", {}))
+        await asyncio.wait_for(waiting, 10)
+        assert driver.state.applied_index >= ahead
+        await asyncio.wait_for(worker._caught_up(0), 1)   # an old coordinator's 0: at once
+    finally:
+        await driver.stop()

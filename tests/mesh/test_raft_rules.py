@@ -186,6 +186,25 @@ def test_a_handed_over_write_is_announced_at_once_only_to_the_follower_that_wait
     assert [e.data for e in cl.applied["c"]][-1] == b"last"
 
 
+def test_a_follower_paused_in_a_probe_hears_the_commit_it_missed_when_it_answers() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    a.raft.prs["b"].reset_probe()   # as after a heartbeat answer that showed b behind
+    held: list[Message] = []
+    entry = a.propose(b"x")
+    # The probe to b is held back; c answers, so the entry commits while b is paused, and b
+    # is told nothing (one probe at a time).
+    cl.deliver(drop=lambda m: m.dst == "b" and (held.append(m) or True))
+    assert [type(m).__name__ for m in held] == ["MsgApp"] and held[0].commit < entry.index
+    assert a.status().commit == entry.index and cl.nodes["b"].status().commit < entry.index
+    # The probe arrives and b answers: the leader tells it the commit index it missed.
+    cl.nodes["b"].step(held[0])
+    cl.deliver()
+    assert cl.nodes["b"].status().commit == entry.index
+    assert cl.applied["b"][-1].data == b"x"
+
+
 def test_a_leader_s_appends_may_precede_its_disk_write_but_it_counts_itself_only_after() -> None:
     cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
     cl.elect("a")

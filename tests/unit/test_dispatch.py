@@ -71,20 +71,27 @@ def clock():
 
 
 @pytest.fixture
-async def dispatcher(clock):
-    d = Dispatcher(term=7, settings=WorkSettings(grace=5.0, max_retries=1), clock=lambda: clock[0])
+def applied():
+    return [0]
+
+
+@pytest.fixture
+async def dispatcher(clock, applied):
+    d = Dispatcher(term=7, settings=WorkSettings(grace=5.0, max_retries=1), clock=lambda: clock[0],
+                   applied_index=lambda: applied[0])
     yield d
     await d.stop()
 
 
-async def test_an_assignment_carries_the_term_and_its_result_comes_back(dispatcher):
+async def test_an_assignment_carries_the_term_and_its_result_comes_back(dispatcher, applied):
     a = FakeNode(dispatcher, "a")
     await a.connect()
     lease = await dispatcher.reserve("job1", 10 * MB, rank=1.0)
     assert lease.node_id == "a" and lease.term == 7
+    applied[0] = 41   # the coordinator's applied index when it sends: the node catches up to it
     fut = dispatcher.send(lease, {"task": "trial", "x": 1}, config_key="cfg", trial_number=0)
     msg = await a.next_down()
-    assert msg.assign.lease_id == lease.lease_id and msg.assign.term == 7
+    assert msg.assign.lease_id == lease.lease_id and msg.assign.term == 7 and msg.assign.log_index == 41
     assert json.loads(msg.assign.task_json) == {"task": "trial", "x": 1}
     a.send_result(lease.lease_id, result={"value": 0.5})
     outcome = await asyncio.wait_for(fut, 5)

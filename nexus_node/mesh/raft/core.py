@@ -398,12 +398,16 @@ class Raft:
             pr.recent_active = True
             if m.reject:
                 self._on_reject(m, pr)
-            elif pr.update(m.index):
+                return
+            was_paused = pr.probing and pr.paused
+            if pr.update(m.index):
                 committed = self.log.committed
                 if self._maybe_commit():
                     self._announce_commit(committed)
-                elif pr.next <= self.log.last_index():
-                    self._send_append(m.src, pr)
+                elif pr.next <= self.log.last_index() or was_paused:
+                    # (A paused follower was told no commit index meanwhile: _send_append
+                    # skips it. Tell it now, if only in an empty append, as etcd-io/raft does.)
+                    self._send_append(m.src, pr, commit_only=True)
                 if m.src == self.lead_transferee and pr.match == self.log.last_index():
                     self.msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
         elif isinstance(m, MsgHeartbeatResp):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_dot_v1_dot_nexus__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nexus/v1/peer.proto\x12\x08nexus.v1\x1a\x14nexus/v1/nexus.proto\"\x84\x01\n\x06WorkUp\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.nexus.v1.HeartbeatH\x00\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x14.nexus.v1.TaskResultH\x00\x42\x06\n\x04\x62ody\"\xaf\x01\n\tHeartbeat\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x19\n\x11task_memory_bytes\x18\x03 \x01(\x04\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x63ores\x18\x06 \x01(\r\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12\x0f\n\x07running\x18\x08 \x03(\t\"j\n\nTaskResult\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_kind\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\x0c\"b\n\x08WorkDown\x12&\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x14.nexus.v1.AssignmentH\x00\x12&\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x14.nexus.v1.CancelTaskH\x00\x42\x06\n\x04\x62ody\"?\n\nAssignment\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x11\n\ttask_json\x18\x03 \x01(\x0c\".\n\nCancelTask\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0bJoinRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"3\n\x10\x46\x65tchBlobRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\"\n\x0f\x44\x65scribeRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\"[\n\x0cHelloRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"\x94\x01\n\nHelloReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\x0e\n\x06member\x18\x05 \x01(\x08\x12\x11\n\tleader_id\x18\x06 \x01(\t\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\"h\n\tRaftBatch\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\x0c\x12%\n\tproposals\x18\x04 \x03(\x0b\x32\x12.nexus.v1.Proposal\">\n\x08Proposal\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0f\n\x07private\x18\x03 \x01(\x08\"\x1b\n\x07StepAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"\xbc\x01\n\x0cProposeReply\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.nexus.v1.ProposeReply.Status\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\"C\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0e\n\nNOT_LEADER\x10\x02\x12\t\n\x05RETRY\x10\x03\x32\x90\x03\n\x0bPeerService\x12\x35\n\x05Hello\x12\x16.nexus.v1.HelloRequest\x1a\x14.nexus.v1.HelloReply\x12.\n\x04Step\x12\x13.nexus.v1.RaftBatch\x1a\x11.nexus.v1.StepAck\x12\x36\n\nStepStream\x12\x13.nexus.v1.RaftBatch\x1a\x11.nexus.v1.StepAck(\x01\x12\x35\n\x04Join\x12\x15.nexus.v1.JoinRequest\x1a\x16.nexus.v1.ProposeReply\x12>\n\tFetchBlob\x12\x1a.nexus.v1.FetchBlobRequest\x1a\x13.nexus.v1.BlobChunk0\x01\x12\x39\n\x08\x44\x65scribe\x12\x19.nexus.v1.DescribeRequest\x1a\x12.nexus.v1.NodeInfo\x12\x30\n\x04Work\x12\x10.nexus.v1.WorkUp\x1a\x12.nexus.v1.WorkDown(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nexus/v1/peer.proto\x12\x08nexus.v1\x1a\x14nexus/v1/nexus.proto\"\x84\x01\n\x06WorkUp\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.nexus.v1.HeartbeatH\x00\x12&\n\x06result\x18\x04 \x01(\x0b\x32\x14.nexus.v1.TaskResultH\x00\x42\x06\n\x04\x62ody\"\xaf\x01\n\tHeartbeat\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x19\n\x11task_memory_bytes\x18\x03 \x01(\x04\x12\x19\n\x11memory_free_bytes\x18\x04 \x01(\x04\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x63ores\x18\x06 \x01(\r\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x07 \x01(\t\x12\x0f\n\x07running\x18\x08 \x03(\t\"j\n\nTaskResult\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x12\n\nerror_kind\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\x0c\"b\n\x08WorkDown\x12&\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x14.nexus.v1.AssignmentH\x00\x12&\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x14.nexus.v1.CancelTaskH\x00\x42\x06\n\x04\x62ody\"R\n\nAssignment\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x11\n\ttask_json\x18\x03 \x01(\x0c\x12\x11\n\tlog_index\x18\x04 \x01(\x04\".\n\nCancelTask\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x0bJoinRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"3\n\x10\x46\x65tchBlobRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\"\n\x0f\x44\x65scribeRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\"[\n\x0cHelloRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\"\x94\x01\n\nHelloReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\x0e\n\x06member\x18\x05 \x01(\x08\x12\x11\n\tleader_id\x18\x06 \x01(\t\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\"h\n\tRaftBatch\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tfrom_node\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\x0c\x12%\n\tproposals\x18\x04 \x03(\x0b\x32\x12.nexus.v1.Proposal\">\n\x08Proposal\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0f\n\x07private\x18\x03 \x01(\x08\"\x1b\n\x07StepAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\"\xbc\x01\n\x0cProposeReply\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.nexus.v1.ProposeReply.Status\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\"C\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0e\n\nNOT_LEADER\x10\x02\x12\t\n\x05RETRY\x10\x03\x32\x90\x03\n\x0bPeerService\x12\x35\n\x05Hello\x12\x16.nexus.v1.HelloRequest\x1a\x14.nexus.v1.HelloReply\x12.\n\x04Step\x12\x13.nexus.v1.RaftBatch\x1a\x11.nexus.v1.StepAck\x12\x36\n\nStepStream\x12\x13.nexus.v1.RaftBatch\x1a\x11.nexus.v1.StepAck(\x01\x12\x35\n\x04Join\x12\x15.nexus.v1.JoinRequest\x1a\x16.nexus.v1.ProposeReply\x12>\n\tFetchBlob\x12\x1a.nexus.v1.FetchBlobRequest\x1a\x13.nexus.v1.BlobChunk0\x01\x12\x39\n\x08\x44\x65scribe\x12\x19.nexus.v1.DescribeRequest\x1a\x12.nexus.v1.NodeInfo\x12\x30\n\x04Work\x12\x10.nexus.v1.WorkUp\x1a\x12.nexus.v1.WorkDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,31 +41,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKDOWN']._serialized_start=476
   _globals['_WORKDOWN']._serialized_end=574
   _globals['_ASSIGNMENT']._serialized_start=576
-  _globals['_ASSIGNMENT']._serialized_end=639
-  _globals['_CANCELTASK']._serialized_start=641
-  _globals['_CANCELTASK']._serialized_end=687
-  _globals['_JOINREQUEST']._serialized_start=689
-  _globals['_JOINREQUEST']._serialized_end=753
-  _globals['_FETCHBLOBREQUEST']._serialized_start=755
-  _globals['_FETCHBLOBREQUEST']._serialized_end=806
-  _globals['_BLOBCHUNK']._serialized_start=808
-  _globals['_BLOBCHUNK']._serialized_end=833
-  _globals['_DESCRIBEREQUEST']._serialized_start=835
-  _globals['_DESCRIBEREQUEST']._serialized_end=869
-  _globals['_HELLOREQUEST']._serialized_start=871
-  _globals['_HELLOREQUEST']._serialized_end=962
-  _globals['_HELLOREPLY']._serialized_start=965
-  _globals['_HELLOREPLY']._serialized_end=1113
-  _globals['_RAFTBATCH']._serialized_start=1115
-  _globals['_RAFTBATCH']._serialized_end=1219
-  _globals['_PROPOSAL']._serialized_start=1221
-  _globals['_PROPOSAL']._serialized_end=1283
-  _globals['_STEPACK']._serialized_start=1285
-  _globals['_STEPACK']._serialized_end=1312
-  _globals['_PROPOSEREPLY']._serialized_start=1315
-  _globals['_PROPOSEREPLY']._serialized_end=1503
-  _globals['_PROPOSEREPLY_STATUS']._serialized_start=1436
-  _globals['_PROPOSEREPLY_STATUS']._serialized_end=1503
-  _globals['_PEERSERVICE']._serialized_start=1506
-  _globals['_PEERSERVICE']._serialized_end=1906
+  _globals['_ASSIGNMENT']._serialized_end=658
+  _globals['_CANCELTASK']._serialized_start=660
+  _globals['_CANCELTASK']._serialized_end=706
+  _globals['_JOINREQUEST']._serialized_start=708
+  _globals['_JOINREQUEST']._serialized_end=772
+  _globals['_FETCHBLOBREQUEST']._serialized_start=774
+  _globals['_FETCHBLOBREQUEST']._serialized_end=825
+  _globals['_BLOBCHUNK']._serialized_start=827
+  _globals['_BLOBCHUNK']._serialized_end=852
+  _globals['_DESCRIBEREQUEST']._serialized_start=854
+  _globals['_DESCRIBEREQUEST']._serialized_end=888
+  _globals['_HELLOREQUEST']._serialized_start=890
+  _globals['_HELLOREQUEST']._serialized_end=981
+  _globals['_HELLOREPLY']._serialized_start=984
+  _globals['_HELLOREPLY']._serialized_end=1132
+  _globals['_RAFTBATCH']._serialized_start=1134
+  _globals['_RAFTBATCH']._serialized_end=1238
+  _globals['_PROPOSAL']._serialized_start=1240
+  _globals['_PROPOSAL']._serialized_end=1302
+  _globals['_STEPACK']._serialized_start=1304
+  _globals['_STEPACK']._serialized_end=1331
+  _globals['_PROPOSEREPLY']._serialized_start=1334
+  _globals['_PROPOSEREPLY']._serialized_end=1522
+  _globals['_PROPOSEREPLY_STATUS']._serialized_start=1455
+  _globals['_PROPOSEREPLY_STATUS']._serialized_end=1522
+  _globals['_PEERSERVICE']._serialized_start=1525
+  _globals['_PEERSERVICE']._serialized_end=1925
 # @@protoc_insertion_point(module_scope)

@@ -63,14 +63,16 @@ class WorkDown(_message.Message):
     def __init__(self, assign: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("lease_id", "term", "task_json")
+    __slots__ = ("lease_id", "term", "task_json", "log_index")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
     TASK_JSON_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     term: int
     task_json: bytes
-    def __init__(self, lease_id: _Optional[str] = ..., term: _Optional[int] = ..., task_json: _Optional[bytes] = ...) -> None: ...
+    log_index: int
+    def __init__(self, lease_id: _Optional[str] = ..., term: _Optional[int] = ..., task_json: _Optional[bytes] = ..., log_index: _Optional[int] = ...) -> None: ...
 
 class CancelTask(_message.Message):
     __slots__ = ("lease_id", "reason")
