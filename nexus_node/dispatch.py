@@ -84,8 +84,8 @@ class Dispatcher:
         term: The term this coordinator leads in; every assignment carries it.
         on_change: Called when slots are taken or freed (the cluster view changed).
         clock: Monotonic seconds (tests pass their own).
-        applied_index: This node's applied log index; every assignment carries it, so that a
-            node starts the task only once it has applied as much.
+        applied_index: The log index a node must have applied before it starts a task (the
+            coordinator's newest own write); every assignment carries it.
     """
 
     def __init__(self, term: int, settings: WorkSettings | None = None,

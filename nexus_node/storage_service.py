@@ -4,9 +4,10 @@ Optuna's own servicer (``OptunaStorageProxyService``) is synchronous, so the aio
 call on a thread pool: a hand-off to a thread and back for each of the four reads and three
 writes a trivial trial makes. Reads never wait for the network (the journal is applied locally),
 so here they run on the loop itself, against a second ``JournalStorage`` over the same applied
-journal that only the loop thread touches: its lock is never held by anyone else, so a read
-cannot block the loop behind a write that is waiting for the loop to commit it. It reads its
-own writes like the first: a write returns only once this node has applied it.
+journal that no write uses: its lock is never held across a consensus round, so a read cannot
+block the loop behind a write that is waiting for the loop to commit it. It reads its own
+writes like the first: a write returns only once this node has applied it. Reads whose answer
+grows with the study (GetTrials, GetAllStudies) use the same storage from the pool instead.
 
 Writes still run on the pool through the node's one writing ``JournalStorage`` (see
 mesh/journal.py: one writer per node lets writes from different nodes share consensus rounds).
@@ -28,12 +29,16 @@ from optuna.storages import BaseStorage
 from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
 from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
-#: StorageService methods that only read the study (the rest write through consensus).
+#: StorageService methods that read one record of the study: answered on the loop.
 READS = frozenset({
     "GetStudyIdFromName", "GetStudyNameFromId", "GetStudyDirections", "GetStudyUserAttributes",
-    "GetStudySystemAttributes", "GetAllStudies", "GetTrialIdFromStudyIdTrialNumber", "GetTrial",
-    "GetTrials",
+    "GetStudySystemAttributes", "GetTrialIdFromStudyIdTrialNumber", "GetTrial",
 })
+#: Reads whose answer grows with the study (a new client's first GetTrials converts every
+#: trial): on the pool, over the loop's storage, so that they never hold up the loop's Raft
+#: ticks and heartbeats. Its lock is held only while the reply's list is built, never across
+#: a consensus round, so neither side waits long for the other.
+BULK_READS = frozenset({"GetAllStudies", "GetTrials"})
 METHODS = tuple(api_pb2.DESCRIPTOR.services_by_name["StorageService"].methods_by_name)
 
 
@@ -89,6 +94,8 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
     for name in METHODS:
         if name in READS:
             setattr(service, name, on_loop(getattr(read_service, name)))
+        elif name in BULK_READS:
+            setattr(service, name, on_pool(getattr(read_service, name)))
         else:
             setattr(service, name, on_pool(getattr(write_service, name)))
     api_pb2_grpc.add_StorageServiceServicer_to_server(service, server)

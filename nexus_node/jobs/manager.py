@@ -155,8 +155,10 @@ class JobManager:
         """This node coordinates now (in ``term``): resume every job that is not finished."""
         self.active, self.term = True, term
         driver = self.db.driver
+        # A task needs what this coordinator wrote for it (a trial's creation, its params):
+        # its own newest write, which every node hears of at once.
         self.dispatcher = Dispatcher(term or 0, self.settings.work, on_change=self.changes.notify,
-                                     applied_index=lambda: driver.state.applied_index)
+                                     applied_index=lambda: driver.last_local_index)
         self.dispatcher.start()
         for job in await self.db.list_jobs():
             if job.terminal or job.job_id in self._drivers:

@@ -158,6 +158,9 @@ class RaftDriver:
         self._lead_changes = 0
         self._heard: dict[NodeId, float] = {}
         self._stopped = False
+        #: Index of the newest entry this node proposed as leader (0: none yet). Its commit is
+        #: announced to every follower at once (it is never private to a follower).
+        self.last_local_index = 0
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -304,8 +307,10 @@ class RaftDriver:
                 if accepted is not None and not accepted.done():
                     accepted.set_exception(exc)
             else:
-                if accepted is not None and not accepted.done():
-                    accepted.set_result(entry.index)
+                if accepted is not None:
+                    self.last_local_index = entry.index
+                    if not accepted.done():
+                        accepted.set_result(entry.index)
         else:
             try:
                 self._raw.step(item)  # type: ignore[arg-type]

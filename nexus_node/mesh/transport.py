@@ -403,6 +403,8 @@ class PeerTransport:
         return self._queue(leader, _Forward(data, proposal_id, private))
 
     def _queue(self, dst: NodeId, item: Message | _Forward) -> bool:
+        if self._closed:
+            return False
         link = self._links.get(dst)
         if link is None:
             link = self._links[dst] = _Link(self, dst)
@@ -425,13 +427,17 @@ class PeerTransport:
             for link in list(self._links.values()):
                 since = link.writing_since
                 if since is not None and now - since > self.rpc_timeout:
-                    link.end_stalled()
+                    try:
+                        link.end_stalled()
+                    except Exception:  # noqa: BLE001 - one link's failure must not end the watch
+                        log.exception("ending the stalled write to %s", link.peer)
 
     async def close(self) -> None:
         """Stops every sender and closes every channel."""
         self._closed = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
             self._watchdog = None
         for link in self._links.values():
             link._close_stream()

@@ -175,8 +175,8 @@ class Sim:
             st.append(rd.entries)
             if rd.hard_state is not None:
                 st.set_hard_state(rd.hard_state)
-            if self.faults and rd.messages and self.rng.random() < self.p.p_crash / 4:
-                self.crash(i)  # persisted, never sent
+            if self.faults and rd.messages_after_persist and self.rng.random() < self.p.p_crash / 4:
+                self.crash(i)  # persisted, the rest never sent
                 return
             # 2. send
             for m in rd.messages_after_persist:

@@ -11,6 +11,7 @@ from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.auth import METADATA_KEY
 from nexus_node.mesh.driver import MeshStopped
+from nexus_node.mesh.raft import MsgApp
 from nexus_node.mesh.state import encode_command
 from nexus_node.mesh.transport import PROTOCOL_VERSION
 
@@ -171,18 +172,24 @@ async def test_a_private_write_s_commit_reaches_other_followers_later_a_public_o
     receive = other.driver.receive
 
     def counting(messages):
-        notices.extend(m.commit for m in messages if getattr(m, "commit_only", False))
+        # Empty appends carry only a commit index: the announcements.
+        notices.extend(m.commit for m in messages if isinstance(m, MsgApp) and not m.entries)
         return receive(messages)
 
     other.driver.receive = counting   # the transport calls it for every batch from a peer
 
-    # Private (an Optuna journal append): the proposer applies it on return; the other
-    # follower applies it too, but from a heartbeat, never from an announcement.
-    index = await proposer.driver.propose(encode_command("record", "private"), "p-private", private=True)
+    # Private writes (Optuna journal appends): the proposer applies each on return; the other
+    # follower applies them too, from later appends and heartbeats, not from announcements.
+    # (One may still reach it if it happens to be probing: hence a bound, not zero.)
+    for i in range(10):
+        index = await proposer.driver.propose(encode_command("record", f"private-{i}"), f"p-private-{i}",
+                                              private=True)
     await other.driver.wait_for(lambda: other.driver.state.applied_index >= index, 10)
-    assert "private" in other.applied and not [c for c in notices if c >= index]
+    private = len(notices)
 
-    # Public (a job record): announced to every follower at once.
-    index = await proposer.record("public", "p-public")
-    await other.driver.wait_for(lambda: any(c >= index for c in notices), 10)
-    await other.driver.wait_for(lambda: "public" in other.applied, 10)
+    # Public writes (job records): each announced to every follower at once.
+    notices.clear()
+    for i in range(10):
+        await proposer.record(f"public-{i}", f"p-public-{i}")
+    await other.driver.wait_for(lambda: "public-9" in other.applied, 10)
+    assert private <= 3 < 10 <= len(notices), (private, len(notices))

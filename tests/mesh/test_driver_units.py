@@ -165,6 +165,7 @@ async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbo
 async def test_a_task_starts_only_once_its_node_has_applied_what_the_coordinator_had(tmp_path):
     from types import SimpleNamespace
 
+    from nexus_node._generated.nexus.v1 import peer_pb2 as pb
     from nexus_node.mesh.driver import MeshSettings, RaftDriver
     from nexus_node.mesh.state import encode_command
     from nexus_node.worker import WorkerAgent
@@ -181,9 +182,23 @@ async def test_a_task_starts_only_once_its_node_has_applied_what_the_coordinator
         for _ in range(20):   # the loop turns; nothing new is applied, so it keeps waiting
             await asyncio.sleep(0)
         assert not waiting.done()
-        await driver.propose(encode_command("noop-for-test", {}))
+        index = await driver.propose(encode_command("noop-for-test", {}))
         await asyncio.wait_for(waiting, 10)
         assert driver.state.applied_index >= ahead
+        # What a coordinator sends: its newest own write.
+        assert driver.last_local_index == index
         await asyncio.wait_for(worker._caught_up(0), 1)   # an old coordinator's 0: at once
+
+        # An assignment's index reaches the wait: the task holds until the node catches up
+        # (then fails here at once: this worker has no runner pool).
+        worker._assign(pb.Assignment(lease_id="l1", term=driver.status().term, task_json=b'{"task": "trial"}',
+                                     log_index=driver.state.applied_index + 1))
+        task = worker.running["l1"]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done()
+        await driver.propose(encode_command("noop-for-test", {}))
+        await asyncio.wait_for(task, 10)
+        assert worker._finished["l1"].error_kind == "internal"   # it went on to take a slot
     finally:
         await driver.stop()

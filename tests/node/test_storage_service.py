@@ -51,6 +51,10 @@ class _ThreadRecordingStorage(JournalStorage):
         self.threads.append(threading.current_thread().name)
         return super().get_trial(trial_id)
 
+    def get_all_trials(self, study_id, deepcopy=True, states=None):  # type: ignore[no-untyped-def]
+        self.threads.append("all:" + threading.current_thread().name)
+        return super().get_all_trials(study_id, deepcopy, states)
+
 
 @pytest.fixture
 async def served(tmp_path):
@@ -83,6 +87,9 @@ async def test_reads_run_on_the_loop_and_writes_on_the_pool(served) -> None:
     assert trial.state is TrialState.RUNNING
     assert reads.threads == [threading.current_thread().name]   # the loop's thread
     assert backend.threads and all(t.startswith("storage") for t in backend.threads)
+    # A read that grows with the study runs on the pool (never holding up the loop).
+    assert [t.number for t in await asyncio.to_thread(client.get_all_trials, study_id)] == [0]
+    assert reads.threads[-1].startswith("all:storage")
 
 
 async def test_a_read_is_answered_while_a_write_waits_for_consensus(served) -> None:

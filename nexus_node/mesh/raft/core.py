@@ -406,7 +406,9 @@ class Raft:
                     self._announce_commit(committed)
                 elif pr.next <= self.log.last_index() or was_paused:
                     # (A paused follower was told no commit index meanwhile: _send_append
-                    # skips it. Tell it now, if only in an empty append, as etcd-io/raft does.)
+                    # skips it. Tell it now, if only in an empty append. An answer that moves
+                    # nothing, an empty probe's, is left to the next heartbeat: without
+                    # knowing which commit index it holds, answering it could ping-pong.)
                     self._send_append(m.src, pr, commit_only=True)
                 if m.src == self.lead_transferee and pr.match == self.log.last_index():
                     self.msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
