@@ -64,7 +64,8 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
 
     Args:
         writes: The node's storage for writes (called on ``pool``).
-        reads: A storage over the same journal used by the event loop's thread only.
+        reads: A storage over the same journal that no write uses (point reads on the loop,
+            bulk reads on ``pool``).
         pool: Where writes wait for consensus.
     """
     write_service = OptunaStorageProxyService(writes)
