@@ -86,13 +86,17 @@ class Dispatcher:
         clock: Monotonic seconds (tests pass their own).
         applied_index: The log index a node must have applied before it starts a task (the
             coordinator's newest own write); every assignment carries it.
+        catch_up: Called with a node's id as a task is sent to it: the node is sent the log
+            it lacks now (the coordinator's private writes may reach it late otherwise).
     """
 
     def __init__(self, term: int, settings: WorkSettings | None = None,
                  on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 applied_index: Callable[[], int] = lambda: 0) -> None:
+                 applied_index: Callable[[], int] = lambda: 0,
+                 catch_up: Callable[[str], None] = lambda node_id: None) -> None:
         self.term = term
         self._applied_index = applied_index
+        self._catch_up = catch_up
         self.settings = settings or WorkSettings()
         self.schedule = Schedule()
         self._on_change = on_change or (lambda: None)
@@ -172,6 +176,7 @@ class Dispatcher:
                                                task_json=json.dumps(task).encode(),
                                                log_index=self._applied_index()))
         self._sent[lease.lease_id] = msg
+        self._catch_up(lease.node_id)
         self._sessions[lease.node_id].push(msg)
         return fut
 
@@ -230,10 +235,14 @@ class Dispatcher:
         outbox: asyncio.Queue[pb.WorkDown | None] = asyncio.Queue()
         session.outbox = outbox
         self._receive(session, first)
+        resent = False
         for lease_id, msg in self._sent.items():
             lease = self.schedule.leases.get(lease_id)
             if lease is not None and lease.node_id == node_id:
                 outbox.put_nowait(msg)
+                resent = True
+        if resent:
+            self._catch_up(node_id)
         reader = asyncio.create_task(self._read(session, inbound, outbox), name=f"work-in-{node_id}")
         try:
             while (msg := await outbox.get()) is not None:

@@ -156,9 +156,11 @@ class JobManager:
         self.active, self.term = True, term
         driver = self.db.driver
         # A task needs what this coordinator wrote for it (a trial's creation, its params):
-        # its own newest write, which every node hears of at once.
+        # its own newest write, sent to the task's node as the task is (Optuna writes are
+        # private, so they may reach other nodes late).
         self.dispatcher = Dispatcher(term or 0, self.settings.work, on_change=self.changes.notify,
-                                     applied_index=lambda: driver.last_local_index)
+                                     applied_index=lambda: driver.last_local_index,
+                                     catch_up=driver.catch_up)
         self.dispatcher.start()
         for job in await self.db.list_jobs():
             if job.terminal or job.job_id in self._drivers:

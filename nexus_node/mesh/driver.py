@@ -116,6 +116,11 @@ class _Change:
     done: "asyncio.Future[int]"
 
 
+@dataclasses.dataclass(frozen=True)
+class _CatchUp:
+    node_id: NodeId
+
+
 class RaftDriver:
     """Runs one Raft node: the core, its log on disk, its peers, its state machine.
 
@@ -158,8 +163,8 @@ class RaftDriver:
         self._lead_changes = 0
         self._heard: dict[NodeId, float] = {}
         self._stopped = False
-        #: Index of the newest entry this node proposed as leader (0: none yet). Its commit is
-        #: announced to every follower at once (it is never private to a follower).
+        #: Index of the newest entry this node proposed as leader (0: none yet). A follower
+        #: may get a private one late: call :meth:`catch_up` before it must act on it.
         self.last_local_index = 0
 
     # --- life cycle -------------------------------------------------------------------------------
@@ -284,6 +289,8 @@ class RaftDriver:
             self._raw.tick()
         elif item is _CAMPAIGN:
             self._raw.campaign()
+        elif isinstance(item, _CatchUp):
+            self._raw.catch_up(item.node_id)
         elif isinstance(item, _Change):
             try:
                 if item.membership is not None:
@@ -299,7 +306,8 @@ class RaftDriver:
                 if not item.done.done():
                     item.done.set_result(index)
         elif isinstance(item, tuple):
-            # (data, proposal_id, future of the entry's index or None, follower that handed it over)
+            # (data, proposal_id, future of the entry's index or None, the node that waits for
+            # it alone, when private: a follower that handed it over, or this node)
             data, pid, accepted, origin = item
             try:
                 entry = self._raw.propose(data, pid, origin)
@@ -372,6 +380,13 @@ class RaftDriver:
         index = await done
         await self.wait_for(lambda: self.state.applied_index >= index, timeout)
         return index
+
+    def catch_up(self, node_id: NodeId) -> None:
+        """Leader: sends ``node_id`` now what it lacks of the log and the commit index (it is
+        about to act on the log, e.g. run a trial this node just created; see
+        :meth:`Raft.catch_up`). Does nothing on a follower."""
+        if not self._stopped and node_id != self.node_id:
+            self._inbox.put_nowait(_CatchUp(node_id))
 
     async def transfer_leadership(self, to: NodeId, timeout: float = 3.0) -> bool:
         """Hands leadership to voter ``to``; returns whether ``to`` leads within ``timeout``."""
@@ -468,7 +483,7 @@ class RaftDriver:
             return s.tick_interval
         if leader == self.node_id:
             try:
-                await self._propose_local(data, pid)
+                await self._propose_local(data, pid, private)
                 return s.retry_interval
             except (NotLeader, ProposalDropped):
                 return s.tick_interval
@@ -477,11 +492,11 @@ class RaftDriver:
         log.debug("forwarding %s to %s: no address or queue full", pid, leader)
         return s.tick_interval
 
-    async def _propose_local(self, data: bytes, pid: str) -> int:
+    async def _propose_local(self, data: bytes, pid: str, private: bool = False) -> int:
         if self._stopped:
             raise MeshStopped(f"node {self.node_id} stopped")
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait((data, pid, accepted, None))
+        self._inbox.put_nowait((data, pid, accepted, self.node_id if private else None))
         return await accepted
 
     # --- PeerHost: what PeerService calls -----------------------------------------------------------

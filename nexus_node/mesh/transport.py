@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Bumped on any incompatible change to peer.proto or to the encoding of Raft messages.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # A LAN peer that comes back should be talked to again within about a second, not after gRPC's
 # default reconnect backoff (which grows to two minutes).

@@ -67,6 +67,7 @@ class SimParams:
     p_propose: float = 0.4
     p_transfer: float = 0.005
     p_member_change: float = 0.02
+    p_catch_up: float = 0.02
     check_every: int = 20
 
 
@@ -256,6 +257,11 @@ class Sim:
                     self.handle_ready(leader.raft.id)
             if rng.random() < p.p_member_change:
                 self.change_membership(leader)
+            if rng.random() < p.p_catch_up:
+                to = rng.choice(self.ids)
+                leader.catch_up(to)
+                self.stats["catch_ups"] += 1
+                self.handle_ready(leader.raft.id)
 
     def change_membership(self, leader: RawNode) -> None:
         """One random single-server change: add a learner, promote, demote or remove."""
@@ -302,8 +308,12 @@ class Sim:
             return
         node = self.nodes[self.rng.choice(alive)]
         assert node is not None
+        # Half of a leader's own writes are private (only it waits for them), like a
+        # node's Optuna writes: sent to a quorum first, the others take them later.
+        private = self.rng.random() < 0.5
         try:
-            node.propose(f"v{self.proposed}".encode(), proposal_id=f"p{self.proposed}")
+            node.propose(f"v{self.proposed}".encode(), proposal_id=f"p{self.proposed}",
+                         origin=node.raft.id if private else None)
         except NotLeader as exc:
             # A real client retries at the hinted leader.
             hinted = self.nodes.get(exc.leader) if exc.leader else None
@@ -383,7 +393,8 @@ class Sim:
             latest = markers[-1] if markers else None
             if latest is None or leader.raft.log.term(latest.index) != latest.term:
                 try:
-                    markers.append(leader.propose(b"marker", proposal_id="marker"))
+                    # Private: every node must still get it, by heartbeats if nothing else.
+                    markers.append(leader.propose(b"marker", proposal_id="marker", origin=leader.raft.id))
                 except ProposalDropped:
                     continue
                 self.event("marker", leader.raft.id, markers[-1].index, markers[-1].term)

@@ -147,43 +147,90 @@ def test_a_new_commit_index_goes_out_in_appends_that_are_answered_only_when_reje
     assert drain(f, st) == [] and f.status().commit == 2
 
 
-def test_a_handed_over_write_is_announced_at_once_only_to_the_follower_that_waits_for_it() -> None:
+def test_a_handed_over_write_commits_on_its_follower_untold_and_others_learn_it_later() -> None:
     cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
     cl.elect("a")
+    a = cl.nodes["a"]
 
-    def commits_sent(action) -> list[str]:
+    def sent_by(action) -> list[Message]:
         sent: list[Message] = []
         action()
         cl.deliver(drop=lambda m: sent.append(m) or False)
+        return sent
+
+    def notices(sent: list[Message]) -> list[str]:
         return [m.dst for m in sent if isinstance(m, MsgApp) and m.commit_only]
 
-    # b handed the write over: b hears the commit at once, c does not (nobody there waits).
-    entry = cl.nodes["a"].propose(b"from-b", origin="b")
-    assert commits_sent(lambda: None) == ["b"]
-    assert cl.nodes["b"].status().commit == entry.index
+    # b handed the write over. The leader writes it to its disk, then sends it to b saying that
+    # b's copy makes a majority: b commits it as it stores it, and needs no commit notice.
+    entry = None
+
+    def from_b() -> None:
+        nonlocal entry
+        entry = a.propose(b"from-b", origin="b")
+
+    sent = sent_by(from_b)
+    assert entry is not None and notices(sent) == []
+    to_b = [m for m in sent if isinstance(m, MsgApp) and m.dst == "b"]
+    assert [m.stored_commit for m in to_b] == [entry.index]
+    assert cl.nodes["b"].status().commit == entry.index and cl.applied["b"][-1].data == b"from-b"
+    assert a.status().commit == entry.index          # b's answer still counts for the leader
     assert cl.nodes["c"].status().commit < entry.index
     # c learns it with the next append, which carries the leader's commit index.
-    nxt = cl.nodes["a"].propose(b"from-c", origin="c")
-    assert commits_sent(lambda: None) == ["c"]
+    nxt = a.propose(b"from-c", origin="c")
+    cl.deliver()
     assert cl.nodes["c"].status().commit == nxt.index and cl.applied["c"][-1].data == b"from-c"
     # The leader's own writes are announced to everyone.
-    mine = cl.nodes["a"].propose(b"leader's")
-    assert commits_sent(lambda: None) == ["b", "c"]
+    mine = a.propose(b"leader's")
+    assert notices(sent_by(lambda: None)) == ["b", "c"]
     assert all(n.status().commit == mine.index for n in cl.nodes.values())
-    # So is a commit that covers a handed-over entry and one of the leader's (the answers for
-    # the first are lost: the answers for the second commit both at once).
-    first = cl.nodes["a"].propose(b"b's", origin="b")
-    second = cl.nodes["a"].propose(b"leader's again")
-    sent: list[Message] = []
-    cl.deliver(drop=lambda m: sent.append(m) or (isinstance(m, MsgAppResp) and m.index == first.index))
-    assert [m.dst for m in sent if isinstance(m, MsgApp) and m.commit_only] == ["b", "c"]
+    # So is a commit that covers a handed-over entry and one of the leader's.
+    a.propose(b"b's", origin="b")
+    second = a.propose(b"leader's again")
+    cl.deliver()
     assert all(n.status().commit == second.index for n in cl.nodes.values())
-    # Without appends, the heartbeat brings an unannounced commit to the follower.
-    last = cl.nodes["a"].propose(b"last", origin="b")
-    assert commits_sent(lambda: None) == ["b"] and cl.nodes["c"].status().commit < last.index
+    # Without appends, the heartbeat brings an unannounced commit to the bystander.
+    last = a.propose(b"last", origin="b")
+    assert notices(sent_by(lambda: None)) == [] and cl.nodes["c"].status().commit < last.index
     cl.tick(4)
     assert all(n.status().commit == last.index for n in cl.nodes.values())
     assert [e.data for e in cl.applied["c"]][-1] == b"last"
+
+
+def test_a_follower_commits_only_what_the_leader_s_disk_and_its_own_copy_make_a_quorum() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    # An append sent before the leader's own disk write (its own write, sent early) offers
+    # nothing: the leader's copy is not yet on disk, so b's copy alone is no majority.
+    entry = a.propose(b"x", origin="a")
+    rd = a.ready()
+    assert rd is not None and rd.entries == (entry,)
+    early = [m for m in rd.messages_before_persist if isinstance(m, MsgApp)]
+    assert early and all(m.stored_commit < entry.index for m in early)
+    a.advance(rd)
+    cl.deliver()
+    # With five voters, a follower's write goes to it and one more voter; its copy with the
+    # leader's is two of five, so the append offers nothing until another voter has answered.
+    five = Cluster(["a", "b", "c", "d", "e"], election_tick=10, heartbeat_tick=2)
+    five.elect("a")
+    a5 = five.nodes["a"]
+    w = a5.propose(b"from-b", origin="b")
+    sent: list[Message] = []
+    five.deliver(drop=lambda m: sent.append(m) or False)
+    offers = [m.stored_commit for m in sent if isinstance(m, MsgApp) and m.dst == "b" and m.entries]
+    assert offers and max(offers) < w.index
+    assert all(five.nodes[i].status().commit == w.index for i in "ab")
+    # A follower never commits past what a message vouches for, however much it is offered.
+    f, st = node_with_log("f", ABC, [2, 2], HardState(term=2))
+    f.step(MsgApp("l", "f", 2, prev_index=3, prev_term=2, entries=(), commit=1, stored_commit=9))
+    assert f.status().commit == 3
+    # A learner's copy counts for no quorum: it is offered nothing.
+    learner = Cluster(["a", "b", "c"], learners=["d"], election_tick=10, heartbeat_tick=2)
+    learner.elect("a")
+    la = learner.nodes["a"]
+    la.catch_up("d")
+    assert all(m.stored_commit == 0 for m in la.ready().messages if isinstance(m, MsgApp))
 
 
 def test_a_follower_paused_in_a_probe_hears_the_commit_it_missed_when_it_answers() -> None:
@@ -383,3 +430,92 @@ def test_messages_round_trip_through_json() -> None:
         assert message_from_dict(json.loads(json.dumps(message_to_dict(m)))) == m
     with pytest.raises(ValueError):
         message_from_dict({"type": "os.system"})
+
+
+def _appends(sent: list[Message]) -> list[tuple[str, int]]:
+    """(destination, entries carried) of each append with entries among ``sent``."""
+    return [(m.dst, len(m.entries)) for m in sent if isinstance(m, MsgApp) and m.entries]
+
+
+def _sent_by(cl: Cluster, action) -> list[Message]:
+    sent: list[Message] = []
+    action()
+    cl.deliver(drop=lambda m: sent.append(m) or False)
+    return sent
+
+
+def test_a_private_write_goes_first_to_a_quorum_and_the_bystander_takes_it_later() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    # b handed the write over: with three voters, a and b are a majority, so only b is sent it.
+    first = None
+
+    def from_b() -> None:
+        nonlocal first
+        first = a.propose(b"from-b", origin="b")
+
+    assert _appends(_sent_by(cl, from_b)) == [("b", 1)]
+    assert first is not None and a.status().commit == first.index
+    assert cl.nodes["b"].status().commit == first.index
+    assert cl.storage["c"].last_index() < first.index
+    # c's own write carries what c lacks in the same message.
+    assert _appends(_sent_by(cl, lambda: a.propose(b"from-c", origin="c"))) == [("c", 2)]
+    assert [e.data for e in cl.applied["c"]][-2:] == [b"from-b", b"from-c"]
+    # The leader's private write goes to one follower (one that lacks nothing, in id order);
+    # a write of the leader's that others act on goes to everyone, with what they lack.
+    # (c, as b lacks c's write.)
+    assert _appends(_sent_by(cl, lambda: a.propose(b"mine", origin="a"))) == [("c", 1)]
+    assert _appends(_sent_by(cl, lambda: a.propose(b"public"))) == [("b", 3), ("c", 1)]
+    assert all(n.status().commit == a.status().commit for n in cl.nodes.values())
+    # With nothing else sent to it, the bystander takes its entries at its heartbeat's answer,
+    # still replicating (not set back to one probe at a time).
+    last = a.propose(b"again", origin="b")
+    cl.deliver()
+    assert cl.storage["c"].last_index() < last.index
+    cl.tick(4)
+    assert cl.applied["c"][-1].data == b"again"
+    assert not a.raft.prs["c"].probing
+
+
+def test_a_bystander_lags_at_most_half_a_message() -> None:
+    cl = Cluster(ABC, election_tick=100, heartbeat_tick=50)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    half = a.raft.cfg.max_entries_per_msg // 2
+    to_c = []
+    for i in range(3 * half):
+        sent = _sent_by(cl, lambda: a.propose(f"w{i}".encode(), origin="b"))
+        to_c += [n for dst, n in _appends(sent) if dst == "c"]
+        assert a.raft.log.last_index() - cl.storage["c"].last_index() <= half + 1
+    # Every entry reached c, in a few messages of many entries.
+    assert sum(to_c) >= 3 * half - half - 1 and max(to_c) > half
+
+
+def test_a_write_from_a_probing_follower_goes_to_everyone() -> None:
+    cl = Cluster(ABC, election_tick=10, heartbeat_tick=2)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    a.propose(b"settle")
+    cl.deliver()
+    a.raft.prs["b"].reset_probe()   # b's answer may never come: the fastest majority commits
+    sent = _sent_by(cl, lambda: a.propose(b"from-b", origin="b"))
+    assert ("c", 1) in _appends(sent)
+
+
+def test_catch_up_sends_a_node_what_it_lacks_and_the_commit_index() -> None:
+    cl = Cluster(ABC, election_tick=100, heartbeat_tick=50)
+    cl.elect("a")
+    a = cl.nodes["a"]
+    for i in range(3):
+        a.propose(f"w{i}".encode(), origin="b")
+        cl.deliver()
+    assert [e.data for e in cl.applied["c"]][-1:] != [b"w2"]
+    a.catch_up("c")
+    cl.deliver()
+    assert [e.data for e in cl.applied["c"]][-3:] == [b"w0", b"w1", b"w2"]
+    assert cl.nodes["c"].status().commit == a.status().commit
+    # A follower cannot catch anyone up; neither can anyone catch itself up.
+    cl.nodes["b"].catch_up("c")
+    a.catch_up("a")
+    assert drain(cl.nodes["b"], cl.storage["b"]) == [] and drain(a, cl.storage["a"]) == []

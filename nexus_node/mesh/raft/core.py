@@ -136,6 +136,9 @@ class Raft:
         # Leader: entries that a follower handed over (index -> that follower). Only it waits
         # for their commit; see _announce_commit.
         self.handed_over: dict[int, NodeId] = {}
+        # Leader: followers to send their handed-over writes once this node has them on disk
+        # (so the append can say they commit when stored; see _stored_commit).
+        self.after_persist: set[NodeId] = set()
         self._reset_timeout()
 
     # --- queries --------------------------------------------------------------------------------
@@ -202,6 +205,7 @@ class Raft:
         self.lead_transferee = None
         self.transfer_elapsed = 0
         self.handed_over = {}
+        self.after_persist = set()
 
     def _become_follower(self, term: int, lead: NodeId | None) -> None:
         self._reset(term)
@@ -376,8 +380,10 @@ class Raft:
                                         reject=True, hint_index=hint_index, hint_term=hint_term))
             return
         # Figure 2 receiver rule 5. Only up to the last entry this message vouches for: entries
-        # after it may be stale leftovers that the leader has not yet overwritten.
-        self.log.commit_to(min(m.commit, last_new))
+        # after it may be stale leftovers that the leader has not yet overwritten. With
+        # stored_commit, what our copy makes a quorum of (it is on disk before it is applied:
+        # the driver persists a Ready's entries before it applies its committed ones).
+        self.log.commit_to(min(max(m.commit, m.stored_commit), last_new))
         if not m.commit_only:
             # The answer to a commit-only append would tell the leader nothing: a lost entry
             # shows up as a rejection of the next append, or at the next heartbeat's answer.
@@ -404,7 +410,7 @@ class Raft:
                 committed = self.log.committed
                 if self._maybe_commit():
                     self._announce_commit(committed)
-                elif pr.next <= self.log.last_index() or was_paused:
+                elif (pr.next <= self.log.last_index() and not pr.deferred) or was_paused:
                     # (A paused follower was told no commit index meanwhile: _send_append
                     # skips it. Tell it now, if only in an empty append. An answer that moves
                     # nothing, an empty probe's, is left to the next heartbeat: without
@@ -416,8 +422,11 @@ class Raft:
             pr.recent_active = True
             pr.paused = False
             if pr.match < self.log.last_index():
-                # Whatever was sent may have been lost: resend from what is known to match.
-                pr.reset_probe()
+                if not (pr.deferred and not pr.probing and pr.next == pr.match + 1):
+                    # Whatever was sent may have been lost: resend from what is known to match.
+                    # (A deferred follower with nothing in flight was sent nothing to lose:
+                    # it stays replicating, so its own next write is not held behind a probe.)
+                    pr.reset_probe()
                 self._send_append(m.src, pr)
 
     def _on_reject(self, m: MsgAppResp, pr: Progress) -> None:
@@ -450,15 +459,40 @@ class Raft:
         assert prev_term is not None, f"next {pr.next} past the log of leader {self.id}"
         hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_msg)
         entries = tuple(self.log.slice(pr.next, hi))
+        if hi > self.log.last_index():
+            pr.deferred = False   # it is sent all it lacks
         quiet = commit_only and not entries and not pr.probing
+        stored = self._stored_commit(to, hi - 1)
+        pr.stored_commit = max(pr.stored_commit, stored)
         self.msgs.append(MsgApp(self.id, to, self.term, prev, prev_term, entries, self.log.committed,
-                                commit_only=quiet))
+                                commit_only=quiet, stored_commit=stored))
         if not quiet:
             pr.answer_due = True
         if pr.probing:
             pr.paused = True
         elif entries:
             pr.next = entries[-1].index + 1  # replicate mode: pipeline the next batch
+
+    def _stored_commit(self, to: NodeId, last: int) -> int:
+        """What ``to`` may commit once it stores the log up to ``last`` (see
+        :attr:`MsgApp.stored_commit`), or 0.
+
+        The commit index this leader would compute on ``to``'s answer, ahead of it: the
+        highest index that this leader's own disk (its match is its stable index), ``to``'s
+        copy and the copies acknowledged so far put on a quorum of voters, if it is of this
+        term (§5.4.2) and past the commit index already known. Such an entry is committed the
+        moment ``to`` stores it, whoever learns it first. Not while a membership change is
+        uncommitted: the quorum counted must be the one elections will use.
+        """
+        voters = self.membership.voters
+        if to not in voters or self.log.last_config_index() > self.log.committed:
+            return 0
+        match = {v: self.prs[v].match for v in voters if v in self.prs}
+        match[to] = max(match.get(to, 0), last)
+        index = self.membership.committed_index(match)
+        if index <= self.log.committed or self.log.term(index) != self.term:
+            return 0
+        return index
 
     def _bcast_append(self, commit_only: bool = False) -> None:
         for member in sorted(self.prs):
@@ -482,14 +516,18 @@ class Raft:
             origin = self.handed_over.pop(index, None)
             if origin is None:
                 told = None
-            elif told is not None:
-                told.add(origin)
+            elif told is not None and origin != self.id:
+                pr = self.prs.get(origin)
+                if pr is None or pr.stored_commit < index:   # else it committed it itself
+                    told.add(origin)
         for member in sorted(self.prs):
             if member == self.id:
                 continue
             pr = self.prs[member]
-            if told is None or member in told or pr.probing or pr.next <= self.log.last_index():
-                # (Someone probing or with entries still to take gets a message anyway.)
+            if told is None or member in told or pr.probing or \
+                    (pr.next <= self.log.last_index() and not pr.deferred):
+                # (Someone probing or with entries still to take gets a message anyway, but
+                # for entries deferred on purpose.)
                 self._send_append(member, pr, commit_only=True)
 
     def _bcast_heartbeat(self) -> None:
@@ -506,12 +544,68 @@ class Raft:
                 commit = min(pr.match, self.log.committed)
                 self.msgs.append(MsgHeartbeat(self.id, member, self.term, commit))
 
-    def _append_entries(self, entries: list[Entry]) -> None:
-        """Leader: appends new entries of its term and replicates them (Leader Append-Only)."""
+    def _append_entries(self, entries: list[Entry], origin: NodeId | None = None) -> None:
+        """Leader: appends new entries of its term and replicates them (Leader Append-Only).
+
+        Args:
+            origin: The follower that handed the entries over, waiting for them alone: they
+                go at once only to the followers :meth:`_write_targets` picks.
+        """
         self.log.append(entries)
         if any(e.type is EntryType.CONFIG for e in entries):
             self._sync_progress()
-        self._bcast_append()
+        targets = self._write_targets(origin) if origin is not None else None
+        if targets is None:
+            self._bcast_append()
+            return
+        last = self.log.last_index()
+        for member in sorted(self.prs):
+            if member == self.id:
+                continue
+            pr = self.prs[member]
+            if member == origin:
+                # Sent once this node has the entry on disk: the append then tells origin that
+                # storing it commits it, which spares the commit notice origin would wait for.
+                self.after_persist.add(member)
+            elif member in targets or pr.probing or last - pr.match > self.cfg.max_entries_per_msg // 2:
+                # (A bystander's lag stays bounded: once it lacks half a message's worth, it
+                # is sent them, in one message, as with any other append.)
+                self._send_append(member, pr)
+            else:
+                pr.deferred = True
+
+    def _write_targets(self, origin: NodeId) -> set[NodeId] | None:
+        """The followers a write handed over by ``origin`` is sent to now, or None: all.
+
+        ``origin`` must receive it anyway (it waits to apply it) and its answer counts towards
+        the commit, so with three voters the leader and ``origin`` are a majority and the third
+        voter, a bystander, can take the entry later with whatever it is sent next: its own
+        writes, the leader's, or the answer to its next heartbeat. Under load that halves the
+        messages per write on the leader and spares the bystander one answer per write (each
+        a gRPC stream write on a real node). With more voters, others in id order make up the
+        majority. Everyone is sent the entry when ``origin`` is not a replicating voter (its
+        answer might not come: the fastest majority should commit it then, as usual).
+        """
+        voters = self.membership.voters
+        if origin == self.id:
+            targets: set[NodeId] = set()
+        else:
+            pr = self.prs.get(origin)
+            if origin not in voters or pr is None or pr.probing:
+                return None
+            targets = {origin}
+        need = self.membership.quorum() - 1 - len(targets)   # besides the leader (and origin)
+        # Up-to-date voters first: they are sent just the new entry.
+        others = sorted(voters - {self.id, origin}, key=lambda v: (self.prs[v].deferred, v)
+                        if v in self.prs else (True, v))
+        for v in others:
+            if need <= 0:
+                break
+            other = self.prs.get(v)
+            if other is not None and not other.probing:
+                targets.add(v)
+                need -= 1
+        return targets if need <= 0 else None
 
     def _sync_progress(self) -> None:
         members = self.membership.members | {self.id}
@@ -538,9 +632,11 @@ class Raft:
         """
         self._check_proposal()
         entry = Entry(self.log.last_index() + 1, self.term, EntryType.NORMAL, data, proposal_id)
-        if origin is not None and origin != self.id and origin in self.prs:
+        if origin is not None and origin in self.prs:
             self.handed_over[entry.index] = origin
-        self._append_entries([entry])
+        else:
+            origin = None
+        self._append_entries([entry], origin)
         return entry
 
     def propose_membership(self, new: Membership) -> Entry:
@@ -575,6 +671,14 @@ class Raft:
         entry = Entry(self.log.last_index() + 1, self.term, EntryType.CONFIG, new.encode())
         self._append_entries([entry])
         return entry
+
+    def catch_up(self, to: NodeId) -> None:
+        """Leader: sends member ``to`` what it lacks and the commit index now, deferred
+        entries included (see :meth:`_write_targets`), because it is about to act on them.
+        Does nothing on a follower or for a non-member."""
+        pr = self.prs.get(to)
+        if self.role is Role.LEADER and to != self.id and pr is not None:
+            self._send_append(to, pr, commit_only=True)
 
     def transfer_leadership(self, to: NodeId) -> None:
         """Hands leadership to voter ``to`` (thesis §3.10), e.g. before a graceful leave.
@@ -617,5 +721,10 @@ class Raft:
         self.log.stable_to(index, term)
         if self.role is Role.LEADER and self.log.term(index) == term:
             committed = self.log.committed
-            if self.prs[self.id].update(index) and self._maybe_commit():
+            moved = self.prs[self.id].update(index)
+            for member in sorted(self.after_persist):
+                if member in self.prs:
+                    self._send_append(member, self.prs[member], commit_only=True)
+            self.after_persist.clear()
+            if moved and self._maybe_commit():
                 self._announce_commit(committed)

@@ -76,6 +76,11 @@ class MsgApp:
     ``commit_only`` marks an empty append sent only to spread a new commit index: the follower
     checks and commits as for any append but answers only a rejection, since the leader learns
     nothing from a success (it tracks the follower through the answers to entries).
+
+    ``stored_commit``: the leader has its log up to here on its own disk, and its copy with the
+    receiver's makes a quorum of its voters: a receiver that stores the message's entries may
+    commit up to here without waiting to hear it (0: nothing of the kind). See
+    ``Raft._stored_commit``.
     """
 
     src: NodeId
@@ -86,6 +91,7 @@ class MsgApp:
     entries: tuple[Entry, ...]
     commit: int
     commit_only: bool = False
+    stored_commit: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -141,6 +141,10 @@ class RawNode:
         """Hands leadership to voter ``to``. See :meth:`Raft.transfer_leadership`."""
         self.raft.transfer_leadership(to)
 
+    def catch_up(self, to: NodeId) -> None:
+        """Leader: sends ``to`` what it lacks now. See :meth:`Raft.catch_up`."""
+        self.raft.catch_up(to)
+
     # --- output ---------------------------------------------------------------------------------
 
     def _hard_state(self) -> HardState:

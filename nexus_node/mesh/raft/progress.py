@@ -23,6 +23,11 @@ class Progress:
         recent_active: Heard from since the last CheckQuorum round (thesis §6.2).
         answer_due: An append that the member will answer went out since the last heartbeat
             round; the next round skips this member (see ``Raft._bcast_heartbeat``).
+        deferred: Entries the member lacks were left unsent on purpose: a follower's write
+            went first to that follower alone (see ``Raft._write_targets``). The member gets
+            them with the next append it is sent, or at its next heartbeat's answer.
+        stored_commit: The highest ``MsgApp.stored_commit`` sent to the member: once it stores
+            that message it commits that far by itself, untold.
     """
 
     match: int = 0
@@ -31,6 +36,8 @@ class Progress:
     paused: bool = False
     recent_active: bool = False
     answer_due: bool = False
+    deferred: bool = False
+    stored_commit: int = 0
 
     def update(self, index: int) -> bool:
         """Records a successful append up to ``index``. Returns whether ``match`` advanced."""
