@@ -164,6 +164,9 @@ class Node:
             listening=lambda: bool(cfg.seeds) or bool(self.discovery and self.discovery.mdns_active),
             settings=cfg.cluster, timing=cfg.timing, tls=self.tls.peers if self.tls else None,
         )
+        # Members a peer names in a Hello join the directory: a node given one seed can then
+        # say Hello to the whole cluster.
+        mesh.driver.on_members_heard = self.discovery.told
         self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, mesh.records, mesh.transport,
                                   mesh.members, cfg.cluster.replicas, bound_bytes=cfg.blob_cache_mb << 20)
         # One JournalStorage per node over the replicated journal: reads are local, writes

@@ -70,8 +70,13 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                     help="seconds a new node with --seeds or mDNS listens for a cluster before "
                          "founding one (default 2)")
     ap.add_argument("--raft-tick-ms", type=int, default=100,
-                    help="consensus tick (default 100 ms: heartbeats every tick, elections after "
-                         "10-20 ticks of silence). On slow links raise it, e.g. 500")
+                    help="consensus tick (default 100 ms). On slow links raise this, not the tick "
+                         "counts: e.g. 200 for round trips near 50 ms, 500 near 200 ms (README)")
+    ap.add_argument("--heartbeat-ticks", type=int, default=2,
+                    help="ticks between the coordinator's heartbeats (default 2: every 200 ms)")
+    ap.add_argument("--election-ticks", type=int, default=10,
+                    help="ticks of silence before a voter campaigns, randomized up to twice that "
+                         "(default 10: 1-2 s); at least 3 heartbeats")
     ap.add_argument("--grace", type=float, default=5.0,
                     help="seconds a node may miss heartbeats before it is declared dead and its trials "
                          "re-run elsewhere (default 5; heartbeats go every second)")
@@ -110,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--replicas must be at least 1")
     if a.voter_timeout <= 0 or a.join_window < 0 or a.raft_tick_ms < 10:
         ap.error("--voter-timeout must be positive, --join-window not negative, --raft-tick-ms at least 10")
+    if a.heartbeat_ticks < 1 or a.election_ticks < 3 * a.heartbeat_ticks:
+        # A follower must miss a few heartbeats, not one late one, before it campaigns.
+        ap.error("--heartbeat-ticks must be at least 1 and --election-ticks at least three times it")
     if a.grace < 1.5 or a.max_retries < 0:
         ap.error("--grace must be at least 1.5 s (heartbeats go every second), --max-retries not negative")
     if a.llm_timeout <= 0:
@@ -129,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
         cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, join_window=a.join_window,
                                 replicas=a.replicas),
-        timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0),
+        timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0, heartbeat_tick=a.heartbeat_ticks,
+                            election_tick=a.election_ticks),
         work=WorkSettings(grace=a.grace, max_retries=a.max_retries), pruner=a.pruner,
     )
 

@@ -194,6 +194,13 @@ class Discovery:
             log.info("not a peer: %s (%s)", key, reason)
         self._notify()
 
+    def told(self, members: Sequence[tuple[str, str]]) -> None:
+        """Lists the members another node named in a Hello (see :meth:`PeerDirectory.told`)."""
+        now = self._clock()
+        changed = [self.directory.told(n, a, now) for n, a in members if n != self.settings.node_id]
+        if any(changed):
+            self._notify()
+
     def peers(self) -> list[Peer]:
         """The directory's entries (see :meth:`PeerDirectory.peers`)."""
         return self.directory.peers()

@@ -166,6 +166,9 @@ class RaftDriver:
         #: Index of the newest entry this node proposed as leader (0: none yet). A follower
         #: may get a private one late: call :meth:`catch_up` before it must act on it.
         self.last_local_index = 0
+        #: Called with the (node id, address) pairs a peer's Hello named (the node lists them
+        #: with the peers it found, so it can say Hello to them too).
+        self.on_members_heard: Callable[[list[tuple[NodeId, str]]], None] = lambda members: None
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -509,6 +512,27 @@ class RaftDriver:
         """Records a peer's address from its Hello."""
         if node_id != self.node_id:
             self._peers[node_id] = address
+
+    def member_addresses(self) -> list[tuple[NodeId, str]]:
+        """Every member of this node's configuration whose address it knows (itself included)."""
+        if self._raw is None:
+            return []
+        out = []
+        for n in sorted(self._raw.status().membership.members):
+            address = self.address if n == self.node_id else self._peers.get(n)
+            if address:
+                out.append((n, address))
+        return out
+
+    def note_members(self, members: Sequence[tuple[NodeId, str]]) -> None:
+        """Records the members another node told of in a Hello. Second hand: an address this
+        node already has (from the peer itself, or the replicated records) is kept, since a
+        node restarted on a new port tells its peers first."""
+        for node_id, address in members:
+            if node_id != self.node_id and address and node_id not in self._peers:
+                self._peers[node_id] = address
+        if members:
+            self.on_members_heard(list(members))
 
     def receive(self, messages: Sequence[Message]) -> int:
         """Queues peer messages for the core; drops them when the inbox is full."""

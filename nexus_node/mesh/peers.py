@@ -27,7 +27,8 @@ KEY_CLUSTER = "cluster"
 KEY_PROTOCOL = "proto"
 KEY_PORT = "port"
 
-Source = Literal["mdns", "seed"]
+# "peer": named by another node as a member of its cluster, in a Hello (second hand).
+Source = Literal["mdns", "seed", "peer"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ class Peer:
         node_id: The peer's id, or "" for a seed not identified yet (a seed is only an
             address until the peer answers ``Hello`` or is heard by mDNS).
         address: ``host:port``.
-        source: How it was found: ``"mdns"`` or ``"seed"``.
+        source: How it was found: ``"mdns"``, ``"seed"``, or ``"peer"`` (another node named it
+            as a member of its cluster).
         last_seen: Unix seconds of the last announcement heard (for a seed: when listed).
     """
 
@@ -239,6 +241,19 @@ class PeerDirectory:
             source = "seed"
         self._by_id[node_id] = Peer(node_id, address, source, now)
         return old is None or old.address != address or old.source != source or seed is not None
+
+    def told(self, node_id: str, address: str, now: float) -> bool:
+        """Records a member another node named in a Hello, unless this node knows the peer
+        already: first-hand knowledge (mDNS, a seed, the peer's own Hello) is never replaced
+        by second-hand, which may be stale.
+
+        Returns:
+            True if a peer was added.
+        """
+        if node_id in self._by_id or address in self._seeds:
+            return False
+        self._by_id[node_id] = Peer(node_id, address, "peer", now)
+        return True
 
     def lost(self, node_id: str) -> bool:
         """Forgets an mDNS peer that said goodbye (RFC 6762 §10.1) or expired.

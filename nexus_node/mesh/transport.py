@@ -61,6 +61,10 @@ class PeerHost(Protocol):
 
     def note_peer(self, node_id: NodeId, address: str) -> None: ...
 
+    def member_addresses(self) -> list[tuple[NodeId, str]]: ...
+
+    def note_members(self, members: Sequence[tuple[NodeId, str]]) -> None: ...
+
     def receive(self, messages: Sequence[Message]) -> int: ...
 
     def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId) -> int: ...
@@ -110,11 +114,13 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
         self._host.note_peer(request.node_id, request.address)
         h = self._host
+        h.note_members([(m.node_id, m.address) for m in request.members])
         lead = h.leader or ""
         lead_address = (h.address if lead == h.node_id else h.peer_address(lead) or "") if lead else ""
         return pb.HelloReply(node_id=h.node_id, cluster=h.cluster, address=h.address,
                              protocol_version=PROTOCOL_VERSION, member=h.is_member(),
-                             leader_id=lead, leader_address=lead_address)
+                             leader_id=lead, leader_address=lead_address,
+                             members=_peer_addresses(h.member_addresses()))
 
     async def _decoded(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> list[Message]:
         await self._check_cluster(request.cluster, context)
@@ -376,10 +382,13 @@ class PeerTransport:
         h = self.host
         reply: pb.HelloReply = await stub.Hello(
             pb.HelloRequest(node_id=h.node_id, cluster=h.cluster, address=h.address,
-                            protocol_version=PROTOCOL_VERSION),
+                            protocol_version=PROTOCOL_VERSION,
+                            members=_peer_addresses(h.member_addresses())),
             timeout=self.rpc_timeout, metadata=self.metadata)
         if expected is not None and reply.node_id != expected:
             raise PeerMismatch(f"expected {expected}, found {reply.node_id}")
+        if reply.cluster == h.cluster:
+            h.note_members([(m.node_id, m.address) for m in reply.members])
         return reply
 
     def send(self, messages: Sequence[Message]) -> None:
@@ -449,3 +458,7 @@ class PeerTransport:
         for channel, _ in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+def _peer_addresses(members: Sequence[tuple[NodeId, str]]) -> list[pb.PeerAddress]:
+    return [pb.PeerAddress(node_id=n, address=a) for n, a in members]

@@ -15,7 +15,7 @@ from nexus_node.mesh.raft import MsgApp
 from nexus_node.mesh.state import encode_command
 from nexus_node.mesh.transport import PROTOCOL_VERSION
 
-from .driver_cluster import FAST, TOKEN, MeshCluster
+from .driver_cluster import FAST, TOKEN, MeshCluster, MeshNode
 
 
 @pytest.fixture
@@ -104,6 +104,34 @@ async def test_a_duplicate_proposal_id_applies_once(cluster):
     await wait_applied(cluster, 2)
     for n in cluster.nodes:
         assert n.applied == ["once", "marker"]
+
+
+async def test_nodes_that_first_talk_exchange_every_member_s_address(cluster, tmp_path):
+    """A newcomer that knows one member learns from its Hello where every member is, and that
+    member learns the newcomer; an address a node heard first hand is not replaced."""
+    await cluster.leader()
+    one = cluster.nodes[1]
+    newcomer = MeshNode("z", tmp_path / "z")
+    newcomer.bind()
+    told: list[list[tuple[str, str]]] = []
+    newcomer.driver.on_members_heard = told.append
+    await newcomer.server.start()
+    try:
+        newcomer.driver.note_peer("n2", "127.0.0.1:1")   # what it heard from n2 itself
+        reply = await newcomer.driver._transport.hello(newcomer.driver._transport.stub(one.address), "n1")
+        members = {m.node_id: m.address for m in reply.members}
+        assert members == {n.node_id: n.address for n in cluster.nodes}
+        assert told == [sorted(members.items())]
+        assert newcomer.driver.peer_address("n0") == cluster.nodes[0].address
+        assert newcomer.driver.peer_address("n2") == "127.0.0.1:1"
+        assert one.driver.peer_address("z") == newcomer.address
+        # A member's Hello names its members to the other side as well.
+        heard: list[list[tuple[str, str]]] = []
+        one.driver.on_members_heard = heard.append
+        await cluster.nodes[0].driver._transport.hello(cluster.nodes[0].driver._transport.stub(one.address), "n1")
+        assert heard and {n for n, _ in heard[0]} == {"n0", "n1", "n2"}
+    finally:
+        await newcomer.server.stop(0)
 
 
 async def test_peer_service_refuses_calls_without_the_token_or_of_another_cluster(cluster):

@@ -6,11 +6,15 @@ Waiting is on server streams (WatchCluster, WatchJob) with deadlines, never on s
 
 from __future__ import annotations
 
+import time
+
 import grpc
+import optuna
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.jobs.manager import RUNNING_LOST
+from nexus_node.study_proxy import NexusStorageProxy
 from tests.conftest import free_port
 from tests.node.helpers import predict, stub, submit, watch_until, watch_until_end
 from tests.node.trial_checks import assert_budget_kept
@@ -81,6 +85,18 @@ def test_three_nodes_form_one_cluster_and_any_node_takes_and_serves_jobs(node_fa
         assert len(preds) == 10
 
 
+def study_of(address: str, study_name: str) -> optuna.Study:
+    """The job's study read through the node's own Optuna ``StorageService``."""
+    host, port = address.rsplit(":", 1)
+    return optuna.load_study(study_name=study_name, storage=NexusStorageProxy(host=host, port=int(port)))
+
+
+def finished(study: optuna.Study) -> dict[int, tuple]:
+    """Every finished trial of ``study`` as number -> (state, value, params)."""
+    return {t.number: (t.state.name, t.value, t.params) for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished()}
+
+
 def test_killing_the_coordinator_elects_another_and_its_job_completes(node_factory, insurance_csv):
     nodes = start_cluster(node_factory)
     view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
@@ -89,12 +105,24 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     job_id = submit(stub(survivors[0].address), insurance_csv, "charges", max_trials=6, seed=5,
                     constraints_json='{"min_epochs": 30, "max_epochs": 30, "families": ["mlp"]}').job_id
     watch_until(stub(survivors[0].address), job_id, lambda ev: ev.kind == pb.TRIAL_FINISHED)
+    study_name = stub(survivors[0].address).GetJob(pb.GetJobRequest(job_id=job_id)).study_name
+    # What the cluster had committed before the kill, as a follower serves it.
+    study = study_of(survivors[1].address, study_name)
+    before = finished(study)
+    assert before
 
     lead.kill()   # SIGKILL: no goodbye, no leadership transfer
+    killed_at = time.monotonic()
+    # A write to the study through a follower's StorageService, on the connection it had
+    # before: it waits out the election and commits under the new coordinator.
+    study.set_user_attr("after_failover", True)
+    serving_s = time.monotonic() - killed_at
+    print(f"study served again {serving_s:.2f} s after the coordinator's kill -9")
     new = cluster_until(survivors[0].address,
                         lambda v: v.coordinator_id not in ("", view.coordinator_id))
     assert new.term > view.term
     assert cluster_until(survivors[1].address, lambda v: v.coordinator_id == new.coordinator_id)
+    assert study_of(survivors[0].address, study_name).user_attrs["after_failover"] is True
 
     job, _ = watch_until_end(stub(survivors[1].address), job_id)
     assert job.state == pb.COMPLETED, job.message
@@ -104,12 +132,18 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     assert_budget_kept(trials, 6)
     assert all(t.message == RUNNING_LOST for t in trials if t.state == "FAIL"), trials
     assert any(t.node_id == new.coordinator_id and t.state in ("COMPLETE", "PRUNED") for t in trials)
+    # No trial finished before the kill was lost or changed.
+    after = finished(study_of(survivors[1].address, study_name))
+    assert {k: after.get(k) for k in before} == before
 
-    # The killed node comes back on its data dir and catches up with what it missed.
+    # The killed node comes back on its data dir and catches up with what it missed: the
+    # job, its model and every trial of the study, as the survivors have them.
     lead.start()
     back = watch_until_end(stub(lead.address), job_id)[0]
     assert back.state == pb.COMPLETED and back.model_id == job.model_id
     assert cluster_until(lead.address, lambda v: v.coordinator_id == new.coordinator_id and len(v.nodes) == 3)
+    caught_up = study_of(lead.address, study_name)
+    assert finished(caught_up) == after and caught_up.user_attrs["after_failover"] is True
 
 
 def test_a_killed_worker_s_trial_runs_again_on_another_node(node_factory, insurance_csv):

@@ -112,3 +112,18 @@ def test_mdns_peers_leave_on_goodbye_but_seeds_stay():
     assert d.lost("c") and not d.lost("c")
     assert not d.lost("b")
     assert [p.node_id for p in d.peers()] == ["b"]
+
+
+def test_members_told_second_hand_fill_in_but_never_replace_first_hand_knowledge():
+    d = PeerDirectory()
+    d.add_seeds(["10.0.0.6:7070"], now=1.0)
+    d.found("b", "10.0.0.7:7071", "mdns", now=1.0)            # b restarted on a new port
+    assert not d.told("b", "10.0.0.7:7070", now=2.0)          # a peer's stale record of b
+    assert not d.told("x", "10.0.0.6:7070", now=2.0)          # the seed answers for itself
+    assert d.told("c", "10.0.0.8:7070", now=2.0)
+    assert not d.told("c", "10.0.0.8:7070", now=3.0)
+    assert [(p.node_id, p.address, p.source) for p in d.peers()] == [
+        ("b", "10.0.0.7:7071", "mdns"), ("c", "10.0.0.8:7070", "peer"), ("", "10.0.0.6:7070", "seed")]
+    assert not d.lost("c")                                    # a member, not an mDNS advert
+    d.found("c", "10.0.0.8:7070", "mdns", now=4.0)            # heard first hand later
+    assert d.get("c").source == "mdns"

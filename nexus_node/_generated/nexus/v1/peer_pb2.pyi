@@ -112,20 +112,30 @@ class DescribeRequest(_message.Message):
     cluster: str
     def __init__(self, cluster: _Optional[str] = ...) -> None: ...
 
+class PeerAddress(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
 class HelloRequest(_message.Message):
-    __slots__ = ("node_id", "cluster", "address", "protocol_version")
+    __slots__ = ("node_id", "cluster", "address", "protocol_version", "members")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cluster: str
     address: str
     protocol_version: int
-    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[PeerAddress]
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ..., members: _Optional[_Iterable[_Union[PeerAddress, _Mapping]]] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("node_id", "cluster", "address", "protocol_version", "member", "leader_id", "leader_address")
+    __slots__ = ("node_id", "cluster", "address", "protocol_version", "member", "leader_id", "leader_address", "members")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +143,7 @@ class HelloReply(_message.Message):
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cluster: str
     address: str
@@ -140,7 +151,8 @@ class HelloReply(_message.Message):
     member: bool
     leader_id: str
     leader_address: str
-    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ..., member: _Optional[bool] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[PeerAddress]
+    def __init__(self, node_id: _Optional[str] = ..., cluster: _Optional[str] = ..., address: _Optional[str] = ..., protocol_version: _Optional[int] = ..., member: _Optional[bool] = ..., leader_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[_Union[PeerAddress, _Mapping]]] = ...) -> None: ...
 
 class RaftBatch(_message.Message):
     __slots__ = ("cluster", "from_node", "messages", "proposals")
