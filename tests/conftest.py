@@ -75,14 +75,21 @@ class NodeProcess:
             raise RuntimeError(f"node did not start: {line!r}; log:\n{self.log.read_text()[-3000:]}")
         return self
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL if the node is still there after ``timeout`` seconds.
+
+        Returns:
+            The exit status (negative: the signal that ended it, -9 if it had to be killed),
+            or None if it was not running.
+        """
+        if not self.proc or self.proc.poll() is not None:
+            return None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -199,14 +199,22 @@ def test_a_stopped_coordinator_hands_over_and_a_restarted_cluster_has_everything
     job, _ = watch_until_end(stub(nodes[2].address), job_id)
     assert job.state == pb.COMPLETED, job.message
 
+    study_name = job.study_name
+    study = study_of(nodes[0].address, study_name)
+    study.set_user_attr("note", "kept")
+    trials_before = finished(study)
+    assert len(trials_before) == 2
+
     lead = coordinator(nodes, view)
-    lead.stop()   # SIGTERM: a graceful leave hands leadership to an up-to-date voter first
+    # SIGTERM: a graceful leave hands leadership to an up-to-date voter first, and the node
+    # exits by itself (status 0) rather than being killed after the deadline.
+    assert lead.stop(timeout=15) == 0
     survivor = next(n for n in nodes if n is not lead)
     cluster_until(survivor.address, lambda v: v.coordinator_id not in ("", view.coordinator_id))
     assert "handed leadership to" in lead.log.read_text()
 
     for n in nodes:
-        n.stop()
+        assert n.stop(timeout=15) in (0, None)
     for n in nodes:   # a clean stop ends the peers' streams cleanly: no error, no traceback
         assert "Traceback" not in n.log.read_text(), n.log.read_text()[-3000:]
     for n in nodes:   # the whole cluster comes back from its data dirs
@@ -217,3 +225,33 @@ def test_a_stopped_coordinator_hands_over_and_a_restarted_cluster_has_everything
         assert back.state == pb.COMPLETED and back.model_id == job.model_id
         rows = insurance_csv.read_text().splitlines(keepends=True)[:4]
         assert len(predict(stub(n.address), job.model_id, "".join(rows).encode())[1]) == 3
+        back_study = study_of(n.address, study_name)   # the study too, trial by trial
+        assert finished(back_study) == trials_before and back_study.user_attrs == {"note": "kept"}
+
+
+def test_a_worker_stopped_with_sigterm_hands_back_its_trial_at_once(node_factory, insurance_csv):
+    # A grace of 60 s: only the hand-back, not missed heartbeats, can re-run the trial before
+    # the job ends.
+    nodes = start_cluster(node_factory, 3, "--grace", "60")
+    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
+    lead = coordinator(nodes, view)
+    job_id = submit(stub(lead.address), insurance_csv, "charges", max_trials=4, seed=11,
+                    constraints_json='{"min_epochs": 60, "max_epochs": 60, "families": ["mlp"]}').job_id
+
+    def running_a_trial(n: pb.NodeInfo) -> bool:
+        return n.role != pb.COORDINATOR and any(r.startswith(job_id + "/") and r.rsplit("/", 1)[1].isdigit()
+                                                for r in n.running)
+
+    busy = cluster_until(lead.address, lambda v: any(running_a_trial(n) for n in v.nodes))
+    leaver_info = next(n for n in busy.nodes if running_a_trial(n))
+    leaver = next(n for n in nodes if n.address == leaver_info.address)
+    assert leaver.stop(timeout=15) == 0
+
+    job, _ = watch_until_end(stub(lead.address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+    trials = stub(lead.address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+    retries = assert_budget_kept(trials, 4)
+    handed = [t for t in trials if t.state == "FAIL"]
+    assert handed and all(t.node_id == leaver_info.node_id and t.message.endswith("left while running it")
+                          for t in handed), [(t.number, t.node_id, t.message) for t in trials]
+    assert all(r.node_id != leaver_info.node_id for r in retries)
