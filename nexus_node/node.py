@@ -80,6 +80,8 @@ class NodeConfig:
     timing: MeshSettings = field(default_factory=MeshSettings)
     # Disabled (no key) unless node_main resolves a key from the environment.
     llm: LLMSettings = field(default_factory=LLMSettings)
+    # --force-new-cluster: node_main rewrites the log and exits instead of serving.
+    force_new_cluster: bool = False
 
 
 class Node:

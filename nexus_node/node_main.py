@@ -18,6 +18,7 @@ from nexus_node.llm import DEFAULT_MODEL, resolve
 from nexus_node.mesh.cluster import ClusterSettings
 from nexus_node.mesh.driver import MeshSettings
 from nexus_node.mesh.peers import parse_seeds
+from nexus_node.mesh.recovery import force_new_cluster_in
 from nexus_node.node import Node, NodeConfig
 from nexus_node.tls import TlsError, load_node_tls
 
@@ -92,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--llm-base-url", default="", help="Gemini API endpoint (a proxy; default Google's)")
     ap.add_argument("--llm-timeout", type=float, default=20.0,
                     help="seconds one Gemini request may take (default 20; 429/5xx are retried twice)")
+    ap.add_argument("--force-new-cluster", action="store_true",
+                    help="disaster recovery, after a majority of voters is lost for good: make this "
+                         "node the only voter of its cluster (keeping every job, model and study in "
+                         "its log), then exit; start it again without this flag. Use the most "
+                         "up-to-date survivor (README: Recovering a cluster)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -140,6 +146,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0, heartbeat_tick=a.heartbeat_ticks,
                             election_tick=a.election_ticks),
         work=WorkSettings(grace=a.grace, max_retries=a.max_retries), pruner=a.pruner,
+        force_new_cluster=a.force_new_cluster,
     )
 
 
@@ -165,8 +172,33 @@ async def serve(config: NodeConfig) -> None:
     await node.stop()
 
 
+def force_new_cluster(config: NodeConfig) -> int:
+    """``--force-new-cluster``: rewrites the data dir's Raft log, says what changed, exits."""
+    node_id_file = config.data_dir / "node_id"
+    if not node_id_file.is_file():
+        print(f"nexus-node: {config.data_dir} holds no node: nothing to recover", file=sys.stderr)
+        return 2
+    node_id = node_id_file.read_text().strip()
+    try:
+        r = asyncio.run(force_new_cluster_in(config.data_dir, node_id))
+    except ValueError as e:
+        print(f"nexus-node: cannot force a new cluster: {e}", file=sys.stderr)
+        return 2
+    print(f"forced a new cluster from {node_id}'s log: it is now the only voter (term {r.term}).\n"
+          f"  before: voters {', '.join(sorted(r.before.voters))}; non-voters "
+          f"{', '.join(sorted(r.before.learners)) or 'none'}\n"
+          f"  the log up to entry {r.last_index} is committed (it knew of {r.was_committed}); no other "
+          f"node is a member now.\n"
+          f"Start this node again without --force-new-cluster. Other nodes still running join it again "
+          f"as non-voters; one whose data dir holds entries this log lacks stops with an error: start "
+          f"it with an empty data dir to join again.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    if config.force_new_cluster:
+        return force_new_cluster(config)
     try:
         asyncio.run(serve(config))
     except OSError as e:

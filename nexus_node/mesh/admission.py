@@ -7,6 +7,8 @@ Forming (a node with an empty log):
   has listened for ``window`` seconds (so nodes started together find each other first); the
   others keep asking until it is a member, then join. A node with no peers to ask founds at once.
 
+Rejoining (a node with a log that hears of no leader): see :func:`rejoin_target`.
+
 Two nodes that cannot see each other during their windows both found clusters; they stay two
 clusters (logs cannot be merged). Give every node the same ``--seeds`` to rule that out.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Mapping, Sequence
 
 from nexus_node.mesh.raft import Membership
@@ -42,6 +45,7 @@ class HelloAnswer:
     member: bool
     leader_id: str = ""
     leader_address: str = ""
+    members: frozenset[str] = frozenset()   # the members of its cluster, as it knows them
 
 
 def formation_step(self_id: str, answers: Sequence[HelloAnswer], elapsed: float, window: float,
@@ -64,6 +68,20 @@ def formation_step(self_id: str, answers: Sequence[HelloAnswer], elapsed: float,
     return (Formation.FOUND, "") if elapsed >= window else (Formation.WAIT, "")
 
 
+def rejoin_target(self_id: str, answers: Sequence[HelloAnswer]) -> str:
+    """Where a node that hears of no leader should ask to join again, or "" to keep waiting.
+
+    A peer that is a member and names a leader, in a cluster whose members do not include this
+    node, means the cluster went on without it (it was forced into a new configuration, or
+    this node was removed): this node joins again, as a new non-voter, through that leader.
+    A cluster that still lists it only lacks a quorum (or a leader, for now): wait.
+    """
+    for a in answers:
+        if a.member and a.leader_address and a.members and self_id not in a.members:
+            return a.leader_address
+    return ""
+
+
 def desired_voters(healthy_members: int, target: int) -> int:
     """The largest odd number ≤ both ``target`` and ``healthy_members`` (at least 1)."""
     n = max(1, min(target, healthy_members))
@@ -76,6 +94,30 @@ class MemberHealth:
 
     silent_for: float     # seconds since the coordinator last heard from it (0: itself)
     caught_up: bool       # holds the log up to about the coordinator's commit index
+
+
+#: How far behind the coordinator's commit index a member may be and still count as caught up.
+CAUGHT_UP_SLACK = 64
+
+
+def member_health(now: float, heard: float | None, leader_since: float, match: int,
+                  commit: int) -> MemberHealth:
+    """The coordinator's view of one other member.
+
+    Args:
+        now: The clock (monotonic seconds).
+        heard: When the coordinator last heard from it (None: never).
+        leader_since: When the coordinator took over: a new leader has not had time to hear
+            from everyone, so silence counts from then.
+        match: How much of the log it has acknowledged to this leader (0: nothing yet).
+        commit: The coordinator's commit index.
+    """
+    since = max(heard or 0.0, leader_since)
+    # Caught up only once it has acknowledged this leader's log: a member that never answered
+    # (dead since before this leader took over) must not look caught up because the log is
+    # short, or it could be promoted into a quorum it cannot take part in.
+    return MemberHealth(now - since if since else math.inf,
+                        match > 0 and match >= commit - CAUGHT_UP_SLACK)
 
 
 def next_change(membership: Membership, leader: str, health: Mapping[str, MemberHealth],

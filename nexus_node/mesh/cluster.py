@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -116,7 +115,8 @@ class Mesh:
         commit = self.driver.status().commit
         await self.driver.wait_for(lambda: self.driver.state.applied_index >= commit, 120)
         self._tasks = [asyncio.create_task(self._shape_forever(), name="mesh-shape"),
-                       asyncio.create_task(self._announce(), name="mesh-announce")]
+                       asyncio.create_task(self._announce(), name="mesh-announce"),
+                       asyncio.create_task(self._rejoin_forever(), name="mesh-rejoin")]
 
     async def _form(self) -> tuple[admission.Formation, str]:
         started = time.monotonic()
@@ -139,7 +139,8 @@ class Mesh:
             return None
         self.driver.note_peer(reply.node_id, reply.address or address)
         return admission.HelloAnswer(reply.node_id, reply.address or address, reply.member,
-                                     reply.leader_id, reply.leader_address)
+                                     reply.leader_id, reply.leader_address,
+                                     frozenset(m.node_id for m in reply.members))
 
     async def _join(self, target: str) -> None:
         """Asks to be added until this node is in the configuration it has applied."""
@@ -152,21 +153,59 @@ class Mesh:
                 if action is admission.Formation.JOIN:
                     target = found
                 # (FOUND cannot be acted on now: the driver runs with an empty log; keep asking.)
+            if await self._ask_to_join(target):
+                log.info("joined cluster %r through %s", self.cluster, target)
+                await self.driver.wait_for(self.driver.is_member, 30)
+                return
+            failures += 1
+            await asyncio.sleep(0.3)
+
+    async def _rejoin_forever(self) -> None:
+        """Joins again when the cluster went on without this node.
+
+        A node that hears from no leader for a while asks the peers it knows (the directory and
+        the members in its log); if one answers for a cluster that no longer lists this node
+        (:func:`~nexus_node.mesh.admission.rejoin_target`), it asks that cluster's leader to
+        add it again. Its log is then brought in line by the leader like any follower's, or,
+        if it holds committed entries the leader lacks, the node stops with the reason.
+        """
+        patience = self.driver.settings.retry_interval   # an election may yet settle it
+        led_at = time.monotonic()   # when this node last knew a live leader
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            lead = self.driver.leader
+            # A learner keeps believing in a dead leader (it never campaigns): what counts is
+            # whether the leader is still heard from.
+            if lead == self.node_id or (lead is not None and now - (self.driver.last_heard(lead) or 0.0) < patience):
+                led_at = now
+                continue
+            if now - led_at < patience:
+                continue
+            known = {a for _, a in self.driver.member_addresses()} | set(self._peers())
+            addresses = sorted(a for a in known if a and a != self.address)
+            answers = [a for a in await asyncio.gather(*(self._hello(a) for a in addresses)) if a is not None]
+            target = admission.rejoin_target(self.node_id, answers)
+            if target:
+                log.warning("the cluster's members no longer include this node; asking %s to add it again", target)
+                await self._ask_to_join(target)
+                led_at = now
+
+    async def _ask_to_join(self, target: str) -> bool:
+        """One ``Join`` through ``target`` (following it to the leader it names once)."""
+        for _ in range(2):
             try:
                 reply = await self.transport.stub(target).Join(
                     pb.JoinRequest(cluster=self.cluster, node_id=self.node_id, address=self.address),
                     timeout=10, metadata=self.transport.metadata)
-                if reply.status == pb.ProposeReply.NOT_LEADER and reply.leader_address:
-                    target = reply.leader_address
-                    continue
-                if reply.status == pb.ProposeReply.OK:
-                    log.info("joined cluster %r through %s", self.cluster, target)
-                    await self.driver.wait_for(self.driver.is_member, 30)
-                    return
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 log.debug("join through %s: %s", target, exc)
-            failures += 1
-            await asyncio.sleep(0.3)
+                return False
+            if reply.status == pb.ProposeReply.NOT_LEADER and reply.leader_address:
+                target = reply.leader_address
+                continue
+            return reply.status == pb.ProposeReply.OK
+        return False
 
     # ---- the coordinator's side -------------------------------------------------------------------
 
@@ -204,11 +243,7 @@ class Mesh:
             if n == self.node_id:
                 out[n] = admission.MemberHealth(0.0, True)
                 continue
-            heard = d.last_heard(n)
-            # A new leader has not had time to hear from everyone: count from when it took over.
-            since = max(heard or 0.0, self._leader_since)
-            out[n] = admission.MemberHealth(now - since if since else math.inf,
-                                            d.match_index(n) >= commit - 64)
+            out[n] = admission.member_health(now, d.last_heard(n), self._leader_since, d.match_index(n), commit)
         return out
 
     async def _shape_forever(self) -> None:

@@ -197,7 +197,7 @@ class Discovery:
     def told(self, members: Sequence[tuple[str, str]]) -> None:
         """Lists the members another node named in a Hello (see :meth:`PeerDirectory.told`)."""
         now = self._clock()
-        changed = [self.directory.told(n, a, now) for n, a in members if n != self.settings.node_id]
+        changed = [self.directory.told(n, a, now) for n, a in members if a and n != self.settings.node_id]
         if any(changed):
             self._notify()
 

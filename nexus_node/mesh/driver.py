@@ -40,6 +40,7 @@ from nexus_node.mesh.log_store import RaftLogStore
 from nexus_node.mesh.raft import (
     MemoryStorage,
     InvalidConfigChange,
+    LogDiverged,
     Membership,
     Message,
     NodeId,
@@ -245,7 +246,13 @@ class RaftDriver:
         except Exception as exc:
             # A failed disk write leaves the core ahead of the disk: carrying on could send a
             # vote or an acknowledgement that a restart forgets. Stop serving instead.
-            log.exception("raft loop of %s failed; the node stops taking part", self.node_id)
+            if isinstance(exc, LogDiverged):
+                log.error("node %s stops taking part in the cluster: %s. The cluster was forced into a "
+                          "new configuration without what this node committed (or its data dir is an "
+                          "old copy). Move its data dir away and start it empty to join again.",
+                          self.node_id, exc)
+            else:
+                log.exception("raft loop of %s failed; the node stops taking part", self.node_id)
             self._stopped = True
             self._role, self._lead = Role.FOLLOWER, None
             self._fail_waiters(MeshStopped(f"node {self.node_id} failed: {exc}"))
@@ -514,15 +521,12 @@ class RaftDriver:
             self._peers[node_id] = address
 
     def member_addresses(self) -> list[tuple[NodeId, str]]:
-        """Every member of this node's configuration whose address it knows (itself included)."""
+        """Every member of this node's configuration (itself included) with its address, ""
+        where this node does not know it."""
         if self._raw is None:
             return []
-        out = []
-        for n in sorted(self._raw.status().membership.members):
-            address = self.address if n == self.node_id else self._peers.get(n)
-            if address:
-                out.append((n, address))
-        return out
+        return [(n, self.address if n == self.node_id else self._peers.get(n, ""))
+                for n in sorted(self._raw.status().membership.members)]
 
     def note_members(self, members: Sequence[tuple[NodeId, str]]) -> None:
         """Records the members another node told of in a Hello. Second hand: an address this

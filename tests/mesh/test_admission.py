@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
+from nexus_node.mesh import admission
 from nexus_node.mesh.admission import (
     Formation, HelloAnswer, MemberHealth, desired_voters, formation_step, next_change,
 )
@@ -71,3 +74,31 @@ def test_members_never_heard_from_count_as_silent_and_the_leader_never_is():
     m = Membership.of(["a", "b", "c"], ["d"])
     step = next_change(m, "a", {"d": OK, "c": MemberHealth(math.inf, True)}, 3, 30.0)
     assert step is not None and "a" in step.voters and len(step.voters) == 2
+
+
+def test_a_member_that_never_answered_this_leader_is_not_caught_up_even_on_a_short_log():
+    # Forced recovery or a new leader: the dead learner's silence counts from the takeover,
+    # but without an acknowledgement it is no candidate, so it is never promoted into a quorum.
+    dead = admission.member_health(now=101.0, heard=None, leader_since=100.0, match=0, commit=12)
+    assert dead.silent_for == 1.0 and not dead.caught_up
+    alive = admission.member_health(now=101.0, heard=100.9, leader_since=100.0, match=12, commit=12)
+    assert alive.caught_up and alive.silent_for == pytest.approx(0.1)
+    behind = admission.member_health(now=101.0, heard=100.9, leader_since=100.0, match=10,
+                                     commit=11 + admission.CAUGHT_UP_SLACK)
+    assert not behind.caught_up
+    never = admission.member_health(now=5.0, heard=None, leader_since=0.0, match=0, commit=0)
+    assert never.silent_for == float("inf")
+    m = Membership.of(["c"], ["a", "d"])
+    health = {"a": dead, "d": alive}
+    assert admission.next_change(m, "c", health, target_voters=3, voter_timeout=30) == Membership.of(["c", "d"], ["a"])
+    assert admission.next_change(m, "c", {"a": dead}, target_voters=3, voter_timeout=30) is None
+
+
+def test_a_node_rejoins_only_a_cluster_that_went_on_without_it():
+    forced = HelloAnswer("c", "10.0.0.3:7070", True, "c", "10.0.0.3:7070", frozenset({"c"}))
+    listed = HelloAnswer("b", "10.0.0.2:7070", True, "a", "10.0.0.1:7070", frozenset({"a", "b", "d"}))
+    leaderless = HelloAnswer("e", "10.0.0.5:7070", True, "", "", frozenset({"e"}))
+    newcomer = HelloAnswer("f", "10.0.0.6:7070", False)
+    assert admission.rejoin_target("d", [listed]) == ""            # still a member: wait
+    assert admission.rejoin_target("d", [leaderless, newcomer]) == ""
+    assert admission.rejoin_target("d", [newcomer, forced]) == "10.0.0.3:7070"

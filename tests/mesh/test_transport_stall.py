@@ -38,6 +38,12 @@ class _Host:
     def peer_address(self, node_id):
         return self._peer
 
+    def member_addresses(self):
+        return []
+
+    def note_members(self, members):
+        pass
+
 
 async def test_a_write_the_peer_never_takes_ends_the_stream_and_the_link_greets_again():
     peer = _StuckPeer()

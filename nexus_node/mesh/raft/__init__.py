@@ -41,13 +41,14 @@ from .messages import (
     message_from_dict,
     message_to_dict,
 )
-from .node import RawNode, Ready, SoftState, Status, bootstrap
+from .log import LogDiverged
+from .node import RawNode, Ready, SoftState, Status, bootstrap, force_new_cluster
 from .storage import MemoryStorage, Storage
 
 __all__ = [
-    "Entry", "EntryType", "HardState", "InvalidConfigChange", "MemoryStorage", "Membership",
+    "Entry", "EntryType", "HardState", "InvalidConfigChange", "LogDiverged", "MemoryStorage", "Membership",
     "Message", "MsgApp", "MsgAppResp", "MsgHeartbeat", "MsgHeartbeatResp", "MsgPreVote",
     "MsgPreVoteResp", "MsgTimeoutNow", "MsgVote", "MsgVoteResp", "NodeId", "NotLeader",
     "ProposalDropped", "Raft", "RaftConfig", "RawNode", "Ready", "Role", "SoftState", "Status",
-    "Storage", "bootstrap", "message_from_dict", "message_to_dict",
+    "Storage", "bootstrap", "force_new_cluster", "message_from_dict", "message_to_dict",
 ]

@@ -16,7 +16,7 @@ import dataclasses
 import enum
 import random
 
-from .log import RaftLog
+from .log import LogDiverged, RaftLog
 from .membership import InvalidConfigChange, Membership, check_single_change
 from .messages import (
     Entry,
@@ -368,6 +368,11 @@ class Raft:
     def _handle_append(self, m: MsgApp) -> None:
         if m.prev_index < self.log.committed:
             # Everything up to our commit index is settled; tell the leader where we stand.
+            # The leader of our term holds every entry we committed (Leader Completeness,
+            # §5.4), so an entry of its that contradicts one of them means the logs diverged
+            # (a forced new cluster, or an old copy of a data dir): stop rather than probe
+            # forever.
+            self._check_no_divergence(m)
             if not m.commit_only:
                 self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
             return
@@ -388,6 +393,16 @@ class Raft:
             # The answer to a commit-only append would tell the leader nothing: a lost entry
             # shows up as a rejection of the next append, or at the next heartbeat's answer.
             self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=last_new))
+
+    def _check_no_divergence(self, m: MsgApp) -> None:
+        held = [(m.prev_index, m.prev_term)] if m.prev_index else []
+        for index, term in held + [(e.index, e.term) for e in m.entries]:
+            if index > self.log.committed:
+                break
+            if self.log.term(index) != term:
+                raise LogDiverged(
+                    f"leader {m.src} has term {term} at entry {index}, where this node committed "
+                    f"term {self.log.term(index)} (committed up to {self.log.committed})")
 
     def _handle_heartbeat(self, m: MsgHeartbeat) -> None:
         # The leader caps a heartbeat's commit at our known match index, so it is in our log.

@@ -13,6 +13,16 @@ from .messages import Entry, EntryType
 from .storage import Storage
 
 
+class LogDiverged(RuntimeError):
+    """A leader's log contradicts an entry this node holds as committed.
+
+    Raft rules it out (Leader Completeness, §5.4); it happens only when the cluster was
+    forced into a new configuration (:func:`~.node.force_new_cluster`) from a node that had
+    not received everything this one had, or when a data dir was copied or restored from an
+    old backup. This node cannot follow that leader without undoing what it applied.
+    """
+
+
 class RaftLog:
     """Storage + unstable entries + commit/applied indexes + the CONFIG entries of the log.
 
@@ -120,7 +130,10 @@ class RaftLog:
         if not entries:
             return
         first = entries[0].index
-        assert first > self.committed, f"truncating committed entry {first} <= {self.committed}"
+        if first <= self.committed:
+            raise LogDiverged(
+                f"the leader's entry {first} (term {entries[0].term}) replaces one this node "
+                f"committed (term {self.term(first)}; committed up to {self.committed})")
         assert first <= self.last_index() + 1, f"append at {first} leaves a gap"
         if first >= self._offset:
             del self._unstable[first - self._offset:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from .core import Raft, RaftConfig, Role
+from .log import RaftLog
 from .membership import Membership
 from .messages import EMPTY_HARD_STATE, Entry, EntryType, HardState, Message, MsgApp, NodeId
 from .storage import MemoryStorage, Storage
@@ -239,3 +240,35 @@ def bootstrap(storage: MemoryStorage | Storage, voters: "list[NodeId] | set[Node
         raise ValueError("this storage cannot be bootstrapped here; write the entry yourself")
     append([Entry(index=1, term=1, type=EntryType.CONFIG, data=membership.encode())])
     set_hard_state(HardState(term=1, vote=None, commit=1))
+
+
+def force_new_cluster(storage: Storage, node_id: NodeId) -> tuple[HardState, Entry]:
+    """What turns a surviving member's log into a one-voter cluster after a majority of the
+    voters is lost for good (etcd's ``--force-new-cluster``). The caller persists the entry
+    and the hard state before the node starts; nothing else changes in the log.
+
+    The entry is a CONFIG entry after the last one held, in a term above any this node has
+    seen, that makes ``node_id`` the only member, and the hard state commits it (and so
+    everything before it). This breaks Raft's rules on purpose: entries the lost voters
+    committed but this node never received are gone, and entries this node held uncommitted
+    are now committed. Other members that are still running are added back one at a time as
+    non-voters when they ask (a node that hears of no leader and finds that the cluster no
+    longer lists it joins again); one whose log holds committed entries this node lacks
+    cannot follow it (it stops with :class:`~.log.LogDiverged`) and must rejoin with an empty
+    data dir. Use it on the most up-to-date survivor, once the lost voters are known never to
+    come back as they were.
+
+    Raises:
+        ValueError: the log is empty, or ``node_id`` is not a member of its configuration.
+    """
+    last = storage.last_index()
+    if last == 0:
+        raise ValueError("this node has no Raft log: there is no cluster to recover")
+    config = RaftLog(storage).membership()
+    if node_id not in config.members:
+        raise ValueError(f"node {node_id} is not a member of the configuration in its log "
+                         f"(voters {sorted(config.voters)}, non-voters {sorted(config.learners)})")
+    term = max(storage.hard_state().term, storage.term(last)) + 1
+    forced = Membership.of([node_id])
+    entry = Entry(index=last + 1, term=term, type=EntryType.CONFIG, data=forced.encode())
+    return HardState(term=term, vote=node_id, commit=entry.index), entry

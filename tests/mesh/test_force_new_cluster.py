@@ -1,0 +1,88 @@
+"""Disaster recovery of the Raft core: a survivor made the only voter after a majority is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus_node.mesh.raft import (
+    EntryType, LogDiverged, MemoryStorage, Membership, NotLeader, RaftConfig, RawNode, Role, force_new_cluster,
+)
+
+from .helpers import Cluster
+
+
+def data(entries) -> list[bytes]:
+    return [e.data for e in entries if e.type is EntryType.NORMAL]
+
+
+def forced(cluster: Cluster, node_id: str) -> RawNode:
+    """``node_id`` restarted from its storage after force_new_cluster, as nexus-node does."""
+    st = cluster.storage[node_id]
+    hard, entry = force_new_cluster(st, node_id)
+    st.append([entry])
+    st.set_hard_state(hard)
+    node = cluster.nodes[node_id] = RawNode(RaftConfig(node_id), st)
+    cluster.applied[node_id] = []    # a restarted node applies its log again from the start
+    return node
+
+
+def test_a_survivor_of_a_lost_majority_leads_alone_and_keeps_what_it_had():
+    c = Cluster(["a", "b", "c"], ["d"])
+    c.elect("a")
+    for i in range(3):
+        c.nodes["a"].propose(f"w{i}".encode())
+    c.deliver()
+    c.cut |= {"a", "b"}           # two of three voters gone for good
+    c.tick(40, only=["c", "d"])   # c cannot win an election alone
+    assert c.leader() is None
+    with pytest.raises(NotLeader):
+        c.nodes["c"].propose(b"stuck")
+
+    c.cut -= {"a", "b"}           # (their messages are dropped from here on anyway)
+    del c.nodes["a"], c.nodes["b"]
+    c.cut = set()
+    node = forced(c, "c")
+    assert node.status().membership == Membership.of(["c"])
+    node.campaign()
+    c.deliver(drop=lambda m: m.dst in ("a", "b"))
+    assert node.status().role is Role.LEADER
+    node.propose(b"after")
+    c.deliver(drop=lambda m: m.dst in ("a", "b"))
+    # Everything c held is committed, in order, then the new write.
+    assert data(c.applied["c"]) == [b"w0", b"w1", b"w2", b"after"]
+    # d, still running, is added back when it asks (Mesh does that) and follows the same log.
+    node.propose_membership(Membership.of(["c"], ["d"]))
+    c.deliver(drop=lambda m: m.dst in ("a", "b"))
+    assert data(c.applied["d"])[-4:] == [b"w0", b"w1", b"w2", b"after"]
+    assert c.nodes["d"].status().membership == Membership.of(["c"], ["d"])
+
+
+def test_a_member_holding_committed_entries_the_survivor_lacks_stops_instead_of_following():
+    c = Cluster(["a", "b", "c"], ["d"])
+    c.elect("a")
+    c.nodes["a"].propose(b"seen by all")
+    c.deliver()
+    c.cut.add("c")                # c misses what a and b commit next; learner d gets it
+    c.nodes["a"].propose(b"c never saw this")
+    c.deliver()
+    assert b"c never saw this" in data(c.applied["d"])
+    del c.nodes["a"], c.nodes["b"]
+    c.cut = set()
+    node = forced(c, "c")         # the wrong survivor: it lags behind d
+    node.campaign()
+    c.deliver(drop=lambda m: m.dst in ("a", "b"))
+    node.propose_membership(Membership.of(["c"], ["d"]))   # d asks to be added back
+    with pytest.raises(LogDiverged, match="committed"):
+        c.deliver(drop=lambda m: m.dst in ("a", "b"))
+
+
+def test_forcing_needs_a_log_and_a_member():
+    with pytest.raises(ValueError, match="no Raft log"):
+        force_new_cluster(MemoryStorage(), "a")
+    c = Cluster(["a", "b", "c"])
+    with pytest.raises(ValueError, match="not a member"):
+        force_new_cluster(c.storage["a"], "z")
+    hard, entry = force_new_cluster(c.storage["a"], "a")
+    # Above every term the node has seen, so no old member's vote or log outranks it.
+    assert entry.index == c.storage["a"].last_index() + 1 and hard.term > c.storage["a"].hard_state().term
+    assert (hard.vote, hard.commit) == ("a", entry.index)
