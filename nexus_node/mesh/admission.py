@@ -68,16 +68,19 @@ def formation_step(self_id: str, answers: Sequence[HelloAnswer], elapsed: float,
     return (Formation.FOUND, "") if elapsed >= window else (Formation.WAIT, "")
 
 
-def rejoin_target(self_id: str, answers: Sequence[HelloAnswer]) -> str:
-    """Where a node that hears of no leader should ask to join again, or "" to keep waiting.
+def rejoin_target(self_id: str, own_members: frozenset[str], answers: Sequence[HelloAnswer]) -> str:
+    """Where a node that hears from no leader should ask to join again, or "" to keep waiting.
 
-    A peer that is a member and names a leader, in a cluster whose members do not include this
-    node, means the cluster went on without it (it was forced into a new configuration, or
-    this node was removed): this node joins again, as a new non-voter, through that leader.
-    A cluster that still lists it only lacks a quorum (or a leader, for now): wait.
+    A peer that is a member and names a leader, in a cluster that does not list this node but
+    does list one of the members this node knows (``own_members``: so it is this node's
+    cluster, gone on without it, not another one that happens to share its name and token),
+    means it was forced into a new configuration or this node was removed: this node joins
+    again, as a new non-voter, through that leader. A cluster that still lists it only lacks
+    a quorum (or a leader, for now): wait.
     """
+    others = own_members - {self_id}
     for a in answers:
-        if a.member and a.leader_address and a.members and self_id not in a.members:
+        if a.member and a.leader_address and self_id not in a.members and a.members & others:
             return a.leader_address
     return ""
 

@@ -185,7 +185,7 @@ class Mesh:
             known = {a for _, a in self.driver.member_addresses()} | set(self._peers())
             addresses = sorted(a for a in known if a and a != self.address)
             answers = [a for a in await asyncio.gather(*(self._hello(a) for a in addresses)) if a is not None]
-            target = admission.rejoin_target(self.node_id, answers)
+            target = admission.rejoin_target(self.node_id, frozenset(self.members()), answers)
             if target:
                 log.warning("the cluster's members no longer include this node; asking %s to add it again", target)
                 await self._ask_to_join(target)

@@ -97,8 +97,12 @@ def test_a_member_that_never_answered_this_leader_is_not_caught_up_even_on_a_sho
 def test_a_node_rejoins_only_a_cluster_that_went_on_without_it():
     forced = HelloAnswer("c", "10.0.0.3:7070", True, "c", "10.0.0.3:7070", frozenset({"c"}))
     listed = HelloAnswer("b", "10.0.0.2:7070", True, "a", "10.0.0.1:7070", frozenset({"a", "b", "d"}))
-    leaderless = HelloAnswer("e", "10.0.0.5:7070", True, "", "", frozenset({"e"}))
+    leaderless = HelloAnswer("c", "10.0.0.3:7070", True, "", "", frozenset({"c"}))
     newcomer = HelloAnswer("f", "10.0.0.6:7070", False)
-    assert admission.rejoin_target("d", [listed]) == ""            # still a member: wait
-    assert admission.rejoin_target("d", [leaderless, newcomer]) == ""
-    assert admission.rejoin_target("d", [newcomer, forced]) == "10.0.0.3:7070"
+    mine = frozenset({"a", "b", "c", "d"})     # the configuration in d's log
+    assert admission.rejoin_target("d", mine, [listed]) == ""            # still a member: wait
+    assert admission.rejoin_target("d", mine, [leaderless, newcomer]) == ""
+    assert admission.rejoin_target("d", mine, [newcomer, forced]) == "10.0.0.3:7070"
+    # Another cluster with the same name and token, none of whose members d knows: not d's.
+    stranger = HelloAnswer("x", "10.0.0.9:7070", True, "x", "10.0.0.9:7070", frozenset({"x", "y"}))
+    assert admission.rejoin_target("d", mine, [stranger]) == ""
