@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                          "below it). Other members replicate everything but do not vote")
     ap.add_argument("--voter-timeout", type=float, default=30.0,
                     help="seconds a voter may be silent before a healthy non-voter replaces it (default 30)")
+    ap.add_argument("--remove-after", type=float, default=600.0,
+                    help="seconds a non-voter (a demoted voter included) may be silent before the "
+                         "coordinator removes it from the cluster (default 600); if it comes back it "
+                         "joins again by itself")
     ap.add_argument("--replicas", type=int, default=2,
                     help="nodes that keep a copy of every dataset, shard and model (default 2)")
     ap.add_argument("--join-window", type=float, default=2.0,
@@ -121,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--replicas must be at least 1")
     if a.voter_timeout <= 0 or a.join_window < 0 or a.raft_tick_ms < 10:
         ap.error("--voter-timeout must be positive, --join-window not negative, --raft-tick-ms at least 10")
+    if a.remove_after < a.voter_timeout:
+        ap.error("--remove-after must be at least --voter-timeout (a silent voter is demoted first)")
     if a.heartbeat_ticks < 1 or a.election_ticks < 3 * a.heartbeat_ticks:
         # A follower must miss a few heartbeats, not one late one, before it campaigns.
         ap.error("--heartbeat-ticks must be at least 1 and --election-ticks at least three times it")
@@ -141,7 +147,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
         llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
-        cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, join_window=a.join_window,
+        cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, remove_after=a.remove_after,
+                                join_window=a.join_window,
                                 replicas=a.replicas),
         timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0, heartbeat_tick=a.heartbeat_ticks,
                             election_tick=a.election_ticks),

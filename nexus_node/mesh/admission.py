@@ -17,7 +17,8 @@ Shaping (on the coordinator, one change at a time): the voters are the odd numbe
 survive two; an even count survives no more than the odd count below it and needs more
 acknowledgements per commit. So a 2-node cluster has one voter and one non-voter: it survives
 losing the non-voter only. A voter silent past ``voter_timeout`` is demoted when a healthy
-non-voter can take its place; a caught-up healthy non-voter is promoted while voters are short.
+non-voter can take its place; a caught-up healthy non-voter is promoted while voters are short;
+a non-voter silent past ``remove_after`` is removed.
 """
 
 from __future__ import annotations
@@ -124,8 +125,14 @@ def member_health(now: float, heard: float | None, leader_since: float, match: i
 
 
 def next_change(membership: Membership, leader: str, health: Mapping[str, MemberHealth],
-                target_voters: int, voter_timeout: float) -> Membership | None:
+                target_voters: int, voter_timeout: float,
+                remove_after: float = math.inf) -> Membership | None:
     """The one membership change the coordinator should make now, or None.
+
+    In order: a silent voter gives its seat to a ready non-voter; a ready non-voter is
+    promoted while voters are short; a non-voter silent for ``remove_after`` seconds is
+    removed (it holds a blob keeper's place and is sent heartbeats for nothing; if it comes
+    back, it finds the cluster no longer lists it and joins again).
 
     Members missing from ``health`` count as silent forever.
     """
@@ -146,4 +153,8 @@ def next_change(membership: Membership, leader: str, health: Mapping[str, Member
     if len(membership.voters) < want and candidates:
         n = candidates[0]
         return Membership(membership.voters | {n}, membership.learners - {n})
+    gone = sorted(n for n in membership.learners if remove_after < math.inf
+                  and ((h := health.get(n)) is None or h.silent_for >= remove_after))
+    if gone:
+        return Membership(membership.voters, membership.learners - {gone[0]})
     return None

@@ -46,12 +46,14 @@ class ClusterSettings:
     Attributes:
         voters: Voters wanted (odd; 1 to 7). Other members are non-voting.
         voter_timeout: Seconds a voter may be silent before a healthy non-voter replaces it.
+        remove_after: Seconds a non-voter may be silent before it is removed from the cluster.
         join_window: Seconds a new node listens for peers before founding a cluster.
         replicas: Copies of every blob the cluster keeps.
     """
 
     voters: int = 3
     voter_timeout: float = 30.0
+    remove_after: float = 600.0
     join_window: float = 2.0
     replicas: int = 2
 
@@ -218,6 +220,9 @@ class Mesh:
                                    leader_address=d.peer_address(lead) or "" if lead else "")
         async with self._join_lock:
             d.note_peer(node_id, address)
+            # Its silence counts from now, not from when this node took over: a member that
+            # has not answered yet is not one to remove.
+            d.note_contact(node_id)
             try:
                 if self.records.addresses.get(node_id) != address:
                     await self.records.put_member(node_id, address)
@@ -266,7 +271,8 @@ class Mesh:
             if not d.is_leader:
                 continue
             change = admission.next_change(status.membership, self.node_id, self.health(time.monotonic()),
-                                           self.settings.voters, self.settings.voter_timeout)
+                                           self.settings.voters, self.settings.voter_timeout,
+                                           self.settings.remove_after)
             if change is None:
                 continue
             try:

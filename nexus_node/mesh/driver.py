@@ -367,6 +367,10 @@ class RaftDriver:
         """Whether this node is in its cluster's configuration (voter or learner)."""
         return self._raw is not None and self.node_id in self._raw.status().membership.members
 
+    def note_contact(self, node_id: NodeId) -> None:
+        """Counts a call from ``node_id`` outside the Raft stream (a Join) as hearing from it."""
+        self._heard[node_id] = time.monotonic()
+
     def last_heard(self, node_id: NodeId) -> float | None:
         """``time.monotonic()`` of the last message received from ``node_id``, if any."""
         return self._heard.get(node_id)

@@ -106,3 +106,20 @@ def test_a_node_rejoins_only_a_cluster_that_went_on_without_it():
     # Another cluster with the same name and token, none of whose members d knows: not d's.
     stranger = HelloAnswer("x", "10.0.0.9:7070", True, "x", "10.0.0.9:7070", frozenset({"x", "y"}))
     assert admission.rejoin_target("d", mine, [stranger]) == ""
+
+
+def test_a_non_voter_silent_past_remove_after_is_removed_one_at_a_time():
+    m = Membership.of(["a", "b", "c"], ["d", "e"])
+    health = {"a": OK, "b": OK, "c": OK, "d": MemberHealth(601.0, False), "e": MemberHealth(900.0, False)}
+    assert next_change(m, "a", health, 3, 30.0) is None                     # never, by default
+    step = next_change(m, "a", health, 3, 30.0, remove_after=600.0)
+    assert step == Membership.of(["a", "b", "c"], ["e"])
+    assert next_change(step, "a", health, 3, 30.0, remove_after=600.0) == Membership.of(["a", "b", "c"])
+    # A silent voter is never removed as such: it is demoted first, when it can be replaced.
+    silent_voter = {**health, "c": MemberHealth(900.0, True)}
+    assert next_change(Membership.of(["a", "b", "c"]), "a", silent_voter, 3, 30.0, remove_after=600.0) is None
+    # Replacing a silent voter comes before removal: it is demoted, then d promoted.
+    ready = {**health, "d": OK, "c": MemberHealth(900.0, True)}
+    step = next_change(m, "a", ready, 3, 30.0, remove_after=600.0)
+    assert step == Membership.of(["a", "b"], ["c", "d", "e"])
+    assert next_change(step, "a", ready, 3, 30.0, remove_after=600.0) == Membership.of(["a", "b", "d"], ["c", "e"])

@@ -91,6 +91,14 @@ def study_of(address: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=NexusStorageProxy(host=host, port=int(port)))
 
 
+def caught_up(address: str, study: optuna.Study) -> None:
+    """Returns once the node at ``address`` has applied everything committed before now: a
+    write through its StorageService returns only once applied there, after every earlier
+    entry (its reads are local, and a node that just came back may still be catching up)."""
+    host, port = address.rsplit(":", 1)
+    NexusStorageProxy(host=host, port=int(port)).set_study_user_attr(study._study_id, "barrier", time.time_ns())
+
+
 def finished(study: optuna.Study) -> dict[int, tuple]:
     """Every finished trial of ``study`` as number -> (state, value, params)."""
     return {t.number: (t.state.name, t.value, t.params) for t in study.get_trials(deepcopy=False)

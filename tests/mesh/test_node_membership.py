@@ -12,7 +12,7 @@ import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.conftest import free_port
-from tests.mesh.test_node_cluster import cluster_until, coordinator, roles
+from tests.mesh.test_node_cluster import caught_up, cluster_until, coordinator, roles, study_of
 from tests.node.helpers import stub, submit, watch_until_end
 
 pytestmark = pytest.mark.timeout(400)
@@ -94,3 +94,29 @@ def test_voters_1_keeps_the_other_members_non_voting(node_factory):
     assert len({v.coordinator_id for v in views}) == 1
     assert len({tuple(sorted(roles(v).items())) for v in views}) == 1, views
     assert all(n.slots_total == 1 for n in views[0].nodes)   # every member is up and described
+
+
+def test_a_non_voter_silent_past_remove_after_is_removed_and_joins_again_when_back(node_factory, insurance_csv):
+    nodes = start_nodes(node_factory, 3, "--voters", "1", "--voter-timeout", "2", "--remove-after", "3")
+    settled = shaped([pb.COORDINATOR, pb.NON_VOTER, pb.NON_VOTER])
+    view = [cluster_until(n.address, settled) for n in nodes][0]
+    lead = coordinator(nodes, view)
+    gone = next(n for n in nodes if n is not lead)
+    other = next(n for n in nodes if n is not lead and n is not gone)
+
+    gone.kill()
+    # Past --remove-after the coordinator takes it out of the cluster: no longer listed anywhere.
+    for n in (lead, other):
+        cluster_until(n.address, lambda v: gone.address not in roles(v) and len(roles(v)) == 2)
+    job_id = submit(stub(other.address), insurance_csv, "charges", max_trials=1, seed=13).job_id
+    job, _ = watch_until_end(stub(lead.address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+
+    # Back on its data dir, it finds the cluster no longer lists it and asks to join again;
+    # it then catches up with what was committed while it was away.
+    gone.start()
+    cluster_until(lead.address, lambda v: roles(v).get(gone.address) == pb.NON_VOTER)
+    caught_up(gone.address, study_of(lead.address, job.study_name))
+    back, _ = watch_until_end(stub(gone.address), job_id)
+    assert back.state == pb.COMPLETED and back.model_id == job.model_id
+    assert "asking" in gone.log.read_text() and "to add it again" in gone.log.read_text()

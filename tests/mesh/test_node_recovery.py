@@ -14,7 +14,7 @@ import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.conftest import free_port
-from tests.mesh.test_node_cluster import cluster_until, finished, roles, study_of
+from tests.mesh.test_node_cluster import caught_up, cluster_until, finished, roles, study_of
 from tests.node.helpers import predict, stub, submit, watch_until_end
 
 pytestmark = pytest.mark.timeout(400)
@@ -79,5 +79,6 @@ def test_a_survivor_forced_into_a_new_cluster_keeps_everything_and_the_others_re
     again = submit(s, insurance_csv, "charges", max_trials=2, seed=5).job_id
     done = watch_until_end(s, again)[0]
     assert done.state == pb.COMPLETED, done.message
+    caught_up(learner.address, study_of(survivor.address, done.study_name))
     assert watch_until_end(stub(learner.address), again)[0].model_id == done.model_id
     assert finished(study_of(learner.address, job.study_name)) == trials
