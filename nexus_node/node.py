@@ -115,7 +115,7 @@ class Node:
     async def start(self) -> None:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_file = _lock_data_dir(self.data_dir)
+        self._lock_file = lock_data_dir(self.data_dir)
         self.node_id = _stable_node_id(self.data_dir)
         self.token, self.token_note = node_token(cfg.host, self.data_dir, cfg.token_file)
 
@@ -373,7 +373,7 @@ class Node:
         await self.server.wait_for_termination()
 
 
-def _lock_data_dir(data_dir: Path) -> IO[str]:
+def lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold an exclusive lock on the data dir for the node's life: two nodes on one data
     dir would corrupt each other's journal. The kernel drops the lock when the process dies,
     however it dies, so a crashed node never blocks its own restart."""

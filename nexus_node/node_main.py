@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from nexus_node.mesh.cluster import ClusterSettings
 from nexus_node.mesh.driver import MeshSettings
 from nexus_node.mesh.peers import parse_seeds
 from nexus_node.mesh.recovery import force_new_cluster_in
-from nexus_node.node import Node, NodeConfig
+from nexus_node.node import Node, NodeConfig, lock_data_dir
 from nexus_node.tls import TlsError, load_node_tls
 
 
@@ -187,10 +188,18 @@ def force_new_cluster(config: NodeConfig) -> int:
         return 2
     node_id = node_id_file.read_text().strip()
     try:
-        r = asyncio.run(force_new_cluster_in(config.data_dir, node_id))
-    except ValueError as e:
+        # Never under a running node: both would write the log, and the node could undo this.
+        lock = lock_data_dir(config.data_dir)
+    except OSError as e:
         print(f"nexus-node: cannot force a new cluster: {e}", file=sys.stderr)
         return 2
+    try:
+        r = asyncio.run(force_new_cluster_in(config.data_dir, node_id))
+    except (ValueError, sqlite3.Error) as e:
+        print(f"nexus-node: cannot force a new cluster: {e}", file=sys.stderr)
+        return 2
+    finally:
+        lock.close()
     print(f"forced a new cluster from {node_id}'s log: it is now the only voter (term {r.term}).\n"
           f"  before: voters {', '.join(sorted(r.before.voters))}; non-voters "
           f"{', '.join(sorted(r.before.learners)) or 'none'}\n"

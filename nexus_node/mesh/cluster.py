@@ -155,7 +155,8 @@ class Mesh:
                 if action is admission.Formation.JOIN:
                     target = found
                 # (FOUND cannot be acted on now: the driver runs with an empty log; keep asking.)
-            if await self._ask_to_join(target):
+            joined, target = await self._ask_to_join(target)
+            if joined:
                 log.info("joined cluster %r through %s", self.cluster, target)
                 await self.driver.wait_for(self.driver.is_member, 30)
                 return
@@ -172,10 +173,12 @@ class Mesh:
         if it holds committed entries the leader lacks, the node stops with the reason.
         """
         patience = self.driver.settings.retry_interval   # an election may yet settle it
-        led_at = time.monotonic()   # when this node last knew a live leader
+        led_at = time.monotonic()   # when this node last knew a live leader (or last asked)
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            if self.driver.stopped:
+                return
             lead = self.driver.leader
             # A learner keeps believing in a dead leader (it never campaigns): what counts is
             # whether the leader is still heard from.
@@ -184,17 +187,26 @@ class Mesh:
                 continue
             if now - led_at < patience:
                 continue
-            known = {a for _, a in self.driver.member_addresses()} | set(self._peers())
-            addresses = sorted(a for a in known if a and a != self.address)
-            answers = [a for a in await asyncio.gather(*(self._hello(a) for a in addresses)) if a is not None]
-            target = admission.rejoin_target(self.node_id, frozenset(self.members()), answers)
-            if target:
-                log.warning("the cluster's members no longer include this node; asking %s to add it again", target)
-                await self._ask_to_join(target)
-                led_at = now
+            led_at = now   # ask again after another while, not every second
+            try:
+                known = {a for _, a in self.driver.member_addresses()} | set(self._peers())
+                addresses = sorted(a for a in known if a and a != self.address)
+                answers = [a for a in await asyncio.gather(*(self._hello(a) for a in addresses)) if a is not None]
+                target = admission.rejoin_target(self.node_id, frozenset(self.members()), answers)
+                if target:
+                    log.warning("the cluster's members no longer include this node; asking %s to add it again",
+                                target)
+                    await self._ask_to_join(target)
+            except Exception as exc:  # noqa: BLE001 - keep watching: the next round may succeed
+                log.warning("rejoin check failed: %s", exc)
 
-    async def _ask_to_join(self, target: str) -> bool:
-        """One ``Join`` through ``target`` (following it to the leader it names once)."""
+    async def _ask_to_join(self, target: str) -> tuple[bool, str]:
+        """One ``Join`` through ``target``, following it once to the leader it names.
+
+        Returns:
+            Whether the leader added this node (or had it already), and the address to ask
+            next time (the leader's, once named).
+        """
         for _ in range(2):
             try:
                 reply = await self.transport.stub(target).Join(
@@ -202,12 +214,12 @@ class Mesh:
                     timeout=10, metadata=self.transport.metadata)
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
                 log.debug("join through %s: %s", target, exc)
-                return False
+                return False, target
             if reply.status == pb.ProposeReply.NOT_LEADER and reply.leader_address:
                 target = reply.leader_address
                 continue
-            return reply.status == pb.ProposeReply.OK
-        return False
+            return reply.status == pb.ProposeReply.OK, target
+        return False, target
 
     # ---- the coordinator's side -------------------------------------------------------------------
 

@@ -359,6 +359,11 @@ class RaftDriver:
         return self._role is Role.LEADER
 
     @property
+    def stopped(self) -> bool:
+        """Whether the driver stopped (asked to, or its loop failed) and takes no more part."""
+        return self._stopped
+
+    @property
     def lead_changes(self) -> int:
         """How many times the leader this node believes in has changed (for watchers)."""
         return self._lead_changes

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nexus_node.mesh.raft import (
-    EntryType, LogDiverged, MemoryStorage, Membership, NotLeader, RaftConfig, RawNode, Role, force_new_cluster,
+    EntryType, LogDiverged, MemoryStorage, Membership, MsgApp, NotLeader, RaftConfig, RawNode, Role,
+    force_new_cluster,
 )
 
 from .helpers import Cluster
@@ -83,6 +84,28 @@ def test_forcing_needs_a_log_and_a_member():
     with pytest.raises(ValueError, match="not a member"):
         force_new_cluster(c.storage["a"], "z")
     hard, entry = force_new_cluster(c.storage["a"], "a")
-    # Above every term the node has seen, so no old member's vote or log outranks it.
+    # Above every term this node has seen. Another survivor may have seen a later one: then
+    # the forced leader steps down when that member answers and, as the only voter, wins the
+    # next election at once.
     assert entry.index == c.storage["a"].last_index() + 1 and hard.term > c.storage["a"].hard_state().term
     assert (hard.vote, hard.commit) == ("a", entry.index)
+
+
+def test_an_append_whose_previous_entry_contradicts_a_committed_one_is_divergence():
+    c = Cluster(["a", "b"])
+    c.elect("a")
+    c.nodes["a"].propose(b"x")
+    c.deliver()
+    b = c.nodes["b"]
+    committed = b.status().commit
+    assert committed >= 3
+    # An append from b's leader-of-this-term whose previous entry, below b's commit index,
+    # has another term than b's: only a forced or copied log can send that.
+    wrong = MsgApp("a", "b", b.status().term, prev_index=committed - 1, prev_term=99, entries=(),
+                   commit=committed)
+    with pytest.raises(LogDiverged, match="committed"):
+        b.step(wrong)
+    # The same append with the right term is a stale duplicate, answered as usual.
+    ok = MsgApp("a", "b", b.status().term, prev_index=committed - 1,
+                prev_term=c.storage["b"].term(committed - 1), entries=(), commit=committed)
+    b.step(ok)

@@ -154,20 +154,26 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     assert finished(caught_up) == after and caught_up.user_attrs["after_failover"] is True
 
 
-def test_a_killed_worker_s_trial_runs_again_on_another_node(node_factory, insurance_csv):
-    nodes = start_cluster(node_factory, 3, "--grace", "2")
-    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
-    lead = coordinator(nodes, view)
-    job_id = submit(stub(lead.address), insurance_csv, "charges", max_trials=6, seed=7,
+def a_worker_mid_trial(nodes, grace: str, max_trials: int, seed: int, insurance_csv):
+    """A 3-node cluster (``--grace``) running a job of 60-epoch MLP trials, and a node other than
+    the coordinator while it runs one of them: ``(coordinator, job_id, that node, its info)``."""
+    start = start_cluster(nodes, 3, "--grace", grace)
+    lead = coordinator(start, stub(start[0].address).GetCluster(pb.GetClusterRequest()))
+    job_id = submit(stub(lead.address), insurance_csv, "charges", max_trials=max_trials, seed=seed,
                     constraints_json='{"min_epochs": 60, "max_epochs": 60, "families": ["mlp"]}').job_id
+
     def running_a_trial(n: pb.NodeInfo) -> bool:
         # A trial's label is JOB/NUMBER; JOB/prepare would be re-run without failing a trial.
         return n.role != pb.COORDINATOR and any(r.startswith(job_id + "/") and r.rsplit("/", 1)[1].isdigit()
                                                 for r in n.running)
 
     busy = cluster_until(lead.address, lambda v: any(running_a_trial(n) for n in v.nodes))
-    victim_info = next(n for n in busy.nodes if running_a_trial(n))
-    victim = next(n for n in nodes if n.address == victim_info.address)
+    info = next(n for n in busy.nodes if running_a_trial(n))
+    return lead, job_id, next(n for n in start if n.address == info.address), info
+
+
+def test_a_killed_worker_s_trial_runs_again_on_another_node(node_factory, insurance_csv):
+    lead, job_id, victim, victim_info = a_worker_mid_trial(node_factory, "2", 6, 7, insurance_csv)
     victim.kill()   # SIGKILL mid-trial: its heartbeats stop
 
     job, _ = watch_until_end(stub(lead.address), job_id)
@@ -240,19 +246,7 @@ def test_a_stopped_coordinator_hands_over_and_a_restarted_cluster_has_everything
 def test_a_worker_stopped_with_sigterm_hands_back_its_trial_at_once(node_factory, insurance_csv):
     # A grace of 60 s: only the hand-back, not missed heartbeats, can re-run the trial before
     # the job ends.
-    nodes = start_cluster(node_factory, 3, "--grace", "60")
-    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
-    lead = coordinator(nodes, view)
-    job_id = submit(stub(lead.address), insurance_csv, "charges", max_trials=4, seed=11,
-                    constraints_json='{"min_epochs": 60, "max_epochs": 60, "families": ["mlp"]}').job_id
-
-    def running_a_trial(n: pb.NodeInfo) -> bool:
-        return n.role != pb.COORDINATOR and any(r.startswith(job_id + "/") and r.rsplit("/", 1)[1].isdigit()
-                                                for r in n.running)
-
-    busy = cluster_until(lead.address, lambda v: any(running_a_trial(n) for n in v.nodes))
-    leaver_info = next(n for n in busy.nodes if running_a_trial(n))
-    leaver = next(n for n in nodes if n.address == leaver_info.address)
+    lead, job_id, leaver, leaver_info = a_worker_mid_trial(node_factory, "60", 4, 11, insurance_csv)
     assert leaver.stop(timeout=15) == 0
 
     job, _ = watch_until_end(stub(lead.address), job_id)

@@ -55,6 +55,9 @@ def test_a_survivor_forced_into_a_new_cluster_keeps_everything_and_the_others_re
     cluster_until(survivor.address, lambda v: v.coordinator_id == "")
     assert survivor.stop(timeout=15) == 0
 
+    # Never under a running node: the non-voter is still up.
+    busy = force_new_cluster(learner.data_dir)
+    assert busy.returncode == 2 and "in use" in busy.stderr
     empty = force_new_cluster(tmp_path / "nothing-here")
     assert empty.returncode == 2 and "nothing to recover" in empty.stderr
     forced = force_new_cluster(survivor.data_dir)
