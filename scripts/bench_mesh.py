@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,8 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as pb  # noqa: E402
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Optuna marks its gRPC proxy experimental; the pinned version is the one measured.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def free_port() -> int:
@@ -131,7 +134,8 @@ def bench_failover(rounds: int) -> dict:
 
 
 CLIENT = """
-import sys, time, optuna
+import sys, time, warnings, optuna
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 from optuna.storages import GrpcStorageProxy
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 host, port, name, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -171,7 +175,8 @@ def _clients_trials_per_second(addresses: list[str], n_trials: int) -> float:
 
 
 PROXY = """
-import sys, optuna
+import sys, warnings, optuna
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 from optuna.storages import JournalStorage, run_grpc_proxy_server
 from optuna.storages.journal import JournalFileBackend
 optuna.logging.set_verbosity(optuna.logging.WARNING)
