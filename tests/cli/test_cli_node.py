@@ -98,7 +98,11 @@ def test_submit_with_a_missing_target_exits_3_naming_the_column(node_address, in
 def test_cluster_shows_the_node(node_address):
     proc = nexus(node_address, "cluster", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert len(json.loads(proc.stdout)["nodes"]) >= 1
+    view = json.loads(proc.stdout)
+    me = next(n for n in view["nodes"] if n["address"] == node_address)
+    # A one-node cluster: the node leads, and says so with its term, address and last contact.
+    assert view["coordinator_id"] == me["node_id"] and me["role"] == "COORDINATOR"
+    assert me["term"] == view["term"] >= 1 and me["last_contact"] > 0 and me["slots_total"] >= 1
 
 
 def test_demo_runs_end_to_end(tmp_path):
