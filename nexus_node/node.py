@@ -198,7 +198,7 @@ class Node:
         self.worker.on_change = self._on_cluster_change
         mesh.records.job_listeners.append(self.manager.job_applied)
         mesh.records.job_listeners.append(lambda job: self._on_cluster_change())
-        mesh.on_change = self._on_cluster_change
+        mesh.on_change = self._on_mesh_change
         servicer = NexusServicer(
             self.manager, self.cluster_view, lambda suffix: blobs.new_temp(suffix),
             max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
@@ -232,6 +232,12 @@ class Node:
     def _on_cluster_change(self) -> None:
         if self.manager is not None:
             self.manager.changes.notify()
+
+    def _on_mesh_change(self) -> None:
+        """The leader, term or members changed."""
+        self._on_cluster_change()
+        if self.blob_sync is not None:
+            self.blob_sync.rebalance()   # this node may now keep blobs it lacks
 
     async def _follow_leadership(self) -> None:
         """Drives jobs exactly while this node leads: the coordinator is the consensus leader."""

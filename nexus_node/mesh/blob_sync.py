@@ -6,7 +6,8 @@ streams it from a holder with ``PeerService.FetchBlob``, checks the hash, stores
 itself as a holder. Besides, every blob should live on ``replicas`` nodes: the nodes that keep
 it are the first ``replicas`` members in rendezvous order of ``sha256(blob + node)`` (a pure
 choice every node computes alike, which moves few blobs when members come and go), and those
-fetch it as soon as its placement is applied.
+fetch it as soon as its placement is applied, or when a change of members makes them keepers
+(:meth:`BlobSync.rebalance`).
 
 The store has a size bound (``--blob-cache-mb``): after each fetch, a node over it drops
 cached copies (not the ones it keeps for the cluster) by the rules of
@@ -188,6 +189,15 @@ class BlobSync:
         if self.local(info.sha256) is not None:
             self._request_trim()   # a keeper's copy landing may make this node's copy droppable
         self._fetch_if_kept(info)
+
+    def rebalance(self) -> None:
+        """The members changed: fetch every blob this node keeps now and lacks. When a keeper
+        is removed (a dead node, after ``--remove-after``), the next member in rendezvous
+        order takes its place, so the cluster is back to ``replicas`` copies while a copy
+        survives somewhere."""
+        for info in list(self.records.blobs.values()):
+            if self.records.holders(info.sha256):
+                self._fetch_if_kept(info)
 
     def _fetch_if_kept(self, info: BlobInfo) -> None:
         """A placement was applied: fetch the blob if this node is one of its keepers."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc
 from nexus_node.jobs.events import EventHub
 from nexus_node.mesh.blob_sync import BlobSync, keepers
 from nexus_node.mesh.driver import MeshSettings, RaftDriver
@@ -62,3 +65,49 @@ async def test_cached_copies_go_and_kept_ones_stay(tmp_path):
     finally:
         await sync.close()
         await driver.stop()
+
+
+class _Holder(peer_pb2_grpc.PeerServiceServicer):
+    """n2: serves the blobs it holds, as a node's PeerService does."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+
+    async def FetchBlob(self, request, context):  # noqa: N802
+        yield peer_pb2.BlobChunk(data=self.blobs[request.sha256])
+
+
+async def test_a_member_that_becomes_a_keeper_when_another_is_removed_fetches_its_blobs(tmp_path):
+    # A blob kept by n3 among {n1, n2, n3}, and by n1 once n3 is gone (rendezvous order n3, n1, n2).
+    for i in range(1000):
+        data = b"model" + str(i).encode() * 100
+        sha = hashlib.sha256(data).hexdigest()
+        if keepers(sha, {"n1", "n2", "n3"}, 1) == ["n3"] and keepers(sha, {"n1", "n2"}, 1) == ["n1"]:
+            break
+    server = grpc.aio.server()
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(_Holder({sha: data}), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    driver = RaftDriver("n1", "test", tmp_path / "raft.db", "127.0.0.1:1", {"n2": f"127.0.0.1:{port}"},
+                        settings=FAST)
+    records = ReplicatedRecords(driver, EventHub())
+    await driver.start(["n1"])
+    await driver.wait_for(lambda: driver.is_leader, 10)
+    members = {"n1", "n2", "n3"}
+    store = BlobStore(tmp_path / "blobs")
+    sync = BlobSync("n1", "test", store, records, driver._transport, lambda: set(members), replicas=1)
+    try:
+        # n2 holds it (its copy, recorded as its own put_blob would); n3 keeps it: n1 does not fetch.
+        await records._commit({"op": "put_blob", "sha256": sha, "size": len(data), "kind": "model", "holder": "n2"})
+        await driver.wait_for(lambda: records.holders(sha) == {"n2"}, 10)
+        sync.rebalance()
+        assert not store.has(sha) and not sync._fetching
+
+        members.discard("n3")   # n3 removed: n1 is the keeper now
+        sync.rebalance()
+        await driver.wait_for(lambda: records.holders(sha) == {"n1", "n2"}, 10)
+        assert store.path(sha).read_bytes() == data
+    finally:
+        await sync.close()
+        await driver.stop()
+        await server.stop(None)
