@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from nexus_node import bounded_json
 from nexus_node.errors import InvalidInput
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
@@ -226,32 +227,96 @@ def _clamp_range(r: Any, lo: float, hi: float, name: str, note) -> tuple[float, 
 
 
 _KEYS = {f.name for f in dataclasses.fields(Constraints)} - {"source", "notes"}
+#: Constraints JSON is one object of lists and numbers (depth 2); a little slack lets a
+#: mistake such as ``[["relu"]]`` reach the typed checks and their clearer message.
+MAX_DEPTH = 8
+MAX_CHARS = 64 << 10
+_RANGES = {   # key -> (lowest low, whether the low may be it, high must be below, how to say so)
+    "dropout": (0.0, True, 1.0, "from 0 and below 1"),
+    "learning_rate": (0.0, False, math.inf, "above 0"),
+    "weight_decay": (0.0, True, math.inf, "from 0"),
+}
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "widths": WIDTH_CHOICES, "batch_sizes": BATCH_CHOICES, "activations": ACTIVATIONS,
+    "families": FAMILIES, "target_transforms": TARGET_TRANSFORMS, "class_weights": CLASS_WEIGHTS,
+}
+_INTS = ("min_layers", "max_layers", "min_epochs", "max_epochs")
+MAX_INT = 1_000_000   # past any bound clamp() allows; larger is a typo
+MAX_RATIONALE = 2_000
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """Parse and type-check a user's constraints JSON; raise InvalidInput saying what is wrong."""
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"constraints are not valid JSON: {e}") from None
+    """Parse and type-check a user's constraints JSON.
+
+    Every key must be known and every value of its type: the layer and epoch counts
+    integers from 1, the ranges ``[low, high]`` pairs of finite numbers with ``low <= high``
+    (dropout below 1, a learning rate above 0, a weight decay from 0), the lists non-empty
+    lists of their known choices (:data:`WIDTH_CHOICES`, :data:`ACTIVATIONS`, ...), a
+    minimum not above its maximum. What passes here can still be clamped by
+    :func:`apply_override` (to the data's and the workers' bounds), never fail.
+
+    Raises:
+        InvalidInput: the first problem, and what would be accepted.
+    """
+    d = bounded_json.loads(text, "constraints_json", max_chars=MAX_CHARS, max_depth=MAX_DEPTH)
     if not isinstance(d, dict):
-        raise InvalidInput("constraints must be a JSON object")
+        raise InvalidInput("constraints must be a JSON object, e.g. {\"max_layers\": 2}")
     unknown = sorted(set(d) - _KEYS)
     if unknown:
         raise InvalidInput(f"unknown constraint keys {unknown}; allowed: {sorted(_KEYS)}")
-    ranges = ("dropout", "learning_rate", "weight_decay")
-    lists = ("widths", "activations", "batch_sizes", "families", "target_transforms", "class_weights")
-    ints = ("min_layers", "max_layers", "min_epochs", "max_epochs")
     for k, v in d.items():
-        if k in ranges and not (
-            isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
-        ):
-            raise InvalidInput(f"constraint {k!r} must be a [low, high] pair of numbers")
-        if k in lists and not (isinstance(v, list) and v):
-            raise InvalidInput(f"constraint {k!r} must be a non-empty list")
-        if k in ints and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise InvalidInput(f"constraint {k!r} must be a positive integer")
+        if k in _RANGES:
+            _check_range(k, v, *_RANGES[k])
+        elif k in _CHOICES:
+            _check_choices(k, v, _CHOICES[k])
+        elif k in _INTS:
+            if not _is_int(v) or not 1 <= v <= MAX_INT:
+                raise InvalidInput(f"constraint {k!r} must be a positive integer (1 to {MAX_INT:,}), "
+                                   f"not {_shown(v)}")
+        elif k == "rationale" and not (isinstance(v, str) and len(v) <= MAX_RATIONALE):
+            raise InvalidInput(f"constraint 'rationale' must be a string of at most {MAX_RATIONALE} characters")
+    for lo, hi in (("min_layers", "max_layers"), ("min_epochs", "max_epochs")):
+        if lo in d and hi in d and d[lo] > d[hi]:
+            raise InvalidInput(f"constraint {lo!r} ({d[lo]}) is above {hi!r} ({d[hi]})")
     return d
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    # A JSON integer may be too large for a float (10**400): math.isfinite would raise.
+    if _is_int(v):
+        return abs(v) < 2**1023
+    return isinstance(v, float) and math.isfinite(v)
+
+
+def _shown(v: Any) -> str:
+    text = json.dumps(v) if isinstance(v, (list, dict, str, bool, type(None))) else repr(v)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _check_range(k: str, v: Any, lowest: float, closed: bool, below: float, where: str) -> None:
+    if not (isinstance(v, list) and len(v) == 2 and all(_is_number(x) for x in v)):
+        raise InvalidInput(f"constraint {k!r} must be a [low, high] pair of finite numbers, not {_shown(v)}")
+    low, high = float(v[0]), float(v[1])
+    if low > high:
+        raise InvalidInput(f"constraint {k!r}: low ({v[0]}) is above high ({v[1]})")
+    if low < lowest or (low == lowest and not closed) or high >= below:
+        raise InvalidInput(f"constraint {k!r} must lie {where}, not {_shown(v)}")
+
+
+def _check_choices(k: str, v: Any, choices: tuple[Any, ...]) -> None:
+    kind = "integers" if isinstance(choices[0], int) else "strings"
+    if not (isinstance(v, list) and v):
+        raise InvalidInput(f"constraint {k!r} must be a non-empty list of {kind} from {list(choices)}, "
+                           f"not {_shown(v)}")
+    for x in v:
+        typed = _is_int(x) if kind == "integers" else isinstance(x, str)
+        if not typed or x not in choices:
+            raise InvalidInput(f"constraint {k!r} must be a list of {kind} from {list(choices)}; "
+                               f"{_shown(x)} is not one of them")
 
 
 def apply_override(base: Constraints, override: Mapping[str, Any], bounds: Bounds, source: str) -> Constraints:

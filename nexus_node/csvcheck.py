@@ -9,14 +9,111 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nexus_node.errors import InvalidInput
 
 MISSING = frozenset({"", "?", "na", "n/a", "nan", "null", "none"})
+# The cells training reads as "no value" (nexus_node.pipeline.csvio uses this set): the
+# target's task is decided on the other cells, here as in preparation.
+MISSING_MARKERS = frozenset({"", "?", "NA", "N/A", "n/a", "null", "NULL", "NaN", "nan", "#N/A"})
 MIN_ROWS = 10
 _SNIFF = 1 << 16
+# How a target column defines its task (see target_task); nexus_node.pipeline.profile
+# decides with the same function.
+MAX_CLASSES = 50           # a text target with more distinct values is refused
+MAX_INTEGER_CLASSES = 20   # whole numbers with at most this many values are classes
+REGRESSION, BINARY, MULTICLASS = "regression", "binary", "multiclass"
+
+_PLAIN = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+# The same as nexus_node.pipeline.profile's: a currency sign, a trailing percent sign,
+# thousands separators in groups of three.
+_DECORATED = re.compile(r"^(?P<sign>[-+]?)[$€£¥]?\s*(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d*\.?\d+)\s*%?$",
+                        re.ASCII)
+
+
+def parse_number(cell: str) -> float | None:
+    """A stripped cell as a finite number the way training parses it
+    (``nexus_node.pipeline.profile.parse_numbers``), or None."""
+    if _PLAIN.match(cell):
+        v = float(cell)
+    else:
+        m = _DECORATED.match(cell)
+        if not m:
+            return None
+        v = float(m["sign"] + m["num"].replace(",", ""))
+    return v if math.isfinite(v) else None
+
+
+def target_task(name: str, numeric: bool, distinct: int, integral: bool, example: str = "") -> str:
+    """The task a target column defines, from what its (non-missing) cells are.
+
+    Numbers with exactly two values are binary, whole numbers with up to
+    :data:`MAX_INTEGER_CLASSES` values multiclass, other numbers regression. Text with two
+    values is binary, with up to :data:`MAX_CLASSES` values multiclass.
+
+    Args:
+        name: The target column (for messages).
+        numeric: Every cell is a number.
+        distinct: How many distinct values (numbers when ``numeric``, else texts); any
+            count past both limits means "many".
+        integral: Every value is a whole number (read only when ``numeric``).
+        example: One cell, for the message about a constant target.
+
+    Returns:
+        ``"regression"``, ``"binary"`` or ``"multiclass"``.
+
+    Raises:
+        InvalidInput: The target is constant, or text with too many distinct values.
+    """
+    if distinct < 2:
+        raise InvalidInput(f"target column {name!r} has the same value ({example}) in every row; "
+                           "choose a column whose values vary")
+    if numeric:
+        if distinct == 2 or (integral and distinct <= MAX_INTEGER_CLASSES):
+            return BINARY if distinct == 2 else MULTICLASS
+        return REGRESSION
+    if distinct > MAX_CLASSES:
+        raise InvalidInput(
+            f"target column {name!r} is text with more than {MAX_CLASSES} distinct values; at most "
+            f"{MAX_CLASSES} classes are supported: group rare labels, or choose a numeric target for regression"
+        )
+    return BINARY if distinct == 2 else MULTICLASS
+
+
+@dataclass
+class TargetScan:
+    """What :func:`target_task` needs of a target column, gathered one cell at a time in
+    bounded memory: distinct values are kept only up to the counts that can change the
+    answer."""
+
+    numeric: bool = True
+    integral: bool = True
+    example: str = ""
+    numbers: set[float] = field(default_factory=set)
+    texts: set[str] = field(default_factory=set)
+
+    def add(self, cell: str) -> None:
+        if cell in MISSING_MARKERS:
+            return
+        if not self.example:
+            self.example = cell
+        if len(self.texts) <= MAX_CLASSES:
+            self.texts.add(cell)
+        if self.numeric:
+            v = parse_number(cell)
+            if v is None:
+                self.numeric = False
+            elif len(self.numbers) <= MAX_INTEGER_CLASSES:
+                self.numbers.add(v)
+                self.integral = self.integral and v.is_integer()
+
+    def task(self, name: str) -> str:
+        distinct = len(self.numbers) if self.numeric else len(self.texts)
+        return target_task(name, self.numeric, distinct, self.integral, self.example)
 
 
 @dataclass(frozen=True)
@@ -25,6 +122,7 @@ class CsvSummary:
     columns: list[str]
     rows: int
     target_present: int       # rows whose target is not a missing marker
+    task: str = ""            # what preparation will decide: regression | binary | multiclass
 
 
 def detect_encoding(path: Path) -> str:
@@ -72,6 +170,9 @@ def check_csv(path: Path, target: str, drop_columns: list[str] | tuple[str, ...]
         if not header or not any(h.strip() for h in header):
             raise InvalidInput("the CSV has no header row: the first line must name the columns")
         columns = [h.strip() for h in header]
+        repeated = sorted({c for c in columns if c and columns.count(c) > 1})
+        if repeated:
+            raise InvalidInput(f"the CSV repeats column names {repeated}; give every column a unique name")
         if len(columns) < 2:
             raise InvalidInput(
                 "the CSV has a single column: a table needs a target and at least one feature "
@@ -86,8 +187,12 @@ def check_csv(path: Path, target: str, drop_columns: list[str] | tuple[str, ...]
             raise InvalidInput(f"columns to drop {missing_drops} are not in the CSV; columns are: {_preview(columns)}")
         if target in {c.strip() for c in drop_columns}:
             raise InvalidInput(f"the target column {target!r} cannot also be dropped")
+        if not set(columns) - {target} - {c.strip() for c in drop_columns}:
+            raise InvalidInput("dropping those columns leaves no feature column: keep at least one column "
+                               "besides the target")
         ti = columns.index(target)
         rows = present = bad = 0
+        scan = TargetScan()
         try:
             for row in reader:
                 if not row or (len(row) == 1 and not row[0].strip()):
@@ -101,8 +206,10 @@ def check_csv(path: Path, target: str, drop_columns: list[str] | tuple[str, ...]
                             "the file is not a consistent CSV (check the delimiter and quoting)"
                         )
                     continue
-                if row[ti].strip().lower() not in MISSING:
+                cell = row[ti].strip()
+                if cell.lower() not in MISSING:
                     present += 1
+                scan.add(cell)
         except csv.Error as e:
             raise InvalidInput(f"the CSV cannot be parsed near row {rows + 1}: {e}") from None
     if rows == 0:
@@ -114,7 +221,8 @@ def check_csv(path: Path, target: str, drop_columns: list[str] | tuple[str, ...]
             f"only {present} row(s) have a value for {target!r}: at least {MIN_ROWS} are needed "
             "to train, validate and test a model"
         )
-    return CsvSummary(encoding=encoding, columns=columns, rows=rows, target_present=present)
+    return CsvSummary(encoding=encoding, columns=columns, rows=rows, target_present=present,
+                      task=scan.task(target))
 
 
 def _preview(columns: list[str], n: int = 12) -> str:

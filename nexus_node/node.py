@@ -66,6 +66,7 @@ class NodeConfig:
     blob_cache_mb: int = 4096              # the blob store's size bound (mesh/blob_cache.py); 0: none
     max_upload_mb: int = 512
     max_predict_mb: int = 64
+    upload_idle_s: float = 30.0            # an upload stream silent this long is ended
     default_max_trials: int = 20
     cluster_name: str = "nexus"
     tls_cert: str | None = None   # with tls_key: serve TLS only (nexus_node/tls.py)
@@ -202,6 +203,7 @@ class Node:
         servicer = NexusServicer(
             self.manager, self.cluster_view, lambda suffix: blobs.new_temp(suffix),
             max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
+            upload_idle_s=cfg.upload_idle_s,
         )
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
@@ -218,6 +220,7 @@ class Node:
         self.server = server
         await self.discovery.start()
         await mesh.start()   # founds, joins or resumes a cluster; replays the log
+        servicer.ready = True   # until now NexusService answered UNAVAILABLE ("starting")
         self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
         self.worker.start()
         for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):

@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                          "the cluster's --replicas")
     ap.add_argument("--max-upload-mb", type=int, default=512, help="largest CSV accepted (default 512)")
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
+    ap.add_argument("--upload-idle-s", type=float, default=30.0,
+                    help="seconds an upload (a job's CSV, a prediction input) may send nothing before the "
+                         "node ends it and removes its partial file (default 30)")
     ap.add_argument("--default-trials", type=int, default=20, help="trial budget of jobs that set none")
     ap.add_argument("--cluster", default="nexus", help="cluster name (default 'nexus')")
     ap.add_argument("--seeds", default="",
@@ -135,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--grace must be at least 1.5 s (heartbeats go every second), --max-retries not negative")
     if a.llm_timeout <= 0:
         ap.error("--llm-timeout must be positive")
+    if not a.upload_idle_s > 0:
+        ap.error("--upload-idle-s must be positive")
     try:
         load_node_tls(a.tls_cert, a.tls_key, a.tls_ca)   # fails here, not after startup work
     except TlsError as exc:
@@ -145,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, memory_mb=a.memory_mb, blob_cache_mb=a.blob_cache_mb,
         max_upload_mb=a.max_upload_mb,
-        max_predict_mb=a.max_predict_mb, default_max_trials=a.default_trials, cluster_name=a.cluster,
+        max_predict_mb=a.max_predict_mb, upload_idle_s=a.upload_idle_s, default_max_trials=a.default_trials, cluster_name=a.cluster,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,
         llm=llm, seeds=seeds, mdns=not a.no_mdns, advertise_host=a.advertise_host,
         cluster=ClusterSettings(voters=a.voters, voter_timeout=a.voter_timeout, remove_after=a.remove_after,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -22,7 +24,13 @@ from nexus_node.mesh.driver import MeshStopped
 
 log = logging.getLogger(__name__)
 
+
+class UploadIdle(NexusError):
+    """An upload stream sent nothing for the node's idle timeout (``--upload-idle-s``)."""
+
+
 STATUS = {
+    UploadIdle: grpc.StatusCode.DEADLINE_EXCEEDED,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
@@ -30,6 +38,8 @@ STATUS = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 PREDICT_BATCH = 512
+STARTING = ("the node is starting (joining or resuming its cluster and replaying its log): "
+            "retry in a moment")
 
 
 def status_for(e: NexusError) -> grpc.StatusCode:
@@ -57,11 +67,40 @@ async def _mapped(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the node's data dir could not be read: {e}")
 
 
+def _until_ready(cls: type) -> type:
+    """Wraps every NexusService method of ``cls`` so that it answers UNAVAILABLE (the node is
+    starting) until the servicer's ``ready`` is set: the server serves before the mesh has
+    joined or resumed the cluster, and every call needs the mesh (reads before the log is
+    replayed would answer from an empty state)."""
+    for method in pb.DESCRIPTOR.services_by_name["NexusService"].methods:
+        fn = cls.__dict__.get(method.name)
+        if fn is None:
+            continue
+        if inspect.isasyncgenfunction(fn):
+            async def guarded(self, request, context, _fn=fn):  # type: ignore[no-untyped-def]
+                if not self.ready:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
+                async for item in _fn(self, request, context):
+                    yield item
+        else:
+            async def guarded(self, request, context, _fn=fn):  # type: ignore[no-untyped-def]
+                if not self.ready:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
+                return await _fn(self, request, context)
+        setattr(cls, method.name, functools.wraps(fn)(guarded))
+    return cls
+
+
+@_until_ready
 class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
+    """Every call answers UNAVAILABLE until the node sets ``ready`` (after its mesh started)."""
+
     def __init__(
         self, manager: JobManager, cluster: Callable[[], Awaitable[pb.Cluster]], temp_file: Callable[[str], Path],
-        max_upload_bytes: int, max_predict_bytes: int,
+        max_upload_bytes: int, max_predict_bytes: int, upload_idle_s: float = 30.0,
     ) -> None:
+        self.ready = False
+        self.upload_idle_s = upload_idle_s
         self.manager = manager
         self.cluster = cluster
         self.temp_file = temp_file
@@ -69,15 +108,29 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
         self.max_predict_bytes = max_predict_bytes
 
     async def _receive_file(
-        self, first_field: str, requests: AsyncIterator, limit: int, what: str
+        self, first_field: str, requests: AsyncIterator, limit: int, what: str, limit_flag: str
     ) -> tuple[object, Path]:
-        """Read a stream of (header, chunk, chunk, ...) into a temp file, enforcing ``limit``."""
+        """Read a stream of (header, chunk, chunk, ...) into a temp file, enforcing ``limit``
+        (set by the node's ``limit_flag``) and the idle timeout: a stream that sends nothing
+        for ``upload_idle_s`` is ended with :class:`UploadIdle`, and its temp file removed, so
+        streams held open cannot pile up open files."""
         header = None
         path = self.temp_file(".csv")
         size = 0
+        messages = aiter(requests)
         try:
             with open(path, "wb") as f:
-                async for req in requests:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.upload_idle_s):
+                            req = await anext(messages)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise UploadIdle(
+                            f"the {what} stream sent nothing for {self.upload_idle_s:g} s, so the node ended it: "
+                            f"send the file without pauses (the node's --upload-idle-s sets how long it waits)"
+                        ) from None
                     kind = req.WhichOneof("payload")
                     if kind == first_field:
                         if header is not None:
@@ -90,7 +143,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                         if size > limit:
                             raise TooLarge(
                                 f"the {what} is over this node's limit of {limit >> 20} MiB: "
-                                f"send a smaller file or raise the node's --max-upload-mb"
+                                f"send a smaller file or raise the node's {limit_flag}"
                             )
                         f.write(req.chunk)
             if header is None:
@@ -102,7 +155,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
 
     async def SubmitJob(self, request_iterator, context):  # noqa: N802 (gRPC method names)
         async with _mapped(context):
-            spec, path = await self._receive_file("spec", request_iterator, self.max_upload_bytes, "upload")
+            spec, path = await self._receive_file("spec", request_iterator, self.max_upload_bytes, "upload",
+                                                  "--max-upload-mb")
             try:
                 job = await self.manager.submit(convert.spec_from_pb(spec), path)
             finally:
@@ -169,7 +223,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
     async def Predict(self, request_iterator, context):  # noqa: N802
         async with _mapped(context):
             model_id, path = await self._receive_file(
-                "model_id", request_iterator, self.max_predict_bytes, "prediction input"
+                "model_id", request_iterator, self.max_predict_bytes, "prediction input", "--max-predict-mb"
             )
             try:
                 if path.stat().st_size == 0:
@@ -203,7 +257,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                     yield pb.ExportModelChunk(data=chunk)
 
     async def GetCluster(self, request, context):  # noqa: N802
-        return await self.cluster()
+        async with _mapped(context):   # MeshStopped (the node stops): UNAVAILABLE
+            return await self.cluster()
 
     async def WatchCluster(self, request, context):  # noqa: N802
         changes = self.manager.changes

@@ -59,7 +59,22 @@ METRICS = {  # name -> maximize
     "accuracy": True, "f1": True, "roc_auc": True, "log_loss": False,
 }
 REGRESSION_METRICS = ("r2", "rmse", "mae")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 DEFAULT_METRIC = {"regression": "r2", "binary": "roc_auc", "multiclass": "accuracy"}
+#: Seeds numpy, scikit-learn and torch all accept: 0 <= seed < 2**32. A job's trials and
+#: samplers derive theirs from the job's (:func:`derived_seed`), wrapping inside the range.
+SEED_LIMIT = 2**32
+MAX_USE_CASE_CHARS = 2_000   # the prompts use the first 1,000 (nexus_node.llm)
+MAX_FILENAME_CHARS = 1_024
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The seed of the ``offset``-th trial (or resumed sampler) of a job seeded ``seed``."""
+    return (seed + offset) % SEED_LIMIT
+
+
+def metrics_for(task: str) -> tuple[str, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
 
 
 @dataclass
@@ -230,6 +245,7 @@ class JobManager:
         self._validate_spec(spec)
         try:
             summary = await asyncio.to_thread(check_csv, upload, spec.target, spec.drop_columns)
+            self._validate_metric(spec, summary.task)
         except InvalidInput:
             upload.unlink(missing_ok=True)
             raise
@@ -330,8 +346,19 @@ class JobManager:
     # ---- the driver ------------------------------------------------------------------
 
     def _validate_spec(self, spec: JobSpecRecord) -> None:
+        """Checks what the spec alone decides; :meth:`_validate_metric` checks the metric
+        against the uploaded target. Everything the job's stages will use is checked here
+        or in :func:`check_csv`, so a job that is accepted does not fail on its input later."""
         if not spec.target.strip():
             raise InvalidInput("no target column given: set JobSpec.target (CLI: --target COL)")
+        if not 0 <= spec.seed < SEED_LIMIT:
+            raise InvalidInput(f"seed {spec.seed} is out of range: use 0 to {SEED_LIMIT - 1} "
+                               "(0: a seed is chosen and recorded)")
+        if len(spec.use_case) > MAX_USE_CASE_CHARS:
+            raise InvalidInput(f"the use case is {len(spec.use_case):,} characters long; describe the goal in "
+                               f"at most {MAX_USE_CASE_CHARS:,}")
+        if len(spec.filename) > MAX_FILENAME_CHARS:
+            raise InvalidInput(f"the file name is longer than {MAX_FILENAME_CHARS:,} characters: send a shorter one")
         if spec.max_trials < 0 or spec.max_trials > self.settings.max_trials_limit:
             raise InvalidInput(f"max_trials must be between 0 and {self.settings.max_trials_limit}")
         if not math.isfinite(spec.time_budget_seconds) or spec.time_budget_seconds < 0:
@@ -340,6 +367,16 @@ class JobManager:
             raise InvalidInput(f"unknown metric {spec.metric!r}; choose one of {sorted(METRICS)}")
         if spec.constraints_json:
             parse_override(spec.constraints_json)
+
+    @staticmethod
+    def _validate_metric(spec: JobSpecRecord, task: str) -> None:
+        """The metric must fit the task the target defines (decided at submit from the
+        uploaded column as preparation decides it: :func:`nexus_node.csvcheck.target_task`)."""
+        fits = metrics_for(task)
+        if spec.metric and spec.metric not in fits:
+            raise InvalidInput(
+                f"metric {spec.metric!r} does not fit target {spec.target.strip()!r}, which makes this a {task} "
+                f"job; choose one of {list(fits)}, or no metric for the default ({DEFAULT_METRIC[task]})")
 
     def _launch(self, job: JobRecord) -> None:
         job = dataclasses.replace(job)   # the live copy this node's driver owns
@@ -424,11 +461,9 @@ class JobManager:
             "split": result.get("split", {}),
             "n_classes": len(profile.get("classes") or []),
         }
+        # Checked at submit already; a job accepted by an older node is checked here.
+        self._validate_metric(job.spec, job.task)
         metric = job.spec.metric or DEFAULT_METRIC[job.task]
-        if job.task == "regression" and metric not in REGRESSION_METRICS:
-            raise InvalidInput(f"metric {metric!r} does not apply to a regression target; use one of {list(REGRESSION_METRICS)}")
-        if job.task != "regression" and metric in REGRESSION_METRICS:
-            raise InvalidInput(f"metric {metric!r} does not apply to a {job.task} target")
         job.metric, job.maximize = metric, METRICS[metric]
         memory = self.settings.worker_memory_bytes
         # Gemini's constraints (or the heuristic's, with the reason) are the base; a user's
@@ -485,7 +520,7 @@ class JobManager:
             # (its random start-up phase ignores the study): seeded past the trials it already has.
             drawn = await asyncio.to_thread(lambda: len(study.get_trials(deepcopy=False)))
             study = await asyncio.to_thread(studies.load_study, self.storage, job.study_name, job.maximize,
-                                            job.seed + drawn, self._max_trials(job))
+                                            derived_seed(job.seed, drawn), self._max_trials(job))
         self._studies[job.job_id] = study
         # Trials left RUNNING by a previous coordinator (or this node before a restart) have
         # no lease now: failed, and re-run with the same parameters.
@@ -690,7 +725,7 @@ class JobManager:
                 "study_name": job.study_name, "trial_id": trial._trial_id,
                 "trial_number": trial.number, "params": params, "files": dict(job.prepared["files"]),
                 "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
-                "metric": job.metric, "maximize": job.maximize, "seed": job.seed + trial.number,
+                "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, trial.number),
                 "pruner": job.prepared.get("pruner") or studies.pruner_spec(self.settings.pruner, job.constraints),
             }
             if self._stop_trials[job.job_id].is_set():

@@ -14,11 +14,13 @@ import os
 
 import pandas as pd
 
+from nexus_node.csvcheck import MISSING_MARKERS
 from nexus_node.errors import InvalidInput
 
-# Cells that mean "no value". Deliberately short: "None" or "n/a"-like words can be real
-# categories, and pandas' much longer default list would silently swallow them.
-MISSING_MARKERS = frozenset({"", "?", "NA", "N/A", "n/a", "null", "NULL", "NaN", "nan", "#N/A"})
+# MISSING_MARKERS: the cells that mean "no value". Deliberately short: "None" or "n/a"-like
+# words can be real categories, and pandas' much longer default list would silently swallow
+# them. Defined with the node's upload check (stdlib only), which decides the target's task
+# at submit on the same cells.
 _DELIMITERS = (",", ";", "\t", "|")
 # Enough of the file to tell text from binary without reading all of it twice.
 _SNIFF_BYTES = 64 * 1024

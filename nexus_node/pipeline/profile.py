@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from nexus_node.csvcheck import MAX_CLASSES, MAX_INTEGER_CLASSES, target_task  # noqa: F401 (re-exported)
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline.target import skewness
 
@@ -25,12 +26,11 @@ CATEGORY_LIMIT = 30
 # row's group says something about it (encoded as the group's size and the most frequent
 # values, see ``prepare.fit_categorical``). Free text repeats almost never (names: 0%).
 MIN_REPEATED_SHARE = 0.2
-# Text targets with more classes than this are refused: a per-class probability over
-# hundreds of labels is not what a tabular MLP on a few thousand rows can learn.
-MAX_CLASSES = 50
-# Integer targets with at most this many distinct values are labels (ratings, counts of
-# children, codes), not quantities.
-MAX_INTEGER_CLASSES = 20
+# MAX_CLASSES: text targets with more classes are refused (a per-class probability over
+# hundreds of labels is not what a tabular MLP on a few thousand rows can learn).
+# MAX_INTEGER_CLASSES: integer targets with at most this many distinct values are labels
+# (ratings, counts of children, codes), not quantities. Both live with the task decision,
+# nexus_node.csvcheck.target_task, which the node also runs on an upload at submit.
 # Tried in order; the first format that parses every non-missing cell wins. Day-first
 # after month-first for slashes (US exports are the more common), ISO forms first.
 DATE_FORMATS = (
@@ -240,21 +240,12 @@ def detect_target(s: pd.Series, name: str) -> TargetInfo:
     numbers = parse_numbers(s)
     numeric = not np.isnan(numbers).any()
     uniq = np.unique(numbers) if numeric else np.array(sorted(set(s.tolist())), dtype=object)
-    if uniq.size < 2:
-        raise InvalidInput(f"target column {name!r} has the same value ({s.iloc[0]}) in every row; "
-                           "choose a column whose values vary")
-    if numeric:
-        integral = bool(np.all(uniq == np.round(uniq)))
-        if uniq.size == 2 or (integral and uniq.size <= MAX_INTEGER_CLASSES):
-            classes = tuple(number_label(v) for v in uniq)
-            return TargetInfo(name, "binary" if uniq.size == 2 else "multiclass", True, classes)
-        return TargetInfo(name, "regression", True)
-    if uniq.size > MAX_CLASSES:
-        raise InvalidInput(
-            f"target column {name!r} is text with {uniq.size} distinct values; at most {MAX_CLASSES} "
-            "classes are supported: group rare labels, or choose a numeric target for regression"
-        )
-    return TargetInfo(name, "binary" if uniq.size == 2 else "multiclass", False, tuple(str(v) for v in uniq))
+    integral = numeric and bool(np.all(uniq == np.round(uniq)))
+    task = target_task(name, numeric, int(uniq.size), integral, str(s.iloc[0]) if len(s) else "")
+    if task == "regression":
+        return TargetInfo(name, task, True)
+    classes = tuple(number_label(v) for v in uniq) if numeric else tuple(str(v) for v in uniq)
+    return TargetInfo(name, task, numeric, classes)
 
 
 def target_labels(s: pd.Series, info: TargetInfo) -> np.ndarray:

@@ -3,20 +3,27 @@ and nothing already stored changes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+
 import grpc
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from tests.conftest import free_port
 from tests.node.helpers import predict_requests, rpc_error, stub, submit, submit_requests, watch_until_end
 
-GOOD = b"a,b,y\n" + b"".join(b"%d,%d,%d\n" % (i, i % 3, i * 2) for i in range(40))
+GOOD = b"a,b,y\n" + b"".join(b"%d,%d,%d\n" % (i, i % 3, i * 2) for i in range(40))   # regression
+CLASSES = b"a,b,y\n" + b"".join(b"%d,%d,%s\n" % (i, i % 3, b"yes" if i % 2 else b"no") for i in range(40))
 
 
 @pytest.fixture(scope="module")
 def small_node(tmp_path_factory):
     from tests.conftest import NodeProcess
 
-    node = NodeProcess(tmp_path_factory.mktemp("bad") / "node", "--slots", "1", "--max-upload-mb", "1").start()
+    node = NodeProcess(tmp_path_factory.mktemp("bad") / "node", "--slots", "1", "--max-upload-mb", "1",
+                       "--max-predict-mb", "1").start()
     yield node
     node.stop()
 
@@ -76,7 +83,9 @@ def test_unknown_ids(small_node):
 
 def test_predict_input_missing_a_training_column(small_node):
     s = stub(small_node.address)
-    resp = submit(s, GOOD, "y", max_trials=1)
+    # The largest seed: the trials' seeds (the job's plus the trial number) wrap inside the
+    # range numpy and scikit-learn accept.
+    resp = submit(s, GOOD, "y", max_trials=2, seed=2**32 - 1)
     job, _ = watch_until_end(s, resp.job_id)
     assert job.state == pb.COMPLETED, job.message
     e = rpc_error(s.Predict, predict_requests(job.model_id, b"a\n1\n2\n"), timeout=60)
@@ -112,3 +121,132 @@ def test_bad_trial_writes_from_trial_code(small_node):
     e = rpc_error(s.ReportSteps, pb.ReportStepsRequest(trial_id=12345, steps=[pb.TrialStep(step=0, value=1.0)]),
                   timeout=10)
     assert e.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _stored(node) -> tuple[list, list]:
+    s = stub(node.address)
+    blobs = sorted(p.name for p in (node.data_dir / "blobs").rglob("*") if p.is_file() and "tmp" not in p.parts)
+    return list(s.ListJobs(pb.ListJobsRequest()).jobs), blobs
+
+
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+@pytest.mark.parametrize("spec, data, fragment", [
+    # seeds numpy, scikit-learn and torch accept
+    (pb.JobSpec(target="y", seed=-1), GOOD, "seed -1 is out of range: use 0 to 4294967295"),
+    (pb.JobSpec(target="y", seed=2**32), GOOD, "seed 4294967296 is out of range"),
+    # constraints: depth, size and typed fields
+    (pb.JobSpec(target="y", constraints_json="[" * 100_000), GOOD, "at most 65,536"),
+    (pb.JobSpec(target="y", constraints_json=DEEP), GOOD, "nested 10000 levels deep; at most 8"),
+    (pb.JobSpec(target="y", constraints_json='{"activations": [["relu"]]}'), GOOD,
+     "'activations' must be a list of strings from ['relu', 'gelu', 'silu', 'tanh', 'leaky_relu']"),
+    (pb.JobSpec(target="y", constraints_json='{"dropout": [0.2, NaN]}'), GOOD, "pair of finite numbers"),
+    (pb.JobSpec(target="y", constraints_json='{"max_layers": -2}'), GOOD, "positive integer"),
+    (pb.JobSpec(target="y", constraints_json='{"epochs": 3}'), GOOD, "allowed: ['activations'"),
+    # the metric against the task the target defines
+    (pb.JobSpec(target="y", metric="accuracy"), GOOD,
+     "metric 'accuracy' does not fit target 'y', which makes this a regression job; choose one of "
+     "['r2', 'rmse', 'mae']"),
+    (pb.JobSpec(target="y", metric="rmse"), CLASSES,
+     "which makes this a binary job; choose one of ['accuracy', 'f1', 'roc_auc', 'log_loss']"),
+    # targets and columns preparation would refuse
+    (pb.JobSpec(target="y"), b"a,y\n" + b"".join(b"%d,5\n" % i for i in range(20)), "same value (5) in every row"),
+    (pb.JobSpec(target="y"), b"a,y\n" + b"".join(b"%d,c%d\n" % (i, i) for i in range(60)), "more than 50 distinct"),
+    (pb.JobSpec(target="y"), b"a,a,y\n" + b"".join(b"%d,%d,%d\n" % (i, i, i) for i in range(20)),
+     "repeats column names ['a']"),
+    (pb.JobSpec(target="y", drop_columns=["a", "b"]), GOOD, "leaves no feature column"),
+    # free text the job record carries to every node
+    (pb.JobSpec(target="y", use_case="x" * 5_000), GOOD, "at most 2,000"),
+    (pb.JobSpec(target="y", filename="f" * 2_000), GOOD, "file name is longer than 1,024"),
+])
+def test_specs_that_would_fail_later_are_refused_at_submit(small_node, spec, data, fragment):
+    s = stub(small_node.address)
+    before = _stored(small_node)
+    e = rpc_error(s.SubmitJob, submit_requests(spec, data), timeout=60)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()
+    assert fragment in e.details(), e.details()
+    assert _stored(small_node) == before   # no job, no blob
+    assert list((small_node.data_dir / "blobs" / "tmp").iterdir()) == []
+
+
+def test_predict_over_its_limit_names_the_predict_flag(small_node):
+    s = stub(small_node.address)
+    e = rpc_error(s.Predict, predict_requests("model-nope", b"a,b\n" + b"1,2\n" * 400_000), timeout=60)
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-predict-mb" in e.details() and "--max-upload-mb" not in e.details()
+
+
+@pytest.fixture(scope="module")
+def idle_node(tmp_path_factory):
+    from tests.conftest import NodeProcess
+
+    node = NodeProcess(tmp_path_factory.mktemp("idle") / "node", "--slots", "1", "--upload-idle-s", "1").start()
+    yield node
+    node.stop()
+
+
+def _held(first, release: threading.Event):
+    """A request stream that sends its first message, then nothing until released."""
+    yield first
+    release.wait(60)
+
+
+@pytest.mark.parametrize("first", [
+    pb.SubmitJobRequest(spec=pb.JobSpec(target="y")),
+    pb.PredictRequest(model_id="model-nope"),
+])
+def test_an_upload_stream_that_stalls_is_ended_and_its_file_removed(idle_node, first):
+    s = stub(idle_node.address)
+    before = _stored(idle_node)
+    release = threading.Event()
+    call = s.SubmitJob if isinstance(first, pb.SubmitJobRequest) else s.Predict
+    try:
+        e = rpc_error(call, _held(first, release), timeout=60)
+    finally:
+        release.set()
+    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.details()
+    assert "sent nothing for 1 s" in e.details() and "--upload-idle-s" in e.details()
+    assert list((idle_node.data_dir / "blobs" / "tmp").iterdir()) == []
+    assert _stored(idle_node) == before
+
+
+def test_an_upload_that_keeps_sending_is_not_cut(idle_node):
+    s = stub(idle_node.address)
+    resp = s.SubmitJob(submit_requests(pb.JobSpec(target="y", max_trials=1), GOOD, chunk=64), timeout=60)
+    assert resp.job_id
+    s.CancelJob(pb.CancelJobRequest(job_id=resp.job_id), timeout=60)
+
+
+def test_calls_during_start_up_answer_unavailable(tmp_path):
+    """A new node told of a seed that never answers listens for its cluster for the whole
+    --join-window: its server is up, its mesh is not. Every call then says it is starting."""
+    port = free_port()
+    data_dir = tmp_path / "starting"
+    data_dir.mkdir()
+    with open(tmp_path / "starting.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus_node.node_main", "--host", "127.0.0.1", "--port", str(port),
+             "--data-dir", str(data_dir), "--no-mdns", "--seeds", f"127.0.0.1:{free_port()}",
+             "--join-window", "3600"],
+            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)   # the server serves; the mesh waits
+        s = stub(f"127.0.0.1:{port}")
+        for call, req in [
+            (s.GetCluster, pb.GetClusterRequest()),
+            (s.ListJobs, pb.ListJobsRequest()),
+            (s.GetJob, pb.GetJobRequest(job_id="job-x")),
+            (s.WatchCluster, pb.WatchClusterRequest()),
+            (s.SubmitJob, submit_requests(pb.JobSpec(target="y"), GOOD)),
+        ]:
+            e = rpc_error(call, req, timeout=30)
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, (call, e.code(), e.details())
+            assert "the node is starting" in e.details()
+        assert proc.poll() is None
+        assert "Traceback" not in (tmp_path / "starting.log").read_text()
+        assert list((data_dir / "blobs" / "tmp").iterdir()) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

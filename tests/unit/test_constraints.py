@@ -156,3 +156,50 @@ def test_target_choices_are_limited_to_known_values_and_old_constraints_offer_no
                                  if k not in ("target_transforms", "class_weights")})
     p = suggest_params(optuna.create_study().ask(), old)
     assert "target_transform" not in p and "class_weight" not in p
+
+
+@pytest.mark.parametrize("text, fragment", [
+    # Typed fields: each value has its type, lists their element type and known choices.
+    ('{"activations": [["relu"]]}', "'activations' must be a list of strings from ['relu'"),
+    ('{"activations": ["swish"]}', '"swish" is not one of them'),
+    ('{"families": ["xgboost"]}', "'families' must be a list of strings from ['mlp', 'gbt']"),
+    ('{"widths": [100]}', "'widths' must be a list of integers from [8, 16"),
+    ('{"widths": [true]}', "'widths' must be a list of integers"),
+    ('{"batch_sizes": "64"}', "'batch_sizes' must be a non-empty list of integers"),
+    ('{"target_transforms": ["sqrt"]}', "['none', 'log']"),
+    ('{"class_weights": ["heavy"]}', "['none', 'balanced']"),
+    ('{"max_layers": 2.5}', "'max_layers' must be a positive integer"),
+    ('{"max_epochs": true}', "'max_epochs' must be a positive integer"),
+    ('{"min_epochs": 10000001}', "1 to 1,000,000"),
+    ('{"min_layers": 4, "max_layers": 2}', "'min_layers' (4) is above 'max_layers' (2)"),
+    ('{"dropout": [0.1, "0.2"]}', "pair of finite numbers"),
+    ('{"dropout": [NaN, 0.2]}', "pair of finite numbers"),
+    ('{"learning_rate": [1e-3, Infinity]}', "pair of finite numbers"),
+    ('{"weight_decay": [1' + "0" * 400 + ', 2]}', "pair of finite numbers"),
+    ('{"dropout": [0.5, 0.1]}', "low (0.5) is above high (0.1)"),
+    ('{"dropout": [0.1, 1.0]}', "from 0 and below 1"),
+    ('{"learning_rate": [0, 0.1]}', "above 0"),
+    ('{"weight_decay": [-1e-4, 0.1]}', "from 0"),
+    ('{"rationale": 3}', "'rationale' must be a string"),
+    ('{"layers": 3}', "allowed: ['activations', 'batch_sizes'"),
+    # Depth and size, measured before parsing (json.loads would recurse).
+    ("[" * 100_000 + "]" * 100_000, "characters long; at most 65,536"),
+    ("[" * 10_000, "nested 10000 levels deep; at most 8"),
+    ('{"rationale": "' + "x" * 70_000 + '"}', "characters long"),
+])
+def test_bad_override_is_refused_before_a_job_could_fail_on_it(text, fragment):
+    with pytest.raises(InvalidInput) as e:
+        parse_override(text)
+    assert fragment in str(e.value)
+
+
+def test_every_typed_override_applies_without_error():
+    text = json.dumps({
+        "min_layers": 1, "max_layers": 3, "widths": [32, 1024], "activations": ["relu", "tanh"],
+        "dropout": [0, 0.5], "learning_rate": [1e-4, 2.0], "weight_decay": [0, 1e-3],
+        "batch_sizes": [64, 4096], "min_epochs": 5, "max_epochs": 1000, "families": ["gbt"],
+        "target_transforms": ["none", "log"], "class_weights": ["balanced"], "rationale": "mine",
+    })
+    c = apply_override(heuristic_constraints(PROFILE, 8 << 30), parse_override(text), BOUNDS, "user")
+    assert c.families == ("gbt",) and c.activations == ("relu", "tanh")
+    assert c.learning_rate[1] == 1.0 and c.max_epochs <= BOUNDS.max_epochs   # clamped, not refused

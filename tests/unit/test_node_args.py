@@ -29,3 +29,11 @@ def test_timing_that_would_elect_on_one_late_heartbeat_is_refused(tmp_path, flag
         parse_args(["--data-dir", str(tmp_path), *flags])
     assert exc.value.code == 2
     assert says in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_upload_idle_timeout_is_a_flag_with_a_positive_value(tmp_path):
+    assert parse_args(["--data-dir", str(tmp_path)]).upload_idle_s == 30.0
+    assert parse_args(["--data-dir", str(tmp_path), "--upload-idle-s", "2.5"]).upload_idle_s == 2.5
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--data-dir", str(tmp_path), "--upload-idle-s", bad])
