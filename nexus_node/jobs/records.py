@@ -4,6 +4,8 @@ store persists and the manager works on."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,10 +77,20 @@ class JobRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "JobRecord":
+        """The record ``d`` encodes (from :meth:`to_dict`; unknown keys are ignored).
+
+        Raises:
+            ValueError: a field has the wrong type (``created_at: "yesterday"``), a time is
+                not finite, or the state is not a job state (see :func:`check_fields`).
+        """
+        check_fields(cls, d)
         d = dict(d)
-        spec = JobSpecRecord(**d.pop("spec"))
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(spec=spec, **{k: v for k, v in d.items() if k in known})
+        spec = JobSpecRecord(**{k: v for k, v in d.pop("spec").items() if k in _field_names(JobSpecRecord)})
+        known = _field_names(cls)
+        job = cls(spec=spec, **{k: v for k, v in d.items() if k in known})
+        if job.state not in JOB_STATES:
+            raise ValueError(f"state {job.state!r} is not a job state")
+        return job
 
     @property
     def terminal(self) -> bool:
@@ -105,5 +117,105 @@ class ModelRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRecord":
-        known = {f.name for f in dataclasses.fields(cls)}
+        """The record ``d`` encodes.
+
+        Raises:
+            ValueError: a field is missing or has the wrong type (see :func:`check_fields`).
+        """
+        check_fields(cls, d)
+        known = _field_names(cls)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+JOB_STATES = frozenset(ACTIVE) | TERMINAL
+
+#: Fields that are times (``time.time()``): finite, since ``nexus jobs`` sorts and prints them.
+_TIMES = frozenset({"created_at", "started_at", "finished_at"})
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def _is_number(value: object) -> bool:
+    # JSON gives 3 for 3.0 written by an older node; bool is an int but never a number here.
+    return type(value) in (int, float)
+
+
+def _check_value(where: str, tp: Any, value: object) -> None:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return
+        (tp,) = [a for a in args if a is not type(None)]
+        return _check_value(where, tp, value)
+    if tp is float:
+        ok = _is_number(value)
+    elif tp is int:
+        ok = type(value) is int
+    elif tp in (str, bool):
+        ok = type(value) is tp
+    elif origin is list:
+        (item,) = typing.get_args(tp)
+        if type(value) is not list:
+            raise ValueError(f"{where} must be a list")
+        for i, v in enumerate(value):
+            _check_value(f"{where}[{i}]", item, v)
+        return
+    elif origin is dict:
+        key, item = typing.get_args(tp)
+        if type(value) is not dict:
+            raise ValueError(f"{where} must be an object")
+        for k, v in value.items():
+            _check_value(f"{where} key", key, k)
+            _check_value(f"{where}[{k!r:.40}]", item, v)
+        return
+    elif dataclasses.is_dataclass(tp):
+        if type(value) is not dict:
+            raise ValueError(f"{where} must be an object")
+        check_fields(tp, value)  # type: ignore[arg-type]
+        return
+    else:   # pragma: no cover - a field type this checker does not know yet
+        raise TypeError(f"no check for {where}: {tp}")
+    if not ok:
+        name = getattr(tp, "__name__", str(tp))
+        raise ValueError(f"{where} must be {'a number' if tp is float else name}, "
+                         f"not {type(value).__name__} {value!r:.40}")
+
+
+def check_fields(cls: type, d: object) -> None:
+    """Checks that ``d`` (a record's dict, as a peer sent it) gives every field of dataclass
+    ``cls`` its declared type, and every required field: a string where a time belongs would
+    otherwise be applied on every node and break every reader of the record.
+
+    Times (``created_at``...) must be finite numbers. Keys ``cls`` does not know are left alone
+    (a newer node may add fields; :meth:`JobRecord.from_dict` drops them).
+
+    Raises:
+        ValueError: what is wrong, naming the field.
+    """
+    if type(d) is not dict:
+        raise ValueError(f"a {cls.__name__} must be an object")
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{cls.__name__}.{f.name} is missing")
+            continue
+        value = d[f.name]
+        _check_value(f"{cls.__name__}.{f.name}", hints[f.name], value)
+        if f.name in _TIMES and not math.isfinite(value):  # type: ignore[arg-type]
+            raise ValueError(f"{cls.__name__}.{f.name} must be a finite time, not {value!r}")
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    got = _HINTS.get(cls)
+    if got is None:
+        got = _HINTS[cls] = typing.get_type_hints(cls)
+    return got

@@ -139,7 +139,7 @@ class Mesh:
         except Exception as exc:  # noqa: BLE001 - unreachable or refused: not an answer
             log.debug("hello %s: %s", address, exc)
             return None
-        self.driver.note_peer(reply.node_id, reply.address or address)
+        self.driver.note_hello(reply.node_id, reply.address or address)
         return admission.HelloAnswer(reply.node_id, reply.address or address, reply.member,
                                      reply.leader_id, reply.leader_address,
                                      frozenset(m.node_id for m in reply.members))
@@ -231,12 +231,15 @@ class Mesh:
             return pb.ProposeReply(status=pb.ProposeReply.NOT_LEADER, leader_id=lead,
                                    leader_address=d.peer_address(lead) or "" if lead else "")
         async with self._join_lock:
-            d.note_peer(node_id, address)
+            d.note_hello(node_id, address)
             # Its silence counts from now, not from when this node took over: a member that
             # has not answered yet is not one to remove.
             d.note_contact(node_id)
             try:
-                if self.records.addresses.get(node_id) != address:
+                # A member never joins (it is in): a Join naming one must not move its address
+                # (issue 18; a member restarted elsewhere says Hello and records it itself).
+                if self.records.addresses.get(node_id) != address and \
+                        node_id not in d.status().membership.members:
                     await self.records.put_member(node_id, address)
                 m = d.status().membership
                 if node_id not in m.members:

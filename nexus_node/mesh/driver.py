@@ -52,8 +52,10 @@ from nexus_node.mesh.raft import (
     Status,
     bootstrap,
 )
+from nexus_node.mesh.peers import AddressClaim, address_claim
+from nexus_node.mesh.raft.validate import InvalidMessage, check_entry_data, sender_refusal
 from nexus_node.mesh.state import ReplicatedState
-from nexus_node.mesh.transport import PeerTransport
+from nexus_node.mesh.transport import LogThrottle, PeerMismatch, PeerTransport
 from nexus_node.tls import ClientTls
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,8 @@ class RaftDriver:
         self._lead_changes = 0
         self._heard: dict[NodeId, float] = {}
         self._stopped = False
+        self._dropped = LogThrottle(log)   # peer messages and writes refused, rate-limited
+        self._verifying: set[NodeId] = set()   # members whose claimed move is being checked
         #: Index of the newest entry this node proposed as leader (0: none yet). A follower
         #: may get a private one late: call :meth:`catch_up` before it must act on it.
         self.last_local_index = 0
@@ -331,9 +335,18 @@ class RaftDriver:
                         accepted.set_result(entry.index)
         else:
             try:
-                self._raw.step(item)  # type: ignore[arg-type]
-            except ValueError as exc:
-                log.warning("dropping raft message: %s", exc)
+                dropped = self._raw.step(item)  # type: ignore[arg-type]
+            except LogDiverged:
+                raise
+            except Exception:  # noqa: BLE001 - no peer's message may end the loop
+                # The core checks every message before it changes anything, so this is a bug
+                # in it; stopping the node for it would let one message stop a cluster.
+                log.exception("raft message %r failed in the core; dropped", item)
+                return
+            if dropped is not None:
+                self._dropped.warn(f"core:{getattr(item, 'src', '?')}:{type(item).__name__}",
+                                   "raft message from %s dropped: %s",
+                                   getattr(item, "src", "?"), dropped)
 
     def _notify(self) -> None:
         keep = []
@@ -466,11 +479,16 @@ class RaftDriver:
             The log index at which the write took effect (the first copy's, for a retry).
 
         Raises:
+            ValueError: ``data`` is not a well-formed command of a registered kind
+                (:meth:`ReplicatedState.validate`); nothing was proposed.
             TimeoutError: not applied in time (it may still be applied later: retry with the
                 same id to find out).
             MeshStopped: the driver stopped.
             NotLeader: with ``term``, this node does not lead in that term (any more).
         """
+        # Checked once, here, before anything is proposed: a write the followers would refuse
+        # to store must never enter the leader's log (they would refuse it for ever).
+        self.state.validate(data)
         pid = proposal_id or uuid.uuid4().hex
         deadline = time.monotonic() + (timeout if timeout is not None else self.settings.propose_timeout)
         while (index := self.state.applied_at(pid)) is None:
@@ -525,9 +543,75 @@ class RaftDriver:
         return self._peers.get(node_id)
 
     def note_peer(self, node_id: NodeId, address: str) -> None:
-        """Records a peer's address from its Hello."""
+        """Records a peer's address from a source this node trusts: the committed records, a
+        node this node dialled itself. (A caller's claim goes through :meth:`note_hello`.)"""
         if node_id != self.node_id:
             self._peers[node_id] = address
+
+    def note_hello(self, node_id: NodeId, address: str) -> None:
+        """Records the address a caller's Hello claims for ``node_id``.
+
+        A node id is bound to its first-hand address: a member's is moved only once its old
+        address no longer answers as that node (a node restarted on a new port relies on the
+        move; a caller claiming a member's id from elsewhere must not divert its messages).
+        The check dials the old address in the background; until it answers, nothing moves.
+        """
+        if node_id == self.node_id:
+            return
+        known = self._peers.get(node_id)
+        claim = address_claim(known, address, node_id in self._members())
+        if claim is AddressClaim.ADOPT:
+            self._peers[node_id] = address
+        elif claim is AddressClaim.VERIFY and node_id not in self._verifying and not self._stopped:
+            assert known is not None
+            self._verifying.add(node_id)
+            task = asyncio.get_running_loop().create_task(self._verify_move(node_id, known, address))
+            self._tasks.append(task)
+            task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    async def _verify_move(self, node_id: NodeId, old: str, new: str) -> None:
+        try:
+            try:
+                await self._transport.hello(self._transport.stub(old), node_id)
+            except PeerMismatch:
+                pass   # another node answers there now: node_id moved
+            except Exception as exc:  # noqa: BLE001 - gone, refused, another cluster: moved
+                log.debug("%s at %s: %s", node_id, old, exc)
+            else:
+                self._dropped.warn(f"move:{node_id}", "a Hello claims member %s is at %s, but it still "
+                                   "answers at %s: address kept", node_id, new, old)
+                return
+            if self._peers.get(node_id) == old:
+                log.info("member %s moved from %s to %s", node_id, old, new)
+                self._peers[node_id] = new
+        finally:
+            self._verifying.discard(node_id)
+
+    def _members(self) -> frozenset[NodeId]:
+        return self._raw.raft.membership.members if self._raw is not None else frozenset()
+
+    def refusal(self, node_id: NodeId) -> str | None:
+        """Why this node refuses Raft messages, forwarded writes or a work stream from
+        ``node_id``, or None: only members speak consensus (see
+        :func:`~nexus_node.mesh.raft.validate.sender_refusal`; a node with no configuration
+        yet, being added, takes its leader's appends)."""
+        return sender_refusal(node_id, self._members())
+
+    def screen(self, message: Message) -> str | None:
+        """Why a peer's decoded and checked message must not reach the core, or None: its
+        sender is not a member, or an entry it carries is not a well-formed command (the
+        whole append is refused: nothing of it is stored, the leader sends it again)."""
+        raft = self._raw.raft if self._raw is not None else None
+        reason = sender_refusal(message.src, self._members(), message, raft is not None and raft.orphaned,
+                                raft.term_leader if raft is not None else None)
+        if reason is None:
+            try:
+                check_entry_data(message, self.state.validate)
+            except InvalidMessage as exc:
+                reason = str(exc)
+        if reason is not None:
+            self._dropped.warn(f"screen:{message.src}", "raft message from %s refused: %s", message.src, reason)
+        return reason
 
     def member_addresses(self) -> list[tuple[NodeId, str]]:
         """Every member of this node's configuration (itself included) with its address, ""
@@ -558,16 +642,37 @@ class RaftDriver:
             self._inbox.put_nowait(m)
         return min(room, len(messages))
 
-    def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId) -> int:
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId,
+                          refused: list[str] | None = None) -> int:
         """Writes follower ``origin`` forwarded (data, proposal id, private): proposed here
         while this node leads, else dropped (their proposers send them again when they see the
-        new leader). Returns how many were queued for the core."""
+        new leader). A write that is malformed, or that ``origin`` may not make
+        (:meth:`ReplicatedState.check_forwarded`), or any from a non-member, is refused: not
+        proposed, logged, and its reason added to ``refused``. Returns how many were queued
+        for the core."""
+        not_member = self.refusal(origin)
+        if not_member is not None:
+            self._dropped.warn(f"forward:{origin}", "writes handed over by %s refused: %s", origin, not_member)
+            if refused is not None:
+                refused.append(not_member)
+            return 0
         if self._raw is None or self._stopped or not self.is_leader:
             return 0
         room = max(0, self.settings.inbox_size - self._inbox.qsize())
         queued = 0
         for data, pid, private in proposals[:room]:
-            if self.state.applied_at(pid) is None:
-                self._inbox.put_nowait((data, pid, None, origin if private else None))
-                queued += 1
+            if self.state.applied_at(pid) is not None:
+                continue
+            try:
+                # A write a follower hands over is checked like one proposed here, and for
+                # what a follower may write at all (the coordinator's records are its own).
+                self.state.check_forwarded(data, origin)
+            except ValueError as exc:
+                self._dropped.warn(f"forward:{origin}", "write %s handed over by %s refused: %s",
+                                   pid[:40], origin, exc)
+                if refused is not None:
+                    refused.append(f"write {pid[:40]}: {exc}")
+                continue
+            self._inbox.put_nowait((data, pid, None, origin if private else None))
+            queued += 1
         return queued

@@ -28,7 +28,13 @@ import uuid
 import weakref
 from typing import Any, Iterable
 
+from datetime import datetime
+
+from optuna.distributions import json_to_distribution
 from optuna.storages.journal import BaseJournalBackend
+from optuna.storages.journal._storage import JournalOperation
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from nexus_node.mesh.driver import MeshStopped, RaftDriver
 from nexus_node.mesh.state import encode_command
@@ -42,6 +48,136 @@ DEFAULT_NAME = "optuna"
 # node again (Optuna pickles storages, e.g. in its own test suite). Weak: a stopped node's
 # journal goes away with it.
 _LIVE: "weakref.WeakValueDictionary[str, ReplicatedJournal]" = weakref.WeakValueDictionary()
+
+
+_OPS = frozenset(op.value for op in JournalOperation)
+_STATES = frozenset(s.value for s in TrialState)
+_DIRECTIONS = frozenset(d.value for d in StudyDirection)
+
+
+def _need(log: dict[str, Any], key: str, check: Any, what: str) -> None:
+    if key not in log or not check(log[key]):
+        raise ValueError(f"journal op {log['op_code']}: {key} must be {what}")
+
+
+def _maybe(log: dict[str, Any], key: str, check: Any, what: str) -> None:
+    if key in log and not check(log[key]):
+        raise ValueError(f"journal op {log['op_code']}: {key} must be {what}")
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: object) -> bool:
+    return type(v) in (int, float)
+
+
+def _is_time(v: object) -> bool:
+    if v is None:
+        return True
+    if type(v) is not str:
+        return False
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _one_attr(v: object) -> bool:
+    # Optuna asserts exactly one attribute per log (JournalStorage applies them so).
+    return type(v) is dict and len(v) == 1 and all(type(k) is str for k in v)
+
+
+def _str_dict(v: object) -> bool:
+    return type(v) is dict and all(type(k) is str for k in v)
+
+
+def _distributions(v: object) -> bool:
+    if not _str_dict(v):
+        return False
+    try:
+        for text in v.values():   # type: ignore[union-attr]
+            json_to_distribution(text)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return True
+
+
+def _check_log(log: object) -> None:
+    """One Optuna journal log: the fields its op needs, with their types, so that replaying it
+    (``JournalStorageReplayResult.apply_logs``, on every node and in every runner) cannot
+    raise. The values themselves are Optuna's business."""
+    if type(log) is not dict:
+        raise ValueError("a journal log is an object")
+    op = log.get("op_code")
+    if type(op) is not int or op not in _OPS:
+        raise ValueError(f"journal op_code {op!r:.20} is not one of Optuna's")
+    _need(log, "worker_id", lambda v: type(v) is str, "a string")
+    J = JournalOperation
+    if op == J.CREATE_STUDY:
+        _need(log, "study_name", lambda v: type(v) is str, "a string")
+        _need(log, "directions", lambda v: type(v) is list and all(type(d) is int and d in _DIRECTIONS for d in v),
+              "a list of study directions")
+    elif op in (J.DELETE_STUDY, J.SET_STUDY_USER_ATTR, J.SET_STUDY_SYSTEM_ATTR, J.CREATE_TRIAL):
+        _need(log, "study_id", _is_int, "an int")
+        if op == J.SET_STUDY_USER_ATTR:
+            _need(log, "user_attr", _one_attr, "one attribute")
+        elif op == J.SET_STUDY_SYSTEM_ATTR:
+            _need(log, "system_attr", _one_attr, "one attribute")
+        elif op == J.CREATE_TRIAL:
+            _need(log, "datetime_start", _is_time, "an ISO time or null")
+            _maybe(log, "datetime_complete", _is_time, "an ISO time or null")
+            _maybe(log, "distributions", _distributions, "distributions")
+            _maybe(log, "params", _str_dict, "an object")
+            if set(log.get("params", {})) - set(log.get("distributions", {})):
+                raise ValueError("journal op 4: a param has no distribution")
+            _maybe(log, "state", lambda v: type(v) is int and v in _STATES, "a trial state")
+            _maybe(log, "value", lambda v: v is None or _is_number(v), "a number or null")
+            _maybe(log, "values", lambda v: v is None or (type(v) is list and all(map(_is_number, v))),
+                   "a list of numbers or null")
+            _maybe(log, "user_attrs", _str_dict, "an object")
+            _maybe(log, "system_attrs", _str_dict, "an object")
+            _maybe(log, "intermediate_values", lambda v: _str_dict(v) and all(
+                k.lstrip("-").isdigit() for k in v), "an object keyed by step")
+    elif op == J.DISCARD_TRIALS:
+        pass   # Optuna skips it
+    else:
+        _need(log, "trial_id", _is_int, "an int")
+        if op == J.SET_TRIAL_PARAM:
+            _need(log, "param_name", lambda v: type(v) is str, "a string")
+            _need(log, "param_value_internal", _is_number, "a number")
+            _need(log, "distribution", lambda v: _distributions({"d": v}), "a distribution")
+        elif op == J.SET_TRIAL_STATE_VALUES:
+            _need(log, "state", lambda v: type(v) is int and v in _STATES, "a trial state")
+            _maybe(log, "values", lambda v: v is None or (type(v) is list and all(map(_is_number, v))),
+                   "a list of numbers or null")
+            _maybe(log, "datetime_start", _is_time, "an ISO time or null")
+            _maybe(log, "datetime_complete", _is_time, "an ISO time or null")
+        elif op == J.SET_TRIAL_INTERMEDIATE_VALUE:
+            _need(log, "step", _is_int, "an int")
+            _need(log, "intermediate_value", _is_number, "a number")
+        elif op == J.SET_TRIAL_USER_ATTR:
+            _need(log, "user_attr", _one_attr, "one attribute")
+        elif op == J.SET_TRIAL_SYSTEM_ATTR:
+            _need(log, "system_attr", _one_attr, "one attribute")
+
+
+def validate_body(body: Any) -> None:
+    """Checks a journal command (``{"name": ..., "logs": [...]}``) before it is proposed or
+    stored: see :func:`_check_log` for each log.
+
+    Raises:
+        ValueError: what is wrong.
+    """
+    if type(body) is not dict or type(body.get("name")) is not str or not body["name"]:
+        raise ValueError("a journal command names its journal")
+    logs = body.get("logs")
+    if type(logs) is not list or not logs:
+        raise ValueError("a journal command carries a list of logs")
+    for log in logs:
+        _check_log(log)
 
 
 class ReplicatedJournal:
@@ -60,7 +196,7 @@ class ReplicatedJournal:
         # Each log is kept as its JSON text and parsed on every read, as Optuna's file backend
         # does: JournalStorage keeps parts of the dicts it reads, so readers must never share.
         self._journals: dict[str, list[str]] = {}
-        driver.state.register(KIND, self._apply)
+        driver.state.register(KIND, self._apply, validate=validate_body)
         _LIVE[driver.node_id] = self
 
     def _apply(self, body: Any, index: int) -> int:

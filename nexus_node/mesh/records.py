@@ -26,7 +26,7 @@ import uuid
 from typing import Any, Callable
 
 from nexus_node.jobs.events import STATE_CHANGED, EventHub, JobEvent, TrialView
-from nexus_node.jobs.records import JobRecord, ModelRecord
+from nexus_node.jobs.records import PENDING, JobRecord, ModelRecord, check_fields
 from nexus_node.mesh.driver import RaftDriver
 from nexus_node.mesh.state import encode_command
 
@@ -35,6 +35,64 @@ KIND = "records"
 
 #: Called after a job record is applied, on the driver's task: ``(job, event_kind)``.
 JobListener = Callable[[JobRecord], None]
+
+
+def _string(body: dict[str, Any], key: str, limit: int = 256) -> str:
+    value = body.get(key)
+    if type(value) is not str or not value or len(value) > limit:
+        raise ValueError(f"{body.get('op')}.{key} must be a non-empty string of at most {limit} "
+                         f"characters, not {value!r:.40}")
+    return value
+
+
+def _sha256(body: dict[str, Any]) -> None:
+    sha = _string(body, "sha256")
+    if len(sha) != 64 or not all(c in "0123456789abcdef" for c in sha):
+        raise ValueError(f"{body['op']}.sha256 must be 64 lowercase hex digits")
+
+
+def validate_body(body: Any) -> None:
+    """Checks a ``records`` command before it is proposed or stored (see
+    ``ReplicatedState.validate``): a known op with every field of its declared type.
+
+    Raises:
+        ValueError: what is wrong.
+    """
+    if type(body) is not dict:
+        raise ValueError("a records command is an object")
+    op = body.get("op")
+    if op == "put_job":
+        job = JobRecord.from_dict(body.get("job"))   # type: ignore[arg-type]  (checks it)
+        if not job.job_id:
+            raise ValueError("put_job: the job has no id")
+        event = body.get("event")
+        if event is not None:
+            if type(event) is not dict or type(event.get("kinds", [])) is not list or \
+                    not all(type(k) is str for k in event.get("kinds", [])):
+                raise ValueError("put_job.event must be an object with a list of kinds")
+            if "trial" in event:
+                check_fields(TrialView, event["trial"])
+    elif op == "cancel_job":
+        _string(body, "job_id")
+    elif op == "put_model":
+        model = ModelRecord.from_dict(body.get("model"))   # type: ignore[arg-type]
+        if not model.model_id:
+            raise ValueError("put_model: the model has no id")
+    elif op == "put_blob":
+        _sha256(body)
+        _string(body, "kind")
+        _string(body, "holder")
+        size = body.get("size")
+        if type(size) is not int or size < 0:
+            raise ValueError("put_blob.size must be a non-negative int")
+    elif op == "drop_blob":
+        _sha256(body)
+        _string(body, "holder")
+    elif op == "member":
+        _string(body, "node_id")
+        _string(body, "address")
+    else:
+        raise ValueError(f"unknown records op {op!r:.40}")
 
 
 @dataclasses.dataclass
@@ -64,7 +122,36 @@ class ReplicatedRecords:
         self.addresses: dict[str, str] = {}
         self.job_listeners: list[JobListener] = []
         self.blob_listeners: list[Callable[[BlobInfo], None]] = []
-        driver.state.register(KIND, self._apply)
+        driver.state.register(KIND, self._apply, validate=validate_body, forwarded=self._check_forwarded)
+
+    def _check_forwarded(self, body: dict[str, Any], origin: str) -> None:
+        """What a follower may write (the leader checks a write ``origin`` handed over; the
+        body is valid already). The coordinator's own writes (job progress, results, models)
+        are term-fenced and never forwarded (``RaftDriver.propose``), so a follower that hands
+        one over is not running our code: it may submit a new job (PENDING, nothing run yet),
+        cancel one, and record its own blobs and address, nothing else.
+
+        Raises:
+            ValueError: ``origin`` may not make this write.
+        """
+        op = body["op"]
+        if op == "put_job":
+            job = JobRecord.from_dict(body["job"])
+            if job.job_id in self.jobs:
+                raise ValueError(f"job {job.job_id} exists: only the coordinator changes it")
+            if job.state != PENDING or job.cancel_requested or job.trials or job.model_id or \
+                    job.best_value is not None or job.started_at or job.finished_at:
+                raise ValueError("a new job is PENDING with nothing run")
+            if job.node_id != origin:
+                raise ValueError(f"job {job.job_id} names node {job.node_id!r} as its submitter")
+        elif op == "put_model":
+            raise ValueError("only the coordinator records models")
+        elif op in ("put_blob", "drop_blob"):
+            if body["holder"] != origin:
+                raise ValueError(f"a node records only its own copies, not {body['holder']!r}'s")
+        elif op == "member":
+            if body["node_id"] != origin:
+                raise ValueError(f"a node records only its own address, not {body['node_id']!r}'s")
 
     # ---- apply (driver task) ------------------------------------------------------------------
 

@@ -1,10 +1,14 @@
 """The peer protocol over gRPC: ``nexus.v1.PeerService`` server side and per-peer senders.
 
 Servicer: translation only (STYLE.md §4) — protobuf in, the driver's methods, protobuf out; a
-peer of another cluster or protocol version gets FAILED_PRECONDITION, undecodable messages get
-INVALID_ARGUMENT. The service sits behind the node's
-:class:`~nexus_node.auth.ServerAuthInterceptor` like every other service, so a peer without the
-cluster token is refused before any of this runs.
+peer of another cluster or protocol version gets FAILED_PRECONDITION. Every Raft message is
+decoded and checked (:func:`~nexus_node.mesh.raft.validate.decode_message`: types, ranges,
+entries) and screened by the driver (a member's, carrying well-formed commands) before it can
+reach the core; what fails is dropped with a rate-limited warning, the rest of its batch is
+delivered, and the caller gets INVALID_ARGUMENT (a malformed message) or PERMISSION_DENIED (a
+sender that is not a member), with the reason. The service sits behind the node's
+:class:`~nexus_node.auth.ServerAuthInterceptor`, which admits only the cluster's peer secret
+here (never a client token), so a caller without it is refused before any of this runs.
 
 Senders: :meth:`PeerTransport.send` never waits. Each peer has one task draining a bounded queue
 into ``Step`` calls, one call in flight at a time; when the queue is full new messages are
@@ -20,6 +24,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence
 
@@ -29,8 +34,8 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.auth import CHANNEL_OPTIONS, METADATA_KEY
-from nexus_node.mesh.raft import Message, NodeId, message_from_dict, message_to_dict
-from nexus_node.mesh.raft.messages import MESSAGE_TYPES
+from nexus_node.mesh.raft import Message, NodeId, message_to_dict
+from nexus_node.mesh.raft.validate import InvalidMessage, check_node_id, decode_message
 from nexus_node.tls import ClientTls, aio_channel
 
 if TYPE_CHECKING:
@@ -61,13 +66,20 @@ class PeerHost(Protocol):
 
     def note_peer(self, node_id: NodeId, address: str) -> None: ...
 
+    def note_hello(self, node_id: NodeId, address: str) -> None: ...
+
+    def refusal(self, node_id: NodeId) -> str | None: ...
+
+    def screen(self, message: Message) -> str | None: ...
+
     def member_addresses(self) -> list[tuple[NodeId, str]]: ...
 
     def note_members(self, members: Sequence[tuple[NodeId, str]]) -> None: ...
 
     def receive(self, messages: Sequence[Message]) -> int: ...
 
-    def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId) -> int: ...
+    def receive_proposals(self, proposals: Sequence[tuple[bytes, str, bool]], origin: NodeId,
+                          refused: list[str] | None = None) -> int: ...
 
     def is_member(self) -> bool: ...
 
@@ -99,6 +111,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         self._host = host
         self._hooks = hooks
         self._streams: set[asyncio.Task[object]] = set()   # the open StepStream calls
+        self._dropped = LogThrottle(log)
 
     async def _check_cluster(self, cluster: str, context: grpc.aio.ServicerContext) -> None:
         if cluster != self._host.cluster:
@@ -112,7 +125,12 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                                 f"peer protocol {request.protocol_version} != {PROTOCOL_VERSION}")
         if not request.node_id or not request.address:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
-        self._host.note_peer(request.node_id, request.address)
+        try:
+            check_node_id("HelloRequest", "node_id", request.node_id)
+        except InvalidMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # A caller's claim, not first-hand knowledge: a member is not moved by it at once.
+        self._host.note_hello(request.node_id, request.address)
         h = self._host
         h.note_members([(m.node_id, m.address) for m in request.members])
         lead = h.leader or ""
@@ -122,27 +140,52 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
                              leader_id=lead, leader_address=lead_address,
                              members=_peer_addresses(h.member_addresses()))
 
-    async def _decoded(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> list[Message]:
-        await self._check_cluster(request.cluster, context)
-        if any(not p.proposal_id for p in request.proposals):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a proposal needs a proposal_id")
-        try:
-            messages = [_checked(message_from_dict(json.loads(raw))) for raw in request.messages]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"undecodable raft message: {exc}")
-        for m in messages:
-            # A node speaks only for itself, and only to us: anything else is a confused peer.
-            if m.src != request.from_node or m.dst != self._host.node_id:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"message {m.src}->{m.dst} in a batch from {request.from_node} "
-                                    f"to {self._host.node_id}")
-        return messages
+    def _screened(self, request: pb.RaftBatch) -> tuple[list[Message], str | None, bool]:
+        """The batch's messages that may reach the core, why any other was refused, and
+        whether that was for the sender not being a member (PERMISSION_DENIED)."""
+        host = self._host
+        # (Each message is screened for its sender's membership, below: a node that lost its
+        # leader takes a non-member's appends, whose leader may be new to it.)
+        not_member = host.refusal(request.from_node) is not None
+        messages: list[Message] = []
+        problem: str | None = None
+        for raw in request.messages:
+            try:
+                m = decode_message(raw)
+                # A node speaks only for itself, and only to us: anything else is a confused
+                # (or lying) peer.
+                if m.src != request.from_node or m.dst != host.node_id:
+                    raise InvalidMessage(f"message {m.src}->{m.dst} in a batch from "
+                                         f"{request.from_node} to {host.node_id}")
+            except InvalidMessage as exc:
+                problem = problem or str(exc)
+                self._dropped.warn(f"decode:{request.from_node:.40}", "raft message from %s dropped: %s",
+                                   request.from_node[:40], exc)
+                continue
+            reason = host.screen(m)
+            if reason is not None:
+                problem = problem or reason
+                continue
+            messages.append(m)
+        return messages, problem, not_member
 
     async def _received(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> int:
-        accepted = self._host.receive(await self._decoded(request, context))
-        if request.proposals:
-            self._host.receive_proposals([(p.data, p.proposal_id, p.private) for p in request.proposals],
-                                         request.from_node)
+        await self._check_cluster(request.cluster, context)
+        messages, problem, not_member = self._screened(request)
+        accepted = self._host.receive(messages)
+        proposals = [(p.data, p.proposal_id, p.private) for p in request.proposals
+                     if p.proposal_id and len(p.proposal_id) <= 128]
+        if len(proposals) != len(request.proposals):
+            problem = problem or "a proposal needs a proposal_id of at most 128 characters"
+        if proposals:
+            # (A non-member's writes are refused there too, with the reason.)
+            refused: list[str] = []
+            self._host.receive_proposals(proposals, request.from_node, refused)
+            problem = problem or (refused[0] if refused else None)
+        if problem is not None:
+            # The valid messages of the batch went on; the sender hears why the rest did not.
+            code = grpc.StatusCode.PERMISSION_DENIED if not_member else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, problem)
         return accepted
 
     async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
@@ -201,6 +244,12 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         await self._check_cluster(first.cluster, context)
         if not first.node_id or first.WhichOneof("body") != "heartbeat":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a work stream opens with a heartbeat from a node")
+        refused = self._host.refusal(first.node_id)
+        if refused is not None:
+            # Only members run the cluster's work (issue 18: a fake worker took leases). A node
+            # being added is a member as soon as the leader appends its configuration; its
+            # worker retries until then.
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"no work for a non-member: {refused}")
         dispatcher = self._hooks.dispatcher() if self._hooks is not None else None
         if dispatcher is None:
             lead = self._host.leader
@@ -214,29 +263,32 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
 #: Bytes per FetchBlob message: well under gRPC's message limit, large enough to stream fast.
 BLOB_CHUNK = 1 << 20
 
-# Field annotations of the core's messages (strings: the module uses postponed annotations).
-_FIELD_TYPES = {"int": int, "NodeId": str, "bool": bool}
-# Per message class, the scalar fields and their types, worked out once.
-_SCALARS: dict[type, tuple[tuple[str, type], ...]] = {
-    cls: tuple((f.name, _FIELD_TYPES[str(f.type)]) for f in dataclasses.fields(cls)
-               if str(f.type) in _FIELD_TYPES)
-    for cls in MESSAGE_TYPES.values()}
+class LogThrottle:
+    """Warnings about refused peer input, at most one per key every ``interval`` seconds (a
+    peer sending garbage in a loop must not fill the log), each saying how many were held back.
 
-
-def _checked(message: Message) -> Message:
-    """Returns ``message`` if every scalar field has its declared type.
-
-    The core trusts its inputs (a term compared with a string would crash its task), and JSON
-    from a peer may hold anything, so the types are checked here, at the edge.
-
-    Raises:
-        TypeError: a field has the wrong type.
+    Args:
+        logger: Where the warnings go.
+        interval: Seconds between two warnings of one key.
     """
-    for name, expected in _SCALARS[type(message)]:
-        # bool is an int subclass: a term of True is as wrong as a term of "1".
-        if type(getattr(message, name)) is not expected:
-            raise TypeError(f"{type(message).__name__}.{name} must be {expected.__name__}")
-    return message
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[str, tuple[float, int]] = {}   # key -> (time of the last warning, held back)
+
+    def warn(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last, held = self._last.get(key, (float("-inf"), 0))
+        if now - last < self._interval:
+            self._last[key] = (last, held + 1)
+            return
+        if len(self._last) > 1024:   # many keys (many forged ids): forget the old ones
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if held:
+            msg += f" ({held} more like it in the last {self._interval:.0f} s)"
+        self._log.warning(msg, *args)
 
 
 def add_peer_service(server: grpc.aio.Server, host: PeerHost, hooks: NodeHooks | None = None) -> PeerServicer:

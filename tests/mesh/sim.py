@@ -19,6 +19,20 @@ Invariants are checked as the run goes (:class:`SafetyViolation` on the first br
 
 After the chaotic phase the network heals and every node restarts; a leader must then be
 elected and a fresh proposal applied on every node within a bounded number of ticks (liveness).
+
+Every message is delivered as a real node's transport delivers it: checked
+(:func:`~nexus_node.mesh.raft.validate.check_message`, which no honest message may fail) and
+refused when its sender is not a member of the receiver's configuration
+(:func:`~nexus_node.mesh.raft.validate.sender_refusal`). An adversary (:meth:`Sim.attack`)
+injects what a peer holding the cluster's credential could send, as JSON through
+:func:`~nexus_node.mesh.raft.validate.decode_message`, the transport's own path: out-of-range
+terms and indexes, wrong types, unknown entry types, messages from non-members, same-term
+appends, heartbeats and transfers from a member that is not the term's leader, answers claiming
+more log than the leader has, and appends contradicting committed entries in the name of the
+real leader (one or two at a time: a forger that keeps that up can stop the node, which is what
+the peer secret is for). Each must be refused or dropped; no node may raise. Not injected, since
+no check on the message alone can tell them from the real thing: votes and appends forged in a
+member's name with plausible values (the peer secret keeps those out).
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import json
 import random
 from typing import Any
 
@@ -39,10 +54,19 @@ from nexus_node.mesh.raft import (
     NotLeader,
     ProposalDropped,
     RaftConfig,
+    MsgApp,
+    MsgAppResp,
+    MsgHeartbeat,
+    MsgTimeoutNow,
+    MsgVote,
     RawNode,
     Role,
     bootstrap,
+    message_to_dict,
 )
+from nexus_node.mesh.raft.core import DIVERGENCE_APPENDS
+from nexus_node.mesh.raft.messages import MAX_TERM
+from nexus_node.mesh.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
 
 
 class SafetyViolation(AssertionError):
@@ -68,6 +92,7 @@ class SimParams:
     p_transfer: float = 0.005
     p_member_change: float = 0.02
     p_catch_up: float = 0.02
+    p_attack: float = 0.15   # per tick: one forged message to one node
     check_every: int = 20
 
 
@@ -152,7 +177,20 @@ class Sim:
             if node is None or self.group[m.src] != self.group[m.dst]:
                 continue
             self.trace.append((self.now, "recv", m))
-            node.step(m)
+            try:
+                check_message(m)
+            except InvalidMessage as exc:
+                raise SafetyViolation(f"an honest message was refused: {exc}: {m}") from None
+            # As the real transport does: a non-member's message never reaches the core.
+            if sender_refusal(m.src, node.raft.membership.members, m, node.raft.orphaned,
+                              node.raft.term_leader) is not None:
+                self.stats["refused_non_member"] += 1
+                continue
+            dropped = node.step(m)
+            if dropped is not None:
+                self.stats["honest_dropped"] += 1
+                if "contradict" in dropped or "whose leader is" in dropped:
+                    raise SafetyViolation(f"an honest message was dropped as forged: {dropped}: {m}")
             self.handle_ready(m.dst)
 
     # --- the driver loop, as a real driver would run it ------------------------------------------
@@ -331,6 +369,120 @@ class Sim:
         self.proposed += 1
         self.handle_ready(node.raft.id)
 
+    # --- the adversary ------------------------------------------------------------------------------
+
+    def attack(self) -> None:
+        """One forged message to one live node, through the transport's checks.
+
+        ``refused`` forgeries must be refused by those checks (decoding, range, membership);
+        ``dropped`` ones pass them (they are well-formed, from a member) and the core must
+        drop them. Either way nothing may raise.
+        """
+        alive = self.alive()
+        if not alive:
+            return
+        rng = self.rng
+        dst = rng.choice(alive)
+        node = self.nodes[dst]
+        assert node is not None
+        r = node.raft
+        members = sorted(r.membership.members)
+        others = [i for i in members if i != dst]
+        kind = rng.choice(("range", "types", "non_member", "not_leader", "contradict",
+                           "resp_past_log", "timeout_now"))
+        expect = "refused"
+        src = rng.choice(others) if others else "n0"
+        if kind == "range":
+            bad = rng.choice((2**63 - 1, 2**64, -1, MAX_TERM + 1, MAX_TERM + 1 + r.term, -(2**63)))
+            raw = rng.choice((
+                message_to_dict(MsgHeartbeat(src, dst, r.term, 0)) | {"term": bad},
+                message_to_dict(MsgHeartbeat(src, dst, r.term, 0)) | {"commit": bad},
+                message_to_dict(MsgVote(src, dst, r.term + 1, 0, 0)) | {"last_index": bad},
+                message_to_dict(MsgAppResp(src, dst, r.term, 0)) | {"index": bad},
+                message_to_dict(MsgApp(src, dst, r.term, r.log.last_index(), r.log.last_term(),
+                                       (Entry(r.log.last_index() + 1, r.term, EntryType.NORMAL, b"x"),),
+                                       0)),
+            ))
+            if "entries" in raw:
+                raw["entries"][0][rng.choice(("index", "term"))] = bad
+        elif kind == "types":
+            base = message_to_dict(MsgApp(src, dst, r.term, 0, 0, (Entry(1, 1, EntryType.NORMAL, b"x"),), 0))
+            field, value = rng.choice((("term", "5"), ("term", True), ("term", 1.5), ("commit", None),
+                                       ("src", ""), ("src", 7), ("src", "n" * 500), ("entries", "abc"),
+                                       ("entries", [{"index": 1}]), ("commit_only", 1),
+                                       ("type", "os.system"), ("extra", 1)))
+            raw = base | {field: value}
+            if rng.random() < 0.3:
+                entry = raw["entries"][0] if isinstance(raw["entries"], list) and raw["entries"] and \
+                    isinstance(raw["entries"][0], dict) else None
+                if entry is not None and "type" in entry:
+                    entry.update(rng.choice(({"type": "bogus"}, {"proposal_id": 5}, {"data": "%%%"},
+                                             {"type": "config", "data": "bm90IGpzb24="})))
+        elif kind == "non_member":
+            if not members or r.orphaned:
+                return   # an empty log, or one that lost its leader, takes a stranger's appends
+            src = "intruder"
+            raw = message_to_dict(rng.choice((
+                MsgHeartbeat(src, dst, r.term + rng.randint(0, 3), r.log.last_index()),
+                MsgVote(src, dst, r.term + 1, r.log.last_index() + 10, r.term + 1),
+                MsgApp(src, dst, r.term + 1, r.log.last_index(), r.log.last_term(),
+                       (Entry(r.log.last_index() + 1, r.term + 1, EntryType.NORMAL, b"forged"),),
+                       r.log.last_index() + 1),
+                MsgTimeoutNow(src, dst, r.term),
+            )))
+        elif kind == "not_leader":
+            leader = r.term_leader
+            liars = [i for i in others if i != leader]
+            if leader is None or r.role is not Role.FOLLOWER or not liars:
+                return
+            src, expect = rng.choice(liars), "dropped"
+            raw = message_to_dict(rng.choice((
+                MsgHeartbeat(src, dst, r.term, r.log.last_index()),
+                MsgApp(src, dst, r.term, r.log.last_index(), r.log.last_term(),
+                       (Entry(r.log.last_index() + 1, r.term, EntryType.NORMAL, b"forged"),),
+                       r.log.last_index() + 1),
+            )))
+        elif kind == "contradict":
+            leader, committed = r.term_leader, r.log.committed
+            if leader is None or leader == dst or r.role is not Role.FOLLOWER or committed < 2 or \
+                    r.contradictions >= DIVERGENCE_APPENDS - 1:
+                return
+            prev = rng.randint(1, committed)
+            held = r.log.term(prev)
+            assert held is not None
+            wrong = rng.choice([t for t in range(0, r.term + 1) if t != held])
+            src, expect = leader, "dropped"
+            raw = message_to_dict(MsgApp(src, dst, r.term, prev, wrong, (), committed))
+        elif kind == "resp_past_log":
+            if r.role is not Role.LEADER or not others:
+                return
+            expect = "dropped"
+            raw = message_to_dict(MsgAppResp(src, dst, r.term, r.log.last_index() + rng.randint(1, 50)))
+        else:   # timeout_now from a member that does not lead
+            liars = [i for i in others if i != r.term_leader]
+            if r.role is not Role.FOLLOWER or not liars:
+                return
+            src, expect = rng.choice(liars), "dropped"
+            raw = message_to_dict(MsgTimeoutNow(src, dst, r.term))
+        self.stats[f"attack_{kind}"] += 1
+        self.event("attack", kind, raw)
+        try:
+            m = decode_message(json.dumps(raw))
+            refused = sender_refusal(m.src, members, m, r.orphaned, r.term_leader) \
+                if m.dst == dst else "not for this node"
+        except InvalidMessage:
+            refused = "invalid"
+        if refused is not None:
+            if expect != "refused":
+                raise SafetyViolation(f"adversary: a well-formed {kind} message was refused: {refused}")
+            return
+        if expect == "refused":
+            raise SafetyViolation(f"adversary: a {kind} forgery passed the transport's checks: {raw}")
+        dropped = node.step(m)
+        if dropped is None:
+            raise SafetyViolation(f"adversary: the core took a {kind} forgery: {m}")
+        self.handle_ready(dst)
+
     # --- checks -----------------------------------------------------------------------------------
 
     def check_logs(self) -> None:
@@ -372,6 +524,8 @@ class Sim:
             self.chaos()
             if self.rng.random() < p.p_propose:
                 self.propose()
+            if self.rng.random() < p.p_attack:
+                self.attack()
             self.step_tick()
         # Heal: everyone up, one network, no loss. A leader must appear and commit a proposal.
         self.faults = False

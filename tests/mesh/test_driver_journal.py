@@ -66,9 +66,10 @@ async def test_append_logs_on_the_loop_thread_is_refused(cluster):
 
 async def test_a_pickled_backend_finds_its_node_again(cluster):
     backend = cluster.nodes[1].journal.backend("p")
-    await asyncio.to_thread(backend.append_logs, [{"op_code": 99, "worker_id": "w"}])
+    log = {"op_code": 2, "worker_id": "w", "study_id": 0, "user_attr": {"k": 1}}
+    await asyncio.to_thread(backend.append_logs, [log])
     restored: ReplicatedJournalBackend = pickle.loads(pickle.dumps(backend))
-    assert list(restored.read_logs(0)) == [{"op_code": 99, "worker_id": "w"}]
+    assert list(restored.read_logs(0)) == [log]
     # Another process (here: a node id not running) cannot use it.
     state = backend.__getstate__() | {"node_id": "elsewhere"}
     with pytest.raises(RuntimeError, match="does not run in this process"):

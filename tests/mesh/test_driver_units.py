@@ -156,7 +156,10 @@ async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbo
     await driver.wait_for(lambda: driver.is_leader, 10)
     # A follower's write (nobody waits on it here: its proposer retries), then the node stops
     # before its loop takes it: stop() fails the waiting proposals and must pass this one by.
-    assert driver.receive_proposals([(b"theirs", "p-forwarded", False)], "n2") == 1
+    from nexus_node.mesh.state import encode_command
+    driver.state.register("t", lambda body, index: None)
+    # (From a member, as a write handed over must be: here the only one.)
+    assert driver.receive_proposals([(encode_command("t", {}), "p-forwarded", False)], "a") == 1
     async with asyncio.timeout(10):   # not wait_for: its task would let the loop run first
         await driver.stop()
     assert driver.state.applied_at("p-forwarded") is None
@@ -173,6 +176,7 @@ async def test_a_task_starts_only_once_its_node_has_applied_what_the_coordinator
     driver = RaftDriver("a", "test", tmp_path / "raft.db", "127.0.0.1:1", {},
                         settings=MeshSettings(tick_interval=0.02))
     await driver.start(["a"])
+    driver.state.register("noop-for-test", lambda body, index: None)
     try:
         await driver.wait_for(lambda: driver.is_leader, 10)
         worker = WorkerAgent(node_id="a", cluster="test", address="127.0.0.1:1", pool=None, blobs=None,  # type: ignore[arg-type]

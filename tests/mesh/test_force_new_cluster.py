@@ -9,6 +9,8 @@ from nexus_node.mesh.raft import (
     force_new_cluster,
 )
 
+from nexus_node.mesh.raft.core import DIVERGENCE_APPENDS
+
 from .helpers import Cluster
 
 
@@ -73,8 +75,13 @@ def test_a_member_holding_committed_entries_the_survivor_lacks_stops_instead_of_
     node.campaign()
     c.deliver(drop=lambda m: m.dst in ("a", "b"))
     node.propose_membership(Membership.of(["c"], ["d"]))   # d asks to be added back
+    # d drops the first contradicting appends (one could be forged); c sends the contradiction
+    # again at each heartbeat answer, and d stops once it lasted an election timeout.
+    c.deliver(drop=lambda m: m.dst in ("a", "b"))
+    assert c.nodes["d"].raft.contradictions >= 1
     with pytest.raises(LogDiverged, match="committed"):
-        c.deliver(drop=lambda m: m.dst in ("a", "b"))
+        c.tick(60)
+    assert c.nodes["d"].raft.contradictions >= DIVERGENCE_APPENDS
 
 
 def test_forcing_needs_a_log_and_a_member():
@@ -101,11 +108,29 @@ def test_an_append_whose_previous_entry_contradicts_a_committed_one_is_divergenc
     assert committed >= 3
     # An append from b's leader-of-this-term whose previous entry, below b's commit index,
     # has another term than b's: only a forced or copied log can send that.
-    wrong = MsgApp("a", "b", b.status().term, prev_index=committed - 1, prev_term=99, entries=(),
+    wrong = MsgApp("a", "b", b.status().term, prev_index=committed - 1, prev_term=1, entries=(),
                    commit=committed)
-    with pytest.raises(LogDiverged, match="committed"):
-        b.step(wrong)
     # The same append with the right term is a stale duplicate, answered as usual.
     ok = MsgApp("a", "b", b.status().term, prev_index=committed - 1,
                 prev_term=c.storage["b"].term(committed - 1), entries=(), commit=committed)
-    b.step(ok)
+
+    def ticks(n: int) -> None:   # under an election timeout: b never campaigns here
+        for _ in range(n):
+            b.raft.tick()
+
+    # One such append (forged, say) is dropped unanswered; so are a few, if a consistent one
+    # comes between them or they do not last an election timeout.
+    assert "contradicting" in b.step(wrong)
+    assert not b.raft.msgs
+    ticks(9)
+    assert "contradicting" in b.step(wrong)
+    ticks(9)
+    assert b.step(ok) is None and b.raft.contradictions == 0
+    for _ in range(DIVERGENCE_APPENDS + 2):
+        assert "contradicting" in b.step(wrong)
+    ticks(9)
+    assert "contradicting" in b.step(wrong)
+    # The leader of the term kept contradicting for an election timeout: the logs diverged.
+    ticks(9)
+    with pytest.raises(LogDiverged, match="committed"):
+        b.step(wrong)

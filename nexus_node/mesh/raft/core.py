@@ -35,6 +35,20 @@ from .messages import (
 )
 from .progress import Progress
 from .storage import Storage
+from .validate import InvalidMessage, check_message
+
+#: How far above this node's term a message's term may be. A peer that pushed every node's
+#: term to the range's end (MAX_TERM) would leave no term to campaign in; one step at a time of
+#: at most this much, it would need 2**42 forged messages. An honest cluster never moves a
+#: million terms past a member (pre-vote keeps a partitioned node's term where it was).
+MAX_TERM_JUMP = 2**20
+
+#: Contradicting appends (entries that contradict what this node committed) from the leader of
+#: its term, in a row and over at least an election timeout, before the node concludes that its
+#: log diverged from the cluster's (:class:`~.log.LogDiverged`). One forged message must not
+#: stop a healthy node; a real leader whose log lacks what this node committed (a forced new
+#: cluster) sends the contradiction again at every heartbeat answer.
+DIVERGENCE_APPENDS = 3
 
 
 class Role(enum.Enum):
@@ -139,6 +153,17 @@ class Raft:
         # Leader: followers to send their handed-over writes once this node has them on disk
         # (so the append can say they commit when stored; see _stored_commit).
         self.after_persist: set[NodeId] = set()
+        # The leader of the current term once known (only one can exist, §5.2): same-term
+        # appends and heartbeats from anyone else are forged and dropped. Unlike ``lead``,
+        # kept through a pre-vote round or a CheckQuorum step-down in the same term.
+        self.term_leader: NodeId | None = None
+        self.ticks = 0   # ticks since start: how long a contradiction has lasted
+        # Ticks since the last append or heartbeat of a leader was taken (see orphaned).
+        self.leader_ticks = 0
+        # Contradicting appends from the term's leader since its last consistent one, and the
+        # tick of the first (see DIVERGENCE_APPENDS).
+        self.contradictions = 0
+        self.contradicted_at = 0
         self._reset_timeout()
 
     # --- queries --------------------------------------------------------------------------------
@@ -148,6 +173,18 @@ class Raft:
         """Configuration in force: the latest in the log (thesis §4.1)."""
         return self.log.membership()
 
+    @property
+    def orphaned(self) -> bool:
+        """Whether this node has heard no leader for two maximal election timeouts.
+
+        Then it takes appends and heartbeats from a node outside its configuration: the
+        leader may be one added by a configuration this node has not received yet (thesis
+        §4.1: a server accepts AppendEntries from a leader not in its latest configuration;
+        simulation seed 4606: a voter that missed the entry adding the new leader refused it
+        for ever). A node with a leader it hears from refuses non-members (issue 18).
+        """
+        return self.role is not Role.LEADER and self.leader_ticks >= 2 * self.cfg.election_tick
+
     def promotable(self) -> bool:
         """Whether this node may campaign: only voters do, never learners or outsiders."""
         return self.id in self.membership.voters
@@ -156,6 +193,8 @@ class Raft:
 
     def tick(self) -> None:
         """Advances logical time by one tick."""
+        self.ticks += 1
+        self.leader_ticks += 1
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -196,6 +235,8 @@ class Raft:
         if term != self.term:
             self.term = term
             self.vote = None  # a vote is for one term only (Figure 2)
+            self.term_leader = None
+            self.contradictions = 0
         self.lead = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -211,6 +252,8 @@ class Raft:
         self._reset(term)
         self.role = Role.FOLLOWER
         self.lead = lead
+        if lead is not None:
+            self.term_leader = lead
 
     def campaign(self, transfer: bool = False) -> None:
         """Starts an election: the pre-vote phase first unless disabled or ``transfer``.
@@ -267,7 +310,7 @@ class Raft:
     def _become_leader(self) -> None:
         self._reset(self.term)
         self.role = Role.LEADER
-        self.lead = self.id
+        self.lead = self.term_leader = self.id
         last = self.log.last_index()
         for member in self.membership.members | {self.id}:
             self.prs[member] = Progress(next=last + 1)
@@ -280,11 +323,28 @@ class Raft:
 
     # --- the message handler ------------------------------------------------------------------------
 
-    def step(self, m: Message) -> None:
+    def step(self, m: Message) -> str | None:
         """Handles one message from a peer.
 
         Messages may arrive late, twice, out of order or never; each rule below holds anyway.
+        A message that no honest peer sends (out of range, the wrong types, a same-term append
+        from a node that is not the term's leader, an append contradicting committed entries)
+        is dropped: it changes nothing, and never raises (the transport checks the same
+        things first; this is the second line).
+
+        Returns:
+            Why the message was dropped, or None when it was handled.
+
+        Raises:
+            LogDiverged: the leader of this term kept contradicting committed entries (see
+                :data:`DIVERGENCE_APPENDS`).
         """
+        try:
+            check_message(m)
+        except InvalidMessage as exc:
+            return str(exc)
+        if m.term > self.term + MAX_TERM_JUMP:
+            return f"term {m.term} is more than {MAX_TERM_JUMP} above this node's {self.term}"
         if m.term > self.term:
             if isinstance(m, (MsgVote, MsgPreVote)):
                 forced = isinstance(m, MsgVote) and m.transfer
@@ -315,17 +375,23 @@ class Raft:
         if isinstance(m, (MsgVote, MsgPreVote)):
             self._handle_vote_request(m)
         elif self.role is Role.LEADER:
-            self._step_leader(m)
+            return self._step_leader(m)
         elif isinstance(m, (MsgApp, MsgHeartbeat)):
+            if self.term_leader is not None and m.src != self.term_leader:
+                # One leader per term (Election Safety, §5.2): this node already follows
+                # another in this term, so this one is forged (or a bug). Following it would
+                # take entries no quorum holds.
+                return (f"{type(m).__name__} from {m.src} in term {self.term}, whose leader is "
+                        f"{self.term_leader}")
             # Same-term AppendEntries means a legitimate leader exists (§5.2): (pre-)candidates
             # give up, and everyone follows it.
             if self.role is not Role.FOLLOWER or self.lead != m.src:
                 self._become_follower(self.term, m.src)
             self.election_elapsed = 0
+            self.leader_ticks = 0
             if isinstance(m, MsgApp):
-                self._handle_append(m)
-            else:
-                self._handle_heartbeat(m)
+                return self._handle_append(m)
+            self._handle_heartbeat(m)
         elif isinstance(m, MsgPreVoteResp) and self.role is Role.PRE_CANDIDATE:
             # A grant counts only for the term we are asking about now (not an older round).
             if m.reject or m.term == self.term + 1:
@@ -333,8 +399,13 @@ class Raft:
         elif isinstance(m, MsgVoteResp) and self.role is Role.CANDIDATE:
             self._on_poll(m.src, not m.reject)
         elif isinstance(m, MsgTimeoutNow) and self.role is Role.FOLLOWER:
+            if m.src != self.term_leader:
+                # Only the leader hands leadership over: from anyone else it would start an
+                # election that ignores the leader lease.
+                return f"MsgTimeoutNow from {m.src}, not the leader of term {self.term}"
             # Thesis §3.10: the leader says our log is up to date; campaign at once.
             self.campaign(transfer=True)
+        return None
 
     def _on_poll(self, voter: NodeId, granted: bool) -> None:
         result = self._poll(voter, granted)
@@ -365,14 +436,13 @@ class Raft:
 
     # --- follower side of replication -----------------------------------------------------------
 
-    def _handle_append(self, m: MsgApp) -> None:
+    def _handle_append(self, m: MsgApp) -> str | None:
+        contradiction = self._contradiction(m)
+        if contradiction is not None:
+            return self._on_contradiction(m, contradiction)
+        self.contradictions = 0
         if m.prev_index < self.log.committed:
             # Everything up to our commit index is settled; tell the leader where we stand.
-            # The leader of our term holds every entry we committed (Leader Completeness,
-            # §5.4), so an entry of its that contradicts one of them means the logs diverged
-            # (a forced new cluster, or an old copy of a data dir): stop rather than probe
-            # forever.
-            self._check_no_divergence(m)
             if not m.commit_only:
                 self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
             return
@@ -383,7 +453,7 @@ class Raft:
             hint_index, hint_term = self.log.find_conflict_by_term(m.prev_index, m.prev_term)
             self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=m.prev_index,
                                         reject=True, hint_index=hint_index, hint_term=hint_term))
-            return
+            return None
         # Figure 2 receiver rule 5. Only up to the last entry this message vouches for: entries
         # after it may be stale leftovers that the leader has not yet overwritten. With
         # stored_commit, what our copy makes a quorum of (it is on disk before it is applied:
@@ -393,16 +463,37 @@ class Raft:
             # The answer to a commit-only append would tell the leader nothing: a lost entry
             # shows up as a rejection of the next append, or at the next heartbeat's answer.
             self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=last_new))
+        return None
 
-    def _check_no_divergence(self, m: MsgApp) -> None:
+    def _contradiction(self, m: MsgApp) -> str | None:
+        """How ``m`` contradicts an entry this node committed, or None.
+
+        The leader of our term holds every entry we committed (Leader Completeness, §5.4), so
+        an append whose previous entry or entries disagree with one of them can only come from
+        a log that diverged (a forced new cluster, an old copy of a data dir) or a forger.
+        """
+        committed = self.log.committed
         held = [(m.prev_index, m.prev_term)] if m.prev_index else []
         for index, term in held + [(e.index, e.term) for e in m.entries]:
-            if index > self.log.committed:
+            if index > committed:
                 break
             if self.log.term(index) != term:
-                raise LogDiverged(
-                    f"leader {m.src} has term {term} at entry {index}, where this node committed "
-                    f"term {self.log.term(index)} (committed up to {self.log.committed})")
+                return (f"leader {m.src} has term {term} at entry {index}, where this node "
+                        f"committed term {self.log.term(index)} (committed up to {committed})")
+        return None
+
+    def _on_contradiction(self, m: MsgApp, what: str) -> str:
+        """Drops a contradicting append, unanswered (the leader sends it again at the next
+        heartbeat's answer; answering would only have it probe lower at once), and raises
+        LogDiverged once the term's leader kept contradicting for long enough."""
+        if self.contradictions == 0:
+            self.contradicted_at = self.ticks
+        self.contradictions += 1
+        if self.contradictions >= DIVERGENCE_APPENDS and \
+                self.ticks - self.contradicted_at >= self.cfg.election_tick:
+            raise LogDiverged(f"{what}; {self.contradictions} such appends in "
+                              f"{self.ticks - self.contradicted_at} ticks, none consistent")
+        return f"contradicting append dropped ({self.contradictions} in a row): {what}"
 
     def _handle_heartbeat(self, m: MsgHeartbeat) -> None:
         # The leader caps a heartbeat's commit at our known match index, so it is in our log.
@@ -411,11 +502,15 @@ class Raft:
 
     # --- leader side of replication ---------------------------------------------------------------
 
-    def _step_leader(self, m: Message) -> None:
+    def _step_leader(self, m: Message) -> str | None:
         pr = self.prs.get(m.src)
         if pr is None:
-            return  # not a member (any more)
+            return f"{type(m).__name__} from {m.src}, not a member"
         if isinstance(m, MsgAppResp):
+            if m.index > self.log.last_index():
+                # No follower matches past this leader's log: counting it would send appends
+                # from past the end of the log (and count a quorum that does not exist).
+                return f"MsgAppResp from {m.src} claims index {m.index}, past this leader's log"
             pr.recent_active = True
             if m.reject:
                 self._on_reject(m, pr)

@@ -18,6 +18,16 @@ from typing import Any, Union
 #: A node id: stable across restarts (the driver keeps it in the data dir).
 NodeId = str
 
+#: Terms and log indexes a peer may send (see :mod:`.validate`). SQLite stores them as 64-bit
+#: INTEGERs: a term of 2**63 written to disk raised OverflowError in every node it reached
+#: (issue 18). 2**62 leaves room for every ``term + 1`` the core computes and is still beyond
+#: anything an honest cluster reaches (a billion elections a second for 146 years).
+MAX_TERM = 2**62
+MAX_INDEX = 2**62
+#: Longest node id and proposal id a peer may send (ours are ``node-`` + 8 hex digits and 32
+#: hex digits).
+MAX_ID_LEN = 128
+
 
 class EntryType(enum.Enum):
     """What a log entry carries."""
@@ -227,11 +237,13 @@ def entry_from_dict(raw: dict[str, Any]) -> Entry:
     """Inverse of :func:`entry_to_dict`.
 
     Raises:
-        KeyError, ValueError: ``raw`` is not an encoded entry.
+        KeyError, ValueError, TypeError: ``raw`` is not an encoded entry.
     """
+    # No int() here: a peer's "5", 5.7 or true is refused by validate.check_message, not
+    # silently turned into an index.
     return Entry(
-        index=int(raw["index"]),
-        term=int(raw["term"]),
+        index=raw["index"],
+        term=raw["term"],
         type=EntryType(raw["type"]),
         data=base64.b64decode(raw["data"], validate=True),
         proposal_id=raw.get("proposal_id"),

@@ -120,11 +120,20 @@ class RawNode:
         """One unit of logical time (the driver calls it every ``tick`` of its real clock)."""
         self.raft.tick()
 
-    def step(self, message: Message) -> None:
-        """Handles a message received from a peer (addressed to this node)."""
-        if message.dst != self.raft.id:
-            raise ValueError(f"message for {message.dst} stepped into {self.raft.id}")
-        self.raft.step(message)
+    def step(self, message: Message) -> str | None:
+        """Handles a message received from a peer (addressed to this node).
+
+        Returns:
+            Why the core dropped it (out of range, forged, contradicting), or None; see
+            :meth:`Raft.step`. It never raises for a peer's message, however malformed,
+            but :class:`~.log.LogDiverged`.
+
+        Raises:
+            ValueError: the message is addressed to another node (the driver's mistake).
+        """
+        if getattr(message, "dst", None) != self.raft.id:
+            raise ValueError(f"message for {getattr(message, 'dst', None)!r} stepped into {self.raft.id}")
+        return self.raft.step(message)
 
     def campaign(self) -> None:
         """Starts an election now (pre-vote first), as if the election timeout had elapsed."""
@@ -182,9 +191,14 @@ class RawNode:
             messages=tuple(r.msgs),
             committed_entries=tuple(r.log.slice(self._applying + 1, r.log.committed + 1)),
             soft_state=soft if soft != self._prev_soft else None,
-            # A term or vote must be on disk before any message that carries it goes out.
+            # A term or vote must be on disk before any message that carries it goes out. So
+            # must a configuration: a leader that sent a CONFIG entry (a demotion, say) and
+            # crashed before writing it would restart under the old configuration, needing the
+            # vote of a node whose longer log refuses it and which, demoted in its own log,
+            # never campaigns: no leader ever again (simulation seed 1933 with the adversary).
             leader_appends_early=r.role is Role.LEADER and (hard.term, hard.vote) == (
-                self._prev_hard.term, self._prev_hard.vote),
+                self._prev_hard.term, self._prev_hard.vote) and not any(
+                    e.type is EntryType.CONFIG for e in r.log.unstable_entries()),
         )
         r.msgs = []
         self._prev_soft = soft
