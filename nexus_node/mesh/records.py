@@ -189,7 +189,9 @@ class ReplicatedRecords:
             if op == "member":
                 node_id, address = str(body["node_id"]), str(body["address"])
                 self.addresses[node_id] = address
-                self.driver.note_peer(node_id, address)
+                # Only the driver's address book decides, and it may first check a move
+                # (the record's writer names itself; the record is not proof).
+                self.driver.note_recorded(node_id, address)
                 return None
         except (KeyError, TypeError, ValueError):
             return None   # malformed: skipped the same way on every node

@@ -19,6 +19,9 @@ Invariants are checked as the run goes (:class:`SafetyViolation` on the first br
 
 After the chaotic phase the network heals and every node restarts; a leader must then be
 elected and a fresh proposal applied on every node within a bounded number of ticks (liveness).
+:meth:`Sim.run_minority_down` goes on from there: members are added and promoted under faults,
+then the leader and up to a minority of the voters stay down for good, and the others must
+elect a leader and commit (liveness without restarting every node).
 
 Every message is delivered as a real node's transport delivers it: checked
 (:func:`~nexus_node.mesh.raft.validate.check_message`, which no honest message may fail) and
@@ -27,7 +30,8 @@ refused when its sender is not a member of the receiver's configuration
 injects what a peer holding the cluster's credential could send, as JSON through
 :func:`~nexus_node.mesh.raft.validate.decode_message`, the transport's own path: out-of-range
 terms and indexes, wrong types, unknown entry types, messages from non-members, same-term
-appends, heartbeats and transfers from a member that is not the term's leader, answers claiming
+appends, heartbeats and transfers from a member that is not the term's leader (a non-member's
+vote requests pass the screen, elections being open to all, and reach the core), answers claiming
 more log than the leader has, and appends contradicting committed entries in the name of the
 real leader (one or two at a time: a forger that keeps that up can stop the node, which is what
 the peer secret is for). Each must be refused or dropped; no node may raise. Not injected, since
@@ -57,6 +61,7 @@ from nexus_node.mesh.raft import (
     MsgApp,
     MsgAppResp,
     MsgHeartbeat,
+    MsgPreVote,
     MsgTimeoutNow,
     MsgVote,
     RawNode,
@@ -94,6 +99,8 @@ class SimParams:
     p_catch_up: float = 0.02
     p_attack: float = 0.15   # per tick: one forged message to one node
     check_every: int = 20
+    minority_ticks: int = 150   # run_minority_down: the membership phase before a minority stays down
+    minority_drop: float = 0.15  # its message loss: followers miss entries, logs end unevenly
 
 
 class Sim:
@@ -127,6 +134,8 @@ class Sim:
         self.trace: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=80)
         self.faults = True
         self.stats = collections.Counter[str]()
+        self.down: set[str] = set()   # down for good (run_minority_down): never restarted
+        self.drop = params.drop
 
     # --- nodes ----------------------------------------------------------------------------------
 
@@ -157,11 +166,13 @@ class Sim:
     # --- network --------------------------------------------------------------------------------
 
     def send(self, m: Message) -> None:
+        if m.dst not in self.group or m.src not in self.group:
+            return   # an answer to the adversary's non-member: no such node
         if self.group[m.src] != self.group[m.dst]:
             return
         copies = 1
         if self.faults:
-            if self.rng.random() < self.p.drop:
+            if self.rng.random() < self.drop:
                 return
             if self.rng.random() < self.p.duplicate:
                 copies = 2
@@ -422,14 +433,21 @@ class Sim:
             if not members or r.orphaned:
                 return   # an empty log, or one that lost its leader, takes a stranger's appends
             src = "intruder"
-            raw = message_to_dict(rng.choice((
+            forged = rng.choice((
                 MsgHeartbeat(src, dst, r.term + rng.randint(0, 3), r.log.last_index()),
-                MsgVote(src, dst, r.term + 1, r.log.last_index() + 10, r.term + 1),
+                MsgVote(src, dst, r.term + 1, r.log.last_index() + 10, r.term + 1, transfer=True),
                 MsgApp(src, dst, r.term + 1, r.log.last_index(), r.log.last_term(),
                        (Entry(r.log.last_index() + 1, r.term + 1, EntryType.NORMAL, b"forged"),),
                        r.log.last_index() + 1),
                 MsgTimeoutNow(src, dst, r.term),
-            )))
+                # Elections are open to non-members (thesis 4.1; see sender_refusal): these
+                # reach the core, whose leader lease ignores them while a leader is heard.
+                MsgVote(src, dst, r.term + 1, r.log.last_index() + 10, r.term + 1),
+                MsgPreVote(src, dst, r.term + 1, r.log.last_index() + 10, r.term + 1),
+            ))
+            if isinstance(forged, (MsgVote, MsgPreVote)) and not (isinstance(forged, MsgVote) and forged.transfer):
+                expect = "taken"
+            raw = message_to_dict(forged)
         elif kind == "not_leader":
             leader = r.term_leader
             liars = [i for i in others if i != leader]
@@ -479,7 +497,7 @@ class Sim:
         if expect == "refused":
             raise SafetyViolation(f"adversary: a {kind} forgery passed the transport's checks: {raw}")
         dropped = node.step(m)
-        if dropped is None:
+        if dropped is None and expect == "dropped":
             raise SafetyViolation(f"adversary: the core took a {kind} forgery: {m}")
         self.handle_ready(dst)
 
@@ -527,11 +545,16 @@ class Sim:
             if self.rng.random() < p.p_attack:
                 self.attack()
             self.step_tick()
-        # Heal: everyone up, one network, no loss. A leader must appear and commit a proposal.
+        self.check_liveness()
+
+    def check_liveness(self) -> None:
+        """Heal: everyone up but the nodes down for good, one network, no loss. A leader must
+        appear and commit a proposal that every live member of its configuration applies."""
+        p = self.p
         self.faults = False
         self.heal()
         for i in self.ids:
-            if self.nodes[i] is None:
+            if self.nodes[i] is None and i not in self.down:
                 self.restart(i)
         markers: list[Entry] = []  # re-proposed if a leader change loses the latest one
         healed_at = self.now
@@ -562,10 +585,116 @@ class Sim:
         self.check_logs()
         self.stats.update(terms=max(self.leaders, default=0), applied=len(self.chosen))
 
+    def run_minority_down(self) -> None:
+        """:meth:`run`, then a membership phase after which a minority of the voters stays down
+        for good, then liveness among the others.
+
+        The phase starts from a healed cluster whose voters are S. Under lossy, partitioned
+        traffic and crash-restarts, the leader adds learners and promotes them (never demotes
+        or removes a voter, so every configuration holds S and a minority of S stays a minority
+        of each). At some point, often right after it proposed a change, the leader and up to
+        (|S|-1)/2 - 1 other voters of S crash for good: the survivors may hold different
+        configurations (a promotion on some, not others), which is where refusing a stranger's
+        vote request left a live quorum without a leader. The survivors must then elect one and
+        commit. Clusters of fewer than three voters have no minority to lose; they end after
+        :meth:`run`.
+        """
+        self.run()
+        leader = self.leader()
+        assert leader is not None
+        start = sorted(leader.raft.membership.voters)
+        if len(start) < 3:
+            self.stats["minority_skipped"] += 1
+            return
+        rng, p = self.rng, self.p
+        k = rng.randint(1, (len(start) - 1) // 2)
+        crash_at = rng.randint(10, p.minority_ticks - 10)
+        self.faults = True
+        self.drop = p.minority_drop
+        # Often one voter of S is cut off until the minority goes down: it misses the changes
+        # (the voter that refused the promoted node's vote request, in the review's case).
+        laggard = rng.choice([i for i in start if i != leader.raft.id]) if rng.random() < 0.6 else None
+        if laggard is not None:
+            self.group[laggard] = 1
+            self.event("laggard", laggard)
+        for tick in range(p.minority_ticks):
+            leader = self.leader()
+            changed = False
+            if leader is not None and rng.random() < (0.15 if laggard and not self.down else 0.05):
+                changed = self.grow_membership(leader)
+            if not self.down and (tick >= crash_at or (changed and rng.random() < 0.3)):
+                self.take_down(k, start)
+                if laggard is not None:
+                    self.heal()
+            if laggard is not None and not self.down:
+                if rng.random() < p.p_restart and self.nodes[laggard] is None:
+                    self.restart(laggard)
+                self.propose()
+                self.step_tick()
+                continue
+            alive = [i for i in self.alive()]
+            if alive and rng.random() < p.p_crash:
+                self.crash(rng.choice(alive))
+            for i in self.ids:
+                if self.nodes[i] is None and i not in self.down and rng.random() < p.p_restart:
+                    self.restart(i)
+            if rng.random() < p.p_partition:
+                for i in self.ids:
+                    self.group[i] = rng.randrange(2)
+                self.stats["partitions"] += 1
+                self.event("partition", dict(self.group))
+            elif rng.random() < p.p_heal:
+                self.heal()
+            if rng.random() < p.p_propose:
+                self.propose()
+            if rng.random() < p.p_attack:
+                self.attack()
+            self.step_tick()
+        if not self.down:
+            self.take_down(k, start)
+        self.stats["minority_down"] += len(self.down)
+        self.drop = p.drop
+        self.check_liveness()
+
+    def grow_membership(self, leader: RawNode) -> bool:
+        """Adds a learner or promotes one (never a change that shrinks the voters)."""
+        cur = leader.raft.membership
+        outsiders = [i for i in self.ids if i not in cur.members and i not in self.down]
+        choices = [("add_learner", i) for i in outsiders] + [("promote", i) for i in sorted(cur.learners)]
+        if not choices:
+            return False
+        op, who = self.rng.choice(choices)
+        voters, learners = set(cur.voters), set(cur.learners)
+        if op == "add_learner":
+            learners.add(who)
+        else:
+            learners.discard(who)
+            voters.add(who)
+        try:
+            leader.propose_membership(Membership.of(voters, learners))
+        except (InvalidConfigChange, ProposalDropped):
+            return False
+        self.stats["membership_changes"] += 1
+        self.event("membership", leader.raft.id, op, who)
+        self.handle_ready(leader.raft.id)
+        return True
+
+    def take_down(self, k: int, start: list[str]) -> None:
+        """Crashes the leader (a voter, of S or promoted since) and voters of S, k in all, for good."""
+        leader = self.leader()
+        doomed = [leader.raft.id] if leader is not None else []
+        others = [i for i in start if i not in doomed]
+        doomed += self.rng.sample(others, k - len(doomed))
+        for i in doomed:
+            if self.nodes[i] is not None:
+                self.crash(i)
+        self.down = set(doomed)
+        self.event("down for good", sorted(self.down))
+
     def _applied_everywhere(self, marker: Entry, leader: RawNode) -> bool:
         """Whether every member of the leader's configuration applied ``marker``."""
         want = (marker.index, marker.term)
-        for i in leader.raft.membership.members:
+        for i in leader.raft.membership.members - self.down:
             seq = self.applied[i]
             if len(seq) < marker.index or seq[marker.index - 1] != want:
                 return False
@@ -585,15 +714,16 @@ class Sim:
         return "\n".join(f"  t={t} " + " ".join(map(str, rest)) for t, *rest in self.trace)
 
 
-def run_seed(seed: int, params: SimParams = SimParams()) -> Sim:
-    """Runs one seed; on failure raises AssertionError carrying the seed and a trace."""
+def run_seed(seed: int, params: SimParams = SimParams(), minority_down: bool = False) -> Sim:
+    """Runs one seed (:meth:`Sim.run`, or :meth:`Sim.run_minority_down`); on failure raises
+    AssertionError carrying the seed and a trace."""
     sim = Sim(seed, params)
     try:
-        sim.run()
+        sim.run_minority_down() if minority_down else sim.run()
     except AssertionError as exc:
         raise AssertionError(
             f"raft simulation failed for seed {seed}: {exc}\n"
             f"rerun: NEXUS_RAFT_SEED={seed} .venv/bin/python -m pytest -q "
-            f"tests/mesh/test_raft_simulation.py\n"
+            f"tests/mesh/test_raft_simulation.py{' -k minority' if minority_down else ''}\n"
             f"last events:\n{sim.format_trace()}\n{sim.describe()}") from exc
     return sim

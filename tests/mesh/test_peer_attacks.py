@@ -237,3 +237,19 @@ def test_a_hello_claiming_the_leader_s_id_from_elsewhere_does_not_move_it(nodes)
     wait_for_line(target, f"still answers at {view.leader.address}: address kept")
     study_write(target)   # handed to the leader at its real address, committed
     assert_serving(nodes)
+
+
+def test_a_forged_member_record_does_not_move_a_member_that_still_answers(nodes):
+    """A caller with the peer secret hands the leader a `member` record in a follower's name
+    (a follower may record its own address, and "its own" is the batch's claimed sender): it
+    commits, but no node's address book moves that follower while it answers where it is."""
+    view = View(nodes)
+    victim, other = view.followers
+    elsewhere = f"127.0.0.1:{free_port()}"
+    body = {"op": "member", "node_id": view.id(victim), "address": elsewhere}
+    proposal = ppb.Proposal(proposal_id=uuid.uuid4().hex, data=encode_command("records", body))
+    assert step(view.leader, view.id(victim), proposals=[proposal]) == (grpc.StatusCode.OK, "")
+    for n in (view.leader, other):
+        wait_for_line(n, f"still answers at {victim.address}: address kept")
+        study_write(n)   # the leader still reaches the victim: a write commits with it
+    assert_serving(nodes)

@@ -12,15 +12,16 @@ from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
 from nexus_node.mesh import journal, records
 from nexus_node.mesh.peers import AddressClaim, address_claim
 from nexus_node.mesh.raft import (
-    Entry, EntryType, HardState, Membership, MsgApp, MsgAppResp, MsgHeartbeat, MsgTimeoutNow,
-    MsgVote, message_to_dict,
+    Entry, EntryType, HardState, MemoryStorage, Membership, MsgApp, MsgAppResp, MsgHeartbeat,
+    MsgTimeoutNow, MsgVote, RaftConfig, RawNode, Role, message_to_dict,
 )
+from nexus_node.mesh.raft.messages import MsgPreVote, MsgPreVoteResp, MsgVoteResp
 from nexus_node.mesh.raft.core import MAX_TERM_JUMP
 from nexus_node.mesh.raft.messages import MAX_INDEX, MAX_TERM
 from nexus_node.mesh.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
 from nexus_node.mesh.state import ReplicatedState, encode_command
 
-from .helpers import Cluster, node_with_log
+from .helpers import Cluster, drain, node_with_log
 
 
 def raw(m) -> dict:
@@ -79,9 +80,67 @@ def test_only_members_speak_consensus_but_a_node_being_added_or_lost_hears_its_l
     # its votes, its transfers or its writes.
     assert sender_refusal("x", {"a", "b"}, hb, orphaned=True) is None
     assert sender_refusal("x", {"a", "b"}, hb, leader="x") is None
-    assert sender_refusal("x", {"a", "b"}, MsgVote("x", "a", 3, 0, 0), orphaned=True)
     assert sender_refusal("x", {"a", "b"}, MsgTimeoutNow("x", "a", 2), leader="x")
     assert sender_refusal("x", {"a", "b"}, None, orphaned=True)
+    assert sender_refusal("x", {"a", "b"}, MsgApp("x", "a", 2, 0, 0, (), 0))
+
+
+def test_elections_are_open_to_non_members_but_a_transfer_s_vote_is_not():
+    # Thesis 4.1: a voter answers a candidate its configuration does not know yet (the lease
+    # in the core keeps a removed node from disrupting a leader it hears).
+    for m in (MsgPreVote("x", "a", 3, 0, 0), MsgVote("x", "a", 3, 0, 0),
+              MsgPreVoteResp("x", "a", 3, False), MsgVoteResp("x", "a", 3, True)):
+        assert sender_refusal("x", {"a", "b"}, m) is None
+        assert sender_refusal("x", {"a", "b"}, m, orphaned=True) is None
+    # A transfer's vote request overrides the lease: only from a member, or to a lost node.
+    forced = MsgVote("x", "a", 3, 0, 0, transfer=True)
+    assert "transfer" in sender_refusal("x", {"a", "b"}, forced)
+    assert sender_refusal("x", {"a", "b"}, forced, orphaned=True) is None
+    assert sender_refusal("b", {"a", "b"}, forced) is None
+
+
+def _run_screened(nodes: dict, ticks: int) -> str | None:
+    """Ticks RawNodes (id -> (node, storage)) delivering every message at once, each through
+    sender_refusal as the transport screens it; returns the first leader elected."""
+    net: list = []
+    for _ in range(ticks):
+        for node, _st in nodes.values():
+            node.tick()
+        for _ in range(5):
+            for node, st in nodes.values():
+                net.extend(drain(node, st))
+            pending, net = net, []
+            for m in pending:
+                if m.dst not in nodes:
+                    continue
+                r = nodes[m.dst][0].raft
+                if sender_refusal(m.src, r.membership.members, m, r.orphaned, r.term_leader) is None:
+                    nodes[m.dst][0].step(m)
+        leaders = [i for i, (n, _) in nodes.items() if n.raft.role is Role.LEADER]
+        if leaders:
+            return leaders[0]
+    return None
+
+
+def test_a_voter_that_missed_a_promotion_still_votes_for_the_promoted_node():
+    """Voters {A,B,C}; D added as a learner, then promoted (committed on A, B, D); C lags at
+    {A,B,C}; D holds one more (uncommitted) entry; A is gone for good. Only D can win (its log
+    is the longest) and it needs C's vote: refusing it as a non-member left B, C and D, a live
+    quorum of every configuration, without a leader for ever (the reviewer's vote_deadlock)."""
+    c1 = Membership.of(["A", "B", "C"]).encode()
+    more = [Entry(2, 2, EntryType.CONFIG, Membership.of(["A", "B", "C"], ["D"]).encode()),
+            Entry(3, 2, EntryType.CONFIG, Membership.of(["A", "B", "C", "D"]).encode())]
+    base = [Entry(1, 1, EntryType.CONFIG, c1)]
+    logs = {"B": base + more, "C": base, "D": base + more + [Entry(4, 2, EntryType.NORMAL, b"x")]}
+    commits = {"B": 3, "C": 1, "D": 3}
+    nodes = {}
+    for i, entries in logs.items():
+        st = MemoryStorage()
+        st.append(entries)
+        st.set_hard_state(HardState(term=2, vote="A", commit=commits[i]))
+        nodes[i] = (RawNode(RaftConfig(i, election_tick=10, heartbeat_tick=2, seed=7), st), st)
+    assert "D" not in nodes["C"][0].raft.membership.members
+    assert _run_screened(nodes, 600) == "D"
 
 
 def test_the_core_drops_what_no_honest_peer_sends_and_never_raises():
@@ -136,6 +195,9 @@ class _Driver:
         self.node_id = "n1"
 
     def note_peer(self, node_id: str, address: str) -> None:
+        pass
+
+    def note_recorded(self, node_id: str, address: str) -> None:
         pass
 
 
@@ -219,3 +281,103 @@ def test_a_config_entry_must_name_valid_members():
         check_message(MsgApp("a", "b", 3, 4, 2, (bad,), 4))
     ok = Entry(5, 3, EntryType.CONFIG, Membership.of(["a", "b"]).encode())
     check_message(MsgApp("a", "b", 3, 4, 2, (ok,), 4))
+
+
+# ---- the term jump limit ------------------------------------------------------------------------
+
+
+def test_a_new_node_takes_the_term_of_a_cluster_that_passed_the_jump_limit():
+    """A new node has term 0 and an empty log; an old cluster's term may be past 2**20 (and
+    with pre-vote a new node never raises its own): it must still follow its leader."""
+    st = MemoryStorage()
+    node = RawNode(RaftConfig("d"), st)
+    big = MAX_TERM_JUMP * 3
+    c1 = Entry(1, 5, EntryType.CONFIG, Membership.of(["a", "b", "c"], ["d"]).encode())
+    assert node.step(MsgHeartbeat("a", "d", big, 0)) is None
+    assert node.status().term == big and node.status().lead == "a"
+    assert node.step(MsgApp("a", "d", big, 0, 0, (c1,), 1)) is None
+    drain(node, st)
+    assert st.last_index() == 1 and node.status().commit == 1
+
+
+def test_a_node_restored_from_an_old_backup_takes_its_leader_s_term_once_orphaned():
+    node, _ = node_with_log("b", ["a", "b", "c"], [2], HardState(term=2), election_tick=10)
+    big = 2 + MAX_TERM_JUMP * 5
+    # While it hears a leader of its own term, a jump that large is refused.
+    node.step(MsgHeartbeat("a", "b", 2, 0))
+    assert "above this node's" in node.step(MsgHeartbeat("c", "b", big, 0))
+    # The real cluster moved on long ago: the node hears no leader it can take...
+    for _ in range(2 * 10 - 1):
+        node.tick()
+        assert "above this node's" in node.step(MsgHeartbeat("c", "b", big, 0))
+    node.tick()
+    # ...and once orphaned it takes that term and follows.
+    assert node.raft.orphaned
+    assert node.step(MsgHeartbeat("c", "b", big, 0)) is None
+    assert node.status().term == big and node.status().lead == "c"
+
+
+# ---- contradictions -------------------------------------------------------------------------
+
+
+def test_forged_contradictions_spread_over_an_idle_leader_s_term_never_add_up():
+    """An idle leader sends only heartbeats: those that carry a commit matching this node's
+    reset the count, so three forged contradictions over its term are three single ones."""
+    from nexus_node.mesh.raft.core import DIVERGENCE_APPENDS
+    c = Cluster(["a", "b"], election_tick=10)
+    c.elect("a")
+    c.nodes["a"].propose(b"x")
+    c.deliver()
+    b = c.nodes["b"]
+    term, committed = b.status().term, b.status().commit
+    forged = MsgApp("a", "b", term, prev_index=committed - 1, prev_term=0,
+                    entries=(), commit=committed)
+    for _ in range(DIVERGENCE_APPENDS * 3):
+        assert "contradicting" in b.step(forged)
+        c.tick(4)      # the leader's heartbeats, commit = b's commit
+        assert b.raft.contradictions == 0
+    # The node still follows and applies.
+    c.nodes["a"].propose(b"y")
+    c.deliver()
+    assert b"y" in [e.data for e in c.applied["b"]]
+
+
+def test_a_heartbeat_of_a_leader_that_never_matched_this_node_does_not_reset_the_count():
+    node, _ = node_with_log("b", ["a", "b"], [2, 2], HardState(term=2, commit=3), election_tick=10)
+    node.step(MsgHeartbeat("a", "b", 2, 3))
+    wrong = MsgApp("a", "b", 2, prev_index=2, prev_term=1, entries=(), commit=0)
+    assert "contradicting" in node.step(wrong)
+    assert node.step(MsgHeartbeat("a", "b", 2, 0)) is None          # commit 0: no match known
+    assert node.raft.contradictions == 1
+
+
+# ---- application data on followers -------------------------------------------------------------
+
+
+def test_a_follower_takes_a_committed_entry_its_validators_refuse_and_skips_it_on_apply():
+    """Application commands are checked where they are proposed (the leader). A follower takes
+    whatever is replicated: the entry may be committed already (a joiner replays from index 1),
+    and a command of a kind this node does not know (a newer node's, in a rolling upgrade) or
+    that a stricter validator refuses must not block it. Apply skips it, the same everywhere."""
+    state, recs = _state()
+    unknown = encode_command("from_a_newer_version", {"x": 1})
+    forged = encode_command("records", {"op": "put_job", "job": job() | {"created_at": "yesterday"}})
+    for data in (unknown, forged):
+        with pytest.raises(ValueError):
+            state.validate(data)          # a leader refuses to propose it
+    c = Cluster(["a", "b"])
+    c.elect("a")
+    b = c.nodes["b"]
+    term, last = b.status().term, b.status().last_index
+    entries = (Entry(last + 1, term, EntryType.NORMAL, unknown, "p1"),
+               Entry(last + 2, term, EntryType.NORMAL, forged, "p2"))
+    m = MsgApp("a", "b", term, last, c.storage["b"].term(last), entries, last + 2)
+    check_message(m)                                        # structurally fine
+    assert sender_refusal("a", b.raft.membership.members, m) is None
+    assert b.step(m) is None
+    c.deliver()
+    applied = [e for e in c.applied["b"] if e.type is EntryType.NORMAL]
+    assert [e.data for e in applied] == [unknown, forged]
+    for i, e in enumerate(c.applied["b"], start=1):
+        assert state.apply(e).index == i                    # skipped, not raised
+    assert "job-1" not in recs.jobs

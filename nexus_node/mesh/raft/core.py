@@ -40,7 +40,12 @@ from .validate import InvalidMessage, check_message
 #: How far above this node's term a message's term may be. A peer that pushed every node's
 #: term to the range's end (MAX_TERM) would leave no term to campaign in; one step at a time of
 #: at most this much, it would need 2**42 forged messages. An honest cluster never moves a
-#: million terms past a member (pre-vote keeps a partitioned node's term where it was).
+#: million terms past a member that keeps hearing it (pre-vote keeps a partitioned node's term
+#: where it was). Not applied by a node with an empty log (a new node has term 0, and a
+#: cluster's term may be past 2**20) nor by an orphaned one (``Raft.orphaned``: one restored
+#: from an old backup hears its leader's term and drops it until then): neither has a cluster
+#: of its own to protect, and the nodes that do (they hear their leader) still apply it, so a
+#: term pushed up on such a node travels no further.
 MAX_TERM_JUMP = 2**20
 
 #: Contradicting appends (entries that contradict what this node committed) from the leader of
@@ -343,7 +348,7 @@ class Raft:
             check_message(m)
         except InvalidMessage as exc:
             return str(exc)
-        if m.term > self.term + MAX_TERM_JUMP:
+        if m.term > self.term + MAX_TERM_JUMP and self.log.last_index() > 0 and not self.orphaned:
             return f"term {m.term} is more than {MAX_TERM_JUMP} above this node's {self.term}"
         if m.term > self.term:
             if isinstance(m, (MsgVote, MsgPreVote)):
@@ -497,6 +502,13 @@ class Raft:
 
     def _handle_heartbeat(self, m: MsgHeartbeat) -> None:
         # The leader caps a heartbeat's commit at our known match index, so it is in our log.
+        # One that reaches our commit index says the term's leader matched our log at least
+        # that far (it counted our acknowledgement): whatever contradicted it before was not
+        # this leader, so the count of contradictions starts again (an idle leader sends no
+        # appends, and three forged contradictions over its term must not add up). A leader
+        # whose log really diverged never matched us: its heartbeats carry commit 0.
+        if self.log.committed <= m.commit <= self.log.last_index() and m.commit > 0:
+            self.contradictions = 0
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self.msgs.append(MsgHeartbeatResp(self.id, m.src, self.term))
 

@@ -11,7 +11,12 @@ simulation exercises the very path a real peer's message takes.
 * :func:`decode_message`: JSON text to a checked :class:`~.messages.Message`.
 * :func:`check_message`: types and ranges of every field and entry (no application data).
 * :func:`sender_refusal`: whether the sender is a member of this node's configuration.
-* :func:`check_entry_data`: the application's check of each NORMAL entry's data.
+
+Application data (the commands in NORMAL entries) is not checked here: the leader checks a
+command when it is proposed (``ReplicatedState.validate``, ``check_forwarded``), and a
+follower takes whatever its leader replicates, since those entries may already be committed
+(a joining node replays the log from index 1) and ``ReplicatedState.apply`` skips a malformed
+or unknown command identically on every node. Refusing one would block every joiner for good.
 
 Every failure is :class:`InvalidMessage` (a ``ValueError``) whose text says what is wrong.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .membership import InvalidConfigChange, Membership
 from .messages import (
@@ -33,6 +38,10 @@ from .messages import (
     Message,
     MsgApp,
     MsgHeartbeat,
+    MsgPreVote,
+    MsgPreVoteResp,
+    MsgVote,
+    MsgVoteResp,
     message_from_dict,
 )
 
@@ -168,9 +177,28 @@ def decode_message(raw: bytes | str | dict[str, Any]) -> Message:
     return message
 
 
+#: Elections are open to every sender (see :func:`sender_refusal`).
+_ELECTION = (MsgPreVote, MsgPreVoteResp, MsgVote, MsgVoteResp)
+
+
 def sender_refusal(src: str, members: Iterable[str], message: object = None,
                    orphaned: bool = False, leader: str | None = None) -> str | None:
-    """Why a message from ``src`` is refused, or None: only members speak consensus.
+    """Why a message from ``src`` is refused, or None: only members speak consensus, but for
+    elections and a lost node's new leader.
+
+    Elections are never screened (thesis §4.1: servers process incoming RPCs without consulting
+    their current configurations). A voter must answer a candidate that its configuration does
+    not know yet: voters {A,B,C}, D added and promoted on A,B,D, C still at {A,B,C}, A gone for
+    good: D's log is the longest, so only D can win, and it needs C's vote (refusing it left the
+    cluster without a leader for ever, with a live quorum). Taking a stranger's (pre-)vote
+    requests is safe and cannot disrupt: a pre-vote changes nothing anywhere, a vote request is
+    ignored while the receiver hears its leader (the leader lease in ``Raft.step``, thesis
+    §4.2.3), and a vote only counts for a candidate whose own configuration names the voter
+    (``Raft._poll``). A non-member's answer counts for nothing in the candidate's tally either.
+    So the screen cannot make the cluster less live, and a forger in a non-member's name gets no
+    more from an election than it would in a member's name (the peer secret keeps both out).
+    The one exception is a transfer's vote request (``MsgVote.transfer``), which overrides the
+    lease: refused from a non-member unless the receiver is orphaned.
 
     Args:
         src: The sender's node id.
@@ -188,24 +216,14 @@ def sender_refusal(src: str, members: Iterable[str], message: object = None,
     members = frozenset(members)
     if not members or src in members:
         return None
+    if isinstance(message, _ELECTION):
+        if isinstance(message, MsgVote) and message.transfer and not orphaned:
+            # A leadership transfer's vote request overrides the lease: only the leader's
+            # chosen voter sends one, and a voter that hears its leader knows that voter
+            # (a lagging one that does not is outvoted; the target campaigns again normally).
+            return (f"node {src!r} is not a member of this cluster and asks for a transfer's "
+                    f"vote, which ignores the leader lease")
+        return None
     if (orphaned or src == leader) and isinstance(message, (MsgApp, MsgHeartbeat)):
         return None
     return f"node {src!r} is not a member of this cluster (members: {', '.join(sorted(members))})"
-
-
-def check_entry_data(m: Message, validate_data: Callable[[bytes], None]) -> None:
-    """Runs the application's check (``ReplicatedState.validate``) on each NORMAL entry of an
-    append: a follower refuses the whole message when one entry is not a well-formed command
-    (the leader sends it again; nothing is on disk yet).
-
-    Raises:
-        InvalidMessage: an entry's data is refused; the text says which and why.
-    """
-    if not isinstance(m, MsgApp):
-        return
-    for e in m.entries:
-        if e.type is EntryType.NORMAL:
-            try:
-                validate_data(e.data)
-            except ValueError as exc:
-                raise InvalidMessage(f"entry {e.index}: {exc}") from None
