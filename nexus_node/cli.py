@@ -150,6 +150,13 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_
     return "\n".join(lines)
 
 
+def _disk_free(n: nexus_pb2.NodeInfo) -> str:
+    """The data dir's free space; "LOW": under the node's --min-free-mb (it refuses uploads)."""
+    if not n.disk_free_bytes and not n.disk_low:
+        return "-"   # not reported (unreachable, or an older node)
+    return f"{n.disk_free_bytes / 2**30:.1f} GiB" + (" LOW" if n.disk_low else "")
+
+
 def format_cluster(cluster: nexus_pb2.Cluster) -> str:
     """The human view of the cluster (``nexus cluster``)."""
     head = (
@@ -165,12 +172,13 @@ def format_cluster(cluster: nexus_pb2.Cluster) -> str:
             f"{max(0.0, now - n.last_contact):.1f} s ago" if n.last_contact else "never",
             f"{n.slots_busy}/{n.slots_total}",
             f"{n.memory_free_bytes / 2**30:.1f}/{n.memory_total_bytes / 2**30:.1f} GiB",
+            _disk_free(n),
             n.accelerator or "-",
             len(n.running),
         )
         for n in cluster.nodes
     ]
-    headers = ("NODE", "ADDRESS", "ROLE", "LAST CONTACT", "SLOTS", "MEMORY FREE", "ACCEL", "RUNNING")
+    headers = ("NODE", "ADDRESS", "ROLE", "LAST CONTACT", "SLOTS", "MEMORY FREE", "DISK FREE", "ACCEL", "RUNNING")
     text = head + "\n" + table(headers, rows)
     if cluster.discovered:
         found = [(p.node_id or "(seed)", p.address, p.source) for p in cluster.discovered]

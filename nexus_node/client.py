@@ -622,6 +622,8 @@ def cluster_to_dict(cluster: nexus_pb2.Cluster) -> dict[str, Any]:
                 "slots_busy": n.slots_busy,
                 "memory_total_bytes": n.memory_total_bytes,
                 "memory_free_bytes": n.memory_free_bytes,
+                "disk_free_bytes": n.disk_free_bytes,
+                "disk_low": n.disk_low,
                 "accelerator": n.accelerator,
                 "running": list(n.running),
                 "version": n.version,

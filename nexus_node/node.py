@@ -9,15 +9,16 @@ calls, active jobs are left as they are on disk (they resume on restart), runner
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
+import socket
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +32,9 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node._generated.nexus.v1 import peer_pb2
 from nexus_node.auth import SERVER_OPTIONS, ServerAuthInterceptor, node_token
+from nexus_node.disk import DEFAULT_MIN_FREE_MB, DiskGuard
 from nexus_node.dispatch import Dispatcher, WorkSettings
+from nexus_node.integrity import adopt_identity, check_data_dir
 from nexus_node.jobs.manager import JobManager, ManagerSettings
 from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.mesh.blob_sync import BlobSync
@@ -83,6 +86,13 @@ class NodeConfig:
     llm: LLMSettings = field(default_factory=LLMSettings)
     # --force-new-cluster: node_main rewrites the log and exits instead of serving.
     force_new_cluster: bool = False
+    # --new-identity: a damaged or orphaned data dir is set aside and the node starts empty
+    # under a new id (nexus_node/integrity.py); a healthy one is kept.
+    new_identity: bool = False
+    # Uploads are refused below this much free space in the data dir (nexus_node/disk.py); 0: never.
+    min_free_mb: int = DEFAULT_MIN_FREE_MB
+    # Seconds a stop (SIGTERM) may take before the process exits anyway (node_main).
+    stop_timeout: float = 8.0
 
 
 class Node:
@@ -105,6 +115,12 @@ class Node:
         self._lock_file: IO[str] | None = None
         self._llm: GeminiClient | None = None
         self.discovery: Discovery | None = None
+        self.disk = DiskGuard(self.data_dir, config.min_free_mb << 20)
+        #: Why the node can no longer serve (its consensus loop or another vital task failed),
+        #: once it cannot; ``on_failure`` is called with it once (node_main then exits).
+        self.failure: str | None = None
+        self.on_failure: Callable[[str], None] = lambda reason: None
+        self._stopping = False
 
     @property
     def address(self) -> str:
@@ -117,7 +133,9 @@ class Node:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(self.data_dir)
-        self.node_id = _stable_node_id(self.data_dir)
+        # A damaged log, or an id without its log, stops the node here (integrity.py).
+        identity = await check_data_dir(self.data_dir, cfg.new_identity)
+        self.node_id = identity.node_id
         self.token, self.token_note = node_token(cfg.host, self.data_dir, cfg.token_file)
 
         blobs = BlobStore(self.data_dir / "blobs")
@@ -144,11 +162,16 @@ class Node:
         # handler is async, so the server itself needs no thread pool. It must be large enough
         # for every runner's storage writes at once.
         self._threads = ThreadPoolExecutor(max_workers=max(8, 2 * slots + 4), thread_name_prefix="storage")
-        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        # No SO_REUSEPORT (gRPC sets it by default): a second node on a busy port must fail
+        # here, not share the port and answer every other call from another cluster.
+        server = grpc.aio.server(interceptors=interceptors, options=[*SERVER_OPTIONS, ("grpc.so_reuseport", 0)])
         self.tls = load_node_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
-        self.port = add_port(server, f"{_bind_host(cfg.host)}:{cfg.port}", self.tls)
+        try:
+            self.port = add_port(server, f"{_bind_host(cfg.host)}:{cfg.port}", self.tls)
+        except RuntimeError:   # grpc's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+            raise OSError(_bind_failure(cfg.host, cfg.port))
 
         # Discovery fills the peer directory (mDNS and --seeds); the mesh says Hello to those
         # peers to found or join a cluster. The same --seeds list is meant for every node, so
@@ -170,6 +193,7 @@ class Node:
         # Members a peer names in a Hello join the directory: a node given one seed can then
         # say Hello to the whole cluster.
         mesh.driver.on_members_heard = self.discovery.told
+        mesh.driver.on_failure = lambda exc: self.fail(f"the consensus loop failed: {exc}")
         self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, mesh.records, mesh.transport,
                                   mesh.members, cfg.cluster.replicas, bound_bytes=cfg.blob_cache_mb << 20)
         # One JournalStorage per node over the replicated journal: reads are local, writes
@@ -205,6 +229,7 @@ class Node:
             max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
             upload_idle_s=cfg.upload_idle_s,
         )
+        servicer.disk_check = self.disk.check   # uploads refused below --min-free-mb (disk.py)
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
         # Reads on the loop over a storage of their own, writes on the pool (storage_service.py).
@@ -221,8 +246,16 @@ class Node:
         await self.discovery.start()
         await mesh.start()   # founds, joins or resumes a cluster; replays the log
         servicer.ready = True   # until now NexusService answered UNAVAILABLE ("starting")
+        if not identity.has_log:
+            adopt_identity(self.data_dir)   # it has a log now: the id is this node's for good
         self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
         self.worker.start()
+        # The node cannot live without these: if one ends, the node stops (crash-only).
+        self._watch(self._leadership, "the leadership follower")
+        if self.worker.task is not None:
+            self._watch(self.worker.task, "the worker's work stream loop")
+        for task in mesh.vital_tasks:
+            self._watch(task, f"the mesh task {task.get_name()}")
         for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
@@ -231,6 +264,24 @@ class Node:
                      cfg.llm.base_url or "Google's endpoint")
         else:
             log.info("heuristic constraints and template summaries: %s", cfg.llm.disabled_reason)
+
+    def fail(self, reason: str) -> None:
+        """The node can no longer serve: records why and tells ``on_failure`` (once). A stop
+        already under way is not a failure."""
+        if self.failure is not None or self._stopping:
+            return
+        self.failure = reason
+        log.error("node %s cannot go on: %s", self.node_id, reason)
+        self.on_failure(reason)
+
+    def _watch(self, task: "asyncio.Task[object]", what: str) -> None:
+        """Fails the node if ``task`` ends (with an error, or at all) while the node runs."""
+        def done(t: "asyncio.Task[object]") -> None:
+            if t.cancelled() or self._stopping:
+                return
+            exc = t.exception()
+            self.fail(f"{what} failed: {exc}" if exc is not None else f"{what} ended")
+        task.add_done_callback(done)
 
     def _on_cluster_change(self) -> None:
         if self.manager is not None:
@@ -305,7 +356,15 @@ class Node:
             memory_total_bytes=total, memory_free_bytes=free,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
             running=self.worker.running_labels() if self.worker else [], version=__version__,
+            **self._disk_fields(),
         )
+
+    def _disk_fields(self) -> dict[str, object]:
+        try:
+            free = self.disk.free()
+        except OSError:
+            return {}
+        return {"disk_free_bytes": free, "disk_low": self.disk.low(free)}
 
     async def cluster_view(self) -> pb.Cluster:
         """Every member (voters, non-voters) with its role, plus peers found but not members."""
@@ -346,6 +405,7 @@ class Node:
                           term=status.term, nodes=list(nodes), discovered=discovered)
 
     async def stop(self, grace: float = 2.0) -> None:
+        self._stopping = True   # tasks ending from here on are not failures
         # Goodbyes first (RFC 6762 §10.1), so peers stop listing a node that is leaving.
         if self.discovery is not None:
             await self.discovery.close()
@@ -401,14 +461,18 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return f
 
 
-def _stable_node_id(data_dir: Path) -> str:
-    """Kept in the data dir so a restarted node is the same member of the cluster."""
-    path = data_dir / "node_id"
-    if path.is_file():
-        return path.read_text().strip()
-    node_id = "node-" + uuid.uuid4().hex[:8]
-    path.write_text(node_id + "\n")
-    return node_id
+def _bind_failure(host: str, port: int) -> str:
+    """Why the server could not listen on ``host:port``, as exactly as a plain bind tells."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host.strip("[]"), port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"cannot listen on {host}:{port}: port {port} is in use (another node or program "
+                    f"listens there): stop it or pass another --port")
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return f"cannot listen on {host}:{port}"
 
 
 def _bind_host(host: str) -> str:

@@ -10,9 +10,13 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 from nexus_node.auth import default_data_dir
+from nexus_node.disk import DEFAULT_MIN_FREE_MB
+from nexus_node.integrity import StartRefused, damaged_advice
+from nexus_node.mesh.log_store import LogDamaged
 from nexus_node import pruning
 from nexus_node.dispatch import WorkSettings
 from nexus_node.llm import DEFAULT_MODEL, resolve
@@ -106,6 +110,20 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                          "node the only voter of its cluster (keeping every job, model and study in "
                          "its log), then exit; start it again without this flag. Use the most "
                          "up-to-date survivor (README: Recovering a cluster)")
+    ap.add_argument("--new-identity", action="store_true",
+                    help="only for a data dir the node refuses (its raft.db damaged, or missing or empty "
+                         "beside an old node_id or blobs): move that state into retired-<old id>-<time>/ "
+                         "in the data dir, draw a new node id and start empty, joining the cluster again "
+                         "as a new member (or founding one). Nothing of the old identity is kept; a "
+                         "healthy data dir is left as it is")
+    ap.add_argument("--min-free-mb", type=int, default=DEFAULT_MIN_FREE_MB,
+                    help=f"free space the data dir's filesystem keeps (default {DEFAULT_MIN_FREE_MB}; 0: no "
+                         "check): below it the node refuses uploads (SubmitJob, Predict) with "
+                         "RESOURCE_EXHAUSTED and `nexus cluster` shows its disk LOW. A node whose log "
+                         "write fails anyway exits, and starts again once space is back")
+    ap.add_argument("--stop-timeout", type=float, default=8.0,
+                    help="seconds a stop (SIGTERM, Ctrl-C) may take before the process exits anyway "
+                         "(default 8: under a container runtime's usual 10 s before SIGKILL)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -138,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--grace must be at least 1.5 s (heartbeats go every second), --max-retries not negative")
     if a.llm_timeout <= 0:
         ap.error("--llm-timeout must be positive")
+    if a.min_free_mb < 0 or a.stop_timeout <= 0:
+        ap.error("--min-free-mb must not be negative, --stop-timeout must be positive")
     if not a.upload_idle_s > 0:
         ap.error("--upload-idle-s must be positive")
     try:
@@ -159,7 +179,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0, heartbeat_tick=a.heartbeat_ticks,
                             election_tick=a.election_ticks),
         work=WorkSettings(grace=a.grace, max_retries=a.max_retries), pruner=a.pruner,
-        force_new_cluster=a.force_new_cluster,
+        force_new_cluster=a.force_new_cluster, new_identity=a.new_identity, min_free_mb=a.min_free_mb,
+        stop_timeout=a.stop_timeout,
     )
 
 
@@ -171,18 +192,107 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-async def serve(config: NodeConfig) -> None:
-    node = Node(config)
-    await node.start()
-    # One line on stdout that scripts (and tests) can wait for.
-    tls = " over TLS" if config.tls_cert else ""
-    print(f"nexus-node {node.node_id} listening on {node.address}{tls} ({node.token_note})", flush=True)
-    stop = asyncio.Event()
+#: Exit statuses: 1, the node failed while it ran or could not listen (a restart may help:
+#: freed disk space, a freed port); 2, the data dir needs an operator first (a damaged log, an
+#: identity without its log) or the arguments are wrong. A signal's stop exits 0.
+FAILED, REFUSED = 1, 2
+#: Seconds a failed node tries to stop cleanly (runners, the port, the log) before it exits anyway.
+FAILED_STOP_S = 3.0
+
+
+async def serve(config: NodeConfig) -> int:
+    """Runs a node until SIGTERM or SIGINT (returns 0) or until it fails (returns non-zero).
+
+    Crash-only: when the node cannot go on (its consensus loop failed, the disk is full, a
+    vital task ended; :meth:`Node.fail`) it says why in one line on stderr and exits, whatever
+    state it is in, so a supervisor restarts it and the log replay makes that safe. Each stop
+    runs under a deadline (``--stop-timeout``; a short one after a failure): a stop that hangs
+    ends in ``os._exit`` (:func:`_exit_at`).
+    """
     loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str | None] = loop.create_future()   # None: a signal; else the failure
+
+    def end(reason: str | None) -> None:
+        if not ended.done():
+            ended.set_result(reason)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await node.stop()
+        loop.add_signal_handler(sig, end, None)
+    node = Node(config)
+    node.on_failure = end
+    starting = asyncio.create_task(node.start(), name="node-start")
+    await asyncio.wait([starting, ended], return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and not ended.done():
+        if (exc := starting.exception()) is not None:
+            # The node failed before it served: the port and the lock are released, then the reason.
+            code, reason = _start_failure(exc, node.failure)
+            _exit_at(FAILED_STOP_S, code)
+            await _stop_quietly(node)
+            _say(reason)
+            return code
+        # One line on stdout that scripts (and tests) can wait for.
+        tls = " over TLS" if config.tls_cert else ""
+        print(f"nexus-node {node.node_id} listening on {node.address}{tls} ({node.token_note})", flush=True)
+    reason = await ended
+    if reason is None:
+        _exit_at(config.stop_timeout, FAILED, "stopping took longer than --stop-timeout")
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await node.stop()
+        return 0
+    _say(reason)
+    _exit_at(FAILED_STOP_S, FAILED)
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    await _stop_quietly(node)
+    return FAILED
+
+
+def _start_failure(exc: BaseException, failure: str | None) -> tuple[int, str]:
+    """The exit status and the one line for a start that raised ``exc``."""
+    if isinstance(exc, StartRefused):
+        return REFUSED, f"nexus-node: {exc}"
+    if isinstance(exc, LogDamaged):
+        return REFUSED, f"nexus-node: {damaged_advice(exc)}"
+    if failure is not None:   # the consensus loop failed while the log was replayed
+        return FAILED, f"nexus-node: stopping: {failure}"
+    if isinstance(exc, OSError):
+        return FAILED, f"nexus-node: {exc}"
+    logging.getLogger(__name__).error("start failed", exc_info=exc)
+    return FAILED, f"nexus-node: could not start: {type(exc).__name__}: {exc}"
+
+
+def _say(line: str) -> None:
+    if not line.startswith("nexus-node:"):
+        line = f"nexus-node: stopping: {line}"
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass   # stderr on the disk that filled, or closed: the exit status still tells
+
+
+async def _stop_quietly(node: Node) -> None:
+    """A best-effort stop of a node that failed: whatever it raises, the process exits next."""
+    try:
+        await node.stop(grace=0.5)
+    except Exception:  # noqa: BLE001 - the node failed already; the exit says why
+        logging.getLogger(__name__).debug("stopping a failed node", exc_info=True)
+
+
+def _exit_at(seconds: float, code: int, why: str | None = None) -> None:
+    """Exits the process with ``code`` after ``seconds`` whatever the event loop is doing (a
+    stop that hangs on a wedged task, or on interpreter exit joining a thread). A daemon
+    thread's timer, so a blocked loop cannot hold it up."""
+    def fire() -> None:
+        try:
+            if why:
+                print(f"nexus-node: {why} ({seconds:g} s); exiting now", file=sys.stderr, flush=True)
+            logging.shutdown()
+        finally:
+            os._exit(code)
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
 
 
 def force_new_cluster(config: NodeConfig) -> int:
@@ -200,6 +310,9 @@ def force_new_cluster(config: NodeConfig) -> int:
         return 2
     try:
         r = asyncio.run(force_new_cluster_in(config.data_dir, node_id))
+    except LogDamaged as e:
+        print(f"nexus-node: cannot force a new cluster: {damaged_advice(e)}", file=sys.stderr)
+        return REFUSED
     except (ValueError, sqlite3.Error) as e:
         print(f"nexus-node: cannot force a new cluster: {e}", file=sys.stderr)
         return 2
@@ -220,11 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     if config.force_new_cluster:
         return force_new_cluster(config)
-    try:
-        asyncio.run(serve(config))
-    except OSError as e:
-        print(f"nexus-node: {e}", file=sys.stderr)
-        return 1
+    code = asyncio.run(serve(config))
+    if code:
+        # The node failed: exit now rather than wait for threads a failed stop may have left
+        # (aiosqlite's connection, the storage pool), which would keep a dead node alive.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
     return 0
 
 

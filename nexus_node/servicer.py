@@ -153,8 +153,13 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
             raise
         return header, path
 
+    #: Raises (disk.DiskLow: RESOURCE_EXHAUSTED) when the data dir is short of space; the node
+    #: sets it. Called before an upload stores a byte.
+    disk_check: Callable[[str], None] = staticmethod(lambda what: None)
+
     async def SubmitJob(self, request_iterator, context):  # noqa: N802 (gRPC method names)
         async with _mapped(context):
+            self.disk_check("upload")
             spec, path = await self._receive_file("spec", request_iterator, self.max_upload_bytes, "upload",
                                                   "--max-upload-mb")
             try:
@@ -222,6 +227,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
 
     async def Predict(self, request_iterator, context):  # noqa: N802
         async with _mapped(context):
+            self.disk_check("prediction input")
             model_id, path = await self._receive_file(
                 "model_id", request_iterator, self.max_predict_bytes, "prediction input", "--max-predict-mb"
             )

@@ -76,6 +76,11 @@ class WorkerAgent:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"worker-{self.node_id}")
 
+    @property
+    def task(self) -> "asyncio.Task[None] | None":
+        """The stream loop (the node stops if it ends while the node runs)."""
+        return self._task
+
     async def stop(self, hand_back: bool = True) -> None:
         """Stops taking work. ``hand_back``: tell the coordinator each running task is given
         up (it re-runs them elsewhere at once, without waiting for the grace period)."""
@@ -119,8 +124,14 @@ class WorkerAgent:
             await self._leader_change(leader, 0.3)
 
     async def _leader_change(self, leader: str | None, timeout: float) -> None:
+        """Waits up to ``timeout`` for the leader to change from ``leader``.
+
+        Raises:
+            MeshStopped: the driver stopped. It must end :meth:`_run`: ``wait_for`` raises it
+                before suspending, so a loop that swallowed it would spin without yielding.
+        """
         driver = self.mesh.driver
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(TimeoutError):
             await driver.wait_for(lambda: driver.leader != leader, timeout)
 
     async def _session(self, address: str) -> None:

@@ -20,6 +20,9 @@ from grpc.experimental.aio import init_grpc_aio
 # session, so that shutdown never runs mid-suite.
 init_grpc_aio()
 
+# An asyncio task that dies with an unhandled error fails the test (tests/asyncio_errors.py).
+pytest_plugins = ["tests.asyncio_errors"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("NEXUS_DATASETS", ROOT.parent / "shared" / "datasets"))
 

@@ -93,6 +93,12 @@ class Mesh:
     def transport(self):  # type: ignore[no-untyped-def]
         return self.driver._transport
 
+    @property
+    def vital_tasks(self) -> list["asyncio.Task[None]"]:
+        """The tasks :meth:`start` began that run as long as the node (shaping, rejoining):
+        one that ends while the driver runs is a bug the node cannot live with."""
+        return [t for t in self._tasks if t.get_name() in ("mesh-shape", "mesh-rejoin")]
+
     def members(self) -> set[str]:
         try:
             return set(self.driver.status().membership.members)

@@ -178,16 +178,18 @@ class RaftDriver:
         #: Called with the (node id, address) pairs a peer's Hello named (the node lists them
         #: with the peers it found, so it can say Hello to them too).
         self.on_members_heard: Callable[[list[tuple[NodeId, str]]], None] = lambda members: None
+        #: Called once with the error when the loop fails (a disk write, a diverged log): the
+        #: node cannot go on without its consensus loop and stops (node_main exits).
+        self.on_failure: Callable[[BaseException], None] = lambda exc: None
 
     # --- life cycle -------------------------------------------------------------------------------
 
     async def has_log(self) -> bool:
-        """Whether this node's data dir already holds a Raft log (it was a member before)."""
-        store = await RaftLogStore.open(self._db_path)
-        try:
-            return not store.is_empty()
-        finally:
-            await store.close()
+        """Whether this node's data dir already holds a Raft log (it was a member before).
+        The log stays open (and loaded) for :meth:`start`; :meth:`stop` closes it."""
+        if self._store is None:
+            self._store = await RaftLogStore.open(self._db_path)
+        return not self._store.is_empty()
 
     async def start(self, voters: Sequence[NodeId] = ()) -> None:
         """Opens the log, bootstraps a brand-new cluster, and starts the loop and the timer.
@@ -199,7 +201,8 @@ class RaftDriver:
                 A restarted node resumes from its log.
         """
         self.loop = asyncio.get_running_loop()
-        self._store = await RaftLogStore.open(self._db_path)
+        if self._store is None:
+            self._store = await RaftLogStore.open(self._db_path)
         if self._store.is_empty() and voters:
             seed = MemoryStorage()
             bootstrap(seed, list(voters))
@@ -263,6 +266,7 @@ class RaftDriver:
                 log.exception("raft loop of %s failed; the node stops taking part", self.node_id)
             self._stopped = True
             self._role, self._lead = Role.FOLLOWER, None
+            self.on_failure(exc)
             self._fail_waiters(MeshStopped(f"node {self.node_id} failed: {exc}"))
             raise
 

@@ -18,10 +18,19 @@ statement; a start-up takes the highest of those and the hard state's.
 
 No compaction yet (the core has no snapshots), so the log and its cache grow with the cluster's
 history; the state machine is rebuilt at start-up by re-applying the committed log.
+
+A damaged file is refused, never half-read: :func:`inspect` runs SQLite's ``quick_check`` and
+checks the shape of what is held (indexes from 1 with no gap, terms and the hard state in range,
+the commit index within the log), and :meth:`RaftLogStore.open` raises :class:`LogDamaged` for
+anything SQLite or those checks reject. A node that started on a half-read log could vote or
+acknowledge again in a term it already acted in (Raft §5.2), so it must not start at all.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
+import sqlite3
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +62,108 @@ _ONE_STATEMENT_ENTRIES = 1000
 _INSERT = "INSERT INTO raft_log (idx, term, type, data, proposal_id, commit_at) VALUES "
 _ROW = "(?, ?, ?, ?, ?, ?)"
 
+#: Terms and indexes are below this (as etcd bounds them to uint64, with room to spare): a
+#: larger one read back means the file was damaged or written by something else.
+LIMIT = 1 << 62
+
+
+class LogDamaged(ValueError):
+    """The Raft log file cannot be trusted: SQLite reports it damaged, or what it holds is not
+    a log this node could have written. ``str()`` names the file and what is wrong."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        problem = " ".join(problem.split())   # one line, whatever SQLite said
+        super().__init__(f"{path} is damaged: {problem}")
+        self.path, self.problem = path, problem
+
+
+class LogFile(enum.Enum):
+    """What :func:`inspect` found at a log's path."""
+
+    MISSING = "missing"   # no file
+    EMPTY = "empty"       # a file with no entry and no hard state (new, or emptied)
+    HELD = "held"         # a log: entries or a hard state
+
+
+def _valid_hard_state(term: object, vote: object, commit: object, last_index: int) -> str | None:
+    """What is wrong with a persisted hard state, or None."""
+    for name, value in (("term", term), ("commit index", commit)):
+        if not isinstance(value, int) or not 0 <= value < LIMIT:
+            return f"the hard state's {name} is {value!r}, not an integer in [0, 2**62)"
+    if vote is not None and not (isinstance(vote, str) and vote):
+        return f"the hard state's vote is {vote!r}, not a node id"
+    assert isinstance(commit, int)
+    if commit > last_index:
+        return f"the hard state's commit index {commit} is past the last entry, {last_index}"
+    return None
+
+
+def _inspect(path: Path) -> LogFile:
+    if not path.exists():
+        return LogFile.MISSING
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    except sqlite3.DatabaseError as exc:
+        if not _is_damage(exc):
+            raise
+        raise LogDamaged(path, f"it cannot be opened ({exc})") from None
+    try:
+        problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            said = " ".join("; ".join(problems).replace("*** in database main ***", "").split())
+            raise LogDamaged(path, f"SQLite's integrity check says: {said[:300]}")
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return LogFile.EMPTY
+        if not {"raft_log", "raft_hard_state"} <= tables:
+            raise LogDamaged(path, f"it is not a Raft log (tables: {', '.join(sorted(tables))})")
+        count, low, high, bad_terms = db.execute(
+            "SELECT count(*), coalesce(min(idx), 0), coalesce(max(idx), 0), "
+            "count(*) FILTER (WHERE typeof(term) != 'integer' OR term < 0 OR term >= ?) FROM raft_log",
+            (LIMIT,)).fetchone()
+        if count and (low != 1 or high != count):
+            raise LogDamaged(path, f"its entries are not indexes 1 to {count} (they run from {low} to {high})")
+        if bad_terms:
+            raise LogDamaged(path, f"{bad_terms} entries have a term that is not an integer in [0, 2**62)")
+        rows = db.execute("SELECT term, vote, commit_index FROM raft_hard_state").fetchall()
+        if len(rows) > 1:
+            raise LogDamaged(path, f"it holds {len(rows)} hard states, not one")
+        if rows:
+            if (problem := _valid_hard_state(*rows[0], high)) is not None:
+                raise LogDamaged(path, problem)
+        return LogFile.HELD if count or rows else LogFile.EMPTY
+    except sqlite3.DatabaseError as exc:
+        if not _is_damage(exc):
+            raise
+        raise LogDamaged(path, str(exc)) from None
+    finally:
+        db.close()
+
+
+#: SQLite errors that say nothing about the file itself: the disk is full, the file is busy,
+#: permissions. Anything else an open or a read raises (SQLITE_CORRUPT, SQLITE_NOTADB, a short
+#: read of a truncated file, a row of the wrong type) means the file cannot be trusted.
+_NOT_DAMAGE = {"SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_PERM", "SQLITE_READONLY",
+               "SQLITE_CANTOPEN", "SQLITE_NOMEM", "SQLITE_INTERRUPT"}
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return not any(name == n or name.startswith(n + "_") for n in _NOT_DAMAGE)
+
+
+async def inspect(path: Path) -> LogFile:
+    """Checks the log file at ``path`` without loading it (SQLite's ``quick_check``, then its
+    shape: indexes, terms, the hard state). Runs on a thread: the check reads every page.
+
+    Returns:
+        Whether there is no file, an empty one, or a log.
+
+    Raises:
+        LogDamaged: the file is damaged or is not a Raft log; its message says what is wrong.
+    """
+    return await asyncio.to_thread(_inspect, path)
+
 
 class RaftLogStore:
     """A :class:`~nexus_node.mesh.raft.Storage` persisted in SQLite.
@@ -76,17 +187,34 @@ class RaftLogStore:
             (h.term, h.vote, h.commit))
 
     @classmethod
-    async def open(cls, path: Path) -> "RaftLogStore":
+    async def open(cls, path: Path, check: bool = False) -> "RaftLogStore":
         """Opens (creating if needed) the log at ``path`` and loads it into memory.
 
         Args:
             path: The SQLite file; its directory must exist.
+            check: Run :func:`inspect` first (SQLite's ``quick_check`` of every page); a caller
+                that just did may skip it. Loading checks the entries and the hard state either way.
 
         Returns:
             The store, holding exactly what a previous run persisted.
+
+        Raises:
+            LogDamaged: the file is damaged (SQLite says so, or what it holds is not a log).
         """
+        if check:
+            await inspect(path)
         # Autocommit: a lone statement is its own transaction; save() opens one when it needs more.
         db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            return await cls._load(db, path)
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc):
+                raise LogDamaged(path, str(exc)) from None
+            raise
+
+    @classmethod
+    async def _load(cls, db: aiosqlite.Connection, path: Path) -> "RaftLogStore":
         # WAL lets a commit be one sequential write; FULL makes each commit fsync, which the
         # persist-before-send rule needs (NORMAL would only be durable at checkpoints).
         await db.execute("PRAGMA journal_mode=WAL")
@@ -97,16 +225,26 @@ class RaftLogStore:
             await db.execute("ALTER TABLE raft_log ADD COLUMN commit_at INTEGER NOT NULL DEFAULT 0")
         cache = MemoryStorage()
         async with db.execute("SELECT idx, term, type, data, proposal_id FROM raft_log ORDER BY idx") as cur:
-            entries = [Entry(int(i), int(t), EntryType(ty), bytes(d), p) async for i, t, ty, d, p in cur]
-        for expected, e in enumerate(entries, start=1):
-            if e.index != expected:
-                await db.close()
-                raise ValueError(f"{path}: raft log has a gap before index {e.index}")
+            rows = [row async for row in cur]
+        entries, term = [], 0
+        for expected, (i, t, ty, d, p) in enumerate(rows, start=1):
+            if i != expected:
+                raise LogDamaged(path, f"the log has a gap before index {i}")
+            # Terms never go down along a log (Raft §5.3: the Log Matching Property).
+            if not isinstance(t, int) or not term <= t < LIMIT:
+                raise LogDamaged(path, f"entry {i} has term {t!r} (after term {term})")
+            try:
+                entries.append(Entry(i, t, EntryType(ty), bytes(d), p))
+            except (TypeError, ValueError) as exc:
+                raise LogDamaged(path, f"entry {i} cannot be read: {exc}") from None
+            term = t
         cache.append(entries)
         async with db.execute("SELECT term, vote, commit_index FROM raft_hard_state") as cur:
             row = await cur.fetchone()
         (commit_at,) = (await db.execute_fetchall("SELECT coalesce(max(commit_at), 0) FROM raft_log"))[0]
         if row is not None:
+            if (problem := _valid_hard_state(row[0], row[1], row[2], cache.last_index())) is not None:
+                raise LogDamaged(path, problem)
             commit = max(int(row[2]), min(int(commit_at), cache.last_index()))
             cache.set_hard_state(HardState(int(row[0]), row[1], commit))
         return cls(db, cache)

@@ -34,12 +34,14 @@ async def force_new_cluster_in(data_dir: Path, node_id: str) -> Recovered:
     """Rewrites the Raft log in ``data_dir`` so that ``node_id`` is the cluster's only voter.
 
     Raises:
+        LogDamaged: the log is damaged (it is checked first: forcing a half-read log would
+            commit whatever survived of it).
         ValueError: no Raft log there, or the node is not a member of its configuration.
     """
     db = data_dir / "raft.db"
     if not db.is_file():
         raise ValueError(f"no Raft log in {data_dir}: there is no cluster to recover")
-    store = await RaftLogStore.open(db)
+    store = await RaftLogStore.open(db, check=True)
     try:
         before = RaftLog(store).membership()
         was_committed = store.hard_state().commit

@@ -420,7 +420,7 @@ class ExportModelChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "role", "term", "last_contact", "slots_total", "slots_busy", "memory_total_bytes", "memory_free_bytes", "accelerator", "running", "version")
+    __slots__ = ("node_id", "address", "role", "term", "last_contact", "slots_total", "slots_busy", "memory_total_bytes", "memory_free_bytes", "accelerator", "running", "version", "disk_free_bytes", "disk_low")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -433,6 +433,8 @@ class NodeInfo(_message.Message):
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_LOW_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     role: NodeRole
@@ -445,7 +447,9 @@ class NodeInfo(_message.Message):
     accelerator: str
     running: _containers.RepeatedScalarFieldContainer[str]
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., term: _Optional[int] = ..., last_contact: _Optional[float] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ...) -> None: ...
+    disk_free_bytes: int
+    disk_low: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., term: _Optional[int] = ..., last_contact: _Optional[float] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., disk_low: _Optional[bool] = ...) -> None: ...
 
 class GetClusterRequest(_message.Message):
     __slots__ = ()
