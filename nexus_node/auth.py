@@ -11,18 +11,18 @@ import hmac
 import ipaddress
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 
+from nexus_node.roles import Role, required_role, role_name
 from nexus_node.tls import ClientTls
 from nexus_node.tls import channel as tls_channel
 
 METADATA_KEY = "authorization"
 TOKEN_FILENAME = "token"
-# Health checks must work for load balancers and orchestrators that hold no token.
-OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def default_data_dir() -> Path:
@@ -34,6 +34,21 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
     if not token:
         raise ValueError(f"token file {path} is empty")
     return token
+
+
+def read_peer_secrets(path: str | os.PathLike[str]) -> list[str]:
+    """The secrets of a ``--peer-secret-file``: one per line. A node sends the first and
+    accepts every one, so a secret is rotated by rolling restarts without a node ever refusing
+    another: first list the new one second (every node accepts it), then first (every node
+    sends it), then alone (README, "Tokens and roles").
+
+    Raises:
+        ValueError: the file holds no secret.
+    """
+    secrets_ = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not secrets_:
+        raise ValueError(f"peer secret file {path} is empty: put the cluster's peer secret in it")
+    return secrets_
 
 
 def client_token(token: str | None = None, token_file: str | None = None) -> str | None:
@@ -79,53 +94,145 @@ def node_token(host: str, data_dir: Path, token_file: str | None) -> tuple[str |
     return read_token_file(existing), f"created a token in {existing}: give it to clients and peers"
 
 
-def token_matches(metadata: Any, token: str) -> bool:
-    expected = f"Bearer {token}"
+def bearer(metadata: Any) -> str | None:
+    """The secret of the call's ``authorization: Bearer ...`` header, if any."""
     for key, value in metadata or ():
         if key == METADATA_KEY:
             if isinstance(value, bytes):
                 value = value.decode("utf-8", "replace")
-            return hmac.compare_digest(value, expected)
-    return False
+            return value[len("Bearer "):] if value.startswith("Bearer ") else None
+    return None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a credential may do: its role, and a name for messages (never the secret)."""
+
+    role: Role
+    name: str
+    revocable: bool = False   # a client token from the replicated state (not a file's secret)
+
+
+#: Looks a client token up in the replicated state: its grant, or None (unknown or revoked).
+TokenLookup = Callable[[str], "Grant | None"]
 
 
 class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call without the token, except health checks."""
+    """Admits each call whose credential holds the role its method needs (:mod:`nexus_node.roles`).
 
-    def __init__(self, token: str) -> None:
-        self._token = token
+    Args:
+        peer_secrets: Admit cluster members and the node's runners, and grant every client
+            role too (several while a secret is rotated: see :func:`read_peer_secrets`); a str
+            is one; empty: no peer secret (an open loopback node).
+        admin_token: The node's bootstrap client token (``--token-file`` or the data dir's
+            ``token``) when it is not also a peer secret; it has the admin role.
+        lookup: Client tokens created with ``nexus token create``, checked against the
+            replicated state on every call, so a revocation applies to the next call.
+        open_clients: No client token is configured (a loopback node without one): calls with
+            no credential get every client role, as before roles existed; the peer secret is
+            still needed for PeerService.
 
-        async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+    A call without a valid credential is UNAUTHENTICATED, whatever its method, even one the
+    server does not have, so the API cannot be probed; a valid one short of the role is
+    PERMISSION_DENIED, naming the role needed.
+    """
 
-        async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+    def __init__(self, peer_secrets: Sequence[str] | str | None, admin_token: str | None = None,
+                 lookup: TokenLookup = lambda secret: None, open_clients: bool = False) -> None:
+        secrets_ = [peer_secrets] if isinstance(peer_secrets, str) else list(peer_secrets or ())
+        self._peers = [p.encode() for p in secrets_ if p]
+        self._admin = admin_token.encode() if admin_token and admin_token not in secrets_ else None
+        self.lookup = lookup
+        self._open = open_clients
 
-        self._deny = {
-            (False, False): grpc.unary_unary_rpc_method_handler(deny_unary),
-            (False, True): grpc.unary_stream_rpc_method_handler(deny_unary),
-            (True, False): grpc.stream_unary_rpc_method_handler(deny_stream),
-            (True, True): grpc.stream_stream_rpc_method_handler(deny_stream),
-        }
+    def grant(self, metadata: Any) -> Grant | None:
+        """The caller's grant, or None if its credential is missing or unknown."""
+        secret = bearer(metadata)
+        if secret is None:
+            return None
+        raw = secret.encode()
+        # Every secret is compared (no early exit), so the time taken says nothing of which.
+        if sum(hmac.compare_digest(raw, p) for p in self._peers):
+            return Grant(Role.PEER, "the peer secret")
+        if self._admin is not None and hmac.compare_digest(raw, self._admin):
+            return Grant(Role.ADMIN, "the node's admin token")
+        return self.lookup(secret)
+
+    def is_peer(self, metadata: Any) -> bool:
+        """Whether the call carries a peer secret (a member node or this node's runner)."""
+        grant = self.grant(metadata)
+        return grant is not None and grant.role is Role.PEER
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         details: grpc.HandlerCallDetails,
     ) -> Any:
-        if details.method.startswith(OPEN_METHOD_PREFIXES) or token_matches(
-            details.invocation_metadata, self._token
-        ):
+        need = required_role(details.method)
+        if need is None:
             return await continuation(details)
+        grant = self.grant(details.invocation_metadata)
+        if grant is None and self._open and need is not Role.PEER and bearer(details.invocation_metadata) is None:
+            grant = Grant(Role.ADMIN, "an open loopback node")
+        if grant is not None and grant.role >= need:
+            handler = await continuation(details)
+            if grant.revocable and handler is not None and handler.response_streaming:
+                return self._rechecked(handler, bearer(details.invocation_metadata) or "")
+            return handler
         handler = await continuation(details)
+        if grant is None:
+            return self._denial(handler, grpc.StatusCode.UNAUTHENTICATED, _DENIED)
         if handler is None:
-            return None
-        return self._deny[(handler.request_streaming, handler.response_streaming)]
+            return None   # an authenticated caller may learn that a method does not exist
+        method = details.method.rsplit("/", 1)[-1]
+        what = ("the cluster's peer secret: it is for member nodes and their runners, never clients"
+                if need is Role.PEER else f"a token with the {role_name(need)!r} role")
+        return self._denial(handler, grpc.StatusCode.PERMISSION_DENIED,
+                            f"{method} needs {what}; {grant.name} has the {role_name(grant.role)!r} role")
+
+    def _rechecked(self, handler: Any, secret: str) -> Any:
+        """``handler`` with the token checked again before each message it streams: a watch
+        opened before a revocation sends nothing after it."""
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            answer = inner(request, context)
+            if not hasattr(answer, "__aiter__"):
+                # A handler that writes with context.write, not one that yields: none of this
+                # node's does, and none could be checked per message; it runs as it is.
+                await answer
+                return
+            async for item in answer:
+                if self.lookup(secret) is None:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the token was revoked: " + _DENIED)
+                yield item
+
+        make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+                else grpc.stream_stream_rpc_method_handler)
+        return make(behaviour, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+    def _denial(self, handler: Any, code: grpc.StatusCode, message: str) -> Any:
+        async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(code, message)
+
+        async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(code, message)
+
+        # A method the server lacks has no handler: any kind answers, since the denial reads
+        # no request.
+        kind = (handler.request_streaming, handler.response_streaming) if handler is not None else (True, True)
+        return {
+            (False, False): grpc.unary_unary_rpc_method_handler(deny_unary),
+            (False, True): grpc.unary_stream_rpc_method_handler(deny_unary),
+            (True, False): grpc.stream_unary_rpc_method_handler(deny_stream),
+            (True, True): grpc.stream_stream_rpc_method_handler(deny_stream),
+        }[kind]
 
 
 _DENIED = (
-    "missing or wrong cluster token: pass --token-file, set NEXUS_TOKEN, or read the token "
-    "from the node's data dir"
+    "missing, unknown or revoked token: pass --token-file, set NEXUS_TOKEN, or read the token "
+    "from the node's data dir (a node: give it the cluster's --peer-secret-file)"
 )
 
 

@@ -385,6 +385,29 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        if args.token_command == "create":
+            reply = client.create_token(args.name, args.role)
+            if args.json:
+                _print_json({**nx.token_to_dict(reply.token), "secret": reply.secret})
+            else:
+                print(reply.secret)
+                print(f"token {reply.token.name!r} ({args.role.lower()}) created: the line above is its secret, "
+                      f"shown this once; set NEXUS_TOKEN to it, or put it in a file for --token-file", file=sys.stderr)
+            return EXIT_OK
+        if args.token_command == "revoke":
+            token = client.revoke_token(args.name)
+            print(f"revoked token {token.name!r}: every node refuses it once it applies the revocation")
+            return EXIT_OK
+        tokens = client.list_tokens()
+    return _print_list(
+        args, tokens, nx.token_to_dict, ("NAME", "ROLE", "CREATED"),
+        lambda t: (t.name, nexus_pb2.TokenRole.Name(t.role).lower(), _when(t.created_at)),
+        "no client tokens (the node's own token and the peer secret are not listed)",
+    )
+
+
 def csv_head(path: str | os.PathLike[str], rows: int) -> tuple[list[str], list[list[str]], bytes]:
     """The header and first ``rows`` data rows of a CSV file, and those lines as CSV bytes
     (to send to Predict). Reads only as far as needed."""
@@ -517,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE")
 
     add("cluster", cmd_cluster, "show the cluster's nodes", json_flag=True)
+
+    p = add("token", cmd_token, "create, list or revoke client tokens (needs the admin role)")
+    tokens = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    t = tokens.add_parser("create", parents=[common], help="create a token; prints its secret once")
+    t.add_argument("--name", required=True, help="a name for it (1-64 letters, digits, '.', '_', '-')")
+    t.add_argument("--role", required=True, choices=("read", "submit", "admin"),
+                   help="read: look and predict; submit: also submit and cancel jobs; admin: also tokens")
+    t.add_argument("--json", action="store_true", help="print JSON (with the secret) on stdout")
+    t = tokens.add_parser("list", parents=[common], help="list tokens (names and roles, never secrets)")
+    t.add_argument("--json", action="store_true", help="print JSON on stdout")
+    t = tokens.add_parser("revoke", parents=[common], help="revoke a token on every node")
+    t.add_argument("name", metavar="NAME")
 
     p = add("demo", cmd_demo, "run the whole pipeline on an embedded node with bundled data")
     p.add_argument("--trials", type=int, default=40, metavar="N")

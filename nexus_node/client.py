@@ -417,6 +417,21 @@ class NexusClient:
                 )
         return actual
 
+    # -- client tokens (the admin role) -------------------------------------------------------
+
+    def create_token(self, name: str, role: str) -> nexus_pb2.CreateTokenReply:
+        """Creates a client token with ``role`` (read, submit or admin); the reply's ``secret``
+        is shown this once: the cluster keeps only its SHA-256."""
+        value = nexus_pb2.TokenRole.Value(role.upper()) if role.upper() in nexus_pb2.TokenRole.keys() else 0
+        return self._stub.CreateToken(nexus_pb2.CreateTokenRequest(name=name, role=value), timeout=self.timeout)
+
+    def list_tokens(self) -> list[nexus_pb2.TokenInfo]:
+        return list(self._stub.ListTokens(nexus_pb2.ListTokensRequest(), timeout=self.timeout).tokens)
+
+    def revoke_token(self, name: str) -> nexus_pb2.TokenInfo:
+        """Revokes ``name`` on every node (each refuses it once it applies the revocation)."""
+        return self._stub.RevokeToken(nexus_pb2.RevokeTokenRequest(name=name), timeout=self.timeout).token
+
     # -- cluster and Optuna ---------------------------------------------------------------
 
     def cluster(self) -> nexus_pb2.Cluster:
@@ -632,3 +647,7 @@ def cluster_to_dict(cluster: nexus_pb2.Cluster) -> dict[str, Any]:
         ],
     }
 
+
+def token_to_dict(token: nexus_pb2.TokenInfo) -> dict[str, Any]:
+    return {"name": token.name, "role": (_enum_name(nexus_pb2.TokenRole, token.role) or "").lower(),
+            "created_at": _time(token.created_at)}

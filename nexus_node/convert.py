@@ -7,6 +7,7 @@ import json
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.jobs.events import JobEvent, TrialView
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
+from nexus_node.mesh.tokens import TokenRecord
 
 TASKS = {"regression": pb.REGRESSION, "binary": pb.BINARY, "multiclass": pb.MULTICLASS}
 
@@ -83,3 +84,8 @@ def model_to_pb(m: ModelRecord) -> pb.Model:
         artifact_bytes=m.artifact_bytes, created_at=m.created_at, family=m.family,
         params_json=json.dumps(m.params),
     )
+
+
+def token_to_pb(t: TokenRecord) -> pb.TokenInfo:
+    """Name, role and age: never the secret, nor its digest."""
+    return pb.TokenInfo(name=t.name, role=int(t.role), created_at=t.created_at)

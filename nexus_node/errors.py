@@ -34,7 +34,14 @@ class Unauthenticated(NexusError):
     kind = "unauthenticated"
 
 
-_BY_KIND = {c.kind: c for c in (NexusError, InvalidInput, NotFound, FailedPrecondition, TooLarge, Unauthenticated)}
+class AlreadyExists(NexusError):
+    """A name is taken (a token's)."""
+
+    kind = "already_exists"
+
+
+_BY_KIND = {c.kind: c for c in (NexusError, InvalidInput, NotFound, FailedPrecondition, TooLarge, Unauthenticated,
+                                 AlreadyExists)}
 
 
 def error_from_kind(kind: str, message: str) -> NexusError:

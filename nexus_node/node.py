@@ -30,8 +30,9 @@ from optuna.storages import JournalStorage
 from nexus_node import __version__, pruning
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
-from nexus_node._generated.nexus.v1 import peer_pb2
-from nexus_node.auth import SERVER_OPTIONS, ServerAuthInterceptor, node_token
+from nexus_node._generated.nexus.v1 import peer_pb2, runner_pb2_grpc
+from nexus_node.auth import (SERVER_OPTIONS, Grant, ServerAuthInterceptor, is_loopback, node_token,
+                             read_peer_secrets)
 from nexus_node.disk import DEFAULT_MIN_FREE_MB, DiskGuard
 from nexus_node.dispatch import Dispatcher, WorkSettings
 from nexus_node.integrity import adopt_identity, check_data_dir
@@ -43,10 +44,11 @@ from nexus_node.mesh.discovery import Discovery, DiscoverySettings, primary_addr
 from nexus_node.mesh.driver import MeshSettings, MeshStopped
 from nexus_node.mesh.raft import NotLeader
 from nexus_node.mesh.peers import advertise_host
+from nexus_node.mesh.tokens import TokenRecord
 from nexus_node.mesh.transport import PeerServicer, add_peer_service
 from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
-from nexus_node.servicer import NexusServicer
+from nexus_node.servicer import NexusServicer, RunnerServicer
 from nexus_node.store.blobs import BlobStore
 from nexus_node.system import memory_info
 from nexus_node.worker import WorkerAgent
@@ -62,6 +64,8 @@ class NodeConfig:
     port: int = 7070
     data_dir: Path = field(default_factory=lambda: Path.home() / ".nexus")
     token_file: str | None = None
+    # The secret members and runners present (PeerService, RunnerService); None: the token.
+    peer_secret_file: str | None = None
     slots: int | None = None               # None: one per core
     threads_per_trial: int = 1
     trial_memory_mb: int | None = None     # None: a share of free memory per slot
@@ -102,7 +106,8 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.node_id = ""
-        self.token: str | None = None
+        self.token: str | None = None         # the admin client token (``--token-file``)
+        self.peer_secret: str | None = None   # what members and runners present
         self.token_note = ""
         self.manager: JobManager | None = None
         self.mesh: Mesh | None = None
@@ -137,6 +142,14 @@ class Node:
         identity = await check_data_dir(self.data_dir, cfg.new_identity)
         self.node_id = identity.node_id
         self.token, self.token_note = node_token(cfg.host, self.data_dir, cfg.token_file)
+        # Without a file of its own the token is the peer secret too: a cluster started before
+        # roles existed keeps working unchanged.
+        peer_secrets = read_peer_secrets(cfg.peer_secret_file) if cfg.peer_secret_file else [self.token] if self.token else []
+        self.peer_secret = peer_secrets[0] if peer_secrets else None   # sent; all are accepted
+        if self.token is not None and self.token in peer_secrets and not is_loopback(cfg.host):
+            log.warning("the node's token is also the cluster's peer secret: every client holding it may "
+                        "speak for a member. Give the nodes a --peer-secret-file of their own and clients "
+                        "tokens of their own (README: Tokens and roles)")
 
         blobs = BlobStore(self.data_dir / "blobs")
         blobs.clear_temp()
@@ -157,7 +170,10 @@ class Node:
         serve = RunnerPool("serve", 1, 1)
         self._pools = [work, serve]
 
-        interceptors = [ServerAuthInterceptor(self.token)] if self.token else []
+        auth = ServerAuthInterceptor(peer_secrets, self.token, open_clients=self.token is None)
+        # No credential at all (a loopback node without a token): open to local processes.
+        self.secured = bool(peer_secrets or self.token)
+        interceptors = [auth] if self.secured else []
         # Writes to the study wait for consensus on this pool (storage_service.py); every
         # handler is async, so the server itself needs no thread pool. It must be large enough
         # for every runner's storage writes at once.
@@ -185,7 +201,7 @@ class Node:
             mdns=cfg.mdns,
         ), on_change=self._on_cluster_change)
         self.mesh = mesh = Mesh(
-            self.node_id, cfg.cluster_name, self.peer_address, self.data_dir, self.token,
+            self.node_id, cfg.cluster_name, self.peer_address, self.data_dir, self.peer_secret,
             peers=lambda: [p.address for p in self.discovery.peers()] if self.discovery else [],
             listening=lambda: bool(cfg.seeds) or bool(self.discovery and self.discovery.mdns_active),
             settings=cfg.cluster, timing=cfg.timing, tls=self.tls.peers if self.tls else None,
@@ -194,6 +210,7 @@ class Node:
         # say Hello to the whole cluster.
         mesh.driver.on_members_heard = self.discovery.told
         mesh.driver.on_failure = lambda exc: self.fail(f"the consensus loop failed: {exc}")
+        auth.lookup = lambda secret: _token_grant(mesh.tokens.grant(secret))
         self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, mesh.records, mesh.transport,
                                   mesh.members, cfg.cluster.replicas, bound_bytes=cfg.blob_cache_mb << 20)
         # One JournalStorage per node over the replicated journal: reads are local, writes
@@ -217,7 +234,7 @@ class Node:
             node_id=self.node_id, cluster=cfg.cluster_name, address=self.peer_address, pool=work, blobs=blobs,
             mesh=mesh, fetch_blob=self.blob_sync.ensure, settings=cfg.work,
             # Runners reach this node's own StorageService (over TLS when the node serves TLS).
-            storage={"host": _loopback_for(cfg.host), "port": self.port, "token": self.token,
+            storage={"host": _loopback_for(cfg.host), "port": self.port, "token": self.peer_secret,
                      **storage_fields(self.tls)},
         )
         self.worker.on_change = self._on_cluster_change
@@ -228,14 +245,21 @@ class Node:
             self.manager, self.cluster_view, lambda suffix: blobs.new_temp(suffix),
             max_upload_bytes=cfg.max_upload_mb << 20, max_predict_bytes=cfg.max_predict_mb << 20,
             upload_idle_s=cfg.upload_idle_s,
+            # Client tokens restrict nothing on a node open to clients without any.
+            tokens=mesh.tokens if self.token else None,
         )
         servicer.disk_check = self.disk.check   # uploads refused below --min-free-mb (disk.py)
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
+        runner_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.manager), server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
         # Reads on the loop over a storage of their own, writes on the pool (storage_service.py).
-        add_storage_service(server, storage, JournalStorage(mesh.journal.backend()), self._threads)
+        add_storage_service(server, storage, JournalStorage(mesh.journal.backend()), self._threads,
+                            writes_job_studies=auth.is_peer if self.secured else lambda metadata: True)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        # The library says SERVING for the whole server by default: not before the mesh started.
+        for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((
             pb.DESCRIPTOR.services_by_name["NexusService"].full_name,
             api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
@@ -473,6 +497,10 @@ def _bind_failure(host: str, port: int) -> str:
                     f"listens there): stop it or pass another --port")
         return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return f"cannot listen on {host}:{port}"
+
+
+def _token_grant(token: TokenRecord | None) -> Grant | None:
+    return Grant(token.role, f"token {token.name!r}", revocable=True) if token is not None else None
 
 
 def _bind_host(host: str) -> str:

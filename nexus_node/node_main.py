@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nexus_node.auth import default_data_dir
+from nexus_node.auth import default_data_dir, read_peer_secrets, read_token_file
 from nexus_node.disk import DEFAULT_MIN_FREE_MB
 from nexus_node.integrity import StartRefused, damaged_advice
 from nexus_node.mesh.log_store import LogDamaged
@@ -35,7 +35,12 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--port", type=int, default=7070, help="gRPC port (default 7070; 0 picks a free one)")
     ap.add_argument("--data-dir", type=Path, default=default_data_dir(),
                     help="where jobs, models, blobs and the token live (default ~/.nexus or $NEXUS_DATA_DIR)")
-    ap.add_argument("--token-file", help="file holding the cluster token")
+    ap.add_argument("--token-file",
+                    help="file holding the node's admin client token; without --peer-secret-file it is "
+                         "also the peer secret (default: the data dir's token, created off loopback)")
+    ap.add_argument("--peer-secret-file",
+                    help="file holding the secret every member of the cluster shares: PeerService and the "
+                         "runners' RunnerService accept only it, never a client token (default: the token)")
     ap.add_argument("--tls-cert", metavar="FILE",
                     help="this node's certificate (PEM); with --tls-key the node serves TLS only")
     ap.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM, unencrypted)")
@@ -164,10 +169,18 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         load_node_tls(a.tls_cert, a.tls_key, a.tls_ca)   # fails here, not after startup work
     except TlsError as exc:
         ap.error(str(exc))
+    try:   # the same for the secrets: a missing or empty file is a usage error, not a crash
+        if a.token_file:
+            read_token_file(a.token_file)
+        if a.peer_secret_file:
+            read_peer_secrets(a.peer_secret_file)
+    except (OSError, ValueError) as exc:
+        ap.error(str(exc))
     llm = resolve(a.llm, a.llm_model, a.llm_base_url, os.environ,
                   timeout_s=a.llm_timeout, deadline_s=max(45.0, 2.5 * a.llm_timeout))
     return NodeConfig(
-        host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, slots=a.slots,
+        host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, peer_secret_file=a.peer_secret_file,
+        slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, memory_mb=a.memory_mb, blob_cache_mb=a.blob_cache_mb,
         max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, upload_idle_s=a.upload_idle_s, default_max_trials=a.default_trials, cluster_name=a.cluster,

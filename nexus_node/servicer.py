@@ -14,13 +14,16 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from nexus_node import convert, studies
+from nexus_node import bounded_json, convert, studies
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
-from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound, TooLarge, Unauthenticated
+from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, runner_pb2_grpc
+from nexus_node.errors import (AlreadyExists, FailedPrecondition, InvalidInput, NexusError, NotFound, TooLarge,
+                               Unauthenticated)
 from nexus_node.jobs.events import SNAPSHOT, JobEvent
 from nexus_node.jobs.manager import JobManager
 from nexus_node.mesh.driver import MeshStopped
+from nexus_node.mesh.tokens import ReplicatedTokens, TokenNameTaken
+from nexus_node.roles import parse_client_role
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ STATUS = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 PREDICT_BATCH = 512
@@ -97,11 +101,13 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
 
     def __init__(
         self, manager: JobManager, cluster: Callable[[], Awaitable[pb.Cluster]], temp_file: Callable[[str], Path],
-        max_upload_bytes: int, max_predict_bytes: int, upload_idle_s: float = 30.0,
+        max_upload_bytes: int, max_predict_bytes: int, tokens: ReplicatedTokens | None = None,
+        upload_idle_s: float = 30.0,
     ) -> None:
         self.ready = False
         self.upload_idle_s = upload_idle_s
         self.manager = manager
+        self.tokens = tokens
         self.cluster = cluster
         self.temp_file = temp_file
         self.max_upload_bytes = max_upload_bytes
@@ -196,27 +202,6 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
             trials = await self.manager.trials(request.job_id)
             return pb.ListTrialsResponse(trials=[convert.trial_to_pb(t) for t in trials])
 
-    async def ReportSteps(self, request, context):  # noqa: N802
-        async with _mapped(context):
-            steps = [(int(s.step), float(s.value)) for s in request.steps]
-            written = await asyncio.get_running_loop().run_in_executor(
-                None, studies.report_steps, self.manager.storage, int(request.trial_id), steps)
-            return pb.ReportStepsReply(written=written)
-
-    async def FinishTrial(self, request, context):  # noqa: N802
-        async with _mapped(context):
-            steps = [(int(s.step), float(s.value)) for s in request.steps]
-            try:
-                attrs = json.loads(request.user_attrs_json) if request.user_attrs_json else {}
-            except ValueError as exc:
-                raise InvalidInput(f"user_attrs_json is not JSON: {exc}") from None
-            if not isinstance(attrs, dict):
-                raise InvalidInput("user_attrs_json must be a JSON object")
-            state, value = await asyncio.get_running_loop().run_in_executor(
-                None, studies.finish_trial, self.manager.storage, int(request.trial_id), steps, attrs,
-                request.state, float(request.value))
-            return pb.FinishTrialReply(state=state, value=value or 0.0, has_value=value is not None)
-
     async def ListModels(self, request, context):  # noqa: N802
         async with _mapped(context):
             return pb.ListModelsResponse(models=[convert.model_to_pb(m) for m in await self.manager.models()])
@@ -273,3 +258,68 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
         while True:
             version = await changes.wait_past(version)
             yield await self.cluster()
+
+    async def CreateToken(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            try:
+                role = parse_client_role(pb.TokenRole.Name(request.role).lower()) if request.role else None
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            if role is None:
+                raise InvalidInput("give the token a role: read, submit or admin")
+            try:
+                record, secret = await self._tokens().create(request.name, role)
+            except TokenNameTaken:
+                raise AlreadyExists(f"a token named {request.name!r} exists: revoke it first or pick "
+                                    f"another name") from None
+            except ValueError as exc:
+                raise InvalidInput(str(exc)) from None
+            return pb.CreateTokenReply(token=convert.token_to_pb(record), secret=secret)
+
+    async def ListTokens(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            return pb.ListTokensReply(tokens=[convert.token_to_pb(t) for t in self._tokens().list()])
+
+    async def RevokeToken(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            token = await self._tokens().revoke(request.name)
+            if token is None:
+                raise NotFound(f"no token named {request.name!r}: `nexus token list` shows them")
+            return pb.RevokeTokenReply(token=convert.token_to_pb(token))
+
+    def _tokens(self) -> ReplicatedTokens:
+        if self.tokens is None:
+            raise FailedPrecondition("this node has no token of its own, so it is open to local clients and a "
+                                     "client token would restrict nothing: start the nodes with --token-file")
+        return self.tokens
+
+
+class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
+    """``nexus.v1.RunnerService``: the node's own runners write a trial's reports and its end.
+
+    Apart from NexusService so that the interceptor can keep it to the peer secret: a client
+    token, even a submit one, can never record a trial's result.
+    """
+
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
+
+    async def ReportSteps(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            steps = [(int(s.step), float(s.value)) for s in request.steps]
+            written = await asyncio.get_running_loop().run_in_executor(
+                None, studies.report_steps, self.manager.storage, int(request.trial_id), steps)
+            return pb.ReportStepsReply(written=written)
+
+    async def FinishTrial(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            steps = [(int(s.step), float(s.value)) for s in request.steps]
+            # A trial's attributes go into the replicated journal: bounded like any outside JSON.
+            attrs = (bounded_json.loads(request.user_attrs_json, "user_attrs_json", max_chars=1 << 20,
+                                        max_depth=32) if request.user_attrs_json else {})
+            if not isinstance(attrs, dict):
+                raise InvalidInput("user_attrs_json must be a JSON object")
+            state, value = await asyncio.get_running_loop().run_in_executor(
+                None, studies.finish_trial, self.manager.storage, int(request.trial_id), steps, attrs,
+                request.state, float(request.value))
+            return pb.FinishTrialReply(state=state, value=value or 0.0, has_value=value is not None)

@@ -1,4 +1,4 @@
-"""Optuna's ``GrpcStorageProxy`` with the cluster token attached.
+"""Optuna's ``GrpcStorageProxy`` with a token (or, in runners, the peer secret) attached.
 
 Every node serves Optuna's own ``StorageService`` on its one port, so plain Optuna code
 (and optuna-dashboard) can read a Nexus study::
@@ -19,7 +19,7 @@ from optuna.storages import GrpcStorageProxy
 from optuna.storages._grpc.auto_generated import api_pb2_grpc
 from optuna.storages._grpc.client import GrpcClientCache
 
-from nexus_node._generated.nexus.v1 import nexus_pb2, nexus_pb2_grpc
+from nexus_node._generated.nexus.v1 import nexus_pb2, runner_pb2_grpc
 from nexus_node.auth import secure_channel
 from nexus_node.tls import ClientTls
 
@@ -31,7 +31,7 @@ class NexusStorageProxy(GrpcStorageProxy):
     def __init__(self, *, host: str, port: int, token: str | None = None, tls: ClientTls | None = None) -> None:
         self._token = token
         self._tls = tls
-        self._missing: set[str] = set()   # NexusService calls the server does not have
+        self._missing: set[str] = set()   # RunnerService calls the server does not have
         with warnings.catch_warnings():
             # Optuna marks the proxy experimental; Nexus pins the Optuna version it tests.
             warnings.simplefilter("ignore", ExperimentalWarning)
@@ -46,7 +46,7 @@ class NexusStorageProxy(GrpcStorageProxy):
 
     def report_steps(self, trial_id: int, steps: list[tuple[int, float]]) -> bool:
         """Writes ``(step, value)`` pairs of a running trial in one call (the node's
-        ``NexusService.ReportSteps``: one journal append, one consensus round). False when the
+        ``RunnerService.ReportSteps``: one journal append, one consensus round). False when the
         server is not a Nexus node (plain Optuna's proxy): report step by step instead.
 
         Raises:
@@ -58,7 +58,7 @@ class NexusStorageProxy(GrpcStorageProxy):
     def finish_trial(self, trial_id: int, steps: list[tuple[int, float]], user_attrs: Mapping[str, Any],
                      state: str, value: float | None) -> tuple[str, float | None] | None:
         """Writes a trial's last steps, its user attributes and its final state in one call
-        (the node's ``NexusService.FinishTrial``: one journal append, one consensus round).
+        (the node's ``RunnerService.FinishTrial``: one journal append, one consensus round).
         Returns ``(state, value)`` as recorded; None when the server is not a Nexus node:
         write them one by one instead.
 
@@ -73,12 +73,13 @@ class NexusStorageProxy(GrpcStorageProxy):
         return reply.state, reply.value if reply.has_value else None
 
     def _nexus_call(self, method: str, request: Any) -> Any:
-        """One of the node's trial-writing calls; None if the server does not have it (asked
+        """One of the node's trial-writing calls (``RunnerService``: the node's own runners only, under
+        the peer secret); None if the server does not have it (asked
         once per proxy: a plain Optuna server answers UNIMPLEMENTED every time)."""
         if method in self._missing:
             return None
         try:
-            return getattr(nexus_pb2_grpc.NexusServiceStub(self._channel), method)(request, timeout=60)
+            return getattr(runner_pb2_grpc.RunnerServiceStub(self._channel), method)(request, timeout=60)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
                 self._missing.add(method)

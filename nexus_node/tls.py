@@ -4,8 +4,9 @@ A node started with ``--tls-cert`` and ``--tls-key`` serves TLS only, on its one
 every peer it dials against ``--tls-ca`` (the CA that signed the cluster's node certificates;
 the system's roots when absent): a peer whose certificate the CA did not sign, or that does not
 name the address the peer is dialled at, is never talked to. Clients are not asked for
-certificates: the cluster token (:mod:`nexus_node.auth`) still authenticates every call, TLS
-keeps it and the data private and proves the node is one of the cluster's.
+certificates: the peer secret or a client token (:mod:`nexus_node.auth`) still
+authenticates every call, TLS keeps them and the data private and proves the node is one of the
+cluster's.
 
 Runners reach their own node's ``StorageService`` on loopback. They check the node's
 certificate against the same CA, with ``grpc.ssl_target_name_override`` set to a name the

@@ -37,7 +37,7 @@ from nexus_node.llm import GeminiClient, decide_constraints, summarize
 from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED, EventHub, TrialView
 from nexus_node.jobs.records import (
     CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
-    JobRecord, JobSpecRecord, ModelRecord,
+    JOB_STUDY_PREFIX, JobRecord, JobSpecRecord, ModelRecord,
 )
 from nexus_node.mesh.driver import MeshStopped
 from nexus_node.mesh.raft import NotLeader
@@ -258,7 +258,7 @@ class JobManager:
         job = JobRecord(
             job_id=job_id, spec=spec, state=PENDING, created_at=now, seed=seed,
             node_id=self.node_id, dataset_sha256=sha, dataset_bytes=size,
-            encoding=summary.encoding, study_name=f"nexus-{job_id}",
+            encoding=summary.encoding, study_name=JOB_STUDY_PREFIX + job_id,
             message=f"{summary.target_present} rows with a target, read as {summary.encoding}",
         )
         # Committed through consensus; the coordinator (maybe this node) starts it on apply.

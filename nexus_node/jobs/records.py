@@ -16,6 +16,9 @@ TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 ACTIVE = (PENDING, PREPARING, SEARCHING, FINALIZING)
 
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+#: Every job's Optuna study is named this plus the job id. Only the node's runners and
+#: coordinator (the peer secret) write such studies; clients may write studies of their own.
+JOB_STUDY_PREFIX = "nexus-"
 
 
 @dataclass

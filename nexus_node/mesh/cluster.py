@@ -31,6 +31,7 @@ from nexus_node.mesh.driver import MeshSettings, MeshStopped, RaftDriver
 from nexus_node.mesh.journal import ReplicatedJournal
 from nexus_node.mesh.raft import InvalidConfigChange, Membership, NotLeader, ProposalDropped
 from nexus_node.mesh.records import ReplicatedRecords
+from nexus_node.mesh.tokens import ReplicatedTokens
 from nexus_node.mesh.state import encode_command
 from nexus_node.tls import ClientTls
 
@@ -81,6 +82,7 @@ class Mesh:
         self.hub = EventHub()
         self.records = ReplicatedRecords(self.driver, self.hub)
         self.journal = ReplicatedJournal(self.driver)
+        self.tokens = ReplicatedTokens(self.driver)
         self.driver.state.register(BARRIER, lambda body, index: None)
         self._peers = peers
         self._listening = listening   # whether peers may still turn up (seeds, mDNS)

@@ -118,3 +118,36 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "COMPLETED" in proc.stdout and "r2" in proc.stdout
     assert "TRUE charges" in proc.stdout and "top features" in proc.stdout
     assert "demo finished in" in proc.stdout
+
+
+def test_token_commands_create_list_and_revoke_a_role_token(tmp_path: Path):
+    """`nexus token` as an admin runs it, and what each token can then do, on a real node."""
+    from tests.conftest import NodeProcess
+
+    (tmp_path / "admin").write_text("admin-secret\n")
+    node = NodeProcess(tmp_path / "node", "--token-file", str(tmp_path / "admin")).start()
+    try:
+        admin = ("--token-file", str(tmp_path / "admin"))
+        made = nexus(node.address, "token", "create", "--role", "read", "--name", "dashboard", "--json", *admin)
+        assert made.returncode == 0, made.stderr
+        secret = json.loads(made.stdout)["secret"]
+        assert json.loads(made.stdout)["role"] == "read" and secret.startswith("nxt_")
+        (tmp_path / "read").write_text(secret + "\n")
+        listed = nexus(node.address, "token", "list", "--json", *admin)
+        assert [(t["name"], t["role"]) for t in json.loads(listed.stdout)] == [("dashboard", "read")]
+        assert secret not in listed.stdout
+
+        reader = ("--token-file", str(tmp_path / "read"))
+        assert nexus(node.address, "jobs", *reader).returncode == 0
+        refused = nexus(node.address, "token", "list", *reader)
+        assert refused.returncode == 3 and "PERMISSION_DENIED" in refused.stderr and "'admin' role" in refused.stderr
+        dup = nexus(node.address, "token", "create", "--role", "submit", "--name", "dashboard", *admin)
+        assert dup.returncode == 3 and "ALREADY_EXISTS" in dup.stderr
+
+        revoked = nexus(node.address, "token", "revoke", "dashboard", *admin)
+        assert revoked.returncode == 0 and "dashboard" in revoked.stdout
+        gone = nexus(node.address, "jobs", *reader)
+        assert gone.returncode == 3 and "UNAUTHENTICATED" in gone.stderr
+        assert "no client tokens" in nexus(node.address, "token", "list", *admin).stdout
+    finally:
+        node.stop()

@@ -1,4 +1,8 @@
-"""With a token configured, every RPC but health needs it — Optuna's StorageService too."""
+"""Who may call what, on a real node: every RPC of every service, read from the descriptors, with
+each credential (client tokens of each role, the admin token, the peer secret, none, a wrong one).
+
+The expected policy is written out here, from the issue's words, not read from the code's table:
+a test that asked ``roles.required_role`` what to expect could not fail."""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ from nexus_node.study_proxy import NexusStorageProxy
 from tests.conftest import free_port
 from tests.node.helpers import rpc_error, stub
 
-TOKEN = "s3cret-token"
-DENIED = "missing or wrong cluster token"   # the interceptor's words (auth._DENIED), no servicer's
+TOKEN = "s3cret-token"          # the node's --token-file: its admin token
+PEER_SECRET = "p33r-secret"     # --peer-secret-file: members and runners only
+DENIED = "missing, unknown or revoked token"   # the interceptor's words (auth._DENIED), no servicer's
 
 
 def _services(*modules):
@@ -68,10 +73,29 @@ def _call(channel: grpc.Channel, method, metadata) -> object:
         return e
 
 
-@pytest.fixture(scope="module")
-def channel(secured):
-    with grpc.insecure_channel(secured.address) as ch:
-        yield ch
+# What each role may call (issue 18, "Client tokens with roles"); the peer secret may call all.
+READS = {"GetJob", "ListJobs", "WatchJob", "ListTrials", "ListModels", "GetModel", "Predict",
+         "ExportModel", "GetCluster", "WatchCluster"}
+SUBMITS = {"SubmitJob", "CancelJob"}
+ADMINS = {"CreateToken", "ListTokens", "RevokeToken"}
+PEER_ONLY_SERVICES = {"nexus.v1.PeerService", "nexus.v1.RunnerService"}
+ORDER = ["read", "submit", "admin", "peer"]
+
+
+def expected_role(method) -> str:
+    service = method.containing_service.full_name
+    if service in PEER_ONLY_SERVICES:
+        return "peer"
+    if service == "nexus.v1.NexusService":
+        for role, names in (("read", READS), ("submit", SUBMITS), ("admin", ADMINS)):
+            if method.name in names:
+                return role
+        raise AssertionError(f"{_id(method)} is new: decide which role it needs, here and in roles.py")
+    if service == "optuna.StorageService":   # Optuna reads are Get*; everything else writes
+        return "read" if method.name.startswith("Get") else "submit"
+    if service == "grpc.reflection.v1alpha.ServerReflection":
+        return "read"
+    raise AssertionError(f"{_id(method)}: a service this test does not know")
 
 
 @pytest.fixture(scope="module")
@@ -79,42 +103,71 @@ def secured(tmp_path_factory):
     from tests.conftest import NodeProcess
 
     base = tmp_path_factory.mktemp("auth")
-    (base / "token").write_text("s3cret-token\n")
-    node = NodeProcess(base / "node", "--token-file", str(base / "token")).start()
+    (base / "token").write_text(TOKEN + "\n")
+    (base / "peer").write_text(PEER_SECRET + "\n")
+    node = NodeProcess(base / "node", "--token-file", str(base / "token"),
+                       "--peer-secret-file", str(base / "peer")).start()
     yield node
     node.stop()
 
 
-def test_calls_without_the_token_are_refused(secured):
+@pytest.fixture(scope="module")
+def credentials(secured):
+    """Bearer metadata per credential: one client token of each role, made by the admin."""
+    admin = stub(secured.address, TOKEN)
+    out = {"admin-token": (("authorization", f"Bearer {TOKEN}"),),
+           "peer-secret": (("authorization", f"Bearer {PEER_SECRET}"),)}
+    for role in ("read", "submit", "admin"):
+        reply = admin.CreateToken(pb.CreateTokenRequest(name=f"matrix-{role}", role=pb.TokenRole.Value(role.upper())),
+                                  timeout=10)
+        out[role] = (("authorization", f"Bearer {reply.secret}"),)
+    return out
+
+
+# The credential behind each name, and its role (the node's admin token is an admin client).
+CREDENTIAL_ROLES = {"read": "read", "submit": "submit", "admin": "admin", "admin-token": "admin",
+                    "peer-secret": "peer"}
+
+
+@pytest.fixture(scope="module")
+def channel(secured):
+    with grpc.insecure_channel(secured.address) as ch:
+        yield ch
+
+
+def test_calls_without_a_token_are_refused(secured):
     for token in (None, "wrong"):
         e = rpc_error(stub(secured.address, token).ListJobs, pb.ListJobsRequest(), timeout=10)
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "token" in e.details()
-        e = rpc_error(stub(secured.address, token).WatchJob, pb.WatchJobRequest(job_id="x"), timeout=10)
-        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
-        # Trial code's batched reports are study writes: refused the same way.
-        e = rpc_error(stub(secured.address, token).ReportSteps, pb.ReportStepsRequest(
-            trial_id=0, steps=[pb.TrialStep(step=0, value=1.0)]), timeout=10)
-        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
-        e = rpc_error(stub(secured.address, token).FinishTrial, pb.FinishTrialRequest(
-            trial_id=0, state="COMPLETE", value=1.0), timeout=10)
-        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_optuna_storage_service_needs_the_token_too(secured):
+def test_optuna_storage_service_needs_a_token_too(secured):
     host, port = secured.address.split(":")
     with pytest.raises(grpc.RpcError) as info:
         optuna.get_all_study_summaries(NexusStorageProxy(host=host, port=int(port)))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    summaries = optuna.get_all_study_summaries(NexusStorageProxy(host=host, port=int(port), token="s3cret-token"))
+    summaries = optuna.get_all_study_summaries(NexusStorageProxy(host=host, port=int(port), token=TOKEN))
     assert summaries == []
 
 
 def test_with_the_token_calls_succeed_and_health_needs_none(secured):
-    assert stub(secured.address, "s3cret-token").ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
+    assert stub(secured.address, TOKEN).ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
     channel = grpc.insecure_channel(secured.address)
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_read_token_reads_the_study_but_cannot_write_it(secured, credentials):
+    host, port = secured.address.split(":")
+    secret = credentials["read"][0][1].split(" ", 1)[1]
+    storage = NexusStorageProxy(host=host, port=int(port), token=secret)
+    assert optuna.get_all_study_summaries(storage) == []
+    with pytest.raises(grpc.RpcError) as info:
+        optuna.create_study(study_name="forged", storage=storage)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "'submit' role" in info.value.details()
+    assert optuna.get_all_study_summaries(storage) == []
 
 
 def test_a_node_on_all_interfaces_creates_a_token(tmp_path):
@@ -148,7 +201,7 @@ def test_reflection_lists_the_services_to_token_holders(secured):
         replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
         return {s.name for r in replies for s in r.list_services_response.service}
 
-    assert {"nexus.v1.NexusService", "optuna.StorageService", "grpc.health.v1.Health"} <= services("s3cret-token")
+    assert {"nexus.v1.NexusService", "optuna.StorageService", "grpc.health.v1.Health"} <= services(TOKEN)
     with pytest.raises(grpc.RpcError) as info:
         services(None)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -156,9 +209,11 @@ def test_reflection_lists_the_services_to_token_holders(secured):
 
 def test_every_rpc_is_covered():
     names = {s.full_name for s in GUARDED}
-    assert {"nexus.v1.NexusService", "nexus.v1.PeerService", "optuna.StorageService",
+    assert {"nexus.v1.NexusService", "nexus.v1.PeerService", "nexus.v1.RunnerService", "optuna.StorageService",
             "grpc.reflection.v1alpha.ServerReflection"} <= names
-    assert len(GUARDED_METHODS) >= 14 + 7 + 19 + 1
+    assert len(GUARDED_METHODS) >= 15 + 7 + 2 + 19 + 1
+    for method in GUARDED_METHODS:
+        expected_role(method)   # every method has a decided role
 
 
 def test_every_listed_service_is_checked(channel):
@@ -174,13 +229,42 @@ def test_every_listed_service_is_checked(channel):
 
 @pytest.mark.parametrize("metadata", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
 @pytest.mark.parametrize("method", GUARDED_METHODS, ids=_id)
-def test_every_rpc_refuses_a_call_without_the_token(channel, method, metadata):
+def test_every_rpc_refuses_a_call_without_a_valid_token(channel, method, metadata):
     # A call the interceptor let through would reach the servicer: OK, a first stream message,
     # or that servicer's own error (INVALID_ARGUMENT, NOT_FOUND, a deadline...), never this.
     outcome = _call(channel, method, metadata)
     assert isinstance(outcome, grpc.RpcError), f"{_id(method)} answered {outcome!r}"
     assert outcome.code() == grpc.StatusCode.UNAUTHENTICATED, (outcome.code(), outcome.details())
     assert DENIED in outcome.details()
+
+
+@pytest.mark.parametrize("credential", CREDENTIAL_ROLES, ids=str)
+@pytest.mark.parametrize("method", GUARDED_METHODS, ids=_id)
+def test_each_role_reaches_exactly_its_rpcs(channel, credentials, method, credential):
+    role, need = CREDENTIAL_ROLES[credential], expected_role(method)
+    outcome = _call(channel, method, credentials[credential])
+    refused = isinstance(outcome, grpc.RpcError) and outcome.code() in (
+        grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+    if ORDER.index(role) >= ORDER.index(need):
+        assert not refused, f"{credential} was refused {_id(method)}: {outcome.details()}"
+    else:
+        assert isinstance(outcome, grpc.RpcError) and outcome.code() == grpc.StatusCode.PERMISSION_DENIED, \
+            f"{credential} reached {_id(method)}: {outcome!r}"
+        # The refusal says which role the call needs.
+        assert (f"'{need}' role" in outcome.details() if need != "peer" else "peer secret" in outcome.details())
+
+
+@pytest.mark.parametrize("metadata", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_an_unknown_method_is_unauthenticated_without_a_token(channel, metadata):
+    """The API cannot be probed: a method the node lacks answers like any other without a token."""
+    call = channel.unary_unary("/nexus.v1.NexusService/NoSuchMethod", request_serializer=bytes,
+                               response_deserializer=bytes)
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"", timeout=10, metadata=metadata)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"", timeout=10, metadata=(("authorization", f"Bearer {TOKEN}"),))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.parametrize("metadata", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
@@ -202,3 +286,51 @@ def test_the_right_token_gets_through(channel):
     reply = _call(channel, get_cluster, (("authorization", f"Bearer {TOKEN}"),))
     assert isinstance(reply, pb.Cluster), reply
     assert reply.ListFields()
+
+
+def test_tokens_are_listed_without_secrets_and_revocation_applies_to_the_next_call(secured, credentials):
+    admin = stub(secured.address, TOKEN)
+    reply = admin.CreateToken(pb.CreateTokenRequest(name="short-lived", role=pb.READ), timeout=10)
+    listed = {t.name: t for t in admin.ListTokens(pb.ListTokensRequest(), timeout=10).tokens}
+    assert listed["short-lived"].role == pb.READ and reply.secret not in str(listed["short-lived"])
+    reader = stub(secured.address, reply.secret)
+    assert reader.ListJobs(pb.ListJobsRequest(), timeout=10) is not None
+    admin.RevokeToken(pb.RevokeTokenRequest(name="short-lived"), timeout=10)
+    # RevokeToken returns once this node applied it: the very next call is refused.
+    assert rpc_error(reader.ListJobs, pb.ListJobsRequest(), timeout=10).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "short-lived" not in {t.name for t in admin.ListTokens(pb.ListTokensRequest(), timeout=10).tokens}
+    for bad, code in ((pb.CreateTokenRequest(name="short lived", role=pb.READ), grpc.StatusCode.INVALID_ARGUMENT),
+                      (pb.CreateTokenRequest(name="norole"), grpc.StatusCode.INVALID_ARGUMENT),
+                      (pb.CreateTokenRequest(name="matrix-read", role=pb.READ), grpc.StatusCode.ALREADY_EXISTS)):
+        e = rpc_error(admin.CreateToken, bad, timeout=10)
+        assert e.code() == code, (bad, e.code(), e.details())
+    e = rpc_error(admin.RevokeToken, pb.RevokeTokenRequest(name="never-was"), timeout=10)
+    assert e.code() == grpc.StatusCode.NOT_FOUND and "never-was" in e.details()
+
+
+def test_a_loopback_node_with_a_peer_secret_and_no_token_is_open_to_clients_only(tmp_path):
+    """No token: clients need none (as before roles), but the peer and runner services still
+    need the peer secret, and client tokens, which would restrict nothing, are refused."""
+    from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc, runner_pb2_grpc
+    from nexus_node.auth import secure_channel
+    from tests.conftest import NodeProcess
+
+    (tmp_path / "peer").write_text("rotated-new\n" + PEER_SECRET + "\n")   # the first is sent, both accepted
+    node = NodeProcess(tmp_path / "node", "--peer-secret-file", str(tmp_path / "peer")).start()
+    try:
+        assert stub(node.address).ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
+        for secret in (None, "wrong"):
+            peer = peer_pb2_grpc.PeerServiceStub(secure_channel(node.address, secret))
+            e = rpc_error(peer.Describe, peer_pb2.DescribeRequest(cluster="nexus"), timeout=10)
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.details()
+            runner = runner_pb2_grpc.RunnerServiceStub(secure_channel(node.address, secret))
+            e = rpc_error(runner.FinishTrial, pb.FinishTrialRequest(trial_id=0, state="COMPLETE", value=1.0),
+                          timeout=10)
+            assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.details()
+        for secret in ("rotated-new", PEER_SECRET):
+            peer = peer_pb2_grpc.PeerServiceStub(secure_channel(node.address, secret))
+            assert peer.Describe(peer_pb2.DescribeRequest(cluster="nexus"), timeout=10).node_id
+        e = rpc_error(stub(node.address).CreateToken, pb.CreateTokenRequest(name="x", role=pb.READ), timeout=10)
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "--token-file" in e.details()
+    finally:
+        node.stop()

@@ -11,6 +11,8 @@ import grpc
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node._generated.nexus.v1 import runner_pb2_grpc
+from nexus_node.auth import secure_channel
 from tests.conftest import free_port
 from tests.node.helpers import predict_requests, rpc_error, stub, submit, submit_requests, watch_until_end
 
@@ -106,7 +108,8 @@ def test_cancel_of_a_finished_job_is_refused(small_node):
 
 
 def test_bad_trial_writes_from_trial_code(small_node):
-    s = stub(small_node.address)
+    # The runners' own service (RunnerService); this node has no token, so no peer secret.
+    s = runner_pb2_grpc.RunnerServiceStub(secure_channel(small_node.address, None))
     for req, code, fragment in [
         (pb.FinishTrialRequest(trial_id=12345, state="COMPLETE", value=1.0), grpc.StatusCode.NOT_FOUND, "12345"),
         (pb.FinishTrialRequest(trial_id=0, state="DONE"), grpc.StatusCode.INVALID_ARGUMENT, "one of COMPLETE"),
@@ -114,7 +117,9 @@ def test_bad_trial_writes_from_trial_code(small_node):
          grpc.StatusCode.INVALID_ARGUMENT, "a number"),
         (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="[1]"),
          grpc.StatusCode.INVALID_ARGUMENT, "JSON object"),
-        (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="{"), grpc.StatusCode.INVALID_ARGUMENT, "not JSON"),
+        (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json="{"), grpc.StatusCode.INVALID_ARGUMENT, "not valid JSON"),
+        (pb.FinishTrialRequest(trial_id=0, state="FAIL", user_attrs_json='{"a":' + "[" * 100_000),
+         grpc.StatusCode.INVALID_ARGUMENT, "nest"),
     ]:
         e = rpc_error(s.FinishTrial, req, timeout=10)
         assert e.code() == code and fragment in e.details(), (req, e.details())
@@ -244,6 +249,10 @@ def test_calls_during_start_up_answer_unavailable(tmp_path):
             e = rpc_error(call, req, timeout=30)
             assert e.code() == grpc.StatusCode.UNAVAILABLE, (call, e.code(), e.details())
             assert "the node is starting" in e.details()
+        # Health checks (load balancers, supervisors) are told the same.
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert proc.poll() is None
         assert "Traceback" not in (tmp_path / "starting.log").read_text()
         assert list((data_dir / "blobs" / "tmp").iterdir()) == []

@@ -185,3 +185,31 @@ async def test_the_connect_screen_offers_nodes_found_by_mdns(tmp_path: Path):
             assert app.sub_title == f"connected to {node.address}"
     finally:
         node.stop()
+
+
+async def test_a_read_token_is_enough_to_watch_and_not_enough_to_submit(tmp_path: Path, insurance_csv: Path):
+    (tmp_path / "token").write_text("admin-secret\n")
+    node = NodeProcess(tmp_path / "node", "--token-file", str(tmp_path / "token")).start()
+    try:
+        with NexusClient(node.address, token="admin-secret") as admin:
+            secret = admin.create_token("dashboard", "read").secret
+        app = real_app(node.address, token=secret)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.connected, 20, "the connection")
+            table = app.screen.query_one("#nodes", DataTable)
+            await until(pilot, lambda: table.row_count == 1, 10, "the node row")
+            await pilot.press("f4")
+            await pilot.pause()
+            form = app.screen
+            form.query_one("#path", Input).value = str(insurance_csv)
+            await pilot.pause()
+            form.query_one("#target", Select).value = "charges"
+            form.query_one("#trials", Input).value = "2"
+            form.query_one("#submit").press()
+            status = form.query_one("#submit-status", Static)
+            await until(pilot, lambda: "refused" in str(status.render()), 30, "the refusal")
+            assert "'submit' role" in str(status.render())
+        with NexusClient(node.address, token="admin-secret") as admin:
+            assert admin.list_jobs() == []
+    finally:
+        node.stop()

@@ -39,6 +39,13 @@ class NodeRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COORDINATOR: _ClassVar[NodeRole]
     VOTER: _ClassVar[NodeRole]
     NON_VOTER: _ClassVar[NodeRole]
+
+class TokenRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_ROLE_UNSPECIFIED: _ClassVar[TokenRole]
+    READ: _ClassVar[TokenRole]
+    SUBMIT: _ClassVar[TokenRole]
+    ADMIN: _ClassVar[TokenRole]
 JOB_STATE_UNSPECIFIED: JobState
 PENDING: JobState
 PREPARING: JobState
@@ -60,6 +67,10 @@ NODE_ROLE_UNSPECIFIED: NodeRole
 COORDINATOR: NodeRole
 VOTER: NodeRole
 NON_VOTER: NodeRole
+TOKEN_ROLE_UNSPECIFIED: TokenRole
+READ: TokenRole
+SUBMIT: TokenRole
+ADMIN: TokenRole
 
 class JobSpec(_message.Message):
     __slots__ = ("target", "use_case", "max_trials", "time_budget_seconds", "metric", "seed", "filename", "constraints_json", "drop_columns")
@@ -484,3 +495,51 @@ class DiscoveredPeer(_message.Message):
     source: str
     last_seen: float
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., source: _Optional[str] = ..., last_seen: _Optional[float] = ...) -> None: ...
+
+class CreateTokenRequest(_message.Message):
+    __slots__ = ("name", "role")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: TokenRole
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[TokenRole, str]] = ...) -> None: ...
+
+class TokenInfo(_message.Message):
+    __slots__ = ("name", "role", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: TokenRole
+    created_at: float
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[_Union[TokenRole, str]] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class CreateTokenReply(_message.Message):
+    __slots__ = ("token", "secret")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    token: TokenInfo
+    secret: str
+    def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListTokensRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTokensReply(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[TokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[TokenInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeTokenRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RevokeTokenReply(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: TokenInfo
+    def __init__(self, token: _Optional[_Union[TokenInfo, _Mapping]] = ...) -> None: ...

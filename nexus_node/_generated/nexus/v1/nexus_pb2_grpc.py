@@ -94,15 +94,20 @@ class NexusServiceStub:
                 request_serializer=nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_nexus__pb2.Cluster.FromString,
                 _registered_method=True)
-        self.ReportSteps = channel.unary_unary(
-                '/nexus.v1.NexusService/ReportSteps',
-                request_serializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.SerializeToString,
-                response_deserializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.FromString,
+        self.CreateToken = channel.unary_unary(
+                '/nexus.v1.NexusService/CreateToken',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.CreateTokenReply.FromString,
                 _registered_method=True)
-        self.FinishTrial = channel.unary_unary(
-                '/nexus.v1.NexusService/FinishTrial',
-                request_serializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialRequest.SerializeToString,
-                response_deserializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialReply.FromString,
+        self.ListTokens = channel.unary_unary(
+                '/nexus.v1.NexusService/ListTokens',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.ListTokensReply.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/nexus.v1.NexusService/RevokeToken',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.RevokeTokenReply.FromString,
                 _registered_method=True)
 
 
@@ -181,18 +186,22 @@ class NexusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ReportSteps(self, request, context):
-        """For trial code (the runners): several reports in one write. FAILED_PRECONDITION if the
-        trial is finished, NOT_FOUND if the storage has no such trial.
+    def CreateToken(self, request, context):
+        """Client tokens (the admin role). A token's secret is returned once, by CreateToken; the
+        cluster keeps only its SHA-256. ALREADY_EXISTS for a name in use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def FinishTrial(self, request, context):
-        """For trial code: a trial's end in one write. FAILED_PRECONDITION if the trial is finished
-        or not running yet (nothing of the request is recorded), NOT_FOUND if there is no such
-        trial, INVALID_ARGUMENT for another state or a COMPLETE value that is NaN.
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Effective on every node as it applies the revocation. NOT_FOUND for an unknown name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,15 +270,20 @@ def add_NexusServiceServicer_to_server(servicer, server):
                     request_deserializer=nexus_dot_v1_dot_nexus__pb2.WatchClusterRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_nexus__pb2.Cluster.SerializeToString,
             ),
-            'ReportSteps': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReportSteps,
-                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.FromString,
-                    response_serializer=nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.SerializeToString,
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.CreateTokenRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.CreateTokenReply.SerializeToString,
             ),
-            'FinishTrial': grpc.unary_unary_rpc_method_handler(
-                    servicer.FinishTrial,
-                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialRequest.FromString,
-                    response_serializer=nexus_dot_v1_dot_nexus__pb2.FinishTrialReply.SerializeToString,
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.ListTokensRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.ListTokensReply.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.RevokeTokenReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -607,7 +621,7 @@ class NexusService:
             _registered_method=True)
 
     @staticmethod
-    def ReportSteps(request,
+    def CreateToken(request,
             target,
             options=(),
             channel_credentials=None,
@@ -620,9 +634,9 @@ class NexusService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nexus.v1.NexusService/ReportSteps',
-            nexus_dot_v1_dot_nexus__pb2.ReportStepsRequest.SerializeToString,
-            nexus_dot_v1_dot_nexus__pb2.ReportStepsReply.FromString,
+            '/nexus.v1.NexusService/CreateToken',
+            nexus_dot_v1_dot_nexus__pb2.CreateTokenRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.CreateTokenReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -634,7 +648,7 @@ class NexusService:
             _registered_method=True)
 
     @staticmethod
-    def FinishTrial(request,
+    def ListTokens(request,
             target,
             options=(),
             channel_credentials=None,
@@ -647,9 +661,36 @@ class NexusService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/nexus.v1.NexusService/FinishTrial',
-            nexus_dot_v1_dot_nexus__pb2.FinishTrialRequest.SerializeToString,
-            nexus_dot_v1_dot_nexus__pb2.FinishTrialReply.FromString,
+            '/nexus.v1.NexusService/ListTokens',
+            nexus_dot_v1_dot_nexus__pb2.ListTokensRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.ListTokensReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.NexusService/RevokeToken',
+            nexus_dot_v1_dot_nexus__pb2.RevokeTokenRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.RevokeTokenReply.FromString,
             options,
             channel_credentials,
             insecure,
