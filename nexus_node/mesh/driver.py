@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -262,6 +263,10 @@ class RaftDriver:
                           "new configuration without what this node committed (or its data dir is an "
                           "old copy). Move its data dir away and start it empty to join again.",
                           self.node_id, exc)
+            elif isinstance(exc, (OSError, sqlite3.Error)):
+                # The disk (full, gone, read-only): the exit says it in one line; a traceback
+                # would say nothing more.
+                log.error("raft loop of %s failed on its disk: %s", self.node_id, exc)
             else:
                 log.exception("raft loop of %s failed; the node stops taking part", self.node_id)
             self._stopped = True

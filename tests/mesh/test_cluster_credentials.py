@@ -210,7 +210,8 @@ def test_a_submit_token_writes_studies_of_its_own_but_never_a_job_s(cluster, fin
         own.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
         assert len(own.trials) == 2 and own.best_value is not None
     def finished(state):   # the finished job, its model and its study (another job may still run)
-        return [([j for j in jobs if j[0] == finished_job.job_id], models,
+        return [([j for j in jobs if j[0] == finished_job.job_id],
+                 [m for m in models if m[0] == finished_job.model_id],
                  [st for st in studies if st[0] == finished_job.study_name]) for jobs, models, studies, _ in state]
 
     assert finished(_state(cluster)) == finished(before)
