@@ -680,7 +680,14 @@ class JobManager:
             stopped.cancel()
         if take in done and not stop.is_set() and time.time() < deadline:
             return take.result()
-        take.cancel()   # a slot granted meanwhile is given back by reserve itself
+        # Still waiting: cancelling reserve gives back a slot granted meanwhile. Already granted
+        # (the grant and the stop came in the same turn of the loop): give the lease back here,
+        # or the slot stays taken by a job that will never use it, and the next job waits for
+        # ever (seen: a job submitted right after a cancel stayed PREPARING on a one-slot node).
+        if take.done() and not take.cancelled() and take.exception() is None:
+            self._dispatch.release(take.result())
+            return None
+        take.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await take
         return None
