@@ -1,6 +1,6 @@
 """Nexus: a peer-to-peer worker mesh for automated deep learning on tabular data.
 
-The public Python API is :class:`nexus_node.client.NexusClient`; ``nexus-node`` runs a node
+The public Python API is :class:`nexus_client.client.NexusClient`; ``nexus-node`` runs a node
 and ``nexus`` is the command line. Nothing here imports torch, pandas or scikit-learn: those
 load only in runner processes (see ``nexus_node.runner``).
 """

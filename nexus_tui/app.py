@@ -25,8 +25,8 @@ from textual.app import App, ScreenStackError
 from textual.binding import Binding
 from textual.worker import get_current_worker
 
-from nexus_node.client import default_address, is_terminal
-from nexus_node.tls import TlsError, client_tls
+from nexus_client.client import default_address, is_terminal
+from nexus_node.net.tls import TlsError, client_tls
 from nexus_tui import discovery
 from nexus_tui.client import ClientFactory, ClusterClient, RequestFailed, Unreachable
 from nexus_tui.commands import ScreenCommands

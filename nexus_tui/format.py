@@ -7,7 +7,7 @@ import json
 from rich.text import Text
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.client import is_terminal, trials_done
+from nexus_client.client import is_terminal, trials_done
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 STATE_STYLE = {

@@ -49,13 +49,13 @@ def bench_overhead(n_trials: int, epochs: int, width: int, batch: int, rounds: i
     import optuna
     import torch
 
-    from nexus_node import studies
-    from nexus_node.client import NexusClient
-    from nexus_node.constraints import Constraints
+    from nexus_node.study import studies
+    from nexus_client.client import NexusClient
+    from nexus_node.study.constraints import Constraints
     from nexus_node.pipeline.train import DeviceData, train_and_score, warm_up
     from nexus_node.runner.context import LocalContext
     from nexus_node.runner.tasks import load_arrays, run_task
-    from nexus_node.space import default_params, suggest_params
+    from nexus_node.study.space import default_params, suggest_params
 
     torch.set_num_threads(1)
     seed = 11
@@ -321,7 +321,7 @@ def _flaml_case(case: QualityCase, train: Path, test: Path, enc: str, budget: fl
 def bench_quality(names: list[str] | None, budget: float) -> dict:
     """Each dataset in turn (never two tools at once: they would share the cores), Nexus
     first, then FLAML, on the same split."""
-    from nexus_node.client import NexusClient
+    from nexus_client.client import NexusClient
 
     cases = [c for c in QUALITY_CASES if names is None or c.name in names]
     rows: dict[str, dict] = {}
@@ -352,7 +352,7 @@ def node_process(data_dir: Path, slots: int) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nexus_node.node_main", "--port", str(port), "--data-dir", str(data_dir),
+        [sys.executable, "-m", "nexus_node.node.main", "--port", str(port), "--data-dir", str(data_dir),
          *(["--slots", str(slots)] if slots else []), "--log-level", "WARNING"],
         stdout=subprocess.PIPE, text=True,
     )

@@ -58,7 +58,7 @@ class Node:
 
     def start(self) -> "Node":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nexus_node.node_main", "--port", str(self.port), "--data-dir",
+            [sys.executable, "-m", "nexus_node.node.main", "--port", str(self.port), "--data-dir",
              str(self.data_dir), "--slots", "1", "--seeds", self.seeds, "--no-mdns", "--log-level", "WARNING",
              *self.extra],
             stdout=subprocess.PIPE, text=True)

@@ -66,7 +66,7 @@ class NodeProcess:
         logf = open(self.log, "a")
         self.proc = subprocess.Popen(
             [*(["ip", "netns", "exec", self.netns] if self.netns else []),
-             sys.executable, "-m", "nexus_node.node_main", "--host", self.host,
+             sys.executable, "-m", "nexus_node.node.main", "--host", self.host,
              "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra],
             stdout=subprocess.PIPE, stderr=logf, text=True, env=self.env,
         )

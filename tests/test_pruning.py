@@ -5,7 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from nexus_node import pruning, studies
+from nexus_node.study import pruning
+
+from nexus_node.study import studies
 from nexus_node.errors import InvalidInput
 
 

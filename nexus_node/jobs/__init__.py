@@ -1,1 +1,2 @@
-"""Jobs: the records (``records``), their lifecycle (``manager``), and live events (``events``)."""
+"""Jobs: the records (``records``), the replicated registry of jobs and models (``registry``),
+their lifecycle (``manager``) and live events (``events``)."""

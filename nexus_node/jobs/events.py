@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 from nexus_node.jobs.records import JobRecord
+from nexus_node.study.trials import TrialView
+
+__all__ = ["JobEvent", "EventHub", "TrialView", "STATE_CHANGED", "TRIAL_FINISHED", "NEW_BEST", "SNAPSHOT"]
 
 STATE_CHANGED, TRIAL_FINISHED, NEW_BEST, SNAPSHOT = "STATE_CHANGED", "TRIAL_FINISHED", "NEW_BEST", "SNAPSHOT"
-
-
-@dataclass
-class TrialView:
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any] = field(default_factory=dict)
-    duration_seconds: float = 0.0
-    node_id: str = ""
-    message: str = ""
-    last_step: int = 0
-    retry_of: int | None = None   # the trial whose parameters this one runs again
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Job lifecycle across the cluster: submit → prepare → search → finalize, with recovery.
 
 The coordinator drives every job; the work itself (preparation, each trial, the final
-retrain) is a task it hands to a node's runners through the :class:`~nexus_node.dispatch.Dispatcher`
+retrain) is a task it hands to a node's runners through the :class:`~nexus_node.work.dispatcher.Dispatcher`
 (any node, itself included). Concurrency: everything here runs on the node's event loop;
 Optuna storage calls, which take locks and may wait on consensus, run in threads via
 ``asyncio.to_thread``. Each active job has one driver task; each trial in flight has one task.
@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Colle
 
 import optuna
 
-from nexus_node import pruning, studies
-from nexus_node.constraints import Constraints, apply_override, hard_bounds, parse_override
-from nexus_node.csvcheck import check_csv
+from nexus_node.study import pruning
+
+from nexus_node.study import studies
+from nexus_node.study.constraints import Constraints, apply_override, hard_bounds, parse_override
+from nexus_node.pipeline.csvcheck import check_csv
 from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
 from nexus_node.llm import GeminiClient, decide_constraints, summarize
 from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED, EventHub, TrialView
@@ -39,17 +41,17 @@ from nexus_node.jobs.records import (
     CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
     JOB_STUDY_PREFIX, JobRecord, JobSpecRecord, ModelRecord,
 )
-from nexus_node.mesh.driver import MeshStopped
-from nexus_node.mesh.raft import NotLeader
-from nexus_node.dispatch import Dispatcher, Outcome, WorkSettings
+from nexus_node.consensus.driver import MeshStopped
+from nexus_node.consensus.raft import NotLeader
+from nexus_node.work.dispatcher import Dispatcher, Outcome, WorkSettings
 from nexus_node.errors import error_from_kind
 from nexus_node.runner.pool import RunnerPool
-from nexus_node.scheduler import Lease, task_memory
-from nexus_node.space import default_configs, suggest_params, trial_params
-from nexus_node.store.blobs import BlobStore
+from nexus_node.work.scheduler import Lease, task_memory
+from nexus_node.study.space import default_configs, suggest_params, trial_params
+from nexus_node.blobs.store import BlobStore
 
 if TYPE_CHECKING:
-    from nexus_node.mesh.records import ReplicatedRecords
+    from nexus_node.jobs.registry import ReplicatedRecords
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +84,7 @@ class ManagerSettings:
     default_max_trials: int = 20
     max_trials_limit: int = 10_000
     worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
-    pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.pruning)
+    pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.study.pruning)
     work: WorkSettings = dataclasses.field(default_factory=WorkSettings)
 
 
@@ -371,7 +373,7 @@ class JobManager:
     @staticmethod
     def _validate_metric(spec: JobSpecRecord, task: str) -> None:
         """The metric must fit the task the target defines (decided at submit from the
-        uploaded column as preparation decides it: :func:`nexus_node.csvcheck.target_task`)."""
+        uploaded column as preparation decides it: :func:`nexus_node.pipeline.csvcheck.target_task`)."""
         fits = metrics_for(task)
         if spec.metric and spec.metric not in fits:
             raise InvalidInput(

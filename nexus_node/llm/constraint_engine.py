@@ -3,7 +3,7 @@
 The prompt carries only :func:`~nexus_node.llm.privacy.dataset_metadata`, the user's use
 case, the smallest worker's free memory, the limits and the heuristic's space as a
 starting point. The answer is parsed, validated against the schema's shape and applied
-over the heuristic's constraints with :func:`~nexus_node.constraints.apply_override`, which
+over the heuristic's constraints with :func:`~nexus_node.study.constraints.apply_override`, which
 clamps every value into the bounds computed from the data and the memory: the model may
 narrow the space, never widen it past what the smallest node can hold. Any failure gives
 the heuristic's constraints and the reason; nothing here raises.
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from nexus_node.constraints import Bounds, Constraints, apply_override, hard_bounds, heuristic_constraints
+from nexus_node.study.constraints import Bounds, Constraints, apply_override, hard_bounds, heuristic_constraints
 from nexus_node.llm.gemini import GeminiClient, LLMError, failure_reason
 from nexus_node.llm.privacy import dataset_metadata
 from nexus_node.llm.schema import SchemaError, constraints_schema, validate

@@ -3,7 +3,7 @@
 The prompt carries the use case, the task, the target's name, the test metrics and the
 permutation importance of the columns (names and numbers, no data). The answer is
 stripped of markdown and bounded to :data:`MAX_CHARS`; any failure gives
-:func:`~nexus_node.pipeline.summary.template_summary` and the reason. Nothing here raises.
+:func:`~nexus_node.llm.template.template_summary` and the reason. Nothing here raises.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from nexus_node.llm.gemini import GeminiClient, LLMError, failure_reason
 from nexus_node.llm.constraint_engine import MAX_USE_CASE_CHARS, parse_answer
-from nexus_node.pipeline.summary import template_summary
+from nexus_node.llm.template import template_summary
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Pure. The schema sent to Gemini (``responseJsonSchema``) carries the job's bound
 ``minimum``/``maximum``/``enum`` hints, but :func:`validate` checks only the *shape*
 (types, required keys, no unknown keys, item counts): values out of range are not a reason
 to throw the whole answer away, they are clamped into the hard bounds afterwards
-(:func:`nexus_node.constraints.apply_override`) with a note for each clamp.
+(:func:`nexus_node.study.constraints.apply_override`) with a note for each clamp.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from nexus_node.constraints import ACTIVATIONS, BATCH_CHOICES, FAMILIES, WIDTH_CHOICES, Bounds
+from nexus_node.study.constraints import ACTIVATIONS, BATCH_CHOICES, FAMILIES, WIDTH_CHOICES, Bounds
 
 REQUIRED = (
     "max_layers", "widths", "activations", "dropout", "learning_rate", "batch_sizes",

@@ -14,7 +14,7 @@ import os
 
 import pandas as pd
 
-from nexus_node.csvcheck import MISSING_MARKERS
+from nexus_node.pipeline.csvcheck import MISSING_MARKERS
 from nexus_node.errors import InvalidInput
 
 # MISSING_MARKERS: the cells that mean "no value". Deliberately short: "None" or "n/a"-like

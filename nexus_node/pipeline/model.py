@@ -24,7 +24,7 @@ def build_mlp(n_in: int, n_out: int, params: Mapping[str, Any]) -> nn.Sequential
     Args:
         n_in: Encoded feature count.
         n_out: Output width (see :func:`output_width`).
-        params: A configuration from :func:`nexus_node.space.suggest_params`; ``norm``
+        params: A configuration from :func:`nexus_node.study.space.suggest_params`; ``norm``
             (``"none"``, ``"batch"``, ``"layer"``) is optional and defaults to none.
 
     Returns:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from nexus_node.csvcheck import MAX_CLASSES, MAX_INTEGER_CLASSES, target_task  # noqa: F401 (re-exported)
+from nexus_node.pipeline.csvcheck import MAX_CLASSES, MAX_INTEGER_CLASSES, target_task  # noqa: F401 (re-exported)
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline.target import skewness
 
@@ -30,7 +30,7 @@ MIN_REPEATED_SHARE = 0.2
 # hundreds of labels is not what a tabular MLP on a few thousand rows can learn).
 # MAX_INTEGER_CLASSES: integer targets with at most this many distinct values are labels
 # (ratings, counts of children, codes), not quantities. Both live with the task decision,
-# nexus_node.csvcheck.target_task, which the node also runs on an upload at submit.
+# nexus_node.pipeline.csvcheck.target_task, which the node also runs on an upload at submit.
 # Tried in order; the first format that parses every non-missing cell wins. Day-first
 # after month-first for slashes (US exports are the more common), ISO forms first.
 DATE_FORMATS = (

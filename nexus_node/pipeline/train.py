@@ -204,7 +204,7 @@ def train_and_score(
         data: Device tensors (for regression scaled as the configuration says:
             ``DeviceData.from_arrays(..., log=target.log_choice(params))``), a list of them
             (one per fold, fold 0 first), or numpy arrays ``X_train, y_train, X_val, y_val``.
-        params: The configuration (see :func:`nexus_node.space.suggest_params`).
+        params: The configuration (see :func:`nexus_node.study.space.suggest_params`).
         task_type: ``"regression"``, ``"binary"`` or ``"multiclass"``.
         n_classes: Class count (ignored for regression).
         metric: Validation metric name (see :mod:`.metrics`); its own direction decides

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, 
 import numpy as np
 import optuna
 
-from nexus_node import pruning
+from nexus_node.study import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.pipeline import metrics, target as target_scale
 from nexus_node.pipeline.folds import fold_splits
 from nexus_node.runner.context import TaskContext
-from nexus_node.study_proxy import NexusStorageProxy
-from nexus_node.tls import from_spec as tls_from_spec
+from nexus_node.study.proxy import NexusStorageProxy
+from nexus_node.net.tls import from_spec as tls_from_spec
 
 if TYPE_CHECKING:
     from nexus_node.pipeline.train import DeviceData
@@ -189,7 +189,7 @@ def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
     # assumes the storage behind an address stays the same, which holds for runners: they
     # are children of their node and the node's journal outlives the node's restarts.
     # With TLS on, the node's certificate is checked against the CA under a name it carries
-    # (nexus_node/tls.py: it need not name the loopback address).
+    # (nexus_node/net/tls.py: it need not name the loopback address).
     tls = tls_from_spec(spec)
     key = (spec["host"], int(spec["port"]), spec.get("token"), tls)
     return _storages.get_or_make(key, lambda: NexusStorageProxy(host=key[0], port=key[1], token=key[2], tls=tls))

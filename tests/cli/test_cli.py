@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nexus_node import cli
+from nexus_client import cli
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.client import PredictedRow, PredictResult
+from nexus_client.client import PredictedRow, PredictResult
 from tests.client.fake_node import ARTIFACT, PEOPLE_ROWS, FakeNode, finished_job
 
 @pytest.fixture
@@ -289,7 +289,7 @@ def test_the_module_runs_as_a_script(clean_env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
-        proc = subprocess.run([sys.executable, "-m", "nexus_node.cli", "--connect", address, "show", "x"],
+        proc = subprocess.run([sys.executable, "-m", "nexus_client.cli", "--connect", address, "show", "x"],
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "UNAVAILABLE" in proc.stderr
 
@@ -298,7 +298,7 @@ def test_the_cli_imports_no_heavy_library():
     # The client process must stay light and start fast: torch, pandas, scikit-learn and
     # numpy load only in runners, optuna only for optuna_storage().
     code = (
-        "import sys, nexus_node.cli; "
+        "import sys, nexus_client.cli; "
         "print(sorted(m for m in ('torch', 'pandas', 'sklearn', 'numpy', 'optuna') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -24,7 +24,7 @@ def nexus(address: str, *args: str, timeout: float = 300) -> subprocess.Complete
     # No token from the developer's ~/.nexus: the test node is open on loopback.
     env["NEXUS_DATA_DIR"] = os.devnull
     return subprocess.run(
-        [sys.executable, "-m", "nexus_node.cli", *args],
+        [sys.executable, "-m", "nexus_client.cli", *args],
         env=env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -110,7 +110,7 @@ def test_demo_runs_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NEXUS_TOKEN", "NEXUS_ADDR")}
     env["NEXUS_DATA_DIR"] = os.devnull
     proc = subprocess.run(
-        [sys.executable, "-m", "nexus_node.cli", "demo", "--trials", "2", "--time-budget", "60",
+        [sys.executable, "-m", "nexus_client.cli", "demo", "--trials", "2", "--time-budget", "60",
          "--data-dir", str(tmp_path / "demo")],
         env=env, capture_output=True, text=True, timeout=280,
     )

@@ -6,7 +6,7 @@ import io
 import threading
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.progress import ProgressBar, Snapshot, bar, format_duration, render
+from nexus_client.progress import ProgressBar, Snapshot, bar, format_duration, render
 
 T0 = 1_700_000_000.0
 

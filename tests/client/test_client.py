@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.client import (
+from nexus_client.client import (
     MAX_REWATCHES,
     ClientError,
     ExportIntegrityError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from nexus_node.constraints import hard_bounds, heuristic_constraints
+from nexus_node.study.constraints import hard_bounds, heuristic_constraints
 from nexus_node.llm import decide_constraints
 from tests.llm.fake_gemini import GOOD_CONSTRAINTS, MODEL_VERSION, answer, hang, raw_text, status
 

@@ -8,7 +8,7 @@ import pytest
 
 from nexus_node.llm import LLMError, summarize
 from nexus_node.llm.insights import MAX_CHARS, clean_summary
-from nexus_node.pipeline.summary import template_summary
+from nexus_node.llm.template import template_summary
 from tests.llm.fake_gemini import GOOD_SUMMARY, MODEL_VERSION, answer, hang, raw_text, status
 
 RESULT = dict(use_case="price health insurance", task="regression", target="charges", rows=1338,

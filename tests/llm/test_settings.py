@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from nexus_node.llm import DEFAULT_MODEL, resolve
-from nexus_node.node_main import parse_args
+from nexus_node.node.main import parse_args
 
 
 def test_gemini_key_wins_over_google_key():
@@ -33,7 +33,7 @@ def test_node_flags(monkeypatch, tmp_path):
 
 
 def test_the_node_does_not_import_google_genai():
-    code = ("import sys, nexus_node.node_main, nexus_node.llm, nexus_node.jobs.manager; "
+    code = ("import sys, nexus_node.node.main, nexus_node.llm, nexus_node.jobs.manager; "
             "print(sorted(m for m in ('google.genai', 'pandas', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []

@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 
-from nexus_node.mesh.discovery import Discovery, DiscoverySettings
+from nexus_node.cluster.discovery import Discovery, DiscoverySettings
 
 
 async def run(a: argparse.Namespace) -> dict:

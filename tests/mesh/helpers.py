@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from nexus_node.mesh.raft import (
+from nexus_node.consensus.raft import (
     Entry,
     EntryType,
     HardState,

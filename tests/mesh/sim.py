@@ -24,11 +24,11 @@ then the leader and up to a minority of the voters stay down for good, and the o
 elect a leader and commit (liveness without restarting every node).
 
 Every message is delivered as a real node's transport delivers it: checked
-(:func:`~nexus_node.mesh.raft.validate.check_message`, which no honest message may fail) and
+(:func:`~nexus_node.consensus.raft.validate.check_message`, which no honest message may fail) and
 refused when its sender is not a member of the receiver's configuration
-(:func:`~nexus_node.mesh.raft.validate.sender_refusal`). An adversary (:meth:`Sim.attack`)
+(:func:`~nexus_node.consensus.raft.validate.sender_refusal`). An adversary (:meth:`Sim.attack`)
 injects what a peer holding the cluster's credential could send, as JSON through
-:func:`~nexus_node.mesh.raft.validate.decode_message`, the transport's own path: out-of-range
+:func:`~nexus_node.consensus.raft.validate.decode_message`, the transport's own path: out-of-range
 terms and indexes, wrong types, unknown entry types, messages from non-members, same-term
 appends, heartbeats and transfers from a member that is not the term's leader (a non-member's
 vote requests pass the screen, elections being open to all, and reach the core), answers claiming
@@ -48,7 +48,7 @@ import json
 import random
 from typing import Any
 
-from nexus_node.mesh.raft import (
+from nexus_node.consensus.raft import (
     Entry,
     EntryType,
     InvalidConfigChange,
@@ -69,9 +69,9 @@ from nexus_node.mesh.raft import (
     bootstrap,
     message_to_dict,
 )
-from nexus_node.mesh.raft.core import DIVERGENCE_APPENDS
-from nexus_node.mesh.raft.messages import MAX_TERM
-from nexus_node.mesh.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
+from nexus_node.consensus.raft.core import DIVERGENCE_APPENDS
+from nexus_node.consensus.raft.messages import MAX_TERM
+from nexus_node.consensus.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
 
 
 class SafetyViolation(AssertionError):

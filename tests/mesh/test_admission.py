@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from nexus_node.mesh import admission
-from nexus_node.mesh.admission import (
+from nexus_node.cluster import admission
+from nexus_node.cluster.admission import (
     Formation, HelloAnswer, MemberHealth, desired_voters, formation_step, next_change,
 )
-from nexus_node.mesh.raft import Membership
+from nexus_node.consensus.raft import Membership
 
 OK = MemberHealth(0.5, True)
 

@@ -10,10 +10,10 @@ import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc
 from nexus_node.jobs.events import EventHub
-from nexus_node.mesh.blob_sync import BlobSync, keepers
-from nexus_node.mesh.driver import MeshSettings, RaftDriver
-from nexus_node.mesh.records import ReplicatedRecords
-from nexus_node.store.blobs import BlobStore
+from nexus_node.blobs.replication import BlobSync, keepers
+from nexus_node.consensus.driver import MeshSettings, RaftDriver
+from nexus_node.jobs.registry import ReplicatedRecords
+from nexus_node.blobs.store import BlobStore
 
 FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)
 MEMBERS = {"n1", "n2"}
@@ -45,7 +45,7 @@ async def test_cached_copies_go_and_kept_ones_stay(tmp_path):
     await driver.wait_for(lambda: driver.is_leader, 10)
     store = BlobStore(tmp_path / "blobs")
     sync = BlobSync("n1", "test", store, records, None, lambda: set(MEMBERS), replicas=1,  # type: ignore[arg-type]
-                    bound_bytes=1, min_idle=60)
+                    bound_bytes=1, min_idle=60, wait_for=driver.wait_for)
     try:
         mine = _kept_by("n1", store, b"mine", age=600)          # n1 keeps it: never dropped
         cached = _kept_by("n2", store, b"cached", age=600)      # n2 keeps it and holds it: droppable
@@ -95,7 +95,8 @@ async def test_a_member_that_becomes_a_keeper_when_another_is_removed_fetches_it
     await driver.wait_for(lambda: driver.is_leader, 10)
     members = {"n1", "n2", "n3"}
     store = BlobStore(tmp_path / "blobs")
-    sync = BlobSync("n1", "test", store, records, driver._transport, lambda: set(members), replicas=1)
+    sync = BlobSync("n1", "test", store, records, driver._transport, lambda: set(members), replicas=1,
+                    wait_for=driver.wait_for)
     try:
         # n2 holds it (its copy, recorded as its own put_blob would); n3 keeps it: n1 does not fetch.
         await records._commit({"op": "put_blob", "sha256": sha, "size": len(data), "kind": "model", "holder": "n2"})

@@ -87,7 +87,7 @@ def in_ns(ns: str, *argv: str) -> list[str]:
 
 
 def cluster_json(ns: str, address: str, token: Path) -> dict:
-    proc = subprocess.run(in_ns(ns, "-m", "nexus_node.cli", "--connect", address, "--token-file", str(token),
+    proc = subprocess.run(in_ns(ns, "-m", "nexus_client.cli", "--connect", address, "--token-file", str(token),
                                 "cluster", "--json"), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -101,7 +101,7 @@ def test_real_nodes_with_no_seeds_form_one_cluster_by_mdns_and_another_cluster_s
 
     def node(ns: str, address: str, cluster: str) -> None:
         proc = subprocess.Popen(
-            in_ns(ns, "-m", "nexus_node.node_main", "--host", address, "--port", "7070", "--slots", "1",
+            in_ns(ns, "-m", "nexus_node.node.main", "--host", address, "--port", "7070", "--slots", "1",
                   "--data-dir", str(tmp_path / ns), "--token-file", str(token), "--cluster", cluster,
                   "--join-window", "5"),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -11,7 +11,7 @@ from optuna.storages import JournalStorage
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from nexus_node.mesh.journal import ReplicatedJournalBackend
+from nexus_node.study.journal import ReplicatedJournalBackend
 
 from .driver_cluster import MeshCluster
 

@@ -9,13 +9,13 @@ import grpc
 import pytest
 
 from nexus_node.jobs.events import EventHub
-from nexus_node.mesh.driver import RaftDriver
-from nexus_node.mesh.raft import (
+from nexus_node.consensus.driver import RaftDriver
+from nexus_node.consensus.raft import (
     Entry, EntryType, MemoryStorage, MsgApp, MsgHeartbeat, RaftConfig, RawNode, bootstrap,
 )
-from nexus_node.mesh.records import ReplicatedRecords
-from nexus_node.mesh.state import encode_command
-from nexus_node.mesh.transport import PeerMismatch
+from nexus_node.jobs.registry import ReplicatedRecords
+from nexus_node.consensus.state import encode_command
+from nexus_node.consensus.transport import PeerMismatch
 
 
 def _driver(tmp_path, node_id: str = "b", voters=("a", "b", "c")) -> RaftDriver:

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from nexus_node.mesh.log_store import RaftLogStore
-from nexus_node.mesh.raft import Entry, EntryType, HardState, MemoryStorage, RaftConfig, RawNode, bootstrap
-from nexus_node.mesh.state import ReplicatedState, encode_command
+from nexus_node.consensus.log_store import RaftLogStore
+from nexus_node.consensus.raft import Entry, EntryType, HardState, MemoryStorage, RaftConfig, RawNode, bootstrap
+from nexus_node.consensus.state import ReplicatedState, encode_command
 
 
 async def test_log_store_survives_reopen_and_truncates_like_memory_storage(tmp_path):
@@ -148,7 +148,7 @@ def test_state_machine_applies_a_proposal_id_once_and_skips_bad_commands():
 
 
 async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbox(tmp_path):
-    from nexus_node.mesh.driver import MeshSettings, RaftDriver
+    from nexus_node.consensus.driver import MeshSettings, RaftDriver
 
     driver = RaftDriver("a", "test", tmp_path / "raft.db", "127.0.0.1:1", {},
                         settings=MeshSettings(tick_interval=0.02))
@@ -156,7 +156,7 @@ async def test_a_driver_stops_cleanly_with_a_handed_over_write_still_in_its_inbo
     await driver.wait_for(lambda: driver.is_leader, 10)
     # A follower's write (nobody waits on it here: its proposer retries), then the node stops
     # before its loop takes it: stop() fails the waiting proposals and must pass this one by.
-    from nexus_node.mesh.state import encode_command
+    from nexus_node.consensus.state import encode_command
     driver.state.register("t", lambda body, index: None)
     # (From a member, as a write handed over must be: here the only one.)
     assert driver.receive_proposals([(encode_command("t", {}), "p-forwarded", False)], "a") == 1
@@ -169,9 +169,9 @@ async def test_a_task_starts_only_once_its_node_has_applied_what_the_coordinator
     from types import SimpleNamespace
 
     from nexus_node._generated.nexus.v1 import peer_pb2 as pb
-    from nexus_node.mesh.driver import MeshSettings, RaftDriver
-    from nexus_node.mesh.state import encode_command
-    from nexus_node.worker import WorkerAgent
+    from nexus_node.consensus.driver import MeshSettings, RaftDriver
+    from nexus_node.consensus.state import encode_command
+    from nexus_node.work.agent import WorkerAgent
 
     driver = RaftDriver("a", "test", tmp_path / "raft.db", "127.0.0.1:1", {},
                         settings=MeshSettings(tick_interval=0.02))

@@ -1,5 +1,5 @@
 """The log store refuses a log it could not have written, and the data dir's identity rules
-(nexus_node/integrity.py), without a node process."""
+(nexus_node/consensus/integrity.py), without a node process."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nexus_node.integrity import StartRefused, adopt_identity, check_data_dir
-from nexus_node.mesh.log_store import LogDamaged, LogFile, RaftLogStore, inspect
-from nexus_node.mesh.raft import Entry, EntryType, HardState
+from nexus_node.consensus.integrity import StartRefused, adopt_identity, check_data_dir
+from nexus_node.consensus.log_store import LogDamaged, LogFile, RaftLogStore, inspect
+from nexus_node.consensus.raft import Entry, EntryType, HardState
 
 
 async def _log(path: Path) -> None:

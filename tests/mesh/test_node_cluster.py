@@ -14,7 +14,7 @@ import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.jobs.manager import RUNNING_LOST
-from nexus_node.study_proxy import NexusStorageProxy
+from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import free_port
 from tests.node.helpers import predict, stub, submit, watch_until, watch_until_end
 from tests.node.trial_checks import assert_budget_kept

@@ -1,7 +1,7 @@
 """Voter-set shaping on real processes on loopback: a killed voter is replaced by a non-voter
 and comes back as a non-voter; ``--voters 1`` keeps every other member non-voting.
 
-The decisions are :func:`nexus_node.mesh.admission.next_change` (tested as a pure function in
+The decisions are :func:`nexus_node.cluster.admission.next_change` (tested as a pure function in
 test_admission.py); here the coordinator's ``_shape_forever`` loop applies them across real
 ``nexus-node`` processes. Waiting is on WatchCluster streams with deadlines, never on sleeps.
 """

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(400)
 
 
 def force_new_cluster(data_dir) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nexus_node.node_main", "--data-dir", str(data_dir),
+    return subprocess.run([sys.executable, "-m", "nexus_node.node.main", "--data-dir", str(data_dir),
                            "--force-new-cluster"], capture_output=True, text=True, timeout=60)
 
 

@@ -1,10 +1,10 @@
-"""Admission and the peer directory, without sockets (nexus_node.mesh.peers)."""
+"""Admission and the peer directory, without sockets (nexus_node.cluster.peers)."""
 
 from __future__ import annotations
 
 import pytest
 
-from nexus_node.mesh.peers import (
+from nexus_node.cluster.peers import (
     Advert, PeerDirectory, advertise_host, parse_seeds, read_advert, refusal, txt_record,
 )
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from nexus_node.mesh.raft import (
+from nexus_node.consensus.raft import (
     Entry,
     EntryType,
     HardState,

@@ -10,7 +10,7 @@ import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
-from nexus_node.mesh.transport import PROTOCOL_VERSION, PeerTransport
+from nexus_node.consensus.transport import PROTOCOL_VERSION, PeerTransport
 
 
 class _StuckPeer(peer_pb2_grpc.PeerServiceServicer):

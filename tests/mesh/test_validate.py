@@ -9,17 +9,18 @@ import pytest
 
 from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
-from nexus_node.mesh import journal, records
-from nexus_node.mesh.peers import AddressClaim, address_claim
-from nexus_node.mesh.raft import (
+from nexus_node.study import journal
+from nexus_node.jobs import registry as records
+from nexus_node.consensus.addresses import AddressClaim, address_claim
+from nexus_node.consensus.raft import (
     Entry, EntryType, HardState, MemoryStorage, Membership, MsgApp, MsgAppResp, MsgHeartbeat,
     MsgTimeoutNow, MsgVote, RaftConfig, RawNode, Role, message_to_dict,
 )
-from nexus_node.mesh.raft.messages import MsgPreVote, MsgPreVoteResp, MsgVoteResp
-from nexus_node.mesh.raft.core import MAX_TERM_JUMP
-from nexus_node.mesh.raft.messages import MAX_INDEX, MAX_TERM
-from nexus_node.mesh.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
-from nexus_node.mesh.state import ReplicatedState, encode_command
+from nexus_node.consensus.raft.messages import MsgPreVote, MsgPreVoteResp, MsgVoteResp
+from nexus_node.consensus.raft.core import MAX_TERM_JUMP
+from nexus_node.consensus.raft.messages import MAX_INDEX, MAX_TERM
+from nexus_node.consensus.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
+from nexus_node.consensus.state import ReplicatedState, encode_command
 
 from .helpers import Cluster, drain, node_with_log
 
@@ -323,7 +324,7 @@ def test_a_node_restored_from_an_old_backup_takes_its_leader_s_term_once_orphane
 def test_forged_contradictions_spread_over_an_idle_leader_s_term_never_add_up():
     """An idle leader sends only heartbeats: those that carry a commit matching this node's
     reset the count, so three forged contradictions over its term are three single ones."""
-    from nexus_node.mesh.raft.core import DIVERGENCE_APPENDS
+    from nexus_node.consensus.raft.core import DIVERGENCE_APPENDS
     c = Cluster(["a", "b"], election_tick=10)
     c.elect("a")
     c.nodes["a"].propose(b"x")

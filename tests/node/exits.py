@@ -30,7 +30,7 @@ def run_node(data_dir: Path, *extra: str, port: int = 0, timeout: float = 30.0) 
     env = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "nexus_node.node_main", "--port", str(port or free_port()),
+        [sys.executable, "-m", "nexus_node.node.main", "--port", str(port or free_port()),
          "--data-dir", str(data_dir), "--no-mdns", *extra],
         capture_output=True, text=True, env=env, timeout=timeout)
     if "listening on" in proc.stdout:

@@ -9,8 +9,8 @@ import grpc
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
-from nexus_node.auth import secure_channel
-from nexus_node.tls import ClientTls
+from nexus_node.net.auth import secure_channel
+from nexus_node.net.tls import ClientTls
 
 # Small searches keep the suite fast: a few short trials still exercise every stage.
 FAST = '{"max_epochs": 15, "min_epochs": 5, "max_layers": 2, "widths": [32, 64]}'

@@ -21,7 +21,7 @@ from optuna.storages._grpc.auto_generated import api_pb2
 
 import nexus_node._generated.nexus.v1 as generated
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.study_proxy import NexusStorageProxy
+from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import free_port
 from tests.node.helpers import rpc_error, stub
 
@@ -174,7 +174,7 @@ def test_a_node_on_all_interfaces_creates_a_token(tmp_path):
     # Bound to every interface; the test still only talks to it over loopback.
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nexus_node.node_main", "--host", "0.0.0.0", "--port", str(port),
+        [sys.executable, "-m", "nexus_node.node.main", "--host", "0.0.0.0", "--port", str(port),
          "--data-dir", str(tmp_path / "open")], stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -194,7 +194,7 @@ def test_a_node_on_all_interfaces_creates_a_token(tmp_path):
 def test_reflection_lists_the_services_to_token_holders(secured):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from nexus_node.auth import secure_channel
+    from nexus_node.net.auth import secure_channel
 
     def services(token):
         stub = reflection_pb2_grpc.ServerReflectionStub(secure_channel(secured.address, token))
@@ -312,7 +312,7 @@ def test_a_loopback_node_with_a_peer_secret_and_no_token_is_open_to_clients_only
     """No token: clients need none (as before roles), but the peer and runner services still
     need the peer secret, and client tokens, which would restrict nothing, are refused."""
     from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc, runner_pb2_grpc
-    from nexus_node.auth import secure_channel
+    from nexus_node.net.auth import secure_channel
     from tests.conftest import NodeProcess
 
     (tmp_path / "peer").write_text("rotated-new\n" + PEER_SECRET + "\n")   # the first is sent, both accepted

@@ -12,7 +12,7 @@ import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import runner_pb2_grpc
-from nexus_node.auth import secure_channel
+from nexus_node.net.auth import secure_channel
 from tests.conftest import free_port
 from tests.node.helpers import predict_requests, rpc_error, stub, submit, submit_requests, watch_until_end
 
@@ -231,7 +231,7 @@ def test_calls_during_start_up_answer_unavailable(tmp_path):
     data_dir.mkdir()
     with open(tmp_path / "starting.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nexus_node.node_main", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "nexus_node.node.main", "--host", "127.0.0.1", "--port", str(port),
              "--data-dir", str(data_dir), "--no-mdns", "--seeds", f"127.0.0.1:{free_port()}",
              "--join-window", "3600"],
             stdout=subprocess.DEVNULL, stderr=log)

@@ -146,7 +146,7 @@ def test_sigterm_ends_a_busy_node_within_its_grace(node_factory, insurance_csv):
 
 def test_a_stop_that_hangs_still_ends_the_process_at_its_deadline():
     # node_main's hard deadline: a daemon timer, so a wedged loop (or thread) cannot hold it up.
-    code = ("import time; from nexus_node.node_main import _exit_at; "
+    code = ("import time; from nexus_node.node.main import _exit_at; "
             "_exit_at(0.5, 1, 'stopping took longer than --stop-timeout'); time.sleep(60)")
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)

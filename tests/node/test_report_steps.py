@@ -10,7 +10,7 @@ import sqlite3
 import optuna
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.study_proxy import NexusStorageProxy
+from nexus_node.study.proxy import NexusStorageProxy
 from tests.node.helpers import stub, submit, watch_until_end
 
 EPOCHS = 60

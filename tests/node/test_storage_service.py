@@ -21,7 +21,7 @@ from optuna.storages import GrpcStorageProxy, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from nexus_node.storage_service import add_storage_service
+from nexus_node.api.storage_service import add_storage_service
 from tests.conftest import free_port
 
 

@@ -19,10 +19,10 @@ import grpc
 import optuna
 import pytest
 
-from nexus_node import cli
+from nexus_client import cli
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.client import NexusClient
-from nexus_node.tls import ENV_CA, ClientTls, TlsError, client_tls, load_node_tls
+from nexus_client.client import NexusClient
+from nexus_node.net.tls import ENV_CA, ClientTls, TlsError, client_tls, load_node_tls
 from tests.conftest import free_port
 from tests.mesh.test_node_cluster import cluster_until, roles
 from tests.node.helpers import FAST, rpc_error, stub, submit, watch_until_end
@@ -66,7 +66,7 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     ca = make_ca(d, "cluster-ca")
     rogue = make_ca(d, "rogue-ca")
     # Names what clients (localhost) and peers (the advertised 127.0.0.2) dial, not 127.0.0.1:
-    # the address runners dial (see nexus_node/tls.py).
+    # the address runners dial (see nexus_node/net/tls.py).
     local_cert, local_key = make_cert(d, ca, "local", "IP:127.0.0.2,DNS:localhost")
     node_cert, node_key = make_cert(d, ca, "node", "IP:127.0.0.1,DNS:localhost")
     (d / "token").write_text(TOKEN + "\n")
@@ -99,7 +99,7 @@ def test_tls_settings_are_checked_before_the_node_starts(pki, tmp_path):
     assert client_tls(None, {ENV_CA: ca}) == ClientTls(ca) and client_tls("", {ENV_CA: ca}) is None
 
     # nexus-node says so and exits before doing anything.
-    proc = subprocess.run([sys.executable, "-m", "nexus_node.node_main", "--tls-cert", cert,
+    proc = subprocess.run([sys.executable, "-m", "nexus_node.node.main", "--tls-cert", cert,
                            "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--tls-cert needs --tls-key" in proc.stderr
     assert not (tmp_path / "data").exists()

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from nexus_node.constraints import heuristic_constraints
+from nexus_node.study.constraints import heuristic_constraints
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
-from nexus_node.space import default_params
+from nexus_node.study.space import default_params
 from tests.conftest import dataset
 
 

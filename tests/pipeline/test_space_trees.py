@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from nexus_node import space
-from nexus_node.constraints import Constraints
+from nexus_node.study import space
+from nexus_node.study.constraints import Constraints
 
 
 def test_tree_trials_reach_shallow_trees():

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from nexus_node.pipeline.summary import MAX_CHARS, template_summary
+from nexus_node.llm.template import MAX_CHARS, template_summary
 
 IMPORTANCE = {"age": 0.2, "smoker": 1.5, "bmi": 0.3, "region": 0.004, "sex": -0.001}
 
@@ -34,6 +34,6 @@ def test_summary_is_bounded_whatever_it_is_given():
 
 
 def test_summary_module_is_stdlib_only():
-    code = ("import sys, nexus_node.pipeline.summary as s; "
+    code = ("import sys, nexus_node.llm.template as s; "
             "bad = {'numpy', 'pandas', 'torch', 'sklearn'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

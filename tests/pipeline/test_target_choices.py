@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nexus_node.constraints import heuristic_constraints
+from nexus_node.study.constraints import heuristic_constraints
 from nexus_node.pipeline import csvio, gbt, target, train
 from nexus_node.pipeline.artifact import load_artifact, read_artifact
 from nexus_node.runner.context import LocalContext

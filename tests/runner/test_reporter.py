@@ -12,7 +12,7 @@ import pytest
 from optuna.storages import InMemoryStorage
 from optuna.storages._grpc.server import make_server
 
-from nexus_node.study_proxy import NexusStorageProxy
+from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import free_port
 
 from nexus_node.runner.tasks import _PipelinedReporter

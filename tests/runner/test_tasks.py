@@ -11,7 +11,7 @@ import pytest
 from optuna.storages._grpc.server import make_server
 from optuna.trial import TrialState
 
-from nexus_node import pruning
+from nexus_node.study import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner import tasks

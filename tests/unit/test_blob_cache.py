@@ -1,6 +1,6 @@
 """Which cached blob copies a node over its size bound drops (pure rules)."""
 
-from nexus_node.mesh.blob_cache import HeldBlob, to_drop
+from nexus_node.blobs.cache import HeldBlob, to_drop
 
 NOW = 10_000.0
 

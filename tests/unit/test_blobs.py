@@ -1,6 +1,6 @@
 import hashlib
 
-from nexus_node.store.blobs import BlobStore
+from nexus_node.blobs.store import BlobStore
 
 
 def test_blob_is_content_addressed_and_idempotent(tmp_path):

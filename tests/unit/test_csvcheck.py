@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_node.csvcheck import check_csv, detect_encoding
+from nexus_node.pipeline.csvcheck import check_csv, detect_encoding
 from nexus_node.errors import InvalidInput
 from tests.conftest import dataset
 
@@ -65,7 +65,7 @@ def test_numbers_parse_as_training_parses_them():
 
     from nexus_node.pipeline.profile import parse_numbers
 
-    from nexus_node.csvcheck import parse_number
+    from nexus_node.pipeline.csvcheck import parse_number
 
     expected = parse_numbers(pd.Series(ODD_CELLS, dtype="str"))
     for cell, want in zip(ODD_CELLS, expected):
@@ -136,7 +136,7 @@ def test_the_task_scan_keeps_bounded_memory(tmp_path):
     p = write(tmp_path, "x,y\n" + "".join(f"{i},{i * 1.5}\n" for i in range(20_000)))
     s = check_csv(p, "y")
     assert s.task == "regression"
-    from nexus_node.csvcheck import MAX_CLASSES, MAX_INTEGER_CLASSES, TargetScan
+    from nexus_node.pipeline.csvcheck import MAX_CLASSES, MAX_INTEGER_CLASSES, TargetScan
 
     scan = TargetScan()
     for i in range(20_000):

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
-from nexus_node.dispatch import HANDED_BACK, Dispatcher, WorkSettings
+from nexus_node.work.dispatcher import HANDED_BACK, Dispatcher, WorkSettings
 
 MB = 1 << 20
 

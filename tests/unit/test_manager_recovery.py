@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import optuna
 
-from nexus_node import studies
-from nexus_node.dispatch import Dispatcher
+from nexus_node.study import studies
+from nexus_node.work.dispatcher import Dispatcher
 from nexus_node.jobs.manager import RUNNING_LOST, JobManager
 from nexus_node.jobs.records import JobRecord, JobSpecRecord
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_node.node_main import parse_args
+from nexus_node.node.main import parse_args
 
 
 def test_default_timing_suits_a_lan(tmp_path):

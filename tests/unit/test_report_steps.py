@@ -9,7 +9,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
-from nexus_node.studies import report_steps
+from nexus_node.study.studies import report_steps
 
 
 class CountingBackend(JournalFileBackend):
@@ -63,7 +63,7 @@ def _space(t):
 def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_same(tmp_path):
     import optuna
 
-    from nexus_node.studies import suggest_in_one_write
+    from nexus_node.study.studies import suggest_in_one_write
 
     draws = []
     for held in (False, True):
@@ -91,7 +91,7 @@ def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_sam
 def test_held_writes_of_a_finished_trial_are_refused(storage_and_backend):
     import optuna
 
-    from nexus_node.studies import suggest_in_one_write
+    from nexus_node.study.studies import suggest_in_one_write
 
     storage, _ = storage_and_backend
     study = optuna.create_study(storage=storage)
@@ -107,7 +107,7 @@ def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothin
     again in a later, unrelated call of this storage."""
     import optuna
 
-    from nexus_node.studies import FAIL_REASON, LOST_ATTR, fail_trial
+    from nexus_node.study.studies import FAIL_REASON, LOST_ATTR, fail_trial
 
     path = str(tmp_path / "journal.log")
     mine, other = JournalStorage(JournalFileBackend(path)), JournalStorage(JournalFileBackend(path))
@@ -137,7 +137,7 @@ def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothin
 
 
 def test_a_trial_s_end_is_one_append_as_tell_would_record_it(storage_and_backend):
-    from nexus_node.studies import finish_trial
+    from nexus_node.study.studies import finish_trial
 
     storage, backend = storage_and_backend
     study = storage.create_new_study([StudyDirection.MAXIMIZE], "s")
@@ -168,7 +168,7 @@ def test_a_trial_s_end_is_one_append_as_tell_would_record_it(storage_and_backend
 def test_a_bad_end_or_a_finished_trial_is_refused_and_records_nothing(storage_and_backend):
     import optuna
 
-    from nexus_node.studies import finish_trial
+    from nexus_node.study.studies import finish_trial
 
     storage, backend = storage_and_backend
     study = storage.create_new_study([StudyDirection.MINIMIZE], "s")

@@ -7,10 +7,10 @@ import types
 
 import pytest
 
-from nexus_node.mesh.raft import Entry
-from nexus_node.mesh.state import ReplicatedState, encode_command
-from nexus_node.mesh.tokens import KIND, ReplicatedTokens, TokenRecord, digest, validate_body
-from nexus_node.roles import Role, check_token_name, parse_client_role, required_role
+from nexus_node.consensus.raft import Entry
+from nexus_node.consensus.state import ReplicatedState, encode_command
+from nexus_node.cluster.tokens import KIND, ReplicatedTokens, TokenRecord, digest, validate_body
+from nexus_node.net.roles import Role, check_token_name, parse_client_role, required_role
 
 
 @pytest.mark.parametrize("method, role", [

@@ -1,9 +1,9 @@
-"""The coordinator's scheduling decisions, without sockets or clocks (nexus_node/scheduler.py)."""
+"""The coordinator's scheduling decisions, without sockets or clocks (nexus_node/work/scheduler.py)."""
 
 from __future__ import annotations
 
-from nexus_node import scheduler as s
-from nexus_node.scheduler import NodeView, Schedule, TrialRequest
+from nexus_node.work import scheduler as s
+from nexus_node.work.scheduler import NodeView, Schedule, TrialRequest
 
 MB = 1 << 20
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node.servicer import NexusServicer
+from nexus_node.api.nexus_service import NexusServicer
 
 
 class Aborted(Exception):

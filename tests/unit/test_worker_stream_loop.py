@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from nexus_node.mesh.driver import MeshStopped
-from nexus_node.worker import WorkerAgent
+from nexus_node.consensus.driver import MeshStopped
+from nexus_node.work.agent import WorkerAgent
 
 
 class Spun(BaseException):

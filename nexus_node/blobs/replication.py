@@ -1,0 +1,257 @@
+"""Blobs across the mesh: fetch what this node lacks from a peer that holds it, and keep copies.
+
+Placement is in the replicated records (which nodes hold which sha256). A node that needs a blob
+it lacks (the coordinator preparing a dataset uploaded elsewhere, any node serving a model)
+streams it from a holder with ``PeerService.FetchBlob``, checks the hash, stores it and records
+itself as a holder. Besides, every blob should live on ``replicas`` nodes: the nodes that keep
+it are the first ``replicas`` members in rendezvous order of ``sha256(blob + node)`` (a pure
+choice every node computes alike, which moves few blobs when members come and go), and those
+fetch it as soon as its placement is applied, or when a change of members makes them keepers
+(:meth:`BlobSync.rebalance`).
+
+The store has a size bound (``--blob-cache-mb``): after each fetch, a node over it drops
+cached copies (not the ones it keeps for the cluster) by the rules of
+:mod:`nexus_node.blobs.cache`, recording the drop before deleting the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol
+
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.blobs.cache import HeldBlob, to_drop
+from nexus_node.blobs.store import BlobStore
+from nexus_node.consensus.transport import PeerTransport
+from nexus_node.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class BlobInfo:
+    """A blob's replicated placement: its size, what it is, and the nodes that hold it."""
+
+    sha256: str
+    size: int
+    kind: str
+    holders: set[str] = dataclasses.field(default_factory=set)
+
+
+class Placement(Protocol):
+    """Where blob placement is replicated (the node's records implement it): which nodes hold
+    which blob, and the writers that record this node taking or dropping a copy."""
+
+    @property
+    def blobs(self) -> Mapping[str, BlobInfo]: ...
+
+    @property
+    def blob_listeners(self) -> list[Callable[[BlobInfo], None]]: ...
+
+    def holders(self, sha256: str) -> set[str]: ...
+
+    async def put_blob(self, sha256: str, size: int, kind: str, term: int | None = None) -> None: ...
+
+    async def drop_blob(self, sha256: str) -> None: ...
+
+
+def keepers(sha256: str, members: Iterable[str], replicas: int) -> list[str]:
+    """The members that should hold blob ``sha256`` (rendezvous hashing)."""
+    ranked = sorted(members, key=lambda n: hashlib.sha256(f"{sha256}/{n}".encode()).digest())
+    return ranked[:max(1, replicas)]
+
+
+class BlobSync:
+    """Fetches and replicates blobs for one node.
+
+    Args:
+        node_id: This node.
+        store: Its blob store.
+        records: The replicated placement.
+        transport: For FetchBlob calls (token attached).
+        members: Current members (voters and learners).
+        replicas: Copies each blob should have.
+        bound_bytes: The store's size bound (0: none); see :mod:`nexus_node.blobs.cache`.
+        min_idle: Seconds a cached copy must go unused before it may be dropped.
+        wait_for: Waits until a predicate over the applied state holds (the driver's).
+    """
+
+    def __init__(self, node_id: str, cluster: str, store: BlobStore, records: Placement,
+                 transport: PeerTransport, members: Callable[[], set[str]], replicas: int = 2,
+                 bound_bytes: int = 0, min_idle: float = 60.0, *,
+                 wait_for: Callable[[Callable[[], bool], float], Awaitable[None]]) -> None:
+        self.node_id, self.cluster, self.store, self.records = node_id, cluster, store, records
+        self.transport, self.members, self.replicas = transport, members, replicas
+        self.bound_bytes, self.min_idle = bound_bytes, min_idle
+        self._wait_for = wait_for
+        self._trimming = asyncio.Lock()
+        self._trim_pending = False
+        self._fetching: dict[str, asyncio.Task[Path]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        records.blob_listeners.append(self._placed)
+
+    def local(self, sha256: str) -> Path | None:
+        path = self.store.path(sha256)
+        return path if path.is_file() else None
+
+    async def ensure(self, sha256: str) -> Path:
+        """The local path of blob ``sha256``, fetched from a holder first if needed.
+
+        Raises:
+            FailedPrecondition: no reachable node holds it.
+        """
+        path = self.local(sha256)
+        if path is not None:
+            _touch(path)   # the file's mtime is its last use: the cache drops the oldest first
+            return path
+        task = self._fetching.get(sha256)
+        if task is None:
+            task = self._fetching[sha256] = asyncio.create_task(self._fetch(sha256))
+            task.add_done_callback(lambda _: self._fetching.pop(sha256, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, sha256: str) -> Path:
+        holders = sorted(self.records.holders(sha256) - {self.node_id})
+        errors = []
+        for holder in holders:
+            address = self.transport.host.peer_address(holder)
+            if not address:
+                errors.append(f"{holder}: address unknown")
+                continue
+            tmp = self.store.new_temp(".part")
+            digest = hashlib.sha256()
+            try:
+                with open(tmp, "wb") as f:
+                    call = self.transport.stub(address).FetchBlob(
+                        pb.FetchBlobRequest(cluster=self.cluster, sha256=sha256),
+                        metadata=self.transport.metadata, timeout=600)
+                    async for chunk in call:
+                        digest.update(chunk.data)
+                        f.write(chunk.data)
+                if digest.hexdigest() != sha256:
+                    errors.append(f"{holder}: content does not match its hash")
+                    continue
+                got, size = await asyncio.to_thread(self.store.ingest, tmp)
+                info = self.records.blobs.get(sha256)
+                log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, holder)
+                # Recorded in the background: the blob is here whether or not that commits now.
+                self._spawn(self._record_holder(got, size, info.kind if info else "blob"))
+                self._request_trim()
+                return self.store.path(got)
+            except grpc.aio.AioRpcError as exc:
+                errors.append(f"{holder}: {exc.code().name} {exc.details()}")
+            finally:
+                tmp.unlink(missing_ok=True)
+        why = "; ".join(errors) if errors else "no node is recorded as holding it"
+        raise FailedPrecondition(f"blob {sha256[:12]} is not on this node and could not be fetched ({why})")
+
+    async def _record_holder(self, sha256: str, size: int, kind: str) -> None:
+        try:
+            await self.records.put_blob(sha256, size, kind)
+        except Exception as exc:  # noqa: BLE001 - the copy is still used locally
+            log.info("could not record this node as holder of %s: %s", sha256[:12], exc)
+
+    def held(self) -> list[HeldBlob]:
+        """Every blob in this node's store, as the cache rules see it."""
+        members = self.members()
+        out = []
+        for path in self.store.blob_files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            sha = path.name
+            keep = keepers(sha, members, self.replicas)
+            out.append(HeldBlob(sha, st.st_size, st.st_mtime, self.node_id in keep,
+                                len(self.records.holders(sha) & (set(keep) - {self.node_id}))))
+        return out
+
+    def _request_trim(self) -> None:
+        if self.bound_bytes and not self._trim_pending:
+            self._trim_pending = True
+            self._spawn(self.trim())
+
+    async def trim(self) -> list[str]:
+        """Drops cached copies while the store is over its bound; returns what was dropped."""
+        dropped: list[str] = []
+        async with self._trimming:
+            self._trim_pending = False
+            wanted = min(self.replicas, len(self.members()))
+            for sha in to_drop(self.held(), self.bound_bytes, time.time(), wanted, self.min_idle):
+                if sha in self._fetching:
+                    continue
+                try:
+                    await self.records.drop_blob(sha)
+                except Exception as exc:  # noqa: BLE001 - not recorded: keep the file, try next time
+                    log.info("could not record dropping blob %s: %s", sha[:12], exc)
+                    break
+                self.store.path(sha).unlink(missing_ok=True)
+                dropped.append(sha)
+            if dropped:
+                log.info("dropped %d cached blob(s) to stay under %d MB", len(dropped), self.bound_bytes >> 20)
+        return dropped
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def replicated(self, sha256: str, timeout: float = 10.0) -> None:
+        """Waits until blob ``sha256`` has ``replicas`` holders among the members (fewer in a
+        smaller cluster), at most ``timeout`` seconds (a keeper that is down never fetches)."""
+        want = min(self.replicas, len(self.members()))
+        try:
+            await self._wait_for(lambda: len(self.records.holders(sha256) & self.members()) >= want,
+                                               timeout)
+        except TimeoutError:
+            log.warning("blob %s has %d of %d copies after %.0f s; going on", sha256[:12],
+                        len(self.records.holders(sha256)), want, timeout)
+
+    def _placed(self, info: BlobInfo) -> None:
+        if self.local(info.sha256) is not None:
+            self._request_trim()   # a keeper's copy landing may make this node's copy droppable
+        self._fetch_if_kept(info)
+
+    def rebalance(self) -> None:
+        """The members changed: fetch every blob this node keeps now and lacks. When a keeper
+        is removed (a dead node, after ``--remove-after``), the next member in rendezvous
+        order takes its place, so the cluster is back to ``replicas`` copies while a copy
+        survives somewhere."""
+        for info in list(self.records.blobs.values()):
+            if self.records.holders(info.sha256):
+                self._fetch_if_kept(info)
+
+    def _fetch_if_kept(self, info: BlobInfo) -> None:
+        """A placement was applied: fetch the blob if this node is one of its keepers."""
+        if info.sha256 in self._fetching or self.local(info.sha256) is not None:
+            return
+        if self.node_id not in keepers(info.sha256, self.members(), self.replicas):
+            return
+        self._spawn(self._replicate(info.sha256))
+
+    async def _replicate(self, sha256: str) -> None:
+        try:
+            await self.ensure(sha256)
+        except Exception as exc:  # noqa: BLE001 - a keeper retries when placement changes again
+            log.warning("could not replicate blob %s: %s", sha256[:12], exc)
+
+    async def close(self) -> None:
+        tasks = [*self._background, *self._fetching.values()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:   # gone or read-only: the order of drops is all that depends on it
+        pass

@@ -1,0 +1,296 @@
+"""Optuna's journal on the replicated log: one ``JournalStorage`` per node, one shared history.
+
+Optuna's :class:`~optuna.storages.JournalStorage` keeps its state by replaying an append-only list
+of operation logs, and is built for many writers sharing that list (one JournalStorage per
+process, as with its Redis backend). Here the list is part of the replicated state machine:
+
+* :class:`ReplicatedJournal` is the state machine's handler for journal commands: it appends a
+  committed batch of logs to a named journal, on every node, in log order.
+* :class:`ReplicatedJournalBackend` is the ``BaseJournalBackend`` one node's JournalStorage uses.
+  ``read_logs`` reads this node's applied journal (local: never a network call);
+  ``append_logs`` commits the batch through consensus and returns once this node has applied it,
+  so a JournalStorage always reads its own writes. Each call carries a fresh proposal id, so a
+  batch retried across a failover is applied once.
+
+Threads: Optuna's storage is synchronous (the node's ``StorageService`` runs writes on a thread
+pool, see storage_service.py), while the driver lives on the event loop. ``append_logs`` hands the
+proposal to the loop and blocks its own thread; calling it *on* the loop thread would deadlock
+the loop that must apply the entry, so it refuses. Applied logs are guarded by a lock because
+readers are on other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+import weakref
+from typing import Any, Iterable
+
+from datetime import datetime
+
+from optuna.distributions import json_to_distribution
+from optuna.storages.journal import BaseJournalBackend
+from optuna.storages.journal._storage import JournalOperation
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from nexus_node.consensus.driver import MeshStopped, RaftDriver
+from nexus_node.consensus.state import encode_command
+
+#: The state machine's command kind for journal appends.
+KIND = "optuna_journal"
+#: The journal every job's study lives in, unless a caller picks another name.
+DEFAULT_NAME = "optuna"
+
+# node id -> the live journal of that node in this process; lets a pickled backend find its
+# node again (Optuna pickles storages, e.g. in its own test suite). Weak: a stopped node's
+# journal goes away with it.
+_LIVE: "weakref.WeakValueDictionary[str, ReplicatedJournal]" = weakref.WeakValueDictionary()
+
+
+_OPS = frozenset(op.value for op in JournalOperation)
+_STATES = frozenset(s.value for s in TrialState)
+_DIRECTIONS = frozenset(d.value for d in StudyDirection)
+
+
+def _need(log: dict[str, Any], key: str, check: Any, what: str) -> None:
+    if key not in log or not check(log[key]):
+        raise ValueError(f"journal op {log['op_code']}: {key} must be {what}")
+
+
+def _maybe(log: dict[str, Any], key: str, check: Any, what: str) -> None:
+    if key in log and not check(log[key]):
+        raise ValueError(f"journal op {log['op_code']}: {key} must be {what}")
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: object) -> bool:
+    return type(v) in (int, float)
+
+
+def _is_time(v: object) -> bool:
+    if v is None:
+        return True
+    if type(v) is not str:
+        return False
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _one_attr(v: object) -> bool:
+    # Optuna asserts exactly one attribute per log (JournalStorage applies them so).
+    return type(v) is dict and len(v) == 1 and all(type(k) is str for k in v)
+
+
+def _str_dict(v: object) -> bool:
+    return type(v) is dict and all(type(k) is str for k in v)
+
+
+def _distributions(v: object) -> bool:
+    if not _str_dict(v):
+        return False
+    try:
+        for text in v.values():   # type: ignore[union-attr]
+            json_to_distribution(text)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return True
+
+
+def _check_log(log: object) -> None:
+    """One Optuna journal log: the fields its op needs, with their types, so that replaying it
+    (``JournalStorageReplayResult.apply_logs``, on every node and in every runner) cannot
+    raise. The values themselves are Optuna's business."""
+    if type(log) is not dict:
+        raise ValueError("a journal log is an object")
+    op = log.get("op_code")
+    if type(op) is not int or op not in _OPS:
+        raise ValueError(f"journal op_code {op!r:.20} is not one of Optuna's")
+    _need(log, "worker_id", lambda v: type(v) is str, "a string")
+    J = JournalOperation
+    if op == J.CREATE_STUDY:
+        _need(log, "study_name", lambda v: type(v) is str, "a string")
+        _need(log, "directions", lambda v: type(v) is list and all(type(d) is int and d in _DIRECTIONS for d in v),
+              "a list of study directions")
+    elif op in (J.DELETE_STUDY, J.SET_STUDY_USER_ATTR, J.SET_STUDY_SYSTEM_ATTR, J.CREATE_TRIAL):
+        _need(log, "study_id", _is_int, "an int")
+        if op == J.SET_STUDY_USER_ATTR:
+            _need(log, "user_attr", _one_attr, "one attribute")
+        elif op == J.SET_STUDY_SYSTEM_ATTR:
+            _need(log, "system_attr", _one_attr, "one attribute")
+        elif op == J.CREATE_TRIAL:
+            _need(log, "datetime_start", _is_time, "an ISO time or null")
+            _maybe(log, "datetime_complete", _is_time, "an ISO time or null")
+            _maybe(log, "distributions", _distributions, "distributions")
+            _maybe(log, "params", _str_dict, "an object")
+            if set(log.get("params", {})) - set(log.get("distributions", {})):
+                raise ValueError("journal op 4: a param has no distribution")
+            _maybe(log, "state", lambda v: type(v) is int and v in _STATES, "a trial state")
+            _maybe(log, "value", lambda v: v is None or _is_number(v), "a number or null")
+            _maybe(log, "values", lambda v: v is None or (type(v) is list and all(map(_is_number, v))),
+                   "a list of numbers or null")
+            _maybe(log, "user_attrs", _str_dict, "an object")
+            _maybe(log, "system_attrs", _str_dict, "an object")
+            _maybe(log, "intermediate_values", lambda v: _str_dict(v) and all(
+                k.lstrip("-").isdigit() for k in v), "an object keyed by step")
+    elif op == J.DISCARD_TRIALS:
+        pass   # Optuna skips it
+    else:
+        _need(log, "trial_id", _is_int, "an int")
+        if op == J.SET_TRIAL_PARAM:
+            _need(log, "param_name", lambda v: type(v) is str, "a string")
+            _need(log, "param_value_internal", _is_number, "a number")
+            _need(log, "distribution", lambda v: _distributions({"d": v}), "a distribution")
+        elif op == J.SET_TRIAL_STATE_VALUES:
+            _need(log, "state", lambda v: type(v) is int and v in _STATES, "a trial state")
+            _maybe(log, "values", lambda v: v is None or (type(v) is list and all(map(_is_number, v))),
+                   "a list of numbers or null")
+            _maybe(log, "datetime_start", _is_time, "an ISO time or null")
+            _maybe(log, "datetime_complete", _is_time, "an ISO time or null")
+        elif op == J.SET_TRIAL_INTERMEDIATE_VALUE:
+            _need(log, "step", _is_int, "an int")
+            _need(log, "intermediate_value", _is_number, "a number")
+        elif op == J.SET_TRIAL_USER_ATTR:
+            _need(log, "user_attr", _one_attr, "one attribute")
+        elif op == J.SET_TRIAL_SYSTEM_ATTR:
+            _need(log, "system_attr", _one_attr, "one attribute")
+
+
+def validate_body(body: Any) -> None:
+    """Checks a journal command (``{"name": ..., "logs": [...]}``) before it is proposed or
+    stored: see :func:`_check_log` for each log.
+
+    Raises:
+        ValueError: what is wrong.
+    """
+    if type(body) is not dict or type(body.get("name")) is not str or not body["name"]:
+        raise ValueError("a journal command names its journal")
+    logs = body.get("logs")
+    if type(logs) is not list or not logs:
+        raise ValueError("a journal command carries a list of logs")
+    for log in logs:
+        _check_log(log)
+
+
+class ReplicatedJournal:
+    """The applied Optuna journals of one node (several named journals can share a log).
+
+    Registers itself with ``driver.state`` for :data:`KIND` commands; create it before
+    :meth:`RaftDriver.start` so that the log replayed at start-up reaches it.
+
+    Args:
+        driver: The node's driver.
+    """
+
+    def __init__(self, driver: RaftDriver) -> None:
+        self.driver = driver
+        self._lock = threading.Lock()
+        # Each log is kept as its JSON text and parsed on every read, as Optuna's file backend
+        # does: JournalStorage keeps parts of the dicts it reads, so readers must never share.
+        self._journals: dict[str, list[str]] = {}
+        driver.state.register(KIND, self._apply, validate=validate_body)
+        _LIVE[driver.node_id] = self
+
+    def _apply(self, body: Any, index: int) -> int:
+        body = body if isinstance(body, dict) else {}
+        name, logs = body.get("name"), body.get("logs")
+        if not isinstance(name, str) or not isinstance(logs, list) or \
+                not all(isinstance(x, dict) for x in logs):
+            # Same skip on every node: the command is committed, refusing it cannot undo that.
+            return 0
+        encoded = [json.dumps(x, separators=(",", ":")) for x in logs]
+        with self._lock:
+            self._journals.setdefault(name, []).extend(encoded)
+            return len(self._journals[name])
+
+    def read(self, name: str, log_number_from: int) -> list[dict[str, Any]]:
+        """Applied logs of journal ``name`` from ``log_number_from`` on (fresh dicts)."""
+        with self._lock:
+            raw = self._journals.get(name, [])[log_number_from:]
+        return [json.loads(x) for x in raw]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._journals.values())
+
+    def backend(self, name: str = DEFAULT_NAME, timeout: float | None = None) -> "ReplicatedJournalBackend":
+        """A journal backend over journal ``name`` of this node."""
+        return ReplicatedJournalBackend(self, name, timeout)
+
+    async def append(self, name: str, logs: list[dict[str, Any]], timeout: float | None = None) -> int:
+        """Commits ``logs`` to journal ``name`` and waits until this node has applied them.
+
+        Returns:
+            The log index of the command.
+        """
+        data = encode_command(KIND, {"name": name, "logs": logs})
+        # Private: only this node's caller waits for it; other nodes' readers of the study see
+        # it with the leader's next message to them (the coordinator, which acts on trials,
+        # applies it at once), and a job's own records, which watchers follow, are not private.
+        return await self.driver.propose(data, uuid.uuid4().hex, timeout, private=True)
+
+
+class ReplicatedJournalBackend(BaseJournalBackend):
+    """An Optuna journal backend reading this node's applied log and writing through consensus.
+
+    Example:
+        ``optuna.storages.JournalStorage(journal.backend())`` — from any thread but the loop's.
+
+    Args:
+        journal: The node's :class:`ReplicatedJournal`.
+        name: Which journal of the log.
+        timeout: Seconds ``append_logs`` keeps trying (default: the driver's propose timeout).
+    """
+
+    def __init__(self, journal: ReplicatedJournal, name: str = DEFAULT_NAME,
+                 timeout: float | None = None) -> None:
+        self._journal = journal
+        self._name = name
+        self._timeout = timeout
+
+    def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
+        """Logs numbered ``log_number_from`` and above, as applied on this node."""
+        return self._journal.read(self._name, log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Commits ``logs`` and returns once this node has applied them.
+
+        Raises:
+            RuntimeError: called on the driver's event loop thread (it would deadlock).
+            TimeoutError: not committed within the timeout (the cluster has no quorum).
+            MeshStopped: the node stopped.
+        """
+        loop = self._journal.driver.loop
+        if loop is None:
+            raise MeshStopped(f"node {self._journal.driver.node_id} has not started")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("append_logs blocks until the event loop applies the entry: "
+                               "call it from another thread (e.g. asyncio.to_thread)")
+        future = asyncio.run_coroutine_threadsafe(
+            self._journal.append(self._name, logs, self._timeout), loop)
+        future.result()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"node_id": self._journal.driver.node_id, "name": self._name,
+                "timeout": self._timeout}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        journal = _LIVE.get(state["node_id"])
+        if journal is None:
+            raise RuntimeError(f"node {state['node_id']} does not run in this process: a "
+                               "replicated journal backend can only be unpickled next to its node")
+        self._journal = journal
+        self._name = state["name"]
+        self._timeout = state["timeout"]

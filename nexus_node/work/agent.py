@@ -1,0 +1,328 @@
+"""A node's end of its work stream: run what the coordinator assigns, on this node's runners.
+
+Every node runs one :class:`WorkerAgent`. It keeps one ``PeerService.Work`` stream open to
+whoever leads (itself included), sends a heartbeat every ``heartbeat`` seconds with its
+capacity and the leases it runs, and runs each assignment in a slot of its runner pool. Inputs
+arrive as blob hashes; the agent fetches what it lacks from a peer that holds it (hash
+checked) before the runner starts. Outputs (prepared shards, a model artifact) go into this
+node's blob store and are recorded in the replicated placement, so the coordinator only sees
+their hashes. A trial talks to this node's own StorageService, which commits through consensus.
+
+Results outlive broken streams: each is kept (a bounded number) and sent again when the
+coordinator assigns the same lease again after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.work.dispatcher import HANDED_BACK, WorkSettings
+from nexus_node.errors import NexusError
+from nexus_node.runner import families
+from nexus_node.runner.pool import Runner, RunnerPool
+from nexus_node.work.scheduler import accept_assignment
+from nexus_node.blobs.replication import Placement
+from nexus_node.blobs.store import BlobStore
+from nexus_node.system import memory_info
+
+log = logging.getLogger(__name__)
+
+#: Results kept for re-sending after a reconnect.
+KEPT_RESULTS = 1024
+#: Seconds a task waits for this node to apply what the coordinator had applied when it sent it.
+CATCH_UP_S = 10.0
+
+
+class WorkerAgent:
+    """Runs this node's share of the cluster's work.
+
+    Args:
+        placement: Where this node records the blobs its tasks produce.
+        mesh: The node's mesh (driver for leader and term,
+            transport for the stream).
+        fetch_blob: Local path of a blob, fetched from a holder first if needed.
+        storage: How this node's runners reach its StorageService (host, port, token).
+    """
+
+    def __init__(self, *, node_id: str, cluster: str, address: str, pool: RunnerPool, blobs: BlobStore,
+                 mesh: Any, placement: Placement, fetch_blob: Callable[[str], Any], storage: dict[str, Any],
+                 settings: WorkSettings | None = None) -> None:
+        self.node_id, self.cluster, self.address = node_id, cluster, address
+        self.pool, self.blobs, self.mesh, self.placement = pool, blobs, mesh, placement
+        self.fetch_blob, self.storage = fetch_blob, storage
+        self.settings = settings or WorkSettings()
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.labels: dict[str, str] = {}
+        self._runners: dict[str, tuple[Runner, int, str]] = {}   # lease -> (runner, task id, kind)
+        self._cancelled: set[str] = set()
+        self._finished: collections.OrderedDict[str, pb.TaskResult] = collections.OrderedDict()
+        self._up: asyncio.Queue[pb.WorkUp] | None = None
+        self._newest_term = 0
+        self._task: asyncio.Task[None] | None = None
+        self._leaving = False
+        self.on_change: Callable[[], None] = lambda: None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"worker-{self.node_id}")
+
+    @property
+    def task(self) -> "asyncio.Task[None] | None":
+        """The stream loop (the node stops if it ends while the node runs)."""
+        return self._task
+
+    async def stop(self, hand_back: bool = True) -> None:
+        """Stops taking work. ``hand_back``: tell the coordinator each running task is given
+        up (it re-runs them elsewhere at once, without waiting for the grace period)."""
+        self._leaving = True
+        for task in list(self.running.values()):
+            task.cancel()
+        for runner, _, _ in self._runners.values():
+            runner.kill()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        if hand_back and self._up is not None:
+            # The hand-backs are the stream's last messages: a short, bounded wait for them to leave.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._up.join(), 1.0)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def running_labels(self) -> list[str]:
+        return [self.labels[lease] for lease in self.running if lease in self.labels]
+
+    # ---- the stream ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        driver = self.mesh.driver
+        while not self._leaving:
+            leader = driver.leader
+            address = self.address if leader == self.node_id else (driver.peer_address(leader) if leader else None)
+            if not address:
+                await self._leader_change(leader, 1.0)
+                continue
+            try:
+                await self._session(address)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.CANCELLED:
+                    log.debug("work stream to %s: %s %s", leader, exc.code().name, exc.details())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the stream is re-opened whatever broke it
+                log.exception("work stream to %s failed", leader)
+            # Back off briefly unless the leader changes meanwhile (then reconnect at once).
+            await self._leader_change(leader, 0.3)
+
+    async def _leader_change(self, leader: str | None, timeout: float) -> None:
+        """Waits up to ``timeout`` for the leader to change from ``leader``.
+
+        Raises:
+            MeshStopped: the driver stopped. It must end :meth:`_run`: ``wait_for`` raises it
+                before suspending, so a loop that swallowed it would spin without yielding.
+        """
+        driver = self.mesh.driver
+        with contextlib.suppress(TimeoutError):
+            await driver.wait_for(lambda: driver.leader != leader, timeout)
+
+    async def _session(self, address: str) -> None:
+        t = self.mesh.transport
+        call = t.stub(address).Work(metadata=t.metadata)
+        up: asyncio.Queue[pb.WorkUp] = asyncio.Queue()
+        up.put_nowait(self._heartbeat())
+        self._up = up
+        writer = asyncio.create_task(self._write(call, up), name="work-up")
+        beats = asyncio.create_task(self._beat(up), name="work-heartbeat")
+        try:
+            async for msg in call:
+                which = msg.WhichOneof("body")
+                if which == "assign":
+                    self._assign(msg.assign)
+                elif which == "cancel":
+                    self._cancel(msg.cancel.lease_id)
+        finally:
+            if self._up is up:
+                self._up = None
+            beats.cancel()
+            writer.cancel()
+            await asyncio.gather(beats, writer, return_exceptions=True)
+            call.cancel()
+
+    async def _write(self, call: Any, up: asyncio.Queue[pb.WorkUp]) -> None:
+        while True:
+            msg = await up.get()
+            await call.write(msg)
+            up.task_done()
+
+    async def _beat(self, up: asyncio.Queue[pb.WorkUp]) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)   # the heartbeat period
+            up.put_nowait(self._heartbeat())
+
+    def _heartbeat(self) -> pb.WorkUp:
+        total, free = memory_info()
+        info = self.pool.info
+        self._newest_term = max(self._newest_term, self.mesh.driver.status().term)
+        return pb.WorkUp(cluster=self.cluster, node_id=self.node_id, heartbeat=pb.Heartbeat(
+            term=self._newest_term, slots=0 if self._leaving else self.pool.slots,
+            task_memory_bytes=self.pool.slots * (self.pool.trial_memory_mb << 20),
+            memory_free_bytes=free, memory_total_bytes=total, cores=os.cpu_count() or 1,
+            accelerator=str(info.get("cuda_name") or info.get("device") or "cpu"),
+            running=list(self.running)))
+
+    def _send(self, result: pb.TaskResult) -> None:
+        if self._up is not None:
+            self._up.put_nowait(pb.WorkUp(cluster=self.cluster, node_id=self.node_id, result=result))
+
+    # ---- assignments ----------------------------------------------------------------------------
+
+    def _assign(self, a: pb.Assignment) -> None:
+        if a.lease_id in self.running:
+            return   # sent again after a reconnect; it runs
+        if a.lease_id in self._finished:
+            self._send(self._finished[a.lease_id])   # its result may have been lost in transit
+            return
+        self._newest_term = max(self._newest_term, self.mesh.driver.status().term)
+        if not accept_assignment(self._newest_term, a.term) or self._leaving:
+            why = ("this node is leaving" if self._leaving else
+                   f"stale assignment of term {a.term}: this node has seen term {self._newest_term}")
+            self._send(pb.TaskResult(lease_id=a.lease_id, ok=False, error_kind="failed_precondition",
+                                     error_message=why))
+            return
+        self._newest_term = a.term
+        try:
+            task = json.loads(a.task_json)
+        except ValueError as exc:
+            self._send(pb.TaskResult(lease_id=a.lease_id, ok=False, error_kind="invalid_input",
+                                     error_message=f"undecodable task: {exc}"))
+            return
+        self.labels[a.lease_id] = str(task.get("label", task.get("task", "")))
+        self.running[a.lease_id] = asyncio.create_task(self._execute(a.lease_id, task, a.log_index),
+                                                       name=f"lease-{a.lease_id}")
+        self.on_change()
+
+    def _cancel(self, lease_id: str) -> None:
+        if lease_id not in self.running:
+            return
+        self._cancelled.add(lease_id)
+        held = self._runners.get(lease_id)
+        if held is not None:
+            self._stop_runner(*held)
+
+    @staticmethod
+    def _stop_runner(runner: Runner, tid: int, kind: str) -> None:
+        if kind == "trial":
+            runner.cancel(tid)   # the trial stops at its next epoch and records what it reached
+        else:
+            runner.kill()        # prepare and finalize do not poll; the pool starts a fresh runner
+
+    async def _caught_up(self, index: int) -> None:
+        """Waits until this node has applied the log up to ``index`` (the coordinator's when it
+        sent the task): a trial's runner reads the trial from this node's copy of the study,
+        and the commit of its creation may reach this node a moment after the assignment does.
+        After CATCH_UP_S the task runs anyway (and fails with its own message if it must)."""
+        driver = self.mesh.driver
+        if driver.state.applied_index >= index:
+            return
+        try:
+            await driver.wait_for(lambda: driver.state.applied_index >= index, CATCH_UP_S)
+        except TimeoutError:
+            log.warning("applied index %d still short of %d after %.0f s; running the task anyway",
+                        driver.state.applied_index, index, CATCH_UP_S)
+
+    async def _execute(self, lease_id: str, task: dict[str, Any], log_index: int = 0) -> None:
+        kind = str(task.get("task", ""))
+        scratch: list[Path] = []
+        result: pb.TaskResult | None = None
+        slot: int | None = None
+        try:
+            await self._caught_up(log_index)
+            slot = await self.pool.take_slot()
+            local = await self._localize(task, scratch)
+            runner = await self.pool.runner_for(slot, families.family_of(local))
+            runner.current = self.labels.get(lease_id, kind)
+            tid, fut = runner.submit(local)
+            self._runners[lease_id] = (runner, tid, kind)
+            if lease_id in self._cancelled:
+                self._stop_runner(runner, tid, kind)
+            await runner.drain()
+            out = await self._publish(kind, local, await fut)
+            result = pb.TaskResult(lease_id=lease_id, ok=True, result_json=json.dumps(out).encode())
+        except asyncio.CancelledError:
+            if self._leaving:
+                result = pb.TaskResult(lease_id=lease_id, ok=False, error_kind=HANDED_BACK,
+                                       error_message=f"node {self.node_id} left while running it")
+            raise
+        except NexusError as exc:
+            result = pb.TaskResult(lease_id=lease_id, ok=False, error_kind=exc.kind, error_message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug fails the task, not the node
+            log.exception("task %s failed", lease_id)
+            result = pb.TaskResult(lease_id=lease_id, ok=False, error_kind="internal",
+                                   error_message=f"{type(exc).__name__}: {exc}")
+        finally:
+            if slot is not None:
+                self.pool.release(slot)
+            for path in scratch:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            self.running.pop(lease_id, None)
+            self._runners.pop(lease_id, None)
+            self._cancelled.discard(lease_id)
+            self.labels.pop(lease_id, None)
+            if result is not None:
+                self._finished[lease_id] = result
+                while len(self._finished) > KEPT_RESULTS:
+                    self._finished.popitem(last=False)
+                self._send(result)
+            self.on_change()
+
+    async def _localize(self, task: dict[str, Any], scratch: list[Path]) -> dict[str, Any]:
+        """The task as this node's runner takes it: blob hashes become local paths."""
+        local = dict(task)
+        local["threads"] = self.pool.threads
+        if "files" in task:
+            local["files"] = {name: str(await self.fetch_blob(sha)) for name, sha in task["files"].items()}
+        if "csv_sha256" in task:
+            local["csv_path"] = str(await self.fetch_blob(local.pop("csv_sha256")))
+        kind = task.get("task")
+        if kind == "trial":
+            local["storage"] = self.storage
+        elif kind == "prepare":
+            out_dir = self.blobs.new_temp_dir("prep-")
+            scratch.append(out_dir)
+            local["out_dir"] = str(out_dir)
+        elif kind == "finalize":
+            artifact = self.blobs.new_temp(".zip")
+            scratch.append(artifact)
+            local["artifact_path"] = str(artifact)
+        return local
+
+    async def _publish(self, kind: str, local: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """Outputs into this node's blob store, recorded as held here; the result names them
+        by hash."""
+        records = self.placement
+        if kind == "prepare":
+            files = {}
+            for name, path in result["files"].items():
+                sha, size = await asyncio.to_thread(self.blobs.ingest, Path(path))
+                await records.put_blob(sha, size, f"shard:{name}")
+                files[name] = sha
+            result = {**result, "files": files}
+        elif kind == "finalize":
+            sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
+            await records.put_blob(sha, size, "model")
+            result = {**result, "artifact_sha256": sha, "artifact_bytes": size}
+        return result

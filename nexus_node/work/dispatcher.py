@@ -1,0 +1,374 @@
+"""The coordinator's end of the work streams: which node runs what, and what came of it.
+
+Every node (the coordinator too, over loopback) holds one ``PeerService.Work`` stream to the
+coordinator. Up come heartbeats (slots, task memory, the leases the node runs) and task results;
+down go assignments and cancellations. The decisions are :mod:`nexus_node.work.scheduler`'s pure
+functions; this module is their I/O: it keeps the :class:`~nexus_node.work.scheduler.Schedule`, feeds
+it heartbeats and the clock, and turns its answers into messages and futures.
+
+A job driver asks for a slot with :meth:`Dispatcher.reserve` (fair share and memory-aware
+placement decide which job gets the next free slot, and where), then hands the task over with
+:meth:`Dispatcher.send` and awaits its :class:`Outcome`. The outcome is the node's result, or
+*lost*: the node went silent past ``grace`` (or handed its work back as it left), the lease is
+revoked, and any late result under it is refused, so a study never counts a trial twice.
+
+Delivery: within one stream messages are ordered and reliable. When a stream breaks, an
+assignment or a result may be lost in transit, so a node's unresolved assignments are sent again
+when it reconnects; the node ignores one it runs, answers one it finished with the stored result,
+and starts one it never got. A lease a node runs that this coordinator does not hold (revoked, or
+granted by an earlier coordinator) is cancelled when the node's heartbeat lists it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
+
+from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.errors import FailedPrecondition
+from nexus_node.work.scheduler import (
+    Lease, NodeView, Schedule, TrialRequest, accept_result, cancel_job, declare_dead, grant, place, revive,
+)
+
+log = logging.getLogger(__name__)
+
+#: The error kind of a result a leaving node sends for each task it gives up (SIGTERM).
+HANDED_BACK = "handed_back"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What became of a task sent to a node."""
+
+    ok: bool
+    result: dict[str, Any] = dataclasses.field(default_factory=dict)
+    error_kind: str = ""
+    message: str = ""
+    lost: bool = False     # never finished: its node died or left, or its lease was revoked
+    retry: bool = False    # lost, and its configuration may run again (retries left)
+    node_id: str = ""
+
+
+@dataclasses.dataclass
+class WorkSettings:
+    grace: float = 5.0           # seconds of heartbeat silence after which a node is dead
+    max_retries: int = 2         # re-runs of a configuration whose nodes died
+    heartbeat: float = 1.0       # seconds between a node's heartbeats
+    check_interval: float = 0.2  # how often the coordinator looks for silent nodes
+
+
+class _Session:
+    """A node as the coordinator knows it: its last heartbeat and its open stream, if any."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.view: NodeView | None = None
+        self.heartbeat = pb.Heartbeat()
+        self.outbox: asyncio.Queue[pb.WorkDown | None] | None = None   # None: no open stream
+
+    def push(self, msg: pb.WorkDown) -> None:
+        if self.outbox is not None:
+            self.outbox.put_nowait(msg)
+
+
+class Dispatcher:
+    """Work placement for one coordinator term.
+
+    Args:
+        term: The term this coordinator leads in; every assignment carries it.
+        on_change: Called when slots are taken or freed (the cluster view changed).
+        clock: Monotonic seconds (tests pass their own).
+        applied_index: The log index a node must have applied before it starts a task (the
+            coordinator's newest own write); every assignment carries it.
+        catch_up: Called with a node's id as a task is sent to it: the node is sent the log
+            it lacks now (the coordinator's private writes may reach it late otherwise).
+    """
+
+    def __init__(self, term: int, settings: WorkSettings | None = None,
+                 on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 applied_index: Callable[[], int] = lambda: 0,
+                 catch_up: Callable[[str], None] = lambda node_id: None) -> None:
+        self.term = term
+        self._applied_index = applied_index
+        self._catch_up = catch_up
+        self.settings = settings or WorkSettings()
+        self.schedule = Schedule()
+        self._on_change = on_change or (lambda: None)
+        self._clock = clock
+        self._sessions: dict[str, _Session] = {}
+        self._waiting: dict[str, list[tuple[TrialRequest, asyncio.Future[Lease]]]] = {}
+        self._rank: dict[str, float] = {}
+        self._results: dict[str, asyncio.Future[Outcome]] = {}
+        self._sent: dict[str, pb.WorkDown] = {}
+        self._seq = itertools.count(1)
+        self._watch: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._watch = asyncio.create_task(self._watch_heartbeats(), name="dispatch-watch")
+
+    async def stop(self) -> None:
+        """End every stream (nodes reconnect to the next coordinator) and every wait."""
+        self._closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        for session in self._sessions.values():
+            session.push(None)  # type: ignore[arg-type]
+            session.outbox = None
+        for waiting in self._waiting.values():
+            for _, fut in waiting:
+                fut.cancel()
+        self._waiting.clear()
+        for fut in self._results.values():
+            if not fut.done():
+                fut.set_result(Outcome(False, lost=True, message="the coordinator stepped down"))
+        self._results.clear()
+
+    # ---- job side ---------------------------------------------------------------------------
+
+    async def reserve(self, job_id: str, memory: int, rank: float) -> Lease:
+        """Waits until this job gets a slot (its fair share, on a node with the memory) and
+        returns the lease. ``rank`` orders jobs that have waited equally (submission time).
+
+        Raises:
+            FailedPrecondition: no node of the cluster could ever hold ``memory``.
+        """
+        if self._closed:
+            raise FailedPrecondition("this node no longer coordinates")
+        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        request = TrialRequest(job_id, next(self._seq), "", memory)
+        self._waiting.setdefault(job_id, []).append((request, fut))
+        self._rank.setdefault(job_id, rank)
+        self._pump()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            else:
+                self._drop_waiting(job_id, fut)
+            raise
+
+    def send(self, lease: Lease, task: dict[str, Any], config_key: str = "",
+             trial_number: int | None = None) -> asyncio.Future[Outcome]:
+        """Assigns ``task`` under ``lease``; the future resolves with its outcome."""
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        held = self.schedule.leases.get(lease.lease_id)
+        if held is None:
+            fut.set_result(Outcome(False, lost=True, message="the lease was revoked before its task was sent",
+                                   node_id=lease.node_id))
+            return fut
+        # The configuration is known only now (the trial was asked after the slot was granted).
+        request = dataclasses.replace(held.request, config_key=config_key or held.request.config_key,
+                                      trial_number=held.request.trial_number if trial_number is None else trial_number)
+        self.schedule.leases[lease.lease_id] = dataclasses.replace(held, request=request)
+        self._results[lease.lease_id] = fut
+        msg = pb.WorkDown(assign=pb.Assignment(lease_id=lease.lease_id, term=self.term,
+                                               task_json=json.dumps(task).encode(),
+                                               log_index=self._applied_index()))
+        self._sent[lease.lease_id] = msg
+        self._catch_up(lease.node_id)
+        self._sessions[lease.node_id].push(msg)
+        return fut
+
+    def release(self, lease: Lease) -> None:
+        """Gives back a lease whose task was never sent."""
+        if self.schedule.leases.pop(lease.lease_id, None) is not None:
+            self._pump()
+
+    def stop_task(self, lease_id: str, reason: str) -> None:
+        """Asks the node to stop a task early (a job's time budget ran out); its result still
+        comes back (a trial stops at its next epoch and records what it reached)."""
+        lease = self.schedule.leases.get(lease_id)
+        if lease is not None:
+            self._sessions[lease.node_id].push(pb.WorkDown(cancel=pb.CancelTask(lease_id=lease_id, reason=reason)))
+
+    def cancel_job(self, job_id: str, reason: str = "the job was cancelled") -> None:
+        """Revokes the job's leases (their slots are free at once) and stops its tasks."""
+        for lease in cancel_job(self.schedule, job_id):
+            self._sessions[lease.node_id].push(pb.WorkDown(cancel=pb.CancelTask(lease_id=lease.lease_id, reason=reason)))
+            self._resolve(lease.lease_id, Outcome(False, lost=True, message=reason, node_id=lease.node_id))
+        for _, fut in self._waiting.pop(job_id, []):
+            fut.cancel()
+        self._pump()
+
+    def note_failures(self, job_id: str, config_key: str, failures: int) -> None:
+        """Carries over how often a configuration was lost under earlier coordinators."""
+        key = (job_id, config_key)
+        self.schedule.failures[key] = max(self.schedule.failures.get(key, 0), failures)
+
+    def failures(self, job_id: str, config_key: str) -> int:
+        return self.schedule.failures.get((job_id, config_key), 0)
+
+    def count_failure(self, job_id: str, config_key: str) -> int:
+        key = (job_id, config_key)
+        self.schedule.failures[key] = self.schedule.failures.get(key, 0) + 1
+        return self.schedule.failures[key]
+
+    def nodes(self) -> list[NodeView]:
+        """Nodes with an open stream that are not dead, as last heard."""
+        return [s.view for s in self._sessions.values()
+                if s.view is not None and s.outbox is not None and s.node_id not in self.schedule.dead]
+
+    def busy(self, node_id: str) -> int:
+        return len(self.schedule.running_on(node_id))
+
+    # ---- stream side --------------------------------------------------------------------------
+
+    async def serve(self, first: pb.WorkUp, inbound: AsyncIterator[pb.WorkUp]) -> AsyncIterator[pb.WorkDown]:
+        """One node's work stream: ``first`` (a heartbeat) was read by the servicer."""
+        if self._closed:
+            raise FailedPrecondition("this node no longer coordinates")
+        node_id = first.node_id
+        session = self._sessions.setdefault(node_id, _Session(node_id))
+        if session.outbox is not None:
+            session.outbox.put_nowait(None)   # a newer stream of the same node replaces the old
+        outbox: asyncio.Queue[pb.WorkDown | None] = asyncio.Queue()
+        session.outbox = outbox
+        self._receive(session, first)
+        resent = False
+        for lease_id, msg in self._sent.items():
+            lease = self.schedule.leases.get(lease_id)
+            if lease is not None and lease.node_id == node_id:
+                outbox.put_nowait(msg)
+                resent = True
+        if resent:
+            self._catch_up(node_id)
+        reader = asyncio.create_task(self._read(session, inbound, outbox), name=f"work-in-{node_id}")
+        try:
+            while (msg := await outbox.get()) is not None:
+                yield msg
+        finally:
+            reader.cancel()
+            if session.outbox is outbox:
+                session.outbox = None
+                self._on_change()
+
+    async def _read(self, session: _Session, inbound: AsyncIterator[pb.WorkUp],
+                    outbox: asyncio.Queue[pb.WorkDown | None]) -> None:
+        try:
+            async for msg in inbound:
+                if session.outbox is not outbox or msg.node_id != session.node_id:
+                    break
+                self._receive(session, msg)
+        except Exception as exc:  # noqa: BLE001 - a broken stream ends like a closed one
+            log.debug("work stream of %s: %s", session.node_id, exc)
+        finally:
+            outbox.put_nowait(None)
+
+    def _receive(self, session: _Session, msg: pb.WorkUp) -> None:
+        which = msg.WhichOneof("body")
+        if which == "heartbeat":
+            self._heartbeat(session, msg.heartbeat)
+        elif which == "result":
+            self._result(session.node_id, msg.result)
+
+    def _heartbeat(self, session: _Session, hb: pb.Heartbeat) -> None:
+        node_id = session.node_id
+        if node_id in self.schedule.dead:
+            log.info("node %s is back; it gets new work (its old trials were re-run elsewhere)", node_id)
+            revive(self.schedule, node_id)
+        session.heartbeat = hb
+        session.view = NodeView(node_id, int(hb.slots), int(hb.task_memory_bytes), self._clock())
+        for lease_id in hb.running:
+            lease = self.schedule.leases.get(lease_id)
+            if lease is None or lease.node_id != node_id:
+                session.push(pb.WorkDown(cancel=pb.CancelTask(
+                    lease_id=lease_id, reason="the coordinator does not hold this lease (revoked, or granted "
+                                              "by an earlier coordinator)")))
+        self._pump()
+
+    def _result(self, node_id: str, r: pb.TaskResult) -> None:
+        handed_back = not r.ok and r.error_kind == HANDED_BACK
+        lease = self.schedule.leases.get(r.lease_id)
+        if not accept_result(self.schedule, r.lease_id, node_id):
+            log.info("refused a result of lease %s from %s: revoked, or not that node's", r.lease_id, node_id)
+            return
+        self._sent.pop(r.lease_id, None)
+        if r.ok:
+            try:
+                result = json.loads(r.result_json or b"{}")
+            except ValueError as exc:
+                outcome = Outcome(False, error_kind="internal", message=f"undecodable result: {exc}", node_id=node_id)
+            else:
+                outcome = Outcome(True, result=result, node_id=node_id)
+        elif handed_back:
+            # Not the configuration's fault: no retry is counted against it.
+            outcome = Outcome(False, lost=True, retry=True, message=r.error_message, node_id=node_id)
+        else:
+            outcome = Outcome(False, error_kind=r.error_kind, message=r.error_message, node_id=node_id)
+        assert lease is not None
+        self._resolve(r.lease_id, outcome)
+        self._pump()
+
+    def _resolve(self, lease_id: str, outcome: Outcome) -> None:
+        self._sent.pop(lease_id, None)
+        fut = self._results.pop(lease_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(outcome)
+
+    # ---- decisions ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Grants free slots to waiting reservations (scheduler.place decides)."""
+        if self._closed:
+            return
+        pending = {job: [req for req, fut in waiting if not fut.done()] for job, waiting in self._waiting.items()}
+        if not any(pending.values()):
+            return
+        order = sorted(pending, key=lambda j: (self._rank.get(j, 0.0), j))
+        placements, refusals = place(self.schedule, pending, order, self.nodes())
+        futures = {req: fut for waiting in self._waiting.values() for req, fut in waiting}
+        now = self._clock()
+        for p in placements:
+            lease = grant(self.schedule, p, uuid.uuid4().hex[:16], self.term, now)
+            futures[p.request].set_result(lease)
+        for r in refusals:
+            futures[r.request].set_exception(FailedPrecondition(f"no node can run this job's tasks: {r.reason}"))
+        for job in list(self._waiting):
+            self._waiting[job] = [(req, fut) for req, fut in self._waiting[job] if not fut.done()]
+            if not self._waiting[job]:
+                del self._waiting[job]
+        if placements:
+            self._on_change()
+
+    def _drop_waiting(self, job_id: str, fut: asyncio.Future[Lease]) -> None:
+        waiting = [(r, f) for r, f in self._waiting.get(job_id, []) if f is not fut]
+        if waiting:
+            self._waiting[job_id] = waiting
+        else:
+            self._waiting.pop(job_id, None)
+
+    async def _watch_heartbeats(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.check_interval)   # a polling period, not a synchronisation
+            self.check(self._clock())
+
+    def check(self, now: float) -> None:
+        """Declares nodes silent past grace dead and resolves their tasks as lost."""
+        views = [x.view for x in self._sessions.values() if x.view is not None]
+        moves = declare_dead(self.schedule, views, now, self.settings.grace, self.settings.max_retries, {})
+        for move in moves:
+            log.warning("lease %s on %s lost: %s", move.lease.lease_id, move.lease.node_id, move.reason)
+            self._resolve(move.lease.lease_id, Outcome(False, lost=True, retry=move.retry is not None,
+                                                       message=move.reason, node_id=move.lease.node_id))
+        for node_id in self.schedule.dead:
+            session = self._sessions.get(node_id)
+            if session is not None and session.outbox is not None:
+                # Silent with its stream open (hung, or cut off without a reset): end the stream,
+                # so that if it recovers it reconnects and reconciles.
+                session.push(None)  # type: ignore[arg-type]
+                session.outbox = None
+        if moves:
+            self._pump()
+            self._on_change()
