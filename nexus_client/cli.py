@@ -28,13 +28,12 @@ from typing import Any, Callable, Sequence
 import grpc
 
 from nexus_client import client as nx
-
 from nexus_client import jobview
-from nexus_node._generated.nexus.v1 import nexus_pb2
-from nexus_node.study.constraints import parse_override
-from nexus_node.errors import InvalidInput
 from nexus_client.progress import ProgressBar, bar, format_duration, supports_unicode
+from nexus_node._generated.nexus.v1 import nexus_pb2
+from nexus_node.errors import InvalidInput
 from nexus_node.net.tls import ENV_CA, TlsError
+from nexus_node.study.constraints import parse_override
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_RPC = 0, 1, 2, 3
 DEMO_TARGET = "charges"

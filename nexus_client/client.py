@@ -33,8 +33,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTu
 
 import grpc
 
-from nexus_node.net import auth
 from nexus_node._generated.nexus.v1 import nexus_pb2, nexus_pb2_grpc
+from nexus_node.net import auth
 from nexus_node.net.tls import client_tls
 
 if TYPE_CHECKING:

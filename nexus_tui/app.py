@@ -31,8 +31,15 @@ from nexus_tui import discovery
 from nexus_tui.client import ClientFactory, ClusterClient, RequestFailed, Unreachable
 from nexus_tui.commands import ScreenCommands
 from nexus_tui.messages import (
-    ClusterChanged, Connected, ConnectionLost, DataChanged, JobEventReceived, JobsLoaded,
-    ModelsLoaded, NoNodeReachable, TrialsLoaded,
+    ClusterChanged,
+    Connected,
+    ConnectionLost,
+    DataChanged,
+    JobEventReceived,
+    JobsLoaded,
+    ModelsLoaded,
+    NoNodeReachable,
+    TrialsLoaded,
 )
 from nexus_tui.screens.cluster import ClusterScreen
 from nexus_tui.screens.connect import ConnectScreen

@@ -6,8 +6,8 @@ import json
 
 from rich.text import Text
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import is_terminal, trials_done
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 STATE_STYLE = {

@@ -7,10 +7,10 @@ from typing import Any, Iterator, TypeVar
 
 import grpc
 
-from nexus_node.net import auth
+from nexus_client.client import NexusClient, describe_error
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
-from nexus_client.client import NexusClient, describe_error
+from nexus_node.net import auth
 from nexus_node.net.tls import client_tls
 from nexus_tui.client import RequestFailed, Unreachable
 

@@ -49,12 +49,12 @@ def bench_overhead(n_trials: int, epochs: int, width: int, batch: int, rounds: i
     import optuna
     import torch
 
-    from nexus_node.study import studies
     from nexus_client.client import NexusClient
-    from nexus_node.study.constraints import Constraints
     from nexus_node.pipeline.train import DeviceData, train_and_score, warm_up
     from nexus_node.runner.context import LocalContext
     from nexus_node.runner.tasks import load_arrays, run_task
+    from nexus_node.study import studies
+    from nexus_node.study.constraints import Constraints
     from nexus_node.study.space import default_params, suggest_params
 
     torch.set_num_threads(1)
@@ -296,7 +296,6 @@ def _flaml_frame(path: Path, enc: str, case: QualityCase, categories: dict | Non
 
 
 def _flaml_case(case: QualityCase, train: Path, test: Path, enc: str, budget: float, regression: bool) -> dict:
-    import numpy as np
     from flaml import AutoML
 
     t0 = time.perf_counter()

@@ -47,11 +47,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import optuna  # noqa: E402
+from bench_mesh import cluster, report, stub  # noqa: E402
 from optuna.storages import GrpcStorageProxy  # noqa: E402
 
-from bench_mesh import cluster, report, stub  # noqa: E402
-from nexus_node.study import studies  # noqa: E402
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb  # noqa: E402
+from nexus_node.study import studies  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DATASETS = ROOT.parent / "shared" / "datasets"

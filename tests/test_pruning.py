@@ -5,10 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from nexus_node.study import pruning
-
-from nexus_node.study import studies
 from nexus_node.errors import InvalidInput
+from nexus_node.study import pruning, studies
 
 
 def test_hyperband_spans_the_longest_family():

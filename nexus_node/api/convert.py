@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from nexus_node.cluster.tokens import TokenRecord
 from nexus_node.jobs.events import JobEvent, TrialView
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
-from nexus_node.cluster.tokens import TokenRecord
 
 TASKS = {"regression": pb.REGRESSION, "binary": pb.BINARY, "multiclass": pb.MULTICLASS}
 

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import functools
 import inspect
-import json
 import logging
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -15,19 +14,24 @@ from typing import AsyncIterator, Awaitable, Callable
 import grpc
 
 from nexus_node import bounded_json
-
-from nexus_node.api import convert
-
-from nexus_node.study import studies
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, runner_pb2_grpc
-from nexus_node.errors import (AlreadyExists, FailedPrecondition, InvalidInput, NexusError, NotFound, TooLarge,
-                               Unauthenticated)
+from nexus_node.api import convert
+from nexus_node.cluster.tokens import ReplicatedTokens, TokenNameTaken
+from nexus_node.consensus.driver import MeshStopped
+from nexus_node.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    NexusError,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+)
 from nexus_node.jobs.events import SNAPSHOT, JobEvent
 from nexus_node.jobs.manager import JobManager
-from nexus_node.consensus.driver import MeshStopped
-from nexus_node.cluster.tokens import ReplicatedTokens, TokenNameTaken
 from nexus_node.net.roles import parse_client_role
+from nexus_node.study import studies
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,13 @@ from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from nexus_node.cluster.peers import (
-    SERVICE_TYPE, Peer, PeerDirectory, join_host_port, read_advert, refusal, txt_record,
+    SERVICE_TYPE,
+    Peer,
+    PeerDirectory,
+    join_host_port,
+    read_advert,
+    refusal,
+    txt_record,
 )
 from nexus_node.consensus.transport import PROTOCOL_VERSION
 

@@ -39,12 +39,13 @@ from typing import Callable, Mapping, Sequence
 
 import grpc
 
+from nexus_node.consensus.addresses import AddressClaim, address_claim
 from nexus_node.consensus.log_store import RaftLogStore
 from nexus_node.consensus.raft import (
-    MemoryStorage,
     InvalidConfigChange,
     LogDiverged,
     Membership,
+    MemoryStorage,
     Message,
     NodeId,
     NotLeader,
@@ -55,7 +56,6 @@ from nexus_node.consensus.raft import (
     Status,
     bootstrap,
 )
-from nexus_node.consensus.addresses import AddressClaim, address_claim
 from nexus_node.consensus.raft.validate import sender_refusal
 from nexus_node.consensus.state import ReplicatedState
 from nexus_node.consensus.transport import LogThrottle, PeerMismatch, PeerTransport

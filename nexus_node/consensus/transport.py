@@ -26,17 +26,14 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import grpc
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
-from nexus_node.net.auth import CHANNEL_OPTIONS, METADATA_KEY
 from nexus_node.consensus.raft import Message, NodeId, message_to_dict
-from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
+from nexus_node.net.auth import CHANNEL_OPTIONS, METADATA_KEY
 from nexus_node.net.tls import ClientTls, aio_channel
 
 log = logging.getLogger(__name__)

@@ -29,26 +29,32 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Colle
 
 import optuna
 
-from nexus_node.study import pruning
-
-from nexus_node.study import studies
-from nexus_node.study.constraints import Constraints, apply_override, hard_bounds, parse_override
-from nexus_node.pipeline.csvcheck import check_csv
-from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound
-from nexus_node.llm import GeminiClient, decide_constraints, summarize
-from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED, EventHub, TrialView
-from nexus_node.jobs.records import (
-    CANCELLED, COMPLETED, FAILED, FINALIZING, PENDING, PREPARING, SEARCHING,
-    JOB_STUDY_PREFIX, JobRecord, JobSpecRecord, ModelRecord,
-)
+from nexus_node.blobs.store import BlobStore
 from nexus_node.consensus.driver import MeshStopped
 from nexus_node.consensus.raft import NotLeader
-from nexus_node.work.dispatcher import Dispatcher, Outcome, WorkSettings
-from nexus_node.errors import error_from_kind
+from nexus_node.errors import FailedPrecondition, InvalidInput, NexusError, NotFound, error_from_kind
+from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED, EventHub, TrialView
+from nexus_node.jobs.records import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINALIZING,
+    JOB_STUDY_PREFIX,
+    PENDING,
+    PREPARING,
+    SEARCHING,
+    JobRecord,
+    JobSpecRecord,
+    ModelRecord,
+)
+from nexus_node.llm import GeminiClient, decide_constraints, summarize
+from nexus_node.pipeline.csvcheck import check_csv
 from nexus_node.runner.pool import RunnerPool
-from nexus_node.work.scheduler import Lease, task_memory
+from nexus_node.study import pruning, studies
+from nexus_node.study.constraints import Constraints, apply_override, hard_bounds, parse_override
 from nexus_node.study.space import default_configs, suggest_params, trial_params
-from nexus_node.blobs.store import BlobStore
+from nexus_node.work.dispatcher import Dispatcher, Outcome, WorkSettings
+from nexus_node.work.scheduler import Lease, task_memory
 
 if TYPE_CHECKING:
     from nexus_node.jobs.registry import ReplicatedRecords

@@ -26,10 +26,10 @@ import uuid
 from typing import Any, Callable
 
 from nexus_node.blobs.replication import BlobInfo
-from nexus_node.jobs.events import STATE_CHANGED, EventHub, JobEvent, TrialView
-from nexus_node.jobs.records import PENDING, JobRecord, ModelRecord, check_fields
 from nexus_node.consensus.driver import RaftDriver
 from nexus_node.consensus.state import encode_command
+from nexus_node.jobs.events import STATE_CHANGED, EventHub, JobEvent, TrialView
+from nexus_node.jobs.records import PENDING, JobRecord, ModelRecord, check_fields
 
 #: The state machine's command kind for records.
 KIND = "records"

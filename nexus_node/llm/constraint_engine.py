@@ -16,10 +16,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from nexus_node.study.constraints import Bounds, Constraints, apply_override, hard_bounds, heuristic_constraints
 from nexus_node.llm.gemini import GeminiClient, LLMError, failure_reason
 from nexus_node.llm.privacy import dataset_metadata
 from nexus_node.llm.schema import SchemaError, constraints_schema, validate
+from nexus_node.study.constraints import Bounds, Constraints, apply_override, hard_bounds, heuristic_constraints
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from nexus_node.llm.gemini import GeminiClient, LLMError, failure_reason
 from nexus_node.llm.constraint_engine import MAX_USE_CASE_CHARS, parse_answer
+from nexus_node.llm.gemini import GeminiClient, LLMError, failure_reason
 from nexus_node.llm.template import template_summary
 
 log = logging.getLogger(__name__)

@@ -13,19 +13,19 @@ import sys
 import threading
 from pathlib import Path
 
-from nexus_node.net.auth import default_data_dir, read_peer_secrets, read_token_file
-from nexus_node.node.disk import DEFAULT_MIN_FREE_MB
+from nexus_node.cluster.mesh import ClusterSettings
+from nexus_node.cluster.peers import parse_seeds
+from nexus_node.consensus.driver import MeshSettings
 from nexus_node.consensus.integrity import StartRefused, damaged_advice
 from nexus_node.consensus.log_store import LogDamaged
+from nexus_node.consensus.recovery import force_new_cluster_in
+from nexus_node.llm import DEFAULT_MODEL, resolve
+from nexus_node.net.auth import default_data_dir, read_peer_secrets, read_token_file
+from nexus_node.net.tls import TlsError, load_node_tls
+from nexus_node.node.disk import DEFAULT_MIN_FREE_MB
+from nexus_node.node.node import Node, NodeConfig, lock_data_dir
 from nexus_node.study import pruning
 from nexus_node.work.dispatcher import WorkSettings
-from nexus_node.llm import DEFAULT_MODEL, resolve
-from nexus_node.cluster.mesh import ClusterSettings
-from nexus_node.consensus.driver import MeshSettings
-from nexus_node.cluster.peers import parse_seeds
-from nexus_node.consensus.recovery import force_new_cluster_in
-from nexus_node.node.node import Node, NodeConfig, lock_data_dir
-from nexus_node.net.tls import TlsError, load_node_tls
 
 
 def parse_args(argv: list[str] | None = None) -> NodeConfig:

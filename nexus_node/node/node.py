@@ -23,42 +23,38 @@ from typing import IO, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
-
 from optuna.storages import JournalStorage
+from optuna.storages._grpc.auto_generated import api_pb2
 
 from nexus_node import __version__
-
-from nexus_node.study import pruning
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
-from nexus_node._generated.nexus.v1 import peer_pb2, runner_pb2_grpc
-from nexus_node.net.auth import (SERVER_OPTIONS, Grant, ServerAuthInterceptor, is_loopback, node_token,
-                             read_peer_secrets)
-from nexus_node.node.disk import DEFAULT_MIN_FREE_MB, DiskGuard
-from nexus_node.work.dispatcher import Dispatcher, WorkSettings
-from nexus_node.consensus.integrity import adopt_identity, check_data_dir
-from nexus_node.jobs.manager import JobManager, ManagerSettings
-from nexus_node.llm import GeminiClient, LLMSettings
+from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, runner_pb2_grpc
+from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
+from nexus_node.api.peer_service import PeerServicer, add_peer_service
+from nexus_node.api.storage_service import add_storage_service
 from nexus_node.blobs.replication import BlobSync
-from nexus_node.cluster.mesh import ClusterSettings, Mesh
+from nexus_node.blobs.store import BlobStore
 from nexus_node.cluster.discovery import Discovery, DiscoverySettings, primary_address
-from nexus_node.consensus.driver import MeshSettings, MeshStopped, RaftDriver
-from nexus_node.consensus.raft import NotLeader
+from nexus_node.cluster.mesh import ClusterSettings, Mesh
 from nexus_node.cluster.peers import advertise_host
 from nexus_node.cluster.tokens import ReplicatedTokens, TokenRecord
+from nexus_node.consensus.driver import MeshSettings, MeshStopped, RaftDriver
+from nexus_node.consensus.integrity import adopt_identity, check_data_dir
+from nexus_node.consensus.raft import NotLeader
 from nexus_node.jobs.events import EventHub
+from nexus_node.jobs.manager import JobManager, ManagerSettings
 from nexus_node.jobs.registry import ReplicatedRecords
-from nexus_node.study.journal import ReplicatedJournal
-from nexus_node.api.peer_service import PeerServicer, add_peer_service
+from nexus_node.llm import GeminiClient, LLMSettings
+from nexus_node.net.auth import SERVER_OPTIONS, Grant, ServerAuthInterceptor, is_loopback, node_token, read_peer_secrets
+from nexus_node.net.tls import add_port, load_node_tls, storage_fields
+from nexus_node.node.disk import DEFAULT_MIN_FREE_MB, DiskGuard
 from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
-from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
-from nexus_node.blobs.store import BlobStore
+from nexus_node.study import pruning
+from nexus_node.study.journal import ReplicatedJournal
 from nexus_node.system import memory_info
 from nexus_node.work.agent import WorkerAgent
-from nexus_node.api.storage_service import add_storage_service
-from nexus_node.net.tls import add_port, load_node_tls, storage_fields
+from nexus_node.work.dispatcher import Dispatcher, WorkSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import os
 
 import pandas as pd
 
-from nexus_node.pipeline.csvcheck import MISSING_MARKERS
 from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.csvcheck import MISSING_MARKERS
 
 # MISSING_MARKERS: the cells that mean "no value". Deliberately short: "None" or "n/a"-like
 # words can be real categories, and pandas' much longer default list would silently swallow

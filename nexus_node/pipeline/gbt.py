@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from nexus_node.pipeline import metrics, target as target_scale
+from nexus_node.pipeline import metrics
+from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.result import TrainResult
 
 # Boosting iterations per reported step: one pruning decision per chunk. Ten keeps the

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
-from nexus_node.pipeline import csvio, target as target_scale
+from nexus_node.pipeline import csvio
+from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.folds import assign_folds
-from nexus_node.pipeline.trees import tree_columns
 from nexus_node.pipeline.profile import (
     CATEGORY_LIMIT,
     ColumnInfo,
@@ -31,6 +31,7 @@ from nexus_node.pipeline.profile import (
     target_labels,
     target_summary,
 )
+from nexus_node.pipeline.trees import tree_columns
 
 PREPROCESSING_VERSION = 1
 MIN_ROWS = 10

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.pipeline.csvcheck import MAX_CLASSES, MAX_INTEGER_CLASSES, target_task  # noqa: F401 (re-exported)
-from nexus_node.errors import InvalidInput
 from nexus_node.pipeline.target import skewness
 
 # One-hot keeps at most this many categories per column (by training frequency).

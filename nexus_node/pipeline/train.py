@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nexus_node.pipeline import metrics, target as target_scale
+from nexus_node.pipeline import metrics
+from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.model import build_mlp, output_width
 from nexus_node.pipeline.optim import FusedAdamW
 from nexus_node.pipeline.result import TrainResult

@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, 
 import numpy as np
 import optuna
 
-from nexus_node.study import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
-from nexus_node.pipeline import metrics, target as target_scale
+from nexus_node.net.tls import from_spec as tls_from_spec
+from nexus_node.pipeline import metrics
+from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.folds import fold_splits
 from nexus_node.runner.context import TaskContext
+from nexus_node.study import pruning
 from nexus_node.study.proxy import NexusStorageProxy
-from nexus_node.net.tls import from_spec as tls_from_spec
 
 if TYPE_CHECKING:
     from nexus_node.pipeline.train import DeviceData

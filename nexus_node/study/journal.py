@@ -26,9 +26,8 @@ import json
 import threading
 import uuid
 import weakref
-from typing import Any, Iterable
-
 from datetime import datetime
+from typing import Any, Iterable
 
 from optuna.distributions import json_to_distribution
 from optuna.storages.journal import BaseJournalBackend

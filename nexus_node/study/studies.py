@@ -17,10 +17,10 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
-from nexus_node.study import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
-from nexus_node.study.trials import TrialView
+from nexus_node.study import pruning
 from nexus_node.study.space import GBT_MAX_ITER, trial_params
+from nexus_node.study.trials import TrialView
 
 T = TypeVar("T")
 

@@ -27,14 +27,14 @@ from typing import Any, Callable
 import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
-from nexus_node.work.dispatcher import HANDED_BACK, WorkSettings
+from nexus_node.blobs.replication import Placement
+from nexus_node.blobs.store import BlobStore
 from nexus_node.errors import NexusError
 from nexus_node.runner import families
 from nexus_node.runner.pool import Runner, RunnerPool
-from nexus_node.work.scheduler import accept_assignment
-from nexus_node.blobs.replication import Placement
-from nexus_node.blobs.store import BlobStore
 from nexus_node.system import memory_info
+from nexus_node.work.dispatcher import HANDED_BACK, WorkSettings
+from nexus_node.work.scheduler import accept_assignment
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,16 @@ from typing import Any, AsyncIterator, Callable
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node.errors import FailedPrecondition
 from nexus_node.work.scheduler import (
-    Lease, NodeView, Schedule, TrialRequest, accept_result, cancel_job, declare_dead, grant, place, revive,
+    Lease,
+    NodeView,
+    Schedule,
+    TrialRequest,
+    accept_result,
+    cancel_job,
+    declare_dead,
+    grant,
+    place,
+    revive,
 )
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import is_terminal, trials_done
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_tui import format as fmt
 from nexus_tui.charts import HistoryPlot, ImportanceBars
 from nexus_tui.client import RequestFailed, Unreachable

@@ -8,14 +8,14 @@ import json
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from nexus_client import cli
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import PredictedRow, PredictResult
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.client.fake_node import ARTIFACT, PEOPLE_ROWS, FakeNode, finished_job
+
 
 @pytest.fixture
 def run(fake_node: FakeNode, capsys):

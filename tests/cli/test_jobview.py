@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from nexus_client import cli
-
-from nexus_client import jobview
+from nexus_client import cli, jobview
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 
 PROFILE = {

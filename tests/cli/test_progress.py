@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import threading
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.progress import ProgressBar, Snapshot, bar, format_duration, render
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 
 T0 = 1_700_000_000.0
 

@@ -6,10 +6,10 @@ import hashlib
 import io
 import json
 import socket
+
 import grpc
 import pytest
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import (
     MAX_REWATCHES,
     ClientError,
@@ -18,7 +18,9 @@ from nexus_client.client import (
     describe_error,
     split_address,
 )
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.client.fake_node import ARTIFACT, PEOPLE_CSV, PEOPLE_ROWS, FakeNode
+
 
 @pytest.fixture
 def client(fake_node: FakeNode):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import cluster_to_dict, job_to_dict, model_to_dict, trial_to_dict, trials_done
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.client.fake_node import finished_job
 
 

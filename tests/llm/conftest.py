@@ -41,7 +41,7 @@ async def make_client(fake: FakeGemini) -> AsyncIterator:
 
 
 def _profile(csv: Path, target: str) -> dict[str, Any]:
-    from nexus_node.pipeline.prepare import prepare   # pandas: only the tests load it
+    from nexus_node.pipeline.prepare import prepare  # pandas: only the tests load it
 
     with tempfile.TemporaryDirectory() as out:
         return prepare(str(csv), target, 1, out)["profile"]

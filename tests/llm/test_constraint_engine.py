@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from nexus_node.study.constraints import hard_bounds, heuristic_constraints
 from nexus_node.llm import decide_constraints
+from nexus_node.study.constraints import hard_bounds, heuristic_constraints
 from tests.llm.fake_gemini import GOOD_CONSTRAINTS, MODEL_VERSION, answer, hang, raw_text, status
 
 MEMORY = 8 << 30

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.cli import format_job
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.llm.fake_gemini import GOOD_CONSTRAINTS, GOOD_SUMMARY, MODEL_VERSION, status
 from tests.node.helpers import FAST, stub, submit, watch_until_end
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 
-from nexus_node.net.auth import ServerAuthInterceptor
-from nexus_node.consensus.driver import MeshSettings, RaftDriver
-from nexus_node.study.journal import ReplicatedJournal
-from nexus_node.consensus.state import ReplicatedState, encode_command
 from nexus_node.api.peer_service import add_peer_service
+from nexus_node.consensus.driver import MeshSettings, RaftDriver
+from nexus_node.consensus.state import ReplicatedState, encode_command
+from nexus_node.net.auth import ServerAuthInterceptor
+from nexus_node.study.journal import ReplicatedJournal
 
 TOKEN = "test-cluster-token"
 # Short ticks keep the tests quick; the ratios are the production defaults'.

@@ -8,8 +8,8 @@ from nexus_node.consensus.raft import (
     Entry,
     EntryType,
     HardState,
-    MemoryStorage,
     Membership,
+    MemoryStorage,
     Message,
     RaftConfig,
     RawNode,
@@ -18,7 +18,7 @@ from nexus_node.consensus.raft import (
 )
 
 
-def config_entry(voters: list[str], learners: list[str] = []) -> Entry:
+def config_entry(voters: list[str], learners: tuple[str, ...] = ()) -> Entry:
     return Entry(1, 1, EntryType.CONFIG, Membership.of(voters, learners).encode())
 
 
@@ -47,8 +47,8 @@ def drain(node: RawNode, storage: MemoryStorage) -> list[Message]:
 class Cluster:
     """Nodes that deliver each other's messages at once, except across a cut."""
 
-    def __init__(self, voters: list[str], learners: list[str] = [], **cfg: object) -> None:
-        self.storage = {i: MemoryStorage() for i in voters + learners}
+    def __init__(self, voters: list[str], learners: tuple[str, ...] = (), **cfg: object) -> None:
+        self.storage = {i: MemoryStorage() for i in [*voters, *learners]}
         self.nodes: dict[str, RawNode] = {}
         self.applied: dict[str, list[Entry]] = {i: [] for i in self.storage}
         self.cut: set[str] = set()

@@ -8,7 +8,12 @@ import pytest
 
 from nexus_node.cluster import admission
 from nexus_node.cluster.admission import (
-    Formation, HelloAnswer, MemberHealth, desired_voters, formation_step, next_change,
+    Formation,
+    HelloAnswer,
+    MemberHealth,
+    desired_voters,
+    formation_step,
+    next_change,
 )
 from nexus_node.consensus.raft import Membership
 

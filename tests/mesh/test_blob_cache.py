@@ -9,11 +9,11 @@ import os
 import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc
-from nexus_node.jobs.events import EventHub
 from nexus_node.blobs.replication import BlobSync, keepers
-from nexus_node.consensus.driver import MeshSettings, RaftDriver
-from nexus_node.jobs.registry import ReplicatedRecords
 from nexus_node.blobs.store import BlobStore
+from nexus_node.consensus.driver import MeshSettings, RaftDriver
+from nexus_node.jobs.events import EventHub
+from nexus_node.jobs.registry import ReplicatedRecords
 
 FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)
 MEMBERS = {"n1", "n2"}

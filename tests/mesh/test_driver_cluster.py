@@ -9,11 +9,11 @@ import pytest
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
-from nexus_node.net.auth import METADATA_KEY
 from nexus_node.consensus.driver import MeshStopped
 from nexus_node.consensus.raft import MsgApp
 from nexus_node.consensus.state import encode_command
 from nexus_node.consensus.transport import PROTOCOL_VERSION
+from nexus_node.net.auth import METADATA_KEY
 
 from .driver_cluster import FAST, TOKEN, MeshCluster, MeshNode
 

@@ -8,14 +8,21 @@ import asyncio
 import grpc
 import pytest
 
-from nexus_node.jobs.events import EventHub
 from nexus_node.consensus.driver import RaftDriver
 from nexus_node.consensus.raft import (
-    Entry, EntryType, MemoryStorage, MsgApp, MsgHeartbeat, RaftConfig, RawNode, bootstrap,
+    Entry,
+    EntryType,
+    MemoryStorage,
+    MsgApp,
+    MsgHeartbeat,
+    RaftConfig,
+    RawNode,
+    bootstrap,
 )
-from nexus_node.jobs.registry import ReplicatedRecords
 from nexus_node.consensus.state import encode_command
 from nexus_node.consensus.transport import PeerMismatch
+from nexus_node.jobs.events import EventHub
+from nexus_node.jobs.registry import ReplicatedRecords
 
 
 def _driver(tmp_path, node_id: str = "b", voters=("a", "b", "c")) -> RaftDriver:

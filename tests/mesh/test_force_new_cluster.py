@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 
 from nexus_node.consensus.raft import (
-    EntryType, LogDiverged, MemoryStorage, Membership, MsgApp, NotLeader, RaftConfig, RawNode, Role,
+    EntryType,
+    LogDiverged,
+    Membership,
+    MemoryStorage,
+    MsgApp,
+    NotLeader,
+    RaftConfig,
+    RawNode,
+    Role,
     force_new_cluster,
 )
-
 from nexus_node.consensus.raft.core import DIVERGENCE_APPENDS
 
 from .helpers import Cluster

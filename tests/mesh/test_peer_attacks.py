@@ -25,12 +25,12 @@ import pytest
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as ppb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
-from nexus_node.net.auth import secure_channel
-from nexus_node.jobs.records import COMPLETED, JobRecord, JobSpecRecord
 from nexus_node.consensus.raft import MsgApp, MsgHeartbeat, MsgTimeoutNow, message_to_dict
 from nexus_node.consensus.raft.messages import MAX_TERM
 from nexus_node.consensus.state import encode_command
 from nexus_node.consensus.transport import PROTOCOL_VERSION
+from nexus_node.jobs.records import COMPLETED, JobRecord, JobSpecRecord
+from nexus_node.net.auth import secure_channel
 from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import NodeProcess, free_port
 from tests.mesh.test_node_cluster import cluster_until, three_voters

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from nexus_node.cluster.peers import (
-    Advert, PeerDirectory, advertise_host, parse_seeds, read_advert, refusal, txt_record,
+    Advert,
+    PeerDirectory,
+    advertise_host,
+    parse_seeds,
+    read_advert,
+    refusal,
+    txt_record,
 )
 
 ME = dict(node_id="node-me", cluster="lab", protocol_version=1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from nexus_node.consensus.driver import MeshSettings, RaftDriver
 from nexus_node.jobs.events import NEW_BEST, STATE_CHANGED, TRIAL_FINISHED, EventHub, TrialView
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
-from nexus_node.consensus.driver import MeshSettings, RaftDriver
 from nexus_node.jobs.registry import ReplicatedRecords
 
 FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)

@@ -7,20 +7,31 @@ import json
 
 import pytest
 
+from nexus_node.consensus.addresses import AddressClaim, address_claim
+from nexus_node.consensus.raft import (
+    Entry,
+    EntryType,
+    HardState,
+    Membership,
+    MemoryStorage,
+    MsgApp,
+    MsgAppResp,
+    MsgHeartbeat,
+    MsgTimeoutNow,
+    MsgVote,
+    RaftConfig,
+    RawNode,
+    Role,
+    message_to_dict,
+)
+from nexus_node.consensus.raft.core import MAX_TERM_JUMP
+from nexus_node.consensus.raft.messages import MAX_INDEX, MAX_TERM, MsgPreVote, MsgPreVoteResp, MsgVoteResp
+from nexus_node.consensus.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
+from nexus_node.consensus.state import ReplicatedState, encode_command
+from nexus_node.jobs import registry as records
 from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
 from nexus_node.study import journal
-from nexus_node.jobs import registry as records
-from nexus_node.consensus.addresses import AddressClaim, address_claim
-from nexus_node.consensus.raft import (
-    Entry, EntryType, HardState, MemoryStorage, Membership, MsgApp, MsgAppResp, MsgHeartbeat,
-    MsgTimeoutNow, MsgVote, RaftConfig, RawNode, Role, message_to_dict,
-)
-from nexus_node.consensus.raft.messages import MsgPreVote, MsgPreVoteResp, MsgVoteResp
-from nexus_node.consensus.raft.core import MAX_TERM_JUMP
-from nexus_node.consensus.raft.messages import MAX_INDEX, MAX_TERM
-from nexus_node.consensus.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
-from nexus_node.consensus.state import ReplicatedState, encode_command
 
 from .helpers import Cluster, drain, node_with_log
 

@@ -66,7 +66,7 @@ def _exit_within(node: NodeProcess, seconds: float) -> tuple[int, float]:
         code = node.proc.wait(seconds)
     except subprocess.TimeoutExpired:
         node.kill()
-        raise AssertionError(f"the node did not exit within {seconds} s; log:\n{node.log.read_text()[-3000:]}")
+        raise AssertionError(f"the node did not exit within {seconds} s; log:\n{node.log.read_text()[-3000:]}") from None
     return code, time.monotonic() - started
 
 

@@ -97,7 +97,7 @@ def test_a_second_node_on_the_same_data_dir_is_refused(node_factory):
     second = node_factory("shared-dir")
     try:
         second.start(timeout=30)
-    except RuntimeError as e:
+    except RuntimeError:
         assert "in use by nexus-node pid" in second.log.read_text()
         assert str(first.proc.pid) in second.log.read_text()
     else:

@@ -20,8 +20,8 @@ import optuna
 import pytest
 
 from nexus_client import cli
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import NexusClient
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.net.tls import ENV_CA, ClientTls, TlsError, client_tls, load_node_tls
 from tests.conftest import free_port
 from tests.mesh.test_node_cluster import cluster_until, roles

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from nexus_node.study.constraints import heuristic_constraints
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
+from nexus_node.study.constraints import heuristic_constraints
 from nexus_node.study.space import default_params
 from tests.conftest import dataset
 

@@ -7,7 +7,12 @@ import pytest
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline import csvio
 from nexus_node.pipeline.prepare import (
-    ARRAY_NAMES, fit_preprocessing, piecewise_linear, prepare, split_indices, transform,
+    ARRAY_NAMES,
+    fit_preprocessing,
+    piecewise_linear,
+    prepare,
+    split_indices,
+    transform,
 )
 from nexus_node.pipeline.profile import detect_target, profile_columns
 from tests.conftest import dataset

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from nexus_node.study.constraints import heuristic_constraints
 from nexus_node.pipeline import csvio, gbt, target, train
 from nexus_node.pipeline.artifact import load_artifact, read_artifact
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
+from nexus_node.study.constraints import heuristic_constraints
 from tests.conftest import dataset
 from tests.pipeline.helpers import arrays
 

@@ -4,7 +4,6 @@ every value it reported, written yet or not."""
 from __future__ import annotations
 
 import time
-
 from typing import Iterator
 
 import optuna
@@ -12,10 +11,9 @@ import pytest
 from optuna.storages import InMemoryStorage
 from optuna.storages._grpc.server import make_server
 
+from nexus_node.runner.tasks import _PipelinedReporter
 from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import free_port
-
-from nexus_node.runner.tasks import _PipelinedReporter
 
 
 class Recorder:

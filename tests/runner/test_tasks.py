@@ -11,11 +11,11 @@ import pytest
 from optuna.storages._grpc.server import make_server
 from optuna.trial import TrialState
 
-from nexus_node.study import pruning
 from nexus_node.errors import FailedPrecondition, InvalidInput
-from nexus_node.runner.context import LocalContext
 from nexus_node.runner import tasks
+from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
+from nexus_node.study import pruning
 from tests.conftest import free_port
 from tests.pipeline.helpers import default_config, prepare
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Awaitable, Callable
 
-import pytest
-
 from nexus_tui.app import NexusApp, create_app
 from nexus_tui.fake_client import EPOCH, FakeClusterClient
 

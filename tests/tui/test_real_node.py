@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, Select, Static
 
-from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_client.client import NexusClient
+from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_tui.charts import HistoryPlot, ImportanceBars
 from tests.conftest import NodeProcess, free_port
 from tests.node.helpers import FAST

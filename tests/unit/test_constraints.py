@@ -3,11 +3,16 @@ import json
 import optuna
 import pytest
 
-from nexus_node.study.constraints import (
-    Constraints, apply_override, clamp, hard_bounds, heuristic_constraints, parse_override,
-)
 from nexus_node.errors import InvalidInput
 from nexus_node.study import space
+from nexus_node.study.constraints import (
+    Constraints,
+    apply_override,
+    clamp,
+    hard_bounds,
+    heuristic_constraints,
+    parse_override,
+)
 from nexus_node.study.space import default_params, suggest_params
 
 PROFILE = {"rows": 1338, "n_features": 11, "task": "regression", "columns": []}

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from nexus_node.pipeline.csvcheck import check_csv, detect_encoding
 from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.csvcheck import check_csv, detect_encoding
 from tests.conftest import dataset
 
 
@@ -63,9 +63,8 @@ ODD_CELLS = ["1", "+1", "-1.5", ".5", "5.", "1e5", "1E-3", "1_000", "0x10", "Inf
 def test_numbers_parse_as_training_parses_them():
     import pandas as pd
 
-    from nexus_node.pipeline.profile import parse_numbers
-
     from nexus_node.pipeline.csvcheck import parse_number
+    from nexus_node.pipeline.profile import parse_numbers
 
     expected = parse_numbers(pd.Series(ODD_CELLS, dtype="str"))
     for cell, want in zip(ODD_CELLS, expected):

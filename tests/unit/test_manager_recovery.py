@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import optuna
 
-from nexus_node.study import studies
-from nexus_node.work.dispatcher import Dispatcher
 from nexus_node.jobs.manager import RUNNING_LOST, JobManager
 from nexus_node.jobs.records import JobRecord, JobSpecRecord
+from nexus_node.study import studies
+from nexus_node.work.dispatcher import Dispatcher
 
 
 def test_a_running_trial_this_coordinator_did_not_ask_for_is_lost_and_re_run_not_counted():

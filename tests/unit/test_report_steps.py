@@ -70,7 +70,7 @@ def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_sam
         backend = CountingBackend(str(tmp_path / f"journal-{held}.log"))
         study = optuna.create_study(storage=JournalStorage(backend), sampler=optuna.samplers.TPESampler(
             seed=3, n_startup_trials=2, constant_liar=True), direction="maximize")
-        for i in range(4):
+        for _ in range(4):
             trial = study.ask()
             before = backend.param_appends
             if held:

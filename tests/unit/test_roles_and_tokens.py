@@ -7,9 +7,9 @@ import types
 
 import pytest
 
+from nexus_node.cluster.tokens import KIND, ReplicatedTokens, TokenRecord, digest, validate_body
 from nexus_node.consensus.raft import Entry
 from nexus_node.consensus.state import ReplicatedState, encode_command
-from nexus_node.cluster.tokens import KIND, ReplicatedTokens, TokenRecord, digest, validate_body
 from nexus_node.net.roles import Role, check_token_name, parse_client_role, required_role
 
 

@@ -22,6 +22,7 @@ through the log), flow control beyond one-probe-at-a-time and capped MsgApp batc
 """
 
 from .core import NotLeader, ProposalDropped, Raft, RaftConfig, Role
+from .log import LogDiverged
 from .membership import InvalidConfigChange, Membership
 from .messages import (
     Entry,
@@ -41,7 +42,6 @@ from .messages import (
     message_from_dict,
     message_to_dict,
 )
-from .log import LogDiverged
 from .node import RawNode, Ready, SoftState, Status, bootstrap, force_new_cluster
 from .storage import MemoryStorage, Storage
 

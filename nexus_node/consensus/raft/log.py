@@ -32,7 +32,7 @@ class RaftLog:
             that waits to be added: no voters, so it never campaigns).
     """
 
-    def __init__(self, storage: Storage, initial: Membership = Membership()) -> None:
+    def __init__(self, storage: Storage, initial: Membership = Membership()) -> None:  # noqa: B008 (frozen, never mutated)
         self.storage = storage
         self._unstable: list[Entry] = []
         self._offset = storage.last_index() + 1  # index of self._unstable[0]
