@@ -42,7 +42,7 @@ class NodeProcess:
     """A real ``nexus-node`` process on a loopback port, started and stopped by a test.
 
     ``host`` and ``netns``: it listens on ``host`` inside that network namespace instead (one
-    of :mod:`tests.mesh.netns`'s hosts); ``ip netns exec`` execs, so its pid is the node's."""
+    of :mod:`tests.netns`'s hosts); ``ip netns exec`` execs, so its pid is the node's."""
 
     def __init__(self, data_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None,
                  host: str = "127.0.0.1", netns: str | None = None) -> None:

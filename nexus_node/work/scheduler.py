@@ -3,7 +3,7 @@
 The coordinator keeps a :class:`Schedule` (leases it granted, nodes it declared dead, how often
 each configuration failed) and asks these functions what to do; the work streams that carry the
 decisions to nodes are I/O and live elsewhere. Nothing here reads a clock, a socket or a random
-generator, so every rule is tested without a cluster (tests/unit/test_scheduler.py).
+generator, so every rule is tested without a cluster (tests/work/test_scheduler.py).
 
 Rules (issue 4):
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -68,3 +71,15 @@ def rpc_error(fn, *args, **kwargs) -> grpc.RpcError:
     except grpc.RpcError as e:
         return e
     raise AssertionError("the call succeeded but an error was expected")
+
+
+def nexus(address: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The ``nexus`` command line as a user runs it: a subprocess against ``address``."""
+    env = {k: v for k, v in os.environ.items() if k != "NEXUS_TOKEN"}
+    env["NEXUS_ADDR"] = address
+    # No token from the developer's ~/.nexus: the test node is open on loopback.
+    env["NEXUS_DATA_DIR"] = os.devnull
+    return subprocess.run(
+        [sys.executable, "-m", "nexus_client.cli", *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -18,10 +18,9 @@ import grpc
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from tests.cli.test_cli_node import nexus
 from tests.conftest import NodeProcess
 from tests.node.exits import port_is_free, run_node
-from tests.node.helpers import rpc_error, stub, submit, submit_requests, watch_until
+from tests.node.helpers import nexus, rpc_error, stub, submit, submit_requests, watch_until
 
 DISK_FULL = "nexus-node: stopping: the consensus loop failed: database or disk is full"
 

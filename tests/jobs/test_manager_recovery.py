@@ -1,5 +1,5 @@
 """The coordinator's search loop and trials it did not start: a deposed coordinator's ``ask`` that
-commits after the failover (found by tests/mesh/test_chaos_netns.py, seed 6: the trial held a
+commits after the failover (found by tests/cluster/test_chaos_netns.py, seed 6: the trial held a
 place in the budget while nobody ran it, so the job ended one finished trial short)."""
 
 from __future__ import annotations

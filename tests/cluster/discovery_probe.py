@@ -1,6 +1,6 @@
 """One node's discovery in a process of its own, for the network-namespace test.
 
-``python -m tests.mesh.discovery_probe --host IP --cluster NAME --node-id ID --expect A,B
+``python -m tests.cluster.discovery_probe --host IP --cluster NAME --node-id ID --expect A,B
 --refuse C --timeout S`` registers and browses like a node (nothing listens on the port: only
 discovery runs), waits until this node's registration is announced, the admitted peers are
 exactly ``--expect`` and every ``--refuse`` node was heard and refused, or until ``--timeout``,

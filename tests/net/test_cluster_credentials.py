@@ -19,8 +19,8 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc, runner_pb2_grpc
 from nexus_node.net.auth import secure_channel
 from nexus_node.study.proxy import NexusStorageProxy
+from tests.clusters import cluster_until, three_voters
 from tests.conftest import NodeProcess, free_port
-from tests.mesh.test_node_cluster import cluster_until, three_voters
 from tests.node.helpers import rpc_error, stub, submit, watch_until_end
 from tests.node.trial_checks import assert_budget_kept
 

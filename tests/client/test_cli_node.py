@@ -13,20 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.node.helpers import nexus
+
 # A narrow space keeps three trials short; the pipeline still runs every stage.
 FAST = '{"max_epochs": 15, "min_epochs": 5, "max_layers": 2, "widths": [32, 64]}'
 INSURANCE_COLUMNS = {"age", "sex", "bmi", "children", "smoker", "region"}
-
-
-def nexus(address: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "NEXUS_TOKEN"}
-    env["NEXUS_ADDR"] = address
-    # No token from the developer's ~/.nexus: the test node is open on loopback.
-    env["NEXUS_DATA_DIR"] = os.devnull
-    return subprocess.run(
-        [sys.executable, "-m", "nexus_client.cli", *args],
-        env=env, capture_output=True, text=True, timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

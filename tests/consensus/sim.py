@@ -724,6 +724,6 @@ def run_seed(seed: int, params: SimParams = SimParams(), minority_down: bool = F
         raise AssertionError(
             f"raft simulation failed for seed {seed}: {exc}\n"
             f"rerun: NEXUS_RAFT_SEED={seed} .venv/bin/python -m pytest -q "
-            f"tests/mesh/test_raft_simulation.py{' -k minority' if minority_down else ''}\n"
+            f"tests/consensus/test_raft_simulation.py{' -k minority' if minority_down else ''}\n"
             f"last events:\n{sim.format_trace()}\n{sim.describe()}") from exc
     return sim

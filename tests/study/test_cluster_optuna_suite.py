@@ -16,8 +16,8 @@ from optuna.storages import GrpcStorageProxy
 from optuna.testing.pytest_storages import StorageTestCase
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from tests.clusters import cluster_until, three_voters
 from tests.conftest import NodeProcess, free_port
-from tests.mesh.test_node_cluster import cluster_until, three_voters
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Chaos on network-namespace hosts (needs root): one job outlives a seeded schedule of faults.
 
-Three real nodes, each on a host of its own (:mod:`tests.mesh.netns`), seeded with each other's
+Three real nodes, each on a host of its own (:mod:`tests.netns`), seeded with each other's
 addresses; this process reaches them over the bridge from the root namespace. During one job
 the schedule kills the coordinator with SIGKILL and restarts it, cuts a node (the coordinator
 or a worker) off at the bridge and plugs it back, and kills and restarts a worker, in a seeded
@@ -13,7 +13,7 @@ seeded delays, which are the schedule.
 The job must complete with its budget of finished trials, each lost trial re-run once, no trial
 number twice, every COMPLETE trial seen before a fault still COMPLETE with the same value, and
 all nodes listing the same trials. The seed is ``NEXUS_CHAOS_SEED`` (default below); the schedule
-is printed first, so ``NEXUS_CHAOS_SEED=<seed> pytest tests/mesh/test_chaos_netns.py -s``
+is printed first, so ``NEXUS_CHAOS_SEED=<seed> pytest tests/cluster/test_chaos_netns.py -s``
 replays a failure (the node logs are beside the nodes' data dirs, under the test's tmp_path).
 """
 
@@ -27,8 +27,8 @@ import time
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from tests.mesh import netns
-from tests.mesh.test_node_cluster import cluster_until, coordinator, three_voters
+from tests import netns
+from tests.clusters import cluster_until, coordinator, three_voters
 from tests.node.helpers import TERMINAL, stub, submit, watch_until_end
 from tests.node.trial_checks import assert_budget_kept
 
@@ -37,7 +37,7 @@ BUDGET = 45   # pruned trials end fast: enough that the job is still searching a
 # (30 was too few once, on a loaded machine: the job completed before the third fault)
 GRACE_S = 2.0
 # Re-runs allowed per configuration: one per fault, so the bound never stops a re-run here and
-# every lost trial must have one (the bound is tested in tests/unit/test_scheduler.py).
+# every lost trial must have one (the bound is tested in tests/work/test_scheduler.py).
 MAX_RETRIES = 3
 PORT = 7070
 TOKEN = "chaos-cluster-token"

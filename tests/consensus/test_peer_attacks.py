@@ -32,8 +32,8 @@ from nexus_node.consensus.transport import PROTOCOL_VERSION
 from nexus_node.jobs.records import COMPLETED, JobRecord, JobSpecRecord
 from nexus_node.net.auth import secure_channel
 from nexus_node.study.proxy import NexusStorageProxy
+from tests.clusters import cluster_until, three_voters
 from tests.conftest import NodeProcess, free_port
-from tests.mesh.test_node_cluster import cluster_until, three_voters
 from tests.node.helpers import stub
 
 pytestmark = pytest.mark.timeout(300)

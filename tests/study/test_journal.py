@@ -12,8 +12,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nexus_node.study.journal import ReplicatedJournalBackend
-
-from .driver_cluster import MeshCluster
+from tests.consensus.driver_cluster import MeshCluster
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
+from tests.clusters import caught_up, cluster_until, coordinator, roles, study_of
 from tests.conftest import free_port
-from tests.mesh.test_node_cluster import caught_up, cluster_until, coordinator, roles, study_of
 from tests.node.helpers import stub, submit, watch_until_end
 
 pytestmark = pytest.mark.timeout(400)

@@ -1,6 +1,6 @@
 """mDNS discovery across hosts: network namespaces joined by a bridge (needs root).
 
-The hosts are :mod:`tests.mesh.netns`'s namespaces on one bridge. Two probes of cluster ``lab``
+The hosts are :mod:`tests.netns`'s namespaces on one bridge. Two probes of cluster ``lab``
 must find each other with no seeds; a probe of cluster ``other`` on the same link must be heard
 and refused by both, and must admit neither.
 """
@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.mesh import netns
+from tests import netns
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 20.0
@@ -32,7 +32,7 @@ def bridged_hosts() -> Iterator[list[tuple[str, str]]]:
 
 def probe(ns: str, address: str, cluster: str, node_id: str, expect: str, refuse: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.mesh.discovery_probe",
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.cluster.discovery_probe",
          "--host", address, "--cluster", cluster, "--node-id", node_id, "--expect", expect,
          "--refuse", refuse, "--timeout", str(DEADLINE_S)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -20,7 +20,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.testing.pytest_storages import StorageTestCase
 
-from .driver_cluster import MeshCluster
+from tests.consensus.driver_cluster import MeshCluster
 
 _names = itertools.count()
 

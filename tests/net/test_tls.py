@@ -23,8 +23,8 @@ from nexus_client import cli
 from nexus_client.client import NexusClient
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.net.tls import ENV_CA, ClientTls, TlsError, client_tls, load_node_tls
+from tests.clusters import cluster_until, roles
 from tests.conftest import free_port
-from tests.mesh.test_node_cluster import cluster_until, roles
 from tests.node.helpers import FAST, rpc_error, stub, submit, watch_until_end
 
 pytestmark = [
