@@ -127,9 +127,6 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(code, problem)
         return accepted
 
-    async def Step(self, request: pb.RaftBatch, context: grpc.aio.ServicerContext) -> pb.StepAck:
-        return pb.StepAck(accepted=await self._received(request, context))
-
     async def StepStream(self, request_iterator, context: grpc.aio.ServicerContext) -> pb.StepAck:  # type: ignore[no-untyped-def]
         accepted = 0
         task = asyncio.current_task()

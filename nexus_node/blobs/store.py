@@ -57,11 +57,6 @@ class BlobStore:
             os.replace(src, dest)
         return digest, size
 
-    def ingest_copy(self, src: Path) -> tuple[str, int]:
-        tmp = self.new_temp()
-        shutil.copyfile(src, tmp)
-        return self.ingest(tmp)
-
     def read_chunks(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
         with open(self.path(sha256), "rb") as f:
             while chunk := f.read(chunk_size):

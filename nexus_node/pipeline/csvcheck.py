@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -229,9 +228,3 @@ def _preview(columns: list[str], n: int = 12) -> str:
     shown = ", ".join(repr(c) for c in columns[:n])
     return shown + (f", ... ({len(columns)} in all)" if len(columns) > n else "")
 
-
-def header_of(data: bytes) -> list[str]:
-    """Column names of a CSV given as bytes (for Predict inputs)."""
-    text = data.decode("utf-8", errors="replace")
-    row = next(csv.reader(io.StringIO(text)), [])
-    return [c.strip() for c in row]

@@ -20,9 +20,6 @@ import numpy as np
 # Without a searched choice, a positive target this skewed (sample skewness) is modelled
 # on a log scale.
 LOG_SKEW = 2.0
-# The search offers the log scale for a positive target at least this skewed: below it a
-# log rarely changes which rows dominate squared error, and an extra choice costs trials.
-OFFER_LOG_SKEW = 0.75
 TRANSFORMS = ("none", "log")
 
 
@@ -66,12 +63,6 @@ def for_params(y: np.ndarray, params: Mapping[str, Any] | None,
     if log is None and default is not None:
         return dict(default)
     return fit_target_transform(y, log)
-
-
-def offer_log(y_min: float, skew: float) -> bool:
-    """Whether the search should try a log scale for a target with this minimum and
-    skewness."""
-    return bool(y_min > 0 and skew >= OFFER_LOG_SKEW)
 
 
 def forward(y: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:

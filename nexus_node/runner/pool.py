@@ -213,9 +213,6 @@ class RunnerPool:
     def busy(self) -> int:
         return self.slots - self._free.qsize()
 
-    def runners(self) -> list[Runner]:
-        return list(self._runners.values())
-
     @property
     def info(self) -> dict[str, Any]:
         """What the latest runner that loaded torch said about it (device, versions)."""

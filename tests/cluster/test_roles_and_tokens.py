@@ -15,7 +15,7 @@ from nexus_node.net.roles import Role, check_token_name, parse_client_role, requ
 
 @pytest.mark.parametrize("method, role", [
     ("/grpc.health.v1.Health/Check", None),
-    ("/nexus.v1.PeerService/Step", Role.PEER),
+    ("/nexus.v1.PeerService/StepStream", Role.PEER),
     ("/nexus.v1.RunnerService/FinishTrial", Role.PEER),
     ("/nexus.v1.NexusService/ListJobs", Role.READ),
     ("/nexus.v1.NexusService/Predict", Role.READ),

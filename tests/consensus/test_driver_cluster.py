@@ -141,7 +141,7 @@ async def test_peer_service_refuses_calls_without_the_token_or_of_another_cluste
     async with grpc.aio.insecure_channel(node.address) as channel:
         stub = peer_pb2_grpc.PeerServiceStub(channel)
         for md in [(), ((METADATA_KEY, "Bearer wrong"),)]:
-            for call, req in [(stub.Hello, hello), (stub.Step, pb.RaftBatch(cluster="test")),
+            for call, req in [(stub.Hello, hello), (stub.StepStream, iter([pb.RaftBatch(cluster="test")])),
                               (stub.Join, pb.JoinRequest(cluster="test", node_id="x", address="a:1"))]:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await call(req, metadata=md)
@@ -156,12 +156,12 @@ async def test_peer_service_refuses_calls_without_the_token_or_of_another_cluste
                         b'{"type": "MsgHeartbeat", "src": "n2", "dst": "n0", "term": 9, "commit": 0}']
         for raw in bad_messages:
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Step(pb.RaftBatch(cluster="test", from_node="n1", messages=[raw]),
-                                metadata=good)
+                await stub.StepStream(iter([pb.RaftBatch(cluster="test", from_node="n1", messages=[raw])]),
+                                      metadata=good)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raw
         with pytest.raises(grpc.aio.AioRpcError) as err:   # a forwarded write without its id
-            await stub.Step(pb.RaftBatch(cluster="test", from_node="n1",
-                                         proposals=[pb.Proposal(data=b"x")]), metadata=good)
+            await stub.StepStream(iter([pb.RaftBatch(cluster="test", from_node="n1",
+                                                     proposals=[pb.Proposal(data=b"x")])]), metadata=good)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         reply = await stub.Hello(hello, metadata=good)
         assert (reply.node_id, reply.cluster) == ("n0", "test")

@@ -88,11 +88,12 @@ def encoded(raw: dict) -> bytes:
 
 def step(node: NodeProcess, from_node: str, messages: list[dict] = (), proposals: list[ppb.Proposal] = ()
          ) -> tuple[grpc.StatusCode, str]:
-    """One ``PeerService.Step`` to ``node``; returns its status and details."""
+    """One batch on a ``PeerService.StepStream`` to ``node``; returns its status and details."""
     try:
-        peer(node).Step(ppb.RaftBatch(cluster=CLUSTER, from_node=from_node,
-                                      messages=[encoded(m) for m in messages], proposals=list(proposals)),
-                        timeout=10)
+        peer(node).StepStream(iter([ppb.RaftBatch(cluster=CLUSTER, from_node=from_node,
+                                                  messages=[encoded(m) for m in messages],
+                                                  proposals=list(proposals))]),
+                              timeout=10)
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
     return grpc.StatusCode.OK, ""

@@ -108,10 +108,10 @@ def test_client_tokens_cannot_speak_for_a_member_on_any_node(cluster, finished_j
             attacks = {
                 # One RPC that once destroyed a cluster: a heartbeat from the leader's id with a
                 # term no SQLite INTEGER holds.
-                "Step": lambda: peer.Step(peer_pb2.RaftBatch(
+                "StepStream": lambda: peer.StepStream(iter([peer_pb2.RaftBatch(
                     cluster="nexus", from_node=lead,
                     messages=[json.dumps({**heartbeat, "dst": dst}).encode()],
-                    proposals=[peer_pb2.Proposal(proposal_id="forged", data=json.dumps(forged_job).encode())]),
+                    proposals=[peer_pb2.Proposal(proposal_id="forged", data=json.dumps(forged_job).encode())])]),
                     timeout=10),
                 "Join": lambda: peer.Join(peer_pb2.JoinRequest(cluster="nexus", node_id="node-fake",
                                                                address="127.0.0.1:1"), timeout=10),

@@ -59,11 +59,6 @@ class Ready:
             return self.messages
         return tuple(m for m in self.messages if not isinstance(m, MsgApp))
 
-    @property
-    def must_sync(self) -> bool:
-        """Whether the writes must reach the disk (fsync) before the messages go out."""
-        return bool(self.entries) or self.hard_state is not None
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Status:
@@ -86,7 +81,7 @@ class RawNode:
     Handling a Ready — the order is what makes the node safe, so a driver must keep it:
 
     1. **Persist** ``entries`` (append, replacing any conflicting suffix) and then ``hard_state``,
-       durably (fsync when ``must_sync``). A vote, a term or an acknowledged entry that is sent
+       durably (fsync). A vote, a term or an acknowledged entry that is sent
        but not on disk could be forgotten by a crash: a node could vote twice in one term (§5.2)
        or a leader could count an entry that is gone (§5.3).
     2. **Send** ``messages``, in any order, over any transport that may lose, duplicate or

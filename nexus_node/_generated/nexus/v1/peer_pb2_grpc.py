@@ -40,11 +40,6 @@ class PeerServiceStub:
                 request_serializer=nexus_dot_v1_dot_peer__pb2.HelloRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_peer__pb2.HelloReply.FromString,
                 _registered_method=True)
-        self.Step = channel.unary_unary(
-                '/nexus.v1.PeerService/Step',
-                request_serializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
-                response_deserializer=nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
-                _registered_method=True)
         self.StepStream = channel.stream_unary(
                 '/nexus.v1.PeerService/StepStream',
                 request_serializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
@@ -84,18 +79,12 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Step(self, request, context):
-        """A batch of Raft messages from one node to another. Fire-and-forget: the core tolerates
-        loss, duplication and reordering, so the ack says only that the batch was queued.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def StepStream(self, request_iterator, context):
-        """The same batches on one long-lived stream per peer (what nodes use: a message on an open
-        stream costs a fraction of a unary call). Ends when either side goes; the sender opens a
-        new one, and whatever was lost in between Raft re-sends.
+        """Batches of Raft messages from one node to another, on one long-lived stream per peer (a
+        message on an open stream costs a fraction of a unary call). Fire-and-forget: the core
+        tolerates loss, duplication and reordering, so the ack says only how many were queued.
+        Ends when either side goes; the sender opens a new one, and whatever was lost in between
+        Raft re-sends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,11 +130,6 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.Hello,
                     request_deserializer=nexus_dot_v1_dot_peer__pb2.HelloRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_peer__pb2.HelloReply.SerializeToString,
-            ),
-            'Step': grpc.unary_unary_rpc_method_handler(
-                    servicer.Step,
-                    request_deserializer=nexus_dot_v1_dot_peer__pb2.RaftBatch.FromString,
-                    response_serializer=nexus_dot_v1_dot_peer__pb2.StepAck.SerializeToString,
             ),
             'StepStream': grpc.stream_unary_rpc_method_handler(
                     servicer.StepStream,
@@ -200,33 +184,6 @@ class PeerService:
             '/nexus.v1.PeerService/Hello',
             nexus_dot_v1_dot_peer__pb2.HelloRequest.SerializeToString,
             nexus_dot_v1_dot_peer__pb2.HelloReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Step(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/nexus.v1.PeerService/Step',
-            nexus_dot_v1_dot_peer__pb2.RaftBatch.SerializeToString,
-            nexus_dot_v1_dot_peer__pb2.StepAck.FromString,
             options,
             channel_credentials,
             insecure,
