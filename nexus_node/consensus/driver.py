@@ -1,7 +1,7 @@
 """The asyncio driver: one task runs the pure Raft core against gRPC, a timer and SQLite.
 
 :class:`RaftDriver` owns a :class:`~nexus_node.consensus.raft.RawNode`. Only its loop task touches
-the core: ticks (from a timer task), messages (from ``PeerService.Step``) and local proposals
+the core: ticks (from a timer task), messages (from ``PeerService.StepStream``) and local proposals
 all arrive through one inbox queue, so the core never sees two callers at once.
 
 Each Ready is handled in this order, which safety depends on (the core's RawNode docstring
