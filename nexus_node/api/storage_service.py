@@ -10,7 +10,7 @@ writes like the first: a write returns only once this node has applied it. Reads
 grows with the study (GetTrials, GetAllStudies) use the same storage from the pool instead.
 
 Writes still run on the pool through the node's one writing ``JournalStorage`` (see
-mesh/journal.py: one writer per node lets writes from different nodes share consensus rounds).
+study/journal.py: one writer per node lets writes from different nodes share consensus rounds).
 
 Both halves are Optuna's servicer methods, unchanged; only where they run differs. Their
 ``context.abort`` (a raising call in synchronous gRPC) is given a stand-in that raises, and the

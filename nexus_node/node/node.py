@@ -71,7 +71,7 @@ class NodeConfig:
     threads_per_trial: int = 1
     trial_memory_mb: int | None = None     # None: a share of free memory per slot
     memory_mb: int | None = None           # node and runners together; None: the machine's (or cgroup's)
-    blob_cache_mb: int = 4096              # the blob store's size bound (mesh/blob_cache.py); 0: none
+    blob_cache_mb: int = 4096              # the blob store's size bound (blobs/cache.py); 0: none
     max_upload_mb: int = 512
     max_predict_mb: int = 64
     upload_idle_s: float = 30.0            # an upload stream silent this long is ended
@@ -139,7 +139,7 @@ class Node:
         cfg = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = lock_data_dir(self.data_dir)
-        # A damaged log, or an id without its log, stops the node here (integrity.py).
+        # A damaged log, or an id without its log, stops the node here (consensus/integrity.py).
         identity = await check_data_dir(self.data_dir, cfg.new_identity)
         self.node_id = identity.node_id
         self.token, self.token_note = node_token(cfg.host, self.data_dir, cfg.token_file)
@@ -175,7 +175,7 @@ class Node:
         # No credential at all (a loopback node without a token): open to local processes.
         self.secured = bool(peer_secrets or self.token)
         interceptors = [auth] if self.secured else []
-        # Writes to the study wait for consensus on this pool (storage_service.py); every
+        # Writes to the study wait for consensus on this pool (api/storage_service.py); every
         # handler is async, so the server itself needs no thread pool. It must be large enough
         # for every runner's storage writes at once.
         self._threads = ThreadPoolExecutor(max_workers=max(8, 2 * slots + 4), thread_name_prefix="storage")
@@ -258,11 +258,11 @@ class Node:
             # Client tokens restrict nothing on a node open to clients without any.
             tokens=tokens if self.token else None,
         )
-        servicer.disk_check = self.disk.check   # uploads refused below --min-free-mb (disk.py)
+        servicer.disk_check = self.disk.check   # uploads refused below --min-free-mb (node/disk.py)
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.manager), server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
-        # Reads on the loop over a storage of their own, writes on the pool (storage_service.py).
+        # Reads on the loop over a storage of their own, writes on the pool (api/storage_service.py).
         add_storage_service(server, storage, JournalStorage(journal.backend()), self._threads,
                             writes_job_studies=auth.is_peer if self.secured else lambda metadata: True)
         health_servicer = health.aio.HealthServicer()

@@ -273,7 +273,7 @@ def target_summary(s: pd.Series, info: TargetInfo) -> dict[str, Any]:
     """Statistics of the target for the profile (after missing rows are removed)."""
     if info.task == "regression":
         values = parse_numbers(s)
-        # Skewness decides whether the search tries a log scale (constraints.py).
+        # Skewness decides whether the search tries a log scale (study/constraints.py).
         stats = {**_numeric_stats(values), "skew": skewness(values[~np.isnan(values)])}
         return {"name": info.name, "dtype": "float64", "n_unique": int(s.nunique()), "stats": stats}
     labels = target_labels(s, info)

@@ -20,7 +20,7 @@ without locks; each is bounded.
 Only numpy and optuna load with this module. torch loads with the first task that trains or
 serves a network, pandas with the first prepare, finalize or predict, scikit-learn with the
 first tree: a runner holds only the libraries of the tasks it ran (see
-:mod:`nexus_node.runner.libraries`, which the node uses to keep one family per runner when
+:mod:`nexus_node.runner.families`, which the node uses to keep one family per runner when
 memory is short).
 """
 

@@ -13,7 +13,7 @@ process, as with its Redis backend). Here the list is part of the replicated sta
   batch retried across a failover is applied once.
 
 Threads: Optuna's storage is synchronous (the node's ``StorageService`` runs writes on a thread
-pool, see storage_service.py), while the driver lives on the event loop. ``append_logs`` hands the
+pool, see api/storage_service.py), while the driver lives on the event loop. ``append_logs`` hands the
 proposal to the loop and blocks its own thread; calling it *on* the loop thread would deadlock
 the loop that must apply the entry, so it refuses. Applied logs are guarded by a lock because
 readers are on other threads.

@@ -1,6 +1,6 @@
 """The node's Optuna studies: one ``JournalStorage`` per node holding every job's study.
 
-The journal lives in the replicated log (``mesh/journal.py``): reads are this node's applied
+The journal lives in the replicated log (``study/journal.py``): reads are this node's applied
 copy, writes commit through consensus. The same storage object is served to runners and users
 through Optuna's ``StorageService`` on the node's port.
 """

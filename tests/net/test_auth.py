@@ -90,7 +90,7 @@ def expected_role(method) -> str:
         for role, names in (("read", READS), ("submit", SUBMITS), ("admin", ADMINS)):
             if method.name in names:
                 return role
-        raise AssertionError(f"{_id(method)} is new: decide which role it needs, here and in roles.py")
+        raise AssertionError(f"{_id(method)} is new: decide which role it needs, here and in net/roles.py")
     if service == "optuna.StorageService":   # Optuna reads are Get*; everything else writes
         return "read" if method.name.startswith("Get") else "submit"
     if service == "grpc.reflection.v1alpha.ServerReflection":
