@@ -68,7 +68,7 @@ def describe_error(e: BaseException) -> str:
     code = getattr(e, "code", None)
     if isinstance(e, grpc.RpcError) and callable(code):
         status = code()
-        details = e.details() if callable(getattr(e, "details", None)) else ""  # type: ignore[attr-defined]
+        details = e.details() if callable(getattr(e, "details", None)) else ""
         name = status.name if status is not None else "UNKNOWN"
         return f"{name}: {details}" if details else name
     return str(e) or type(e).__name__
@@ -422,7 +422,8 @@ class NexusClient:
     def create_token(self, name: str, role: str) -> nexus_pb2.CreateTokenReply:
         """Creates a client token with ``role`` (read, submit or admin); the reply's ``secret``
         is shown this once: the cluster keeps only its SHA-256."""
-        value = nexus_pb2.TokenRole.Value(role.upper()) if role.upper() in nexus_pb2.TokenRole.keys() else 0
+        value = (nexus_pb2.TokenRole.Value(role.upper()) if role.upper() in nexus_pb2.TokenRole.keys()
+                 else nexus_pb2.TOKEN_ROLE_UNSPECIFIED)
         return self._stub.CreateToken(nexus_pb2.CreateTokenRequest(name=name, role=value), timeout=self.timeout)
 
     def list_tokens(self) -> list[nexus_pb2.TokenInfo]:

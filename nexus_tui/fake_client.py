@@ -56,7 +56,7 @@ def make_trials(n: int, nodes: int = 3, seed: int = 7) -> list[pb.TrialInfo]:
     return trials
 
 
-def make_job(job_id: str, trials: list[pb.TrialInfo], state: int = pb.COMPLETED,
+def make_job(job_id: str, trials: list[pb.TrialInfo], state: pb.JobState = pb.COMPLETED,
              budget: int = 0, epoch: float = EPOCH) -> pb.Job:
     complete = [t for t in trials if t.state == "COMPLETE"]
     best = max(complete, key=lambda t: t.value) if complete else None

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol
 
 import grpc
 
@@ -95,7 +95,7 @@ class BlobSync:
         self._trimming = asyncio.Lock()
         self._trim_pending = False
         self._fetching: dict[str, asyncio.Task[Path]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         records.blob_listeners.append(self._placed)
 
     def local(self, sha256: str) -> Path | None:
@@ -199,7 +199,7 @@ class BlobSync:
                 log.info("dropped %d cached blob(s) to stay under %d MB", len(dropped), self.bound_bytes >> 20)
         return dropped
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

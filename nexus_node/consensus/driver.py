@@ -621,7 +621,11 @@ class RaftDriver:
         self._verifying.add(node_id)
         task = asyncio.get_running_loop().create_task(self._verify_move(node_id, old, new))
         self._tasks.append(task)
-        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+        def forget(t: asyncio.Task[None]) -> None:
+            if t in self._tasks:
+                self._tasks.remove(t)
+        task.add_done_callback(forget)
 
     async def _old_address_kept(self, node_id: NodeId, old: str) -> str | None:
         """Why ``old`` may still serve ``node_id``, or None when it definitely no longer does

@@ -129,7 +129,8 @@ def _inspect(path: Path) -> LogFile:
         if len(rows) > 1:
             raise LogDamaged(path, f"it holds {len(rows)} hard states, not one")
         if rows:
-            if (problem := _valid_hard_state(*rows[0], high)) is not None:
+            term, vote, commit = rows[0]
+            if (problem := _valid_hard_state(term, vote, commit, high)) is not None:
                 raise LogDamaged(path, problem)
         return LogFile.HELD if count or rows else LogFile.EMPTY
     except sqlite3.DatabaseError as exc:
@@ -241,7 +242,7 @@ class RaftLogStore:
         cache.append(entries)
         async with db.execute("SELECT term, vote, commit_index FROM raft_hard_state") as cur:
             row = await cur.fetchone()
-        (commit_at,) = (await db.execute_fetchall("SELECT coalesce(max(commit_at), 0) FROM raft_log"))[0]
+        (commit_at,) = list(await db.execute_fetchall("SELECT coalesce(max(commit_at), 0) FROM raft_log"))[0]
         if row is not None:
             if (problem := _valid_hard_state(row[0], row[1], row[2], cache.last_index())) is not None:
                 raise LogDamaged(path, problem)
@@ -317,6 +318,7 @@ class RaftLogStore:
                     pass
                 raise
         else:
+            assert hard_state is not None   # no entries: the returns above leave a hard state
             await self._write_hard_state(hard_state)   # one statement: its own transaction
         self._cache.append(entries)
         if hard_state is not None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 MAX_COLUMNS = 150
 MAX_CATEGORIES = 8
@@ -131,7 +131,7 @@ def _shares(pairs: list[Any], total: int, limit: int = MAX_CATEGORIES, hide_rare
     return out
 
 
-def _finite(v: Any) -> bool:
+def _finite(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

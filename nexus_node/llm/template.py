@@ -47,6 +47,7 @@ def template_summary(
 
 
 def _quality_sentence(task: str, target: str, m: Mapping[str, float]) -> str:
+    rest: tuple[str, ...]
     if task == "regression":
         head, rest = "r2", ("rmse", "mae")
         kind = "predicts"

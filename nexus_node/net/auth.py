@@ -249,16 +249,16 @@ class _ClientAuth(
         md = list(d.metadata or []) + [self._md]
         return d._replace(metadata=md) if hasattr(d, "_replace") else _Details(d, md)
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[override]
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._details(client_call_details), request)
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[override]
+    def intercept_unary_stream(self, continuation, client_call_details, request):
         return continuation(self._details(client_call_details), request)
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[override]
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
         return continuation(self._details(client_call_details), request_iterator)
 
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[override]
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
         return continuation(self._details(client_call_details), request_iterator)
 
 

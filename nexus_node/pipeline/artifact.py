@@ -142,6 +142,7 @@ class Predictor:
 
         from nexus_node.pipeline.train import predict
 
+        assert self._model is not None   # an MLP artifact: built in __init__
         device = next(self._model.parameters()).device
         return predict(self._model, torch.as_tensor(X, dtype=torch.float32, device=device), self.task, self._transform)
 

@@ -12,6 +12,7 @@ The fitted ensemble leaves the runner as plain arrays (:func:`export_trees`) tha
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ CHUNK = 10
 PATIENCE = 5
 
 
-def _estimator(task: str, params: Mapping[str, Any], max_iter: int, seed: int):
+def _estimator(task: str, params: Mapping[str, Any], max_iter: int, seed: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     kw = dict(
@@ -54,15 +55,18 @@ def class_weight(params: Mapping[str, Any]) -> str | None:
     return None if choice == "none" else "balanced"
 
 
-def _threads(threads: int):
+def _threads(threads: int) -> AbstractContextManager[object]:
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=threads if threads > 0 else None, user_api="openmp")
+    limits: AbstractContextManager[object] = threadpool_limits(limits=threads if threads > 0 else None,
+                                                               user_api="openmp")
+    return limits
 
 
 def predict_model(model: Any, X: np.ndarray, task: str, transform: Mapping[str, Any] | None) -> np.ndarray:
     """Values in target units (regression) or class probabilities (float64)."""
     if task == "regression":
+        assert transform is not None, "a regression model predicts through its target transform"
         return target_scale.inverse(model.predict(X), transform)
     return np.asarray(model.predict_proba(X), dtype=np.float64)
 
@@ -161,7 +165,11 @@ def fit_gbt(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], task: str, 
         transform: Regression target scaling (:func:`.target.for_params` of the
             configuration; the artifact records it).
     """
-    y_fit = target_scale.forward(y, transform) if task == "regression" else y
+    if task == "regression":
+        assert transform is not None, "a regression model trains on its scaled target"
+        y_fit = target_scale.forward(y, transform)
+    else:
+        y_fit = y
     model = _estimator(task, params, max(1, int(n_iter)), seed)
     with _threads(threads):
         model.fit(X, y_fit)

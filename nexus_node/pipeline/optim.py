@@ -41,10 +41,11 @@ class FusedAdamW:
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not live:
             return
+        grads = [p.grad for p in self.params if p.grad is not None]   # in the order of live
         steps = [self._steps[i] for i in live]
         torch._foreach_add_(steps, 1)
         torch._fused_adamw_(
-            [self.params[i] for i in live], [self.params[i].grad for i in live],
+            [self.params[i] for i in live], grads,
             [self._exp_avgs[i] for i in live], [self._exp_avg_sqs[i] for i in live], [], steps,
             amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
             weight_decay=self.weight_decay, eps=self.eps, maximize=False, grad_scale=None, found_inf=None)

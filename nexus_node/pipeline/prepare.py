@@ -79,7 +79,8 @@ def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[
     filled = np.concatenate([present, np.full(values.size - present.size, median)])
     std = float(filled.std())
     parts = date_part_names(filled) if date_format else []
-    edges = np.unique(np.quantile(present, np.linspace(0, 1, PLE_BINS + 1))) if present.size and PLE_BINS else []
+    edges: np.ndarray | list[float] = (np.unique(np.quantile(present, np.linspace(0, 1, PLE_BINS + 1)))
+                                       if present.size and PLE_BINS else [])
     return {
         "name": name, "kind": "numeric", "date_format": date_format, "log": use_log,
         "median": median, "mean": float(filled.mean()), "std": std if std > 0 else 1.0,

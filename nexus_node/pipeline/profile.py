@@ -195,8 +195,9 @@ def profile_column(s: pd.Series, name: str, rows: int) -> ColumnInfo:
     fmt = detect_date_format(present)
     if fmt is not None:
         days = parse_dates(present, fmt)
-        info.dtype, info.date_format, info.stats = "date", fmt, _numeric_stats(days)
-        info.stats["first"], info.stats["last"] = str(present.iloc[np.argmin(days)]), str(present.iloc[np.argmax(days)])
+        stats: dict[str, Any] = _numeric_stats(days)
+        stats["first"], stats["last"] = str(present.iloc[np.argmin(days)]), str(present.iloc[np.argmax(days)])
+        info.dtype, info.date_format, info.stats = "date", fmt, stats
         if n_unique == 1 and n_present == rows:
             info.reason = f"constant: every row is {present.iloc[0]}"
         else:

@@ -51,7 +51,7 @@ def log_choice(params: Mapping[str, Any] | None) -> bool | None:
         return None
     if choice not in TRANSFORMS:
         raise ValueError(f"target_transform {choice!r} is not one of {TRANSFORMS}")
-    return choice == "log"
+    return bool(choice == "log")
 
 
 def for_params(y: np.ndarray, params: Mapping[str, Any] | None,
@@ -68,14 +68,16 @@ def for_params(y: np.ndarray, params: Mapping[str, Any] | None,
 def forward(y: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:
     """Original units to model units."""
     z = np.log(np.asarray(y, dtype=np.float64)) if t["log"] else np.asarray(y, dtype=np.float64)
-    return (z - t["mean"]) / t["std"]
+    scaled: np.ndarray = (z - t["mean"]) / t["std"]
+    return scaled
 
 
 def inverse(z: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:
     """Model units back to original units."""
     v = np.asarray(z, dtype=np.float64) * t["std"] + t["mean"]
     # exp of a wild prediction would overflow to inf; 700 is near float64's limit.
-    return np.exp(np.minimum(v, 700.0)) if t["log"] else v
+    out: np.ndarray = np.exp(np.minimum(v, 700.0)) if t["log"] else v
+    return out
 
 
 def skewness(y: np.ndarray) -> float:

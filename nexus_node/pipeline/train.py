@@ -125,7 +125,8 @@ def _loss_fn(data: DeviceData, params: Mapping[str, Any]) -> Callable[[torch.Ten
     return lambda out, y: fn(out[:, 0], y)
 
 
-def _setup(data: DeviceData, params: Mapping[str, Any], seed: int, threads: int):
+def _setup(data: DeviceData, params: Mapping[str, Any], seed: int,
+           threads: int) -> tuple[nn.Module, FusedAdamW, torch.Generator]:
     if threads > 0:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -139,7 +140,8 @@ def _setup(data: DeviceData, params: Mapping[str, Any], seed: int, threads: int)
     return model, opt, gen
 
 
-def _run_epoch(model: nn.Module, opt: FusedAdamW, loss_fn, X: torch.Tensor, y: torch.Tensor,
+def _run_epoch(model: nn.Module, opt: FusedAdamW, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               X: torch.Tensor, y: torch.Tensor,
                batch: int, gen: torch.Generator, stop: Callable[[], bool] | None = None) -> float | None:
     """One shuffled pass; returns the mean training loss (NaN/inf if it diverged), or None
     when ``stop()`` turned true between two batches and the epoch was abandoned."""
@@ -175,6 +177,7 @@ def predict(model: nn.Module, X: torch.Tensor, task: str, transform: Mapping[str
     outs = [model(X[i:i + EVAL_CHUNK]) for i in range(0, X.shape[0], EVAL_CHUNK)]
     out = torch.cat(outs) if outs else torch.zeros((0, 1), device=X.device)
     if task == "regression":
+        assert transform is not None, "a regression model predicts through its target transform"
         return target_scale.inverse(out[:, 0].double().cpu().numpy(), transform)
     return torch.softmax(out.double(), dim=1).cpu().numpy()
 
@@ -245,6 +248,7 @@ def train_and_score(
                 why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at epoch {epoch - 1}"
                 return TrainResult(best, best_epoch, best_state, "PRUNED", why, epoch)
             losses.append(loss)
+            assert d.X_val is not None and d.y_val_np is not None   # checked before the loop
             scores.append(metrics.score(metric, d.y_val_np, predict(model, d.X_val, task_type, d.transform)))
         loss = next((x for x in losses if not math.isfinite(x)), losses[0])
         value = float(np.mean(scores))
@@ -277,6 +281,7 @@ def fit_fixed(
     loss_fn = _loss_fn(data, params)
     for epoch in range(max(1, epochs)):
         loss = _run_epoch(model, opt, loss_fn, data.X_train, data.y_train, int(params["batch_size"]), gen)
+        assert loss is not None   # no stop callback: every epoch runs to its end
         if not math.isfinite(loss):
             return None, f"refit diverged at epoch {epoch} (loss {loss})"
     return model, ""
@@ -298,8 +303,9 @@ def warm_up() -> None:
     optimizer no longer loads torch's compiler, see :mod:`.optim`; more on a GPU).
     """
     rng = np.random.default_rng(0)
-    tiny = {"X_train": rng.normal(size=(64, 4)).astype(np.float32), "y_train": rng.normal(size=64),
-            "X_val": rng.normal(size=(16, 4)).astype(np.float32), "y_val": rng.normal(size=16)}
+    tiny: dict[str, np.ndarray] = {
+        "X_train": rng.normal(size=(64, 4)).astype(np.float32), "y_train": rng.normal(size=64),
+        "X_val": rng.normal(size=(16, 4)).astype(np.float32), "y_val": rng.normal(size=16)}
     params = {"n_layers": 1, "width": 8, "activation": "relu", "dropout": 0.1,
               "learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 32, "epochs": 2}
     train_and_score(tiny, params, "regression", 0, "r2", seed=0, threads=0)

@@ -77,9 +77,11 @@ def predict_trees(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], X: 
     raw = raw_scores(arrays["nodes"], arrays["roots"], np.asarray(meta["baseline"]),
                      int(meta["trees_per_iteration"]), np.asarray(X)[:, cols])
     if task == "regression":
+        assert transform is not None, "a regression model predicts through its target transform"
         return target_scale.inverse(raw[:, 0], transform)
     if raw.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-raw[:, 0]))
         return np.stack([1.0 - p, p], axis=1)
     z = np.exp(raw - raw.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    probabilities: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return probabilities

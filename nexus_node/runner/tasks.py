@@ -96,7 +96,7 @@ def run_task(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         InvalidInput: Unknown task, a missing request key, or unusable user data.
         FailedPrecondition: A trial was already finished in the study by someone else.
     """
-    handler = _TASKS.get(req.get("task"))
+    handler = _TASKS.get(req.get("task", ""))
     if handler is None:
         raise InvalidInput(f"unknown task {req.get('task')!r}; known tasks: {sorted(_TASKS)}")
     return handler(req, ctx)
@@ -372,6 +372,7 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
             else:
                 from nexus_node.pipeline.train import train_and_score
 
+                assert data is not None   # loaded above for every MLP trial
                 res = train_and_score(data, req["params"], task, n_classes, metric, int(req["seed"]),
                                       int(req.get("threads", 1)), report=report, cancelled=ctx.cancelled,
                                       pruned=reporter.pruned)
@@ -451,6 +452,7 @@ def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     evaluated = fit(req, arrays, len(classes), EVALUATED_SPLITS, epochs, fallback=True)
     y_test = np.asarray(arrays["y_test"])
     X_test = np.array(arrays["X_test"], dtype=np.float32)
+    assert evaluated.predict is not None   # fallback=True: a diverged refit was replaced
     test_metrics = metrics.all_metrics(task, y_test, evaluated.predict(X_test))
     importance = permutation_importance(evaluated.predict, X_test, y_test, prep, metric, seed)
     final = fit(req, arrays, len(classes), FINAL_SPLITS, evaluated.epochs, fallback=False)

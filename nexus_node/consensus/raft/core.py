@@ -359,7 +359,7 @@ class Raft:
                     # Thesis §4.2.3: a server that heard from a leader within the minimum
                     # election timeout neither updates its term nor grants its vote, so a
                     # removed or partitioned server cannot disrupt a healthy leader.
-                    return
+                    return None
             if isinstance(m, MsgPreVote):
                 pass  # a pre-vote never changes anyone's term
             elif isinstance(m, MsgPreVoteResp) and not m.reject:
@@ -375,7 +375,7 @@ class Raft:
                 self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=0, reject=True))
             elif isinstance(m, MsgPreVote):
                 self.msgs.append(MsgPreVoteResp(self.id, m.src, self.term, reject=True))
-            return
+            return None
 
         if isinstance(m, (MsgVote, MsgPreVote)):
             self._handle_vote_request(m)
@@ -450,7 +450,7 @@ class Raft:
             # Everything up to our commit index is settled; tell the leader where we stand.
             if not m.commit_only:
                 self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
-            return
+            return None
         last_new = self.log.maybe_append(m.prev_index, m.prev_term, m.entries)
         if last_new is None:
             # Log Matching check failed (§5.3). Hint the last entry at or below prev_index whose
@@ -526,7 +526,7 @@ class Raft:
             pr.recent_active = True
             if m.reject:
                 self._on_reject(m, pr)
-                return
+                return None
             was_paused = pr.probing and pr.paused
             if pr.update(m.index):
                 committed = self.log.committed
@@ -550,6 +550,7 @@ class Raft:
                     # it stays replicating, so its own next write is not held behind a probe.)
                     pr.reset_probe()
                 self._send_append(m.src, pr)
+        return None
 
     def _on_reject(self, m: MsgAppResp, pr: Progress) -> None:
         if m.index <= pr.match or (pr.probing and m.index != pr.next - 1):

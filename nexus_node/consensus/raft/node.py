@@ -227,7 +227,7 @@ class RawNode:
 
 
 def bootstrap(storage: MemoryStorage | Storage, voters: "list[NodeId] | set[NodeId]",
-              learners: "list[NodeId] | set[NodeId]" = ()) -> None:
+              learners: "list[NodeId] | set[NodeId] | tuple[NodeId, ...]" = ()) -> None:
     """Writes the first configuration of a brand-new cluster into an empty storage.
 
     Every founding node must be bootstrapped with the same members: each then holds the same
