@@ -180,7 +180,7 @@ async def test_a_task_starts_only_once_its_node_has_applied_what_the_coordinator
     try:
         await driver.wait_for(lambda: driver.is_leader, 10)
         worker = WorkerAgent(node_id="a", cluster="test", address="127.0.0.1:1", pool=None, blobs=None,  # type: ignore[arg-type]
-                             mesh=SimpleNamespace(driver=driver), fetch_blob=lambda sha: None, storage={})
+                             mesh=SimpleNamespace(driver=driver), placement=None, fetch_blob=lambda sha: None, storage={})
         ahead = driver.state.applied_index + 1
         waiting = asyncio.create_task(worker._caught_up(ahead))
         for _ in range(20):   # the loop turns; nothing new is applied, so it keeps waiting
