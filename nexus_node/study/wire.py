@@ -3,8 +3,12 @@
 Both ends of ``StorageService`` in Nexus use these: the node's servicer (api/storage_service.py)
 and the client proxy (study/proxy.py). The encoding is the one Optuna's own proxy and server use,
 so either end also talks to Optuna's: attribute values as JSON text, parameters in their
-internal representation with their distribution's JSON, times as :data:`DATETIME_FORMAT`
-(naive local time, as Optuna's storages return them).
+internal representation with their distribution's JSON.
+
+Times: Optuna 5.0 sends a trial's times as naive local time in :data:`DATETIME_FORMAT` and
+parses only that; Optuna 5.1 sends UTC in ISO 8601 with its offset and parses any ISO 8601 (a
+naive one as local time). Nexus sends 5.0's form, which clients of both versions read (times
+are then the server's local time, as with Optuna 5.0), and reads both.
 
 Ids: a ``FrozenTrial`` or ``FrozenStudy`` carries no public id, so the caller passes it (the
 storage gives it: ``get_trial_id_from_study_id_trial_number``, ``get_study_id_from_name``).
@@ -54,7 +58,12 @@ def _time(t: datetime | None) -> str:
 
 
 def _parse_time(text: str) -> datetime | None:
-    return datetime.strptime(text, DATETIME_FORMAT) if text else None
+    """A time in either form (see the module docstring), as naive local time (as Optuna's
+    storages give times)."""
+    if not text:
+        return None
+    t = datetime.fromisoformat(text)
+    return t.astimezone().replace(tzinfo=None) if t.tzinfo is not None else t
 
 
 def trial_to_proto(trial: FrozenTrial, trial_id: int) -> pb.Trial:

@@ -115,3 +115,19 @@ def test_storage_errors_arrive_as_optunas_exceptions_with_their_message(port) ->
         api_pb2_grpc.StorageServiceStub(channel).SetTrialUserAttribute(
             api_pb2.SetTrialUserAttributeRequest(trial_id=trial_id, key="k", value="{not json"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+def test_times_are_sent_as_optuna_5_0_sends_them_and_read_in_either_version_s_form() -> None:
+    from datetime import datetime, timezone
+
+    from nexus_node.study import wire
+
+    local = datetime(2026, 1, 2, 3, 4, 5, 6)
+    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=1.0)
+    trial.datetime_start = trial.datetime_complete = local
+    msg = wire.trial_to_proto(trial, 7)
+    assert msg.datetime_start == "2026-01-02 03:04:05.000006"   # what a 5.0 client parses
+    assert wire.trial_from_proto(msg).datetime_start == local
+    # Optuna 5.1's server: UTC with its offset, read as local time.
+    msg.datetime_start = local.astimezone().astimezone(timezone.utc).isoformat(timespec="microseconds")
+    assert "+00:00" in msg.datetime_start and wire.trial_from_proto(msg).datetime_start == local
