@@ -11,8 +11,9 @@ itself, against a second ``JournalStorage`` over the same applied journal that n
 its lock is never held across a consensus round, so a read cannot block the loop behind a
 write that is waiting for the loop to commit it. It reads its own writes like the first: a
 write returns only once this node has applied it. Reads whose answer grows with the study
-(GetTrials, GetAllStudies) use the same storage from the pool instead (a hand-off to a thread
-for every call was most of a trivial trial's storage time when everything ran on the pool).
+(GetTrials, GetAllStudies) use the same storage from the pool instead. (Running every call on
+a pool cost a hand-off to a thread and back for each of the four reads and three writes a
+trivial trial makes.)
 
 Writes run on the pool through the node's one writing ``JournalStorage`` (see
 study/journal.py: one writer per node lets writes from different nodes share consensus rounds).
