@@ -1,35 +1,41 @@
 """Optuna's ``StorageService`` on a node, with its reads answered on the event loop.
 
-Optuna's own servicer (``OptunaStorageProxyService``) is synchronous, so the aio server ran every
-call on a thread pool: a hand-off to a thread and back for each of the four reads and three
-writes a trivial trial makes. Reads never wait for the network (the journal is applied locally),
-so here they run on the loop itself, against a second ``JournalStorage`` over the same applied
-journal that no write uses: its lock is never held across a consensus round, so a read cannot
-block the loop behind a write that is waiting for the loop to commit it. It reads its own
-writes like the first: a write returns only once this node has applied it. Reads whose answer
-grows with the study (GetTrials, GetAllStudies) use the same storage from the pool instead.
+The protocol is Optuna's gRPC storage protocol (proto/api.proto: what ``optuna.storages.
+GrpcStorageProxy`` speaks); :data:`CALLS` translates each method to Optuna's public
+``BaseStorage`` API and back (study/wire.py), mapping storage errors to status codes as Optuna's
+own server does (``KeyError``: NOT_FOUND, a duplicated study: ALREADY_EXISTS, a finished trial:
+FAILED_PRECONDITION, a bad value: INVALID_ARGUMENT).
 
-Writes still run on the pool through the node's one writing ``JournalStorage`` (see
+Reads never wait for the network (the journal is applied locally), so they run on the loop
+itself, against a second ``JournalStorage`` over the same applied journal that no write uses:
+its lock is never held across a consensus round, so a read cannot block the loop behind a
+write that is waiting for the loop to commit it. It reads its own writes like the first: a
+write returns only once this node has applied it. Reads whose answer grows with the study
+(GetTrials, GetAllStudies) use the same storage from the pool instead. (Running every call on
+a pool cost a hand-off to a thread and back for each of the four reads and three writes a
+trivial trial makes.)
+
+Writes run on the pool through the node's one writing ``JournalStorage`` (see
 study/journal.py: one writer per node lets writes from different nodes share consensus rounds).
-
-Both halves are Optuna's servicer methods, unchanged; only where they run differs. Their
-``context.abort`` (a raising call in synchronous gRPC) is given a stand-in that raises, and the
-status it carries is sent with the real aio context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from concurrent.futures import Executor
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 import grpc
+from optuna.distributions import json_to_distribution
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.storages._grpc.auto_generated import api_pb2, api_pb2_grpc
-from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
+from nexus_node._generated import api_pb2 as pb
+from nexus_node._generated import api_pb2_grpc
 from nexus_node.jobs.records import JOB_STUDY_PREFIX
+from nexus_node.study import wire
 
 #: StorageService methods that read one record of the study: answered on the loop.
 READS = frozenset({
@@ -41,7 +47,80 @@ READS = frozenset({
 #: ticks and heartbeats. Its lock is held only while the reply's list is built, never across
 #: a consensus round, so neither side waits long for the other.
 BULK_READS = frozenset({"GetAllStudies", "GetTrials"})
-METHODS = tuple(api_pb2.DESCRIPTOR.services_by_name["StorageService"].methods_by_name)
+METHODS = tuple(pb.DESCRIPTOR.services_by_name["StorageService"].methods_by_name)
+
+
+def _create_new_study(st: BaseStorage, r: Any) -> Any:
+    return pb.CreateNewStudyReply(study_id=st.create_new_study(wire.directions_from_proto(r.directions), r.study_name))
+
+
+def _get_all_studies(st: BaseStorage, r: Any) -> Any:
+    # A listed study carries no public id: its name finds it.
+    return pb.GetAllStudiesReply(studies=[wire.study_to_proto(s, st.get_study_id_from_name(s.study_name))
+                                          for s in st.get_all_studies()])
+
+
+def _create_new_trial(st: BaseStorage, r: Any) -> Any:
+    template = None if r.template_trial_is_none else wire.trial_from_proto(r.template_trial)
+    return pb.CreateNewTrialReply(trial_id=st.create_new_trial(r.study_id, template))
+
+
+def _set_trial_state_values(st: BaseStorage, r: Any) -> Any:
+    updated = st.set_trial_state_values(r.trial_id, wire.state_from_proto(r.state), list(r.values) or None)
+    return pb.SetTrialStateValuesReply(trial_updated=updated)
+
+
+def _get_trial(st: BaseStorage, r: Any) -> Any:
+    return pb.GetTrialReply(trial=wire.trial_to_proto(st.get_trial(r.trial_id), r.trial_id))
+
+
+def _get_trials(st: BaseStorage, r: Any) -> Any:
+    """The study's trials whose id is above ``trial_id_greater_than`` or listed (the ones a
+    client has not cached finished). A trial's id comes from its number: FrozenTrial has no
+    public id."""
+    wanted = set(r.included_trial_ids)
+    out = []
+    for t in st.get_all_trials(r.study_id, deepcopy=False):
+        trial_id = st.get_trial_id_from_study_id_trial_number(r.study_id, t.number)
+        if trial_id > r.trial_id_greater_than or trial_id in wanted:
+            out.append(wire.trial_to_proto(t, trial_id))
+    return pb.GetTrialsReply(trials=out)
+
+
+#: Each method: the storage call its request makes, and the reply it gives.
+CALLS: dict[str, Callable[[BaseStorage, Any], Any]] = {
+    "CreateNewStudy": _create_new_study,
+    "DeleteStudy": lambda st, r: (st.delete_study(r.study_id), pb.DeleteStudyReply())[1],
+    "SetStudyUserAttribute": lambda st, r: (
+        st.set_study_user_attr(r.study_id, r.key, json.loads(r.value)), pb.SetStudyUserAttributeReply())[1],
+    "SetStudySystemAttribute": lambda st, r: (
+        st.set_study_system_attr(r.study_id, r.key, json.loads(r.value)), pb.SetStudySystemAttributeReply())[1],
+    "GetStudyIdFromName": lambda st, r: pb.GetStudyIdFromNameReply(study_id=st.get_study_id_from_name(r.study_name)),
+    "GetStudyNameFromId": lambda st, r: pb.GetStudyNameFromIdReply(study_name=st.get_study_name_from_id(r.study_id)),
+    "GetStudyDirections": lambda st, r: pb.GetStudyDirectionsReply(
+        directions=wire.directions_to_proto(st.get_study_directions(r.study_id))),
+    "GetStudyUserAttributes": lambda st, r: pb.GetStudyUserAttributesReply(
+        user_attributes=wire.attrs_to_proto(st.get_study_user_attrs(r.study_id))),
+    "GetStudySystemAttributes": lambda st, r: pb.GetStudySystemAttributesReply(
+        system_attributes=wire.attrs_to_proto(st.get_study_system_attrs(r.study_id))),
+    "GetAllStudies": _get_all_studies,
+    "CreateNewTrial": _create_new_trial,
+    "SetTrialParameter": lambda st, r: (st.set_trial_param(
+        r.trial_id, r.param_name, r.param_value_internal, json_to_distribution(r.distribution)),
+        pb.SetTrialParameterReply())[1],
+    "GetTrialIdFromStudyIdTrialNumber": lambda st, r: pb.GetTrialIdFromStudyIdTrialNumberReply(
+        trial_id=st.get_trial_id_from_study_id_trial_number(r.study_id, r.trial_number)),
+    "SetTrialStateValues": _set_trial_state_values,
+    "SetTrialIntermediateValue": lambda st, r: (
+        st.set_trial_intermediate_value(r.trial_id, r.step, r.intermediate_value),
+        pb.SetTrialIntermediateValueReply())[1],
+    "SetTrialUserAttribute": lambda st, r: (
+        st.set_trial_user_attr(r.trial_id, r.key, json.loads(r.value)), pb.SetTrialUserAttributeReply())[1],
+    "SetTrialSystemAttribute": lambda st, r: (
+        st.set_trial_system_attr(r.trial_id, r.key, json.loads(r.value)), pb.SetTrialSystemAttributeReply())[1],
+    "GetTrial": _get_trial,
+    "GetTrials": _get_trials,
+}
 
 
 class _Aborted(Exception):
@@ -50,14 +129,18 @@ class _Aborted(Exception):
         self.code, self.details = code, details
 
 
-class _RaisingContext:
-    """What Optuna's servicer gets for ``context``: it only ever calls ``abort``."""
-
-    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
-        raise _Aborted(code, details)
-
-
-_CONTEXT = _RaisingContext()
+def _answer(call: Callable[[BaseStorage, Any], Any], storage: BaseStorage, request: Any) -> Any:
+    """``call``'s reply, or the storage's error as the status Optuna's server gives it."""
+    try:
+        return call(storage, request)
+    except DuplicatedStudyError as e:
+        raise _Aborted(grpc.StatusCode.ALREADY_EXISTS, str(e)) from None
+    except UpdateFinishedTrialError as e:
+        raise _Aborted(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+    except KeyError as e:
+        raise _Aborted(grpc.StatusCode.NOT_FOUND, str(e)) from None
+    except ValueError as e:
+        raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
 
 def job_study_written(method: str, request: Any, reads: BaseStorage) -> str | None:
@@ -104,11 +187,8 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
             add a COMPLETE trial to a job's study, or change a running one, would choose the
             job's best configuration and so the model it serves (issue 18).
     """
-    write_service = OptunaStorageProxyService(writes)
-    read_service = OptunaStorageProxyService(reads)
-
-    def guarded(name: str, call: Callable[[Any, Any], Any]) -> Callable[[Any, Any, Any], Any]:
-        def write(request: Any, context: Any, metadata: Any) -> Any:
+    def guarded(name: str) -> Callable[[Any, Any], Any]:
+        def write(request: Any, metadata: Any) -> Any:
             if not writes_job_studies(metadata):
                 study = job_study_written(name, request, reads)
                 if study is not None:
@@ -116,44 +196,44 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
                                    f"{name}: study {study!r} belongs to a Nexus job, and only the cluster's "
                                    f"own nodes and runners (the peer secret) write it; write a study of your "
                                    f"own (a name not starting with {JOB_STUDY_PREFIX!r})")
-            return call(request, context)
+            return _answer(CALLS[name], writes, request)
         return write
 
-    def on_pool_writing(call: Callable[[Any, Any, Any], Any]) -> Callable[..., Any]:
+    def on_pool_writing(call: Callable[[Any, Any], Any]) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    pool, functools.partial(call, request, _CONTEXT, context.invocation_metadata()))
+                    pool, call, request, context.invocation_metadata())
             except _Aborted as a:
                 await context.abort(a.code, a.details)
         return handler
 
-    def on_loop(call: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def on_loop(name: str) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return call(request, _CONTEXT)
+                return _answer(CALLS[name], reads, request)
             except _Aborted as a:
                 await context.abort(a.code, a.details)
         return handler
 
-    def on_pool(call: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def on_pool(name: str) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    pool, functools.partial(call, request, _CONTEXT))
+                    pool, functools.partial(_answer, CALLS[name], reads, request))
             except _Aborted as a:
                 await context.abort(a.code, a.details)
         return handler
 
-    class _Service:
+    class _Service(api_pb2_grpc.StorageServiceServicer):
         pass
 
     service = _Service()
     for name in METHODS:
         if name in READS:
-            setattr(service, name, on_loop(getattr(read_service, name)))
+            setattr(service, name, on_loop(name))
         elif name in BULK_READS:
-            setattr(service, name, on_pool(getattr(read_service, name)))
+            setattr(service, name, on_pool(name))
         else:
-            setattr(service, name, on_pool_writing(guarded(name, getattr(write_service, name))))
+            setattr(service, name, on_pool_writing(guarded(name)))
     api_pb2_grpc.add_StorageServiceServicer_to_server(service, server)

@@ -571,7 +571,8 @@ class JobManager:
         for t in trials:
             if t.state.name != "RUNNING" or t.number in mine:
                 continue
-            if not studies.fail_trial(study, t._trial_id, RUNNING_LOST, lost=True):
+            if not studies.fail_trial(self.storage, studies.trial_id_of(self.storage, study.study_name, t.number),
+                                      RUNNING_LOST, lost=True):
                 continue
             log.info("job %s: trial %d was RUNNING with no lease of this coordinator; failed as lost",
                      job.job_id, t.number)
@@ -625,12 +626,12 @@ class JobManager:
             if lease is None:
                 break
             try:
-                trial, params = await asyncio.to_thread(self._ask, study, c, lease.node_id)
+                trial, trial_id, params = await asyncio.to_thread(self._ask, study, c, lease.node_id)
             except BaseException:
                 self._dispatch.release(lease)
                 raise
             mine.add(trial.number)
-            task = asyncio.create_task(self._trial(job, study, lease, trial, params))
+            task = asyncio.create_task(self._trial(job, study, lease, trial, trial_id, params))
             inflight.add(task)
             self._trial_tasks.add(task)
             task.add_done_callback(inflight.discard)
@@ -664,7 +665,7 @@ class JobManager:
     async def _fail_running(self, study: optuna.Study, reason: str) -> None:
         for t in await asyncio.to_thread(study.get_trials, False):
             if t.state.name == "RUNNING":
-                await asyncio.to_thread(studies.fail_trial, study, t._trial_id, reason)
+                await asyncio.to_thread(self._fail_numbered, study, t.number, reason)
 
     @property
     def _dispatch(self) -> Dispatcher:
@@ -723,21 +724,27 @@ class JobManager:
             log.warning("job %s: %s lost (%s); running it again", job.job_id, label, outcome.message)
         raise AssertionError("unreachable")
 
-    def _ask(self, study: optuna.Study, c: Constraints, node_id: str) -> tuple[optuna.Trial, dict[str, Any]]:
+    def _fail_numbered(self, study: optuna.Study, number: int, reason: str) -> bool:
+        """(thread) :func:`studies.fail_trial` of the study's trial ``number``."""
+        return studies.fail_trial(self.storage, studies.trial_id_of(self.storage, study.study_name, number), reason)
+
+    def _ask(self, study: optuna.Study, c: Constraints, node_id: str) -> tuple[optuna.Trial, int, dict[str, Any]]:
+        """(thread) A new trial, its id in the storage and its parameters."""
         trial = study.ask()
-        params = studies.suggest_in_one_write(trial, lambda t: suggest_params(t, c),
+        params = studies.suggest_in_one_write(self.storage, trial, lambda t: suggest_params(t, c),
                                               lambda p: {studies.CONFIG_ATTR: p, studies.NODE_ATTR: node_id})
-        return trial, params
+        return trial, studies.trial_id_of(self.storage, study.study_name, trial.number), params
 
     async def _trial(
-        self, job: JobRecord, study: optuna.Study, lease: Lease, trial: optuna.Trial, params: dict[str, Any],
+        self, job: JobRecord, study: optuna.Study, lease: Lease, trial: optuna.Trial, trial_id: int,
+        params: dict[str, Any],
     ) -> None:
         running = self._running.setdefault(job.job_id, {})
         running[trial.number] = lease
         try:
             task = {
                 "task": "trial", "label": f"{job.job_id}/{trial.number}",
-                "study_name": job.study_name, "trial_id": trial._trial_id,
+                "study_name": job.study_name, "trial_id": trial_id,
                 "trial_number": trial.number, "params": params, "files": dict(job.prepared["files"]),
                 "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
                 "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, trial.number),
@@ -751,27 +758,26 @@ class JobManager:
                                           trial_number=trial.number)
                 self.changes.notify()
                 outcome = await fut
-            await asyncio.to_thread(self._settle, job, study, trial, outcome)
+            await asyncio.to_thread(self._settle, job, study, trial_id, outcome)
         finally:
             running.pop(trial.number, None)
             self.changes.notify()
-        await self._trial_finished(job, study, trial._trial_id)
+        await self._trial_finished(job, study, trial_id)
 
-    def _settle(self, job: JobRecord, study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    def _settle(self, job: JobRecord, study: optuna.Study, tid: int, outcome: Outcome) -> None:
         """(thread) Records what the study must know beyond what the runner told it."""
-        tid = trial._trial_id
         if outcome.lost and not self._stop_trials[job.job_id].is_set():
             # Failed first, so a late result of the dead node is refused by the study; re-run
             # only if the failure is ours (the runner's own result may have landed first).
-            if studies.fail_trial(study, tid, outcome.message, lost=True) and outcome.retry:
-                studies.enqueue_retry(study, study._storage.get_trial(tid))
+            if studies.fail_trial(self.storage, tid, outcome.message, lost=True) and outcome.retry:
+                studies.enqueue_retry(study, self.storage.get_trial(tid))
         elif not outcome.ok:
-            studies.fail_trial(study, tid, outcome.message or "the task failed")
+            studies.fail_trial(self.storage, tid, outcome.message or "the task failed")
         # A runner that returned without finishing the trial must not leave it RUNNING.
-        studies.fail_trial(study, tid, "the runner did not record a result")
+        studies.fail_trial(self.storage, tid, "the runner did not record a result")
 
     async def _trial_finished(self, job: JobRecord, study: optuna.Study, trial_id: int) -> None:
-        frozen = await asyncio.to_thread(study._storage.get_trial, trial_id)
+        frozen = await asyncio.to_thread(self.storage.get_trial, trial_id)
         before = job.best_value
         await self._refresh_counts(job, study, write=False)
         view = studies.trial_view(frozen)

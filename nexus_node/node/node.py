@@ -24,9 +24,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from optuna.storages import JournalStorage
-from optuna.storages._grpc.auto_generated import api_pb2
 
 from nexus_node import __version__
+from nexus_node._generated import api_pb2 as optuna_api_pb2
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, runner_pb2_grpc
 from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
@@ -51,6 +51,7 @@ from nexus_node.node.disk import DEFAULT_MIN_FREE_MB, DiskGuard
 from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.study import pruning
+from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.journal import ReplicatedJournal
 from nexus_node.system import memory_info
 from nexus_node.work.agent import WorkerAgent
@@ -224,8 +225,8 @@ class Node:
                                   mesh.members, cfg.cluster.replicas, bound_bytes=cfg.blob_cache_mb << 20,
                                   wait_for=driver.wait_for)
         # One JournalStorage per node over the replicated journal: reads are local, writes
-        # commit through consensus (study/journal.py).
-        storage = JournalStorage(journal.backend())
+        # commit through consensus (study/journal.py), several of them as one (study/batches.py).
+        storage = BatchedJournalStorage(journal.backend())
 
         # Only a node with a key builds a client (and only its first call imports google-genai).
         self._llm = GeminiClient(cfg.llm) if cfg.llm.enabled else None
@@ -272,7 +273,7 @@ class Node:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((
             pb.DESCRIPTOR.services_by_name["NexusService"].full_name,
-            api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
+            optuna_api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
             health.SERVICE_NAME, reflection.SERVICE_NAME,
         ), server)
         await server.start()

@@ -26,13 +26,14 @@ memory is short).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import queue
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, UserDict
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, TypeVar
 
 import numpy as np
@@ -210,7 +211,7 @@ class _PipelinedReporter:
     Through a Nexus node the values are written in batches (``ReportSteps``: one journal
     append) at most once per ``write_interval`` seconds, and the pruner is asked at most once
     per ``ask_interval``. Pruners never need a running trial's values in the study: Optuna's
-    pruners judge a trial by the copy its ``Trial`` keeps (updated here as values arrive)
+    pruners judge a trial by the copy its runner keeps (here, updated as values arrive)
     against other trials' finished values and rung attributes. The study's copy is for
     watchers (the trial list's epochs column), for which a second is fresh enough. A
     consensus round per epoch was most of a node's CPU per trial (42 log entries for a
@@ -218,16 +219,22 @@ class _PipelinedReporter:
     taken from the trials (``scripts/bench scale``). Against plain Optuna storage (no
     ``ReportSteps``, found at the first write) values are reported one by one.
 
+    The pruner is asked as ``Trial.should_prune`` asks it: with the trial as this reporter
+    holds it (read once from the study, every reported value added at once) and its system
+    attributes read from the study when the pruner first looks (the rung marks Hyperband
+    writes), through Optuna's public ``BasePruner.prune``.
+
     Ordering: one thread reports values in epoch order, followed by one ``should_prune``;
     :meth:`close` writes what is held at once and waits (or, with ``write_held=False``, leaves
     it for the caller to write with the trial's end: ``FinishTrial``), so the study holds
     every reported epoch once the trial is told.
     """
 
-    def __init__(self, trial: optuna.Trial, warmup: int,
+    def __init__(self, study: optuna.Study, storage: optuna.storages.BaseStorage, trial_id: int, warmup: int,
                  write_steps: Callable[[int, list[tuple[int, float]]], bool] | None = None,
                  ask_interval: float = 0.2, write_interval: float = 1.0) -> None:
-        self._trial, self._warmup = trial, warmup
+        self._study, self._store, self._tid, self._warmup = study, storage, trial_id, warmup
+        self._trial = storage.get_trial(trial_id)   # the pruner's copy; values are added to it
         self._write_steps = write_steps
         self._ask_interval, self._write_interval = ask_interval, write_interval
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -289,36 +296,65 @@ class _PipelinedReporter:
                     last_write = time.monotonic()
                 # Before the warm-up the pruner always says no; asking costs a trip.
                 if items and items[-1][1] >= self._warmup and not self._prune and not done:
-                    self._prune = self._trial.should_prune()
+                    self._prune = self._should_prune()
             except BaseException as e:  # handed to the training thread, which re-raises it
                 self._error = e
             last_round = time.monotonic()
 
+    @property
+    def number(self) -> int:
+        """The trial's number in its study."""
+        return self._trial.number
+
+    @property
+    def values(self) -> dict[int, float]:
+        """The intermediate values the pruner judges the trial by (every one reported)."""
+        return self._trial.intermediate_values
+
+    def _should_prune(self) -> bool:
+        latest = copy.copy(self._trial)
+        latest.system_attrs = _StoredSystemAttrs(self._store, self._tid)
+        return self._study.pruner.prune(self._study, latest)
+
     def _take(self, items: list[tuple[float, int]]) -> None:
-        if self._write_steps is None:
-            for value, epoch in items:
-                self._trial.report(value, epoch)
-            return
-        # Trial.report keeps the values on the trial too, and should_prune hands that copy
-        # to the pruner (Optuna 5.0's private name; pinned). A step kept once keeps its
-        # first value, as Trial.report does.
-        kept = self._trial._cached_frozen_trial.intermediate_values
+        # A step kept once keeps its first value, as Trial.report does.
+        kept = self._trial.intermediate_values
         for value, epoch in items:
             if epoch not in kept:
                 kept[epoch] = float(value)
-                self._held.append((epoch, float(value)))
+                if self._write_steps is None:   # step by step, as Trial.report writes it
+                    self._store.set_trial_intermediate_value(self._tid, epoch, float(value))
+                else:
+                    self._held.append((epoch, float(value)))
 
     def write(self, held: list[tuple[int, float]]) -> None:
         """Writes ``held`` values (taken from the reporter) to the study."""
-        if self._write_steps is not None and self._write_steps(self._trial._trial_id, held):
+        if self._write_steps is not None and self._write_steps(self._tid, held):
             return
-        # Not a Nexus node: step by step from now on, through Trial.report (which skips a
-        # step its copy already has).
+        # Not a Nexus node: step by step from now on.
         self._write_steps = None
-        kept = self._trial._cached_frozen_trial.intermediate_values
         for epoch, value in held:
-            kept.pop(epoch, None)
-            self._trial.report(value, epoch)
+            self._store.set_trial_intermediate_value(self._tid, epoch, value)
+
+
+class _StoredSystemAttrs(UserDict):
+    """A trial's system attributes as the study holds them, read when first looked at (as
+    ``Trial.should_prune`` hands them to the pruner: a median pruner never reads them)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+        # UserDict.__init__ would set ``data``; it is read lazily instead.
+        self._store, self._tid = storage, trial_id
+        self._data: dict[str, Any] | None = None
+
+    @property  # type: ignore[override]
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = dict(self._store.get_trial_system_attrs(self._tid))
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data = value
 
 
 def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -351,15 +387,13 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
            tuple(sorted((req.get("pruner") or {}).items())))
     study = _studies.get_or_make(key, lambda: optuna.load_study(
         study_name=req["study_name"], storage=_storage(store), sampler=optuna.samplers.RandomSampler(), pruner=pruner))
-    trial = optuna.Trial(study, int(req["trial_id"]))
-
-    reporter = _PipelinedReporter(trial, warmup, write_steps=_storage(store).report_steps)
+    trial_id = int(req["trial_id"])
+    reporter = _PipelinedReporter(study, _storage(store), trial_id, warmup, write_steps=_storage(store).report_steps)
 
     def report(value: float, epoch: int) -> bool:
         ctx.emit({"kind": "epoch", "epoch": epoch, "value": value})
         return reporter(value, epoch)
 
-    trial_id = int(req["trial_id"])
     try:
         try:
             if gbt:
@@ -391,13 +425,14 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         if told is None:   # plain Optuna storage: the same, one write each
             reporter.write(held)
             for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-            frozen = study.tell(trial, value, state=optuna.trial.TrialState[res.state], skip_if_finished=True)
+                _storage(store).set_trial_user_attr(trial_id, k, v)
+            frozen = study.tell(reporter.number, value, state=optuna.trial.TrialState[res.state],
+                                skip_if_finished=True)
             told = (frozen.state.name, frozen.value)
     except optuna.exceptions.UpdateFinishedTrialError:
         told = None
     if told is None or told[0] != res.state:
-        now = trial.storage.get_trial(trial_id).state.name
+        now = _storage(store).get_trial(trial_id).state.name
         raise FailedPrecondition(f"trial {trial_id} was already {now} in the study (finished elsewhere); "
                                  "this runner's result is discarded")
     return {"state": res.state, "value": res.value, "epochs": res.epochs, "message": res.message}

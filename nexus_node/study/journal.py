@@ -31,7 +31,6 @@ from typing import Any, Iterable
 
 from optuna.distributions import json_to_distribution
 from optuna.storages.journal import BaseJournalBackend
-from optuna.storages.journal._storage import JournalOperation
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -49,7 +48,26 @@ DEFAULT_NAME = "optuna"
 _LIVE: "weakref.WeakValueDictionary[str, ReplicatedJournal]" = weakref.WeakValueDictionary()
 
 
-_OPS = frozenset(op.value for op in JournalOperation)
+class Op:
+    """The ``op_code`` of each operation of Optuna's journal format (``JournalStorage`` writes
+    and replays them; Optuna 5.0 and 5.1 use these numbers, in its ``journal/_storage.py``).
+    They are part of the format every journal file, Redis list and Nexus log holds, so Optuna
+    keeps them stable; they are written out here because Optuna's own names are private."""
+
+    CREATE_STUDY = 0
+    DELETE_STUDY = 1
+    SET_STUDY_USER_ATTR = 2
+    SET_STUDY_SYSTEM_ATTR = 3
+    CREATE_TRIAL = 4
+    SET_TRIAL_PARAM = 5
+    SET_TRIAL_STATE_VALUES = 6
+    SET_TRIAL_INTERMEDIATE_VALUE = 7
+    SET_TRIAL_USER_ATTR = 8
+    SET_TRIAL_SYSTEM_ATTR = 9
+    DISCARD_TRIALS = 10   # written by Rustuna; Optuna's replay skips it
+
+
+_OPS = frozenset(v for k, v in vars(Op).items() if k.isupper())
 _STATES = frozenset(s.value for s in TrialState)
 _DIRECTIONS = frozenset(d.value for d in StudyDirection)
 
@@ -114,7 +132,7 @@ def _check_log(log: object) -> None:
     if type(op) is not int or op not in _OPS:
         raise ValueError(f"journal op_code {op!r:.20} is not one of Optuna's")
     _need(log, "worker_id", lambda v: type(v) is str, "a string")
-    J = JournalOperation
+    J = Op
     if op == J.CREATE_STUDY:
         _need(log, "study_name", lambda v: type(v) is str, "a string")
         _need(log, "directions", lambda v: type(v) is list and all(type(d) is int and d in _DIRECTIONS for d in v),

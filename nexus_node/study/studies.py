@@ -1,4 +1,4 @@
-"""The node's Optuna studies: one ``JournalStorage`` per node holding every job's study.
+"""The node's Optuna studies: one ``BatchedJournalStorage`` (Optuna's ``JournalStorage``, batches.py) per node holding every job's study.
 
 The journal lives in the replicated log (``study/journal.py``): reads are this node's applied
 copy, writes commit through consensus. The same storage object is served to runners and users
@@ -7,18 +7,19 @@ through Optuna's ``StorageService`` on the node's port.
 
 from __future__ import annotations
 
-import datetime
+import functools
 import json
 import math
 import warnings
 from typing import Any, Callable, Mapping, TypeVar
 
 import optuna
-from optuna.storages import JournalStorage
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
 from nexus_node.study import pruning
+from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.space import GBT_MAX_ITER, trial_params
 from nexus_node.study.trials import TrialView
 
@@ -37,7 +38,7 @@ LOST_ATTR = "nexus:lost"
 RETRY_OF = "retry_of"
 
 
-def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
+def make_study(storage: BaseStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
     sampler = _sampler(seed, n_trials)
     return optuna.create_study(
         storage=storage, study_name=name, sampler=sampler, load_if_exists=True,
@@ -45,7 +46,7 @@ def make_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_
     )
 
 
-def load_study(storage: JournalStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
+def load_study(storage: BaseStorage, name: str, maximize: bool, seed: int, n_trials: int) -> optuna.Study:
     """An existing study, with the sampler :func:`make_study` gives it. Unlike
     ``create_study(load_if_exists=True)``, which appends a CREATE_STUDY log on every call,
     loading writes nothing, so a read of a study is not a replicated write.
@@ -78,35 +79,30 @@ def make_pruner(spec: Mapping[str, Any] | None = None) -> optuna.pruners.BasePru
     return pruning.build(spec or pruning.spec_for(pruning.DEFAULT_KIND, 100, GBT_MAX_ITER[1]))[0]
 
 
-def fail_trial(study: optuna.Study, trial_id: int, reason: str, lost: bool = False) -> bool:
+def fail_trial(storage: BaseStorage, trial_id: int, reason: str, lost: bool = False) -> bool:
     """Fail a trial that is still RUNNING, recording why (``lost``: its node died, see
     :data:`LOST_ATTR`). Returns False if it had finished."""
-    from optuna.storages.journal._storage import JournalOperation
-
-    storage = study._storage
     if storage.get_trial(trial_id).state.is_finished():
         return False
     attrs = {FAIL_REASON: reason[:500], **({LOST_ATTR: True} if lost else {})}
-    ops = [{"op_code": JournalOperation.SET_TRIAL_SYSTEM_ATTR, "trial_id": trial_id, "system_attr": {k: v}}
-           for k, v in attrs.items()]
-    ops.append({"op_code": JournalOperation.SET_TRIAL_STATE_VALUES, "trial_id": trial_id,
-                "state": int(TrialState.FAIL), "values": None, "datetime_complete": _now()})
+    writes: list[Callable[[], object]] = [
+        functools.partial(storage.set_trial_system_attr, trial_id, k, v) for k, v in attrs.items()]
+    writes.append(functools.partial(storage.set_trial_state_values, trial_id, TrialState.FAIL))
     try:
-        if isinstance(storage, JournalStorage):
+        if isinstance(storage, BatchedJournalStorage):
             # One write: a trial its runner finishes meanwhile keeps none of it (no stray reason).
-            _append(storage, ops)
+            _write_batch(storage, writes)
         else:   # another storage (unit tests): one write each
-            for key, value in attrs.items():
-                storage.set_trial_system_attr(trial_id, key, value)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            for write in writes:
+                write()
     except (FailedPrecondition, optuna.exceptions.UpdateFinishedTrialError):
         return False   # finished by its runner in the meantime
     return True
 
 
-def _now() -> str:
-    """A completion time as Optuna's own journal writes it."""
-    return datetime.datetime.now(tz=datetime.timezone.utc).isoformat(timespec="microseconds")
+def trial_id_of(storage: BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of a study (what the storage's calls take)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
 
 
 def config_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -175,31 +171,29 @@ def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return out
 
 
-def report_steps(storage: JournalStorage, trial_id: int, steps: list[tuple[int, float]]) -> int:
+def report_steps(storage: BatchedJournalStorage, trial_id: int, steps: list[tuple[int, float]]) -> int:
     """Writes a running trial's intermediate values as ONE journal append: what Optuna's
-    ``Trial.report`` does once per step (the same log operations, and steps the trial
+    ``Trial.report`` does once per step (the same storage calls, and steps the trial
     already has are skipped as ``report`` skips them), in one consensus round instead of
     one per step. Returns how many steps were written.
-
-    Uses JournalStorage's lock, backend and worker id (Optuna 5.0's private names; the
-    version is pinned): the public API has no batch write (:func:`_append`).
 
     Raises:
         InvalidInput: a negative step.
         NotFound: no such trial.
         FailedPrecondition: the trial is finished.
     """
-    ops = _step_ops(_running_trial(storage, trial_id, "its steps are not recorded"), steps)
-    if ops:
-        _append(storage, ops)
-    return len(ops)
+    fresh = _fresh_steps(_running_trial(storage, trial_id, "its steps are not recorded"), steps)
+    if fresh:
+        _write_batch(storage, [functools.partial(storage.set_trial_intermediate_value, trial_id, step, value)
+                                         for step, value in fresh.items()])
+    return len(fresh)
 
 
 #: The states a runner may finish a trial in (Study.tell's, less RUNNING and WAITING).
 FINISH_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
-def finish_trial(storage: JournalStorage, trial_id: int, steps: list[tuple[int, float]],
+def finish_trial(storage: BatchedJournalStorage, trial_id: int, steps: list[tuple[int, float]],
                  user_attrs: Mapping[str, Any], state: str, value: float | None) -> tuple[str, float | None]:
     """Writes the end of a running trial as one journal append: its last intermediate values
     (as :func:`report_steps`), its user attributes, then its state and value, which is what
@@ -213,8 +207,6 @@ def finish_trial(storage: JournalStorage, trial_id: int, steps: list[tuple[int, 
         NotFound: no such trial.
         FailedPrecondition: the trial is finished or WAITING (nothing of this is recorded).
     """
-    from optuna.storages.journal._storage import JournalOperation
-
     if state not in FINISH_STATES:
         raise InvalidInput(f"a trial finishes as one of {', '.join(FINISH_STATES)}, not {state!r}")
     if state == "COMPLETE" and (value is None or math.isnan(value)):
@@ -222,25 +214,25 @@ def finish_trial(storage: JournalStorage, trial_id: int, steps: list[tuple[int, 
     trial = _running_trial(storage, trial_id, "it is not finished again")
     if trial.state != TrialState.RUNNING:
         raise FailedPrecondition(f"trial {trial.number} is {trial.state.name}, not RUNNING; it cannot finish")
-    ops = _step_ops(trial, steps)
+    fresh = _fresh_steps(trial, steps)
     if state == "PRUNED":
-        reported = {**trial.intermediate_values, **{op["step"]: op["intermediate_value"] for op in ops}}
+        reported = {**trial.intermediate_values, **fresh}
         last = reported[max(reported)] if reported else None
         value = last if last is not None and not math.isnan(last) else None
     elif state == "FAIL":
         value = None
-    ops += [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial_id, "user_attr": {k: v}}
-            for k, v in user_attrs.items()]
-    ops.append({"op_code": JournalOperation.SET_TRIAL_STATE_VALUES, "trial_id": trial_id,
-                "state": int(TrialState[state]), "values": None if value is None else [float(value)],
-                "datetime_complete": _now()})
-    _append(storage, ops)
+    writes: list[Callable[[], object]] = [
+        functools.partial(storage.set_trial_intermediate_value, trial_id, step, v) for step, v in fresh.items()]
+    writes += [functools.partial(storage.set_trial_user_attr, trial_id, k, v) for k, v in user_attrs.items()]
+    writes.append(functools.partial(storage.set_trial_state_values, trial_id, TrialState[state],
+                                    None if value is None else [float(value)]))
+    _write_batch(storage, writes)
     return state, value
 
 
-def _running_trial(storage: JournalStorage, trial_id: int, refused: str) -> optuna.trial.FrozenTrial:
+def _running_trial(storage: BaseStorage, trial_id: int, refused: str) -> optuna.trial.FrozenTrial:
     try:
-        trial = storage.get_trial(trial_id)   # takes the storage's lock itself (not re-entrant)
+        trial = storage.get_trial(trial_id)
     except KeyError:
         raise NotFound(f"no trial with id {trial_id} in this node's studies") from None
     if trial.state.is_finished():
@@ -248,73 +240,65 @@ def _running_trial(storage: JournalStorage, trial_id: int, refused: str) -> optu
     return trial
 
 
-def _step_ops(trial: optuna.trial.FrozenTrial, steps: list[tuple[int, float]]) -> list[dict[str, Any]]:
-    """The journal ops of ``steps`` the trial does not have yet (a step keeps its first
-    value, as ``Trial.report`` keeps it)."""
-    from optuna.storages.journal._storage import JournalOperation
-
+def _fresh_steps(trial: optuna.trial.FrozenTrial, steps: list[tuple[int, float]]) -> dict[int, float]:
+    """The ``steps`` the trial does not have yet (a step keeps its first value, as
+    ``Trial.report`` keeps it)."""
     if any(step < 0 for step, _ in steps):
         raise InvalidInput("steps must be non-negative")
     fresh: dict[int, float] = {}
     for step, value in steps:
         if step not in trial.intermediate_values and step not in fresh:
             fresh[int(step)] = float(value)
-    return [{"op_code": JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE, "trial_id": trial._trial_id,
-             "step": step, "intermediate_value": value} for step, value in fresh.items()]
+    return fresh
 
 
-def suggest_in_one_write(trial: optuna.Trial, suggest: Callable[[optuna.Trial], T],
+def suggest_in_one_write(storage: BatchedJournalStorage, trial: optuna.Trial, suggest: Callable[[optuna.Trial], T],
                          user_attrs: Callable[[T], Mapping[str, Any]]) -> T:
     """Runs ``suggest(trial)`` holding back the storage writes of its ``suggest_*`` calls, then
-    writes them with ``user_attrs(result)`` as one journal append (one consensus round for a
-    trial's parameters and attributes, instead of one per parameter).
+    writes them with ``user_attrs(result)`` (at least one) as one journal append (one consensus
+    round for a trial's parameters and attributes, instead of one per parameter).
 
     The sampler reads other trials, and this trial's own values from the trial object, never
     this trial's parameters from storage, so what it draws is unchanged.
+
+    Raises:
+        ValueError: ``user_attrs(result)`` is empty (the batch's last write is an attribute).
+        FailedPrecondition: the trial is finished (nothing of this is recorded).
     """
-    from optuna.distributions import distribution_to_json
-    from optuna.storages.journal._storage import JournalOperation
-
-    storage = trial.storage
-    held: list[dict[str, Any]] = []
-
-    class _HeldParams:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(storage, name)
-
-        def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
-                            distribution: optuna.distributions.BaseDistribution) -> None:
-            held.append({"op_code": JournalOperation.SET_TRIAL_PARAM, "trial_id": trial_id, "param_name": param_name,
-                         "param_value_internal": param_value_internal,
-                         "distribution": distribution_to_json(distribution)})
-
-    trial.storage = _HeldParams()  # type: ignore[assignment]
     try:
-        result = suggest(trial)
-    finally:
-        trial.storage = storage
-    held += [{"op_code": JournalOperation.SET_TRIAL_USER_ATTR, "trial_id": trial._trial_id, "user_attr": {k: v}}
-             for k, v in user_attrs(result).items()]
-    _append(storage, held)
+        with storage.batch() as batch:
+            result = suggest(trial)
+            attrs = list(user_attrs(result).items())
+            if not attrs:
+                raise ValueError("suggest_in_one_write writes at least one user attribute")
+            for key, value in attrs[:-1]:
+                trial.set_user_attr(key, value)
+            batch.last()
+            trial.set_user_attr(*attrs[-1])
+    except optuna.exceptions.UpdateFinishedTrialError as exc:
+        _read_refused(storage, exc)
     return result
 
 
-def _append(storage: JournalStorage, ops: list[dict[str, Any]]) -> None:
-    """Appends Optuna journal operations (without ``worker_id``: this storage's is added) as
-    one write, and reads them back as JournalStorage's own writers do."""
-    with storage._thread_lock:
-        worker = storage._replay_result.worker_id
-        storage._backend.append_logs([{**op, "worker_id": worker} for op in ops])
-        # Replaying our own writes raises if the trial finished since the caller looked, as
-        # the one-at-a-time writers would have. It raises at the first such op and stops
-        # there: the replay goes on until it has read all of them, or each one left would
-        # raise again later, in whatever call of this node's storage came next.
-        refused: Exception | None = None
-        while True:
-            try:
-                storage._sync_with_backend()
-                break
-            except optuna.exceptions.UpdateFinishedTrialError as exc:
-                refused = refused or exc
-        if refused is not None:
-            raise FailedPrecondition(str(refused))
+def _write_batch(storage: BatchedJournalStorage, writes: list[Callable[[], object]]) -> None:
+    """Runs storage writes on one trial (a state last, if any) as one journal append
+    (:mod:`nexus_node.study.batches`), and reads them back as the storage's own writes are.
+
+    Raises:
+        FailedPrecondition: the trial finished since the caller looked (nothing of it is kept).
+    """
+    try:
+        with storage.batch() as batch:
+            for write in writes[:-1]:
+                write()
+            batch.last()
+            writes[-1]()
+    except optuna.exceptions.UpdateFinishedTrialError as exc:
+        _read_refused(storage, exc)
+
+
+def _read_refused(storage: BaseStorage, exc: Exception) -> None:
+    # The replay refused the batch at its first log and stopped there; any read takes in the
+    # rest, which are refused silently (another worker's, see batches.py).
+    storage.get_all_studies()
+    raise FailedPrecondition(str(exc)) from None

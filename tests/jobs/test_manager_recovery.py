@@ -44,15 +44,15 @@ def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coo
 
     orphan = study.ask()
     orphan.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
-    assert studies.fail_trial(study, orphan._trial_id, RUNNING_LOST, lost=True)
+    assert studies.fail_trial(storage, studies.trial_id_of(storage, study.study_name, orphan.number), RUNNING_LOST, lost=True)
     spent = study.ask()           # lost past its retries: not re-run
     spent.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 128})
     for _ in range(3):
         manager.dispatcher.count_failure(job.job_id, studies.config_key_of({"family": "mlp", "width": 128}))
-    assert studies.fail_trial(study, spent._trial_id, RUNNING_LOST, lost=True)
+    assert studies.fail_trial(storage, studies.trial_id_of(storage, study.study_name, spent.number), RUNNING_LOST, lost=True)
     rerun_already = study.ask()   # lost too, but its re-run was enqueued: nothing to do
     rerun_already.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 64})
-    assert studies.fail_trial(study, rerun_already._trial_id, RUNNING_LOST, lost=True)
+    assert studies.fail_trial(storage, studies.trial_id_of(storage, study.study_name, rerun_already.number), RUNNING_LOST, lost=True)
     studies.enqueue_retry(study, study.get_trials(deepcopy=False)[rerun_already.number])
 
     manager._rerun_orphans(job, study)

@@ -13,6 +13,7 @@ from optuna.storages._grpc.server import make_server
 
 from nexus_node.runner.tasks import _PipelinedReporter
 from nexus_node.study.proxy import NexusStorageProxy
+from nexus_node.study.studies import trial_id_of
 from tests.conftest import free_port
 
 
@@ -42,6 +43,12 @@ def storage() -> Iterator[NexusStorageProxy]:
     server.stop(None)
 
 
+def _asked(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[optuna.Trial, int]:
+    """A new trial of ``study`` and its id in ``storage``."""
+    trial = study.ask()
+    return trial, trial_id_of(storage, study.study_name, trial.number)
+
+
 def _wait_for(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -50,10 +57,11 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
 
 
 def test_values_held_between_writes_land_in_order_in_one_write_at_close():
-    study = optuna.create_study(direction="maximize")
-    trial = study.ask()
+    storage = InMemoryStorage()
+    study = optuna.create_study(storage=storage, direction="maximize")
+    _, trial_id = _asked(study, storage)
     rec = Recorder()
-    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=3600)
+    reporter = _PipelinedReporter(study, storage, trial_id, warmup=1 << 30, write_steps=rec, write_interval=3600)
     for epoch in range(25):
         assert reporter(0.5 + epoch / 100, epoch) is False
     assert reporter.close() is None
@@ -67,48 +75,50 @@ def test_the_pruner_sees_values_the_study_does_not_hold_yet(storage):
     for step in range(40):
         good.report(0.99, step)
     study.tell(good, 0.99)
-    trial = study.ask()
+    _, trial_id = _asked(study, storage)
     rec = Recorder()
-    reporter = _PipelinedReporter(trial, warmup=0, write_steps=rec, write_interval=3600)
+    reporter = _PipelinedReporter(study, storage, trial_id, warmup=0, write_steps=rec, write_interval=3600)
     for epoch in range(5):
         reporter(0.1, epoch)
     _wait_for(reporter.pruned)
     assert rec.batches == []   # judged before anything was written
-    assert storage.get_trial(trial._trial_id).intermediate_values == {}
+    assert storage.get_trial(trial_id).intermediate_values == {}
     assert reporter.close() is None
     assert [s for s, _ in rec.batches[0]] == list(range(5))
 
 
 def test_a_server_without_report_steps_gets_every_value_through_trial_report(storage):
     study = optuna.create_study(storage=storage, direction="minimize")
-    trial = study.ask()
+    _, trial_id = _asked(study, storage)
     rec = Recorder(nexus=False)
-    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=0.0)
+    reporter = _PipelinedReporter(study, storage, trial_id, warmup=1 << 30, write_steps=rec, write_interval=0.0)
     for epoch in range(10):
         reporter(float(epoch), epoch)
     assert reporter.close() is None
     assert len(rec.batches) == 1   # asked once, then step by step
-    assert storage.get_trial(trial._trial_id).intermediate_values == {e: float(e) for e in range(10)}
+    assert storage.get_trial(trial_id).intermediate_values == {e: float(e) for e in range(10)}
 
 
 def test_a_repeated_step_keeps_its_first_value():
-    study = optuna.create_study()
-    trial = study.ask()
+    storage = InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    _, trial_id = _asked(study, storage)
     rec = Recorder()
-    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, write_interval=3600)
+    reporter = _PipelinedReporter(study, storage, trial_id, warmup=1 << 30, write_steps=rec, write_interval=3600)
     reporter(1.0, 0)
     reporter(2.0, 0)
     reporter(3.0, 1)
     reporter.close()
     assert rec.batches == [[(0, 1.0), (1, 3.0)]]
-    assert trial._cached_frozen_trial.intermediate_values == {0: 1.0, 1: 3.0}
+    assert reporter.values == {0: 1.0, 1: 3.0}
 
 
 def test_with_no_interval_values_are_written_as_they_come():
-    study = optuna.create_study()
-    trial = study.ask()
+    storage = InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    _, trial_id = _asked(study, storage)
     rec = Recorder()
-    reporter = _PipelinedReporter(trial, warmup=1 << 30, write_steps=rec, ask_interval=0.0, write_interval=0.0)
+    reporter = _PipelinedReporter(study, storage, trial_id, warmup=1 << 30, write_steps=rec, ask_interval=0.0, write_interval=0.0)
     reporter(1.0, 0)
     _wait_for(lambda: rec.batches)
     reporter(2.0, 1)

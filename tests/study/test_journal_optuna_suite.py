@@ -20,6 +20,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.testing.pytest_storages import StorageTestCase
 
+from nexus_node.study.batches import BatchedJournalStorage
 from tests.consensus.driver_cluster import MeshCluster
 
 _names = itertools.count()
@@ -49,3 +50,11 @@ class TestReplicatedJournalStorage(StorageTestCase):
     @pytest.fixture
     def storage(self, follower) -> JournalStorage:
         return JournalStorage(follower.journal.backend(f"suite-{next(_names)}"))
+
+
+class TestBatchedReplicatedJournalStorage(StorageTestCase):
+    """The node's own storage class (study/batches.py): outside a batch, it is JournalStorage."""
+
+    @pytest.fixture
+    def storage(self, follower) -> BatchedJournalStorage:
+        return BatchedJournalStorage(follower.journal.backend(f"suite-{next(_names)}"))

@@ -9,6 +9,8 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
+from nexus_node.study.batches import BatchedJournalStorage
+from nexus_node.study.journal import Op
 from nexus_node.study.studies import report_steps
 
 
@@ -18,14 +20,14 @@ class CountingBackend(JournalFileBackend):
 
     def append_logs(self, logs):  # type: ignore[no-untyped-def]
         self.appends += 1
-        self.param_appends += any(int(log["op_code"]) == 5 for log in logs)   # SET_TRIAL_PARAM
+        self.param_appends += any(int(log["op_code"]) == Op.SET_TRIAL_PARAM for log in logs)
         super().append_logs(logs)
 
 
 @pytest.fixture
 def storage_and_backend(tmp_path):
     backend = CountingBackend(str(tmp_path / "journal.log"))
-    return JournalStorage(backend), backend
+    return BatchedJournalStorage(backend), backend
 
 
 def test_steps_land_in_one_append_and_known_steps_are_skipped(storage_and_backend):
@@ -68,14 +70,16 @@ def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_sam
     draws = []
     for held in (False, True):
         backend = CountingBackend(str(tmp_path / f"journal-{held}.log"))
-        study = optuna.create_study(storage=JournalStorage(backend), sampler=optuna.samplers.TPESampler(
+        storage = BatchedJournalStorage(backend)
+        study = optuna.create_study(storage=storage, sampler=optuna.samplers.TPESampler(
             seed=3, n_startup_trials=2, constant_liar=True), direction="maximize")
         for _ in range(4):
             trial = study.ask()
             before = backend.param_appends
             if held:
                 # (TPE writes its own system attribute when it samples; that write is not held.)
-                params = suggest_in_one_write(trial, _space, lambda p: {"nexus:config": p, "nexus:node": "n1"})
+                params = suggest_in_one_write(storage, trial, _space,
+                                              lambda p: {"nexus:config": p, "nexus:node": "n1"})
                 assert backend.param_appends == before + 1
             else:
                 params = _space(trial)
@@ -88,32 +92,38 @@ def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_sam
     assert draws[:4] == draws[4:]   # the sampler drew exactly what it draws writing each param
 
 
-def test_held_writes_of_a_finished_trial_are_refused(storage_and_backend):
+def test_held_writes_of_a_finished_trial_are_refused(tmp_path):
     import optuna
 
     from nexus_node.study.studies import suggest_in_one_write
 
-    storage, _ = storage_and_backend
+    path = str(tmp_path / "journal.log")
+    storage = BatchedJournalStorage(JournalFileBackend(path))
     study = optuna.create_study(storage=storage)
     trial = study.ask()
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               trial.number)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
     with pytest.raises(FailedPrecondition):
-        suggest_in_one_write(trial, _space, lambda p: {})
+        suggest_in_one_write(storage, trial, _space, lambda p: {"nexus:node": "n1"})
+    storage.get_trial(trial_id)   # this thread's next call raises nothing
+    # (Read afresh: this storage's Trial shares its params dict with the stored trial.)
+    replayed = JournalStorage(JournalFileBackend(path)).get_trial(trial_id)
+    assert replayed.state is TrialState.FAIL and replayed.params == {} and replayed.user_attrs == {}
+    with pytest.raises(ValueError, match="at least one"):
+        suggest_in_one_write(storage, study.ask(), _space, lambda p: {})
 
 
 def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothing_behind(tmp_path):
     """Another writer (a second JournalStorage on the same journal: another node) finishes the
     trial between the check and the append: the whole batch is refused, and no op of it raises
     again in a later, unrelated call of this storage."""
-    import optuna
-
     from nexus_node.study.studies import FAIL_REASON, LOST_ATTR, fail_trial
 
     path = str(tmp_path / "journal.log")
-    mine, other = JournalStorage(JournalFileBackend(path)), JournalStorage(JournalFileBackend(path))
+    mine, other = BatchedJournalStorage(JournalFileBackend(path)), JournalStorage(JournalFileBackend(path))
     study_id = mine.create_new_study([StudyDirection.MAXIMIZE], "s")
     trial = mine.create_new_trial(study_id)
-    study = optuna.load_study(study_name="s", storage=mine)
 
     real_get = mine.get_trial
     def finished_right_after_the_check(trial_id):  # type: ignore[no-untyped-def]
@@ -121,7 +131,7 @@ def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothin
         other.set_trial_state_values(trial_id, TrialState.COMPLETE, [0.9])
         return frozen
     mine.get_trial = finished_right_after_the_check  # type: ignore[method-assign]
-    assert fail_trial(study, trial, "its node died", lost=True) is False
+    assert fail_trial(mine, trial, "its node died", lost=True) is False
     mine.get_trial = real_get  # type: ignore[method-assign]
 
     again = mine.get_trial(trial)   # would raise UpdateFinishedTrialError for each op left
@@ -130,7 +140,7 @@ def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothin
     mine.create_new_trial(study_id)  # and so would any other call
     # On a trial still running, the reason, the lost mark and the state land together.
     running = mine.create_new_trial(study_id)
-    assert fail_trial(study, running, "its node died", lost=True) is True
+    assert fail_trial(mine, running, "its node died", lost=True) is True
     failed = other.get_trial(running)
     assert failed.state is TrialState.FAIL and failed.system_attrs[LOST_ATTR] is True
     assert failed.system_attrs[FAIL_REASON] == "its node died" and failed.datetime_complete is not None
