@@ -18,6 +18,7 @@ from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.consensus.raft import Message, NodeId
 from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
 from nexus_node.consensus.transport import PROTOCOL_VERSION, LogThrottle, PeerHost, peer_addresses
+from nexus_node.work import wire
 from nexus_node.work.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             where = f"node {lead} at {self._host.peer_address(lead) or '?'}" if lead else "no node yet"
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"node {self._host.node_id} does not coordinate; {where} does")
-        async for msg in dispatcher.serve(first, request_iterator):
-            yield msg
+        async for msg in dispatcher.serve(wire.up_from_pb(first), wire.ups_from_pb(request_iterator)):
+            yield wire.down_to_pb(msg)
 
 
 def add_peer_service(server: grpc.aio.Server, host: PeerHost, hooks: NodeHooks | None = None) -> PeerServicer:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import math
 import secrets
@@ -54,6 +53,7 @@ from nexus_node.study import pruning, studies
 from nexus_node.study.constraints import Constraints, apply_override, hard_bounds, parse_override
 from nexus_node.study.space import default_configs, suggest_params, trial_params
 from nexus_node.work.dispatcher import Dispatcher, Outcome, WorkSettings
+from nexus_node.work.retries import Loss, decide_retry, is_handed_back
 from nexus_node.work.scheduler import Lease, task_memory
 
 if TYPE_CHECKING:
@@ -74,6 +74,11 @@ DEFAULT_METRIC = {"regression": "r2", "binary": "roc_auc", "multiclass": "accura
 SEED_LIMIT = 2**32
 MAX_USE_CASE_CHARS = 2_000   # the prompts use the first 1,000 (nexus_node.llm)
 MAX_FILENAME_CHARS = 1_024
+
+
+def _loss(t: optuna.trial.FrozenTrial) -> Loss:
+    """A trial failed as lost, as the retry rule counts it."""
+    return Loss(studies.config_key(t), is_handed_back(str(t.system_attrs.get(studies.FAIL_REASON, ""))))
 
 
 def derived_seed(seed: int, offset: int) -> int:
@@ -566,41 +571,40 @@ class JobManager:
         """(thread) Fails the trials left RUNNING, except ``mine`` (the ones this coordinator
         asked for), as lost, and enqueues their re-runs, unless their configuration used up its
         retries (earlier losses are counted from the study)."""
-        d = self._dispatch
-        trials = self._trials_noting_losses(job, study)
-        for t in trials:
+        for t in study.get_trials(deepcopy=False):
             if t.state.name != "RUNNING" or t.number in mine:
                 continue
             if not studies.fail_trial(study, t._trial_id, RUNNING_LOST, lost=True):
                 continue
             log.info("job %s: trial %d was RUNNING with no lease of this coordinator; failed as lost",
                      job.job_id, t.number)
-            key = studies.config_key(t)
-            if d.count_failure(job.job_id, key) <= self.settings.work.max_retries:
-                studies.enqueue_retry(study, t)
+            self._rerun_if_allowed(job, study, t.number)
 
-    def _trials_noting_losses(self, job: JobRecord, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-        """(thread) The job's trials, after carrying over into the dispatcher how often each
-        configuration was lost (earlier coordinators counted them in the study)."""
+    def _rerun_if_allowed(self, job: JobRecord, study: optuna.Study, number: int) -> None:
+        """(thread) Trial ``number`` was failed as lost: enqueues its re-run if the retry rule
+        (:func:`~nexus_node.work.retries.decide_retry`) allows it, its losses counted from the
+        study, so every coordinator counts alike."""
         trials = study.get_trials(deepcopy=False)
-        for key, n in studies.losses(trials).items():
-            self._dispatch.note_failures(job.job_id, key, n)
-        return trials
+        t = next(x for x in trials if x.number == number)
+        loss, earlier = _loss(t), [_loss(x) for x in trials if x.number < number and studies.is_lost(x)]
+        decision = decide_retry(loss, earlier, self.settings.work.max_retries)
+        if decision.retry:
+            studies.enqueue_retry(study, t)
+        else:
+            log.warning("job %s: trial %d is not run again: its configuration was %s",
+                        job.job_id, number, decision.reason)
 
     def _rerun_orphans(self, job: JobRecord, study: optuna.Study) -> None:
         """(thread, before this coordinator asks for any trial of ``job``) Enqueues the re-run
         of each trial failed as lost whose re-run was never enqueued: failing it and enqueuing
         its re-run are two writes, and the coordinator that made the first may have stopped or
         been deposed before the second. Its loss is already counted (``studies.losses``)."""
-        d = self._dispatch
-        trials = self._trials_noting_losses(job, study)
+        trials = study.get_trials(deepcopy=False)
         rerun = {t.user_attrs.get(studies.RETRY_OF) for t in trials}
         for t in trials:
-            if t.state.name == "FAIL" and studies.is_lost(t) and t.number not in rerun:
-                key = studies.config_key(t)
-                if d.failures(job.job_id, key) <= self.settings.work.max_retries:
-                    log.info("job %s: trial %d was lost without a re-run; enqueuing it", job.job_id, t.number)
-                    studies.enqueue_retry(study, t)
+            if studies.is_lost(t) and t.number not in rerun:
+                log.info("job %s: trial %d was lost without a re-run; deciding it now", job.job_id, t.number)
+                self._rerun_if_allowed(job, study, t.number)
 
     async def _search_loop(
         self, job: JobRecord, study: optuna.Study, c: Constraints, deadline: float,
@@ -708,7 +712,8 @@ class JobManager:
         """Runs a job-level task (prepare, finalize) on some node; runs it again elsewhere if
         its node dies, at most ``max_retries`` times."""
         label = task["task"]
-        for attempt in itertools.count(1):
+        losses: list[Loss] = []
+        while True:
             lease = await self._reserve(job, memory)
             if lease is None:
                 raise _Cancelled()
@@ -718,10 +723,12 @@ class JobManager:
             self._check_cancel(job)
             if not outcome.lost:
                 raise error_from_kind(outcome.error_kind, outcome.message)
-            if attempt > self.settings.work.max_retries:
-                raise NexusError(f"{label} was lost {attempt} times (last: {outcome.message})")
+            loss = Loss(label, outcome.handed_back)
+            decision = decide_retry(loss, losses, self.settings.work.max_retries)
+            losses.append(loss)
+            if not decision.retry:
+                raise NexusError(f"{label} was {decision.reason} (last: {outcome.message})")
             log.warning("job %s: %s lost (%s); running it again", job.job_id, label, outcome.message)
-        raise AssertionError("unreachable")
 
     def _ask(self, study: optuna.Study, c: Constraints, node_id: str) -> tuple[optuna.Trial, dict[str, Any]]:
         trial = study.ask()
@@ -763,8 +770,8 @@ class JobManager:
         if outcome.lost and not self._stop_trials[job.job_id].is_set():
             # Failed first, so a late result of the dead node is refused by the study; re-run
             # only if the failure is ours (the runner's own result may have landed first).
-            if studies.fail_trial(study, tid, outcome.message, lost=True) and outcome.retry:
-                studies.enqueue_retry(study, study._storage.get_trial(tid))
+            if studies.fail_trial(study, tid, outcome.message, lost=True):
+                self._rerun_if_allowed(job, study, trial.number)
         elif not outcome.ok:
             studies.fail_trial(study, tid, outcome.message or "the task failed")
         # A runner that returned without finishing the trial must not leave it RUNNING.

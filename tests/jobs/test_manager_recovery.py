@@ -45,10 +45,13 @@ def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coo
     orphan = study.ask()
     orphan.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
     assert studies.fail_trial(study, orphan._trial_id, RUNNING_LOST, lost=True)
-    spent = study.ask()           # lost past its retries: not re-run
+    for _ in range(2):            # lost twice and re-run: its retries are used up
+        lost = study.ask()
+        lost.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 128})
+        assert studies.fail_trial(study, lost._trial_id, RUNNING_LOST, lost=True)
+        studies.enqueue_retry(study, study.get_trials(deepcopy=False)[lost.number])
+    spent = study.ask()           # lost a third time (max_retries 2), its re-run never enqueued
     spent.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 128})
-    for _ in range(3):
-        manager.dispatcher.count_failure(job.job_id, studies.config_key_of({"family": "mlp", "width": 128}))
     assert studies.fail_trial(study, spent._trial_id, RUNNING_LOST, lost=True)
     rerun_already = study.ask()   # lost too, but its re-run was enqueued: nothing to do
     rerun_already.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 64})
@@ -58,5 +61,6 @@ def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coo
     manager._rerun_orphans(job, study)
     manager._rerun_orphans(job, study)   # a second look enqueues nothing more
     waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    # (The two earlier re-runs were taken by the asks above.)
     assert sorted(t.user_attrs[studies.RETRY_OF] for t in waiting) == [orphan.number, rerun_already.number]
     assert studies.config_of(waiting[-1]) == {"family": "mlp", "width": 32}
