@@ -15,6 +15,7 @@ import grpc
 from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
+from nexus_node.blobs import files
 from nexus_node.consensus.raft import Message, NodeId
 from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
 from nexus_node.consensus.transport import PROTOCOL_VERSION, LogThrottle, PeerHost, peer_addresses
@@ -164,12 +165,12 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
 
     async def FetchBlob(self, request: pb.FetchBlobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         await self._check_cluster(request.cluster, context)
-        path = self._hooks.blob_file(request.sha256) if self._hooks is not None else None
+        hooks = self._hooks
+        path = await asyncio.to_thread(hooks.blob_file, request.sha256) if hooks is not None else None
         if path is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256} is not on this node")
-        with open(path, "rb") as f:  # type: ignore[arg-type]
-            while chunk := f.read(BLOB_CHUNK):
-                yield pb.BlobChunk(data=chunk)
+        async for chunk in files.read_chunks(path, BLOB_CHUNK):  # type: ignore[arg-type]
+            yield pb.BlobChunk(data=chunk)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> nexus_pb.NodeInfo:
         await self._check_cluster(request.cluster, context)

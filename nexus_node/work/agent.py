@@ -20,12 +20,12 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import grpc
 
+from nexus_node.blobs import files
 from nexus_node.blobs.replication import Placement
 from nexus_node.blobs.store import BlobStore
 from nexus_node.errors import NexusError
@@ -273,11 +273,6 @@ class WorkerAgent:
         finally:
             if slot is not None:
                 self.pool.release(slot)
-            for path in scratch:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
             self.running.pop(lease_id, None)
             self._runners.pop(lease_id, None)
             self._cancelled.discard(lease_id)
@@ -288,6 +283,9 @@ class WorkerAgent:
                     self._finished.popitem(last=False)
                 self._send(result)
             self.on_change()
+            # Last, and shielded: a task cancelled as the node leaves still removes its scratch.
+            if scratch:
+                await asyncio.shield(asyncio.gather(*(files.remove(p) for p in scratch)))
 
     async def _localize(self, task: dict[str, Any], scratch: list[Path]) -> dict[str, Any]:
         """The task as this node's runner takes it: blob hashes become local paths."""
@@ -301,11 +299,11 @@ class WorkerAgent:
         if kind == "trial":
             local["storage"] = self.storage
         elif kind == "prepare":
-            out_dir = self.blobs.new_temp_dir("prep-")
+            out_dir = await asyncio.to_thread(self.blobs.new_temp_dir, "prep-")
             scratch.append(out_dir)
             local["out_dir"] = str(out_dir)
         elif kind == "finalize":
-            artifact = self.blobs.new_temp(".zip")
+            artifact = await asyncio.to_thread(self.blobs.new_temp, ".zip")
             scratch.append(artifact)
             local["artifact_path"] = str(artifact)
         return local
