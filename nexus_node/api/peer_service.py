@@ -16,6 +16,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
 from nexus_node.blobs import files
+from nexus_node.cluster.mesh import JoinAnswer
 from nexus_node.consensus.raft import Message, NodeId
 from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
 from nexus_node.consensus.transport import PROTOCOL_VERSION, LogThrottle, PeerHost, peer_addresses
@@ -24,6 +25,9 @@ from nexus_node.work.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
+_JOIN_STATUS = {JoinAnswer.OK: pb.ProposeReply.OK, JoinAnswer.NOT_LEADER: pb.ProposeReply.NOT_LEADER,
+                JoinAnswer.RETRY: pb.ProposeReply.RETRY}
+
 #: Bytes per FetchBlob message: well under gRPC's message limit, large enough to stream fast.
 BLOB_CHUNK = 1 << 20
 
@@ -31,7 +35,7 @@ BLOB_CHUNK = 1 << 20
 class NodeHooks(Protocol):
     """What the node adds to the peer protocol beyond consensus (joins, blobs, its own view)."""
 
-    async def join(self, node_id: NodeId, address: str) -> pb.ProposeReply: ...
+    async def join(self, node_id: NodeId, address: str) -> JoinAnswer: ...
 
     def blob_file(self, sha256: str) -> Path | None: ...
 
@@ -161,7 +165,9 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
         if self._hooks is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not admit members")
-        return await self._hooks.join(request.node_id, request.address)
+        answer = await self._hooks.join(request.node_id, request.address)
+        return pb.ProposeReply(status=_JOIN_STATUS[answer.status], leader_id=answer.leader_id,
+                               leader_address=answer.leader_address)
 
     async def FetchBlob(self, request: pb.FetchBlobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         await self._check_cluster(request.cluster, context)
