@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
+import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -18,6 +19,8 @@ from nexus_node.api.peer_service import PeerServicer
 from nexus_node.blobs.store import BlobStore
 from nexus_node.jobs.records import JobRecord
 from tests.blocking import allow_blocking
+
+pytestmark = pytest.mark.usefixtures("no_blocking_io")   # see the module docstring
 
 DATA = b"".join(b"%d,%d\n" % (i, i * i) for i in range(300_000))   # ~3.6 MB: several 1-MiB chunks
 
