@@ -20,7 +20,7 @@ from grpc.experimental.aio import init_grpc_aio
 init_grpc_aio()
 
 # An asyncio task that dies with an unhandled error fails the test (tests/asyncio_errors.py).
-pytest_plugins = ["tests.asyncio_errors"]
+pytest_plugins = ["tests.asyncio_errors", "tests.blocking"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("NEXUS_DATASETS", ROOT.parent / "shared" / "datasets"))

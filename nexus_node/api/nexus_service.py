@@ -17,6 +17,7 @@ from nexus_node import bounded_json
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, runner_pb2_grpc
 from nexus_node.api import convert
+from nexus_node.blobs import files
 from nexus_node.cluster.tokens import ReplicatedTokens, TokenNameTaken
 from nexus_node.consensus.driver import MeshStopped
 from nexus_node.errors import (
@@ -129,11 +130,11 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
         for ``upload_idle_s`` is ended with :class:`UploadIdle`, and its temp file removed, so
         streams held open cannot pile up open files."""
         header = None
-        path = self.temp_file(".csv")
+        path = await asyncio.to_thread(self.temp_file, ".csv")
         size = 0
         messages = aiter(requests)
         try:
-            with open(path, "wb") as f:
+            async with files.Writer(path) as f:
                 while True:
                     try:
                         async with asyncio.timeout(self.upload_idle_s):
@@ -159,11 +160,11 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                                 f"the {what} is over this node's limit of {limit >> 20} MiB: "
                                 f"send a smaller file or raise the node's {limit_flag}"
                             )
-                        f.write(req.chunk)
+                        await f.write(req.chunk)
             if header is None:
                 raise InvalidInput(f"empty request: send {first_field} first, then the CSV bytes")
         except BaseException:
-            path.unlink(missing_ok=True)
+            await files.remove(path)
             raise
         return header, path
 
@@ -179,7 +180,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
             try:
                 job = await self.manager.submit(convert.spec_from_pb(spec), path)
             finally:
-                path.unlink(missing_ok=True)   # moved into the blob store when accepted
+                await files.remove(path)   # moved into the blob store when accepted
             return pb.SubmitJobResponse(job_id=job.job_id, job=convert.job_to_pb(job))
 
     async def GetJob(self, request, context):  # noqa: N802
@@ -225,7 +226,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                 "model_id", request_iterator, self.max_predict_bytes, "prediction input", "--max-predict-mb"
             )
             try:
-                if path.stat().st_size == 0:
+                if (await asyncio.to_thread(path.stat)).st_size == 0:
                     raise InvalidInput("the prediction input is empty: send a CSV with a header row")
                 row = 0
                 first = True
@@ -240,14 +241,14 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                         yield pb.PredictResponse(classes=classes if first else [], predictions=batch)
                         first = False
             finally:
-                path.unlink(missing_ok=True)
+                await files.remove(path)
 
     async def ExportModel(self, request, context):  # noqa: N802
         async with _mapped(context):
             model = await self.manager.model(request.model_id)
             await self.manager.fetch_blob(model.artifact_sha256)   # fetched from a peer if need be
             first = True
-            for chunk in self.manager.blobs.read_chunks(model.artifact_sha256):
+            async for chunk in files.read_chunks(self.manager.blobs.path(model.artifact_sha256)):
                 if first:
                     yield pb.ExportModelChunk(data=chunk, sha256=model.artifact_sha256,
                                               total_bytes=model.artifact_bytes)

@@ -15,12 +15,18 @@ import grpc
 from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
+from nexus_node.blobs import files
+from nexus_node.cluster.mesh import JoinAnswer
 from nexus_node.consensus.raft import Message, NodeId
 from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
 from nexus_node.consensus.transport import PROTOCOL_VERSION, LogThrottle, PeerHost, peer_addresses
+from nexus_node.work import wire
 from nexus_node.work.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
+
+_JOIN_STATUS = {JoinAnswer.OK: pb.ProposeReply.OK, JoinAnswer.NOT_LEADER: pb.ProposeReply.NOT_LEADER,
+                JoinAnswer.RETRY: pb.ProposeReply.RETRY}
 
 #: Bytes per FetchBlob message: well under gRPC's message limit, large enough to stream fast.
 BLOB_CHUNK = 1 << 20
@@ -29,7 +35,7 @@ BLOB_CHUNK = 1 << 20
 class NodeHooks(Protocol):
     """What the node adds to the peer protocol beyond consensus (joins, blobs, its own view)."""
 
-    async def join(self, node_id: NodeId, address: str) -> pb.ProposeReply: ...
+    async def join(self, node_id: NodeId, address: str) -> JoinAnswer: ...
 
     def blob_file(self, sha256: str) -> Path | None: ...
 
@@ -156,16 +162,18 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
         if self._hooks is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not admit members")
-        return await self._hooks.join(request.node_id, request.address)
+        answer = await self._hooks.join(request.node_id, request.address)
+        return pb.ProposeReply(status=_JOIN_STATUS[answer.status], leader_id=answer.leader_id,
+                               leader_address=answer.leader_address)
 
     async def FetchBlob(self, request: pb.FetchBlobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         await self._check_cluster(request.cluster, context)
-        path = self._hooks.blob_file(request.sha256) if self._hooks is not None else None
+        hooks = self._hooks
+        path = await asyncio.to_thread(hooks.blob_file, request.sha256) if hooks is not None else None
         if path is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256} is not on this node")
-        with open(path, "rb") as f:  # type: ignore[arg-type]
-            while chunk := f.read(BLOB_CHUNK):
-                yield pb.BlobChunk(data=chunk)
+        async for chunk in files.read_chunks(path, BLOB_CHUNK):  # type: ignore[arg-type]
+            yield pb.BlobChunk(data=chunk)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> nexus_pb.NodeInfo:
         await self._check_cluster(request.cluster, context)
@@ -192,8 +200,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             where = f"node {lead} at {self._host.peer_address(lead) or '?'}" if lead else "no node yet"
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"node {self._host.node_id} does not coordinate; {where} does")
-        async for msg in dispatcher.serve(first, request_iterator):
-            yield msg
+        async for msg in dispatcher.serve(wire.up_from_pb(first), wire.ups_from_pb(request_iterator)):
+            yield wire.down_to_pb(msg)
 
 
 def add_peer_service(server: grpc.aio.Server, host: PeerHost, hooks: NodeHooks | None = None) -> PeerServicer:

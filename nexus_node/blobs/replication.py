@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Iterable, Mapping, Proto
 import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.blobs import files
 from nexus_node.blobs.cache import HeldBlob, to_drop
 from nexus_node.blobs.store import BlobStore
 from nexus_node.consensus.transport import PeerTransport
@@ -99,8 +100,15 @@ class BlobSync:
         records.blob_listeners.append(self._placed)
 
     def local(self, sha256: str) -> Path | None:
+        """(blocking: call it in a thread)"""
         path = self.store.path(sha256)
         return path if path.is_file() else None
+
+    def _local_touched(self, sha256: str) -> Path | None:
+        path = self.local(sha256)
+        if path is not None:
+            _touch(path)   # the file's mtime is its last use: the cache drops the oldest first
+        return path
 
     async def ensure(self, sha256: str) -> Path:
         """The local path of blob ``sha256``, fetched from a holder first if needed.
@@ -108,9 +116,8 @@ class BlobSync:
         Raises:
             FailedPrecondition: no reachable node holds it.
         """
-        path = self.local(sha256)
+        path = await asyncio.to_thread(self._local_touched, sha256)
         if path is not None:
-            _touch(path)   # the file's mtime is its last use: the cache drops the oldest first
             return path
         task = self._fetching.get(sha256)
         if task is None:
@@ -126,16 +133,16 @@ class BlobSync:
             if not address:
                 errors.append(f"{holder}: address unknown")
                 continue
-            tmp = self.store.new_temp(".part")
+            tmp = await asyncio.to_thread(self.store.new_temp, ".part")
             digest = hashlib.sha256()
             try:
-                with open(tmp, "wb") as f:
+                async with files.Writer(tmp) as f:
                     call = self.transport.stub(address).FetchBlob(
                         pb.FetchBlobRequest(cluster=self.cluster, sha256=sha256),
                         metadata=self.transport.metadata, timeout=600)
                     async for chunk in call:
                         digest.update(chunk.data)
-                        f.write(chunk.data)
+                        await f.write(chunk.data)
                 if digest.hexdigest() != sha256:
                     errors.append(f"{holder}: content does not match its hash")
                     continue
@@ -149,7 +156,7 @@ class BlobSync:
             except grpc.aio.AioRpcError as exc:
                 errors.append(f"{holder}: {exc.code().name} {exc.details()}")
             finally:
-                tmp.unlink(missing_ok=True)
+                await files.remove(tmp)
         why = "; ".join(errors) if errors else "no node is recorded as holding it"
         raise FailedPrecondition(f"blob {sha256[:12]} is not on this node and could not be fetched ({why})")
 
@@ -185,7 +192,8 @@ class BlobSync:
         async with self._trimming:
             self._trim_pending = False
             wanted = min(self.replicas, len(self.members()))
-            for sha in to_drop(self.held(), self.bound_bytes, time.time(), wanted, self.min_idle):
+            held = await asyncio.to_thread(self.held)
+            for sha in to_drop(held, self.bound_bytes, time.time(), wanted, self.min_idle):
                 if sha in self._fetching:
                     continue
                 try:
@@ -193,7 +201,7 @@ class BlobSync:
                 except Exception as exc:  # noqa: BLE001 - not recorded: keep the file, try next time
                     log.info("could not record dropping blob %s: %s", sha[:12], exc)
                     break
-                self.store.path(sha).unlink(missing_ok=True)
+                await files.remove(self.store.path(sha))
                 dropped.append(sha)
             if dropped:
                 log.info("dropped %d cached blob(s) to stay under %d MB", len(dropped), self.bound_bytes >> 20)

@@ -31,6 +31,20 @@ from nexus_node.consensus.state import encode_command
 
 log = logging.getLogger(__name__)
 
+
+@dataclasses.dataclass(frozen=True)
+class JoinAnswer:
+    """What this node answers a node asking to join (``PeerService.Join``; the servicer turns
+    it into a ``ProposeReply``)."""
+
+    OK = "ok"                  # admitted (or a member already)
+    NOT_LEADER = "not_leader"  # ask the leader named here
+    RETRY = "retry"            # the configuration change could not be made now
+
+    status: str
+    leader_id: str = ""
+    leader_address: str = ""
+
 BARRIER = "barrier"
 
 
@@ -230,13 +244,13 @@ class Mesh:
 
     # ---- the coordinator's side -------------------------------------------------------------------
 
-    async def join(self, node_id: str, address: str) -> pb.ProposeReply:
+    async def join(self, node_id: str, address: str) -> "JoinAnswer":
         """``PeerService.Join`` on this node: add ``node_id`` as a non-voting member."""
         d = self.driver
         if not d.is_leader:
             lead = d.leader or ""
-            return pb.ProposeReply(status=pb.ProposeReply.NOT_LEADER, leader_id=lead,
-                                   leader_address=d.peer_address(lead) or "" if lead else "")
+            return JoinAnswer(JoinAnswer.NOT_LEADER, leader_id=lead,
+                              leader_address=d.peer_address(lead) or "" if lead else "")
         async with self._join_lock:
             d.note_hello(node_id, address)
             # Its silence counts from now, not from when this node took over: a member that
@@ -254,8 +268,8 @@ class Mesh:
                     log.info("admitted %s at %s as a non-voting member", node_id, address)
             except (NotLeader, ProposalDropped, InvalidConfigChange, TimeoutError, MeshStopped) as exc:
                 log.info("join of %s deferred: %s", node_id, exc)
-                return pb.ProposeReply(status=pb.ProposeReply.RETRY)
-        return pb.ProposeReply(status=pb.ProposeReply.OK)
+                return JoinAnswer(JoinAnswer.RETRY)
+        return JoinAnswer(JoinAnswer.OK)
 
     async def barrier(self, term: int, timeout: float = 30.0) -> None:
         """Returns once an entry this node proposed as leader of ``term`` is applied here: every

@@ -35,7 +35,7 @@ from nexus_node.api.storage_service import add_storage_service
 from nexus_node.blobs.replication import BlobSync
 from nexus_node.blobs.store import BlobStore
 from nexus_node.cluster.discovery import Discovery, DiscoverySettings, primary_address
-from nexus_node.cluster.mesh import ClusterSettings, Mesh
+from nexus_node.cluster.mesh import ClusterSettings, JoinAnswer, Mesh
 from nexus_node.cluster.peers import advertise_host
 from nexus_node.cluster.tokens import ReplicatedTokens, TokenRecord
 from nexus_node.consensus.driver import MeshSettings, MeshStopped, RaftDriver
@@ -370,7 +370,7 @@ class Node:
 
     # ---- PeerService hooks (api.peer_service.NodeHooks) ---------------------------------------------
 
-    async def join(self, node_id: str, address: str):  # type: ignore[no-untyped-def]
+    async def join(self, node_id: str, address: str) -> JoinAnswer:
         assert self.mesh is not None
         return await self.mesh.join(node_id, address)
 

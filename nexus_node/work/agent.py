@@ -20,20 +20,22 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import grpc
 
-from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+from nexus_node.blobs import files
 from nexus_node.blobs.replication import Placement
 from nexus_node.blobs.store import BlobStore
 from nexus_node.errors import NexusError
 from nexus_node.runner import families
 from nexus_node.runner.pool import Runner, RunnerPool
 from nexus_node.system import memory_info
+from nexus_node.work import wire
 from nexus_node.work.dispatcher import HANDED_BACK, WorkSettings
+from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkUp
+from nexus_node.work.retries import handed_back_message
 from nexus_node.work.scheduler import accept_assignment
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,8 @@ class WorkerAgent:
         self.labels: dict[str, str] = {}
         self._runners: dict[str, tuple[Runner, int, str]] = {}   # lease -> (runner, task id, kind)
         self._cancelled: set[str] = set()
-        self._finished: collections.OrderedDict[str, pb.TaskResult] = collections.OrderedDict()
-        self._up: asyncio.Queue[pb.WorkUp] | None = None
+        self._finished: collections.OrderedDict[str, TaskResult] = collections.OrderedDict()
+        self._up: asyncio.Queue[WorkUp] | None = None
         self._newest_term = 0
         self._task: asyncio.Task[None] | None = None
         self._leaving = False
@@ -137,20 +139,18 @@ class WorkerAgent:
             await driver.wait_for(lambda: driver.leader != leader, timeout)
 
     async def _session(self, address: str) -> None:
-        t = self.mesh.transport
-        call = t.stub(address).Work(metadata=t.metadata)
-        up: asyncio.Queue[pb.WorkUp] = asyncio.Queue()
+        call = wire.open_stream(self.mesh.transport, address)
+        up: asyncio.Queue[WorkUp] = asyncio.Queue()
         up.put_nowait(self._heartbeat())
         self._up = up
         writer = asyncio.create_task(self._write(call, up), name="work-up")
         beats = asyncio.create_task(self._beat(up), name="work-heartbeat")
         try:
             async for msg in call:
-                which = msg.WhichOneof("body")
-                if which == "assign":
-                    self._assign(msg.assign)
-                elif which == "cancel":
-                    self._cancel(msg.cancel.lease_id)
+                if isinstance(msg, Assignment):
+                    self._assign(msg)
+                elif isinstance(msg, CancelTask):
+                    self._cancel(msg.lease_id)
         finally:
             if self._up is up:
                 self._up = None
@@ -159,35 +159,35 @@ class WorkerAgent:
             await asyncio.gather(beats, writer, return_exceptions=True)
             call.cancel()
 
-    async def _write(self, call: Any, up: asyncio.Queue[pb.WorkUp]) -> None:
+    async def _write(self, call: wire.WorkStream, up: asyncio.Queue[WorkUp]) -> None:
         while True:
             msg = await up.get()
             await call.write(msg)
             up.task_done()
 
-    async def _beat(self, up: asyncio.Queue[pb.WorkUp]) -> None:
+    async def _beat(self, up: asyncio.Queue[WorkUp]) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat)   # the heartbeat period
             up.put_nowait(self._heartbeat())
 
-    def _heartbeat(self) -> pb.WorkUp:
+    def _heartbeat(self) -> WorkUp:
         total, free = memory_info()
         info = self.pool.info
         self._newest_term = max(self._newest_term, self.mesh.driver.status().term)
-        return pb.WorkUp(cluster=self.cluster, node_id=self.node_id, heartbeat=pb.Heartbeat(
+        return WorkUp(cluster=self.cluster, node_id=self.node_id, heartbeat=Heartbeat(
             term=self._newest_term, slots=0 if self._leaving else self.pool.slots,
             task_memory_bytes=self.pool.slots * (self.pool.trial_memory_mb << 20),
             memory_free_bytes=free, memory_total_bytes=total, cores=os.cpu_count() or 1,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu"),
-            running=list(self.running)))
+            running=tuple(self.running)))
 
-    def _send(self, result: pb.TaskResult) -> None:
+    def _send(self, result: TaskResult) -> None:
         if self._up is not None:
-            self._up.put_nowait(pb.WorkUp(cluster=self.cluster, node_id=self.node_id, result=result))
+            self._up.put_nowait(WorkUp(cluster=self.cluster, node_id=self.node_id, result=result))
 
     # ---- assignments ----------------------------------------------------------------------------
 
-    def _assign(self, a: pb.Assignment) -> None:
+    def _assign(self, a: Assignment) -> None:
         if a.lease_id in self.running:
             return   # sent again after a reconnect; it runs
         if a.lease_id in self._finished:
@@ -197,14 +197,14 @@ class WorkerAgent:
         if not accept_assignment(self._newest_term, a.term) or self._leaving:
             why = ("this node is leaving" if self._leaving else
                    f"stale assignment of term {a.term}: this node has seen term {self._newest_term}")
-            self._send(pb.TaskResult(lease_id=a.lease_id, ok=False, error_kind="failed_precondition",
+            self._send(TaskResult(lease_id=a.lease_id, ok=False, error_kind="failed_precondition",
                                      error_message=why))
             return
         self._newest_term = a.term
         try:
             task = json.loads(a.task_json)
         except ValueError as exc:
-            self._send(pb.TaskResult(lease_id=a.lease_id, ok=False, error_kind="invalid_input",
+            self._send(TaskResult(lease_id=a.lease_id, ok=False, error_kind="invalid_input",
                                      error_message=f"undecodable task: {exc}"))
             return
         self.labels[a.lease_id] = str(task.get("label", task.get("task", "")))
@@ -244,7 +244,7 @@ class WorkerAgent:
     async def _execute(self, lease_id: str, task: dict[str, Any], log_index: int = 0) -> None:
         kind = str(task.get("task", ""))
         scratch: list[Path] = []
-        result: pb.TaskResult | None = None
+        result: TaskResult | None = None
         slot: int | None = None
         try:
             await self._caught_up(log_index)
@@ -258,26 +258,21 @@ class WorkerAgent:
                 self._stop_runner(runner, tid, kind)
             await runner.drain()
             out = await self._publish(kind, local, await fut)
-            result = pb.TaskResult(lease_id=lease_id, ok=True, result_json=json.dumps(out).encode())
+            result = TaskResult(lease_id=lease_id, ok=True, result_json=json.dumps(out).encode())
         except asyncio.CancelledError:
             if self._leaving:
-                result = pb.TaskResult(lease_id=lease_id, ok=False, error_kind=HANDED_BACK,
-                                       error_message=f"node {self.node_id} left while running it")
+                result = TaskResult(lease_id=lease_id, ok=False, error_kind=HANDED_BACK,
+                                    error_message=handed_back_message(self.node_id))
             raise
         except NexusError as exc:
-            result = pb.TaskResult(lease_id=lease_id, ok=False, error_kind=exc.kind, error_message=str(exc))
+            result = TaskResult(lease_id=lease_id, ok=False, error_kind=exc.kind, error_message=str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug fails the task, not the node
             log.exception("task %s failed", lease_id)
-            result = pb.TaskResult(lease_id=lease_id, ok=False, error_kind="internal",
-                                   error_message=f"{type(exc).__name__}: {exc}")
+            result = TaskResult(lease_id=lease_id, ok=False, error_kind="internal",
+                                error_message=f"{type(exc).__name__}: {exc}")
         finally:
             if slot is not None:
                 self.pool.release(slot)
-            for path in scratch:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
             self.running.pop(lease_id, None)
             self._runners.pop(lease_id, None)
             self._cancelled.discard(lease_id)
@@ -288,6 +283,9 @@ class WorkerAgent:
                     self._finished.popitem(last=False)
                 self._send(result)
             self.on_change()
+            # Last, and shielded: a task cancelled as the node leaves still removes its scratch.
+            if scratch:
+                await asyncio.shield(asyncio.gather(*(files.remove(p) for p in scratch)))
 
     async def _localize(self, task: dict[str, Any], scratch: list[Path]) -> dict[str, Any]:
         """The task as this node's runner takes it: blob hashes become local paths."""
@@ -301,11 +299,11 @@ class WorkerAgent:
         if kind == "trial":
             local["storage"] = self.storage
         elif kind == "prepare":
-            out_dir = self.blobs.new_temp_dir("prep-")
+            out_dir = await asyncio.to_thread(self.blobs.new_temp_dir, "prep-")
             scratch.append(out_dir)
             local["out_dir"] = str(out_dir)
         elif kind == "finalize":
-            artifact = self.blobs.new_temp(".zip")
+            artifact = await asyncio.to_thread(self.blobs.new_temp, ".zip")
             scratch.append(artifact)
             local["artifact_path"] = str(artifact)
         return local

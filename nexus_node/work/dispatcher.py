@@ -30,8 +30,8 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Callable
 
-from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node.errors import FailedPrecondition
+from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkDown, WorkUp
 from nexus_node.work.scheduler import (
     Lease,
     NodeView,
@@ -60,14 +60,14 @@ class Outcome:
     error_kind: str = ""
     message: str = ""
     lost: bool = False     # never finished: its node died or left, or its lease was revoked
-    retry: bool = False    # lost, and its configuration may run again (retries left)
+    handed_back: bool = False   # lost because its node left (SIGTERM): not counted against it
     node_id: str = ""
 
 
 @dataclasses.dataclass
 class WorkSettings:
     grace: float = 5.0           # seconds of heartbeat silence after which a node is dead
-    max_retries: int = 2         # re-runs of a configuration whose nodes died
+    max_retries: int = 2         # re-runs of a configuration whose nodes died (work.retries)
     heartbeat: float = 1.0       # seconds between a node's heartbeats
     check_interval: float = 0.2  # how often the coordinator looks for silent nodes
 
@@ -78,10 +78,10 @@ class _Session:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.view: NodeView | None = None
-        self.heartbeat = pb.Heartbeat()
-        self.outbox: asyncio.Queue[pb.WorkDown | None] | None = None   # None: no open stream
+        self.heartbeat = Heartbeat()
+        self.outbox: asyncio.Queue[WorkDown | None] | None = None   # None: no open stream
 
-    def push(self, msg: pb.WorkDown) -> None:
+    def push(self, msg: WorkDown) -> None:
         if self.outbox is not None:
             self.outbox.put_nowait(msg)
 
@@ -114,7 +114,7 @@ class Dispatcher:
         self._waiting: dict[str, list[tuple[TrialRequest, asyncio.Future[Lease]]]] = {}
         self._rank: dict[str, float] = {}
         self._results: dict[str, asyncio.Future[Outcome]] = {}
-        self._sent: dict[str, pb.WorkDown] = {}
+        self._sent: dict[str, WorkDown] = {}
         self._seq = itertools.count(1)
         self._watch: asyncio.Task[None] | None = None
         self._closed = False
@@ -181,9 +181,8 @@ class Dispatcher:
                                       trial_number=held.request.trial_number if trial_number is None else trial_number)
         self.schedule.leases[lease.lease_id] = dataclasses.replace(held, request=request)
         self._results[lease.lease_id] = fut
-        msg = pb.WorkDown(assign=pb.Assignment(lease_id=lease.lease_id, term=self.term,
-                                               task_json=json.dumps(task).encode(),
-                                               log_index=self._applied_index()))
+        msg = Assignment(lease_id=lease.lease_id, term=self.term, task_json=json.dumps(task).encode(),
+                         log_index=self._applied_index())
         self._sent[lease.lease_id] = msg
         self._catch_up(lease.node_id)
         self._sessions[lease.node_id].push(msg)
@@ -199,29 +198,16 @@ class Dispatcher:
         comes back (a trial stops at its next epoch and records what it reached)."""
         lease = self.schedule.leases.get(lease_id)
         if lease is not None:
-            self._sessions[lease.node_id].push(pb.WorkDown(cancel=pb.CancelTask(lease_id=lease_id, reason=reason)))
+            self._sessions[lease.node_id].push(CancelTask(lease_id=lease_id, reason=reason))
 
     def cancel_job(self, job_id: str, reason: str = "the job was cancelled") -> None:
         """Revokes the job's leases (their slots are free at once) and stops its tasks."""
         for lease in cancel_job(self.schedule, job_id):
-            self._sessions[lease.node_id].push(pb.WorkDown(cancel=pb.CancelTask(lease_id=lease.lease_id, reason=reason)))
+            self._sessions[lease.node_id].push(CancelTask(lease_id=lease.lease_id, reason=reason))
             self._resolve(lease.lease_id, Outcome(False, lost=True, message=reason, node_id=lease.node_id))
         for _, fut in self._waiting.pop(job_id, []):
             fut.cancel()
         self._pump()
-
-    def note_failures(self, job_id: str, config_key: str, failures: int) -> None:
-        """Carries over how often a configuration was lost under earlier coordinators."""
-        key = (job_id, config_key)
-        self.schedule.failures[key] = max(self.schedule.failures.get(key, 0), failures)
-
-    def failures(self, job_id: str, config_key: str) -> int:
-        return self.schedule.failures.get((job_id, config_key), 0)
-
-    def count_failure(self, job_id: str, config_key: str) -> int:
-        key = (job_id, config_key)
-        self.schedule.failures[key] = self.schedule.failures.get(key, 0) + 1
-        return self.schedule.failures[key]
 
     def nodes(self) -> list[NodeView]:
         """Nodes with an open stream that are not dead, as last heard."""
@@ -233,7 +219,7 @@ class Dispatcher:
 
     # ---- stream side --------------------------------------------------------------------------
 
-    async def serve(self, first: pb.WorkUp, inbound: AsyncIterator[pb.WorkUp]) -> AsyncIterator[pb.WorkDown]:
+    async def serve(self, first: WorkUp, inbound: AsyncIterator[WorkUp]) -> AsyncIterator[WorkDown]:
         """One node's work stream: ``first`` (a heartbeat) was read by the servicer."""
         if self._closed:
             raise FailedPrecondition("this node no longer coordinates")
@@ -241,7 +227,7 @@ class Dispatcher:
         session = self._sessions.setdefault(node_id, _Session(node_id))
         if session.outbox is not None:
             session.outbox.put_nowait(None)   # a newer stream of the same node replaces the old
-        outbox: asyncio.Queue[pb.WorkDown | None] = asyncio.Queue()
+        outbox: asyncio.Queue[WorkDown | None] = asyncio.Queue()
         session.outbox = outbox
         self._receive(session, first)
         resent = False
@@ -262,8 +248,8 @@ class Dispatcher:
                 session.outbox = None
                 self._on_change()
 
-    async def _read(self, session: _Session, inbound: AsyncIterator[pb.WorkUp],
-                    outbox: asyncio.Queue[pb.WorkDown | None]) -> None:
+    async def _read(self, session: _Session, inbound: AsyncIterator[WorkUp],
+                    outbox: asyncio.Queue[WorkDown | None]) -> None:
         try:
             async for msg in inbound:
                 if session.outbox is not outbox or msg.node_id != session.node_id:
@@ -274,29 +260,28 @@ class Dispatcher:
         finally:
             outbox.put_nowait(None)
 
-    def _receive(self, session: _Session, msg: pb.WorkUp) -> None:
-        which = msg.WhichOneof("body")
-        if which == "heartbeat":
+    def _receive(self, session: _Session, msg: WorkUp) -> None:
+        if msg.heartbeat is not None:
             self._heartbeat(session, msg.heartbeat)
-        elif which == "result":
+        elif msg.result is not None:
             self._result(session.node_id, msg.result)
 
-    def _heartbeat(self, session: _Session, hb: pb.Heartbeat) -> None:
+    def _heartbeat(self, session: _Session, hb: Heartbeat) -> None:
         node_id = session.node_id
         if node_id in self.schedule.dead:
             log.info("node %s is back; it gets new work (its old trials were re-run elsewhere)", node_id)
             revive(self.schedule, node_id)
         session.heartbeat = hb
-        session.view = NodeView(node_id, int(hb.slots), int(hb.task_memory_bytes), self._clock())
+        session.view = NodeView(node_id, hb.slots, hb.task_memory_bytes, self._clock())
         for lease_id in hb.running:
             lease = self.schedule.leases.get(lease_id)
             if lease is None or lease.node_id != node_id:
-                session.push(pb.WorkDown(cancel=pb.CancelTask(
+                session.push(CancelTask(
                     lease_id=lease_id, reason="the coordinator does not hold this lease (revoked, or granted "
-                                              "by an earlier coordinator)")))
+                                              "by an earlier coordinator)"))
         self._pump()
 
-    def _result(self, node_id: str, r: pb.TaskResult) -> None:
+    def _result(self, node_id: str, r: TaskResult) -> None:
         handed_back = not r.ok and r.error_kind == HANDED_BACK
         lease = self.schedule.leases.get(r.lease_id)
         if not accept_result(self.schedule, r.lease_id, node_id):
@@ -311,8 +296,8 @@ class Dispatcher:
             else:
                 outcome = Outcome(True, result=result, node_id=node_id)
         elif handed_back:
-            # Not the configuration's fault: no retry is counted against it.
-            outcome = Outcome(False, lost=True, retry=True, message=r.error_message, node_id=node_id)
+            # Not the configuration's fault: work.retries does not count it against it.
+            outcome = Outcome(False, lost=True, handed_back=True, message=r.error_message, node_id=node_id)
         else:
             outcome = Outcome(False, error_kind=r.error_kind, message=r.error_message, node_id=node_id)
         assert lease is not None
@@ -366,11 +351,11 @@ class Dispatcher:
     def check(self, now: float) -> None:
         """Declares nodes silent past grace dead and resolves their tasks as lost."""
         views = [x.view for x in self._sessions.values() if x.view is not None]
-        moves = declare_dead(self.schedule, views, now, self.settings.grace, self.settings.max_retries, {})
+        moves = declare_dead(self.schedule, views, now, self.settings.grace)
         for move in moves:
             log.warning("lease %s on %s lost: %s", move.lease.lease_id, move.lease.node_id, move.reason)
-            self._resolve(move.lease.lease_id, Outcome(False, lost=True, retry=move.retry is not None,
-                                                       message=move.reason, node_id=move.lease.node_id))
+            self._resolve(move.lease.lease_id, Outcome(False, lost=True, message=move.reason,
+                                                       node_id=move.lease.node_id))
         for node_id in self.schedule.dead:
             session = self._sessions.get(node_id)
             if session is not None and session.outbox is not None:

@@ -1,7 +1,6 @@
 """Trial scheduling across the cluster, as pure functions of the cluster view and ``now``.
 
-The coordinator keeps a :class:`Schedule` (leases it granted, nodes it declared dead, how often
-each configuration failed) and asks these functions what to do; the work streams that carry the
+The coordinator keeps a :class:`Schedule` (leases it granted, nodes it declared dead) and asks these functions what to do; the work streams that carry the
 decisions to nodes are I/O and live elsewhere. Nothing here reads a clock, a socket or a random
 generator, so every rule is tested without a cluster (tests/work/test_scheduler.py).
 
@@ -15,8 +14,8 @@ Rules (issue 4):
   fewest running trials first (ties: the older job), so a small job submitted second is not stuck
   behind a long one. A cancelled job's leases are revoked at once, freeing their slots.
 * **Heartbeat reassignment.** A node silent for longer than ``grace`` is dead: each of its
-  leases is revoked and its trial retried with the same parameters (recording the trial it
-  retries), unless that configuration already failed ``max_retries`` times.
+  leases is revoked and its task reported lost. Whether a lost task runs again is
+  :func:`nexus_node.work.retries.decide_retry`'s decision, made by the job's driver.
 * **Fencing.** Every lease carries the coordinator's term; a node refuses an assignment older
   than the newest term it has seen, and the coordinator refuses a result for a revoked lease or
   from a node it declared dead, so a trial is never counted twice.
@@ -40,13 +39,12 @@ class NodeView:
 
 @dataclasses.dataclass(frozen=True)
 class TrialRequest:
-    """A trial waiting for a slot. ``retry_of`` names the trial a retry replaces."""
+    """A task waiting for a slot."""
 
     job_id: str
     trial_number: int
     config_key: str           # identifies the parameters (e.g. their canonical JSON)
     memory: int               # estimated bytes the trial needs
-    retry_of: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +63,6 @@ class Schedule:
     leases: dict[str, Lease] = dataclasses.field(default_factory=dict)
     revoked: set[str] = dataclasses.field(default_factory=set)
     dead: set[str] = dataclasses.field(default_factory=set)
-    failures: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def running_on(self, node_id: str) -> list[Lease]:
         return [lease for lease in self.leases.values() if lease.node_id == node_id]
@@ -152,47 +149,26 @@ def grant(schedule: Schedule, placement: Placement, lease_id: str, term: int, no
 
 @dataclasses.dataclass(frozen=True)
 class Reassignment:
-    """What a node's death means for one of its leases."""
+    """What a node's death means for one of its leases: revoked, its task lost."""
 
     lease: Lease
     reason: str
-    retry: TrialRequest | None     # None: the configuration used up its retries
 
 
-def declare_dead(schedule: Schedule, nodes: Iterable[NodeView], now: float, grace: float,
-                 max_retries: int, next_number: Mapping[str, int]) -> list[Reassignment]:
-    """Nodes silent past ``grace`` become dead; their leases are revoked and retried.
-
-    Args:
-        next_number: The next trial number of each job (a retry is a new trial of the study).
-    """
+def declare_dead(schedule: Schedule, nodes: Iterable[NodeView], now: float, grace: float) -> list[Reassignment]:
+    """Nodes silent past ``grace`` become dead; their leases are revoked. (Whether each lost
+    task runs again is not decided here: see :mod:`nexus_node.work.retries`.)"""
     out: list[Reassignment] = []
-    numbers = dict(next_number)
     for node in nodes:
         if node.node_id in schedule.dead or now - node.last_heartbeat <= grace:
             continue
         schedule.dead.add(node.node_id)
         for lease in sorted(schedule.running_on(node.node_id), key=lambda x: x.lease_id):
-            out.append(_fail(schedule, lease, f"node {node.node_id} missed heartbeats for "
-                                              f"{now - node.last_heartbeat:.1f} s (grace {grace:g} s)",
-                             max_retries, numbers))
+            del schedule.leases[lease.lease_id]
+            schedule.revoked.add(lease.lease_id)
+            out.append(Reassignment(lease, f"node {node.node_id} missed heartbeats for "
+                                           f"{now - node.last_heartbeat:.1f} s (grace {grace:g} s)"))
     return out
-
-
-def _fail(schedule: Schedule, lease: Lease, reason: str, max_retries: int,
-          numbers: dict[str, int]) -> Reassignment:
-    del schedule.leases[lease.lease_id]
-    schedule.revoked.add(lease.lease_id)
-    key = (lease.request.job_id, lease.request.config_key)
-    schedule.failures[key] = schedule.failures.get(key, 0) + 1
-    if schedule.failures[key] > max_retries:
-        return Reassignment(lease, f"{reason}; this configuration failed {schedule.failures[key]} "
-                                   f"times, more than --max-retries {max_retries}", None)
-    job = lease.request.job_id
-    number = numbers.get(job, lease.request.trial_number + 1)
-    numbers[job] = number + 1
-    retry = dataclasses.replace(lease.request, trial_number=number, retry_of=lease.request.trial_number)
-    return Reassignment(lease, reason, retry)
 
 
 def cancel_job(schedule: Schedule, job_id: str) -> list[Lease]:

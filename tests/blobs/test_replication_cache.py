@@ -14,12 +14,19 @@ from nexus_node.blobs.store import BlobStore
 from nexus_node.consensus.driver import MeshSettings, RaftDriver
 from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.registry import ReplicatedRecords
+from tests.blocking import allow_blocking
 
 FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)
 MEMBERS = {"n1", "n2"}
 
 
 def _blob(store: BlobStore, data: bytes, age: float) -> str:
+    """(The test's own setup, on its loop: allowed.)"""
+    with allow_blocking():
+        return _write_blob(store, data, age)
+
+
+def _write_blob(store: BlobStore, data: bytes, age: float) -> str:
     tmp = store.new_temp()
     tmp.write_bytes(data)
     sha, _ = store.ingest(tmp)
@@ -43,7 +50,8 @@ async def test_cached_copies_go_and_kept_ones_stay(tmp_path):
     records = ReplicatedRecords(driver, EventHub())
     await driver.start(["n1"])
     await driver.wait_for(lambda: driver.is_leader, 10)
-    store = BlobStore(tmp_path / "blobs")
+    with allow_blocking():
+        store = BlobStore(tmp_path / "blobs")
     sync = BlobSync("n1", "test", store, records, None, lambda: set(MEMBERS), replicas=1,  # type: ignore[arg-type]
                     bound_bytes=1, min_idle=60, wait_for=driver.wait_for)
     try:
@@ -94,7 +102,8 @@ async def test_a_member_that_becomes_a_keeper_when_another_is_removed_fetches_it
     await driver.start(["n1"])
     await driver.wait_for(lambda: driver.is_leader, 10)
     members = {"n1", "n2", "n3"}
-    store = BlobStore(tmp_path / "blobs")
+    with allow_blocking():
+        store = BlobStore(tmp_path / "blobs")
     sync = BlobSync("n1", "test", store, records, driver._transport, lambda: set(members), replicas=1,
                     wait_for=driver.wait_for)
     try:
@@ -107,7 +116,8 @@ async def test_a_member_that_becomes_a_keeper_when_another_is_removed_fetches_it
         members.discard("n3")   # n3 removed: n1 is the keeper now
         sync.rebalance()
         await driver.wait_for(lambda: records.holders(sha) == {"n1", "n2"}, 10)
-        assert store.path(sha).read_bytes() == data
+        with allow_blocking():
+            assert store.path(sha).read_bytes() == data
     finally:
         await sync.close()
         await driver.stop()

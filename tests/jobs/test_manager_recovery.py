@@ -6,31 +6,36 @@ from __future__ import annotations
 
 import optuna
 
-from nexus_node.jobs.manager import RUNNING_LOST, JobManager
+from nexus_node.jobs import recovery
+from nexus_node.jobs.context import RUNNING_LOST, JobContext
 from nexus_node.jobs.records import JobRecord, JobSpecRecord
+from nexus_node.jobs.search import Search
 from nexus_node.study import studies
-from nexus_node.work.dispatcher import Dispatcher
+from nexus_node.work.retries import handed_back_message
+
+
+def _id(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: optuna.Trial) -> int:
+    return studies.trial_id_of(storage, study.study_name, trial.number)
 
 
 def test_a_running_trial_this_coordinator_did_not_ask_for_is_lost_and_re_run_not_counted():
     storage = optuna.storages.InMemoryStorage()
     study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
-    manager = JobManager(db=None, blobs=None, serve_pool=None, storage=storage, node_id="n1")  # type: ignore[arg-type]
-    manager.dispatcher = Dispatcher(term=5)
+    search = Search(JobContext(db=None, blobs=None, storage=storage, node_id="n1"))  # type: ignore[arg-type]
     job = JobRecord(job_id="job-x", spec=JobSpecRecord(target="y"))
 
     mine = study.ask()                 # asked by this coordinator: it runs
     late = study.ask()                 # the deposed coordinator's, landed after the failover
     late.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
 
-    assert manager._budget_used(job, study, {mine.number}) == 1
+    assert search._budget_used(job, study, {mine.number}) == 1
     trials = study.get_trials(deepcopy=False)
     assert trials[mine.number].state.name == "RUNNING"
     assert trials[late.number].state.name == "FAIL" and studies.is_lost(trials[late.number])
     assert trials[late.number].system_attrs[studies.FAIL_REASON] == RUNNING_LOST
     (rerun,) = [t for t in trials if t.state.name == "WAITING"]
     assert rerun.user_attrs[studies.RETRY_OF] == late.number
-    assert manager._budget_used(job, study, {mine.number}) == 1   # nothing more to recover
+    assert search._budget_used(job, study, {mine.number}) == 1   # nothing more to recover
 
 
 def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coordinator():
@@ -38,25 +43,44 @@ def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coo
     between them (SIGTERM of a one-node cluster, seen in CI) left a lost trial never re-run."""
     storage = optuna.storages.InMemoryStorage()
     study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
-    manager = JobManager(db=None, blobs=None, serve_pool=None, storage=storage, node_id="n1")  # type: ignore[arg-type]
-    manager.dispatcher = Dispatcher(term=6)
-    job = JobRecord(job_id="job-x", spec=JobSpecRecord(target="y"))
 
     orphan = study.ask()
     orphan.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
-    assert studies.fail_trial(storage, studies.trial_id_of(storage, study.study_name, orphan.number), RUNNING_LOST, lost=True)
-    spent = study.ask()           # lost past its retries: not re-run
+    assert studies.fail_trial(storage, _id(storage, study, orphan), RUNNING_LOST, lost=True)
+    for _ in range(2):            # lost twice and re-run: its retries are used up
+        lost = study.ask()
+        lost.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 128})
+        assert studies.fail_trial(storage, _id(storage, study, lost), RUNNING_LOST, lost=True)
+        studies.enqueue_retry(study, study.get_trials(deepcopy=False)[lost.number])
+    spent = study.ask()           # lost a third time (max_retries 2), its re-run never enqueued
     spent.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 128})
-    for _ in range(3):
-        manager.dispatcher.count_failure(job.job_id, studies.config_key_of({"family": "mlp", "width": 128}))
-    assert studies.fail_trial(storage, studies.trial_id_of(storage, study.study_name, spent.number), RUNNING_LOST, lost=True)
+    assert studies.fail_trial(storage, _id(storage, study, spent), RUNNING_LOST, lost=True)
     rerun_already = study.ask()   # lost too, but its re-run was enqueued: nothing to do
     rerun_already.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 64})
-    assert studies.fail_trial(storage, studies.trial_id_of(storage, study.study_name, rerun_already.number), RUNNING_LOST, lost=True)
+    assert studies.fail_trial(storage, _id(storage, study, rerun_already), RUNNING_LOST, lost=True)
     studies.enqueue_retry(study, study.get_trials(deepcopy=False)[rerun_already.number])
 
-    manager._rerun_orphans(job, study)
-    manager._rerun_orphans(job, study)   # a second look enqueues nothing more
+    recovery.rerun_orphans(study, "job-x", max_retries=2)
+    recovery.rerun_orphans(study, "job-x", max_retries=2)   # a second look enqueues nothing more
     waiting = [t for t in study.get_trials(deepcopy=False) if t.state.name == "WAITING"]
+    # (The two earlier re-runs were taken by the asks above.)
     assert sorted(t.user_attrs[studies.RETRY_OF] for t in waiting) == [orphan.number, rerun_already.number]
     assert studies.config_of(waiting[-1]) == {"family": "mlp", "width": 32}
+
+
+def test_a_trial_handed_back_by_a_leaving_node_runs_again_even_past_its_retries():
+    """Leaving is the node's doing (SIGTERM), not the configuration's: work.retries does not
+    count it, and the study's record of it (its reason) is how a later count knows."""
+    storage = optuna.storages.InMemoryStorage()
+    study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
+    for _ in range(2):   # lost twice with a dead node: both retries used
+        lost = study.ask()
+        lost.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
+        assert studies.fail_trial(storage, _id(storage, study, lost), "node b missed heartbeats", lost=True)
+    left = study.ask()
+    left.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
+    assert studies.fail_trial(storage, _id(storage, study, left), handed_back_message("b"), lost=True)
+    assert recovery.rerun_if_allowed(study, "job-x", left.number, max_retries=2)
+    again = study.ask()   # the re-run; lost with a dead node now: a third counted loss
+    assert studies.fail_trial(storage, _id(storage, study, again), "node c missed heartbeats", lost=True)
+    assert not recovery.rerun_if_allowed(study, "job-x", again.number, max_retries=2)

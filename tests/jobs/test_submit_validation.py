@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nexus_node.jobs.manager import METRICS, SEED_LIMIT, derived_seed, metrics_for
+from nexus_node.jobs.intake import METRICS, SEED_LIMIT, derived_seed, metrics_for
 
 
 def test_derived_seeds_wrap_inside_what_numpy_accepts():

@@ -80,18 +80,6 @@ def test_cancel_while_preparing_returns_and_the_next_job_runs(node_factory, insu
     assert done.state == pb.COMPLETED, done.message
 
 
-def test_time_budget_ends_the_search_cleanly(node_factory, insurance_csv):
-    node = node_factory("n3", "--slots", "2").start()
-    s = stub(node.address)
-    job_id = submit(s, insurance_csv, "charges", max_trials=500, time_budget_seconds=8,
-                    constraints_json='{"max_epochs": 40}').job_id
-    job, _ = watch_until_end(s, job_id)
-    assert job.state == pb.COMPLETED, job.message
-    assert 0 < job.trials.complete + job.trials.pruned < 500
-    assert job.trials.running == 0
-    assert job.model_id
-
-
 def test_a_second_node_on_the_same_data_dir_is_refused(node_factory):
     first = node_factory("shared-dir").start()
     second = node_factory("shared-dir")

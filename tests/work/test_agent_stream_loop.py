@@ -33,7 +33,8 @@ class StoppedDriver:
 async def test_the_stream_loop_ends_with_the_driver_instead_of_spinning():
     driver = StoppedDriver()
     agent = WorkerAgent(node_id="n1", cluster="c", address="127.0.0.1:1", pool=None, blobs=None,
-                        mesh=SimpleNamespace(driver=driver), fetch_blob=lambda sha: None, storage={})
+                        mesh=SimpleNamespace(driver=driver), placement=None, fetch_blob=lambda sha: None,
+                        storage={})
     agent.start()
     assert agent.task is not None
     with pytest.raises(MeshStopped):

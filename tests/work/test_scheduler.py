@@ -67,41 +67,24 @@ def test_cancelling_a_job_frees_its_slots_at_once():
     assert not s.accept_result(schedule, gone[0].lease_id, "a")   # a late result of the cancelled job
 
 
-def test_a_node_silent_past_grace_is_dead_and_its_trials_are_retried_with_the_same_params():
+def test_a_node_silent_past_grace_is_dead_and_its_leases_are_revoked():
     schedule = Schedule()
     nodes = [node("a", 1, heartbeat=0.0), node("b", 1, heartbeat=0.0)]
     leases = run(schedule, s.place(schedule, {"j": [req("j", 0), req("j", 1)]}, ["j"], nodes)[0])
     on_a = next(lease for lease in leases if lease.node_id == "a")
     nodes = [node("a", 1, heartbeat=0.0), node("b", 1, heartbeat=9.0)]
-    assert s.declare_dead(schedule, nodes, now=4.9, grace=5.0, max_retries=2, next_number={"j": 2}) == []
-    out = s.declare_dead(schedule, nodes, now=5.5, grace=5.0, max_retries=2, next_number={"j": 2})
+    assert s.declare_dead(schedule, nodes, now=4.9, grace=5.0) == []
+    out = s.declare_dead(schedule, nodes, now=5.5, grace=5.0)
     assert [r.lease for r in out] == [on_a] and "missed heartbeats for 5.5 s" in out[0].reason
-    retry = out[0].retry
-    assert retry is not None and retry.config_key == on_a.request.config_key
-    assert (retry.trial_number, retry.retry_of) == (2, on_a.request.trial_number)
-    # The dead node's late result is refused, and the retry never goes to it: it waits for b,
-    # whose one slot is busy, and takes that slot when b's trial ends.
+    # The dead node's late result is refused, and its task's re-run (work.retries decides it)
+    # never goes to it: it waits for b, whose one slot is busy, and takes that slot when b's
+    # trial ends.
+    rerun = req("j", 2, key=on_a.request.config_key)
     assert not s.accept_result(schedule, on_a.lease_id, "a")
-    assert s.place(schedule, {"j": [retry]}, ["j"], nodes) == ([], [])
+    assert s.place(schedule, {"j": [rerun]}, ["j"], nodes) == ([], [])
     on_b = next(lease for lease in leases if lease.node_id == "b")
     assert s.accept_result(schedule, on_b.lease_id, "b")
-    assert [p.node_id for p in s.place(schedule, {"j": [retry]}, ["j"], nodes)[0]] == ["b"]
-
-
-def test_a_configuration_is_not_retried_past_max_retries():
-    schedule = Schedule()
-    key = "same-params"
-    request = req("j", 0, key=key)
-    outcomes = []
-    for attempt in range(3):
-        worker = f"w{attempt}"
-        lease = s.grant(schedule, s.Placement(request, worker), f"L{attempt}", 1, 0.0)
-        out = s.declare_dead(schedule, [node(worker, heartbeat=0.0)], 10.0, 5.0, max_retries=2,
-                             next_number={"j": attempt + 1})
-        assert out[0].lease == lease
-        outcomes.append(out[0].retry)
-        request = out[0].retry or request
-    assert outcomes[0] is not None and outcomes[1] is not None and outcomes[2] is None
+    assert [p.node_id for p in s.place(schedule, {"j": [rerun]}, ["j"], nodes)[0]] == ["b"]
 
 
 def test_results_only_count_from_the_lease_holder_and_stale_terms_are_refused():
@@ -118,7 +101,7 @@ def test_results_only_count_from_the_lease_holder_and_stale_terms_are_refused():
 def test_a_revived_node_gets_new_work_but_never_its_old_leases():
     schedule = Schedule()
     s.grant(schedule, s.Placement(req("j", 0), "a"), "L1", 1, 0.0)
-    s.declare_dead(schedule, [node("a", heartbeat=0.0)], 10.0, 5.0, 2, {"j": 1})
+    s.declare_dead(schedule, [node("a", heartbeat=0.0)], 10.0, 5.0)
     s.revive(schedule, "a")
     assert not s.accept_result(schedule, "L1", "a")
     assert len(s.place(schedule, {"j": [req("j", 1)]}, ["j"], [node("a", heartbeat=10.0)])[0]) == 1

@@ -1,0 +1,110 @@
+"""What a job must be to be accepted, and accepting it (``SubmitJob``).
+
+Everything a job's stages will use is checked here, before anything is stored, so that an
+accepted job does not fail on its input later: the spec alone (:func:`validate_spec`), then
+the upload (:func:`~nexus_node.pipeline.csvcheck.check_csv`) and the metric against the task
+its target defines (:func:`validate_metric`). A problem is an
+:class:`~nexus_node.errors.InvalidInput` whose message says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import secrets
+from pathlib import Path
+
+from nexus_node.errors import InvalidInput
+from nexus_node.jobs.context import JobContext
+from nexus_node.jobs.records import JOB_STUDY_PREFIX, PENDING, JobRecord, JobSpecRecord
+from nexus_node.pipeline.csvcheck import check_csv
+from nexus_node.study.constraints import parse_override
+
+METRICS = {  # name -> maximize
+    "r2": True, "rmse": False, "mae": False,
+    "accuracy": True, "f1": True, "roc_auc": True, "log_loss": False,
+}
+REGRESSION_METRICS = ("r2", "rmse", "mae")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
+DEFAULT_METRIC = {"regression": "r2", "binary": "roc_auc", "multiclass": "accuracy"}
+#: Seeds numpy, scikit-learn and torch all accept: 0 <= seed < 2**32. A job's trials and
+#: samplers derive theirs from the job's (:func:`derived_seed`), wrapping inside the range.
+SEED_LIMIT = 2**32
+MAX_USE_CASE_CHARS = 2_000   # the prompts use the first 1,000 (nexus_node.llm)
+MAX_FILENAME_CHARS = 1_024
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """The seed of the ``offset``-th trial (or resumed sampler) of a job seeded ``seed``."""
+    return (seed + offset) % SEED_LIMIT
+
+
+def metrics_for(task: str) -> tuple[str, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+
+
+def validate_spec(spec: JobSpecRecord, max_trials_limit: int) -> None:
+    """Checks what the spec alone decides; :func:`validate_metric` checks the metric against
+    the uploaded target.
+
+    Raises:
+        InvalidInput: the message says what to fix.
+    """
+    if not spec.target.strip():
+        raise InvalidInput("no target column given: set JobSpec.target (CLI: --target COL)")
+    if not 0 <= spec.seed < SEED_LIMIT:
+        raise InvalidInput(f"seed {spec.seed} is out of range: use 0 to {SEED_LIMIT - 1} "
+                           "(0: a seed is chosen and recorded)")
+    if len(spec.use_case) > MAX_USE_CASE_CHARS:
+        raise InvalidInput(f"the use case is {len(spec.use_case):,} characters long; describe the goal in "
+                           f"at most {MAX_USE_CASE_CHARS:,}")
+    if len(spec.filename) > MAX_FILENAME_CHARS:
+        raise InvalidInput(f"the file name is longer than {MAX_FILENAME_CHARS:,} characters: send a shorter one")
+    if spec.max_trials < 0 or spec.max_trials > max_trials_limit:
+        raise InvalidInput(f"max_trials must be between 0 and {max_trials_limit}")
+    if not math.isfinite(spec.time_budget_seconds) or spec.time_budget_seconds < 0:
+        raise InvalidInput("time_budget_seconds must be 0 (no limit) or a positive number of seconds")
+    if spec.metric and spec.metric not in METRICS:
+        raise InvalidInput(f"unknown metric {spec.metric!r}; choose one of {sorted(METRICS)}")
+    if spec.constraints_json:
+        parse_override(spec.constraints_json)
+
+
+def validate_metric(spec: JobSpecRecord, task: str) -> None:
+    """The metric must fit the task the target defines (decided at submit from the uploaded
+    column as preparation decides it: :func:`nexus_node.pipeline.csvcheck.target_task`)."""
+    fits = metrics_for(task)
+    if spec.metric and spec.metric not in fits:
+        raise InvalidInput(
+            f"metric {spec.metric!r} does not fit target {spec.target.strip()!r}, which makes this a {task} "
+            f"job; choose one of {list(fits)}, or no metric for the default ({DEFAULT_METRIC[task]})")
+
+
+async def submit(ctx: JobContext, spec: JobSpecRecord, upload: Path) -> JobRecord:
+    """Validate the spec and upload, store the CSV, commit the job (the coordinator, maybe
+    this node, starts it when it applies the record).
+
+    Raises:
+        InvalidInput: nothing is stored; the message says what to fix.
+    """
+    validate_spec(spec, ctx.settings.max_trials_limit)
+    try:
+        summary = await asyncio.to_thread(check_csv, upload, spec.target, spec.drop_columns)
+        validate_metric(spec, summary.task)
+    except InvalidInput:
+        await asyncio.to_thread(upload.unlink, missing_ok=True)
+        raise
+    sha, size = await asyncio.to_thread(ctx.blobs.ingest, upload)
+    await ctx.db.put_blob(sha, size, "dataset")
+    await ctx.replicated(sha)
+    job_id = "job-" + secrets.token_hex(5)
+    seed = spec.seed or secrets.randbelow(2**31 - 1) + 1
+    job = JobRecord(
+        job_id=job_id, spec=spec, state=PENDING, created_at=ctx.clock(), seed=seed,
+        node_id=ctx.node_id, dataset_sha256=sha, dataset_bytes=size,
+        encoding=summary.encoding, study_name=JOB_STUDY_PREFIX + job_id,
+        message=f"{summary.target_present} rows with a target, read as {summary.encoding}",
+    )
+    await ctx.db.put_job(job)   # committed through consensus before the call returns
+    return dataclasses.replace(job)

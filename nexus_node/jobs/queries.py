@@ -1,0 +1,92 @@
+"""What clients read, on any node: jobs, their trials, models, and a model's predictions.
+
+Reads come from this node's replicated records (every node holds the same), except a job this
+node drives, whose live copy is newer than its last write. Trials come from the job's study,
+loaded, never created: a read appends nothing to the replicated journal. Predictions run on
+this node's serve runner, streamed batch by batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from nexus_node.errors import FailedPrecondition, NotFound
+from nexus_node.jobs.context import JobContext
+from nexus_node.jobs.records import JobRecord, ModelRecord
+from nexus_node.runner.pool import RunnerPool
+from nexus_node.study import studies
+from nexus_node.study.trials import TrialView
+
+
+class Queries:
+    def __init__(self, ctx: JobContext, serve_pool: RunnerPool) -> None:
+        self.ctx, self.serve_pool = ctx, serve_pool
+
+    async def get(self, job_id: str) -> JobRecord:
+        live = self.ctx.live(job_id)
+        if live is not None:
+            return dataclasses.replace(live)
+        job = await self.ctx.db.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}: `nexus jobs` lists the jobs this cluster has")
+        return job
+
+    async def list(self) -> list[JobRecord]:
+        jobs = await self.ctx.db.list_jobs()
+        return [dataclasses.replace(self.ctx.live(j.job_id) or j) for j in jobs]
+
+    async def trials(self, job_id: str) -> list[TrialView]:
+        job = await self.get(job_id)
+        study = await self.ctx.study_or_none(job)
+        if study is None:
+            return []
+        frozen = await asyncio.to_thread(study.get_trials, False)
+        return [studies.trial_view(t) for t in frozen]
+
+    async def model(self, model_or_job: str) -> ModelRecord:
+        db = self.ctx.db
+        m = await db.get_model(model_or_job) or await db.model_for_job(model_or_job)
+        if m is None:
+            if await db.get_job(model_or_job) is not None:
+                job = await self.get(model_or_job)
+                raise FailedPrecondition(f"job {model_or_job} has no model yet (state {job.state})")
+            raise NotFound(f"no model or job {model_or_job!r}: `nexus models` lists the models")
+        return m
+
+    async def models(self) -> list[ModelRecord]:
+        return await self.ctx.db.list_models()
+
+    async def predict(self, model_or_job: str, csv_path: Path) -> AsyncIterator[tuple[list[str], list[dict[str, Any]]]]:
+        """Predictions for a CSV file, as ``(classes, rows)`` batches in row order.
+
+        The serve runner sends batches as they are ready, so the node holds one batch at a
+        time, not the whole result. Raises the runner's error (e.g. InvalidInput for a
+        missing column) before the first batch.
+        """
+        model = await self.model(model_or_job)
+        artifact = await self.ctx.fetch_blob(model.artifact_sha256)
+        async with self.serve_pool.acquire() as runner:
+            runner.current = f"predict {model.model_id}"
+            batches: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+            _, fut = await runner.call(
+                {"task": "predict", "artifact_path": str(artifact), "csv_path": str(csv_path)},
+                on_event=lambda ev: batches.put_nowait(ev["rows"]) if ev.get("kind") == "predictions" else None,
+            )
+            held: list[dict[str, Any]] | None = None
+            while not (fut.done() and batches.empty()):
+                getter = asyncio.ensure_future(batches.get())
+                await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                # Hold one batch back until the result says the task succeeded: a failure
+                # (bad input) must reach the caller as an error, not after partial output.
+                if held is not None:
+                    yield list(model.classes), held
+                held = getter.result()
+            result = fut.result()
+            if held is not None:
+                yield list(result.get("classes", model.classes)), held

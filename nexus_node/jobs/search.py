@@ -1,0 +1,226 @@
+"""A job's search (``SEARCHING``): trials asked for one slot at a time, within the budget.
+
+The coordinator owns sampling: for each slot the dispatcher grants the job it calls
+``study.ask()`` (so the sampler sees every result that arrived while the slot was busy) and
+samples the parameters, then hands the trial to the node under the slot's lease. Each trial in
+flight is one task here; its runner reports and finishes the trial through the node's
+StorageService, and :meth:`Search._settle` records what the study must know beyond that (a lost
+trial is failed first, then re-run as the retry rule allows). The budget's decisions are
+:mod:`nexus_node.jobs.budget`'s, given ``now`` from the context's clock; at the deadline the
+running trials are asked to stop and end as pruned with their last intermediate value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Collection
+
+import optuna
+
+from nexus_node.errors import NexusError
+from nexus_node.jobs import budget, recovery
+from nexus_node.jobs.budget import Step
+from nexus_node.jobs.context import RUNNING_LOST, JobContext
+from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED
+from nexus_node.jobs.intake import derived_seed
+from nexus_node.jobs.records import FINALIZING, JobRecord
+from nexus_node.study import studies
+from nexus_node.study.batches import BatchedJournalStorage
+from nexus_node.study.constraints import Constraints
+from nexus_node.study.space import suggest_params
+from nexus_node.work.dispatcher import Outcome
+from nexus_node.work.scheduler import Lease, task_memory
+
+
+class Search:
+    """Runs the searches of the jobs a coordinator drives (one :meth:`run` per job)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+
+    async def run(self, job: JobRecord) -> None:
+        """Searches until the budget is used, then moves the job to FINALIZING.
+
+        Raises:
+            NexusError: no trial completed (the commonest reason is in the message).
+            Cancelled: the job was cancelled.
+        """
+        ctx = self.ctx
+        active = ctx.jobs[job.job_id]
+        resumed = active.study is None   # prepared by another coordinator, or before a restart
+        study = await ctx.study_or_none(job)
+        if study is None:
+            raise NexusError(f"the study of job {job.job_id} is missing from the journal")
+        if resumed:
+            # A sampler seeded as the job's first one would draw the first configurations again
+            # (its random start-up phase ignores the study): seeded past the trials it already has.
+            drawn = await asyncio.to_thread(lambda: len(study.get_trials(deepcopy=False)))
+            study = await asyncio.to_thread(studies.load_study, ctx.storage, job.study_name, job.maximize,
+                                            derived_seed(job.seed, drawn), ctx.max_trials(job))
+        active.study = study
+        # Trials left RUNNING by a previous coordinator (or this node before a restart) have
+        # no lease now: failed, and re-run with the same parameters.
+        await asyncio.to_thread(recovery.recover_running, ctx.storage, study, job.job_id, ctx.settings.work.max_retries)
+        c = Constraints.from_dict(job.constraints)
+        started = float(job.prepared.get("search_started_at") or ctx.clock())
+        deadline_at = budget.deadline(started, job.spec.time_budget_seconds)
+        inflight: set[asyncio.Task[None]] = set()
+        await self.refresh_counts(job, study)
+        try:
+            await self._loop(job, study, c, deadline_at, inflight)
+        finally:
+            # However the loop ended (budget, cancel, an error), no trial outlives it: each
+            # stops at its next epoch and records what it reached.
+            if inflight:
+                active.stop_trials.set()
+                if ctx.dispatcher is not None:
+                    for lease in active.running.values():
+                        ctx.dispatcher.stop_task(lease.lease_id, "the job's search ended")
+                await asyncio.gather(*inflight, return_exceptions=True)
+        # None of this coordinator's trials runs now: a trial still RUNNING was created by a
+        # deposed coordinator whose write landed late. Nobody runs it; it must not stay RUNNING.
+        await asyncio.to_thread(recovery.fail_running, ctx.storage, study, RUNNING_LOST)
+        ctx.check_cancel(job)
+        await self.refresh_counts(job, study)
+        if job.best_value is None:
+            frozen = await asyncio.to_thread(study.get_trials, False)
+            reasons = [str(t.system_attrs.get(studies.FAIL_REASON, "")) for t in frozen]
+            reasons = [r for r in reasons if r]
+            why = f": {max(set(reasons), key=reasons.count)}" if reasons else ""
+            raise NexusError(f"no trial completed{why}")
+        await ctx.set_state(job, FINALIZING, "retraining the best configuration on train+validation")
+
+    async def _loop(self, job: JobRecord, study: optuna.Study, c: Constraints, deadline_at: float,
+                    inflight: set[asyncio.Task[None]]) -> None:
+        ctx = self.ctx
+        active = ctx.jobs[job.job_id]
+        memory = task_memory("trial", ctx.shard_bytes(job))
+        mine: set[int] = set()   # the trials this coordinator asked for
+        first = True
+        while True:
+            ctx.check_cancel(job)
+            if budget.past(deadline_at, ctx.clock()):
+                break
+            used = await asyncio.to_thread(self._budget_used, job, study, mine, first)
+            first = False
+            step = budget.next_step(now=ctx.clock(), deadline_at=deadline_at, used=used,
+                                    max_trials=ctx.max_trials(job), in_flight=len(inflight))
+            if step is Step.END:
+                break
+            if step is Step.WAIT:
+                # A trial in flight may yet be lost, and its re-run enqueued: wait for one to end.
+                await self._wait_any(inflight, active.stop, deadline_at)
+                continue
+            lease = await ctx.reserve(job, memory, deadline_at)
+            if lease is None:
+                break
+            try:
+                trial, trial_id, params = await asyncio.to_thread(self._ask, ctx.storage, study, c, lease.node_id)
+            except BaseException:
+                ctx.dispatch.release(lease)
+                raise
+            mine.add(trial.number)
+            task = asyncio.create_task(self._trial(job, study, lease, trial, trial_id, params))
+            inflight.add(task)
+            ctx.trial_tasks.add(task)
+            task.add_done_callback(inflight.discard)
+            task.add_done_callback(ctx.trial_tasks.discard)
+        if inflight and not active.stop.is_set():
+            await asyncio.wait(set(inflight), timeout=budget.timeout(deadline_at, ctx.clock()))
+            # Past the time budget the caller stops what still runs: those trials end at
+            # their next epoch, recorded as pruned with their last intermediate value.
+
+    def _budget_used(self, job: JobRecord, study: optuna.Study, mine: Collection[int], first: bool = False) -> int:
+        """(thread) Trials that use the job's budget. A RUNNING trial this coordinator did not
+        ask for was created by a deposed coordinator whose write landed late (retried across
+        the failover): nobody runs it, so it is failed as lost and re-run, and does not hold a
+        place in the budget meanwhile."""
+        max_retries = self.ctx.settings.work.max_retries
+        recovery.recover_running(self.ctx.storage, study, job.job_id, max_retries, mine)
+        if first:   # before this coordinator asks for any trial of the job
+            recovery.rerun_orphans(study, job.job_id, max_retries)
+        return studies.budget_used(study.get_trials(deepcopy=False))
+
+    async def _wait_any(self, tasks: set[asyncio.Task[None]], stop: asyncio.Event, deadline_at: float) -> None:
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=budget.timeout(deadline_at, self.ctx.clock()))
+        finally:
+            stopped.cancel()
+
+    @staticmethod
+    def _ask(storage: BatchedJournalStorage, study: optuna.Study, c: Constraints,
+             node_id: str) -> tuple[optuna.Trial, int, dict[str, Any]]:
+        """(thread) A new trial (an enqueued re-run first), its id in the storage and its
+        parameters, written in one append."""
+        trial = study.ask()
+        params = studies.suggest_in_one_write(storage, trial, lambda t: suggest_params(t, c),
+                                              lambda p: {studies.CONFIG_ATTR: p, studies.NODE_ATTR: node_id})
+        return trial, studies.trial_id_of(storage, study.study_name, trial.number), params
+
+    async def _trial(self, job: JobRecord, study: optuna.Study, lease: Lease, trial: optuna.Trial,
+                     trial_id: int, params: dict[str, Any]) -> None:
+        ctx = self.ctx
+        active = ctx.jobs[job.job_id]
+        active.running[trial.number] = lease
+        try:
+            task = {
+                "task": "trial", "label": f"{job.job_id}/{trial.number}",
+                "study_name": job.study_name, "trial_id": trial_id,
+                "trial_number": trial.number, "params": params, "files": dict(job.prepared["files"]),
+                "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
+                "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, trial.number),
+                "pruner": job.prepared.get("pruner") or studies.pruner_spec(ctx.settings.pruner, job.constraints),
+            }
+            if active.stop_trials.is_set():
+                ctx.dispatch.release(lease)   # the job stopped between ask() and now
+                outcome = Outcome(False, message="the job's search ended before the trial started")
+            else:
+                fut = ctx.dispatch.send(lease, task, config_key=studies.config_key_of(params),
+                                        trial_number=trial.number)
+                ctx.changes.notify()
+                outcome = await fut
+            await asyncio.to_thread(self._settle, job, study, trial.number, trial_id, outcome,
+                                    active.stop_trials.is_set())
+        finally:
+            active.running.pop(trial.number, None)
+            ctx.changes.notify()
+        await self._trial_finished(job, study, trial_id)
+
+    def _settle(self, job: JobRecord, study: optuna.Study, number: int, tid: int, outcome: Outcome,
+                stopped: bool) -> None:
+        """(thread) Records what the study must know beyond what the runner told it."""
+        storage = self.ctx.storage
+        if outcome.lost and not stopped:
+            # Failed first, so a late result of the dead node is refused by the study; re-run
+            # only if the failure is ours (the runner's own result may have landed first).
+            if studies.fail_trial(storage, tid, outcome.message, lost=True):
+                recovery.rerun_if_allowed(study, job.job_id, number, self.ctx.settings.work.max_retries)
+        elif not outcome.ok:
+            studies.fail_trial(storage, tid, outcome.message or "the task failed")
+        # A runner that returned without finishing the trial must not leave it RUNNING.
+        studies.fail_trial(storage, tid, "the runner did not record a result")
+
+    async def _trial_finished(self, job: JobRecord, study: optuna.Study, trial_id: int) -> None:
+        frozen = await asyncio.to_thread(self.ctx.storage.get_trial, trial_id)
+        before = job.best_value
+        await self.refresh_counts(job, study, write=False)
+        view = studies.trial_view(frozen)
+        kinds = [TRIAL_FINISHED]
+        if job.best_trial == frozen.number and job.best_value != before:
+            kinds.append(NEW_BEST)
+        # The events ride on the write: every node publishes them when it applies it.
+        await self.ctx.db.put_job(job, trial=view, kinds=tuple(kinds), term=self.ctx.term)
+
+    async def refresh_counts(self, job: JobRecord, study: optuna.Study, write: bool = True) -> None:
+        trials = await asyncio.to_thread(study.get_trials, False)
+        job.trials = studies.counts(trials)
+        complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+        if complete:
+            best = max(complete, key=lambda t: t.value) if job.maximize else min(complete, key=lambda t: t.value)
+            job.best_value, job.best_trial = float(best.value), best.number
+            job.best_params = dict(best.user_attrs.get(studies.CONFIG_ATTR) or best.params)
+            job.prepared["best_epochs"] = int(best.user_attrs.get("epochs", 0) or 0)
+        if write:
+            await self.ctx.db.put_job(job, term=self.ctx.term)
