@@ -6,7 +6,8 @@ it belongs in a thread (``asyncio.to_thread``, :mod:`nexus_node.blobs.files`). A
 whoever calls it) is installed once; while the ``no_blocking_io`` fixture is armed, such an
 event on a thread that runs an event loop raises :class:`BlockingOnLoop` at the call, and the
 test fails at teardown with where it happened even if the code under test swallowed the error.
-Threads (``to_thread``, gRPC's, SQLite's) are not checked. Imports are not flagged: Python
+Threads (``to_thread``, gRPC's, SQLite's) are not checked, nor reads of ``/proc`` and the
+cgroup files (the kernel's memory figures a heartbeat reads: no disk behind them). Imports are not flagged: Python
 reads modules with ``open`` too, and a lazy import is a different concern.
 
 Use: ``pytest_plugins = ["tests.blocking"]`` and the fixture (autouse in a ``conftest.py``
@@ -47,6 +48,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     if event == "open" and (not args or not isinstance(args[0], (str, bytes)) or
                             str(args[0]).endswith(_CODE) or "/__pycache__/" in str(args[0])):
         return   # a file descriptor (already open), or a module being imported
+    if event == "open" and str(args[0]).startswith(("/proc/", "/sys/fs/cgroup/")):
+        return   # the kernel's own figures (memory, cgroup limits): no disk, nothing to wait for
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -89,6 +89,11 @@ class WorkerAgent:
         """Stops taking work. ``hand_back``: tell the coordinator each running task is given
         up (it re-runs them elsewhere at once, without waiting for the grace period)."""
         self._leaving = True
+        if self._up is not None:
+            # First on the stream, ahead of the hand-backs: a heartbeat of no slots. Without it
+            # the coordinator, freed a slot here by a hand-back, gave this node the next trial
+            # before it closed its stream, and that trial waited out --grace unanswered.
+            self._up.put_nowait(self._heartbeat())
         for task in list(self.running.values()):
             task.cancel()
         for runner, _, _ in self._runners.values():
