@@ -110,7 +110,7 @@ def bench_overhead(n_trials: int, epochs: int, width: int, batch: int, rounds: i
     import torch
 
     from nexus_client.client import NexusClient
-    from nexus_node.jobs.manager import derived_seed
+    from nexus_node.jobs.intake import derived_seed
     from nexus_node.pipeline import target as target_scale
     from nexus_node.pipeline.folds import fold_splits
     from nexus_node.pipeline.train import DeviceData, train_and_score, warm_up
