@@ -88,4 +88,7 @@ def model_to_pb(m: ModelRecord) -> pb.Model:
 
 def token_to_pb(t: TokenRecord) -> pb.TokenInfo:
     """Name, role and age: never the secret, nor its digest."""
-    return pb.TokenInfo(name=t.name, role=int(t.role), created_at=t.created_at)
+    # A token's role is a client role (READ, SUBMIT, ADMIN), each a TokenRole of the same name
+    # and number. EnumTypeWrapper.Value is untyped (protobuf ships no stubs here).
+    role: pb.TokenRole = pb.TokenRole.Value(t.role.name)
+    return pb.TokenInfo(name=t.name, role=role, created_at=t.created_at)

@@ -9,7 +9,7 @@ import functools
 import inspect
 import logging
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -89,17 +89,20 @@ def _until_ready(cls: type) -> type:
         fn = cls.__dict__.get(method.name)
         if fn is None:
             continue
+        guarded: Callable[..., Any]
         if inspect.isasyncgenfunction(fn):
-            async def guarded(self, request, context, _fn=fn):  # type: ignore[no-untyped-def]
+            async def guarded_stream(self: Any, request: Any, context: Any, _fn: Any = fn) -> AsyncIterator[Any]:
                 if not self.ready:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
                 async for item in _fn(self, request, context):
                     yield item
+            guarded = guarded_stream
         else:
-            async def guarded(self, request, context, _fn=fn):  # type: ignore[no-untyped-def]
+            async def guarded_call(self: Any, request: Any, context: Any, _fn: Any = fn) -> Any:
                 if not self.ready:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
                 return await _fn(self, request, context)
+            guarded = guarded_call
         setattr(cls, method.name, functools.wraps(fn)(guarded))
     return cls
 

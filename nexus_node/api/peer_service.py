@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 import grpc
 
@@ -133,7 +133,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(code, problem)
         return accepted
 
-    async def StepStream(self, request_iterator, context: grpc.aio.ServicerContext) -> pb.StepAck:  # type: ignore[no-untyped-def]
+    async def StepStream(self, request_iterator: AsyncIterator[pb.RaftBatch],
+                         context: grpc.aio.ServicerContext) -> pb.StepAck:
         accepted = 0
         task = asyncio.current_task()
         if task is not None:
@@ -147,7 +148,8 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             # traceback, on every node, at every clean stop.
             pass
         finally:
-            self._streams.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._streams.discard(task)
         return pb.StepAck(accepted=accepted)
 
     def end_streams(self) -> None:
@@ -162,26 +164,31 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and address are required")
         if self._hooks is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not admit members")
+        assert self._hooks is not None   # context.abort raised (grpc is untyped: no NoReturn)
         answer = await self._hooks.join(request.node_id, request.address)
         return pb.ProposeReply(status=_JOIN_STATUS[answer.status], leader_id=answer.leader_id,
                                leader_address=answer.leader_address)
 
-    async def FetchBlob(self, request: pb.FetchBlobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def FetchBlob(self, request: pb.FetchBlobRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.BlobChunk]:
         await self._check_cluster(request.cluster, context)
         hooks = self._hooks
         path = await asyncio.to_thread(hooks.blob_file, request.sha256) if hooks is not None else None
         if path is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256} is not on this node")
-        async for chunk in files.read_chunks(path, BLOB_CHUNK):  # type: ignore[arg-type]
+        assert path is not None   # context.abort raised (grpc is untyped: no NoReturn)
+        async for chunk in files.read_chunks(path, BLOB_CHUNK):
             yield pb.BlobChunk(data=chunk)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> nexus_pb.NodeInfo:
         await self._check_cluster(request.cluster, context)
         if self._hooks is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no node view")
+        assert self._hooks is not None   # context.abort raised (grpc is untyped: no NoReturn)
         return self._hooks.describe()
 
-    async def Work(self, request_iterator, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Work(self, request_iterator: AsyncIterator[pb.WorkUp],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WorkDown]:
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
@@ -200,6 +207,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             where = f"node {lead} at {self._host.peer_address(lead) or '?'}" if lead else "no node yet"
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"node {self._host.node_id} does not coordinate; {where} does")
+        assert dispatcher is not None   # context.abort raised (grpc is untyped: no NoReturn)
         async for msg in dispatcher.serve(wire.up_from_pb(first), wire.ups_from_pb(request_iterator)):
             yield wire.down_to_pb(msg)
 

@@ -28,6 +28,7 @@ from nexus_node.cluster import admission
 from nexus_node.consensus.driver import MeshStopped, RaftDriver
 from nexus_node.consensus.raft import InvalidConfigChange, Membership, NotLeader, ProposalDropped
 from nexus_node.consensus.state import encode_command
+from nexus_node.consensus.transport import PeerTransport
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Mesh:
         self.on_change: Callable[[], None] = lambda: None   # leader or membership changed
 
     @property
-    def transport(self):  # type: ignore[no-untyped-def]
+    def transport(self) -> PeerTransport:
         return self.driver._transport
 
     @property

@@ -18,6 +18,7 @@ and :meth:`deactivate`.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
@@ -127,14 +128,16 @@ class JobManager:
     async def list(self) -> list[JobRecord]:
         return await self.queries.list()
 
-    async def trials(self, job_id: str) -> list[TrialView]:
+    async def trials(self, job_id: str) -> builtins.list[TrialView]:
         return await self.queries.trials(job_id)
 
     async def model(self, model_or_job: str) -> ModelRecord:
         return await self.queries.model(model_or_job)
 
-    async def models(self) -> list[ModelRecord]:
+    async def models(self) -> builtins.list[ModelRecord]:
         return await self.queries.models()
 
-    def predict(self, model_or_job: str, csv_path: Path) -> AsyncIterator[tuple[list[str], list[dict[str, Any]]]]:
+    def predict(
+        self, model_or_job: str, csv_path: Path
+    ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]]]]:
         return self.queries.predict(model_or_job, csv_path)

@@ -9,6 +9,7 @@ this node's serve runner, streamed batch by batch.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -38,7 +39,7 @@ class Queries:
         jobs = await self.ctx.db.list_jobs()
         return [dataclasses.replace(self.ctx.live(j.job_id) or j) for j in jobs]
 
-    async def trials(self, job_id: str) -> list[TrialView]:
+    async def trials(self, job_id: str) -> builtins.list[TrialView]:
         job = await self.get(job_id)
         study = await self.ctx.study_or_none(job)
         if study is None:
@@ -56,10 +57,12 @@ class Queries:
             raise NotFound(f"no model or job {model_or_job!r}: `nexus models` lists the models")
         return m
 
-    async def models(self) -> list[ModelRecord]:
+    async def models(self) -> builtins.list[ModelRecord]:
         return await self.ctx.db.list_models()
 
-    async def predict(self, model_or_job: str, csv_path: Path) -> AsyncIterator[tuple[list[str], list[dict[str, Any]]]]:
+    async def predict(
+        self, model_or_job: str, csv_path: Path
+    ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]]]]:
         """Predictions for a CSV file, as ``(classes, rows)`` batches in row order.
 
         The serve runner sends batches as they are ready, so the node holds one batch at a
@@ -78,7 +81,8 @@ class Queries:
             held: list[dict[str, Any]] | None = None
             while not (fut.done() and batches.empty()):
                 getter = asyncio.ensure_future(batches.get())
-                await asyncio.wait({getter, fut}, return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {getter, fut}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if not getter.done():
                     getter.cancel()
                     continue

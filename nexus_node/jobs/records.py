@@ -210,7 +210,7 @@ def check_fields(cls: type, d: object) -> None:
             continue
         value = d[f.name]
         _check_value(f"{cls.__name__}.{f.name}", hints[f.name], value)
-        if f.name in _TIMES and not math.isfinite(value):  # type: ignore[arg-type]
+        if f.name in _TIMES and not math.isfinite(value):
             raise ValueError(f"{cls.__name__}.{f.name} must be a finite time, not {value!r}")
 
 

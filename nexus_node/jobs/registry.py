@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from nexus_node.blobs.replication import BlobInfo
 from nexus_node.consensus.driver import RaftDriver
@@ -63,7 +63,8 @@ def validate_body(body: Any) -> None:
         raise ValueError("a records command is an object")
     op = body.get("op")
     if op == "put_job":
-        job = JobRecord.from_dict(body.get("job"))   # type: ignore[arg-type]  (checks it)
+        # Any value: from_dict checks that it is an object (check_fields) before using it.
+        job = JobRecord.from_dict(cast("dict[str, Any]", body.get("job")))
         if not job.job_id:
             raise ValueError("put_job: the job has no id")
         event = body.get("event")
@@ -76,7 +77,7 @@ def validate_body(body: Any) -> None:
     elif op == "cancel_job":
         _string(body, "job_id")
     elif op == "put_model":
-        model = ModelRecord.from_dict(body.get("model"))   # type: ignore[arg-type]
+        model = ModelRecord.from_dict(cast("dict[str, Any]", body.get("model")))   # checked there too
         if not model.model_id:
             raise ValueError("put_model: the model has no id")
     elif op == "put_blob":

@@ -54,7 +54,7 @@ class Search:
         if resumed:
             # A sampler seeded as the job's first one would draw the first configurations again
             # (its random start-up phase ignores the study): seeded past the trials it already has.
-            drawn = await asyncio.to_thread(lambda: len(study.get_trials(deepcopy=False)))
+            drawn = len(await asyncio.to_thread(study.get_trials, deepcopy=False))
             study = await asyncio.to_thread(studies.load_study, ctx.storage, job.study_name, job.maximize,
                                             derived_seed(job.seed, drawn), ctx.max_trials(job))
         active.study = study
@@ -218,9 +218,15 @@ class Search:
         job.trials = studies.counts(trials)
         complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
         if complete:
-            best = max(complete, key=lambda t: t.value) if job.maximize else min(complete, key=lambda t: t.value)
-            job.best_value, job.best_trial = float(best.value), best.number
+            best = max(complete, key=_value) if job.maximize else min(complete, key=_value)
+            job.best_value, job.best_trial = float(_value(best)), best.number
             job.best_params = dict(best.user_attrs.get(studies.CONFIG_ATTR) or best.params)
             job.prepared["best_epochs"] = int(best.user_attrs.get("epochs", 0) or 0)
         if write:
             await self.ctx.db.put_job(job, term=self.ctx.term)
+
+
+def _value(t: optuna.trial.FrozenTrial) -> float:
+    """A complete trial's objective value (``refresh_counts`` keeps only trials that have one)."""
+    assert t.value is not None
+    return t.value

@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from nexus_node.cluster.mesh import ClusterSettings
 from nexus_node.cluster.peers import parse_seeds
@@ -234,14 +235,15 @@ async def serve(config: NodeConfig) -> int:
     node = Node(config)
     node.on_failure = end
     starting = asyncio.create_task(node.start(), name="node-start")
-    await asyncio.wait([starting, ended], return_when=asyncio.FIRST_COMPLETED)
+    first: list[asyncio.Future[Any]] = [starting, ended]
+    await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
     if starting.done() and not ended.done():
         if (exc := starting.exception()) is not None:
             # The node failed before it served: the port and the lock are released, then the reason.
-            code, reason = _start_failure(exc, node.failure)
+            code, failure = _start_failure(exc, node.failure)
             _exit_at(FAILED_STOP_S, code)
             await _stop_quietly(node)
-            _say(reason)
+            _say(failure)
             return code
         # One line on stdout that scripts (and tests) can wait for.
         tls = " over TLS" if config.tls_cert else ""

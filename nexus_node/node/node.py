@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, TypedDict
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -58,6 +58,13 @@ from nexus_node.work.agent import WorkerAgent
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
 
 log = logging.getLogger(__name__)
+
+
+class _DiskFields(TypedDict, total=False):
+    """The ``NodeInfo`` disk fields (none when the data dir's filesystem cannot be read)."""
+
+    disk_free_bytes: int
+    disk_low: bool
 
 
 @dataclass
@@ -394,7 +401,7 @@ class Node:
             **self._disk_fields(),
         )
 
-    def _disk_fields(self) -> dict[str, object]:
+    def _disk_fields(self) -> _DiskFields:
         try:
             free = self.disk.free()
         except OSError:
@@ -404,7 +411,8 @@ class Node:
     async def cluster_view(self) -> pb.Cluster:
         """Every member (voters, non-voters) with its role, plus peers found but not members."""
         assert self.mesh is not None
-        d = self.mesh.driver
+        mesh = self.mesh   # narrowed, for one() below
+        d = mesh.driver
         status = d.status()
         m = status.membership
 
@@ -419,9 +427,9 @@ class Node:
                     node.last_contact = time.time() - (time.monotonic() - heard)
                 if address:
                     try:
-                        node = await self.mesh.transport.stub(address).Describe(
+                        node = await mesh.transport.stub(address).Describe(
                             peer_pb2.DescribeRequest(cluster=self.config.cluster_name),
-                            timeout=1.0, metadata=self.mesh.transport.metadata)
+                            timeout=1.0, metadata=mesh.transport.metadata)
                     except grpc.aio.AioRpcError:
                         pass   # unreachable: listed with its last contact
             node.role = (pb.COORDINATOR if node_id == status.lead else

@@ -346,7 +346,7 @@ class _StoredSystemAttrs(UserDict):
         self._store, self._tid = storage, trial_id
         self._data: dict[str, Any] | None = None
 
-    @property  # type: ignore[override]
+    @property
     def data(self) -> dict[str, Any]:
         if self._data is None:
             self._data = dict(self._store.get_trial_system_attrs(self._tid))

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from nexus_node import bounded_json
 from nexus_node.errors import InvalidInput
@@ -141,12 +141,11 @@ def heuristic_constraints(profile: Mapping[str, Any], memory_bytes: int) -> Cons
             min_epochs=5, max_epochs=25,
             rationale=f"{rows} rows: large batches and few epochs keep trials short",
         )
-    c = dataclasses.replace(c, **_target_choices(profile))
-    return clamp(c, b)
+    return clamp(_with_target_choices(c, profile), b)
 
 
-def _target_choices(profile: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """``target_transforms`` / ``class_weights`` from the target's profile: a log scale is
+def _with_target_choices(c: Constraints, profile: Mapping[str, Any]) -> Constraints:
+    """``c`` with ``target_transforms`` / ``class_weights`` from the target's profile: a log scale is
     offered for a positive, right-skewed regression target, balanced class weights for an
     imbalanced class table; validation then decides between them and the plain choice."""
     task = profile.get("task")
@@ -158,12 +157,14 @@ def _target_choices(profile: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
             skew = 3.0 * (float(stats["mean"]) - float(stats["median"])) / float(stats["std"])
         positive = stats.get("min") is not None and float(stats["min"]) > 0
         offer = positive and skew is not None and float(skew) >= OFFER_LOG_SKEW
-        return {"target_transforms": TARGET_TRANSFORMS if offer else ("none",)}
+        return dataclasses.replace(
+            c, target_transforms=TARGET_TRANSFORMS if offer else ("none",)
+        )
     if task in ("binary", "multiclass"):
         counts = [int(n) for n in (stats.get("class_counts") or {}).values() if int(n) > 0]
         lopsided = len(counts) > 1 and max(counts) >= IMBALANCE_RATIO * min(counts)
-        return {"class_weights": CLASS_WEIGHTS if lopsided else ("none",)}
-    return {}
+        return dataclasses.replace(c, class_weights=CLASS_WEIGHTS if lopsided else ("none",))
+    return c
 
 
 def clamp(c: Constraints, b: Bounds) -> Constraints:
@@ -213,7 +214,9 @@ def clamp(c: Constraints, b: Bounds) -> Constraints:
     )
 
 
-def _clamp_range(r: Any, lo: float, hi: float, name: str, note) -> tuple[float, float]:
+def _clamp_range(
+    r: Any, lo: float, hi: float, name: str, note: Callable[[str], None]
+) -> tuple[float, float]:
     a, b_ = float(r[0]), float(r[1])
     if not (math.isfinite(a) and math.isfinite(b_)):
         note(f"{name} was not finite; reset to {lo}..{hi}")
@@ -288,7 +291,7 @@ def _is_int(v: Any) -> bool:
 def _is_number(v: Any) -> bool:
     # A JSON integer may be too large for a float (10**400): math.isfinite would raise.
     if _is_int(v):
-        return abs(v) < 2**1023
+        return bool(abs(v) < 2**1023)
     return isinstance(v, float) and math.isfinite(v)
 
 

@@ -27,7 +27,7 @@ import threading
 import uuid
 import weakref
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard
 
 from optuna.distributions import json_to_distribution
 from optuna.storages.journal import BaseJournalBackend
@@ -107,7 +107,7 @@ def _one_attr(v: object) -> bool:
     return type(v) is dict and len(v) == 1 and all(type(k) is str for k in v)
 
 
-def _str_dict(v: object) -> bool:
+def _str_dict(v: object) -> TypeGuard[dict[str, Any]]:
     return type(v) is dict and all(type(k) is str for k in v)
 
 
@@ -115,7 +115,7 @@ def _distributions(v: object) -> bool:
     if not _str_dict(v):
         return False
     try:
-        for text in v.values():   # type: ignore[union-attr]
+        for text in v.values():
             json_to_distribution(text)
     except (ValueError, TypeError, KeyError, AttributeError):
         return False

@@ -94,17 +94,18 @@ class NexusStorageProxy(BaseStorage):
         try:
             return getattr(self._stub, method)(request)
         except grpc.RpcError as e:
-            error = _ERRORS.get(e.code())  # type: ignore[attr-defined]
+            error = _ERRORS.get(e.code())
             if error is None:
                 raise
-            raise error(e.details()) from e  # type: ignore[attr-defined]
+            raise error(e.details()) from e
 
     # Studies.
 
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         name = study_name if study_name is not None else DEFAULT_STUDY_NAME_PREFIX + str(uuid.uuid4())
-        return self._call("CreateNewStudy", pb.CreateNewStudyRequest(
-            directions=wire.directions_to_proto(directions), study_name=name)).study_id
+        reply: pb.CreateNewStudyReply = self._call("CreateNewStudy", pb.CreateNewStudyRequest(
+            directions=wire.directions_to_proto(directions), study_name=name))
+        return reply.study_id
 
     def delete_study(self, study_id: int) -> None:
         self._call("DeleteStudy", pb.DeleteStudyRequest(study_id=study_id))
@@ -120,10 +121,14 @@ class NexusStorageProxy(BaseStorage):
             study_id=study_id, key=key, value=json.dumps(value)))
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        return self._call("GetStudyIdFromName", pb.GetStudyIdFromNameRequest(study_name=study_name)).study_id
+        reply: pb.GetStudyIdFromNameReply = self._call(
+            "GetStudyIdFromName", pb.GetStudyIdFromNameRequest(study_name=study_name))
+        return reply.study_id
 
     def get_study_name_from_id(self, study_id: int) -> str:
-        return self._call("GetStudyNameFromId", pb.GetStudyNameFromIdRequest(study_id=study_id)).study_name
+        reply: pb.GetStudyNameFromIdReply = self._call(
+            "GetStudyNameFromId", pb.GetStudyNameFromIdRequest(study_id=study_id))
+        return reply.study_name
 
     def get_study_directions(self, study_id: int) -> list[StudyDirection]:
         reply = self._call("GetStudyDirections", pb.GetStudyDirectionsRequest(study_id=study_id))
@@ -149,7 +154,8 @@ class NexusStorageProxy(BaseStorage):
             request = pb.CreateNewTrialRequest(study_id=study_id, template_trial_is_none=True)
         else:   # a template's id is not read: the server gives the trial a new one
             request = pb.CreateNewTrialRequest(study_id=study_id, template_trial=wire.trial_to_proto(template_trial, 0))
-        return self._call("CreateNewTrial", request).trial_id
+        reply: pb.CreateNewTrialReply = self._call("CreateNewTrial", request)
+        return reply.trial_id
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:
@@ -158,12 +164,15 @@ class NexusStorageProxy(BaseStorage):
             distribution=distribution_to_json(distribution)))
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
-        return self._call("GetTrialIdFromStudyIdTrialNumber", pb.GetTrialIdFromStudyIdTrialNumberRequest(
-            study_id=study_id, trial_number=trial_number)).trial_id
+        reply: pb.GetTrialIdFromStudyIdTrialNumberReply = self._call(
+            "GetTrialIdFromStudyIdTrialNumber", pb.GetTrialIdFromStudyIdTrialNumberRequest(
+                study_id=study_id, trial_number=trial_number))
+        return reply.trial_id
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        return self._call("SetTrialStateValues", pb.SetTrialStateValuesRequest(
-            trial_id=trial_id, state=wire.state_to_proto(state), values=values)).trial_updated
+        reply: pb.SetTrialStateValuesReply = self._call("SetTrialStateValues", pb.SetTrialStateValuesRequest(
+            trial_id=trial_id, state=wire.state_to_proto(state), values=values))
+        return reply.trial_updated
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         self._call("SetTrialIntermediateValue", pb.SetTrialIntermediateValueRequest(
@@ -240,9 +249,9 @@ class NexusStorageProxy(BaseStorage):
         try:
             return getattr(runner_pb2_grpc.RunnerServiceStub(self._channel), method)(request, timeout=60)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._missing.add(method)
                 return None
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # type: ignore[attr-defined]
-                raise UpdateFinishedTrialError(exc.details()) from None  # type: ignore[attr-defined]
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise UpdateFinishedTrialError(exc.details()) from None
             raise

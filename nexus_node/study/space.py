@@ -115,7 +115,7 @@ def trial_params(config: dict[str, Any]) -> dict[str, Any]:
     return {("family" if k == "family" else f"gbt_{k}"): v for k, v in config.items()}
 
 
-def _choice(trial: optuna.Trial, name: str, choices: tuple) -> Any:
+def _choice(trial: optuna.Trial, name: str, choices: tuple[Any, ...]) -> Any:
     return trial.suggest_categorical(name, list(choices)) if len(choices) > 1 else choices[0]
 
 

@@ -84,7 +84,7 @@ def fail_trial(storage: BaseStorage, trial_id: int, reason: str, lost: bool = Fa
     :data:`LOST_ATTR`). Returns False if it had finished."""
     if storage.get_trial(trial_id).state.is_finished():
         return False
-    attrs = {FAIL_REASON: reason[:500], **({LOST_ATTR: True} if lost else {})}
+    attrs: dict[str, str | bool] = {FAIL_REASON: reason[:500], **({LOST_ATTR: True} if lost else {})}
     writes: list[Callable[[], object]] = [
         functools.partial(storage.set_trial_system_attr, trial_id, k, v) for k, v in attrs.items()]
     writes.append(functools.partial(storage.set_trial_state_values, trial_id, TrialState.FAIL))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.study import StudyDirection
@@ -29,7 +29,7 @@ from nexus_node._generated import api_pb2 as pb
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def directions_to_proto(directions: Sequence[StudyDirection]) -> list[int]:
+def directions_to_proto(directions: Sequence[StudyDirection]) -> list[pb.StudyDirection]:
     return [pb.MINIMIZE if d == StudyDirection.MINIMIZE else pb.MAXIMIZE for d in directions]
 
 
@@ -37,19 +37,21 @@ def directions_from_proto(directions: Sequence[int]) -> list[StudyDirection]:
     return [StudyDirection.MINIMIZE if d == pb.MINIMIZE else StudyDirection.MAXIMIZE for d in directions]
 
 
-def state_to_proto(state: TrialState) -> int:
-    return pb.TrialState.Value(state.name)
+def state_to_proto(state: TrialState) -> pb.TrialState:
+    # EnumTypeWrapper.Value is untyped (protobuf ships no stubs here): it returns the number.
+    value: pb.TrialState = pb.TrialState.Value(state.name)
+    return value
 
 
 def state_from_proto(state: int) -> TrialState:
     return TrialState[pb.TrialState.Name(state)]
 
 
-def attrs_to_proto(attrs: dict) -> dict[str, str]:
+def attrs_to_proto(attrs: dict[str, Any]) -> dict[str, str]:
     return {key: json.dumps(value) for key, value in attrs.items()}
 
 
-def attrs_from_proto(attrs: "dict[str, str]") -> dict:
+def attrs_from_proto(attrs: Mapping[str, str]) -> dict[str, Any]:
     return {key: json.loads(value) for key, value in attrs.items()}
 
 

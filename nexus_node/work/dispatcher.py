@@ -81,7 +81,8 @@ class _Session:
         self.heartbeat = Heartbeat()
         self.outbox: asyncio.Queue[WorkDown | None] | None = None   # None: no open stream
 
-    def push(self, msg: WorkDown) -> None:
+    def push(self, msg: WorkDown | None) -> None:
+        """Queue ``msg`` on the open stream, if any; ``None`` ends the stream."""
         if self.outbox is not None:
             self.outbox.put_nowait(msg)
 
@@ -131,15 +132,15 @@ class Dispatcher:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
         for session in self._sessions.values():
-            session.push(None)  # type: ignore[arg-type]
+            session.push(None)
             session.outbox = None
         for waiting in self._waiting.values():
             for _, fut in waiting:
                 fut.cancel()
         self._waiting.clear()
-        for fut in self._results.values():
-            if not fut.done():
-                fut.set_result(Outcome(False, lost=True, message="the coordinator stepped down"))
+        for result in self._results.values():
+            if not result.done():
+                result.set_result(Outcome(False, lost=True, message="the coordinator stepped down"))
         self._results.clear()
 
     # ---- job side ---------------------------------------------------------------------------
@@ -231,10 +232,10 @@ class Dispatcher:
         session.outbox = outbox
         self._receive(session, first)
         resent = False
-        for lease_id, msg in self._sent.items():
+        for lease_id, sent in self._sent.items():
             lease = self.schedule.leases.get(lease_id)
             if lease is not None and lease.node_id == node_id:
-                outbox.put_nowait(msg)
+                outbox.put_nowait(sent)
                 resent = True
         if resent:
             self._catch_up(node_id)
@@ -361,7 +362,7 @@ class Dispatcher:
             if session is not None and session.outbox is not None:
                 # Silent with its stream open (hung, or cut off without a reset): end the stream,
                 # so that if it recovers it reconnects and reconciles.
-                session.push(None)  # type: ignore[arg-type]
+                session.push(None)
                 session.outbox = None
         if moves:
             self._pump()
