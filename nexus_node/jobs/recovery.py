@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def loss_of(t: optuna.trial.FrozenTrial) -> Loss:
-    """A trial failed as lost, as the retry rule counts it (a hand-back by its recorded reason)."""
-    return Loss(studies.config_key(t), is_handed_back(str(t.system_attrs.get(studies.FAIL_REASON, ""))))
+    """A trial failed as lost, as the retry rule counts it: a hand-back by its mark, or, for a
+    trial failed before the mark existed, by its recorded reason."""
+    handed_back = bool(t.system_attrs.get(studies.HANDED_BACK_ATTR)) or \
+        is_handed_back(str(t.system_attrs.get(studies.FAIL_REASON, "")))
+    return Loss(studies.config_key(t), handed_back)
 
 
 def rerun_if_allowed(study: optuna.Study, job_id: str, number: int, max_retries: int) -> bool:

@@ -195,7 +195,7 @@ class Search:
         if outcome.lost and not stopped:
             # Failed first, so a late result of the dead node is refused by the study; re-run
             # only if the failure is ours (the runner's own result may have landed first).
-            if studies.fail_trial(storage, tid, outcome.message, lost=True):
+            if studies.fail_trial(storage, tid, outcome.message, lost=True, handed_back=outcome.handed_back):
                 recovery.rerun_if_allowed(study, job.job_id, number, self.ctx.settings.work.max_retries)
         elif not outcome.ok:
             studies.fail_trial(storage, tid, outcome.message or "the task failed")

@@ -34,6 +34,9 @@ CONFIG_ATTR = "config"
 #: System attribute of a trial failed because its node died or left (not its configuration's
 #: doing): such a trial does not use the job's budget and its parameters are run again.
 LOST_ATTR = "nexus:lost"
+#: A lost trial's system attribute: its node handed it back as it left (SIGTERM). The retry
+#: rule does not count such a loss against the configuration (work/retries.py).
+HANDED_BACK_ATTR = "nexus:handed_back"
 #: User attribute of a re-run: the number of the trial whose parameters it runs again.
 RETRY_OF = "retry_of"
 
@@ -79,12 +82,15 @@ def make_pruner(spec: Mapping[str, Any] | None = None) -> optuna.pruners.BasePru
     return pruning.build(spec or pruning.spec_for(pruning.DEFAULT_KIND, 100, GBT_MAX_ITER[1]))[0]
 
 
-def fail_trial(storage: BaseStorage, trial_id: int, reason: str, lost: bool = False) -> bool:
-    """Fail a trial that is still RUNNING, recording why (``lost``: its node died, see
-    :data:`LOST_ATTR`). Returns False if it had finished."""
+def fail_trial(storage: BaseStorage, trial_id: int, reason: str, lost: bool = False,
+               handed_back: bool = False) -> bool:
+    """Fail a trial that is still RUNNING, recording why (``lost``: its node died or left, see
+    :data:`LOST_ATTR`; ``handed_back``: it left, :data:`HANDED_BACK_ATTR`). Returns False if it
+    had finished."""
     if storage.get_trial(trial_id).state.is_finished():
         return False
-    attrs: dict[str, str | bool] = {FAIL_REASON: reason[:500], **({LOST_ATTR: True} if lost else {})}
+    attrs: dict[str, str | bool] = {FAIL_REASON: reason[:500], **({LOST_ATTR: True} if lost else {}),
+                                    **({HANDED_BACK_ATTR: True} if handed_back else {})}
     writes: list[Callable[[], object]] = [
         functools.partial(storage.set_trial_system_attr, trial_id, k, v) for k, v in attrs.items()]
     writes.append(functools.partial(storage.set_trial_state_values, trial_id, TrialState.FAIL))

@@ -24,7 +24,8 @@ import dataclasses
 from typing import Iterable
 
 #: The message, recorded as the trial's fail reason, of a task its node handed back as it left.
-#: The study keeps no other mark of a hand-back, so the count below recognises it by this.
+#: A trial's hand-back is marked in the study (``studies.HANDED_BACK_ATTR``); trials failed
+#: before that mark existed are recognised by this message.
 HANDED_BACK_SUFFIX = " left while running it"
 
 

@@ -5,6 +5,7 @@ place in the budget while nobody ran it, so the job ended one finished trial sho
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from nexus_node.jobs import recovery
 from nexus_node.jobs.context import RUNNING_LOST, JobContext
@@ -68,9 +69,11 @@ def test_a_trial_lost_without_its_re_run_enqueued_is_re_run_once_by_the_next_coo
     assert studies.config_of(waiting[-1]) == {"family": "mlp", "width": 32}
 
 
-def test_a_trial_handed_back_by_a_leaving_node_runs_again_even_past_its_retries():
+@pytest.mark.parametrize("recorded", ["marked", "by its reason only"])
+def test_a_trial_handed_back_by_a_leaving_node_runs_again_even_past_its_retries(recorded):
     """Leaving is the node's doing (SIGTERM), not the configuration's: work.retries does not
-    count it, and the study's record of it (its reason) is how a later count knows."""
+    count it, and the study's mark of it (or, for a trial failed before the mark existed, its
+    recorded reason) is how a later count knows."""
     storage = optuna.storages.InMemoryStorage()
     study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
     for _ in range(2):   # lost twice with a dead node: both retries used
@@ -79,7 +82,10 @@ def test_a_trial_handed_back_by_a_leaving_node_runs_again_even_past_its_retries(
         assert studies.fail_trial(storage, _id(storage, study, lost), "node b missed heartbeats", lost=True)
     left = study.ask()
     left.set_user_attr(studies.CONFIG_ATTR, {"family": "mlp", "width": 32})
-    assert studies.fail_trial(storage, _id(storage, study, left), handed_back_message("b"), lost=True)
+    if recorded == "marked":
+        assert studies.fail_trial(storage, _id(storage, study, left), "node b stopped", lost=True, handed_back=True)
+    else:
+        assert studies.fail_trial(storage, _id(storage, study, left), handed_back_message("b"), lost=True)
     assert recovery.rerun_if_allowed(study, "job-x", left.number, max_retries=2)
     again = study.ask()   # the re-run; lost with a dead node now: a third counted loss
     assert studies.fail_trial(storage, _id(storage, study, again), "node c missed heartbeats", lost=True)
