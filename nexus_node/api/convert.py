@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.cluster.tokens import TokenRecord
+from nexus_node.cluster.view import ClusterView, MemberInfo
 from nexus_node.jobs.events import JobEvent, TrialView
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
 
@@ -92,3 +94,25 @@ def token_to_pb(t: TokenRecord) -> pb.TokenInfo:
     # and number. EnumTypeWrapper.Value is untyped (protobuf ships no stubs here).
     role: pb.TokenRole = pb.TokenRole.Value(t.role.name)
     return pb.TokenInfo(name=t.name, role=role, created_at=t.created_at)
+
+
+_MEMBER_FIELDS = [f.name for f in dataclasses.fields(MemberInfo) if f.name not in ("role", "running")]
+
+
+def member_to_pb(m: MemberInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(role=pb.NodeRole.Value(m.role) if m.role else pb.NODE_ROLE_UNSPECIFIED,
+                       running=m.running, **{name: getattr(m, name) for name in _MEMBER_FIELDS})
+
+
+def member_from_pb(n: pb.NodeInfo) -> MemberInfo:
+    """A member's own description (its ``PeerService.Describe`` answer)."""
+    role = pb.NodeRole.Name(n.role) if n.role != pb.NODE_ROLE_UNSPECIFIED else ""
+    return MemberInfo(role=role, running=list(n.running), **{name: getattr(n, name) for name in _MEMBER_FIELDS})
+
+
+def cluster_to_pb(c: ClusterView) -> pb.Cluster:
+    return pb.Cluster(
+        cluster_name=c.cluster_name, coordinator_id=c.coordinator_id, term=c.term,
+        nodes=[member_to_pb(n) for n in c.nodes],
+        discovered=[pb.DiscoveredPeer(node_id=p.node_id, address=p.address, source=p.source, last_seen=p.last_seen)
+                    for p in c.discovered])

@@ -19,6 +19,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, runner_pb2_grpc
 from nexus_node.api import convert
 from nexus_node.blobs import files
 from nexus_node.cluster.tokens import ReplicatedTokens, TokenNameTaken
+from nexus_node.cluster.view import ClusterView
 from nexus_node.consensus.driver import MeshStopped
 from nexus_node.errors import (
     AlreadyExists,
@@ -112,7 +113,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
     """Every call answers UNAVAILABLE until the node sets ``ready`` (after its mesh started)."""
 
     def __init__(
-        self, manager: JobManager, cluster: Callable[[], Awaitable[pb.Cluster]], temp_file: Callable[[str], Path],
+        self, manager: JobManager, cluster: Callable[[], Awaitable[ClusterView]], temp_file: Callable[[str], Path],
         max_upload_bytes: int, max_predict_bytes: int, tokens: ReplicatedTokens | None = None,
         upload_idle_s: float = 30.0,
     ) -> None:
@@ -261,15 +262,15 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
 
     async def GetCluster(self, request, context):  # noqa: N802
         async with _mapped(context):   # MeshStopped (the node stops): UNAVAILABLE
-            return await self.cluster()
+            return convert.cluster_to_pb(await self.cluster())
 
     async def WatchCluster(self, request, context):  # noqa: N802
         changes = self.manager.changes
         version = changes.version   # read before the first view so no change is missed
-        yield await self.cluster()
+        yield convert.cluster_to_pb(await self.cluster())
         while True:
             version = await changes.wait_past(version)
-            yield await self.cluster()
+            yield convert.cluster_to_pb(await self.cluster())
 
     async def CreateToken(self, request, context):  # noqa: N802
         async with _mapped(context):

@@ -15,8 +15,10 @@ import grpc
 from nexus_node._generated.nexus.v1 import nexus_pb2 as nexus_pb
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
+from nexus_node.api import convert
 from nexus_node.blobs import files
 from nexus_node.cluster.mesh import JoinAnswer
+from nexus_node.cluster.view import MemberInfo
 from nexus_node.consensus.raft import Message, NodeId
 from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
 from nexus_node.consensus.transport import PROTOCOL_VERSION, LogThrottle, PeerHost, peer_addresses
@@ -39,7 +41,7 @@ class NodeHooks(Protocol):
 
     def blob_file(self, sha256: str) -> Path | None: ...
 
-    def describe(self) -> nexus_pb.NodeInfo: ...
+    def describe(self) -> MemberInfo: ...
 
     def dispatcher(self) -> "Dispatcher | None":
         """The work dispatcher while this node coordinates, else None."""
@@ -185,7 +187,7 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if self._hooks is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no node view")
         assert self._hooks is not None   # context.abort raised (grpc is untyped: no NoReturn)
-        return self._hooks.describe()
+        return convert.member_to_pb(self._hooks.describe())
 
     async def Work(self, request_iterator: AsyncIterator[pb.WorkUp],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WorkDown]:

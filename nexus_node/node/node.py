@@ -29,6 +29,7 @@ from nexus_node import __version__
 from nexus_node._generated import api_pb2 as optuna_api_pb2
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, runner_pb2_grpc
+from nexus_node.api import convert
 from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
 from nexus_node.api.peer_service import PeerServicer, add_peer_service
 from nexus_node.api.storage_service import add_storage_service
@@ -38,6 +39,7 @@ from nexus_node.cluster.discovery import Discovery, DiscoverySettings, primary_a
 from nexus_node.cluster.mesh import ClusterSettings, JoinAnswer, Mesh
 from nexus_node.cluster.peers import advertise_host
 from nexus_node.cluster.tokens import ReplicatedTokens, TokenRecord
+from nexus_node.cluster.view import COORDINATOR, NON_VOTER, VOTER, ClusterView, FoundPeer, MemberInfo
 from nexus_node.consensus.driver import MeshSettings, MeshStopped, RaftDriver
 from nexus_node.consensus.integrity import adopt_identity, check_data_dir
 from nexus_node.consensus.raft import NotLeader
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 
 
 class _DiskFields(TypedDict, total=False):
-    """The ``NodeInfo`` disk fields (none when the data dir's filesystem cannot be read)."""
+    """The disk fields of a member's description (none when the data dir's filesystem cannot be read)."""
 
     disk_free_bytes: int
     disk_low: bool
@@ -387,12 +389,12 @@ class Node:
     def blob_file(self, sha256: str) -> Path | None:
         return self.blob_sync.local(sha256) if self.blob_sync else None
 
-    def describe(self) -> pb.NodeInfo:
+    def describe(self) -> MemberInfo:
         """This node's own view of itself (its role is filled in by whoever asks)."""
         total, free = memory_info()
         work = self._pools[0] if self._pools else None
         info = work.info if work else {}
-        return pb.NodeInfo(
+        return MemberInfo(
             node_id=self.node_id, address=self.peer_address, last_contact=time.time(),
             slots_total=work.slots if work else 0, slots_busy=len(self.worker.running) if self.worker else 0,
             memory_total_bytes=total, memory_free_bytes=free,
@@ -408,7 +410,7 @@ class Node:
             return {}
         return {"disk_free_bytes": free, "disk_low": self.disk.low(free)}
 
-    async def cluster_view(self) -> pb.Cluster:
+    async def cluster_view(self) -> ClusterView:
         """Every member (voters, non-voters) with its role, plus peers found but not members."""
         assert self.mesh is not None
         mesh = self.mesh   # narrowed, for one() below
@@ -416,36 +418,36 @@ class Node:
         status = d.status()
         m = status.membership
 
-        async def one(node_id: str) -> pb.NodeInfo:
+        async def one(node_id: str) -> MemberInfo:
             if node_id == self.node_id:
                 node = self.describe()
             else:
                 address = d.peer_address(node_id) or ""
-                node = pb.NodeInfo(node_id=node_id, address=address)
+                node = MemberInfo(node_id=node_id, address=address)
                 heard = d.last_heard(node_id)
                 if heard is not None:
                     node.last_contact = time.time() - (time.monotonic() - heard)
                 if address:
                     try:
-                        node = await mesh.transport.stub(address).Describe(
+                        node = convert.member_from_pb(await mesh.transport.stub(address).Describe(
                             peer_pb2.DescribeRequest(cluster=self.config.cluster_name),
-                            timeout=1.0, metadata=mesh.transport.metadata)
+                            timeout=1.0, metadata=mesh.transport.metadata))
                     except grpc.aio.AioRpcError:
                         pass   # unreachable: listed with its last contact
-            node.role = (pb.COORDINATOR if node_id == status.lead else
-                         pb.VOTER if node_id in m.voters else pb.NON_VOTER)
+            node.role = (COORDINATOR if node_id == status.lead else
+                         VOTER if node_id in m.voters else NON_VOTER)
             node.term = status.term
             return node
 
         nodes = await asyncio.gather(*(one(n) for n in sorted(m.members)))
         known = set(m.members) | {n.address for n in nodes}
         discovered = [
-            pb.DiscoveredPeer(node_id=p.node_id, address=p.address, source=p.source, last_seen=p.last_seen)
+            FoundPeer(node_id=p.node_id, address=p.address, source=p.source, last_seen=p.last_seen)
             for p in (self.discovery.peers() if self.discovery else [])
             if p.node_id not in known and p.address not in known
         ]
-        return pb.Cluster(cluster_name=self.config.cluster_name, coordinator_id=status.lead or "",
-                          term=status.term, nodes=list(nodes), discovered=discovered)
+        return ClusterView(cluster_name=self.config.cluster_name, coordinator_id=status.lead or "",
+                           term=status.term, nodes=list(nodes), discovered=discovered)
 
     async def stop(self, grace: float = 2.0) -> None:
         self._stopping = True   # tasks ending from here on are not failures
