@@ -22,7 +22,6 @@ study/journal.py: one writer per node lets writes from different nodes share con
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from concurrent.futures import Executor
 from typing import Any, Callable
@@ -199,15 +198,6 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
             return _answer(CALLS[name], writes, request)
         return write
 
-    def on_pool_writing(call: Callable[[Any, Any], Any]) -> Callable[..., Any]:
-        async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    pool, call, request, context.invocation_metadata())
-            except _Aborted as a:
-                await context.abort(a.code, a.details)
-        return handler
-
     def on_loop(name: str) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
@@ -216,14 +206,17 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
                 await context.abort(a.code, a.details)
         return handler
 
-    def on_pool(name: str) -> Callable[..., Any]:
+    def on_pool(call: Callable[[Any, Any], Any]) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await asyncio.get_running_loop().run_in_executor(
-                    pool, functools.partial(_answer, CALLS[name], reads, request))
+                    pool, call, request, context.invocation_metadata())
             except _Aborted as a:
                 await context.abort(a.code, a.details)
         return handler
+
+    def bulk_read(name: str) -> Callable[[Any, Any], Any]:
+        return lambda request, metadata: _answer(CALLS[name], reads, request)
 
     class _Service(api_pb2_grpc.StorageServiceServicer):
         pass
@@ -233,7 +226,7 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
         if name in READS:
             setattr(service, name, on_loop(name))
         elif name in BULK_READS:
-            setattr(service, name, on_pool(name))
+            setattr(service, name, on_pool(bulk_read(name)))
         else:
-            setattr(service, name, on_pool_writing(guarded(name)))
+            setattr(service, name, on_pool(guarded(name)))
     api_pb2_grpc.add_StorageServiceServicer_to_server(service, server)

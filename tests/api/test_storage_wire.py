@@ -25,6 +25,7 @@ from nexus_node._generated import api_pb2, api_pb2_grpc
 from nexus_node.api.storage_service import add_storage_service
 from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import free_port
+from tests.optuna_checks import assert_params_kept
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,9 @@ class TestNexusStorageProxy(StorageTestCase):
         yield proxy
         proxy.close()
 
-    # The protocol carries a trial's params in a protobuf map, which keeps no order: this test
-    # fails through Optuna's own proxy and server too (tests/study/test_cluster_optuna_suite.py).
-    @pytest.mark.xfail(reason="Optuna's gRPC protocol does not preserve param order (protobuf map)", strict=False)
     @pytest.mark.parametrize("param_names", [["a", "b"], ["b", "a"]])
     def test_get_all_trials_params_order(self, storage, param_names) -> None:
-        super().test_get_all_trials_params_order(storage, param_names)
+        assert_params_kept(storage, param_names)
 
 
 def test_optunas_own_proxy_and_ours_share_the_server_and_the_process(port) -> None:

