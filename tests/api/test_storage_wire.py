@@ -5,10 +5,7 @@ Optuna's own storage test suite through ``NexusStorageProxy``, and Optuna's own
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import grpc
@@ -22,43 +19,18 @@ from optuna.testing.pytest_storages import StorageTestCase
 from optuna.trial import TrialState
 
 from nexus_node._generated import api_pb2, api_pb2_grpc
-from nexus_node.api.storage_service import add_storage_service
 from nexus_node.study.proxy import NexusStorageProxy
-from tests.conftest import free_port
 from tests.optuna_checks import assert_params_kept
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="server-loop", daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
+from tests.storage_server import storage_server
 
 
 @pytest.fixture
-def port(loop, tmp_path) -> Iterator[int]:
+def port(tmp_path) -> Iterator[int]:
     """A StorageService on a free loopback port over a fresh journal file (writes and reads
     through two JournalStorages of it, as a node holds them)."""
     path = str(tmp_path / "journal.log")
-    pool = ThreadPoolExecutor(4, thread_name_prefix="storage")
-    port = free_port()
-
-    async def start() -> grpc.aio.Server:
-        server = grpc.aio.server()
-        add_storage_service(server, JournalStorage(JournalFileBackend(path)),
-                            JournalStorage(JournalFileBackend(path)), pool)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        return server
-
-    server = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
-    yield port
-    asyncio.run_coroutine_threadsafe(server.stop(None), loop).result(30)
-    pool.shutdown(wait=True)
+    with storage_server(JournalStorage(JournalFileBackend(path)), JournalStorage(JournalFileBackend(path))) as port:
+        yield port
 
 
 class TestNexusStorageProxy(StorageTestCase):

@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from optuna.storages._grpc.auto_generated import api_pb2
 
 import nexus_node._generated.nexus.v1 as generated
+from nexus_node._generated import api_pb2
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import free_port

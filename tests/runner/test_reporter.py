@@ -9,12 +9,11 @@ from typing import Iterator
 import optuna
 import pytest
 from optuna.storages import InMemoryStorage
-from optuna.storages._grpc.server import make_server
 
 from nexus_node.runner.tasks import _PipelinedReporter
 from nexus_node.study.proxy import NexusStorageProxy
 from nexus_node.study.studies import trial_id_of
-from tests.conftest import free_port
+from tests.storage_server import storage_server
 
 
 class Recorder:
@@ -31,16 +30,13 @@ class Recorder:
 
 @pytest.fixture
 def storage() -> Iterator[NexusStorageProxy]:
-    """The study behind Optuna's gRPC proxy, as a runner sees it: a trial read from it is a
+    """The study behind a node's storage service, as a runner sees it: a trial read from it is a
     copy, so a value only the runner's Trial holds is not in the study (a local storage
     hands the Trial the study's own object)."""
-    port = free_port()
-    server = make_server(InMemoryStorage(), "127.0.0.1", port)
-    server.start()
-    proxy = NexusStorageProxy(host="127.0.0.1", port=port)
-    yield proxy
-    proxy.close()
-    server.stop(None)
+    with storage_server(InMemoryStorage()) as port:
+        proxy = NexusStorageProxy(host="127.0.0.1", port=port)
+        yield proxy
+        proxy.close()
 
 
 def _asked(study: optuna.Study, storage: optuna.storages.BaseStorage) -> tuple[optuna.Trial, int]:

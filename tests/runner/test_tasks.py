@@ -8,7 +8,6 @@ from typing import Any, Iterator
 
 import optuna
 import pytest
-from optuna.storages._grpc.server import make_server
 from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput
@@ -16,8 +15,8 @@ from nexus_node.runner import tasks
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
 from nexus_node.study import pruning
-from tests.conftest import free_port
 from tests.pipeline.helpers import default_config, prepare
+from tests.storage_server import storage_server
 
 PRUNER = {"kind": "median", "n_startup_trials": 5, "n_warmup_steps": 5}
 
@@ -29,18 +28,15 @@ def insurance(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(params=["journal", "memory"])
 def server(request, tmp_path) -> Iterator[tuple[optuna.storages.BaseStorage, dict[str, Any]]]:
-    """Optuna's own storage server on a free loopback port, over the storage kinds the node
+    """A node's storage service on a free loopback port, over the storage kinds the node
     uses (journal) and the simplest one (in memory)."""
     if request.param == "journal":
         backend = optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log"))
         storage: optuna.storages.BaseStorage = optuna.storages.JournalStorage(backend)
     else:
         storage = optuna.storages.InMemoryStorage()
-    port = free_port()
-    srv = make_server(storage, "127.0.0.1", port)
-    srv.start()
-    yield storage, {"host": "127.0.0.1", "port": port, "token": None}
-    srv.stop(None)
+    with storage_server(storage) as port:
+        yield storage, {"host": "127.0.0.1", "port": port, "token": None}
     # A runner keeps one proxy per address (a node's storage outlives its runners); a later
     # test's server may get this port back with a different storage behind it.
     tasks._storages.clear()
