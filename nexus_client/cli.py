@@ -359,12 +359,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     path = _existing_file(args.file)
+    outside = nx.OutsideRange()
     with _connect(args) as client:
-        if args.output is None:
-            client.predict_to_csv(args.model, path, sys.stdout)
-            return EXIT_OK
-        n = client.predict_to_csv(args.model, path, args.output)
-    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+        n = client.predict_to_csv(args.model, path, sys.stdout if args.output is None else args.output, outside)
+    if args.output is not None:
+        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    if outside.rows:
+        print(f"note: {outside.describe(n)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ import csv
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, TextIO, Union
@@ -85,11 +86,38 @@ class ExportIntegrityError(ClientError):
 
 class PredictedRow(NamedTuple):
     """One prediction: ``label`` as text (class label or number), ``value`` numeric
-    (regression value or class index), ``probabilities`` per class in ``classes`` order."""
+    (regression value or class index), ``probabilities`` per class in ``classes`` order,
+    ``outside_range`` the row's numeric columns whose value lies outside what the model
+    was trained on."""
 
     label: str
     value: float
     probabilities: tuple[float, ...]
+    outside_range: tuple[str, ...] = ()
+
+
+@dataclass
+class OutsideRange:
+    """The input rows whose numeric values lie outside what the model was trained on: how
+    many, and how many of them each column puts there."""
+
+    rows: int = 0
+    columns: Counter[str] = field(default_factory=Counter)
+
+    def add(self, names: Iterable[str]) -> None:
+        names = list(names)
+        if names:
+            self.rows += 1
+            self.columns.update(names)
+
+    def describe(self, total: int) -> str:
+        """One line for a person, e.g. ``3 of 100 rows lie outside the training range of
+        bmi (2), age (1)``; empty when no row does."""
+        if not self.rows:
+            return ""
+        cols = ", ".join(f"{c} ({n})" for c, n in self.columns.most_common())
+        return (f"{self.rows} of {total} rows lie outside the training range of {cols}: "
+                "the model has seen no such values, so treat those predictions with care")
 
 
 @dataclass
@@ -325,7 +353,7 @@ class NexusClient:
             if response.classes and not result.classes:
                 result.classes = list(response.classes)
             for p in response.predictions:
-                by_row[p.row] = PredictedRow(p.label, p.value, tuple(p.probabilities))
+                by_row[p.row] = PredictedRow(p.label, p.value, tuple(p.probabilities), tuple(p.outside_range))
         result.rows = [by_row[i] for i in sorted(by_row)]
         return result
 
@@ -334,6 +362,7 @@ class NexusClient:
         model_or_job_id: str,
         in_path: CsvSource,
         out: str | os.PathLike[str] | TextIO,
+        outside: OutsideRange | None = None,
     ) -> int:
         """Predict a CSV and write the predictions as CSV, one row per input row.
 
@@ -346,16 +375,19 @@ class NexusClient:
             model_or_job_id: a model id or the id of the job that produced it.
             in_path: the input CSV (a path or bytes).
             out: a path to write, or an open text stream (e.g. ``sys.stdout``).
+            outside: when given, counts the rows outside the training range (the CSV
+                itself keeps its columns).
 
         Returns:
             The number of rows written.
         """
         if isinstance(out, (str, os.PathLike)):
             with _write_then_rename(out, "w", newline="", encoding="utf-8") as f:
-                return self._write_predictions(model_or_job_id, in_path, f)
-        return self._write_predictions(model_or_job_id, in_path, out)
+                return self._write_predictions(model_or_job_id, in_path, f, outside)
+        return self._write_predictions(model_or_job_id, in_path, out, outside)
 
-    def _write_predictions(self, model_or_job_id: str, in_path: CsvSource, out: IO[str]) -> int:
+    def _write_predictions(self, model_or_job_id: str, in_path: CsvSource, out: IO[str],
+                           outside: OutsideRange | None) -> int:
         writer = csv.writer(out, lineterminator="\n")
         classes: list[str] | None = None
         pending: dict[int, nexus_pb2.Prediction] = {}
@@ -366,6 +398,8 @@ class NexusClient:
                 writer.writerow(["prediction"] + [f"proba_{c}" for c in classes])
             for p in response.predictions:
                 pending[p.row] = p
+                if outside is not None:
+                    outside.add(p.outside_range)
             # Rows are expected in order; a node that batches out of order is still written
             # in input order, holding back only the rows that arrived early.
             while written in pending:

@@ -238,7 +238,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                     for start in range(0, len(rows), PREDICT_BATCH):
                         batch = [
                             pb.Prediction(row=row + i, label=str(p["label"]), value=float(p["value"]),
-                                          probabilities=p.get("probabilities", []))
+                                          probabilities=p.get("probabilities", []),
+                                          outside_range=p.get("outside_range", []))
                             for i, p in enumerate(rows[start:start + PREDICT_BATCH])
                         ]
                         row += len(batch)

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
-from nexus_node.pipeline.prepare import transform
+from nexus_node.pipeline.input_checks import check_numbers, outside_range
+from nexus_node.pipeline.prepare import check_columns, transform
 from nexus_node.pipeline.trees import predict_trees
 
 FORMAT = "nexus-model"
@@ -152,20 +153,29 @@ class Predictor:
         Columns the model was not trained on are ignored.
 
         Returns:
-            ``{"classes": [...], "predictions": [{"label", "value", "probabilities"}]}``
-            in row order; for regression ``classes`` and ``probabilities`` are empty and
-            ``value`` is in target units; otherwise ``value`` is the class index.
+            ``{"classes": [...], "predictions": [{"label", "value", "probabilities",
+            "outside_range"}]}`` in row order; for regression ``classes`` and
+            ``probabilities`` are empty and ``value`` is in target units (within the band
+            the artifact's target transform records); otherwise ``value`` is the class
+            index. ``outside_range`` names the row's numeric columns whose value lies
+            outside what training saw.
 
         Raises:
-            InvalidInput: A training column is missing (the message names it).
+            InvalidInput: A training column is missing, or a numeric one holds text (the
+                message names the column).
         """
+        check_columns(df, self.preprocessing)
+        check_numbers(df, self.preprocessing)
         out = self.predict_encoded(transform(df, self.preprocessing))
+        outside = outside_range(df, self.preprocessing)
         if self.task == "regression":
             rows = [{"label": str(float(v)), "value": float(v), "probabilities": []} for v in out]
         else:
             idx = out.argmax(axis=1)
             rows = [{"label": self.classes[i], "value": float(i), "probabilities": [float(p) for p in probs]}
                     for i, probs in zip(idx.tolist(), out)]
+        for row, names in zip(rows, outside):
+            row["outside_range"] = list(names)
         return {"classes": list(self.classes), "predictions": rows}
 
 

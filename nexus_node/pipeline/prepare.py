@@ -73,6 +73,8 @@ def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[
         date_format is None and present.size > 2 and present.min() >= 0
         and np.unique(present).size > 2 and target_scale.skewness(present) > FEATURE_LOG_SKEW
     )
+    # The raw range, before any log: serving reports inputs outside it (input_checks.py).
+    seen = [float(present.min()), float(present.max())] if present.size else None
     if use_log:
         present = np.log1p(present)
     median = float(np.median(present)) if present.size else 0.0
@@ -84,7 +86,7 @@ def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[
     return {
         "name": name, "kind": "numeric", "date_format": date_format, "log": use_log,
         "median": median, "mean": float(filled.mean()), "std": std if std > 0 else 1.0,
-        "indicator": bool(present.size < values.size), "parts": parts,
+        "indicator": bool(present.size < values.size), "parts": parts, "range": seen,
         # Fewer than two bins would only repeat the value itself.
         "bins": [float(e) for e in edges] if len(edges) > 2 else [],
     }

@@ -9,6 +9,13 @@ positive, right-skewed target), so validation decides; the best trial's choice i
 final model uses and what its artifact records. Configurations without the parameter (jobs
 from before it existed) keep the old rule: log when the target is positive and skewed past
 :data:`LOG_SKEW`.
+
+Predictions come back clipped to a band around the training target range
+(:data:`BAND_MARGIN`), recorded in the transform as ``band``: a network can extrapolate far
+past any value it was trained on (issue 21: on a public housing table, two very large houses
+were predicted at about 4.7 times their price, above any price in the training data), and no
+validation row need be far enough out to show it. Trees never leave the range;
+the band bounds every family alike, in trials, in finalize and when serving.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import numpy as np
 # on a log scale.
 LOG_SKEW = 2.0
 TRANSFORMS = ("none", "log")
+# How far past the training target range a prediction may go, as a share of the range: a
+# little room for real extrapolation, none for a wild one.
+BAND_MARGIN = 0.1
 
 
 def fit_target_transform(y: np.ndarray, log: bool | None = None) -> dict[str, Any]:
@@ -32,15 +42,28 @@ def fit_target_transform(y: np.ndarray, log: bool | None = None) -> dict[str, An
             None applies the skewness rule (:data:`LOG_SKEW`).
 
     Returns:
-        ``{"log": bool, "mean": float, "std": float}``; ``mean``/``std`` are of the
-        (possibly logged) values.
+        ``{"log": bool, "mean": float, "std": float, "band": [low, high]}``;
+        ``mean``/``std`` are of the (possibly logged) values, ``band`` (original units) is
+        what :func:`inverse` clips to (see :func:`band_of`).
     """
     y = np.asarray(y, dtype=np.float64)
     positive = bool(y.size and y.min() > 0)
     use_log = positive and (skewness(y) > LOG_SKEW if log is None else bool(log))
     z = np.log(y) if use_log else y
     std = float(z.std())
-    return {"log": use_log, "mean": float(z.mean()), "std": std if std > 0 else 1.0}
+    return {"log": use_log, "mean": float(z.mean()), "std": std if std > 0 else 1.0, "band": band_of(y)}
+
+
+def band_of(y: np.ndarray) -> list[float] | None:
+    """``[low, high]``: the range of ``y`` widened by :data:`BAND_MARGIN` of its width on
+    each side, never below zero for a target that never is (prices, counts); None (no
+    clipping) for no values."""
+    y = np.asarray(y, dtype=np.float64)
+    if not y.size:
+        return None
+    lo, hi = float(y.min()), float(y.max())
+    room = BAND_MARGIN * (hi - lo)
+    return [max(lo - room, 0.0) if lo >= 0 else lo - room, hi + room]
 
 
 def log_choice(params: Mapping[str, Any] | None) -> bool | None:
@@ -73,11 +96,13 @@ def forward(y: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:
 
 
 def inverse(z: np.ndarray, t: Mapping[str, Any]) -> np.ndarray:
-    """Model units back to original units."""
+    """Model units back to original units, clipped to the transform's ``band`` (transforms
+    fitted before it existed have none and are not clipped)."""
     v = np.asarray(z, dtype=np.float64) * t["std"] + t["mean"]
     # exp of a wild prediction would overflow to inf; 700 is near float64's limit.
     out: np.ndarray = np.exp(np.minimum(v, 700.0)) if t["log"] else v
-    return out
+    band = t.get("band")
+    return np.clip(out, band[0], band[1]) if band is not None else out
 
 
 def skewness(y: np.ndarray) -> float:

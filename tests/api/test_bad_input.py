@@ -99,6 +99,38 @@ def test_predict_input_missing_a_training_column(small_node):
     assert s.GetJob(pb.GetJobRequest(job_id=job.job_id)).state == pb.COMPLETED
 
 
+def _completed_model(s) -> str:
+    done = [j for j in s.ListJobs(pb.ListJobsRequest()).jobs if j.state == pb.COMPLETED]
+    assert done, "test_predict_input_missing_a_training_column leaves a completed job"
+    return done[0].model_id
+
+
+def test_predict_input_with_text_in_a_numeric_column_names_the_column(small_node):
+    s = stub(small_node.address)
+    model = _completed_model(s)
+    # (The model reads b only: a is a row number, dropped by the profile.)
+    e = rpc_error(s.Predict, predict_requests(model, b"a,b\n3,1\n3,old\n3,xx\n"), timeout=60)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'b'" in e.details() and "'old' in row 2" in e.details() and "1 more" in e.details(), e.details()
+    e = rpc_error(s.Predict, predict_requests(model, b"a,b\n3,inf\n"), timeout=60)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "'b'" in e.details(), e.details()
+    # Empty cells and missing markers are missing values, not mistakes; so is any text in a
+    # column the model does not read.
+    ok = list(s.Predict(predict_requests(model, b"a,b\nx,\nNA,?\n"), timeout=60))
+    assert sum(len(r.predictions) for r in ok) == 2
+
+
+def test_predictions_say_which_inputs_lie_outside_the_training_range_and_stay_in_the_target_band(small_node):
+    s = stub(small_node.address)
+    model = _completed_model(s)
+    # Trained on b = 0..2 and y = 0..78.
+    replies = list(s.Predict(predict_requests(model, b"a,b\n5,1\n5,9\n5,-1000000\n5,1000000\n"), timeout=60))
+    rows = [p for r in replies for p in r.predictions]
+    assert [list(p.outside_range) for p in rows] == [[], ["b"], ["b"], ["b"]]
+    # However far the chosen model extrapolates, a value stays within 10% of the target's range.
+    assert all(0.0 <= p.value <= 78 * 1.1 + 1e-6 for p in rows), [p.value for p in rows]
+
+
 def test_cancel_of_a_finished_job_is_refused(small_node):
     s = stub(small_node.address)
     done = [j for j in s.ListJobs(pb.ListJobsRequest()).jobs if j.state == pb.COMPLETED]

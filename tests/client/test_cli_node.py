@@ -65,6 +65,18 @@ def test_predict_writes_one_row_per_input_row(node_address, finished, insurance_
     assert len(rows) == n_input and all(float(r["prediction"]) == float(r["prediction"]) for r in rows)
 
 
+def test_predict_says_how_many_rows_lie_outside_the_training_range(node_address, finished, tmp_path):
+    rows = tmp_path / "new.csv"
+    rows.write_text("age,sex,bmi,children,smoker,region\n"
+                    "30,male,25.0,1,no,northeast\n"
+                    "30,male,500.0,1,no,northeast\n"
+                    "150,female,500.0,1,yes,southwest\n")
+    proc = nexus(node_address, "predict", finished["job_id"], str(rows))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 4   # the header and three predictions
+    assert "2 of 3 rows lie outside the training range of bmi (2), age (1)" in proc.stderr
+
+
 def test_export_matches_the_registered_artifact(node_address, finished, tmp_path):
     target = tmp_path / "model.bin"
     proc = nexus(node_address, "export", finished["model_id"], "-o", str(target))

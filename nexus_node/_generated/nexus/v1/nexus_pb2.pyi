@@ -395,16 +395,18 @@ class PredictRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("row", "label", "value", "probabilities")
+    __slots__ = ("row", "label", "value", "probabilities", "outside_range")
     ROW_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_RANGE_FIELD_NUMBER: _ClassVar[int]
     row: int
     label: str
     value: float
     probabilities: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, row: _Optional[int] = ..., label: _Optional[str] = ..., value: _Optional[float] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+    outside_range: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, row: _Optional[int] = ..., label: _Optional[str] = ..., value: _Optional[float] = ..., probabilities: _Optional[_Iterable[float]] = ..., outside_range: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("classes", "predictions")

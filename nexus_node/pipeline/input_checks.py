@@ -1,0 +1,65 @@
+"""What serving checks in the rows it is asked to predict, before and beside encoding them.
+
+Training reads an unparseable cell in a number column as missing: a table with a few stray
+words in a number column still trains. A prediction request is different: a cell like
+``age=old`` is a caller's mistake, and predicting it as if the age were missing answers a
+question nobody asked, so it is refused with the column's name (:func:`check_numbers`).
+
+A number inside the column's format but outside the values training saw is answered, and
+said (:func:`outside_range`): no model knows what happens there, trees flatten and networks
+extrapolate, so the caller should know which rows those are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.profile import parse_dates, parse_numbers
+
+
+def _numbers(s: pd.Series, spec: Mapping[str, Any]) -> np.ndarray:
+    return parse_dates(s, spec["date_format"]) if spec["date_format"] else parse_numbers(s)
+
+
+def check_numbers(df: pd.DataFrame, prep: Mapping[str, Any]) -> None:
+    """Refuse a cell of a numeric (or date) training column that holds something other than
+    a finite number (or a date in the column's format). Empty cells and the missing markers
+    that :mod:`.csvio` reads as missing are fine.
+
+    Raises:
+        InvalidInput: Naming the column, the first bad row (1-based, header excluded), its
+            value and how many rows are bad.
+    """
+    for spec in prep["columns"]:
+        if spec["kind"] != "numeric":
+            continue
+        s = df[spec["name"]]
+        bad = np.flatnonzero(np.isnan(_numbers(s, spec)) & s.notna().to_numpy())
+        if bad.size:
+            first = int(bad[0])
+            what = f"a date like the training data's ({spec['date_format']})" if spec["date_format"] else "a finite number"
+            raise InvalidInput(
+                f"column {spec['name']!r} holds {str(s.iloc[first])!r} in row {first + 1}"
+                f"{f' (and {bad.size - 1} more rows)' if bad.size > 1 else ''}, which is not {what}: "
+                "send one, or leave the cell empty for a missing value")
+
+
+def outside_range(df: pd.DataFrame, prep: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """For every row, the numeric training columns whose value lies outside the range
+    training saw (empty for most rows; cells that are missing are never outside).
+    Preprocessing fitted before ranges were recorded reports nothing."""
+    flagged: list[list[str]] = [[] for _ in range(len(df))]
+    for spec in prep["columns"]:
+        seen = spec.get("range") if spec["kind"] == "numeric" else None
+        if not seen:
+            continue
+        v = _numbers(df[spec["name"]], spec)
+        with np.errstate(invalid="ignore"):
+            out = (v < seen[0]) | (v > seen[1])
+        for i in np.flatnonzero(out).tolist():
+            flagged[i].append(spec["name"])
+    return [tuple(names) for names in flagged]

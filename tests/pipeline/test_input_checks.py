@@ -1,0 +1,62 @@
+"""Serving's checks of the rows it predicts (pipeline/input_checks.py): text in a number
+column is refused by name, values outside the training range are reported by row."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.input_checks import check_numbers, outside_range
+from nexus_node.pipeline.prepare import fit_numeric
+from nexus_node.pipeline.profile import parse_numbers
+
+
+def _prep(train: pd.DataFrame) -> dict:
+    specs = [fit_numeric(c, parse_numbers(train[c]), None) for c in train.columns]
+    return {"columns": specs + [{"name": "city", "kind": "categorical"}]}
+
+
+def _frame(**cols) -> pd.DataFrame:
+    return pd.DataFrame({k: pd.array(v, dtype="str") for k, v in cols.items()})
+
+
+TRAIN = _frame(age=["20", "35", "61", None], price=["$1,000", "2000", "1500", "900"])
+
+
+def test_text_in_a_number_column_is_refused_with_its_column_row_and_value():
+    rows = _frame(age=["30", "old", "martian"], price=["1", "2", "3"], city=["x", "y", "z"])
+    with pytest.raises(InvalidInput, match=r"column 'age' holds 'old' in row 2 \(and 1 more rows\)"):
+        check_numbers(rows, _prep(TRAIN))
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "1e999"])
+def test_an_infinite_number_is_refused(cell):
+    with pytest.raises(InvalidInput, match="'price'.*not a finite number"):
+        check_numbers(_frame(age=["30"], price=[cell], city=["x"]), _prep(TRAIN))
+
+
+def test_missing_cells_and_decorated_numbers_are_accepted():
+    check_numbers(_frame(age=[None, "40"], price=["$1,200", None], city=["x", None]), _prep(TRAIN))
+
+
+def test_rows_outside_the_training_range_are_named_by_column():
+    rows = _frame(age=["20", "19", "62", None], price=["900", "2,000", "$5,000", "899.5"], city=["a"] * 4)
+    assert outside_range(rows, _prep(TRAIN)) == [(), ("age",), ("age", "price"), ("price",)]
+
+
+def test_the_training_rows_themselves_are_inside():
+    assert outside_range(TRAIN.assign(city="a"), _prep(TRAIN)) == [()] * len(TRAIN)
+
+
+def test_a_log_scaled_column_keeps_its_range_in_raw_units():
+    skewed = _frame(n=["1", "1", "2", "2", "3", "5", "8", "400"])
+    spec = fit_numeric("n", parse_numbers(skewed["n"]), None)
+    assert spec["log"] and spec["range"] == [1.0, 400.0]
+
+
+def test_preprocessing_from_before_ranges_reports_nothing():
+    prep = _prep(TRAIN)
+    for spec in prep["columns"]:
+        spec.pop("range", None)
+    assert outside_range(_frame(age=["999"], price=["1"], city=["a"]), prep) == [()]
