@@ -116,6 +116,11 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_
         lines.append(f"best         {_best(job)}  ({goal}, validation split)")
     if job.model_id:
         lines.append(f"model        {job.model_id}")
+        if len(job.members) > 1:
+            lines.append("ensemble     " + "  ".join(
+                f"#{m.trial} {m.family} {m.weight:.0%}" for m in job.members))
+        if job.model_selection:
+            lines.append(textwrap.indent(textwrap.fill(job.model_selection, 86), " " * 13))
     if job.test_metrics:
         lines.append("test         " + "  ".join(f"{k} {_num(v)}" for k, v in sorted(job.test_metrics.items())))
         if job.test_rows and job.evaluated_model_rows:

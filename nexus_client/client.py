@@ -593,6 +593,8 @@ def job_to_dict(job: nexus_pb2.Job) -> dict[str, Any]:
         "evaluated_model_rows": job.evaluated_model_rows,
         "test_rows": job.test_rows,
         "final_model_rows": job.final_model_rows,
+        "members": [member_to_dict(m) for m in job.members],
+        "model_selection": job.model_selection,
         "constraints_source": job.constraints_source,
         "constraints_model": job.constraints_model,
         "constraints_rationale": job.constraints_rationale,
@@ -634,10 +636,18 @@ def model_to_dict(model: nexus_pb2.Model) -> dict[str, Any]:
         "test_metrics": dict(sorted(model.test_metrics.items())),
         "family": model.family,
         "params": _json_field(model.params_json),
+        "members": [member_to_dict(m) for m in model.members],
+        "selection": model.selection,
         "artifact_sha256": model.artifact_sha256,
         "artifact_bytes": model.artifact_bytes,
         "created_at": _time(model.created_at),
     }
+
+
+def member_to_dict(member: nexus_pb2.EnsembleMember) -> dict[str, Any]:
+    """One model of an ensemble (or the single model) as a JSON-able dict."""
+    return {"trial": member.trial, "family": member.family, "weight": member.weight,
+            "epochs_trained": member.epochs_trained, "params": _json_field(member.params_json)}
 
 
 def trial_to_dict(trial: nexus_pb2.TrialInfo) -> dict[str, Any]:

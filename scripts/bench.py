@@ -114,8 +114,9 @@ def bench_overhead(n_trials: int, epochs: int, width: int, batch: int, rounds: i
     from nexus_node.pipeline import target as target_scale
     from nexus_node.pipeline.folds import fold_splits
     from nexus_node.pipeline.train import DeviceData, train_and_score, warm_up
+    from nexus_node.runner.arrays import TRAIN_ARRAYS, load_array
     from nexus_node.runner.context import LocalContext
-    from nexus_node.runner.tasks import TRAIN_ARRAYS, load_array, run_task
+    from nexus_node.runner.tasks import run_task
     from nexus_node.study import pruning, studies
     from nexus_node.study.constraints import Constraints
     from nexus_node.study.space import default_configs, suggest_params, trial_params

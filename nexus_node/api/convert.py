@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.cluster.tokens import TokenRecord
@@ -57,7 +58,7 @@ def job_to_pb(j: JobRecord) -> pb.Job:
         constraints_fallback=j.constraints_fallback, summary_source=j.summary_source,
         summary_model=j.summary_model, summary_fallback=j.summary_fallback,
         evaluated_model_rows=j.evaluated_model_rows, test_rows=j.test_rows,
-        final_model_rows=j.final_model_rows,
+        final_model_rows=j.final_model_rows, members=members_to_pb(j.members), model_selection=j.model_selection,
     )
     return msg
 
@@ -84,8 +85,15 @@ def model_to_pb(m: ModelRecord) -> pb.Model:
         target=m.target, input_columns=m.input_columns, classes=m.classes,
         test_metrics=m.test_metrics, artifact_sha256=m.artifact_sha256,
         artifact_bytes=m.artifact_bytes, created_at=m.created_at, family=m.family,
-        params_json=json.dumps(m.params),
+        params_json=json.dumps(m.params), members=members_to_pb(m.members), selection=m.selection,
     )
+
+
+def members_to_pb(members: list[dict[str, Any]]) -> list[pb.EnsembleMember]:
+    return [pb.EnsembleMember(trial=int(m.get("trial") or 0), family=str(m.get("family", "")),
+                              weight=float(m.get("weight", 0.0)), epochs_trained=int(m.get("epochs_trained", 0)),
+                              params_json=json.dumps(m.get("params") or {}))
+            for m in members]
 
 
 def token_to_pb(t: TokenRecord) -> pb.TokenInfo:

@@ -27,6 +27,7 @@ from nexus_node.errors import NexusError, error_from_kind
 from nexus_node.jobs import recovery
 from nexus_node.jobs.context import ActiveJob, Cancelled, JobContext
 from nexus_node.jobs.intake import DEFAULT_METRIC, METRICS, validate_metric
+from nexus_node.jobs.library import Candidate, choose_library
 from nexus_node.jobs.records import (
     CANCELLED,
     COMPLETED,
@@ -252,10 +253,27 @@ class Lifecycle:
                 study.enqueue_trial(trial_params(config), skip_if_exists=True)
         return study
 
+    async def _library(self, job: JobRecord) -> list[dict[str, Any]]:
+        """The trials finalize may ensemble (jobs/library.py), as the finalize task lists
+        them: their predictions as blob hashes, which the running node fetches."""
+        study = await self.ctx.study_or_none(job)
+        if study is None:
+            return []
+        trials = await asyncio.to_thread(study.get_trials, False)
+        candidates = [
+            Candidate(t.number, float(t.value), dict(t.user_attrs.get(studies.CONFIG_ATTR) or t.params),
+                      int(t.user_attrs.get("epochs", 0) or 0), str(t.user_attrs[studies.PREDICTIONS_ATTR]))
+            for t in trials
+            if t.state.name == "COMPLETE" and t.value is not None and t.user_attrs.get(studies.PREDICTIONS_ATTR)]
+        chosen = choose_library(candidates, job.best_trial, job.maximize, lambda sha: bool(self.ctx.db.holders(sha)))
+        return [{"trial": c.number, "params": c.params, "epochs": c.epochs, "predictions_sha256": c.predictions}
+                for c in chosen]
+
     async def _finalize(self, job: JobRecord) -> None:
         ctx = self.ctx
         result = await self._remote(job, {
             "task": "finalize", "label": f"{job.job_id}/finalize", "params": job.best_params,
+            "trial": job.best_trial, "library": await self._library(job),
             "files": dict(job.prepared["files"]), "task_type": job.task,
             "n_classes": job.prepared.get("n_classes", 0), "metric": job.metric, "seed": job.seed,
             "preprocessing": job.prepared["preprocessing"], "csv_sha256": job.dataset_sha256,
@@ -269,6 +287,8 @@ class Lifecycle:
     async def _record_model(self, job: JobRecord, result: dict[str, Any], sha: str, size: int) -> None:
         ctx = self.ctx
         await ctx.replicated(sha)   # the node that trained it recorded its copy
+        members = [dict(m) for m in result.get("members") or []]
+        selection = str(result.get("selection", ""))
         model = ModelRecord(
             # One model per job, even if finalize runs again after a crash: the id is the job's.
             model_id="model-" + job.job_id.removeprefix("job-"), job_id=job.job_id, task=job.task,
@@ -276,7 +296,9 @@ class Lifecycle:
             classes=[str(c) for c in result.get("classes", [])],
             test_metrics={k: float(v) for k, v in result["test_metrics"].items()},
             artifact_sha256=sha, artifact_bytes=size, created_at=ctx.clock(),
-            family=str(job.best_params.get("family", "mlp")), params=job.best_params,
+            family=str(job.best_params.get("family", "mlp")) if len(members) <= 1 else "ensemble",
+            params=dict(members[0].get("params") or job.best_params) if len(members) > 1 else job.best_params,
+            members=members, selection=selection,
         )
         await ctx.db.put_model(model, term=ctx.term)
         job.model_id = model.model_id
@@ -285,6 +307,7 @@ class Lifecycle:
         job.evaluated_model_rows = int(result.get("evaluated_model_rows", 0) or 0)
         job.test_rows = int(result.get("test_rows", 0) or 0)
         job.final_model_rows = int(result.get("final_model_rows", 0) or 0)
+        job.members, job.model_selection = members, selection
         await ctx.db.put_job(job, term=ctx.term)   # the model is recorded before the summary is asked for
         insight = await ctx.unless_cancelled(job, summarize(
             ctx.llm, ctx.llm_unavailable, use_case=job.spec.use_case, task=job.task,

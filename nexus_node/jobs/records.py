@@ -73,6 +73,8 @@ class JobRecord:
     evaluated_model_rows: int = 0      # rows of the fit that test_metrics score
     test_rows: int = 0                 # held-out rows test_metrics were measured on
     final_model_rows: int = 0          # rows the served model was refitted on
+    members: list[dict[str, Any]] = field(default_factory=list)   # {trial, family, weight, epochs_trained}
+    model_selection: str = ""          # why the model is that ensemble or that single trial
     cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +116,8 @@ class ModelRecord:
     created_at: float
     family: str = "mlp"
     params: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)   # {trial, family, weight, epochs_trained}
+    selection: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,6 +6,12 @@ state_dict, read back with ``weights_only=True``); for ``gbt``, ``nodes.npy`` an
 ``roots.npy`` (the exported trees, read back with ``allow_pickle=False``). Nothing is
 pickled: loading an artifact from another node cannot run code.
 
+An ensemble (format version 2, family ``ensemble``) holds several models in one zip: the
+weights of member ``i`` under ``members/i/``, and ``config["members"]`` lists each member's
+weight, family, configuration, target transform and network shape or tree metadata. It
+serves the weighted average of its members' predictions. A single model is still written
+as version 1, so older nodes read it.
+
 torch is imported only for ``mlp`` artifacts: writing or serving trees never loads it (a
 runner that only ran trees stays small).
 """
@@ -24,12 +30,14 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.ensemble import blend
 from nexus_node.pipeline.input_checks import check_numbers, outside_range
 from nexus_node.pipeline.prepare import check_columns, transform
 from nexus_node.pipeline.trees import predict_trees
 
 FORMAT = "nexus-model"
 FORMAT_VERSION = 1
+ENSEMBLE_VERSION = 2
 MEMBERS = ("preprocessing.json", "config.json", "metrics.json")
 WEIGHTS = {"mlp": ("model.pt",), "gbt": ("nodes.npy", "roots.npy")}
 
@@ -52,7 +60,25 @@ def write_artifact(path: str, weights: Mapping[str, Any], preprocessing: Mapping
         config: Everything needed to rebuild the network (see :func:`load_artifact`).
         metrics: Test metrics and feature importance.
     """
-    family = config.get("family", "mlp")
+    _write_zip(path, _weight_files(config.get("family", "mlp"), weights), preprocessing, config, metrics)
+
+
+def write_ensemble_artifact(path: str, members: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
+                            preprocessing: Mapping[str, Any], config: Mapping[str, Any],
+                            metrics: Mapping[str, Any]) -> None:
+    """Write an ensemble's zip atomically: ``members`` are ``(weights, member_config)``
+    pairs (``member_config`` with ``weight``, ``family`` and what :class:`Predictor` needs
+    to rebuild that member); ``config`` is the artifact's, without ``members``."""
+    blobs: dict[str, bytes] = {}
+    for i, (weights, member) in enumerate(members):
+        for name, data in _weight_files(member["family"], weights).items():
+            blobs[f"members/{i}/{name}"] = data
+    config = {**config, "family": "ensemble", "format_version": ENSEMBLE_VERSION,
+              "members": [dict(m) for _, m in members]}
+    _write_zip(path, blobs, preprocessing, config, metrics)
+
+
+def _weight_files(family: str, weights: Mapping[str, Any]) -> dict[str, bytes]:
     blobs: dict[str, bytes] = {}
     if family == "gbt":
         for name in WEIGHTS["gbt"]:
@@ -65,6 +91,11 @@ def write_artifact(path: str, weights: Mapping[str, Any], preprocessing: Mapping
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in weights.items()}, buf)
         blobs["model.pt"] = buf.getvalue()
+    return blobs
+
+
+def _write_zip(path: str, blobs: Mapping[str, bytes], preprocessing: Mapping[str, Any],
+               config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
     tmp = f"{path}.tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, data in blobs.items():
@@ -88,25 +119,35 @@ def read_artifact(path: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
             if absent:
                 raise InvalidInput(f"{path} is not a Nexus model: it lacks {absent}")
             prep, config, metrics = (json.loads(z.read(n)) for n in MEMBERS)
-            family = config.get("family", "mlp")
-            if family not in WEIGHTS:
-                raise InvalidInput(f"{path} holds a {family!r} model; this node reads {sorted(WEIGHTS)}")
-            absent = [m for m in WEIGHTS[family] if m not in names]
-            if absent:
-                raise InvalidInput(f"{path} is not a Nexus model: it lacks {absent}")
-            if family == "gbt":
-                weights: dict[str, Any] = {
-                    m.removesuffix(".npy"): np.load(io.BytesIO(z.read(m)), allow_pickle=False) for m in WEIGHTS["gbt"]}
+            if config.get("format") != FORMAT or config.get("format_version") not in (FORMAT_VERSION, ENSEMBLE_VERSION):
+                raise InvalidInput(f"{path} has model format {config.get('format')!r} v{config.get('format_version')}; "
+                                   f"this node reads {FORMAT} v{FORMAT_VERSION} and v{ENSEMBLE_VERSION}")
+            if config.get("family") == "ensemble":
+                weights: dict[str, Any] = {"members": [
+                    _read_weights(path, z, names, m.get("family", "mlp"), f"members/{i}/")
+                    for i, m in enumerate(config.get("members") or [])]}
+                if not weights["members"]:
+                    raise InvalidInput(f"{path} is an ensemble with no members")
             else:
-                import torch
-
-                weights = torch.load(io.BytesIO(z.read("model.pt")), map_location="cpu", weights_only=True)
+                weights = _read_weights(path, z, names, config.get("family", "mlp"), "")
     except zipfile.BadZipFile:
         raise InvalidInput(f"{path} is not a Nexus model (not a zip file)") from None
-    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
-        raise InvalidInput(f"{path} has model format {config.get('format')!r} "
-                           f"v{config.get('format_version')}; this node reads {FORMAT} v{FORMAT_VERSION}")
     return weights, prep, config, metrics
+
+
+def _read_weights(path: str, z: zipfile.ZipFile, names: set[str], family: str, prefix: str) -> dict[str, Any]:
+    if family not in WEIGHTS:
+        raise InvalidInput(f"{path} holds a {family!r} model; this node reads {sorted(WEIGHTS)}")
+    absent = [prefix + m for m in WEIGHTS[family] if prefix + m not in names]
+    if absent:
+        raise InvalidInput(f"{path} is not a Nexus model: it lacks {absent}")
+    if family == "gbt":
+        return {m.removesuffix(".npy"): np.load(io.BytesIO(z.read(prefix + m)), allow_pickle=False)
+                for m in WEIGHTS["gbt"]}
+    import torch
+
+    state: dict[str, Any] = torch.load(io.BytesIO(z.read(prefix + "model.pt")), map_location="cpu", weights_only=True)
+    return state
 
 
 class Predictor:
@@ -126,6 +167,14 @@ class Predictor:
         self._transform = preprocessing["target"].get("transform")
         self._trees = dict(weights) if config.get("family") == "gbt" else None
         self._model = None
+        # An ensemble: one Predictor per member, each with its own configuration and target
+        # transform (a searched choice), over the same feature preprocessing.
+        self.members: list[tuple[float, Predictor]] = []
+        if config.get("family") == "ensemble":
+            for w, m in zip(weights["members"], config["members"]):
+                member_prep = {**preprocessing, "target": {**preprocessing["target"], "transform": m.get("transform")}}
+                self.members.append((float(m["weight"]), Predictor(w, member_prep, {**config, **m}, metrics)))
+            return
         if self._trees is None:
             from nexus_node.pipeline.train import model_from_state, pick_device
 
@@ -137,6 +186,8 @@ class Predictor:
 
     def predict_encoded(self, X: np.ndarray) -> np.ndarray:
         """Encoded rows to predictions: values in target units, or class probabilities."""
+        if self.members:
+            return blend([m.predict_encoded(X) for _, m in self.members], [w for w, _ in self.members])
         if self._trees is not None:
             return predict_trees(self._trees, self.config, X, self.task, self._transform)
         import torch

@@ -119,6 +119,7 @@ def train_and_score_gbt(
     max_iter = max(CHUNK, int(params["max_iter"]))
     best: float | None = None
     best_iter, since_best, steps = 0, 0, math.ceil(max_iter / CHUNK)
+    best_preds: np.ndarray | None = None
 
     def stopped() -> bool:
         return (cancelled is not None and cancelled()) or (pruned is not None and pruned())
@@ -126,28 +127,31 @@ def train_and_score_gbt(
     with _threads(threads):
         for step in range(steps):
             n_iter = min((step + 1) * CHUNK, max_iter)
-            scores = []
+            scores, preds = [], []
             for X_tr, y_tr, X_va, y_va, transform, model in folds:
                 if stopped():
                     why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at step {step - 1}"
-                    return TrainResult(best, best_iter, None, "PRUNED", why, step * CHUNK)
+                    return TrainResult(best, best_iter, None, "PRUNED", why, step * CHUNK, best_preds)
                 model.set_params(max_iter=n_iter)
                 model.fit(X_tr, y_tr)
-                scores.append(metrics.score(metric, y_va, predict_model(model, X_va, task, transform)))
+                preds.append(predict_model(model, X_va, task, transform))
+                scores.append(metrics.score(metric, y_va, preds[-1]))
             value = float(np.mean(scores))
             if not math.isfinite(value):
                 return TrainResult(None, n_iter, None, "FAIL", f"validation {metric} is {value} after "
                                    f"{n_iter} iterations; a lower learning rate may help", n_iter)
             if best is None or (value > best if maximize else value < best):
                 best, best_iter, since_best = value, n_iter, 0
+                best_preds = np.concatenate(preds)
             else:
                 since_best += 1
             if report is not None and report(value, step):
-                return TrainResult(best, best_iter, None, "PRUNED", f"pruned at step {step}", n_iter)
+                return TrainResult(best, best_iter, None, "PRUNED", f"pruned at step {step}", n_iter, best_preds)
             if since_best >= PATIENCE:
                 return TrainResult(best, best_iter, None, "COMPLETE",
-                                   f"early stop: no better {metric} for {PATIENCE * CHUNK} iterations", n_iter)
-    return TrainResult(best, best_iter, None, "COMPLETE", f"ran all {max_iter} iterations", max_iter)
+                                   f"early stop: no better {metric} for {PATIENCE * CHUNK} iterations", n_iter,
+                                   best_preds)
+    return TrainResult(best, best_iter, None, "COMPLETE", f"ran all {max_iter} iterations", max_iter, best_preds)
 
 
 def fit_gbt(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], task: str, n_iter: int, seed: int,

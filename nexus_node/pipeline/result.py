@@ -4,7 +4,9 @@ family reports it without importing torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,9 @@ class TrainResult:
         state: ``"COMPLETE"``, ``"PRUNED"`` or ``"FAIL"``.
         message: Why it ended, for people.
         epochs_run: Epochs actually run (includes the patience tail).
+        predictions: At the best epoch, the predictions (values, or class probabilities)
+            on every validation row, fold after fold (see :func:`scored_rows`): what
+            ensemble selection compares trials on. None when no epoch was scored.
     """
 
     value: float | None
@@ -28,3 +33,10 @@ class TrainResult:
     state: str
     message: str
     epochs_run: int
+    predictions: np.ndarray | None = None
+
+
+def scored_rows(folds: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+    """The true values of the rows a trial's ``predictions`` cover, in their order: every
+    fold's validation rows, fold 0 (the validation split) first."""
+    return np.concatenate([np.asarray(f["y_val"]) for f in folds])

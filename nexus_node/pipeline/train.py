@@ -235,21 +235,22 @@ def train_and_score(
     runs = [(*_setup(d, params, seed, threads), _loss_fn(d, params)) for d in folds]
     maximize = metrics.MAXIMIZE[metric]
     best: float | None = None
-    best_epoch, best_state, since_best = 0, None, 0
+    best_epoch, best_state, best_preds, since_best = 0, None, None, 0
     max_epochs = max(1, int(params["epochs"]))
     polls = [f for f in (cancelled, pruned) if f is not None]
     stop = (lambda: any(f() for f in polls)) if polls else None
     for epoch in range(max_epochs):
-        losses, scores = [], []
+        losses, scores, preds = [], [], []
         for d, (model, opt, gen, loss_fn) in zip(folds, runs):
             loss = None if stop is not None and stop() else _run_epoch(
                 model, opt, loss_fn, d.X_train, d.y_train, int(params["batch_size"]), gen, stop)
             if loss is None:
                 why = "stopped: cancelled" if cancelled is not None and cancelled() else f"pruned at epoch {epoch - 1}"
-                return TrainResult(best, best_epoch, best_state, "PRUNED", why, epoch)
+                return TrainResult(best, best_epoch, best_state, "PRUNED", why, epoch, best_preds)
             losses.append(loss)
             assert d.X_val is not None and d.y_val_np is not None   # checked before the loop
-            scores.append(metrics.score(metric, d.y_val_np, predict(model, d.X_val, task_type, d.transform)))
+            preds.append(predict(model, d.X_val, task_type, d.transform))
+            scores.append(metrics.score(metric, d.y_val_np, preds[-1]))
         loss = next((x for x in losses if not math.isfinite(x)), losses[0])
         value = float(np.mean(scores))
         if not (math.isfinite(loss) and math.isfinite(value)):
@@ -259,14 +260,16 @@ def train_and_score(
         if best is None or (value > best if maximize else value < best):
             best, best_epoch, since_best = value, epoch + 1, 0
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in runs[0][0].state_dict().items()}
+            best_preds = np.concatenate(preds)
         else:
             since_best += 1
         if report is not None and report(value, epoch):
-            return TrainResult(best, best_epoch, best_state, "PRUNED", f"pruned at epoch {epoch}", epoch + 1)
+            return TrainResult(best, best_epoch, best_state, "PRUNED", f"pruned at epoch {epoch}", epoch + 1, best_preds)
         if since_best >= PATIENCE:
             return TrainResult(best, best_epoch, best_state, "COMPLETE",
-                               f"early stop: no better {metric} for {PATIENCE} epochs", epoch + 1)
-    return TrainResult(best, best_epoch, best_state, "COMPLETE", f"ran all {max_epochs} epochs", max_epochs)
+                               f"early stop: no better {metric} for {PATIENCE} epochs", epoch + 1, best_preds)
+    return TrainResult(best, best_epoch, best_state, "COMPLETE", f"ran all {max_epochs} epochs", max_epochs,
+                       best_preds)
 
 
 def fit_fixed(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Mapping, Protocol
+
+from nexus_node.errors import InvalidInput
 
 
 class TaskContext(Protocol):
@@ -31,3 +33,10 @@ class LocalContext:
 
     def emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)
+
+
+def need(req: Mapping[str, Any], *keys: str) -> None:
+    """Refuse a task request that lacks one of ``keys``."""
+    absent = [k for k in keys if k not in req]
+    if absent:
+        raise InvalidInput(f"task {req.get('task')!r} request lacks {absent}")

@@ -27,14 +27,15 @@ memory is short).
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import math
-import os
 import queue
 import sys
 import threading
 import time
-from collections import OrderedDict, UserDict
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, TypeVar
+from collections import UserDict
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import optuna
@@ -43,42 +44,16 @@ from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.net.tls import from_spec as tls_from_spec
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline import target as target_scale
-from nexus_node.pipeline.folds import fold_splits
-from nexus_node.runner.context import TaskContext
+from nexus_node.runner.arrays import LRU, data_for, file_key, splits_for, tree_columns
+from nexus_node.runner.context import TaskContext, need
+from nexus_node.runner.finalize import task_finalize
 from nexus_node.study import pruning
 from nexus_node.study.proxy import NexusStorageProxy
+from nexus_node.study.studies import PREDICTIONS_ATTR
 
-if TYPE_CHECKING:
-    from nexus_node.pipeline.train import DeviceData
-
-V = TypeVar("V")
-TRAIN_ARRAYS = ("X_train", "y_train", "X_val", "y_val")
-
-
-class _LRU(OrderedDict):
-    """A small least-recently-used map: reused runners must not grow without bound."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def get_or_make(self, key: Hashable, make: Callable[[], V]) -> V:
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = make()
-        self[key] = value
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
-
-
-_arrays = _LRU(16)
-_splits = _LRU(2)
-_device_data = _LRU(2)
-_storages = _LRU(4)
-_predictors = _LRU(4)
-_studies = _LRU(8)
+_storages = LRU(4)
+_predictors = LRU(4)
+_studies = LRU(8)
 _warm_up_s: float | None = None
 
 
@@ -103,12 +78,6 @@ def run_task(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return handler(req, ctx)
 
 
-def _need(req: Mapping[str, Any], *keys: str) -> None:
-    absent = [k for k in keys if k not in req]
-    if absent:
-        raise InvalidInput(f"task {req.get('task')!r} request lacks {absent}")
-
-
 def _task_ping(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """Versions and device. The first ping in a process also trains a tiny network for
     two epochs: torch's one-time setup (about a second on a CPU) is then paid when the
@@ -131,7 +100,7 @@ def _task_ping(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{csv_path, target, seed, out_dir, drop_columns?, test_fraction?, val_fraction?}``."""
-    _need(req, "csv_path", "target", "seed", "out_dir")
+    need(req, "csv_path", "target", "seed", "out_dir")
     from nexus_node.pipeline.prepare import prepare
 
     return prepare(
@@ -139,51 +108,6 @@ def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         drop_columns=list(req.get("drop_columns") or []),
         test_fraction=float(req.get("test_fraction", 0.2)), val_fraction=float(req.get("val_fraction", 0.2)),
     )
-
-
-def _file_key(path: str) -> tuple[str, int, int]:
-    """A cache key that changes when the file at ``path`` is rewritten."""
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
-
-
-def load_array(path: str) -> np.ndarray:
-    """A memory-mapped array, cached by file identity."""
-    return _arrays.get_or_make(_file_key(path), lambda: np.load(path, mmap_mode="r", allow_pickle=False))
-
-
-def load_arrays(files: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Every ``X_*``/``y_*`` array named in a prepare result's ``files`` (memory-mapped)."""
-    return {k: load_array(v) for k, v in files.items() if k.startswith(("X_", "y_"))}
-
-
-def _tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
-    """The tree family's feature indices; None (every feature) for arrays prepared before
-    prepare wrote them."""
-    return np.asarray(load_array(files["tree_columns"])) if "tree_columns" in files else None
-
-
-def _split_key(files: Mapping[str, str]) -> tuple:
-    return tuple(_file_key(files[k]) for k in TRAIN_ARRAYS + (("folds",) if "folds" in files else ()))
-
-
-def _splits_for(files: Mapping[str, str]) -> list[dict[str, np.ndarray]]:
-    """What a trial validates on: the folds of a cross-validated table (prepare wrote
-    ``folds``: :mod:`nexus_node.pipeline.folds`), else the one train/validation split;
-    built once per dataset and reused by later trials."""
-    return _splits.get_or_make(_split_key(files), lambda: fold_splits(
-        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, load_array(files["folds"]) if "folds" in files else None))
-
-
-def _data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None) -> list[DeviceData]:
-    """Training tensors of every split of :func:`_splits_for` on the device, built once per
-    dataset (and regression target scale: ``log`` is the configuration's choice) and
-    reused by later trials."""
-    from nexus_node.pipeline.train import DeviceData, pick_device
-
-    key = (_split_key(files), task, n_classes, str(pick_device()), log)
-    return _device_data.get_or_make(key, lambda: [
-        DeviceData.from_arrays(split, task, n_classes, log=log) for split in _splits_for(files)])
 
 
 def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
@@ -366,7 +290,7 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     are the trial's reported steps): pass it to finalize as ``epochs_hint``. The study's direction must match the metric's own (``maximize`` in
     the request is checked against it).
     """
-    _need(req, "study_name", "trial_id", "params", "files", "task_type", "metric", "seed", "storage")
+    need(req, "study_name", "trial_id", "params", "files", "task_type", "metric", "seed", "storage")
     task, metric = req["task_type"], req["metric"]
     metrics.check_metric(metric, task)
     if "maximize" in req and bool(req["maximize"]) != metrics.MAXIMIZE[metric]:
@@ -377,7 +301,7 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         raise InvalidInput(f"a {task} trial needs n_classes >= 2, got {n_classes}")
     gbt = req["params"].get("family", "mlp") == "gbt"
     log = target_scale.log_choice(req["params"]) if task == "regression" else None
-    data = None if gbt else _data_for(req["files"], task, n_classes, log)
+    data = None if gbt else data_for(req["files"], task, n_classes, log)
     pruner, warmup = pruning.build(req.get("pruner"))
     # The node samples every parameter; the runner never asks the sampler for anything, so
     # the cheapest sampler avoids building TPE's state for nothing. The study object is
@@ -400,8 +324,8 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
                 from nexus_node.pipeline.gbt import train_and_score_gbt
 
                 res = train_and_score_gbt(
-                    _splits_for(req["files"]), req["params"], task, metric,
-                    int(req["seed"]), int(req.get("threads", 1)), columns=_tree_columns(req["files"]),
+                    splits_for(req["files"]), req["params"], task, metric,
+                    int(req["seed"]), int(req.get("threads", 1)), columns=tree_columns(req["files"]),
                     report=report, cancelled=ctx.cancelled, pruned=reporter.pruned)
             else:
                 from nexus_node.pipeline.train import train_and_score
@@ -418,6 +342,8 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         if error is not None:
             raise error
         attrs: dict[str, Any] = {"epochs": res.epochs, **({"fail_reason": res.message} if res.state == "FAIL" else {})}
+        if res.state == "COMPLETE" and res.predictions is not None and req.get("predictions_path"):
+            attrs[PREDICTIONS_ATTR] = _write_predictions(req["predictions_path"], res.predictions)
         value = res.value if res.state == "COMPLETE" else None
         # The last values, the attributes and the state in one write (one consensus round).
         held = reporter.take_held()
@@ -435,169 +361,19 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         now = _storage(store).get_trial(trial_id).state.name
         raise FailedPrecondition(f"trial {trial_id} was already {now} in the study (finished elsewhere); "
                                  "this runner's result is discarded")
-    return {"state": res.state, "value": res.value, "epochs": res.epochs, "message": res.message}
+    return {"state": res.state, "value": res.value, "epochs": res.epochs, "message": res.message,
+            **({"predictions_sha256": attrs[PREDICTIONS_ATTR]} if PREDICTIONS_ATTR in attrs else {})}
 
 
-def _task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """``{params, files, task_type, n_classes, metric, seed, threads, preprocessing,
-    artifact_path, meta?, target?, epochs_hint?}`` to ``{test_metrics, feature_importance,
-    input_columns, classes, epochs_trained, evaluated_on, test_rows, evaluated_model_rows,
-    evaluated_model_splits, final_model_rows, final_model_splits, note}`` (``epochs_trained``
-    and ``note`` are the final model's).
-
-    Two fits of the best configuration, as an AutoML tool's user expects:
-
-    1. **Evaluated model**: ``params["family"]`` refitted on train+val for ``epochs_hint``
-       epochs or boosting iterations (the best trial's ``epochs``; else ``params["epochs"]``
-       or ``params["max_iter"]``) and scored on the held-out test split. These are the
-       reported test metrics and the permutation importance. Should an MLP refit diverge,
-       the model is trained as a trial is (train split, early stopping on validation)
-       instead, so a job never fails here for a configuration that already worked.
-    2. **Final model**: the same configuration, for the same epoch or iteration count (no
-       validation is left to stop on), refitted on every row: train+val+test. The artifact
-       holds this one. Should it diverge, the artifact keeps the evaluated model and
-       ``note`` says so.
-
-    The feature preprocessing stays as prepare fitted it on the train split (the
-    configuration was searched on that encoding, and the test rows are already encoded
-    with it); the regression target's scaling is the configuration's, fitted on train+val,
-    and serves both fits. The result and the artifact's ``metrics.json`` say which rows
-    each model saw. ``csv_path``, ``encoding``, ``drop_columns`` and ``split_seed`` may be
-    sent and are not needed: importance works on the encoded test split (see
-    :mod:`nexus_node.pipeline.importance`).
-    """
-    _need(req, "params", "files", "task_type", "metric", "seed", "preprocessing", "artifact_path")
-    from nexus_node.pipeline.artifact import library_versions, write_artifact
-    from nexus_node.pipeline.importance import permutation_importance
-
-    task, metric, params, prep = req["task_type"], req["metric"], req["params"], req["preprocessing"]
-    metrics.check_metric(metric, task)
-    seed = int(req["seed"])
-    classes = list(prep["target"].get("classes") or [])
-    arrays = load_arrays(req["files"])
-    if task == "regression":
-        # The configuration's own target scale (a searched choice), fitted on the rows the
-        # evaluated refit sees; the artifact's preprocessing records it, so serving inverts the same.
-        y_fit = np.concatenate([arrays["y_train"], arrays["y_val"]])
-        prep = {**prep, "target": {**prep["target"], "transform": target_scale.for_params(
-            y_fit, params, prep["target"].get("transform"))}}
-        req = {**req, "preprocessing": prep}
-    fit = _refit_gbt if params.get("family", "mlp") == "gbt" else _refit_mlp
-    epochs = int(req.get("epochs_hint") or params["epochs" if fit is _refit_mlp else "max_iter"])
-    evaluated = fit(req, arrays, len(classes), EVALUATED_SPLITS, epochs, fallback=True)
-    y_test = np.asarray(arrays["y_test"])
-    X_test = np.array(arrays["X_test"], dtype=np.float32)
-    assert evaluated.predict is not None   # fallback=True: a diverged refit was replaced
-    test_metrics = metrics.all_metrics(task, y_test, evaluated.predict(X_test))
-    importance = permutation_importance(evaluated.predict, X_test, y_test, prep, metric, seed)
-    final = fit(req, arrays, len(classes), FINAL_SPLITS, evaluated.epochs, fallback=False)
-    if final.weights is None:
-        final = evaluated._replace(note="; ".join(n for n in (
-            evaluated.note, f"{final.note}; kept the evaluated model") if n))
-    rows = {
-        "evaluated_on": "test", "test_rows": int(y_test.shape[0]),
-        "evaluated_model_rows": evaluated.rows, "evaluated_model_splits": list(evaluated.splits),
-        "final_model_rows": final.rows, "final_model_splits": list(final.splits),
-    }
-    config = {
-        "format": "nexus-model", "format_version": 1, "params": dict(params), **final.config,
-        "task": task, "metric": metric, "classes": classes,
-        "input_columns": list(prep["input_columns"]), "target": prep["target"]["name"],
-        "epochs_trained": final.epochs, "seed": seed, "note": final.note,
-        "versions": library_versions(), "meta": dict(req.get("meta") or {}),
-    }
-    write_artifact(req["artifact_path"], final.weights, prep, config,
-                   {"test_metrics": test_metrics, "feature_importance": importance, **rows})
-    return {"test_metrics": test_metrics, "feature_importance": importance,
-            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": final.epochs,
-            **rows, "note": final.note}
-
-
-# Which splits each of finalize's two fits trains on.
-EVALUATED_SPLITS = ("train", "val")
-FINAL_SPLITS = ("train", "val", "test")
-
-
-class _Fit(NamedTuple):
-    """One of finalize's fits. ``weights`` is None when the fit diverged (``note`` says
-    why); ``epochs`` are the epochs or boosting iterations it ran; ``splits`` and ``rows``
-    are the rows it saw."""
-
-    predict: Callable[[np.ndarray], np.ndarray] | None
-    weights: Any
-    config: dict[str, Any]
-    epochs: int
-    note: str
-    splits: tuple[str, ...]
-    rows: int
-
-
-def _stack(arrays: Mapping[str, np.ndarray], splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, y)`` of the named splits, in order."""
-    return (np.concatenate([arrays[f"X_{s}"] for s in splits]),
-            np.concatenate([arrays[f"y_{s}"] for s in splits]))
-
-
-def _refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
-               splits: tuple[str, ...], epochs: int, fallback: bool) -> _Fit:
-    """The MLP on ``splits`` for ``epochs`` epochs. With ``fallback``, a diverging fit is
-    replaced by the model trained as a trial is (train split, early stopping on val)."""
-    import torch
-
-    from nexus_node.pipeline.model import output_width
-    from nexus_node.pipeline.train import DeviceData, fit_fixed, model_from_state, predict, train_and_score
-
-    task, metric, params = req["task_type"], req["metric"], req["params"]
-    seed, threads = int(req["seed"]), int(req.get("threads", 1))
-    transform = req["preprocessing"]["target"].get("transform")
-    X, y = _stack(arrays, splits)
-    data = DeviceData.from_arrays({"X_train": X, "y_train": y}, task, n_classes, transform=transform)
-    model, why = fit_fixed(data, params, epochs, seed, threads)
-    note = ""
-    if model is None and not fallback:
-        return _Fit(None, None, {}, epochs, why, splits, int(y.shape[0]))
-    if model is None:
-        split = DeviceData.from_arrays({k: arrays[k] for k in TRAIN_ARRAYS}, task, n_classes, transform=transform)
-        res = train_and_score(split, params, task, n_classes, metric, seed, threads)
-        if res.state_dict is None:
-            raise FailedPrecondition(f"the best configuration no longer trains: {why}; {res.message}")
-        model = model_from_state(res.state_dict, data.X_train.shape[1], output_width(task, n_classes), params)
-        epochs, note = res.epochs, f"{why}; kept the model trained on the train split instead"
-        splits, rows = ("train",), int(arrays["y_train"].shape[0])
-    else:
-        rows = int(y.shape[0])
-    device = data.device
-    del data   # the device copy of the rows is not needed past training
-
-    def predict_np(X_enc: np.ndarray) -> np.ndarray:
-        return predict(model, torch.as_tensor(X_enc, dtype=torch.float32, device=device), task, transform)
-
-    config = {"family": "mlp", "n_in": int(X.shape[1]), "n_out": output_width(task, n_classes)}
-    return _Fit(predict_np, model.state_dict(), config, epochs, note, splits, rows)
-
-
-def _refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
-               splits: tuple[str, ...], n_iter: int, fallback: bool) -> _Fit:
-    """Boosted trees on ``splits`` for ``n_iter`` iterations, exported to arrays; ``predict``
-    walks the exported trees, the model that would serve. (Trees do not diverge:
-    ``fallback`` is unused.)"""
-    from nexus_node.pipeline.gbt import export_trees, fit_gbt
-    from nexus_node.pipeline.trees import predict_trees
-
-    task, params = req["task_type"], req["params"]
-    transform = req["preprocessing"]["target"].get("transform")
-    cols = _tree_columns(req["files"])
-    if cols is None:
-        cols = np.arange(arrays["X_train"].shape[1], dtype=np.int64)
-    X, y = _stack(arrays, splits)
-    model = fit_gbt(X[:, cols], y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
-    weights, meta = export_trees(model)
-    meta = {"family": "gbt", **meta, "columns": [int(c) for c in cols]}
-
-    def predict_np(X_enc: np.ndarray) -> np.ndarray:
-        return predict_trees(weights, meta, X_enc, task, transform)
-
-    return _Fit(predict_np, weights, meta, n_iter, "", splits, int(y.shape[0]))
+def _write_predictions(path: str, predictions: np.ndarray) -> str:
+    """A trial's validation predictions as ``.npy`` (float32, no pickle) at ``path``; their
+    sha256, the blob id the node ingests them under."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(predictions, dtype=np.float32), allow_pickle=False)
+    data = buf.getvalue()
+    with open(path, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def load_predictor(path: str):
@@ -605,7 +381,7 @@ def load_predictor(path: str):
     cached by path and file identity."""
     from nexus_node.pipeline.artifact import load_artifact
 
-    return _predictors.get_or_make(_file_key(path), lambda: load_artifact(path))
+    return _predictors.get_or_make(file_key(path), lambda: load_artifact(path))
 
 
 PREDICT_BATCH = 5000
@@ -616,7 +392,7 @@ def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     out as events ``{"kind": "predictions", "start": i, "rows": [{label, value,
     probabilities}, ...]}`` of at most :data:`PREDICT_BATCH` rows, in order, so neither a
     protocol line nor the node's memory grows with the input."""
-    _need(req, "artifact_path", "csv_path")
+    need(req, "artifact_path", "csv_path")
     from nexus_node.pipeline import csvio
 
     predictor = load_predictor(req["artifact_path"])
@@ -630,5 +406,5 @@ def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 _TASKS: dict[str, Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]] = {
     "ping": _task_ping, "prepare": _task_prepare, "trial": _task_trial,
-    "finalize": _task_finalize, "predict": _task_predict,
+    "finalize": task_finalize, "predict": _task_predict,
 }

@@ -37,6 +37,9 @@ LOST_ATTR = "nexus:lost"
 #: A lost trial's system attribute: its node handed it back as it left (SIGTERM). The retry
 #: rule does not count such a loss against the configuration (work/retries.py).
 HANDED_BACK_ATTR = "nexus:handed_back"
+#: User attribute of a completed trial: the sha256 of its validation predictions, a blob the
+#: node that ran it holds (ensemble selection in finalize reads them; pipeline/ensemble.py).
+PREDICTIONS_ATTR = "predictions"
 #: User attribute of a re-run: the number of the trial whose parameters it runs again.
 RETRY_OF = "retry_of"
 

@@ -303,15 +303,30 @@ class WorkerAgent:
         kind = task.get("task")
         if kind == "trial":
             local["storage"] = self.storage
+            predictions = await asyncio.to_thread(self.blobs.new_temp, ".npy")
+            scratch.append(predictions)
+            local["predictions_path"] = str(predictions)
         elif kind == "prepare":
             out_dir = await asyncio.to_thread(self.blobs.new_temp_dir, "prep-")
             scratch.append(out_dir)
             local["out_dir"] = str(out_dir)
         elif kind == "finalize":
+            local["library"] = [c for c in [await self._localize_candidate(c) for c in task.get("library") or []] if c]
             artifact = await asyncio.to_thread(self.blobs.new_temp, ".zip")
             scratch.append(artifact)
             local["artifact_path"] = str(artifact)
         return local
+
+    async def _localize_candidate(self, candidate: dict[str, Any]) -> dict[str, Any] | None:
+        """An ensemble candidate with its predictions fetched; None when they cannot be (the
+        ensemble is built without it: it is an option of finalize, never a need)."""
+        try:
+            path = await self.fetch_blob(str(candidate["predictions_sha256"]))
+        except (NexusError, OSError, grpc.RpcError) as e:
+            log.warning("trial %s's predictions are not available: %s", candidate.get("trial"), e)
+            return None
+        local = {k: v for k, v in candidate.items() if k != "predictions_sha256"}
+        return {**local, "predictions_path": str(path)}
 
     async def _publish(self, kind: str, local: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         """Outputs into this node's blob store, recorded as held here; the result names them
@@ -324,6 +339,15 @@ class WorkerAgent:
                 await records.put_blob(sha, size, f"shard:{name}")
                 files[name] = sha
             result = {**result, "files": files}
+        elif kind == "trial" and result.get("predictions_sha256"):
+            sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["predictions_path"]))
+            # The trial is already finished in the study: predictions that do not match what it
+            # recorded are dropped (finalize leaves that trial out of the ensemble), not the trial.
+            if sha == result["predictions_sha256"]:
+                await records.put_blob(sha, size, "predictions")
+            else:
+                log.warning("trial predictions at %s hash to %s, not %s: not kept", local["predictions_path"],
+                            sha, result["predictions_sha256"])
         elif kind == "finalize":
             sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
             await records.put_blob(sha, size, "model")

@@ -41,6 +41,21 @@ def test_submit_wait_json_reports_the_finished_job(finished):
     assert finished["constraints_source"] == "user"
 
 
+def test_the_model_says_which_trials_it_averages_and_why(node_address, finished):
+    members = finished["members"]
+    assert members and sum(m["weight"] for m in members) == pytest.approx(1.0)
+    assert all(m["family"] in ("mlp", "gbt") and m["params"] and m["epochs_trained"] >= 1 for m in members)
+    assert finished["model_selection"]
+    if len(members) == 1:   # the single model is the best trial's
+        assert members[0]["params"] == finished["best_params"]
+    model = json.loads(nexus(node_address, "models", "--json").stdout)
+    (ours,) = [m for m in model if m["model_id"] == finished["model_id"]]
+    assert ours["members"] == members and ours["selection"] == finished["model_selection"]
+    assert ours["family"] == ("ensemble" if len(members) > 1 else members[0]["family"])
+    shown = nexus(node_address, "show", finished["job_id"]).stdout
+    assert finished["model_selection"].split()[0] in shown
+
+
 def test_jobs_json_lists_the_job(node_address, finished):
     proc = nexus(node_address, "jobs", "--json")
     assert proc.returncode == 0, proc.stderr

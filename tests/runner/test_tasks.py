@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from typing import Any, Iterator
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput
+from nexus_node.pipeline import metrics
+from nexus_node.pipeline.result import scored_rows
 from nexus_node.runner import tasks
+from nexus_node.runner.arrays import splits_for
 from nexus_node.runner.context import LocalContext
 from nexus_node.runner.tasks import run_task
 from nexus_node.study import pruning
+from nexus_node.study.studies import PREDICTIONS_ATTR
 from tests.pipeline.helpers import default_config, prepare
 from tests.storage_server import storage_server
 
@@ -66,6 +72,28 @@ def test_trial_completes_in_the_study_with_intermediate_values(insurance, server
     assert sorted(frozen.intermediate_values) == list(range(run)) and run >= out["epochs"]
     assert max(frozen.intermediate_values.values()) == pytest.approx(out["value"])
     assert [e["epoch"] for e in ctx.events] == list(range(run)) and ctx.events[0]["kind"] == "epoch"
+
+
+@pytest.mark.parametrize("family", ["mlp", "gbt"])
+def test_a_completed_trial_keeps_its_validation_predictions_under_their_hash(insurance, server, tmp_path, family):
+    storage, spec = server
+    study = optuna.create_study(study_name=f"keep-{family}", storage=storage, direction="maximize")
+    trial = study.ask()
+    params = {} if family == "mlp" else {"family": "gbt", "learning_rate": 0.1, "max_iter": 40,
+                                         "max_leaf_nodes": 15, "min_samples_leaf": 10, "l2_regularization": 0.1}
+    path = tmp_path / "predictions.npy"
+    out = run_task({**_trial_req(insurance, spec, f"keep-{family}", trial._trial_id, **params),
+                    "predictions_path": str(path)}, LocalContext())
+    assert out["state"] == "COMPLETE"
+    assert out["predictions_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert storage.get_trial(trial._trial_id).user_attrs[PREDICTIONS_ATTR] == out["predictions_sha256"]
+    y = scored_rows(splits_for(insurance["files"]))
+    kept = np.load(path, allow_pickle=False)
+    assert kept.shape == y.shape and kept.dtype == np.float32
+    # The trial's value is its folds' mean score on exactly these predictions.
+    bounds = np.cumsum([0] + [len(f["y_val"]) for f in splits_for(insurance["files"])])
+    assert out["value"] == pytest.approx(np.mean([
+        metrics.r2(y[a:b], kept[a:b].astype(np.float64)) for a, b in zip(bounds[:-1], bounds[1:])]), abs=1e-5)
 
 
 def _study_of_good_trials(storage, name: str, pruner: optuna.pruners.BasePruner | None = None,

@@ -133,7 +133,7 @@ class FeatureImportance(_message.Message):
     def __init__(self, column: _Optional[str] = ..., importance: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "spec", "message", "task", "metric", "maximize", "best_value", "has_best", "trials", "model_id", "test_metrics", "feature_importance", "summary", "constraints_source", "constraints_json", "profile_json", "created_at", "started_at", "finished_at", "seed", "dataset_sha256", "dataset_bytes", "encoding", "study_name", "best_params_json", "node_id", "constraints_model", "constraints_rationale", "constraints_fallback", "summary_source", "summary_model", "summary_fallback", "evaluated_model_rows", "test_rows", "final_model_rows")
+    __slots__ = ("job_id", "state", "spec", "message", "task", "metric", "maximize", "best_value", "has_best", "trials", "model_id", "test_metrics", "feature_importance", "summary", "constraints_source", "constraints_json", "profile_json", "created_at", "started_at", "finished_at", "seed", "dataset_sha256", "dataset_bytes", "encoding", "study_name", "best_params_json", "node_id", "constraints_model", "constraints_rationale", "constraints_fallback", "summary_source", "summary_model", "summary_fallback", "evaluated_model_rows", "test_rows", "final_model_rows", "members", "model_selection")
     class TestMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,8 @@ class Job(_message.Message):
     EVALUATED_MODEL_ROWS_FIELD_NUMBER: _ClassVar[int]
     TEST_ROWS_FIELD_NUMBER: _ClassVar[int]
     FINAL_MODEL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SELECTION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     spec: JobSpec
@@ -213,7 +215,23 @@ class Job(_message.Message):
     evaluated_model_rows: int
     test_rows: int
     final_model_rows: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., message: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., best_value: _Optional[float] = ..., has_best: _Optional[bool] = ..., trials: _Optional[_Union[TrialCounts, _Mapping]] = ..., model_id: _Optional[str] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., feature_importance: _Optional[_Iterable[_Union[FeatureImportance, _Mapping]]] = ..., summary: _Optional[str] = ..., constraints_source: _Optional[str] = ..., constraints_json: _Optional[str] = ..., profile_json: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., dataset_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., study_name: _Optional[str] = ..., best_params_json: _Optional[str] = ..., node_id: _Optional[str] = ..., constraints_model: _Optional[str] = ..., constraints_rationale: _Optional[str] = ..., constraints_fallback: _Optional[str] = ..., summary_source: _Optional[str] = ..., summary_model: _Optional[str] = ..., summary_fallback: _Optional[str] = ..., evaluated_model_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_model_rows: _Optional[int] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[EnsembleMember]
+    model_selection: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., message: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., best_value: _Optional[float] = ..., has_best: _Optional[bool] = ..., trials: _Optional[_Union[TrialCounts, _Mapping]] = ..., model_id: _Optional[str] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., feature_importance: _Optional[_Iterable[_Union[FeatureImportance, _Mapping]]] = ..., summary: _Optional[str] = ..., constraints_source: _Optional[str] = ..., constraints_json: _Optional[str] = ..., profile_json: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., dataset_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., study_name: _Optional[str] = ..., best_params_json: _Optional[str] = ..., node_id: _Optional[str] = ..., constraints_model: _Optional[str] = ..., constraints_rationale: _Optional[str] = ..., constraints_fallback: _Optional[str] = ..., summary_source: _Optional[str] = ..., summary_model: _Optional[str] = ..., summary_fallback: _Optional[str] = ..., evaluated_model_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_model_rows: _Optional[int] = ..., members: _Optional[_Iterable[_Union[EnsembleMember, _Mapping]]] = ..., model_selection: _Optional[str] = ...) -> None: ...
+
+class EnsembleMember(_message.Message):
+    __slots__ = ("trial", "family", "weight", "epochs_trained", "params_json")
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    trial: int
+    family: str
+    weight: float
+    epochs_trained: int
+    params_json: str
+    def __init__(self, trial: _Optional[int] = ..., family: _Optional[str] = ..., weight: _Optional[float] = ..., epochs_trained: _Optional[int] = ..., params_json: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -336,7 +354,7 @@ class FinishTrialReply(_message.Message):
     def __init__(self, state: _Optional[str] = ..., value: _Optional[float] = ..., has_value: _Optional[bool] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("model_id", "job_id", "task", "target", "input_columns", "classes", "test_metrics", "artifact_sha256", "artifact_bytes", "created_at", "family", "params_json")
+    __slots__ = ("model_id", "job_id", "task", "target", "input_columns", "classes", "test_metrics", "artifact_sha256", "artifact_bytes", "created_at", "family", "params_json", "members", "selection")
     class TestMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +374,8 @@ class Model(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     job_id: str
     task: TaskType
@@ -368,7 +388,9 @@ class Model(_message.Message):
     created_at: float
     family: str
     params_json: str
-    def __init__(self, model_id: _Optional[str] = ..., job_id: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., target: _Optional[str] = ..., input_columns: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., artifact_sha256: _Optional[str] = ..., artifact_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., family: _Optional[str] = ..., params_json: _Optional[str] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[EnsembleMember]
+    selection: str
+    def __init__(self, model_id: _Optional[str] = ..., job_id: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., target: _Optional[str] = ..., input_columns: _Optional[_Iterable[str]] = ..., classes: _Optional[_Iterable[str]] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., artifact_sha256: _Optional[str] = ..., artifact_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., family: _Optional[str] = ..., params_json: _Optional[str] = ..., members: _Optional[_Iterable[_Union[EnsembleMember, _Mapping]]] = ..., selection: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

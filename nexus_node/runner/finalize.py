@@ -1,0 +1,273 @@
+"""The finalize task: the job's model, from its best trial or an ensemble of its trials.
+
+``task_finalize`` takes the best trial's configuration and, when the search kept them, a
+library of the best trials' validation predictions. Ensemble selection
+(:mod:`nexus_node.pipeline.ensemble`) on those predictions decides between the best single
+trial and a weighted average of a few; then every chosen member is fitted twice, as an
+AutoML tool's user expects:
+
+1. **Evaluated model**: the member's configuration refitted on train+val for its trial's
+   epochs or boosting iterations (``epochs``; else ``params["epochs"]`` or
+   ``params["max_iter"]``) and scored on the held-out test split: the members' weighted
+   average gives the reported test metrics and the permutation importance. Should an MLP
+   refit diverge, the model is trained as a trial is (train split, early stopping on
+   validation) instead, so a job never fails here for a configuration that already worked.
+2. **Final model**: the same configuration, for the same epoch or iteration count (no
+   validation is left to stop on), refitted on every row: train+val+test. The artifact
+   holds this one. Should it diverge, the artifact keeps the evaluated model and ``note``
+   says so.
+
+A member of an ensemble whose refit fails drops out; the rest are reweighted and the result
+says which dropped and why. The feature preprocessing stays as prepare fitted it on the train
+split (the configurations were searched on that encoding, and the test rows are already
+encoded with it); a regression target's scaling is each member's own (a searched choice),
+fitted on train+val, and serves both of its fits.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+
+from nexus_node.errors import FailedPrecondition, NexusError
+from nexus_node.pipeline import ensemble, metrics
+from nexus_node.pipeline import target as target_scale
+from nexus_node.pipeline.result import scored_rows
+from nexus_node.runner.arrays import TRAIN_ARRAYS, load_arrays, splits_for, tree_columns
+from nexus_node.runner.context import TaskContext, need
+
+
+def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``{params, files, task_type, n_classes, metric, seed, threads, preprocessing,
+    artifact_path, meta?, target?, epochs_hint?, library?}`` to ``{test_metrics,
+    feature_importance, input_columns, classes, epochs_trained, evaluated_on, test_rows,
+    evaluated_model_rows, evaluated_model_splits, final_model_rows, final_model_splits, note,
+    members, selection, dropped}``.
+
+    ``library`` lists the candidates for an ensemble, the best trial first (its ``params``
+    are the request's): ``[{trial, params, epochs, predictions_path}]``. Without two of
+    them, the best trial's configuration alone is fitted (``params``, ``epochs_hint``).
+    ``members`` gives each chosen member's ``trial``, ``family``, ``weight``, epochs and
+    ``params``;
+    ``selection`` says why these were chosen; ``dropped`` names the members whose refit
+    failed. ``epochs_trained``, the row counts and ``note`` are the heaviest member's.
+    ``csv_path``, ``encoding``, ``drop_columns`` and ``split_seed`` may be sent and are
+    not needed: importance works on the encoded test split (see
+    :mod:`nexus_node.pipeline.importance`).
+    """
+    need(req, "params", "files", "task_type", "metric", "seed", "preprocessing", "artifact_path")
+    from nexus_node.pipeline.artifact import library_versions, write_artifact, write_ensemble_artifact
+    from nexus_node.pipeline.importance import permutation_importance
+
+    task, metric, prep = req["task_type"], req["metric"], req["preprocessing"]
+    metrics.check_metric(metric, task)
+    seed = int(req["seed"])
+    classes = list(prep["target"].get("classes") or [])
+    arrays = load_arrays(req["files"])
+    chosen, selection = choose_members(req)
+    fitted: list[Member] = []
+    dropped: list[str] = []
+    for candidate, weight in chosen:
+        try:
+            fitted.append(fit_member(req, arrays, len(classes), candidate, weight))
+        except Exception as e:  # noqa: BLE001 - one member's failure must not fail the job
+            if len(chosen) == 1:
+                raise
+            dropped.append(f"trial {candidate.get('trial')}: {e if isinstance(e, NexusError) else repr(e)}")
+    if not fitted:
+        raise FailedPrecondition(f"no member of the ensemble could be refitted: {'; '.join(dropped)}")
+    total = sum(m.weight for m in fitted)
+    fitted = [m._replace(weight=m.weight / total) for m in fitted]
+    lead = fitted[0]
+
+    def evaluated_predict(X_enc: np.ndarray) -> np.ndarray:
+        return ensemble.blend([m.evaluated_predict(X_enc) for m in fitted], [m.weight for m in fitted])
+
+    y_test = np.asarray(arrays["y_test"])
+    X_test = np.array(arrays["X_test"], dtype=np.float32)
+    test_metrics = metrics.all_metrics(task, y_test, evaluated_predict(X_test))
+    importance = permutation_importance(evaluated_predict, X_test, y_test, prep, metric, seed)
+    rows = {
+        "evaluated_on": "test", "test_rows": int(y_test.shape[0]),
+        "evaluated_model_rows": lead.evaluated.rows, "evaluated_model_splits": list(lead.evaluated.splits),
+        "final_model_rows": lead.final.rows, "final_model_splits": list(lead.final.splits),
+    }
+    if dropped:
+        selection = f"{selection}; dropped after a failed refit: {'; '.join(dropped)}"
+    note = "; ".join(n for n in (m.final.note for m in fitted) if n)
+    config = {
+        "format": "nexus-model", "format_version": 1, "params": dict(lead.params), **lead.final.config,
+        "task": task, "metric": metric, "classes": classes,
+        "input_columns": list(prep["input_columns"]), "target": prep["target"]["name"],
+        "epochs_trained": lead.final.epochs, "seed": seed, "note": note, "selection": selection,
+        "versions": library_versions(), "meta": dict(req.get("meta") or {}),
+    }
+    artifact_metrics = {"test_metrics": test_metrics, "feature_importance": importance, **rows}
+    lead_prep = {**prep, "target": {**prep["target"], "transform": lead.transform}}
+    if len(fitted) == 1:
+        write_artifact(req["artifact_path"], lead.final.weights, lead_prep, config, artifact_metrics)
+    else:
+        write_ensemble_artifact(req["artifact_path"], [
+            (m.final.weights, {"weight": m.weight, "trial": m.trial, "params": dict(m.params), **m.final.config,
+                               "transform": m.transform, "epochs_trained": m.final.epochs, "note": m.final.note})
+            for m in fitted], lead_prep, config, artifact_metrics)
+    members = [{"trial": m.trial, "family": str(m.params.get("family", "mlp")), "weight": m.weight,
+                "epochs_trained": m.final.epochs, "params": dict(m.params)} for m in fitted]
+    return {"test_metrics": test_metrics, "feature_importance": importance,
+            "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": lead.final.epochs,
+            **rows, "note": note, "members": members, "selection": selection, "dropped": dropped}
+
+
+def choose_members(req: Mapping[str, Any]) -> tuple[list[tuple[dict[str, Any], float]], str]:
+    """The candidates to fit with their weights, heaviest first, and why.
+
+    With a library of at least two trials' predictions, ensemble selection decides; any
+    other request fits the best trial's configuration alone."""
+    best = {"trial": req.get("trial"), "params": dict(req["params"]), "epochs": req.get("epochs_hint")}
+    library = [c for c in (req.get("library") or []) if c.get("predictions_path")]
+    if len(library) < 2:
+        return [(best, 1.0)], "the best trial (no other trial's validation predictions to ensemble)"
+    y = scored_rows(splits_for(req["files"]))
+    preds, kept = [], []
+    for c in library:
+        p = np.load(c["predictions_path"], allow_pickle=False)
+        if p.shape[0] == y.shape[0]:
+            preds.append(p)
+            kept.append(c)
+    if len(kept) < 2 or kept[0] is not library[0]:
+        return [(best, 1.0)], "the best trial (too few trials' predictions cover the validation rows)"
+    sel = ensemble.select(preds, y, req["metric"])
+    if not sel.is_ensemble:
+        # The job's best trial, which the search ranked on its folds' mean, even where the
+        # pooled rows rank another single trial first.
+        return [({**kept[0], "params": dict(req["params"])}, 1.0)], sel.reason
+    return [(kept[i], w) for i, w in sel.weights.items()], sel.reason
+
+
+class Member(NamedTuple):
+    """A fitted member: its trial, weight, configuration, target transform and two fits."""
+
+    trial: int | None
+    weight: float
+    params: dict[str, Any]
+    transform: dict[str, Any] | None
+    evaluated: Fit
+    final: Fit
+
+    def evaluated_predict(self, X_enc: np.ndarray) -> np.ndarray:
+        assert self.evaluated.predict is not None   # fitted with fallback: a diverged refit was replaced
+        return self.evaluated.predict(X_enc)
+
+
+def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
+               candidate: Mapping[str, Any], weight: float) -> Member:
+    """Both fits of one candidate's configuration (see the module docstring)."""
+    params = dict(candidate["params"])
+    prep = req["preprocessing"]
+    transform = prep["target"].get("transform")
+    if req["task_type"] == "regression":
+        # The configuration's own target scale (a searched choice), fitted on the rows the
+        # evaluated refit sees; the artifact records it, so serving inverts the same.
+        y_fit = np.concatenate([arrays["y_train"], arrays["y_val"]])
+        transform = target_scale.for_params(y_fit, params, transform)
+    member_req = {**req, "params": params, "preprocessing": {**prep, "target": {**prep["target"], "transform": transform}}}
+    fit = refit_gbt if params.get("family", "mlp") == "gbt" else refit_mlp
+    epochs = int(candidate.get("epochs") or params["epochs" if fit is refit_mlp else "max_iter"])
+    evaluated = fit(member_req, arrays, n_classes, EVALUATED_SPLITS, epochs, fallback=True)
+    assert evaluated.predict is not None   # fallback=True: a diverged refit was replaced
+    final = fit(member_req, arrays, n_classes, FINAL_SPLITS, evaluated.epochs, fallback=False)
+    if final.weights is None:
+        final = evaluated._replace(note="; ".join(n for n in (
+            evaluated.note, f"{final.note}; kept the evaluated model") if n))
+    trial = candidate.get("trial")
+    return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final)
+
+
+# Which splits each of finalize's two fits trains on.
+EVALUATED_SPLITS = ("train", "val")
+FINAL_SPLITS = ("train", "val", "test")
+
+
+class Fit(NamedTuple):
+    """One of finalize's fits. ``weights`` is None when the fit diverged (``note`` says
+    why); ``epochs`` are the epochs or boosting iterations it ran; ``splits`` and ``rows``
+    are the rows it saw."""
+
+    predict: Callable[[np.ndarray], np.ndarray] | None
+    weights: Any
+    config: dict[str, Any]
+    epochs: int
+    note: str
+    splits: tuple[str, ...]
+    rows: int
+
+
+def stack(arrays: Mapping[str, np.ndarray], splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` of the named splits, in order."""
+    return (np.concatenate([arrays[f"X_{s}"] for s in splits]),
+            np.concatenate([arrays[f"y_{s}"] for s in splits]))
+
+
+def refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
+               splits: tuple[str, ...], epochs: int, fallback: bool) -> Fit:
+    """The MLP on ``splits`` for ``epochs`` epochs. With ``fallback``, a diverging fit is
+    replaced by the model trained as a trial is (train split, early stopping on val)."""
+    import torch
+
+    from nexus_node.pipeline.model import output_width
+    from nexus_node.pipeline.train import DeviceData, fit_fixed, model_from_state, predict, train_and_score
+
+    task, metric, params = req["task_type"], req["metric"], req["params"]
+    seed, threads = int(req["seed"]), int(req.get("threads", 1))
+    transform = req["preprocessing"]["target"].get("transform")
+    X, y = stack(arrays, splits)
+    data = DeviceData.from_arrays({"X_train": X, "y_train": y}, task, n_classes, transform=transform)
+    model, why = fit_fixed(data, params, epochs, seed, threads)
+    note = ""
+    if model is None and not fallback:
+        return Fit(None, None, {}, epochs, why, splits, int(y.shape[0]))
+    if model is None:
+        split = DeviceData.from_arrays({k: arrays[k] for k in TRAIN_ARRAYS}, task, n_classes, transform=transform)
+        res = train_and_score(split, params, task, n_classes, metric, seed, threads)
+        if res.state_dict is None:
+            raise FailedPrecondition(f"the best configuration no longer trains: {why}; {res.message}")
+        model = model_from_state(res.state_dict, data.X_train.shape[1], output_width(task, n_classes), params)
+        epochs, note = res.epochs, f"{why}; kept the model trained on the train split instead"
+        splits, rows = ("train",), int(arrays["y_train"].shape[0])
+    else:
+        rows = int(y.shape[0])
+    device = data.device
+    del data   # the device copy of the rows is not needed past training
+
+    def predict_np(X_enc: np.ndarray) -> np.ndarray:
+        return predict(model, torch.as_tensor(X_enc, dtype=torch.float32, device=device), task, transform)
+
+    config = {"family": "mlp", "n_in": int(X.shape[1]), "n_out": output_width(task, n_classes)}
+    return Fit(predict_np, model.state_dict(), config, epochs, note, splits, rows)
+
+
+def refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
+               splits: tuple[str, ...], n_iter: int, fallback: bool) -> Fit:
+    """Boosted trees on ``splits`` for ``n_iter`` iterations, exported to arrays; ``predict``
+    walks the exported trees, the model that would serve. (Trees do not diverge:
+    ``fallback`` is unused.)"""
+    from nexus_node.pipeline.gbt import export_trees, fit_gbt
+    from nexus_node.pipeline.trees import predict_trees
+
+    task, params = req["task_type"], req["params"]
+    transform = req["preprocessing"]["target"].get("transform")
+    cols = tree_columns(req["files"])
+    if cols is None:
+        cols = np.arange(arrays["X_train"].shape[1], dtype=np.int64)
+    X, y = stack(arrays, splits)
+    model = fit_gbt(X[:, cols], y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
+    weights, meta = export_trees(model)
+    meta = {"family": "gbt", **meta, "columns": [int(c) for c in cols]}
+
+    def predict_np(X_enc: np.ndarray) -> np.ndarray:
+        return predict_trees(weights, meta, X_enc, task, transform)
+
+    return Fit(predict_np, weights, meta, n_iter, "", splits, int(y.shape[0]))
+
+

@@ -1,0 +1,72 @@
+"""Greedy ensemble selection (pipeline/ensemble.py), on predictions whose best answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nexus_node.pipeline import ensemble, metrics
+
+rng = np.random.default_rng(7)
+Y = rng.normal(size=2000)
+
+
+def test_two_models_with_independent_errors_are_averaged_half_and_half():
+    a, b = Y + rng.normal(size=Y.size), Y + rng.normal(size=Y.size)
+    sel = ensemble.select([a, b], Y, "rmse")
+    assert sel.is_ensemble and set(sel.weights) == {0, 1}
+    assert all(abs(w - 0.5) <= 0.1 for w in sel.weights.values())
+    # Averaging two independent errors of equal size divides the error by about sqrt(2).
+    assert sel.score == pytest.approx(sel.single_score / np.sqrt(2), rel=0.05)
+    assert sel.score == pytest.approx(metrics.rmse(Y, ensemble.blend([a, b], [sel.weights[0], sel.weights[1]])))
+
+
+def test_a_model_that_adds_nothing_leaves_the_single_best():
+    good, bad = Y + 0.1 * rng.normal(size=Y.size), Y + 3 * rng.normal(size=Y.size)
+    sel = ensemble.select([bad, good], Y, "r2")
+    assert not sel.is_ensemble and sel.weights == {1: 1.0} and sel.single == 1
+    assert sel.score == sel.single_score and "kept the single best trial" in sel.reason
+
+
+def test_a_gain_smaller_than_the_threshold_keeps_the_single_model():
+    base = Y + rng.normal(size=Y.size)
+    twin = base + 0.01 * rng.normal(size=Y.size)   # nearly the same errors: averaging gains almost nothing
+    sel = ensemble.select([base, twin], Y, "rmse")
+    assert not sel.is_ensemble
+
+
+def test_class_probabilities_are_averaged_and_scored_with_the_metric_s_own_direction():
+    y = rng.integers(0, 2, size=3000)
+    def noisy() -> np.ndarray:
+        p1 = 1 / (1 + np.exp(-(2.0 * (y - 0.5) * 2 + rng.normal(scale=2.0, size=y.size))))
+        return np.stack([1 - p1, p1], axis=1)
+    library = [noisy() for _ in range(3)]
+    for metric in ("roc_auc", "log_loss"):
+        sel = ensemble.select(library, y, metric)
+        assert sel.is_ensemble, sel.reason
+        assert (sel.score > sel.single_score) == metrics.MAXIMIZE[metric]
+
+
+def test_at_most_max_members_distinct_members():
+    library = [Y + rng.normal(size=Y.size) for _ in range(8)]
+    sel = ensemble.select(library, Y, "mae", max_members=3)
+    assert len(sel.weights) == 3 and sum(sel.weights.values()) == pytest.approx(1.0)
+    assert list(sel.weights.values()) == sorted(sel.weights.values(), reverse=True)
+
+
+def test_diverged_predictions_are_never_picked():
+    nan = np.full(Y.size, np.nan)
+    sel = ensemble.select([nan, Y + rng.normal(size=Y.size)], Y, "r2")
+    assert sel.single == 1 and 0 not in sel.weights
+
+
+def test_the_same_library_gives_the_same_choice():
+    library = [Y + rng.normal(size=Y.size) for _ in range(4)]
+    assert ensemble.select(library, Y, "rmse") == ensemble.select(library, Y, "rmse")
+
+
+def test_bad_libraries_are_refused():
+    with pytest.raises(ValueError, match="at least one"):
+        ensemble.select([], Y, "r2")
+    with pytest.raises(ValueError, match="shape"):
+        ensemble.select([Y, Y[:-1]], Y, "r2")

@@ -1,0 +1,107 @@
+"""finalize with a library of trials' validation predictions: the ensemble it chooses, the
+artifact that serves the weighted average, and a member whose refit fails."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from nexus_node.pipeline import gbt, metrics, train
+from nexus_node.pipeline.artifact import load_artifact
+from nexus_node.pipeline.result import TrainResult, scored_rows
+from nexus_node.runner.arrays import data_for, splits_for
+from nexus_node.runner.context import LocalContext
+from nexus_node.runner.tasks import run_task
+
+GBT = {"family": "gbt", "learning_rate": 0.1, "max_iter": 60, "max_leaf_nodes": 15,
+       "min_samples_leaf": 10, "l2_regularization": 0.1}
+MLP = {"family": "mlp", "n_layers": 1, "width": 16, "activation": "relu", "dropout": 0.0,
+       "learning_rate": 3e-3, "weight_decay": 1e-5, "batch_size": 128, "epochs": 30}
+
+
+def _finalize(prepared, path, library, best=GBT):
+    return run_task({"task": "finalize", "params": best, "trial": 0, "files": prepared["files"],
+                     "task_type": "regression", "n_classes": 0, "metric": "r2", "seed": 0, "threads": 1,
+                     "epochs_hint": 30, "preprocessing": prepared["preprocessing"],
+                     "artifact_path": str(path), "library": library}, LocalContext())
+
+
+def _library(prepared, tmp_path, noise_a, noise_b):
+    """Two candidates whose validation predictions are the truth plus the given errors: the
+    errors, not the configurations, decide what selection picks."""
+    y = scored_rows(splits_for(prepared["files"]))
+    library = []
+    for trial, (params, noise) in enumerate([(GBT, noise_a), (MLP, noise_b)]):
+        path = tmp_path / f"trial{trial}.npy"
+        np.save(path, (y + noise).astype(np.float32), allow_pickle=False)
+        library.append({"trial": trial, "params": params, "epochs": 20, "predictions_path": str(path)})
+    return library
+
+
+def test_trials_keep_their_predictions_on_every_scored_row_at_the_best_epoch(insurance):
+    files = insurance["files"]
+    y = scored_rows(splits_for(files))
+    res = gbt.train_and_score_gbt(splits_for(files), GBT, "regression", "r2", 0)
+    assert res.predictions is not None and res.predictions.shape == y.shape
+    # The trial's value is the mean of its folds' scores, each on its own rows, at the best step.
+    sizes = [len(f["y_val"]) for f in splits_for(files)]
+    bounds = np.cumsum([0] + sizes)
+    folds = [metrics.r2(y[a:b], res.predictions[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert res.value == pytest.approx(np.mean(folds))
+    mlp = train.train_and_score(data_for(files, "regression", 0), MLP, "regression", 0, "r2", 0)
+    assert mlp.predictions is not None and mlp.predictions.shape == y.shape
+
+
+def test_an_ensemble_is_served_as_the_weighted_average_of_its_members(insurance, tmp_path):
+    rng = np.random.default_rng(0)
+    y = scored_rows(splits_for(insurance["files"]))
+    scale = float(np.std(y))
+    library = _library(insurance, tmp_path, rng.normal(scale=scale / 2, size=y.size),
+                       rng.normal(scale=scale / 2, size=y.size))
+    path = tmp_path / "ensemble.zip"
+    res = _finalize(insurance, path, library)
+    assert [m["trial"] for m in res["members"]] in ([0, 1], [1, 0]), res["selection"]
+    assert sum(m["weight"] for m in res["members"]) == pytest.approx(1.0)
+    assert "an ensemble of 2 trials" in res["selection"] and res["dropped"] == []
+    with zipfile.ZipFile(path) as z:
+        config = json.loads(z.read("config.json"))
+        assert config["family"] == "ensemble" and config["format_version"] == 2
+        assert {n for n in z.namelist() if n.startswith("members/")} == {
+            f"members/{i}/{f}" for i, m in enumerate(config["members"])
+            for f in (["model.pt"] if m["family"] == "mlp" else ["nodes.npy", "roots.npy"])}
+    served = load_artifact(str(path))
+    X = np.asarray(np.load(insurance["files"]["X_test"]), dtype=np.float32)
+    by_hand = sum(w * m.predict_encoded(X) for w, m in served.members)
+    np.testing.assert_allclose(served.predict_encoded(X), by_hand, rtol=1e-9)
+    # Each member keeps its own target scale and its band.
+    assert all(m.preprocessing["target"]["transform"]["band"] for _, m in served.members)
+
+
+def test_when_the_ensemble_is_no_better_the_single_best_trial_is_kept(insurance, tmp_path):
+    y = scored_rows(splits_for(insurance["files"]))
+    library = _library(insurance, tmp_path, np.zeros(y.size), np.full(y.size, float(np.std(y))))
+    path = tmp_path / "single.zip"
+    res = _finalize(insurance, path, library)
+    assert [m["trial"] for m in res["members"]] == [0] and "kept the single best trial" in res["selection"]
+    with zipfile.ZipFile(path) as z:
+        assert json.loads(z.read("config.json"))["format_version"] == 1
+
+
+def test_a_member_whose_refit_fails_drops_out_and_the_job_keeps_the_rest(insurance, tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    y = scored_rows(splits_for(insurance["files"]))
+    scale = float(np.std(y))
+    library = _library(insurance, tmp_path, rng.normal(scale=scale / 2, size=y.size),
+                       rng.normal(scale=scale / 2, size=y.size))
+    # The network diverges however it is refitted: on the train+val rows, and as a trial.
+    monkeypatch.setattr(train, "fit_fixed", lambda *a, **k: (None, "refit diverged at epoch 3 (loss nan)"))
+    monkeypatch.setattr(train, "train_and_score", lambda *a, **k: TrainResult(None, 1, None, "FAIL", "diverged", 1))
+    path = tmp_path / "rest.zip"
+    res = _finalize(insurance, path, library)
+    assert [(m["trial"], m["weight"]) for m in res["members"]] == [(0, 1.0)]
+    assert res["dropped"] and res["dropped"][0].startswith("trial 1: the best configuration no longer trains")
+    assert "dropped after a failed refit" in res["selection"]
+    assert load_artifact(str(path)).config["family"] == "gbt"
