@@ -249,7 +249,9 @@ class Lifecycle:
         study = studies.make_study(self.ctx.storage, job.study_name, job.maximize, job.seed, self.ctx.max_trials(job))
         if not study.get_trials(deepcopy=False):
             # Start from a known-good configuration of each family rather than random ones.
-            for config in default_configs(c):
+            # No more of them than the job may run: an enqueued trial past the budget would be
+            # left WAITING in the study of a finished job.
+            for config in default_configs(c)[:self.ctx.max_trials(job)]:
                 study.enqueue_trial(trial_params(config), skip_if_exists=True)
         return study
 

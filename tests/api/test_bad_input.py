@@ -90,6 +90,8 @@ def test_predict_input_missing_a_training_column(small_node):
     resp = submit(s, GOOD, "y", max_trials=2, seed=2**32 - 1)
     job, _ = watch_until_end(s, resp.job_id)
     assert job.state == pb.COMPLETED, job.message
+    # No more starting configurations are queued than the job may run: none is left waiting.
+    assert (job.trials.complete + job.trials.pruned + job.trials.fail, job.trials.waiting) == (2, 0)
     e = rpc_error(s.Predict, predict_requests(job.model_id, b"a\n1\n2\n"), timeout=60)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'b'" in e.details()

@@ -109,7 +109,7 @@ def test_suggested_params_stay_inside_constraints():
     assert c.families == ("mlp", "gbt") and families == {"mlp", "gbt"}
     d = default_params(c)
     assert d["width"] in c.widths and c.min_epochs <= d["epochs"] <= c.max_epochs
-    assert [cfg["family"] for cfg in space.default_configs(c)] == ["mlp", "gbt"]
+    assert [cfg["family"] for cfg in space.default_configs(c)] == ["mlp", "gbt"] + ["gbt"] * len(space.GBT_PORTFOLIO)
 
 
 def test_enqueued_defaults_come_back_as_the_same_configurations():
@@ -117,7 +117,7 @@ def test_enqueued_defaults_come_back_as_the_same_configurations():
     study = optuna.create_study()
     for config in space.default_configs(c):
         study.enqueue_trial(space.trial_params(config))
-    assert [suggest_params(study.ask(), c) for _ in c.families] == space.default_configs(c)
+    assert [suggest_params(study.ask(), c) for _ in space.default_configs(c)] == space.default_configs(c)
 
 
 def test_a_family_list_of_one_searches_only_that_family():
@@ -132,9 +132,10 @@ def test_target_choices_are_searched_and_started_from_for_both_families():
     c = heuristic_constraints(skewed, 8 << 30)
     assert c.target_transforms == ("none", "log") and c.class_weights == ()
     configs = space.default_configs(c)
-    # One default per family on the plain scale, then the trees' default on the log scale.
+    # One default per family on the plain scale, the trees' default on the log scale, then
+    # the trees' portfolio.
     assert [(cfg["family"], cfg["target_transform"]) for cfg in configs] == [
-        ("mlp", "none"), ("gbt", "none"), ("gbt", "log")]
+        ("mlp", "none"), ("gbt", "none"), ("gbt", "log")] + [("gbt", "none")] * len(space.GBT_PORTFOLIO)
     study = optuna.create_study()
     for config in configs:
         study.enqueue_trial(space.trial_params(config))
@@ -145,7 +146,7 @@ def test_target_choices_are_searched_and_started_from_for_both_families():
     binary = {**PROFILE, "task": "binary", "target_column": {"stats": {"class_counts": {"a": 90, "b": 10}}}}
     cb = heuristic_constraints(binary, 8 << 30)
     assert cb.class_weights == ("none", "balanced") and cb.target_transforms == ()
-    assert [cfg.get("class_weight") for cfg in space.default_configs(cb)] == ["none", "none"]
+    assert {cfg.get("class_weight") for cfg in space.default_configs(cb)} == {"none"}
     random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     assert {suggest_params(random.ask(), cb)["class_weight"] for _ in range(20)} == {"none", "balanced"}
 
