@@ -88,10 +88,15 @@ class NodeProcess:
             return None
         self.proc.terminate()
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            code = self.proc.wait()
+        if code != 0:
+            # Captured, so a test that expected a clean stop shows why it was not.
+            print(f"node {self.data_dir} stopped with status {code}; its log ends:\n"
+                  f"{self.log.read_text(errors='replace')[-4000:]}")
+        return code
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
