@@ -61,8 +61,12 @@ def _best(job: nexus_pb2.Job) -> str:
 
 
 def _trials_cell(job: nexus_pb2.Job) -> str:
-    done = nx.trials_done(job)
-    return f"{done}/{job.spec.max_trials}" if job.spec.max_trials else str(done)
+    """Trials done against the budget; those lost with their node were run again and do not
+    count against it, so they show apart (``3/3 +1 lost``, never ``4/3``)."""
+    lost = job.trials.lost
+    done = nx.trials_done(job) - lost
+    cell = f"{done}/{job.spec.max_trials}" if job.spec.max_trials else str(done)
+    return f"{cell} +{lost} lost" if lost else cell
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

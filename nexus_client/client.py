@@ -59,6 +59,22 @@ def default_address() -> str:
     return os.environ.get("NEXUS_ADDR") or DEFAULT_ADDRESS
 
 
+def check_address(address: str) -> str:
+    """``address`` if it is ``HOST:PORT`` with a port gRPC can dial (``[v6]:PORT`` too).
+
+    Raises:
+        AddressError: Saying what to write instead: without a port gRPC would dial 443, and
+            a port past 65535 would wrap to another one.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or host.endswith(":") or (":" in host and not host.startswith("[")):
+        raise AddressError(f"node address {address!r} has no port: write HOST:PORT, e.g. {host or address}:7070 "
+                          "(an IPv6 host in brackets: [::1]:7070)")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise AddressError(f"node address {address!r}: the port must be a number from 1 to 65535")
+    return address
+
+
 def is_terminal(state: int) -> bool:
     """Whether a :class:`JobState` value is final (COMPLETED, FAILED or CANCELLED)."""
     return state in TERMINAL_STATES
@@ -78,6 +94,10 @@ def describe_error(e: BaseException) -> str:
 class ClientError(RuntimeError):
     """The node answered, but not in a way the client can use (a broken stream, a
     download that does not verify)."""
+
+
+class AddressError(ClientError, ValueError):
+    """A node address gRPC cannot dial as written."""
 
 
 class ExportIntegrityError(ClientError):
@@ -156,7 +176,7 @@ class NexusClient:
         timeout: float = 30.0,
         tls_ca: str | None = None,
     ) -> None:
-        self.address = address or default_address()
+        self.address = check_address(address or default_address())
         self.timeout = timeout
         self._token = auth.client_token(token, token_file)
         self._tls = client_tls(tls_ca)
@@ -555,9 +575,10 @@ def _enum_name(enum: Any, value: int) -> str | None:
 
 
 def trial_counts(job: nexus_pb2.Job) -> dict[str, int]:
-    """Trials by Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING."""
+    """Trials by Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING; and LOST, the
+    failed ones lost with their node (run again, not counted against the budget)."""
     t = job.trials
-    return dict(zip(TRIAL_STATE_NAMES, (t.complete, t.pruned, t.fail, t.running, t.waiting)))
+    return {**dict(zip(TRIAL_STATE_NAMES, (t.complete, t.pruned, t.fail, t.running, t.waiting))), "LOST": t.lost}
 
 
 def trials_done(job: nexus_pb2.Job) -> int:

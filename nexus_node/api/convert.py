@@ -41,7 +41,7 @@ def job_to_pb(j: JobRecord) -> pb.Job:
         best_value=j.best_value if j.best_value is not None else 0.0,
         trials=pb.TrialCounts(
             complete=t.get("COMPLETE", 0), pruned=t.get("PRUNED", 0), fail=t.get("FAIL", 0),
-            running=t.get("RUNNING", 0), waiting=t.get("WAITING", 0),
+            running=t.get("RUNNING", 0), waiting=t.get("WAITING", 0), lost=t.get("LOST", 0),
         ),
         model_id=j.model_id, test_metrics=j.test_metrics,
         feature_importance=[

@@ -17,6 +17,15 @@ from typing import Any, Callable, Iterable
 TOP = 12
 #: The best trials of each family that enter it too.
 PER_FAMILY = 3
+#: With a time budget, the members' trials may have taken this share of it together: each
+#: member is refitted twice, so finalize then takes about as long again as this share.
+REFIT_SHARE = 0.25
+
+
+def max_refit_seconds(time_budget_s: float) -> float | None:
+    """The most the ensemble's members' trials may have taken together (finalize's
+    ``max_refit_seconds``); None for a search without a time budget."""
+    return REFIT_SHARE * time_budget_s if time_budget_s > 0 else None
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class Candidate:
     params: dict[str, Any]
     epochs: int
     predictions: str   # the blob's sha256
+    seconds: float = 0.0   # how long the trial ran: what refitting it costs, roughly
 
     @property
     def family(self) -> str:

@@ -27,7 +27,7 @@ from nexus_node.errors import NexusError, error_from_kind
 from nexus_node.jobs import recovery
 from nexus_node.jobs.context import ActiveJob, Cancelled, JobContext
 from nexus_node.jobs.intake import DEFAULT_METRIC, METRICS, validate_metric
-from nexus_node.jobs.library import Candidate, choose_library
+from nexus_node.jobs.library import Candidate, choose_library, max_refit_seconds
 from nexus_node.jobs.records import (
     CANCELLED,
     COMPLETED,
@@ -264,18 +264,20 @@ class Lifecycle:
         trials = await asyncio.to_thread(study.get_trials, False)
         candidates = [
             Candidate(t.number, float(t.value), dict(t.user_attrs.get(studies.CONFIG_ATTR) or t.params),
-                      int(t.user_attrs.get("epochs", 0) or 0), str(t.user_attrs[studies.PREDICTIONS_ATTR]))
+                      int(t.user_attrs.get("epochs", 0) or 0), str(t.user_attrs[studies.PREDICTIONS_ATTR]),
+                      t.duration.total_seconds() if t.duration is not None else 0.0)
             for t in trials
             if t.state.name == "COMPLETE" and t.value is not None and t.user_attrs.get(studies.PREDICTIONS_ATTR)]
         chosen = choose_library(candidates, job.best_trial, job.maximize, lambda sha: bool(self.ctx.db.holders(sha)))
-        return [{"trial": c.number, "params": c.params, "epochs": c.epochs, "predictions_sha256": c.predictions}
-                for c in chosen]
+        return [{"trial": c.number, "params": c.params, "epochs": c.epochs, "seconds": c.seconds,
+                 "predictions_sha256": c.predictions} for c in chosen]
 
     async def _finalize(self, job: JobRecord) -> None:
         ctx = self.ctx
         result = await self._remote(job, {
             "task": "finalize", "label": f"{job.job_id}/finalize", "params": job.best_params,
             "trial": job.best_trial, "library": await self._library(job),
+            "max_refit_seconds": max_refit_seconds(job.spec.time_budget_seconds),
             "files": dict(job.prepared["files"]), "task_type": job.task,
             "n_classes": job.prepared.get("n_classes", 0), "metric": job.metric, "seed": job.seed,
             "preprocessing": job.prepared["preprocessing"], "csv_sha256": job.dataset_sha256,
@@ -291,6 +293,8 @@ class Lifecycle:
         await ctx.replicated(sha)   # the node that trained it recorded its copy
         members = [dict(m) for m in result.get("members") or []]
         selection = str(result.get("selection", ""))
+        # The heaviest member's configuration: the best trial's unless its refit failed.
+        served = dict((members[0].get("params") if members else None) or job.best_params)
         model = ModelRecord(
             # One model per job, even if finalize runs again after a crash: the id is the job's.
             model_id="model-" + job.job_id.removeprefix("job-"), job_id=job.job_id, task=job.task,
@@ -298,8 +302,8 @@ class Lifecycle:
             classes=[str(c) for c in result.get("classes", [])],
             test_metrics={k: float(v) for k, v in result["test_metrics"].items()},
             artifact_sha256=sha, artifact_bytes=size, created_at=ctx.clock(),
-            family=str(job.best_params.get("family", "mlp")) if len(members) <= 1 else "ensemble",
-            params=dict(members[0].get("params") or job.best_params) if len(members) > 1 else job.best_params,
+            family="ensemble" if len(members) > 1 else str(served.get("family", "mlp")),
+            params=served,
             members=members, selection=selection,
         )
         await ctx.db.put_model(model, term=ctx.term)

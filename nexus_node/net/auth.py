@@ -52,14 +52,15 @@ def read_peer_secrets(path: str | os.PathLike[str]) -> list[str]:
 
 
 def client_token(token: str | None = None, token_file: str | None = None) -> str | None:
-    """The token a client sends: explicit, ``NEXUS_TOKEN``, ``--token-file``, then the
-    default data dir's token file (so a CLI on the node's own machine just works)."""
+    """The token a client sends: explicit, ``--token-file``, ``NEXUS_TOKEN``, then the
+    default data dir's token file (so a CLI on the node's own machine just works). What a
+    caller names outranks what the environment holds."""
     if token:
         return token
-    if os.environ.get("NEXUS_TOKEN"):
-        return os.environ["NEXUS_TOKEN"].strip()
     if token_file:
         return read_token_file(token_file)
+    if os.environ.get("NEXUS_TOKEN"):
+        return os.environ["NEXUS_TOKEN"].strip()
     default = default_data_dir() / TOKEN_FILENAME
     if default.is_file():
         try:

@@ -66,7 +66,8 @@ def error_of(metric: str, value: float) -> float:
 
 
 def select(preds: Sequence[np.ndarray], y: np.ndarray, metric: str, rounds: int = ROUNDS,
-           max_members: int = MAX_MEMBERS, min_gain: float = MIN_GAIN) -> Selection:
+           max_members: int = MAX_MEMBERS, min_gain: float = MIN_GAIN,
+           costs: Sequence[float] | None = None, max_cost: float | None = None) -> Selection:
     """Choose a weighted average of ``preds`` (values, or class probabilities of shape
     ``(rows, classes)``; every one over the same rows as ``y``) by greedy forward selection
     with replacement, or the best single one.
@@ -78,6 +79,11 @@ def select(preds: Sequence[np.ndarray], y: np.ndarray, metric: str, rounds: int 
         rounds: Selection rounds.
         max_members: Once this many distinct members are in, only they may be picked again.
         min_gain: Share of the single model's error the ensemble must remove to be chosen.
+        costs: What refitting each model costs (its trial's seconds); with ``max_cost``, a
+            model whose cost would take the members' total past it is not added (the first
+            member always is): finalize refits every member twice, and a user who gave the
+            search a time budget does not expect finalize to take several times more.
+        max_cost: The most the distinct members may cost together; None for no limit.
 
     Raises:
         ValueError: An empty library, or predictions whose shape does not match ``y``.
@@ -102,15 +108,24 @@ def select(preds: Sequence[np.ndarray], y: np.ndarray, metric: str, rounds: int 
     counts: dict[int, int] = {}
     total = np.zeros_like(arrays[0])
     best_score = singles[single]
+    spent = 0.0
+
+    def affordable(i: int) -> bool:
+        if i in counts or not counts or costs is None or max_cost is None:
+            return True
+        return spent + float(costs[i]) <= max_cost
+
     for r in range(1, rounds + 1):
         pool = list(counts) if len(counts) >= max_members else range(len(arrays))
         pick, pick_score = None, None
-        for i in pool:
+        for i in (i for i in pool if affordable(i)):
             s = metrics.score(metric, y, (total + arrays[i]) / r)
             if np.isfinite(s) and (pick_score is None or better(s, pick_score)):
                 pick, pick_score = i, s
         if pick is None:
             break
+        if pick not in counts and costs is not None:
+            spent += float(costs[pick])
         counts[pick] = counts.get(pick, 0) + 1
         total += arrays[pick]
     picked = sum(counts.values())

@@ -27,8 +27,9 @@ def _numbers(s: pd.Series, spec: Mapping[str, Any]) -> np.ndarray:
 
 def check_numbers(df: pd.DataFrame, prep: Mapping[str, Any]) -> None:
     """Refuse a cell of a numeric (or date) training column that holds something other than
-    a finite number (or a date in the column's format). Empty cells and the missing markers
-    that :mod:`.csvio` reads as missing are fine.
+    a finite number (or a date in the column's format). Empty cells, the missing markers
+    that :mod:`.csvio` reads as missing, and the words training itself read as missing in
+    that column (``missing_words``: "unknown" in a table that trained fine) are fine.
 
     Raises:
         InvalidInput: Naming the column, the first bad row (1-based, header excluded), its
@@ -38,7 +39,8 @@ def check_numbers(df: pd.DataFrame, prep: Mapping[str, Any]) -> None:
         if spec["kind"] != "numeric":
             continue
         s = df[spec["name"]]
-        bad = np.flatnonzero(np.isnan(_numbers(s, spec)) & s.notna().to_numpy())
+        known = s.isin(spec.get("missing_words") or []).to_numpy()
+        bad = np.flatnonzero(np.isnan(_numbers(s, spec)) & s.notna().to_numpy() & ~known)
         if bad.size:
             first = int(bad[0])
             what = f"a date like the training data's ({spec['date_format']})" if spec["date_format"] else "a finite number"

@@ -60,6 +60,11 @@ DATE_PARTS = {"month": ("month", 12.0), "day": ("day", 31.0), "weekday": ("day_o
 ARRAY_NAMES = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 
+#: At most this many distinct words a numeric column's training cells held in place of a
+#: number are kept (serving reads them as missing).
+MISSING_WORDS = 50
+
+
 def fit_numeric(name: str, values: np.ndarray, date_format: str | None) -> dict[str, Any]:
     """Fit imputation, optional log1p and standardisation of one numeric column.
 
@@ -159,6 +164,11 @@ def fit_preprocessing(train: pd.DataFrame, columns: Sequence[ColumnInfo], info: 
         if col.kind == "numeric":
             raw = parse_dates(train[col.name], col.date_format) if col.date_format else parse_numbers(train[col.name])
             spec = fit_numeric(col.name, raw, col.date_format)
+            # Words training read as missing ("unknown", "-"): serving reads them so too,
+            # and refuses any other text (input_checks.py).
+            cells = train[col.name]
+            words = cells[np.isnan(raw) & cells.notna().to_numpy()].astype("str").unique()
+            spec["missing_words"] = sorted(words.tolist())[:MISSING_WORDS]
             block = [col.name] + ([f"{col.name}__missing"] if spec["indicator"] else [])
             block += [f"{col.name}__{p}" for p in spec["parts"]]
             block += [f"{col.name}__bin{i}" for i in range(max(0, len(spec["bins"]) - 1))]

@@ -30,8 +30,11 @@ def family_of(task: Mapping[str, Any]) -> str:
     if kind == "prepare":
         return TABLES
     if kind in ("trial", "finalize"):
-        params = task.get("params") or {}
-        return TABLES if params.get("family", "mlp") == "gbt" else NETWORKS
+        configs = [task.get("params") or {}]
+        if kind == "finalize":   # an ensemble may refit members of both families
+            configs += [c.get("params") or {} for c in task.get("library") or []]
+        kinds = {TABLES if p.get("family", "mlp") == "gbt" else NETWORKS for p in configs}
+        return kinds.pop() if len(kinds) == 1 else ANY
     return ANY
 
 

@@ -26,6 +26,7 @@ fitted on train+val, and serves both of its fits.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
@@ -37,6 +38,8 @@ from nexus_node.pipeline.result import scored_rows
 from nexus_node.runner.arrays import TRAIN_ARRAYS, load_arrays, splits_for, tree_columns
 from nexus_node.runner.context import TaskContext, need
 
+log = logging.getLogger(__name__)
+
 
 def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{params, files, task_type, n_classes, metric, seed, threads, preprocessing,
@@ -46,7 +49,9 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     members, selection, dropped}``.
 
     ``library`` lists the candidates for an ensemble, the best trial first (its ``params``
-    are the request's): ``[{trial, params, epochs, predictions_path}]``. Without two of
+    are the request's): ``[{trial, params, epochs, seconds, predictions_path}]``; with
+    ``max_refit_seconds``, the members' trials may have taken that long together at most
+    (the best trial's own time always fits). Without two of
     them, the best trial's configuration alone is fitted (``params``, ``epochs_hint``).
     ``members`` gives each chosen member's ``trial``, ``family``, ``weight``, epochs and
     ``params``;
@@ -75,6 +80,15 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
             if len(chosen) == 1:
                 raise
             dropped.append(f"trial {candidate.get('trial')}: {e if isinstance(e, NexusError) else repr(e)}")
+    if dropped:
+        selection = f"{selection}; dropped after a failed refit: {'; '.join(dropped)}"
+        if req.get("trial") not in {c.get("trial") for c, _ in chosen}:
+            # The rest were weighed beside the members that failed, not alone: the best trial
+            # (the fallback when no ensemble is chosen) serves instead of a remainder nobody
+            # scored. Its refit failing too fails the job, as it always has.
+            best = {"trial": req.get("trial"), "params": dict(req["params"]), "epochs": req.get("epochs_hint")}
+            fitted = [fit_member(req, arrays, len(classes), best, 1.0)]
+            selection = f"{selection}; the best trial alone serves instead"
     if not fitted:
         raise FailedPrecondition(f"no member of the ensemble could be refitted: {'; '.join(dropped)}")
     total = sum(m.weight for m in fitted)
@@ -93,8 +107,6 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         "evaluated_model_rows": lead.evaluated.rows, "evaluated_model_splits": list(lead.evaluated.splits),
         "final_model_rows": lead.final.rows, "final_model_splits": list(lead.final.splits),
     }
-    if dropped:
-        selection = f"{selection}; dropped after a failed refit: {'; '.join(dropped)}"
     note = "; ".join(n for n in (m.final.note for m in fitted) if n)
     config = {
         "format": "nexus-model", "format_version": 1, "params": dict(lead.params), **lead.final.config,
@@ -126,18 +138,28 @@ def choose_members(req: Mapping[str, Any]) -> tuple[list[tuple[dict[str, Any], f
     other request fits the best trial's configuration alone."""
     best = {"trial": req.get("trial"), "params": dict(req["params"]), "epochs": req.get("epochs_hint")}
     library = [c for c in (req.get("library") or []) if c.get("predictions_path")]
-    if len(library) < 2:
+    # The best trial leads the library, or there is no library: a node that could not fetch
+    # its predictions sends the rest, and they are not enough to choose by.
+    if len(library) < 2 or (best["trial"] is not None and library[0].get("trial") != best["trial"]):
         return [(best, 1.0)], "the best trial (no other trial's validation predictions to ensemble)"
     y = scored_rows(splits_for(req["files"]))
-    preds, kept = [], []
+    preds: list[np.ndarray] = []
+    kept: list[dict[str, Any]] = []
     for c in library:
-        p = np.load(c["predictions_path"], allow_pickle=False)
-        if p.shape[0] == y.shape[0]:
+        try:
+            p = np.load(c["predictions_path"], allow_pickle=False)
+        except (OSError, ValueError) as e:
+            log.warning("trial %s's predictions are unreadable: %s", c.get("trial"), e)
+            continue
+        if p.shape[0] == y.shape[0] and (not preds or p.shape == preds[0].shape):
             preds.append(p)
             kept.append(c)
     if len(kept) < 2 or kept[0] is not library[0]:
         return [(best, 1.0)], "the best trial (too few trials' predictions cover the validation rows)"
-    sel = ensemble.select(preds, y, req["metric"])
+    costs = [float(c.get("seconds") or 0.0) for c in kept]
+    max_cost = req.get("max_refit_seconds")
+    sel = ensemble.select(preds, y, req["metric"], costs=costs,
+                          max_cost=None if max_cost is None else max(float(max_cost), costs[0]))
     if not sel.is_ensemble:
         # The job's best trial, which the search ranked on its folds' mean, even where the
         # pooled rows rank another single trial first.

@@ -174,9 +174,13 @@ def trial_view(t: optuna.trial.FrozenTrial) -> TrialView:
 
 
 def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    out = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    """Trials by state name, and ``LOST``: the failed ones lost with their node (their
+    configurations run again and they do not use the job's trial budget)."""
+    out = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "LOST")}
     for t in trials:
         out[t.state.name] = out.get(t.state.name, 0) + 1
+        if is_lost(t):   # as the budget counts them (budget_used)
+            out["LOST"] += 1
     return out
 
 

@@ -311,7 +311,14 @@ class WorkerAgent:
             scratch.append(out_dir)
             local["out_dir"] = str(out_dir)
         elif kind == "finalize":
-            local["library"] = [c for c in [await self._localize_candidate(c) for c in task.get("library") or []] if c]
+            library = list(task.get("library") or [])
+            if self.pool.one_family:
+                # A node short of memory keeps one library family per runner: it ensembles
+                # only trials of the best one's family, or its runner would hold both.
+                best = families.family_of({"task": "finalize", "params": task.get("params")})
+                library = [c for c in library
+                           if families.family_of({"task": "finalize", "params": c.get("params")}) == best]
+            local["library"] = [c for c in [await self._localize_candidate(c) for c in library] if c]
             artifact = await asyncio.to_thread(self.blobs.new_temp, ".zip")
             scratch.append(artifact)
             local["artifact_path"] = str(artifact)
@@ -343,11 +350,15 @@ class WorkerAgent:
             sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["predictions_path"]))
             # The trial is already finished in the study: predictions that do not match what it
             # recorded are dropped (finalize leaves that trial out of the ensemble), not the trial.
-            if sha == result["predictions_sha256"]:
-                await records.put_blob(sha, size, "predictions")
-            else:
-                log.warning("trial predictions at %s hash to %s, not %s: not kept", local["predictions_path"],
-                            sha, result["predictions_sha256"])
+            # Predictions are an option of finalize: failing to record them never fails the trial.
+            try:
+                if sha == result["predictions_sha256"]:
+                    await records.put_blob(sha, size, "predictions")
+                else:
+                    log.warning("trial predictions hash to %s, not %s: not kept", sha, result["predictions_sha256"])
+                    await asyncio.to_thread(self.blobs.path(sha).unlink, True)
+            except Exception as e:  # noqa: BLE001 - see above
+                log.warning("trial predictions %s not recorded: %s", sha, e)
         elif kind == "finalize":
             sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
             await records.put_blob(sha, size, "model")

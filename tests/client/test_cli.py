@@ -148,6 +148,27 @@ def test_an_unreachable_node_exits_3_with_a_hint(capsys, clean_env):
     assert code == 3 and err.startswith("error: UNAVAILABLE") and f"is a node running at {address}?" in err
 
 
+@pytest.mark.parametrize("address, says", [
+    ("127.0.0.1", "has no port"), ("127.0.0.1:99999", "from 1 to 65535"), ("::1:7070", "has no port"),
+    ("host:x", "from 1 to 65535"),
+])
+def test_an_address_grpc_would_dial_wrongly_exits_2_saying_what_to_write(capsys, clean_env, address, says):
+    assert cli.main(["--connect", address, "jobs"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "HOST:PORT" in err or "65535" in err
+
+
+def test_an_explicit_token_file_outranks_nexus_token(monkeypatch, tmp_path):
+    from nexus_node.net import auth
+
+    path = tmp_path / "token"
+    path.write_text("from-the-file\n")
+    monkeypatch.setenv("NEXUS_TOKEN", "from-the-environment")
+    assert auth.client_token(None, str(path)) == "from-the-file"
+    assert auth.client_token(None, None) == "from-the-environment"
+    assert auth.client_token("given", str(path)) == "given"
+
+
 # -- reading jobs, models, cluster -------------------------------------------------------
 
 
@@ -167,6 +188,17 @@ def test_jobs_table_and_json(run, finished):
     assert row.split()[:5] == ["j9", "COMPLETED", "3/24", "r2", "0.8512"]
     code, out, _ = run("jobs", "--json")
     assert code == 0 and [j["job_id"] for j in json.loads(out)] == ["j9"]
+
+
+def test_trials_lost_with_their_node_show_apart_from_the_budget(run, fake_node):
+    job = finished_job("j7", pb.JobSpec(target="y", max_trials=3))
+    job.trials.complete, job.trials.pruned, job.trials.fail, job.trials.lost = 3, 0, 1, 1   # one lost, run again
+    fake_node.service.add_job(job)
+    code, out, _ = run("jobs")
+    (row,) = [r for r in out.splitlines() if r.startswith("j7")]
+    assert "3/3 +1 lost" in row
+    code, out, _ = run("jobs", "--json")
+    assert json.loads(out)[0]["trials"]["LOST"] == 1
 
 
 def test_show_human(run, finished):

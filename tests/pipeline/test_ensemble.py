@@ -70,3 +70,21 @@ def test_bad_libraries_are_refused():
         ensemble.select([], Y, "r2")
     with pytest.raises(ValueError, match="shape"):
         ensemble.select([Y, Y[:-1]], Y, "r2")
+
+
+def test_members_whose_refit_would_cost_past_the_limit_are_left_out():
+    own = np.random.default_rng(11)
+    library = [Y + own.normal(size=Y.size) for _ in range(4)]
+    costs = [1.0, 1.0, 1.0, 100.0]
+    sel = ensemble.select(library, Y, "rmse", costs=costs, max_cost=3.0)
+    assert 3 not in sel.weights and sel.is_ensemble
+    assert sum(costs[i] for i in sel.weights) <= 3.0
+    # Without the limit the same library uses the costly model too.
+    assert 3 in ensemble.select(library, Y, "rmse").weights
+
+
+def test_the_best_single_model_is_kept_whatever_it_costs():
+    own = np.random.default_rng(12)
+    library = [Y + 0.5 * own.normal(size=Y.size), Y + own.normal(size=Y.size)]
+    sel = ensemble.select(library, Y, "rmse", costs=[50.0, 1.0], max_cost=10.0)
+    assert 0 in sel.weights

@@ -105,3 +105,41 @@ def test_a_member_whose_refit_fails_drops_out_and_the_job_keeps_the_rest(insuran
     assert res["dropped"] and res["dropped"][0].startswith("trial 1: the best configuration no longer trains")
     assert "dropped after a failed refit" in res["selection"]
     assert load_artifact(str(path)).config["family"] == "gbt"
+
+
+def test_without_the_best_trial_s_predictions_the_best_trial_is_fitted_alone(insurance, tmp_path):
+    y = scored_rows(splits_for(insurance["files"]))
+    rng = np.random.default_rng(2)
+    library = _library(insurance, tmp_path, rng.normal(size=y.size), rng.normal(size=y.size))
+    # The node could not fetch trial 0's predictions: the library it sends starts at trial 1.
+    res = _finalize(insurance, tmp_path / "a.zip", [library[1], {**library[1], "trial": 7}])
+    assert [m["trial"] for m in res["members"]] == [0] and "no other trial" in res["selection"]
+
+
+def test_predictions_of_another_shape_are_left_out(insurance, tmp_path):
+    y = scored_rows(splits_for(insurance["files"]))
+    rng = np.random.default_rng(3)
+    library = _library(insurance, tmp_path, rng.normal(size=y.size), rng.normal(size=y.size))
+    np.save(library[1]["predictions_path"], np.zeros((y.size, 2), dtype=np.float32), allow_pickle=False)
+    res = _finalize(insurance, tmp_path / "b.zip", library)
+    assert [m["trial"] for m in res["members"]] == [0] and "too few" in res["selection"]
+
+
+def test_an_ensemble_without_the_best_trial_that_loses_a_member_serves_the_best_trial(
+        insurance, tmp_path, monkeypatch):
+    y = scored_rows(splits_for(insurance["files"]))
+    scale = float(np.std(y))
+    rng = np.random.default_rng(4)
+    # Trial 0 (the best, by the search) predicts badly here, so selection leaves it out and
+    # averages trials 1 (trees) and 2 (the network); then the network's refit fails.
+    library = _library(insurance, tmp_path, rng.normal(scale=scale / 2, size=y.size),
+                       rng.normal(scale=scale / 2, size=y.size))
+    bad = tmp_path / "bad.npy"
+    np.save(bad, (y + 5 * scale).astype(np.float32), allow_pickle=False)
+    library = [{"trial": 0, "params": GBT, "epochs": 20, "predictions_path": str(bad)},
+               {**library[0], "trial": 1}, {**library[1], "trial": 2}]
+    monkeypatch.setattr(train, "fit_fixed", lambda *a, **k: (None, "refit diverged at epoch 3 (loss nan)"))
+    monkeypatch.setattr(train, "train_and_score", lambda *a, **k: TrainResult(None, 1, None, "FAIL", "diverged", 1))
+    res = _finalize(insurance, tmp_path / "c.zip", library)
+    assert [(m["trial"], m["weight"]) for m in res["members"]] == [(0, 1.0)]
+    assert "trial 2:" in res["selection"] and "the best trial alone serves instead" in res["selection"]

@@ -40,6 +40,19 @@ def test_missing_cells_and_decorated_numbers_are_accepted():
     check_numbers(_frame(age=[None, "40"], price=["$1,200", None], city=["x", None]), _prep(TRAIN))
 
 
+def test_words_training_read_as_missing_are_missing_at_prediction_too():
+    from nexus_node.pipeline.prepare import fit_preprocessing
+    from nexus_node.pipeline.profile import ColumnInfo, TargetInfo
+
+    train = _frame(age=["20", "unknown", "35", "-", "61"], y=["1", "2", "3", "4", "5"])
+    cols = [ColumnInfo(name="age", kind="numeric", dtype="int64", missing_fraction=0.4, n_unique=3, stats={})]
+    prep = fit_preprocessing(train, cols, TargetInfo(name="y", task="regression", numeric=True))
+    assert prep["columns"][0]["missing_words"] == ["-", "unknown"]
+    check_numbers(_frame(age=["unknown", "-", "40"]), prep)
+    with pytest.raises(InvalidInput, match="'age' holds 'n/k'"):
+        check_numbers(_frame(age=["n/k"]), prep)
+
+
 def test_rows_outside_the_training_range_are_named_by_column():
     rows = _frame(age=["20", "19", "62", None], price=["900", "2,000", "$5,000", "899.5"], city=["a"] * 4)
     assert outside_range(rows, _prep(TRAIN)) == [(), ("age",), ("age", "price"), ("price",)]

@@ -11,6 +11,10 @@ def test_each_task_names_the_libraries_it_loads():
     assert families.family_of({"task": "trial", "params": {"width": 64}}) == families.NETWORKS
     assert families.family_of({"task": "finalize", "params": {"family": "gbt"}}) == families.TABLES
     assert families.family_of({"task": "finalize", "params": {"family": "mlp"}}) == families.NETWORKS
+    # An ensemble's finalize refits members of every family in its library.
+    mixed = [{"params": {"family": "gbt"}}, {"params": {"family": "mlp"}}]
+    assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "library": mixed}) == families.ANY
+    assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "library": mixed[:1]}) == families.TABLES
     assert families.family_of({"task": "predict"}) == families.ANY
     assert families.family_of({"task": "ping"}) == families.ANY
 

@@ -111,18 +111,20 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
 
 class TrialCounts(_message.Message):
-    __slots__ = ("complete", "pruned", "fail", "running", "waiting")
+    __slots__ = ("complete", "pruned", "fail", "running", "waiting", "lost")
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     FAIL_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     complete: int
     pruned: int
     fail: int
     running: int
     waiting: int
-    def __init__(self, complete: _Optional[int] = ..., pruned: _Optional[int] = ..., fail: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
+    lost: int
+    def __init__(self, complete: _Optional[int] = ..., pruned: _Optional[int] = ..., fail: _Optional[int] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., lost: _Optional[int] = ...) -> None: ...
 
 class FeatureImportance(_message.Message):
     __slots__ = ("column", "importance")
