@@ -271,11 +271,12 @@ def refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classe
 
 def refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
                splits: tuple[str, ...], n_iter: int, fallback: bool) -> Fit:
-    """Boosted trees on ``splits`` for ``n_iter`` iterations, exported to arrays; ``predict``
-    walks the exported trees, the model that would serve. (Trees do not diverge:
-    ``fallback`` is unused.)"""
-    from nexus_node.pipeline.gbt import export_trees, fit_gbt
-    from nexus_node.pipeline.trees import predict_trees
+    """Boosted trees on ``splits`` for ``n_iter`` iterations, exported to arrays. ``predict``
+    is scikit-learn's own, which the exported trees equal (tests/pipeline/test_gbt.py): the
+    permutation importance calls it dozens of times, and scikit-learn's compiled walk is
+    about 40 times faster than the numpy one serving uses (16 s against 0.4 s on a
+    3,500-row test split). (Trees do not diverge: ``fallback`` is unused.)"""
+    from nexus_node.pipeline.gbt import export_trees, fit_gbt, predict_model
 
     task, params = req["task_type"], req["params"]
     transform = req["preprocessing"]["target"].get("transform")
@@ -288,7 +289,7 @@ def refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classe
     meta = {"family": "gbt", **meta, "columns": [int(c) for c in cols]}
 
     def predict_np(X_enc: np.ndarray) -> np.ndarray:
-        return predict_trees(weights, meta, X_enc, task, transform)
+        return predict_model(model, np.asarray(X_enc)[:, cols], task, transform)
 
     return Fit(predict_np, weights, meta, n_iter, "", splits, int(y.shape[0]))
 
