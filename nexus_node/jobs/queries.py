@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from nexus_node.errors import FailedPrecondition, NotFound
+from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
 from nexus_node.jobs.context import JobContext
 from nexus_node.jobs.records import JobRecord, ModelRecord
 from nexus_node.runner.pool import RunnerPool
@@ -27,6 +27,8 @@ class Queries:
         self.ctx, self.serve_pool = ctx, serve_pool
 
     async def get(self, job_id: str) -> JobRecord:
+        if not job_id.strip():
+            raise InvalidInput("the job id is empty: pass one (`nexus jobs` lists them)")
         live = self.ctx.live(job_id)
         if live is not None:
             return dataclasses.replace(live)
@@ -48,6 +50,8 @@ class Queries:
         return [studies.trial_view(t) for t in frozen]
 
     async def model(self, model_or_job: str) -> ModelRecord:
+        if not model_or_job.strip():
+            raise InvalidInput("the model id is empty: pass a model id or a job id (`nexus models` lists them)")
         db = self.ctx.db
         m = await db.get_model(model_or_job) or await db.model_for_job(model_or_job)
         if m is None:

@@ -83,6 +83,20 @@ def test_unknown_ids(small_node):
     assert e.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_empty_ids_are_invalid_arguments_not_unknown_ones(small_node):
+    s = stub(small_node.address)
+    for call, req in [
+        (s.GetJob, pb.GetJobRequest(job_id="")),
+        (s.CancelJob, pb.CancelJobRequest(job_id=" ")),
+        (s.ListTrials, pb.ListTrialsRequest(job_id="")),
+        (s.WatchJob, pb.WatchJobRequest(job_id="")),
+        (s.GetModel, pb.GetModelRequest(model_id="")),
+        (s.ExportModel, pb.ExportModelRequest(model_id="")),
+    ]:
+        e = rpc_error(call, req, timeout=10)
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "is empty" in e.details(), (call, e.details())
+
+
 def test_predict_input_missing_a_training_column(small_node):
     s = stub(small_node.address)
     # The largest seed: the trials' seeds (the job's plus the trial number) wrap inside the

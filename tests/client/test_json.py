@@ -13,7 +13,7 @@ def test_a_finished_job_has_every_contract_key():
     spec = pb.JobSpec(target="charges", max_trials=24, filename="insurance.csv", drop_columns=["id"])
     d = job_to_dict(finished_job("j1", spec))
     assert d["job_id"] == "j1" and d["state"] == "COMPLETED"
-    assert d["trials"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+    assert d["trials"] == {"COMPLETE": 2, "PRUNED": 1, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "LOST": 0}
     assert d["model_id"] == "m-j1"
     assert d["test_metrics"] == {"mae": 2500.25, "r2": 0.86, "rmse": 4500.5}
     # Most important first, as the node ordered them; negative importances kept.
