@@ -37,6 +37,13 @@ from nexus_node.errors import FailedPrecondition
 log = logging.getLogger(__name__)
 
 
+
+#: Blob kinds kept only by the node that made them: a trial's validation predictions, which
+#: finalize may use for an ensemble and does without when their node is gone. Copying each
+#: trial's predictions to ``--replicas`` nodes cost two consensus writes and a fetch per trial,
+#: and every rejoining keeper fetched them all.
+UNREPLICATED = frozenset({"predictions"})
+
 @dataclasses.dataclass
 class BlobInfo:
     """A blob's replicated placement: its size, what it is, and the nodes that hold it."""
@@ -238,8 +245,9 @@ class BlobSync:
                 self._fetch_if_kept(info)
 
     def _fetch_if_kept(self, info: BlobInfo) -> None:
-        """A placement was applied: fetch the blob if this node is one of its keepers."""
-        if info.sha256 in self._fetching or self.local(info.sha256) is not None:
+        """A placement was applied: fetch the blob if this node is one of its keepers (never
+        an :data:`UNREPLICATED` kind)."""
+        if info.kind in UNREPLICATED or info.sha256 in self._fetching or self.local(info.sha256) is not None:
             return
         if self.node_id not in keepers(info.sha256, self.members(), self.replicas):
             return

@@ -113,7 +113,13 @@ async def test_a_member_that_becomes_a_keeper_when_another_is_removed_fetches_it
         sync.rebalance()
         assert not store.has(sha) and not sync._fetching
 
+        # A trial's predictions stay with the node that made them, keeper or not.
+        await records._commit({"op": "put_blob", "sha256": sha, "size": len(data), "kind": "predictions",
+                               "holder": "n2"})
         members.discard("n3")   # n3 removed: n1 is the keeper now
+        sync.rebalance()
+        assert not store.has(sha) and not sync._fetching
+        await records._commit({"op": "put_blob", "sha256": sha, "size": len(data), "kind": "model", "holder": "n2"})
         sync.rebalance()
         await driver.wait_for(lambda: records.holders(sha) == {"n1", "n2"}, 10)
         with allow_blocking():
