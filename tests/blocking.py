@@ -42,6 +42,15 @@ _armed = False
 _found: list[str] = []
 
 
+def _importing() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _hook(event: str, args: tuple[Any, ...]) -> None:
     if not _armed or event not in EVENTS or getattr(_state, "allowed", False):
         return
@@ -50,6 +59,8 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         return   # a file descriptor (already open), or a module being imported
     if event == "open" and str(args[0]).startswith(("/proc/", "/sys/fs/cgroup/")):
         return   # the kernel's own figures (memory, cgroup limits): no disk, nothing to wait for
+    if _importing():
+        return   # the import system listing a package's folder for a lazy import
     try:
         asyncio.get_running_loop()
     except RuntimeError:

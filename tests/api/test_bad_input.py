@@ -67,16 +67,21 @@ def test_bad_specs(small_node):
     assert list((small_node.data_dir / "blobs" / "tmp").iterdir()) == []
 
 
+def _id_calls(s, job_id: str, model_id: str) -> list:
+    """Every RPC that names one job or one model, with those ids."""
+    return [
+        (s.GetJob, pb.GetJobRequest(job_id=job_id)),
+        (s.CancelJob, pb.CancelJobRequest(job_id=job_id)),
+        (s.ListTrials, pb.ListTrialsRequest(job_id=job_id)),
+        (s.WatchJob, pb.WatchJobRequest(job_id=job_id)),
+        (s.GetModel, pb.GetModelRequest(model_id=model_id)),
+        (s.ExportModel, pb.ExportModelRequest(model_id=model_id)),
+    ]
+
+
 def test_unknown_ids(small_node):
     s = stub(small_node.address)
-    for call, req in [
-        (s.GetJob, pb.GetJobRequest(job_id="job-nope")),
-        (s.CancelJob, pb.CancelJobRequest(job_id="job-nope")),
-        (s.ListTrials, pb.ListTrialsRequest(job_id="job-nope")),
-        (s.GetModel, pb.GetModelRequest(model_id="model-nope")),
-        (s.WatchJob, pb.WatchJobRequest(job_id="job-nope")),
-        (s.ExportModel, pb.ExportModelRequest(model_id="model-nope")),
-    ]:
+    for call, req in _id_calls(s, "job-nope", "model-nope"):
         e = rpc_error(call, req, timeout=10)
         assert e.code() == grpc.StatusCode.NOT_FOUND and "nope" in e.details()
     e = rpc_error(s.Predict, predict_requests("model-nope", GOOD), timeout=10)
@@ -85,14 +90,7 @@ def test_unknown_ids(small_node):
 
 def test_empty_ids_are_invalid_arguments_not_unknown_ones(small_node):
     s = stub(small_node.address)
-    for call, req in [
-        (s.GetJob, pb.GetJobRequest(job_id="")),
-        (s.CancelJob, pb.CancelJobRequest(job_id=" ")),
-        (s.ListTrials, pb.ListTrialsRequest(job_id="")),
-        (s.WatchJob, pb.WatchJobRequest(job_id="")),
-        (s.GetModel, pb.GetModelRequest(model_id="")),
-        (s.ExportModel, pb.ExportModelRequest(model_id="")),
-    ]:
+    for call, req in _id_calls(s, " ", ""):
         e = rpc_error(call, req, timeout=10)
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "is empty" in e.details(), (call, e.details())
 
