@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 KEPT_RESULTS = 1024
 #: Seconds a task waits for this node to apply what the coordinator had applied when it sent it.
 CATCH_UP_S = 10.0
+#: Seconds a leaving node waits for the coordinator to read its hand-backs and end the stream.
+HAND_BACK_S = 5.0
 
 
 class WorkerAgent:
@@ -69,7 +71,7 @@ class WorkerAgent:
         self._runners: dict[str, tuple[Runner, int, str]] = {}   # lease -> (runner, task id, kind)
         self._cancelled: set[str] = set()
         self._finished: collections.OrderedDict[str, TaskResult] = collections.OrderedDict()
-        self._up: asyncio.Queue[WorkUp] | None = None
+        self._up: asyncio.Queue[WorkUp | None] | None = None   # None: half-close the stream
         self._newest_term = 0
         self._task: asyncio.Task[None] | None = None
         self._leaving = False
@@ -99,10 +101,14 @@ class WorkerAgent:
         for runner, _, _ in self._runners.values():
             runner.kill()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
-        if hand_back and self._up is not None:
-            # The hand-backs are the stream's last messages: a short, bounded wait for them to leave.
+        if hand_back and self._up is not None and self._task is not None:
+            # The hand-backs are the stream's last messages. The stream is half-closed after
+            # them and the coordinator ends it once it has read them all: a cancelled call
+            # could drop messages the coordinator had not read yet (a hand-back lost so, under
+            # load, left its trial to wait out --grace).
+            self._up.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._up.join(), 1.0)
+                await asyncio.wait_for(asyncio.shield(self._task), HAND_BACK_S)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -129,6 +135,8 @@ class WorkerAgent:
                 raise
             except Exception:  # noqa: BLE001 - the stream is re-opened whatever broke it
                 log.exception("work stream to %s failed", leader)
+            if self._leaving:
+                return   # the coordinator ended the half-closed stream of a leaving node
             # Back off briefly unless the leader changes meanwhile (then reconnect at once).
             await self._leader_change(leader, 0.3)
 
@@ -145,7 +153,7 @@ class WorkerAgent:
 
     async def _session(self, address: str) -> None:
         call = wire.open_stream(self.mesh.transport, address)
-        up: asyncio.Queue[WorkUp] = asyncio.Queue()
+        up: asyncio.Queue[WorkUp | None] = asyncio.Queue()
         up.put_nowait(self._heartbeat())
         self._up = up
         writer = asyncio.create_task(self._write(call, up), name="work-up")
@@ -164,13 +172,12 @@ class WorkerAgent:
             await asyncio.gather(beats, writer, return_exceptions=True)
             call.cancel()
 
-    async def _write(self, call: wire.WorkStream, up: asyncio.Queue[WorkUp]) -> None:
-        while True:
-            msg = await up.get()
+    async def _write(self, call: wire.WorkStream, up: asyncio.Queue[WorkUp | None]) -> None:
+        while (msg := await up.get()) is not None:
             await call.write(msg)
-            up.task_done()
+        await call.done_writing()
 
-    async def _beat(self, up: asyncio.Queue[WorkUp]) -> None:
+    async def _beat(self, up: asyncio.Queue[WorkUp | None]) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat)   # the heartbeat period
             up.put_nowait(self._heartbeat())

@@ -86,6 +86,10 @@ class WorkStream:
             if down is not None:
                 yield down
 
+    async def done_writing(self) -> None:
+        """Half-closes the call: the coordinator reads what was sent, then ends the stream."""
+        await self._call.done_writing()
+
     def cancel(self) -> None:
         self._call.cancel()
 

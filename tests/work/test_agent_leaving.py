@@ -48,3 +48,72 @@ async def test_leaving_sends_no_slots_before_the_hand_backs():
     kinds = [("heartbeat", m.heartbeat.slots) if m.heartbeat is not None else ("result", m.result.error_kind)
              for m in sent]
     assert kinds == [("heartbeat", 0), ("result", HANDED_BACK)]
+
+
+class LeaderDriver:
+    """A driver whose leader is the test's coordinator, for the life of the test."""
+
+    leader = "coordinator"
+    state = SimpleNamespace(applied_index=10)
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def peer_address(self, node_id: str) -> str:
+        return self.address
+
+    def status(self) -> SimpleNamespace:
+        return SimpleNamespace(term=3)
+
+    async def wait_for(self, predicate, timeout):  # noqa: ANN001
+        await asyncio.sleep(timeout)   # the leader never changes here
+
+
+async def test_a_leaving_node_half_closes_its_stream_and_the_coordinator_reads_every_hand_back():
+    """The hand-backs reach the coordinator's reader before the stream ends: the node half-closes
+    the call after them instead of cancelling it (a cancelled call could drop what the
+    coordinator had not read yet; under load a hand-back was lost so, and its trial waited
+    out --grace)."""
+    import grpc
+
+    from nexus_node._generated.nexus.v1 import peer_pb2 as pb
+    from nexus_node._generated.nexus.v1 import peer_pb2_grpc
+
+    read: list[pb.WorkUp] = []
+    ended: list[str] = []
+    assigned = asyncio.Event()
+
+    class Coordinator(peer_pb2_grpc.PeerServiceServicer):
+        async def Work(self, request_iterator, context):  # noqa: ANN001
+            first = await anext(aiter(request_iterator))
+            read.append(first)
+            yield pb.WorkDown(assign=pb.Assignment(lease_id="lease-1", term=3, log_index=0,
+                                                   task_json=b'{"task": "trial", "label": "job/0"}'))
+            try:
+                async for msg in request_iterator:
+                    read.append(msg)
+                ended.append("cancelled" if context.cancelled() else "half-closed")
+            except Exception as exc:  # noqa: BLE001 - the test records how the stream ended
+                ended.append(f"broken: {exc!r}")
+
+    server = grpc.aio.server()
+    peer_pb2_grpc.add_PeerServiceServicer_to_server(Coordinator(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    transport = SimpleNamespace(stub=lambda address: peer_pb2_grpc.PeerServiceStub(channel), metadata=())
+    agent = WorkerAgent(node_id="n2", cluster="c", address="127.0.0.1:1", pool=BusyPool(), blobs=None,  # type: ignore[arg-type]
+                        mesh=SimpleNamespace(driver=LeaderDriver(f"127.0.0.1:{port}"), transport=transport),
+                        placement=None, fetch_blob=lambda sha: None, storage={})  # type: ignore[arg-type]
+    agent.on_change = lambda: assigned.set() if agent.running else None
+    try:
+        agent.start()
+        await asyncio.wait_for(assigned.wait(), 10)
+        await asyncio.wait_for(agent.stop(hand_back=True), 10)
+        await server.stop(grace=5)
+    finally:
+        await channel.close()
+        await server.stop(None)
+    assert ended == ["half-closed"]
+    results = [m.result for m in read if m.WhichOneof("body") == "result"]
+    assert [(r.lease_id, r.error_kind) for r in results] == [("lease-1", HANDED_BACK)]
