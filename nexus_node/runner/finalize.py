@@ -158,11 +158,14 @@ def choose_members(req: Mapping[str, Any]) -> tuple[list[tuple[dict[str, Any], f
         return [(best, 1.0)], "the best trial (too few trials' predictions cover the validation rows)"
     costs = [float(c.get("seconds") or 0.0) for c in kept]
     max_cost = req.get("max_refit_seconds")
+    # kept[0] is the job's best trial, which the search ranked on its folds' mean: it leads
+    # even where the pooled rows rank another first, unless the robust check overrules it.
     sel = ensemble.select(preds, y, req["metric"], costs=costs,
-                          max_cost=None if max_cost is None else max(float(max_cost), costs[0]))
+                          max_cost=None if max_cost is None else max(float(max_cost), costs[0]),
+                          leader=0, labels=[f"trial {c.get('trial')}" for c in kept])
     if not sel.is_ensemble:
-        # The job's best trial, which the search ranked on its folds' mean, even where the
-        # pooled rows rank another single trial first.
+        if sel.single != 0:
+            return [(kept[sel.single], 1.0)], sel.reason
         return [({**kept[0], "params": dict(req["params"])}, 1.0)], sel.reason
     return [(kept[i], w) for i, w in sel.weights.items()], sel.reason
 

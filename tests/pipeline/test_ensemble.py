@@ -88,3 +88,54 @@ def test_the_best_single_model_is_kept_whatever_it_costs():
     library = [Y + 0.5 * own.normal(size=Y.size), Y + own.normal(size=Y.size)]
     sel = ensemble.select(library, Y, "rmse", costs=[50.0, 1.0], max_cost=10.0)
     assert 0 in sel.weights
+
+
+def _small_lead_from_three_rows(outlier: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth, a leader with unit errors everywhere, and a rival closer on every row but three,
+    which it misses by ``outlier``."""
+    r = np.random.default_rng(11)
+    y = 10 * r.normal(size=1000)
+    noise = r.normal(size=y.size)
+    leader = y + noise
+    rival = y + 0.6 * r.normal(size=y.size)
+    rival[:3] = y[:3] + outlier
+    return y, leader, rival
+
+
+def test_a_small_lead_that_comes_from_three_rows_goes_to_the_rival_closer_everywhere_else():
+    y, leader, rival = _small_lead_from_three_rows(14.5)
+    assert metrics.r2(y, leader) > metrics.r2(y, rival)   # the leader leads on the score itself
+    why = ensemble.rival_wins("r2", y, leader, rival)
+    assert why.startswith("its lead in r2 came from the 10 of 1000 rows of largest error")
+    assert "median absolute error" in why
+    assert ensemble.rival_wins("rmse", y, leader, rival)
+
+
+def test_a_large_lead_stands_whatever_rows_it_comes_from():
+    y, leader, rival = _small_lead_from_three_rows(40.0)   # three misses that cost the rival a lot
+    assert ensemble.rival_wins("r2", y, leader, rival) == ""
+
+
+def test_a_small_lead_on_the_bulk_of_the_rows_stands():
+    y, leader, rival = _small_lead_from_three_rows(14.5)
+    close = y + 0.6 * np.random.default_rng(12).normal(size=y.size)
+    behind = close + 0.1   # a little worse on every row: a small lead, but not from a handful of rows
+    assert metrics.r2(y, behind) > metrics.r2(y, close) - 0.001
+    assert ensemble.rival_wins("r2", y, close, behind) == ""
+    assert ensemble.rival_wins("mae", y, leader, rival) == ""   # absolute errors: no handful of rows decides
+
+
+def test_the_robust_check_leaves_class_probabilities_and_tiny_tables_alone():
+    y, leader, rival = _small_lead_from_three_rows(14.5)
+    assert ensemble.rival_wins("r2", y[:25], leader[:25], rival[:25]) == ""
+    proba = np.full((20, 2), 0.5)
+    assert ensemble.rival_wins("roc_auc", np.zeros(20), proba, proba) == ""
+
+
+def test_selection_serves_the_runner_up_when_the_search_s_best_leads_only_on_a_handful_of_rows():
+    y, leader, rival = _small_lead_from_three_rows(14.5)
+    sel = ensemble.select([leader, rival], y, "r2", max_members=1, leader=0, labels=["trial 4", "trial 9"])
+    assert not sel.is_ensemble and sel.single == 1 and sel.weights == {1: 1.0}
+    assert "trial 9 serves instead of trial 4: its lead in r2 came from the 10 of 1000 rows" in sel.reason
+    plain = ensemble.select([leader, rival], y, "mae", max_members=1, leader=0)
+    assert plain.single == 0 and "serves instead" not in plain.reason

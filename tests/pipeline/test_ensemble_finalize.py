@@ -143,3 +143,30 @@ def test_an_ensemble_without_the_best_trial_that_loses_a_member_serves_the_best_
     res = _finalize(insurance, tmp_path / "c.zip", library)
     assert [(m["trial"], m["weight"]) for m in res["members"]] == [(0, 1.0)]
     assert "trial 2:" in res["selection"] and "the best trial alone serves instead" in res["selection"]
+
+
+def test_a_best_trial_that_leads_only_on_a_handful_of_rows_gives_way_to_the_runner_up(
+        insurance, tmp_path, monkeypatch):
+    from functools import partial
+
+    from nexus_node.pipeline import ensemble
+
+    y = scored_rows(splits_for(insurance["files"]))
+    scale = float(np.std(y)) / 10
+    rng = np.random.default_rng(5)
+    lead_noise = rng.normal(scale=scale, size=y.size)
+    rival_noise = rng.normal(scale=0.6 * scale, size=y.size)
+    # The runner-up (the network) is closer on every row but three, which it misses so that
+    # the search's best (the trees) leads on R² by a hair.
+    rival_noise[:3] = 0.0
+    gap = np.sum(lead_noise ** 2) - np.sum(rival_noise ** 2)
+    rival_noise[:3] = np.sqrt(gap * 1.01 / 3)
+    library = _library(insurance, tmp_path, lead_noise, rival_noise)
+    assert metrics.r2(y, y + lead_noise) > metrics.r2(y, y + rival_noise)
+    # One member at most: the robust check between single models, not the ensemble, decides.
+    monkeypatch.setattr(ensemble, "select", partial(ensemble.select, max_members=1))
+    path = tmp_path / "robust.zip"
+    res = _finalize(insurance, path, library)
+    assert [(m["trial"], m["weight"]) for m in res["members"]] == [(1, 1.0)], res["selection"]
+    assert "trial 1 serves instead of trial 0: its lead in r2 came from the" in res["selection"]
+    assert load_artifact(str(path)).config["family"] == "mlp"
