@@ -121,8 +121,16 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_
     if job.model_id:
         lines.append(f"model        {job.model_id}")
         if len(job.members) > 1:
-            lines.append("ensemble     " + "  ".join(
-                f"#{m.trial} {m.family} {m.weight:.0%}" for m in job.members))
+            # With the node that refitted each: members refit in parallel, one task each.
+            items = [f"#{m.trial} {m.family} {m.weight:.0%}" + (f" ({m.node_id})" if m.node_id else "")
+                     for m in job.members]
+            row = "ensemble    "
+            for item in items:
+                if len(row) + 2 + len(item) > 99 and row.strip() != "ensemble":
+                    lines.append(row)
+                    row = " " * 11
+                row += "  " + item
+            lines.append(row)
         if job.model_selection:
             lines.append(textwrap.indent(textwrap.fill(job.model_selection, 86), " " * 13))
     if job.test_metrics:

@@ -668,7 +668,8 @@ def model_to_dict(model: nexus_pb2.Model) -> dict[str, Any]:
 def member_to_dict(member: nexus_pb2.EnsembleMember) -> dict[str, Any]:
     """One model of an ensemble (or the single model) as a JSON-able dict."""
     return {"trial": member.trial, "family": member.family, "weight": member.weight,
-            "epochs_trained": member.epochs_trained, "params": _json_field(member.params_json)}
+            "epochs_trained": member.epochs_trained, "params": _json_field(member.params_json),
+            "node_id": member.node_id}
 
 
 def trial_to_dict(trial: nexus_pb2.TrialInfo) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def model_to_pb(m: ModelRecord) -> pb.Model:
 def members_to_pb(members: list[dict[str, Any]]) -> list[pb.EnsembleMember]:
     return [pb.EnsembleMember(trial=int(m.get("trial") or 0), family=str(m.get("family", "")),
                               weight=float(m.get("weight", 0.0)), epochs_trained=int(m.get("epochs_trained", 0)),
-                              params_json=json.dumps(m.get("params") or {}))
+                              params_json=json.dumps(m.get("params") or {}), node_id=str(m.get("node_id") or ""))
             for m in members]
 
 

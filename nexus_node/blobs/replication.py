@@ -41,8 +41,11 @@ log = logging.getLogger(__name__)
 #: Blob kinds kept only by the node that made them: a trial's validation predictions, which
 #: finalize may use for an ensemble and does without when their node is gone. Copying each
 #: trial's predictions to ``--replicas`` nodes cost two consensus writes and a fetch per trial,
-#: and every rejoining keeper fetched them all.
-UNREPLICATED = frozenset({"predictions"})
+#: and every rejoining keeper fetched them all. An ensemble member refitted for finalize
+#: (:data:`MEMBER_BLOB`) is read once, by the node that assembles the ensemble; should its
+#: node go first, finalize drops that member, as it does one whose refit failed.
+MEMBER_BLOB = "member"
+UNREPLICATED = frozenset({"predictions", MEMBER_BLOB})
 
 @dataclasses.dataclass
 class BlobInfo:

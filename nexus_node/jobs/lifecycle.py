@@ -175,6 +175,10 @@ class Lifecycle:
     async def _remote(self, job: JobRecord, task: dict[str, Any], memory: int) -> dict[str, Any]:
         """Runs a job-level task (prepare, finalize) on some node; runs it again elsewhere if
         its node dies, as the retry rule allows."""
+        return (await self._remote_outcome(job, task, memory)).result
+
+    async def _remote_outcome(self, job: JobRecord, task: dict[str, Any], memory: int) -> Outcome:
+        """:meth:`_remote`, with the node that ran it."""
         ctx = self.ctx
         label = task["task"]
         losses: list[Loss] = []
@@ -184,7 +188,7 @@ class Lifecycle:
                 raise Cancelled()
             outcome: Outcome = await ctx.dispatch.send(lease, task)
             if outcome.ok:
-                return outcome.result
+                return outcome
             ctx.check_cancel(job)
             if not outcome.lost:
                 raise error_from_kind(outcome.error_kind, outcome.message)
@@ -273,20 +277,63 @@ class Lifecycle:
                  "predictions_sha256": c.predictions} for c in chosen]
 
     async def _finalize(self, job: JobRecord) -> None:
+        """Ensemble selection (a ``select`` task, when the library holds two trials or more),
+        each chosen member's refit as a task of its own, all at once (so they spread over
+        the nodes with free slots), then ``finalize`` on some node, which assembles them
+        into the model (``runner/finalize.py``). A single member is fitted by ``finalize``
+        itself: no file of it need travel."""
         ctx = self.ctx
-        result = await self._remote(job, {
-            "task": "finalize", "label": f"{job.job_id}/finalize", "params": job.best_params,
-            "trial": job.best_trial, "library": await self._library(job),
-            "max_refit_seconds": max_refit_seconds(job.spec.time_budget_seconds),
+        memory = task_memory("finalize", ctx.shard_bytes(job))
+        base = self._finalize_request(job)
+        library = await self._library(job)
+        chosen: list[dict[str, Any]] | None = None
+        selection = None
+        if len(library) >= 2:
+            picked = await self._remote(job, {
+                **base, "task": "select", "label": f"{job.job_id}/select", "library": library,
+                "max_refit_seconds": max_refit_seconds(job.spec.time_budget_seconds),
+            }, task_memory("select", 0))
+            ctx.check_cancel(job)
+            chosen, selection = [dict(c) for c in picked["chosen"]], str(picked["selection"])
+            if len(chosen) > 1:
+                chosen = list(await asyncio.gather(*(self._refit(job, base, c, memory) for c in chosen)))
+                ctx.check_cancel(job)
+        outcome = await self._remote_outcome(job, {
+            **base, "task": "finalize", "label": f"{job.job_id}/finalize", "chosen": chosen, "selection": selection,
+        }, memory)
+        ctx.check_cancel(job)
+        result = dict(outcome.result)
+        result["members"] = [{**m, "node_id": m.get("node_id") or outcome.node_id} for m in result.get("members") or []]
+        await self._record_model(job, result, str(result["artifact_sha256"]), int(result["artifact_bytes"]))
+
+    async def _refit(self, job: JobRecord, base: dict[str, Any], chosen: dict[str, Any],
+                     memory: int) -> dict[str, Any]:
+        """One chosen member refitted on some node: ``chosen`` with its candidate naming the
+        member's file and node, or carrying why its refit failed (finalize drops it)."""
+        candidate = dict(chosen["candidate"])
+        trial = candidate.get("trial")
+        try:
+            outcome = await self._remote_outcome(job, {
+                **base, "task": "refit", "label": f"{job.job_id}/refit/{trial}", "candidate": candidate,
+                "weight": chosen["weight"],
+            }, memory)
+        except NexusError as e:
+            return {**chosen, "candidate": {**candidate, "refit_error": str(e)}}
+        return {**chosen, "candidate": {**candidate, "member_sha256": outcome.result["member_sha256"],
+                                        "node_id": outcome.node_id}}
+
+    def _finalize_request(self, job: JobRecord) -> dict[str, Any]:
+        """What every finalize task (select, refit, finalize) is sent."""
+        return {
+            "params": job.best_params, "trial": job.best_trial,
             "files": dict(job.prepared["files"]), "task_type": job.task,
             "n_classes": job.prepared.get("n_classes", 0), "metric": job.metric, "seed": job.seed,
-            "preprocessing": job.prepared["preprocessing"], "csv_sha256": job.dataset_sha256,
-            "encoding": job.encoding, "target": job.spec.target.strip(), "drop_columns": job.spec.drop_columns,
-            "split_seed": job.seed, "epochs_hint": job.prepared.get("best_epochs", 0),
+            # Not the CSV: finalize works on the prepared arrays alone, and each node that
+            # refits a member would fetch the whole table for nothing.
+            "preprocessing": job.prepared["preprocessing"], "target": job.spec.target.strip(),
+            "epochs_hint": job.prepared.get("best_epochs", 0),
             "meta": {"job_id": job.job_id, "target": job.spec.target, "use_case": job.spec.use_case},
-        }, task_memory("finalize", ctx.shard_bytes(job)))
-        ctx.check_cancel(job)
-        await self._record_model(job, result, str(result["artifact_sha256"]), int(result["artifact_bytes"]))
+        }
 
     async def _record_model(self, job: JobRecord, result: dict[str, Any], sha: str, size: int) -> None:
         ctx = self.ctx

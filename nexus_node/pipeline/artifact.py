@@ -12,6 +12,11 @@ weight, family, configuration, target transform and network shape or tree metada
 serves the weighted average of its members' predictions. A single model is still written
 as version 1, so older nodes read it.
 
+A fitted ensemble member (:func:`write_member`) travels from the node that refitted it to
+the one that assembles the ensemble in a zip of the same kind: ``member.json``, its final
+fit's weights under ``final/``, and ``evaluated_predictions.npy``, its evaluated fit's
+predictions on the inputs permutation importance shuffles (the test split first).
+
 torch is imported only for ``mlp`` artifacts: writing or serving trees never loads it (a
 runner that only ran trees stays small).
 """
@@ -38,6 +43,7 @@ from nexus_node.pipeline.trees import predict_trees
 FORMAT = "nexus-model"
 FORMAT_VERSION = 1
 ENSEMBLE_VERSION = 2
+MEMBER_FORMAT, MEMBER_VERSION = "nexus-member", 1
 MEMBERS = ("preprocessing.json", "config.json", "metrics.json")
 WEIGHTS = {"mlp": ("model.pt",), "gbt": ("nodes.npy", "roots.npy")}
 
@@ -60,7 +66,13 @@ def write_artifact(path: str, weights: Mapping[str, Any], preprocessing: Mapping
         config: Everything needed to rebuild the network (see :func:`load_artifact`).
         metrics: Test metrics and feature importance.
     """
-    _write_zip(path, _weight_files(config.get("family", "mlp"), weights), preprocessing, config, metrics)
+    _write_zip(path, _weight_files(config.get("family", "mlp"), weights),
+               _documents(preprocessing, config, metrics))
+
+
+def _documents(preprocessing: Mapping[str, Any], config: Mapping[str, Any],
+               metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return dict(zip(MEMBERS, (preprocessing, config, metrics)))
 
 
 def write_ensemble_artifact(path: str, members: list[tuple[Mapping[str, Any], Mapping[str, Any]]],
@@ -75,7 +87,41 @@ def write_ensemble_artifact(path: str, members: list[tuple[Mapping[str, Any], Ma
             blobs[f"members/{i}/{name}"] = data
     config = {**config, "family": "ensemble", "format_version": ENSEMBLE_VERSION,
               "members": [dict(m) for _, m in members]}
-    _write_zip(path, blobs, preprocessing, config, metrics)
+    _write_zip(path, blobs, _documents(preprocessing, config, metrics))
+
+
+def write_member(path: str, weights: Mapping[str, Any], member: Mapping[str, Any],
+                 evaluated_predictions: np.ndarray) -> None:
+    """Write a fitted ensemble member atomically: ``weights`` of its final fit (its
+    ``member["family"]``), ``member`` (JSON: what the ensemble's config records of it),
+    and its evaluated fit's ``evaluated_predictions``."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(evaluated_predictions), allow_pickle=False)
+    blobs = {f"final/{name}": data for name, data in _weight_files(member["family"], weights).items()}
+    blobs["evaluated_predictions.npy"] = buf.getvalue()
+    _write_zip(path, blobs, {"member.json": {"format": MEMBER_FORMAT, "format_version": MEMBER_VERSION, **member}})
+
+
+def read_member(path: str) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+    """``(weights, member, evaluated_predictions)`` as :func:`write_member` took them.
+
+    Raises:
+        InvalidInput: The file is not a fitted member.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if not {"member.json", "evaluated_predictions.npy"} <= names:
+                raise InvalidInput(f"{path} is not a fitted ensemble member")
+            member = json.loads(z.read("member.json"))
+            if member.get("format") != MEMBER_FORMAT or member.get("format_version") != MEMBER_VERSION:
+                raise InvalidInput(f"{path} has member format {member.get('format')!r} "
+                                   f"v{member.get('format_version')}; this node reads {MEMBER_FORMAT} v{MEMBER_VERSION}")
+            weights = _read_weights(path, z, names, member.get("family", "mlp"), "final/")
+            predictions = np.load(io.BytesIO(z.read("evaluated_predictions.npy")), allow_pickle=False)
+    except zipfile.BadZipFile:
+        raise InvalidInput(f"{path} is not a fitted ensemble member (not a zip file)") from None
+    return weights, member, predictions
 
 
 def _weight_files(family: str, weights: Mapping[str, Any]) -> dict[str, bytes]:
@@ -94,13 +140,12 @@ def _weight_files(family: str, weights: Mapping[str, Any]) -> dict[str, bytes]:
     return blobs
 
 
-def _write_zip(path: str, blobs: Mapping[str, bytes], preprocessing: Mapping[str, Any],
-               config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+def _write_zip(path: str, blobs: Mapping[str, bytes], documents: Mapping[str, Mapping[str, Any]]) -> None:
     tmp = f"{path}.tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for name, data in blobs.items():
             z.writestr(name, data)
-        for name, obj in (("preprocessing.json", preprocessing), ("config.json", config), ("metrics.json", metrics)):
+        for name, obj in documents.items():
             z.writestr(name, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False))
     os.replace(tmp, path)
 

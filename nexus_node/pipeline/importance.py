@@ -9,7 +9,7 @@ without re-parsing text for every repeat (the tests check the equivalence).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -42,16 +42,34 @@ def permutation_importance(
     Returns:
         Column name to mean score drop (raw metric units), sorted descending.
     """
+    preds = [predict_fn(Xp) for Xp in permuted_inputs(X, prep, seed, repeats)]
+    return importance_of(preds, y, prep, metric, repeats)
+
+
+def permuted_inputs(X: np.ndarray, prep: Mapping[str, Any], seed: int,
+                    repeats: int = REPEATS) -> Iterator[np.ndarray]:
+    """The inputs permutation importance predicts, in order: ``X`` itself, then each
+    column's ``repeats`` shuffles, column by column. A model's predictions on them are all
+    :func:`importance_of` needs, so an ensemble's members, fitted on different nodes, each
+    predict them, and the weighted average of their predictions (an ensemble's prediction)
+    gives the ensemble's importance exactly."""
     rng = np.random.default_rng(seed)
-    sign = 1.0 if metrics.MAXIMIZE[metric] else -1.0
-    baseline = metrics.score(metric, y, predict_fn(X))
-    out: dict[str, float] = {}
+    yield X
     for spec in prep["columns"]:
         start, stop = spec["features"]
-        drops = []
         for _ in range(repeats):
             Xp = X.copy()
             Xp[:, start:stop] = X[rng.permutation(X.shape[0]), start:stop]
-            drops.append(sign * (baseline - metrics.score(metric, y, predict_fn(Xp))))
+            yield Xp
+
+
+def importance_of(preds: Sequence[np.ndarray], y: np.ndarray, prep: Mapping[str, Any], metric: str,
+                  repeats: int = REPEATS) -> dict[str, float]:
+    """:func:`permutation_importance` from the predictions on :func:`permuted_inputs`."""
+    sign = 1.0 if metrics.MAXIMIZE[metric] else -1.0
+    baseline = metrics.score(metric, y, preds[0])
+    out: dict[str, float] = {}
+    for i, spec in enumerate(prep["columns"]):
+        drops = [sign * (baseline - metrics.score(metric, y, preds[1 + i * repeats + r])) for r in range(repeats)]
         out[spec["name"]] = float(np.mean(drops))
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

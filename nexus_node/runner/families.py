@@ -27,15 +27,19 @@ ONE_FAMILY_BELOW_MB_PER_SLOT = 1024
 def family_of(task: Mapping[str, Any]) -> str:
     """The family ``task`` (a runner request) loads; :data:`ANY` when it cannot be told."""
     kind = task.get("task")
-    if kind == "prepare":
+    if kind in ("prepare", "check"):
         return TABLES
-    if kind in ("trial", "finalize"):
+    if kind == "refit":
+        configs = [(task.get("candidate") or {}).get("params") or {}]
+    elif kind in ("trial", "finalize"):
         configs = [task.get("params") or {}]
         if kind == "finalize":   # an ensemble may refit members of both families
             configs += [c.get("params") or {} for c in task.get("library") or []]
-        kinds = {TABLES if p.get("family", "mlp") == "gbt" else NETWORKS for p in configs}
-        return kinds.pop() if len(kinds) == 1 else ANY
-    return ANY
+            configs += [(c.get("candidate") or {}).get("params") or {} for c in task.get("chosen") or []]
+    else:
+        return ANY   # select: numpy alone
+    kinds = {TABLES if p.get("family", "mlp") == "gbt" else NETWORKS for p in configs}
+    return kinds.pop() if len(kinds) == 1 else ANY
 
 
 def one_family_per_runner(memory_mb: int, slots: int) -> bool:

@@ -17,6 +17,16 @@ AutoML tool's user expects:
    holds this one. Should it diverge, the artifact keeps the evaluated model and ``note``
    says so.
 
+Across the mesh, the work comes in three tasks so that an ensemble's members refit in
+parallel, each on whichever node has a slot: ``select`` (:func:`task_select`: ensemble
+selection alone, on the library's predictions), one ``refit`` per member
+(:func:`task_refit`: both fits of one member, written as a member file), and ``finalize``
+with the ``chosen`` members' files, which assembles them: the test metrics and the
+permutation importance come from the members' evaluated predictions on the shuffled test
+inputs (:func:`nexus_node.pipeline.importance.permuted_inputs`), weighted, which is exactly
+the ensemble's own prediction on them. ``finalize`` with a ``library`` still does all three
+itself.
+
 A member of an ensemble whose refit fails drops out; the rest are reweighted and the result
 says which dropped and why. The feature preprocessing stays as prepare fitted it on the train
 split (the configurations were searched on that encoding, and the test rows are already
@@ -34,6 +44,7 @@ import numpy as np
 from nexus_node.errors import FailedPrecondition, NexusError
 from nexus_node.pipeline import ensemble, metrics
 from nexus_node.pipeline import target as target_scale
+from nexus_node.pipeline.importance import importance_of, permuted_inputs
 from nexus_node.pipeline.result import scored_rows
 from nexus_node.runner.arrays import TRAIN_ARRAYS, load_arrays, splits_for, tree_columns
 from nexus_node.runner.context import TaskContext, need
@@ -43,18 +54,22 @@ log = logging.getLogger(__name__)
 
 def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{params, files, task_type, n_classes, metric, seed, threads, preprocessing,
-    artifact_path, meta?, target?, epochs_hint?, library?}`` to ``{test_metrics,
-    feature_importance, input_columns, classes, epochs_trained, evaluated_on, test_rows,
-    evaluated_model_rows, evaluated_model_splits, final_model_rows, final_model_splits, note,
-    members, selection, dropped}``.
+    artifact_path, meta?, target?, epochs_hint?, library? | chosen?, selection?}`` to
+    ``{test_metrics, feature_importance, input_columns, classes, epochs_trained, evaluated_on,
+    test_rows, evaluated_model_rows, evaluated_model_splits, final_model_rows,
+    final_model_splits, note, members, selection, dropped}``.
 
     ``library`` lists the candidates for an ensemble, the best trial first (its ``params``
     are the request's): ``[{trial, params, epochs, seconds, predictions_path}]``; with
     ``max_refit_seconds``, the members' trials may have taken that long together at most
     (the best trial's own time always fits). Without two of
     them, the best trial's configuration alone is fitted (``params``, ``epochs_hint``).
-    ``members`` gives each chosen member's ``trial``, ``family``, ``weight``, epochs and
-    ``params``;
+    ``chosen`` instead gives the members already (``[{candidate, weight}]``, as
+    :func:`task_select` returns them, with ``selection``): a candidate with a
+    ``member_path`` was refitted elsewhere (:func:`task_refit`), one with a ``refit_error``
+    failed there, and any other is fitted here.
+    ``members`` gives each chosen member's ``trial``, ``family``, ``weight``, epochs,
+    ``params`` and ``node_id`` (where it was refitted, when the request said);
     ``selection`` says why these were chosen; ``dropped`` names the members whose refit
     failed. ``epochs_trained``, the row counts and ``note`` are the heaviest member's.
     ``csv_path``, ``encoding``, ``drop_columns`` and ``split_seed`` may be sent and are
@@ -63,19 +78,30 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """
     need(req, "params", "files", "task_type", "metric", "seed", "preprocessing", "artifact_path")
     from nexus_node.pipeline.artifact import library_versions, write_artifact, write_ensemble_artifact
-    from nexus_node.pipeline.importance import permutation_importance
 
     task, metric, prep = req["task_type"], req["metric"], req["preprocessing"]
     metrics.check_metric(metric, task)
     seed = int(req["seed"])
     classes = list(prep["target"].get("classes") or [])
     arrays = load_arrays(req["files"])
-    chosen, selection = choose_members(req)
+    if req.get("chosen") is not None:
+        chosen = [(dict(c["candidate"]), float(c["weight"])) for c in req["chosen"]]
+        selection = str(req.get("selection") or "the best trial")
+    else:
+        chosen, selection = choose_members(req)
+
+    def obtain(candidate: Mapping[str, Any], weight: float) -> Member:
+        if candidate.get("refit_error"):
+            raise NexusError(str(candidate["refit_error"]))
+        if candidate.get("member_path"):
+            return load_member(str(candidate["member_path"]), weight)
+        return fit_member(req, arrays, len(classes), candidate, weight)
+
     fitted: list[Member] = []
     dropped: list[str] = []
     for candidate, weight in chosen:
         try:
-            fitted.append(fit_member(req, arrays, len(classes), candidate, weight))
+            fitted.append(obtain(candidate, weight))
         except Exception as e:  # noqa: BLE001 - one member's failure must not fail the job
             if len(chosen) == 1:
                 raise
@@ -95,13 +121,12 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     fitted = [m._replace(weight=m.weight / total) for m in fitted]
     lead = fitted[0]
 
-    def evaluated_predict(X_enc: np.ndarray) -> np.ndarray:
-        return ensemble.blend([m.evaluated_predict(X_enc) for m in fitted], [m.weight for m in fitted])
-
+    # The ensemble's predictions on the test split and its shuffles: the weighted average of
+    # its members' (a single model's own).
+    evaluated = ensemble.blend([m.evaluated_predictions for m in fitted], [m.weight for m in fitted])
     y_test = np.asarray(arrays["y_test"])
-    X_test = np.array(arrays["X_test"], dtype=np.float32)
-    test_metrics = metrics.all_metrics(task, y_test, evaluated_predict(X_test))
-    importance = permutation_importance(evaluated_predict, X_test, y_test, prep, metric, seed)
+    test_metrics = metrics.all_metrics(task, y_test, evaluated[0])
+    importance = importance_of(list(evaluated), y_test, prep, metric)
     rows = {
         "evaluated_on": "test", "test_rows": int(y_test.shape[0]),
         "evaluated_model_rows": lead.evaluated.rows, "evaluated_model_splits": list(lead.evaluated.splits),
@@ -124,11 +149,37 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
             (m.final.weights, {"weight": m.weight, "trial": m.trial, "params": dict(m.params), **m.final.config,
                                "transform": m.transform, "epochs_trained": m.final.epochs, "note": m.final.note})
             for m in fitted], lead_prep, config, artifact_metrics)
+    where = {c.get("trial"): str(c.get("node_id") or "") for c, _ in chosen}
     members = [{"trial": m.trial, "family": str(m.params.get("family", "mlp")), "weight": m.weight,
-                "epochs_trained": m.final.epochs, "params": dict(m.params)} for m in fitted]
+                "epochs_trained": m.final.epochs, "params": dict(m.params), "node_id": where.get(m.trial, "")}
+               for m in fitted]
     return {"test_metrics": test_metrics, "feature_importance": importance,
             "input_columns": list(prep["input_columns"]), "classes": classes, "epochs_trained": lead.final.epochs,
             **rows, "note": note, "members": members, "selection": selection, "dropped": dropped}
+
+
+def task_select(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Ensemble selection alone: finalize's ``{params, trial?, epochs_hint?, files, metric,
+    library, max_refit_seconds?}`` to ``{chosen: [{candidate, weight}], selection}``, what
+    ``finalize`` takes as ``chosen`` (each candidate without its local predictions path)."""
+    need(req, "params", "files", "metric")
+    chosen, selection = choose_members(req)
+    return {"chosen": [{"candidate": {k: v for k, v in c.items() if k != "predictions_path"}, "weight": w}
+                       for c, w in chosen], "selection": selection}
+
+
+def task_refit(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """One ensemble member's two fits: finalize's request with a ``candidate`` and its
+    ``weight`` (one of :func:`task_select`'s ``chosen``) to ``{trial, family, weight,
+    epochs_trained}``; the member is written to ``artifact_path`` (:func:`write_member`)
+    for the ``finalize`` that assembles the ensemble."""
+    need(req, "files", "task_type", "metric", "seed", "preprocessing", "artifact_path", "candidate")
+    metrics.check_metric(req["metric"], req["task_type"])
+    classes = list(req["preprocessing"]["target"].get("classes") or [])
+    member = fit_member(req, load_arrays(req["files"]), len(classes), req["candidate"], float(req.get("weight", 1.0)))
+    write_member(str(req["artifact_path"]), member)
+    return {"trial": member.trial, "family": str(member.params.get("family", "mlp")), "weight": member.weight,
+            "epochs_trained": member.final.epochs}
 
 
 def choose_members(req: Mapping[str, Any]) -> tuple[list[tuple[dict[str, Any], float]], str]:
@@ -171,7 +222,10 @@ def choose_members(req: Mapping[str, Any]) -> tuple[list[tuple[dict[str, Any], f
 
 
 class Member(NamedTuple):
-    """A fitted member: its trial, weight, configuration, target transform and two fits."""
+    """A fitted member: its trial, weight, configuration, target transform, two fits, and
+    the evaluated fit's predictions on :func:`permuted_inputs` of the test split (the
+    unshuffled test rows first). A member read from a file has no ``predict`` on either
+    fit, nor the evaluated fit's weights: assembling an ensemble needs neither."""
 
     trial: int | None
     weight: float
@@ -179,10 +233,7 @@ class Member(NamedTuple):
     transform: dict[str, Any] | None
     evaluated: Fit
     final: Fit
-
-    def evaluated_predict(self, X_enc: np.ndarray) -> np.ndarray:
-        assert self.evaluated.predict is not None   # fitted with fallback: a diverged refit was replaced
-        return self.evaluated.predict(X_enc)
+    evaluated_predictions: np.ndarray
 
 
 def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
@@ -206,7 +257,38 @@ def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
         final = evaluated._replace(note="; ".join(n for n in (
             evaluated.note, f"{final.note}; kept the evaluated model") if n))
     trial = candidate.get("trial")
-    return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final)
+    X_test = np.array(arrays["X_test"], dtype=np.float32)
+    predictions = np.stack([evaluated.predict(X) for X in permuted_inputs(X_test, prep, int(req["seed"]))])
+    return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final, predictions)
+
+
+def write_member(path: str, m: Member) -> None:
+    """``m`` as a member file (``pipeline.artifact.write_member``)."""
+    from nexus_node.pipeline.artifact import write_member as write
+
+    def fit_doc(f: Fit) -> dict[str, Any]:
+        return {"epochs": f.epochs, "note": f.note, "splits": list(f.splits), "rows": f.rows}
+
+    write(path, m.final.weights, {
+        "trial": m.trial, "weight": m.weight, "params": dict(m.params), "transform": m.transform,
+        "family": str(m.final.config.get("family", "mlp")),
+        "final": {**fit_doc(m.final), "config": dict(m.final.config)}, "evaluated": fit_doc(m.evaluated),
+    }, m.evaluated_predictions)
+
+
+def load_member(path: str, weight: float) -> Member:
+    """A member file as :func:`write_member` wrote it, with the ``weight`` selection gave it."""
+    from nexus_node.pipeline.artifact import read_member
+
+    weights, doc, predictions = read_member(path)
+
+    def fit_of(d: Mapping[str, Any], w: Any, config: dict[str, Any]) -> Fit:
+        return Fit(None, w, config, int(d["epochs"]), str(d.get("note", "")), tuple(d["splits"]), int(d["rows"]))
+
+    trial = doc.get("trial")
+    return Member(None if trial is None else int(trial), weight, dict(doc["params"]), doc.get("transform"),
+                  fit_of(doc["evaluated"], None, {}), fit_of(doc["final"], weights, dict(doc["final"]["config"])),
+                  predictions)
 
 
 # Which splits each of finalize's two fits trains on.

@@ -7,9 +7,10 @@
 - ``prepare``: read, profile, split and encode a CSV (:func:`nexus_node.pipeline.prepare.prepare`).
 - ``trial``: train one Optuna trial, reporting to the study through the node's storage
   proxy, and finish it there (``tell``).
-- ``finalize``: refit the best configuration on train+val, test it, rank columns by
-  permutation importance, then refit it on every row (train+val+test) for the model
-  artifact.
+- ``finalize``: refit the best configuration (or an ensemble's members) on train+val, test
+  it, rank columns by permutation importance, then refit it on every row (train+val+test)
+  for the model artifact; ``select`` and ``refit`` are its parts that run apart, so that an
+  ensemble's members refit on several nodes at once (:mod:`nexus_node.runner.finalize`).
 - ``predict``: predictions for a CSV from a model artifact.
 
 Bad user data raises :class:`~nexus_node.errors.InvalidInput`; the runner sends its kind
@@ -46,7 +47,7 @@ from nexus_node.pipeline import metrics
 from nexus_node.pipeline import target as target_scale
 from nexus_node.runner.arrays import LRU, data_for, file_key, splits_for, tree_columns
 from nexus_node.runner.context import TaskContext, need
-from nexus_node.runner.finalize import task_finalize
+from nexus_node.runner.finalize import task_finalize, task_refit, task_select
 from nexus_node.study import pruning
 from nexus_node.study.proxy import NexusStorageProxy
 from nexus_node.study.studies import PREDICTIONS_ATTR
@@ -406,5 +407,5 @@ def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 _TASKS: dict[str, Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]] = {
     "ping": _task_ping, "prepare": _task_prepare, "trial": _task_trial,
-    "finalize": task_finalize, "predict": _task_predict,
+    "finalize": task_finalize, "select": task_select, "refit": task_refit, "predict": _task_predict,
 }

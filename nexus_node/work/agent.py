@@ -26,7 +26,7 @@ from typing import Any, Callable
 import grpc
 
 from nexus_node.blobs import files
-from nexus_node.blobs.replication import Placement
+from nexus_node.blobs.replication import MEMBER_BLOB, Placement
 from nexus_node.blobs.store import BlobStore
 from nexus_node.errors import NexusError
 from nexus_node.runner import families
@@ -317,7 +317,16 @@ class WorkerAgent:
             out_dir = await asyncio.to_thread(self.blobs.new_temp_dir, "prep-")
             scratch.append(out_dir)
             local["out_dir"] = str(out_dir)
+        elif kind == "select":
+            local["library"] = [c for c in [await self._localize_candidate(c) for c in task.get("library") or []] if c]
+        elif kind == "refit":
+            member = await asyncio.to_thread(self.blobs.new_temp, ".zip")
+            scratch.append(member)
+            local["artifact_path"] = str(member)
         elif kind == "finalize":
+            if task.get("chosen") is not None:
+                local["chosen"] = [{**c, "candidate": await self._localize_member(c["candidate"])}
+                                   for c in task["chosen"]]
             library = list(task.get("library") or [])
             if self.pool.one_family:
                 # A node short of memory keeps one library family per runner: it ensembles
@@ -341,6 +350,18 @@ class WorkerAgent:
             return None
         local = {k: v for k, v in candidate.items() if k != "predictions_sha256"}
         return {**local, "predictions_path": str(path)}
+
+    async def _localize_member(self, candidate: dict[str, Any]) -> dict[str, Any]:
+        """A member refitted on another node, with its file fetched; one that cannot be
+        fetched carries a ``refit_error`` (finalize drops it, as a failed refit)."""
+        sha = candidate.get("member_sha256")
+        if not sha:
+            return candidate
+        local = {k: v for k, v in candidate.items() if k != "member_sha256"}
+        try:
+            return {**local, "member_path": str(await self.fetch_blob(str(sha)))}
+        except (NexusError, OSError, grpc.RpcError) as e:
+            return {**local, "refit_error": f"its refitted model is not available: {e}"}
 
     async def _publish(self, kind: str, local: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         """Outputs into this node's blob store, recorded as held here; the result names them
@@ -370,4 +391,8 @@ class WorkerAgent:
             sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
             await records.put_blob(sha, size, "model")
             result = {**result, "artifact_sha256": sha, "artifact_bytes": size}
+        elif kind == "refit":
+            sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
+            await records.put_blob(sha, size, MEMBER_BLOB)
+            result = {**result, "member_sha256": sha, "member_bytes": size}
         return result

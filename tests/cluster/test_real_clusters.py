@@ -196,3 +196,20 @@ def test_a_worker_stopped_with_sigterm_hands_back_its_trial_at_once(node_factory
     assert handed and all(t.node_id == leaver_info.node_id and t.message.endswith("left while running it")
                           for t in handed), [(t.number, t.node_id, t.message) for t in trials]
     assert all(r.node_id != leaver_info.node_id for r in retries)
+
+
+def test_an_ensemble_s_members_refit_on_several_nodes_at_once(node_factory, insurance_csv):
+    """Finalize selects on one node, then each member refits as a task of its own, all at
+    once: on three one-slot nodes, two members or more refit on different nodes."""
+    nodes = start_cluster(node_factory)
+    view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
+    job_id = submit(stub(nodes[0].address), insurance_csv, "charges", max_trials=8, seed=3).job_id
+    job, _ = watch_until_end(stub(nodes[1].address), job_id)
+    assert job.state == pb.COMPLETED, job.message
+    assert len(job.members) >= 2, job.model_selection
+    where = [m.node_id for m in job.members]
+    assert set(where) <= {n.node_id for n in view.nodes} and len(set(where)) >= 2, where
+    model = stub(nodes[2].address).GetModel(pb.GetModelRequest(model_id=job.model_id))
+    assert [(m.trial, m.node_id) for m in model.members] == [(m.trial, m.node_id) for m in job.members]
+    rows = insurance_csv.read_text().splitlines(keepends=True)[:4]
+    assert len(predict(stub(nodes[2].address), job.model_id, "".join(rows).encode())[1]) == 3

@@ -41,6 +41,16 @@ def _library(prepared, tmp_path, noise_a, noise_b):
     return library
 
 
+def _even_pair(prepared, tmp_path, seed):
+    """A library of two trials whose predictions err independently and equally: selection
+    averages them."""
+    rng = np.random.default_rng(seed)
+    y = scored_rows(splits_for(prepared["files"]))
+    scale = float(np.std(y))
+    return _library(prepared, tmp_path, rng.normal(scale=scale / 2, size=y.size),
+                    rng.normal(scale=scale / 2, size=y.size))
+
+
 def test_trials_keep_their_predictions_on_every_scored_row_at_the_best_epoch(insurance):
     files = insurance["files"]
     y = scored_rows(splits_for(files))
@@ -56,11 +66,7 @@ def test_trials_keep_their_predictions_on_every_scored_row_at_the_best_epoch(ins
 
 
 def test_an_ensemble_is_served_as_the_weighted_average_of_its_members(insurance, tmp_path):
-    rng = np.random.default_rng(0)
-    y = scored_rows(splits_for(insurance["files"]))
-    scale = float(np.std(y))
-    library = _library(insurance, tmp_path, rng.normal(scale=scale / 2, size=y.size),
-                       rng.normal(scale=scale / 2, size=y.size))
+    library = _even_pair(insurance, tmp_path, 0)
     path = tmp_path / "ensemble.zip"
     res = _finalize(insurance, path, library)
     assert [m["trial"] for m in res["members"]] in ([0, 1], [1, 0]), res["selection"]
@@ -91,11 +97,7 @@ def test_when_the_ensemble_is_no_better_the_single_best_trial_is_kept(insurance,
 
 
 def test_a_member_whose_refit_fails_drops_out_and_the_job_keeps_the_rest(insurance, tmp_path, monkeypatch):
-    rng = np.random.default_rng(1)
-    y = scored_rows(splits_for(insurance["files"]))
-    scale = float(np.std(y))
-    library = _library(insurance, tmp_path, rng.normal(scale=scale / 2, size=y.size),
-                       rng.normal(scale=scale / 2, size=y.size))
+    library = _even_pair(insurance, tmp_path, 1)
     # The network diverges however it is refitted: on the train+val rows, and as a trial.
     monkeypatch.setattr(train, "fit_fixed", lambda *a, **k: (None, "refit diverged at epoch 3 (loss nan)"))
     monkeypatch.setattr(train, "train_and_score", lambda *a, **k: TrainResult(None, 1, None, "FAIL", "diverged", 1))
@@ -170,3 +172,71 @@ def test_a_best_trial_that_leads_only_on_a_handful_of_rows_gives_way_to_the_runn
     assert [(m["trial"], m["weight"]) for m in res["members"]] == [(1, 1.0)], res["selection"]
     assert "trial 1 serves instead of trial 0: its lead in r2 came from the" in res["selection"]
     assert load_artifact(str(path)).config["family"] == "mlp"
+
+
+def _base(prepared, trial=0, best=GBT):
+    return {"params": best, "trial": trial, "files": prepared["files"], "task_type": "regression", "n_classes": 0,
+            "metric": "r2", "seed": 0, "threads": 1, "epochs_hint": 30, "preprocessing": prepared["preprocessing"]}
+
+
+def _apart(prepared, tmp_path, library, fail=()):
+    """select, one refit per member (each as its own node would run it), then finalize with
+    the members' files, as the coordinator runs an ensemble across the mesh."""
+    picked = run_task({**_base(prepared), "task": "select", "library": library}, LocalContext())
+    assert all("predictions_path" not in c["candidate"] for c in picked["chosen"])   # nothing local travels
+    chosen = []
+    for i, c in enumerate(picked["chosen"]):
+        if c["candidate"]["trial"] in fail:
+            chosen.append({**c, "candidate": {**c["candidate"], "refit_error": "its node left while running it"}})
+            continue
+        path = tmp_path / f"member{i}.zip"
+        out = run_task({**_base(prepared), "task": "refit", "candidate": c["candidate"], "weight": c["weight"],
+                        "artifact_path": str(path)}, LocalContext())
+        assert out["trial"] == c["candidate"]["trial"] and out["weight"] == c["weight"]
+        chosen.append({**c, "candidate": {**c["candidate"], "member_path": str(path), "node_id": f"node-{i}"}})
+    path = tmp_path / "apart.zip"
+    res = run_task({**_base(prepared), "task": "finalize", "artifact_path": str(path), "chosen": chosen,
+                    "selection": picked["selection"]}, LocalContext())
+    return res, path
+
+
+def test_members_refitted_apart_assemble_into_the_model_one_finalize_makes(insurance, tmp_path):
+    library = _even_pair(insurance, tmp_path, 0)
+    whole = _finalize(insurance, tmp_path / "whole.zip", library)
+    apart, path = _apart(insurance, tmp_path, library)
+    assert len(apart["members"]) == 2 and apart["selection"] == whole["selection"]
+    assert [(m["trial"], m["weight"]) for m in apart["members"]] == [(m["trial"], m["weight"]) for m in whole["members"]]
+    assert {m["node_id"] for m in apart["members"]} == {"node-0", "node-1"}
+    for name, value in whole["test_metrics"].items():
+        assert apart["test_metrics"][name] == pytest.approx(value, rel=1e-6), name
+    assert list(apart["feature_importance"]) == list(whole["feature_importance"])
+    for name, value in whole["feature_importance"].items():
+        assert apart["feature_importance"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    X = np.asarray(np.load(insurance["files"]["X_test"]), dtype=np.float32)
+    np.testing.assert_allclose(load_artifact(str(path)).predict_encoded(X),
+                               load_artifact(str(tmp_path / "whole.zip")).predict_encoded(X), rtol=1e-5)
+
+
+def test_a_member_whose_refit_failed_on_its_node_drops_out_of_the_assembled_ensemble(insurance, tmp_path):
+    library = _even_pair(insurance, tmp_path, 1)
+    res, path = _apart(insurance, tmp_path, library, fail=(1,))
+    assert [(m["trial"], m["weight"]) for m in res["members"]] == [(0, 1.0)]
+    assert res["dropped"] == ["trial 1: its node left while running it"]
+    assert "dropped after a failed refit: trial 1: its node left while running it" in res["selection"]
+    assert load_artifact(str(path)).config["family"] == "gbt"
+
+
+def test_a_member_file_is_checked_before_it_is_read(tmp_path):
+    from nexus_node.errors import InvalidInput
+    from nexus_node.pipeline.artifact import read_member
+
+    not_zip = tmp_path / "m.zip"
+    not_zip.write_bytes(b"PK not really")
+    with pytest.raises(InvalidInput, match="not a fitted ensemble member"):
+        read_member(str(not_zip))
+    model = tmp_path / "model.zip"
+    with zipfile.ZipFile(model, "w") as z:
+        z.writestr("member.json", json.dumps({"format": "nexus-member", "format_version": 9, "family": "gbt"}))
+        z.writestr("evaluated_predictions.npy", b"")
+    with pytest.raises(InvalidInput, match="member format 'nexus-member' v9"):
+        read_member(str(model))

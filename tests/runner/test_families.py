@@ -15,6 +15,14 @@ def test_each_task_names_the_libraries_it_loads():
     mixed = [{"params": {"family": "gbt"}}, {"params": {"family": "mlp"}}]
     assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "library": mixed}) == families.ANY
     assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "library": mixed[:1]}) == families.TABLES
+    # Across the mesh: selection is numpy alone; each member refits in its own family's runner.
+    assert families.family_of({"task": "select", "params": {"family": "gbt"}, "library": mixed}) == families.ANY
+    assert families.family_of({"task": "refit", "params": {"family": "gbt"},
+                               "candidate": {"params": {"family": "mlp"}}}) == families.NETWORKS
+    assert families.family_of({"task": "refit", "params": {"family": "mlp"},
+                               "candidate": {"params": {"family": "gbt"}}}) == families.TABLES
+    chosen = [{"candidate": c, "weight": 0.5} for c in mixed]
+    assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "chosen": chosen}) == families.ANY
     assert families.family_of({"task": "predict"}) == families.ANY
     assert families.family_of({"task": "ping"}) == families.ANY
 

@@ -222,18 +222,20 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., message: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., best_value: _Optional[float] = ..., has_best: _Optional[bool] = ..., trials: _Optional[_Union[TrialCounts, _Mapping]] = ..., model_id: _Optional[str] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., feature_importance: _Optional[_Iterable[_Union[FeatureImportance, _Mapping]]] = ..., summary: _Optional[str] = ..., constraints_source: _Optional[str] = ..., constraints_json: _Optional[str] = ..., profile_json: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., dataset_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., study_name: _Optional[str] = ..., best_params_json: _Optional[str] = ..., node_id: _Optional[str] = ..., constraints_model: _Optional[str] = ..., constraints_rationale: _Optional[str] = ..., constraints_fallback: _Optional[str] = ..., summary_source: _Optional[str] = ..., summary_model: _Optional[str] = ..., summary_fallback: _Optional[str] = ..., evaluated_model_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_model_rows: _Optional[int] = ..., members: _Optional[_Iterable[_Union[EnsembleMember, _Mapping]]] = ..., model_selection: _Optional[str] = ...) -> None: ...
 
 class EnsembleMember(_message.Message):
-    __slots__ = ("trial", "family", "weight", "epochs_trained", "params_json")
+    __slots__ = ("trial", "family", "weight", "epochs_trained", "params_json", "node_id")
     TRIAL_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_TRAINED_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     trial: int
     family: str
     weight: float
     epochs_trained: int
     params_json: str
-    def __init__(self, trial: _Optional[int] = ..., family: _Optional[str] = ..., weight: _Optional[float] = ..., epochs_trained: _Optional[int] = ..., params_json: _Optional[str] = ...) -> None: ...
+    node_id: str
+    def __init__(self, trial: _Optional[int] = ..., family: _Optional[str] = ..., weight: _Optional[float] = ..., epochs_trained: _Optional[int] = ..., params_json: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
