@@ -11,17 +11,32 @@ overhead: wall time of N short trials (a real training loop of about a second: 4
     epochs, score) and fails otherwise. Target <= 1.05 (Ray Tune's published overhead for
     1 s trials is 1.14).
 
-quality: for each shared dataset, a fixed 80/20 split (seed 0) written by the bench; Nexus
-    (a real node process, the 80% file submitted with a wall-clock search budget; the job
-    splits it into train/validation/test itself) against FLAML (``AutoML.fit`` with the same
-    budget on the same 80%, strings as pandas categories, nothing else); both predict the
-    same 20% and are scored there (R² for regression, ROC-AUC for classification, one-vs-rest
-    macro for more than two classes) with numpy. Target: never more than 0.01 R² / 0.005 AUC
-    behind FLAML, ahead on at least half. FLAML is the ``bench`` extra (scripts/bench
-    installs it when ``quality`` is asked for).
+quality: for each shared dataset, a fixed 80/20 split (seed 0) written by the bench, and on it,
+    one tool at a time, each with the same wall-clock budget where it takes one:
+    - Nexus: a real node process, the 80% file submitted with a search budget (the job splits
+      it into train/validation/test itself);
+    - FLAML: ``AutoML.fit`` on the same 80%, strings as pandas categories, nothing else;
+    - AutoGluon: ``TabularPredictor.fit(presets="medium_quality")`` on the same 80%, read the
+      same way, in a venv of its own (.bench-venv/autogluon, from the pins in
+      scripts/bench-autogluon.txt: AutoGluon pins pandas below the main venv's), installed
+      when the pins change; it has no torch, so it fits no neural networks;
+    - scikit-learn: ``HistGradientBoosting{Regressor,Classifier}()`` with default parameters,
+      strings as pandas categories (as their category codes past ``max_bins`` categories).
+    All predict the same 20% and are scored there by the same code (R² for regression,
+    ROC-AUC for classification, one-vs-rest macro for more than two classes) with numpy.
+    Targets: never more than 0.01 R² / 0.005 AUC behind FLAML, ahead on at least half; at
+    least the best of FLAML, AutoGluon and scikit-learn less 0.005; ahead of AutoGluon on at
+    least half. Time to FLAML's score: Nexus runs again at the shorter ``--reach`` budgets
+    (default 10 and 30 s), shortest first, and the table gives the first budget whose test
+    score reaches FLAML's full-budget score (the full budget where none does, more than it
+    where even that does not) and that job's wall seconds; the extra Nexus
+    runs add at most 40 s of budget per dataset. FLAML is the ``bench`` extra (scripts/bench
+    installs it when ``quality`` is asked for). A tool that fails (AutoGluon's install, say)
+    is an error in its cell, not the end of the bench.
 
 Usage: scripts/bench [overhead] [quality] [--trials N] [--epochs E] [--rounds R]
-                     [--pruner none|median|hyperband] [--datasets a,b] [--budget S] [--out FILE]
+                     [--pruner none|median|hyperband] [--datasets a,b] [--budget S]
+                     [--systems nexus,flaml,autogluon,sklearn] [--reach 10,30] [--out FILE]
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -39,7 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -367,12 +383,28 @@ def class_auc(labels, classes: list[str], proba) -> float:
 
 
 def _truth(test_path: Path, enc: str, target: str):
-    """The test rows' target as text, and which rows have one (both tools skip the rest)."""
+    """The test rows' target as text, and which rows have one (every tool skips the rest)."""
     import pandas as pd
 
     y = pd.read_csv(test_path, dtype=str, encoding=enc)[target].str.strip()
     keep = y.notna() & (y != "")
     return y, keep.to_numpy()
+
+
+def _score(y, regression: bool, values=None, classes: list[str] | None = None, proba=None) -> float:
+    """The one scoring path of every tool: R² of ``values``, or the class AUC of ``proba``
+    (columns in ``classes`` order), against ``y``, the kept test rows' target as text."""
+    import numpy as np
+
+    if len(y) != len(values if regression else proba):
+        raise ValueError(f"{len(y)} test rows, {len(values if regression else proba)} predictions")
+    if regression:
+        return r2_score(y.astype(float), values)
+    return class_auc(np.asarray(y).astype(str), list(classes or []), proba)
+
+
+def _metric(regression: bool) -> str:
+    return "r2" if regression else "roc_auc"
 
 
 def _nexus_case(client, case: QualityCase, train: Path, test: Path, enc: str, budget: float) -> dict:
@@ -390,18 +422,19 @@ def _nexus_case(client, case: QualityCase, train: Path, test: Path, enc: str, bu
     y, keep = _truth(test, enc, case.target)
     regression = not result.classes
     if regression:
-        score = r2_score(y[keep].astype(float), np.array([r.value for r in result.rows])[keep])
+        score = _score(y[keep], True, values=np.array([r.value for r in result.rows])[keep])
     else:
-        proba = np.array([r.probabilities for r in result.rows])[keep]
-        score = class_auc(y[keep].to_numpy(), list(result.classes), proba)
-    return {"metric": "r2" if regression else "roc_auc", "score": score, "seconds": seconds,
+        score = _score(y[keep], False, classes=list(result.classes),
+                       proba=np.array([r.probabilities for r in result.rows])[keep])
+    return {"metric": _metric(regression), "score": score, "seconds": seconds,
             "trials": job.trials.complete + job.trials.pruned, "best_params": json.loads(job.best_params_json or "{}")}
 
 
-def _flaml_frame(path: Path, enc: str, case: QualityCase, categories: dict | None = None):
-    """Minimal preparation for FLAML: pandas' own parsing, the dropped columns and rows
-    without a target removed, text columns as pandas categories (FLAML's documented input
-    for categoricals), the test file's categories taken from the training file's."""
+def _categorical_frame(path: Path, enc: str, case: QualityCase, categories: dict | None = None):
+    """Minimal preparation for FLAML and scikit-learn: pandas' own parsing, the dropped
+    columns and rows without a target removed, text columns as pandas categories (the
+    documented input for categoricals of both), the test file's categories taken from the
+    training file's."""
     import pandas as pd
 
     df = pd.read_csv(path, encoding=enc, dtype={case.target: str})
@@ -413,7 +446,8 @@ def _flaml_frame(path: Path, enc: str, case: QualityCase, categories: dict | Non
         if categories is None and (pd.api.types.is_string_dtype(df[col]) or pd.api.types.is_object_dtype(df[col])):
             cats[col] = df[col].astype("category").cat.categories
         if col in cats:
-            df[col] = pd.Categorical(df[col], categories=cats[col])
+            # A value the training file lacks is missing (pandas 4 will refuse it as such).
+            df[col] = pd.Categorical(df[col].where(df[col].isin(cats[col])), categories=cats[col])
     return df, y, keep, cats
 
 
@@ -421,48 +455,224 @@ def _flaml_case(case: QualityCase, train: Path, test: Path, enc: str, budget: fl
     from flaml import AutoML
 
     t0 = time.perf_counter()
-    X, y, keep, cats = _flaml_frame(train, enc, case)
+    X, y, keep, cats = _categorical_frame(train, enc, case)
     X, y = X[keep], y[keep]
     automl = AutoML()
     task = "regression" if regression else "classification"
     automl.fit(X, y.astype(float) if regression else y, task=task, time_budget=budget,
                metric="r2" if regression else "roc_auc" if y.nunique() == 2 else "roc_auc_ovr",
                seed=0, verbose=0, n_jobs=os.cpu_count() or 1)
-    X_test, y_test, keep_test, _ = _flaml_frame(test, enc, case, cats)
+    X_test, y_test, keep_test, _ = _categorical_frame(test, enc, case, cats)
     X_test, y_test = X_test[keep_test], y_test[keep_test]
     if regression:
-        score = r2_score(y_test.astype(float), automl.predict(X_test))
+        score = _score(y_test, True, values=automl.predict(X_test))
     else:
-        classes = [str(c) for c in automl.classes_]
-        score = class_auc(y_test.to_numpy(), classes, automl.predict_proba(X_test))
-    return {"metric": "r2" if regression else "roc_auc", "score": score,
+        score = _score(y_test, False, classes=[str(c) for c in automl.classes_], proba=automl.predict_proba(X_test))
+    return {"metric": _metric(regression), "score": score,
             "seconds": time.perf_counter() - t0, "best_estimator": automl.best_estimator}
 
 
-def bench_quality(names: list[str] | None, budget: float) -> dict:
-    """Each dataset in turn (never two tools at once: they would share the cores), Nexus
-    first, then FLAML, on the same split."""
+def _as_codes(X, columns: list[str]):
+    """``columns`` (categoricals) as their category codes, missing and unseen values NaN."""
+    import numpy as np
+
+    X = X.copy()
+    for col in columns:
+        X[col] = X[col].cat.codes.astype(float).replace(-1.0, np.nan)
+    return X
+
+
+def _sklearn_case(case: QualityCase, train: Path, test: Path, enc: str, regression: bool) -> dict:
+    """scikit-learn's HistGradientBoosting with its default parameters, the floor an AutoML
+    tool should clear. Text columns go in as pandas categories, as for FLAML; the estimator
+    refuses a categorical with more categories than ``max_bins`` (titanic's names, the date
+    columns), so such a column goes in as its category codes, an ordinal encoding."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    t0 = time.perf_counter()
+    model = (HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier)(
+        categorical_features="from_dtype")
+    X, y, keep, cats = _categorical_frame(train, enc, case)
+    wide = [col for col, values in cats.items() if len(values) > model.max_bins]
+    model.fit(_as_codes(X[keep], wide), y[keep].astype(float) if regression else y[keep])
+    X_test, y_test, keep_test, _ = _categorical_frame(test, enc, case, cats)
+    X_test, y_test = _as_codes(X_test[keep_test], wide), y_test[keep_test]
+    if regression:
+        score = _score(y_test, True, values=model.predict(X_test))
+    else:
+        score = _score(y_test, False, classes=[str(c) for c in model.classes_], proba=model.predict_proba(X_test))
+    return {"metric": _metric(regression), "score": score, "seconds": time.perf_counter() - t0,
+            "iterations": int(model.n_iter_), "ordinal_columns": wide}
+
+
+AUTOGLUON_VENV = ROOT / ".bench-venv" / "autogluon"
+AUTOGLUON_PINS = ROOT / "scripts" / "bench-autogluon.txt"
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    """The end of a failed process's stderr, where pip and Python put the error, less pip's
+    warnings (about this machine's index, one per package: they would crowd the error out)."""
+    lines = [line.strip() for line in text.strip().splitlines() if not line.startswith("WARNING:")]
+    return " | ".join(lines[-n:])
+
+
+def _run_or_raise(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {_last_lines(proc.stderr)}")
+
+
+def autogluon_venv() -> dict:
+    """AutoGluon's own venv (it pins pandas below the main venv's): its python, and the
+    seconds spent installing it, 0 when the stamp says it holds the pinned file's current
+    content already."""
+    python = AUTOGLUON_VENV / "bin" / "python"
+    stamp = AUTOGLUON_VENV / ".bench-installed"
+    want = hashlib.sha256(AUTOGLUON_PINS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text() == want:
+        return {"python": str(python), "install_s": 0.0}
+    print(f"  installing {AUTOGLUON_PINS.relative_to(ROOT)} into {AUTOGLUON_VENV.relative_to(ROOT)}",
+          file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    # --clear: packages of an older pin list do not linger beside the new one's.
+    _run_or_raise([sys.executable, "-m", "venv", "--clear", str(AUTOGLUON_VENV)])
+    _run_or_raise([str(python), "-m", "pip", "install", "-q", "-r", str(AUTOGLUON_PINS)])
+    stamp.write_text(want)
+    return {"python": str(python), "install_s": time.perf_counter() - t0}
+
+
+def _autogluon_case(python: str, case: QualityCase, train: Path, test: Path, enc: str, budget: float,
+                    regression: bool) -> dict:
+    """scripts/bench_autogluon.py in AutoGluon's venv; its predictions are scored here."""
+    t0 = time.perf_counter()
+    # A directory of the bench's, so the models go even if AutoGluon's process is killed.
+    with tempfile.TemporaryDirectory() as models:
+        cmd = [python, str(ROOT / "scripts" / "bench_autogluon.py"), "--train", str(train), "--test", str(test),
+               "--encoding", enc, "--target", case.target, "--drop", ",".join(case.drop), "--budget", str(budget),
+               "--model-dir", str(Path(models) / "autogluon"), *(["--regression"] if regression else [])]
+        # AutoGluon keeps to its time limit; the timeout is for a process that hangs.
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3 * budget + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_autogluon.py exited {proc.returncode}: {_last_lines(proc.stderr)}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    y, keep = _truth(test, enc, case.target)
+    score = _score(y[keep], regression, values=out.get("values"), classes=out.get("classes"), proba=out.get("proba"))
+    return {"metric": _metric(regression), "score": score, "seconds": out["seconds"],
+            "process_seconds": time.perf_counter() - t0, "best_model": out["best_model"], "models": out["models"],
+            "version": out["version"]}
+
+
+def _attempt(run: Callable[[], dict]) -> dict:
+    """A tool's result, or its error: one tool failing (AutoGluon's install, say) is a cell
+    of the table, not the end of the bench."""
+    t0 = time.perf_counter()
+    try:
+        return run()
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
+
+
+SYSTEMS = ("nexus", "flaml", "autogluon", "sklearn")
+BASELINES = ("flaml", "autogluon", "sklearn")
+BEST_OF_THREE_TARGET = 0.005   # the most Nexus may trail the best baseline, R² or AUC
+
+
+def _versus(nexus: dict, other: dict, margin: float) -> bool | None:
+    """Whether Nexus scored more than ``other`` less ``margin``; None where either was not
+    run or ``other`` failed, False where Nexus failed."""
+    if not nexus or "score" not in other:
+        return None
+    return "score" in nexus and nexus["score"] - other["score"] > -margin
+
+
+def _quality_row(metric: str, runs: dict[str, dict]) -> dict:
+    nexus = runs["nexus"].get("score")
+    scored = {s: runs[s]["score"] for s in BASELINES if "score" in runs[s]}
+    best = max(scored, key=lambda s: scored[s]) if scored else None
+    best_run = runs[best] if best else {}
+    flaml = runs["flaml"].get("score")
+    return {
+        "metric": metric, **runs,
+        "delta": nexus - flaml if nexus is not None and flaml is not None else None,
+        # The margins are inclusive: a delta of exactly -target is within it.
+        "within_target": _versus(runs["nexus"], runs["flaml"], QUALITY_TARGETS[metric] + 1e-12),
+        "best_of_three": best_run.get("score"), "best_of_three_system": best,
+        "delta_best_of_three": nexus - best_run["score"] if nexus is not None and best else None,
+        "within_best_of_three": _versus(runs["nexus"], best_run, BEST_OF_THREE_TARGET + 1e-12),
+        "ahead_of_autogluon": _versus(runs["nexus"], runs["autogluon"], 0.0),
+    }
+
+
+def _reach_flaml(nexus_at: Callable[[float], dict], budgets: list[float], budget: float, nexus: dict,
+                 flaml: dict) -> dict | None:
+    """How long Nexus takes to reach FLAML's score at the full budget (to score as much
+    or more): Nexus runs again at each shorter budget of ``budgets``,
+    shortest first, until one reaches it; the full-budget run counts last. Not run where the
+    full-budget run did not reach it (the answer is then "more than the budget")."""
+    if "score" not in nexus or "score" not in flaml:
+        return None
+    goal = flaml["score"]
+    if nexus["score"] < goal:
+        return {"goal": goal, "budget_s": None, "seconds": None, "tried": []}
+    tried = []
+    for b in sorted(b for b in budgets if b < budget):
+        run = nexus_at(b)
+        tried.append({"budget_s": b, "score": run.get("score"), "seconds": run["seconds"]})
+        if run.get("score", -math.inf) >= goal:
+            return {"goal": goal, "budget_s": b, "seconds": run["seconds"], "tried": tried}
+    return {"goal": goal, "budget_s": budget, "seconds": nexus["seconds"], "tried": tried}
+
+
+def _count(rows: dict[str, dict], key: str) -> tuple[int, int]:
+    """How many rows say yes to ``key``, of those that compared at all."""
+    values = [r[key] for r in rows.values() if r[key] is not None]
+    return sum(values), len(values)
+
+
+def bench_quality(names: list[str] | None, budget: float, systems: tuple[str, ...] = SYSTEMS,
+                  reach: tuple[float, ...] = ()) -> dict:
+    """Each dataset in turn and one tool at a time (two at once would share the cores), on
+    the same split: Nexus, FLAML, AutoGluon, scikit-learn, then Nexus at the ``reach``
+    budgets for the time it takes to reach FLAML's score."""
     from nexus_client.client import NexusClient
 
     cases = [c for c in QUALITY_CASES if names is None or c.name in names]
+    venv = _attempt(autogluon_venv) if "autogluon" in systems else {}
     rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp, node_process(Path(tmp) / "node", slots=0) as (address, _):
-        client = NexusClient(address)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        client = None
+        if "nexus" in systems:
+            address, _ = stack.enter_context(node_process(Path(tmp) / "node", slots=0))
+            client = NexusClient(address)
         for case in cases:
             train, test, enc = split_80_20(SHARED / f"{case.name}.csv", Path(tmp))
-            nexus = _nexus_case(client, case, train, test, enc, budget)
-            flaml = _flaml_case(case, train, test, enc, budget, case.regression)
-            delta = nexus["score"] - flaml["score"] if "score" in nexus else None
-            rows[case.name] = {"metric": flaml["metric"], "nexus": nexus, "flaml": flaml, "delta": delta,
-                               "within_target": delta is not None and delta >= -QUALITY_TARGETS[flaml["metric"]]}
-            print(f"  {case.name}: {flaml['metric']} nexus {nexus.get('score')} flaml {flaml['score']:.4f}",
+            reg = case.regression
+            runners: dict[str, Callable[[], dict]] = {
+                "nexus": lambda: _nexus_case(client, case, train, test, enc, budget),
+                "flaml": lambda: _flaml_case(case, train, test, enc, budget, reg),
+                "autogluon": lambda: (_autogluon_case(venv["python"], case, train, test, enc, budget, reg)
+                                      if "python" in venv else {"error": f"no AutoGluon venv: {venv['error']}"}),
+                "sklearn": lambda: _sklearn_case(case, train, test, enc, reg),
+            }
+            runs = {s: _attempt(runners[s]) if s in systems else {} for s in SYSTEMS}
+            row = _quality_row(_metric(reg), runs)
+            row["reach_flaml"] = _reach_flaml(
+                lambda b: _attempt(lambda: _nexus_case(client, case, train, test, enc, b)),
+                list(reach), budget, runs["nexus"], runs["flaml"])
+            rows[case.name] = row
+            print(f"  {case.name}: {row['metric']} " + " ".join(f"{s} {_score_cell(runs[s])}" for s in systems),
                   file=sys.stderr, flush=True)
-    deltas = [r["delta"] for r in rows.values() if r["delta"] is not None]
+    ahead_ag, compared_ag = _count(rows, "ahead_of_autogluon")
+    within_best, compared_best = _count(rows, "within_best_of_three")
+    within_flaml = [r["within_target"] for r in rows.values() if r["within_target"] is not None]
     return {
-        "budget_s": budget, "split_seed": 0, "datasets": rows,
-        "ahead": sum(d > 0 for d in deltas), "compared": len(rows),
-        "all_within_target": all(r["within_target"] for r in rows.values()),
-        "targets": QUALITY_TARGETS,
+        "budget_s": budget, "split_seed": 0, "systems": list(systems), "reach_budgets_s": list(reach),
+        "autogluon_venv": venv, "datasets": rows,
+        "ahead": sum(r["delta"] is not None and r["delta"] > 0 for r in rows.values()), "compared": len(rows),
+        "all_within_target": all(within_flaml) if within_flaml else None,
+        "ahead_of_autogluon": ahead_ag, "compared_with_autogluon": compared_ag,
+        "within_best_of_three": within_best, "compared_with_best_of_three": compared_best,
+        "targets": QUALITY_TARGETS, "best_of_three_target": BEST_OF_THREE_TARGET,
     }
 
 
@@ -519,18 +729,62 @@ def node_process(data_dir: Path, slots: int, pruner: str = "") -> Iterator[tuple
         proc.wait(30)
 
 
+def _score_cell(run: dict) -> str:
+    return f"{run['score']:.4f}" if "score" in run else "error" if "error" in run else "-"
+
+
+def _seconds_cell(run: dict) -> str:
+    return f"{run['seconds']:.0f}" if "seconds" in run else "-"
+
+
+def _signed_cell(x: float | None) -> str:
+    return "" if x is None else f"{x:+.4f}"
+
+
+def _yes_cell(x: bool | None) -> str:
+    return "" if x is None else "yes" if x else "NO"
+
+
+def _reach_cell(reach: dict | None, budget: float) -> str:
+    if reach is None:
+        return ""
+    if reach["budget_s"] is None:
+        return f">{budget:.0f}"
+    return f"{reach['budget_s']:.0f} ({reach['seconds']:.0f})"
+
+
 def print_quality(q: dict) -> None:
-    rows = [("dataset", "metric", "Nexus", "FLAML", "delta", "ok", "Nexus s", "FLAML s")]
+    rows = [("dataset", "metric", "Nexus", "FLAML", "AutoGluon", "sklearn", "best3", "vs FLAML", "ok", "vs best3",
+             "ok", ">AG", "to FLAML", "Nexus s", "FLAML s", "AG s", "skl s")]
+    errors = []
     for name, r in q["datasets"].items():
-        n, f = r["nexus"], r["flaml"]
-        rows.append((name, r["metric"], f"{n['score']:.4f}" if "score" in n else "failed", f"{f['score']:.4f}",
-                     f"{r['delta']:+.4f}" if r["delta"] is not None else "", "yes" if r["within_target"] else "NO",
-                     f"{n['seconds']:.0f}", f"{f['seconds']:.0f}"))
+        rows.append((name, r["metric"], *(_score_cell(r[s]) for s in SYSTEMS),
+                     "" if r["best_of_three"] is None else f"{r['best_of_three']:.4f}",
+                     _signed_cell(r["delta"]), _yes_cell(r["within_target"]),
+                     _signed_cell(r["delta_best_of_three"]), _yes_cell(r["within_best_of_three"]),
+                     _yes_cell(r["ahead_of_autogluon"]), _reach_cell(r["reach_flaml"], q["budget_s"]),
+                     *(_seconds_cell(r[s]) for s in SYSTEMS)))
+        errors += [f"  {name} {s}: {r[s]['error'][:400]}" for s in SYSTEMS if "error" in r[s]]
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    print(f"budget {q['budget_s']:.0f} s each; Nexus ahead on {q['ahead']} of {q['compared']}; "
-          f"within target everywhere: {q['all_within_target']}")
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
+    if errors:
+        print("errors:", *errors, sep="\n")
+    t = q["targets"]
+    print(f"budget {q['budget_s']:.0f} s each; Nexus ahead of FLAML on {q['ahead']} of {q['compared']}, within "
+          f"{t['r2']} R² / {t['roc_auc']} AUC of FLAML everywhere: {q['all_within_target']}")
+    print(f"ahead of AutoGluon on {q['ahead_of_autogluon']} of {q['compared_with_autogluon']} (target: half); "
+          f"within {q['best_of_three_target']} of the best of FLAML, AutoGluon and scikit-learn (best3) on "
+          f"{q['within_best_of_three']} of {q['compared_with_best_of_three']} (target: all)")
+    if any(r["reach_flaml"] for r in q["datasets"].values()):
+        budgets = ", ".join(f"{b:g}" for b in sorted({*q["reach_budgets_s"], q["budget_s"]}) if b <= q["budget_s"])
+        print(f"to FLAML: the shortest Nexus budget (of {budgets} s) whose test score reaches "
+              "FLAML's at the full budget, and in brackets that job's wall seconds")
+    versions = {r["autogluon"]["version"] for r in q["datasets"].values() if "version" in r["autogluon"]}
+    if versions:
+        install = q["autogluon_venv"].get("install_s", 0.0)
+        print(f"AutoGluon {', '.join(sorted(versions))}, presets medium_quality, no torch (so no neural networks); "
+              + (f"its venv installed in {install:.0f} s" if install else "its venv already installed"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +802,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="overhead: the pruner of both sides (default none: see bench_overhead on why)")
     ap.add_argument("--datasets", default="", help="quality: comma-separated dataset names (default: all)")
     ap.add_argument("--budget", type=float, default=60.0, help="quality: wall-clock seconds for each tool")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"quality: comma-separated systems to run (default: all of {', '.join(SYSTEMS)})")
+    ap.add_argument("--reach", default="10,30",
+                    help="quality: shorter Nexus budgets (s) tried for the time to reach FLAML's score "
+                         "(default 10,30; '' for none)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     a = ap.parse_args(argv)
     unknown = set(a.which) - {"overhead", "quality"}
@@ -557,13 +816,20 @@ def main(argv: list[str] | None = None) -> int:
     known = {c.name for c in QUALITY_CASES}
     if names and set(names) - known:
         ap.error(f"unknown datasets {sorted(set(names) - known)}; known: {', '.join(sorted(known))}")
-    # The quality bench takes a quarter of an hour: it runs only when asked for by name.
+    systems = tuple(s for s in SYSTEMS if s in {n.strip() for n in a.systems.split(",")})
+    if set(n.strip() for n in a.systems.split(",") if n.strip()) - set(SYSTEMS) or not systems:
+        ap.error(f"--systems takes some of {', '.join(SYSTEMS)}")
+    try:
+        reach = tuple(float(b) for b in a.reach.split(",") if b.strip())
+    except ValueError:
+        ap.error(f"--reach takes comma-separated seconds, not {a.reach!r}")
+    # The quality bench takes about half an hour: it runs only when asked for by name.
     a.which = a.which or ["overhead"]
     results: dict[str, dict] = {}
     if "overhead" in a.which:
         results["overhead"] = bench_overhead(a.trials, a.epochs, a.width, a.batch, a.rounds, a.pruner)
     if "quality" in a.which:
-        results["quality"] = bench_quality(names, a.budget)
+        results["quality"] = bench_quality(names, a.budget, systems, reach)
     rows = [("figure", "value", "target")]
     if "overhead" in results:
         r = results["overhead"]
@@ -584,8 +850,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     if len(rows) > 1:
-        for r in rows:
-            print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+        for line in rows:
+            print("  ".join(c.ljust(w[i]) for i, c in enumerate(line)))
     if "quality" in results:
         print_quality(results["quality"])
     a.out.parent.mkdir(parents=True, exist_ok=True)
