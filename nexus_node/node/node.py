@@ -28,7 +28,7 @@ from optuna.storages import JournalStorage
 from nexus_node import __version__
 from nexus_node._generated import api_pb2 as optuna_api_pb2
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, runner_pb2_grpc
+from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, runner_pb2, runner_pb2_grpc
 from nexus_node.api import convert
 from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
 from nexus_node.api.peer_service import PeerServicer, add_peer_service
@@ -60,6 +60,14 @@ from nexus_node.work.agent import WorkerAgent
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
 
 log = logging.getLogger(__name__)
+
+#: The node's own services, as health checks and reflection name them.
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["NexusService"].full_name,
+    optuna_api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
+    peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name,
+    runner_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
+)
 
 
 class _DiskFields(TypedDict, total=False):
@@ -277,8 +285,11 @@ class Node:
                             writes_job_studies=auth.is_peer if self.secured else lambda metadata: True)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        # Every service the node serves, by the name a health check asks for: a supervisor
+        # or load balancer that checks the one it uses gets an answer, not NOT_FOUND.
+        served = ("", *SERVICE_NAMES)
         # The library says SERVING for the whole server by default: not before the mesh started.
-        for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
+        for name in served:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection((
             pb.DESCRIPTOR.services_by_name["NexusService"].full_name,
@@ -300,7 +311,7 @@ class Node:
             self._watch(self.worker.task, "the worker's work stream loop")
         for task in mesh.vital_tasks:
             self._watch(task, f"the mesh task {task.get_name()}")
-        for name in ("", pb.DESCRIPTOR.services_by_name["NexusService"].full_name):
+        for name in served:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
         if self._llm is not None:

@@ -156,6 +156,10 @@ def test_with_the_token_calls_succeed_and_health_needs_none(secured):
     channel = grpc.insecure_channel(secured.address)
     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # Each service by its own name too, as a supervisor checking the one it uses asks.
+    for name in ("nexus.v1.NexusService", "optuna.StorageService", "nexus.v1.PeerService", "nexus.v1.RunnerService"):
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
 
 
 def test_a_read_token_reads_the_study_but_cannot_write_it(secured, credentials):
