@@ -530,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print JSON on stdout")
         return p
 
-    p = add("submit", cmd_submit, "upload a CSV file and start a job; prints the job id", json_flag=True)
-    p.add_argument("file", metavar="FILE.csv")
+    p = add("submit", cmd_submit, "upload a table (CSV or TSV, .csv.gz, Parquet) and start a job; prints the job id",
+            json_flag=True)
+    p.add_argument("file", metavar="FILE")
     p.add_argument("--target", required=True, metavar="COL", help="the column to predict")
     p.add_argument("--use-case", default="", metavar="TEXT", help="the goal in plain words")
     p.add_argument("--trials", type=int, default=0, metavar="N", help="trial budget (default: the node's)")
@@ -549,9 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("trials", cmd_trials, "list a job's trials", json_flag=True).add_argument("job", metavar="JOB")
     add("models", cmd_models, "list models", json_flag=True)
 
-    p = add("predict", cmd_predict, "predict every row of a CSV file (CSV out)")
+    p = add("predict", cmd_predict, "predict every row of a table (CSV or TSV, .csv.gz, Parquet); CSV out")
     p.add_argument("model", metavar="MODEL_OR_JOB")
-    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("file", metavar="FILE")
     p.add_argument("-o", "--output", metavar="OUT.csv", help="write here instead of stdout")
 
     p = add("export", cmd_export, "download a model's artifact and verify its sha256")

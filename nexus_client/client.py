@@ -220,13 +220,15 @@ class NexusClient:
         drop_columns: Iterable[str] = (),
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> nexus_pb2.Job:
-        """Upload a CSV file and start a job on it.
+        """Upload a table file and start a job on it.
 
         The file is streamed in ``chunk_size`` pieces, never read whole into memory. The
         node acknowledges once the job is durably stored.
 
         Args:
-            path: the CSV file, with a header row.
+            path: the table: CSV or TSV text with a header row (UTF-8, UTF-16 or Latin-1;
+                comma, semicolon, tab or pipe between cells), optionally gzip-compressed,
+                or a Parquet file. The node detects which and records it on the job.
             target: the column to predict, as written in the header.
             use_case: the goal in plain words; it steers the constraints and the summary.
             max_trials: trial budget; 0 lets the node choose.
@@ -341,7 +343,7 @@ class NexusClient:
     def predict_stream(
         self, model_or_job_id: str, csv_data: CsvSource, chunk_size: int = DEFAULT_CHUNK_SIZE
     ) -> Iterator[nexus_pb2.PredictResponse]:
-        """The raw Predict stream: CSV (a path or bytes, with a header row) in, batches of
+        """The raw Predict stream: a table (a path or bytes, any format ``submit`` takes) in, batches of
         predictions out. The first response carries the class labels."""
         first = nexus_pb2.PredictRequest(model_id=model_or_job_id)
         with contextlib.ExitStack() as stack:
@@ -360,7 +362,7 @@ class NexusClient:
                 call.cancel()
 
     def predict(self, model_or_job_id: str, csv_data: CsvSource) -> PredictResult:
-        """Predict every row of a CSV (a path or bytes, with a header row).
+        """Predict every row of a table (a path or bytes, any format :meth:`submit` takes).
 
         Columns the model was trained on must be present; extra columns are ignored.
 
@@ -393,7 +395,7 @@ class NexusClient:
 
         Args:
             model_or_job_id: a model id or the id of the job that produced it.
-            in_path: the input CSV (a path or bytes).
+            in_path: the input table (a path or bytes, any format :meth:`submit` takes).
             out: a path to write, or an open text stream (e.g. ``sys.stdout``).
             outside: when given, counts the rows outside the training range (the CSV
                 itself keeps its columns).
@@ -627,6 +629,7 @@ def job_to_dict(job: nexus_pb2.Job) -> dict[str, Any]:
         "finished_at": _time(job.finished_at),
         "seed": job.seed,
         "encoding": job.encoding,
+        "input_format": job.input_format,
         "study_name": job.study_name,
         "dataset_sha256": job.dataset_sha256,
         "dataset_bytes": job.dataset_bytes,

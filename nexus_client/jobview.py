@@ -31,8 +31,8 @@ def format_columns(profile: Mapping[str, Any]) -> list[str]:
     head = f"{len(cols) - len(dropped)} used, {len(dropped)} dropped"
     if profile.get("n_features"):
         head += f", {profile['n_features']} encoded features"
-    if profile.get("encoding"):
-        head += f", read as {profile['encoding']}"
+    if profile.get("format") or profile.get("encoding"):
+        head += f", read as {profile.get('format') or profile['encoding']}"
     lines = [f"columns      {head}"]
     for label, names in (("numeric", numeric), ("categorical", categorical)):
         if names:

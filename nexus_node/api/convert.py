@@ -11,6 +11,7 @@ from nexus_node.cluster.tokens import TokenRecord
 from nexus_node.cluster.view import ClusterView, MemberInfo
 from nexus_node.jobs.events import JobEvent, TrialView
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
+from nexus_node.pipeline.tableformat import TableFormat
 
 TASKS = {"regression": pb.REGRESSION, "binary": pb.BINARY, "multiclass": pb.MULTICLASS}
 
@@ -59,8 +60,19 @@ def job_to_pb(j: JobRecord) -> pb.Job:
         summary_model=j.summary_model, summary_fallback=j.summary_fallback,
         evaluated_model_rows=j.evaluated_model_rows, test_rows=j.test_rows,
         final_model_rows=j.final_model_rows, members=members_to_pb(j.members), model_selection=j.model_selection,
+        input_format=_describe_format(j.input_format),
     )
     return msg
+
+
+def _describe_format(recorded: dict[str, str]) -> str:
+    """A job's recorded table format in words ("" for a job recorded before formats were)."""
+    if not recorded:
+        return ""
+    try:
+        return TableFormat.from_dict(recorded).describe()
+    except ValueError:
+        return ""
 
 
 def trial_to_pb(t: TrialView) -> pb.TrialInfo:

@@ -182,7 +182,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
             spec, path = await self._receive_file("spec", request_iterator, self.max_upload_bytes, "upload",
                                                   "--max-upload-mb")
             try:
-                job = await self.manager.submit(convert.spec_from_pb(spec), path)
+                job = await self.manager.submit(convert.spec_from_pb(spec), path, self.max_upload_bytes,
+                                                "--max-upload-mb")
             finally:
                 await files.remove(path)   # moved into the blob store when accepted
             return pb.SubmitJobResponse(job_id=job.job_id, job=convert.job_to_pb(job))
@@ -234,7 +235,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                     raise InvalidInput("the prediction input is empty: send a CSV with a header row")
                 row = 0
                 first = True
-                async for classes, rows in self.manager.predict(str(model_id), path):
+                async for classes, rows in self.manager.predict(str(model_id), path, self.max_predict_bytes,
+                                                                "--max-predict-mb"):
                     for start in range(0, len(rows), PREDICT_BATCH):
                         batch = [
                             pb.Prediction(row=row + i, label=str(p["label"]), value=float(p["value"]),

@@ -2,7 +2,8 @@
 
 Everything a job's stages will use is checked here, before anything is stored, so that an
 accepted job does not fail on its input later: the spec alone (:func:`validate_spec`), then
-the upload (:func:`~nexus_node.pipeline.csvcheck.check_csv`) and the metric against the task
+the upload (:func:`~nexus_node.pipeline.csvcheck.check_csv`; a Parquet file in a runner) and
+the metric against the task
 its target defines (:func:`validate_metric`). A problem is an
 :class:`~nexus_node.errors.InvalidInput` whose message says what to fix.
 """
@@ -14,11 +15,13 @@ import dataclasses
 import math
 import secrets
 from pathlib import Path
+from typing import Awaitable, Callable
 
-from nexus_node.errors import InvalidInput
+from nexus_node.errors import InvalidInput, NexusError
 from nexus_node.jobs.context import JobContext
 from nexus_node.jobs.records import JOB_STUDY_PREFIX, PENDING, JobRecord, JobSpecRecord
-from nexus_node.pipeline.csvcheck import check_csv
+from nexus_node.pipeline.csvcheck import CsvSummary, check_csv, upload_container
+from nexus_node.pipeline.tableformat import PARQUET
 from nexus_node.study.constraints import parse_override
 
 METRICS = {  # name -> maximize
@@ -81,18 +84,42 @@ def validate_metric(spec: JobSpecRecord, task: str) -> None:
             f"job; choose one of {list(fits)}, or no metric for the default ({DEFAULT_METRIC[task]})")
 
 
-async def submit(ctx: JobContext, spec: JobSpecRecord, upload: Path) -> JobRecord:
-    """Validate the spec and upload, store the CSV, commit the job (the coordinator, maybe
+#: Checks an upload the node cannot read itself (Parquet) in a runner:
+#: ``(path, target, drop_columns, max_bytes, limit_flag)`` to its summary.
+RunnerCheck = Callable[[Path, str, list[str], "int | None", str], Awaitable[CsvSummary]]
+
+
+async def submit(ctx: JobContext, spec: JobSpecRecord, upload: Path, *, max_bytes: int | None = None,
+                 limit_flag: str = "", check_in_runner: RunnerCheck | None = None) -> JobRecord:
+    """Validate the spec and upload, store the upload, commit the job (the coordinator, maybe
     this node, starts it when it applies the record).
+
+    A CSV (gzip-compressed or not) is checked here, in a thread
+    (:func:`~nexus_node.pipeline.csvcheck.check_csv`); a Parquet file by ``check_in_runner``
+    (reading it needs pyarrow, which the node does not import). The format detected is
+    recorded on the job (``input_format``), so preparation reads the file the same way.
+
+    Args:
+        max_bytes: The most bytes a compressed upload may expand to (the node's upload limit).
+        limit_flag: The node option that sets it (for the message).
+        check_in_runner: Checks a Parquet upload; without it Parquet is refused.
 
     Raises:
         InvalidInput: nothing is stored; the message says what to fix.
+        TooLarge: the upload expands past ``max_bytes``; nothing is stored.
     """
     validate_spec(spec, ctx.settings.max_trials_limit)
     try:
-        summary = await asyncio.to_thread(check_csv, upload, spec.target, spec.drop_columns)
+        container = await asyncio.to_thread(upload_container, upload)
+        if container == PARQUET:
+            if check_in_runner is None:
+                raise InvalidInput("this node does not read Parquet uploads: send the table as CSV")
+            summary = await check_in_runner(upload, spec.target, list(spec.drop_columns), max_bytes, limit_flag)
+        else:
+            summary = await asyncio.to_thread(check_csv, upload, spec.target, spec.drop_columns, max_bytes,
+                                              limit_flag)
         validate_metric(spec, summary.task)
-    except InvalidInput:
+    except NexusError:
         await asyncio.to_thread(upload.unlink, missing_ok=True)
         raise
     sha, size = await asyncio.to_thread(ctx.blobs.ingest, upload)
@@ -103,8 +130,8 @@ async def submit(ctx: JobContext, spec: JobSpecRecord, upload: Path) -> JobRecor
     job = JobRecord(
         job_id=job_id, spec=spec, state=PENDING, created_at=ctx.clock(), seed=seed,
         node_id=ctx.node_id, dataset_sha256=sha, dataset_bytes=size,
-        encoding=summary.encoding, study_name=JOB_STUDY_PREFIX + job_id,
-        message=f"{summary.target_present} rows with a target, read as {summary.encoding}",
+        encoding=summary.encoding, input_format=summary.format.to_dict(), study_name=JOB_STUDY_PREFIX + job_id,
+        message=f"{summary.target_present} rows with a target, read as {summary.format.describe()}",
     )
     await ctx.db.put_job(job)   # committed through consensus before the call returns
     return dataclasses.replace(job)

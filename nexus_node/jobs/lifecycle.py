@@ -206,6 +206,9 @@ class Lifecycle:
             "task": "prepare", "label": f"{job.job_id}/prepare",
             "csv_sha256": job.dataset_sha256, "target": job.spec.target.strip(), "seed": job.seed,
             "drop_columns": [c.strip() for c in job.spec.drop_columns],
+            # As the node read the upload at submit (a job accepted before formats were
+            # recorded has none: prepare detects it).
+            **({"format": dict(job.input_format)} if job.input_format else {}),
         }, task_memory("prepare", job.dataset_bytes))
         # The node that prepared holds the shards; a job never depends on one copy.
         files = {str(k): str(v) for k, v in result["files"].items()}
@@ -215,6 +218,7 @@ class Lifecycle:
         profile = result["profile"]
         job.profile = profile
         job.encoding = result.get("encoding", job.encoding)
+        job.input_format = dict(result.get("format") or job.input_format)
         job.task = profile["task"]
         job.prepared = {
             "files": files,

@@ -106,8 +106,10 @@ class JobManager:
 
     # ---- operations -------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpecRecord, upload: Path) -> JobRecord:
-        return await intake.submit(self.ctx, spec, upload)
+    async def submit(self, spec: JobSpecRecord, upload: Path, max_bytes: int | None = None,
+                     limit_flag: str = "") -> JobRecord:
+        return await intake.submit(self.ctx, spec, upload, max_bytes=max_bytes, limit_flag=limit_flag,
+                                   check_in_runner=self.queries.check_upload)
 
     async def cancel(self, job_id: str, timeout: float = 60.0) -> JobRecord:
         """Commits the cancel (any node); returns once the job has ended, or after ``timeout``."""
@@ -138,6 +140,6 @@ class JobManager:
         return await self.queries.models()
 
     def predict(
-        self, model_or_job: str, csv_path: Path
+        self, model_or_job: str, csv_path: Path, max_bytes: int | None = None, limit_flag: str = ""
     ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]]]]:
-        return self.queries.predict(model_or_job, csv_path)
+        return self.queries.predict(model_or_job, csv_path, max_bytes, limit_flag)

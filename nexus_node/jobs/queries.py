@@ -17,7 +17,9 @@ from typing import Any, AsyncIterator
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
 from nexus_node.jobs.context import JobContext
 from nexus_node.jobs.records import JobRecord, ModelRecord
-from nexus_node.runner.pool import RunnerPool
+from nexus_node.pipeline.csvcheck import CsvSummary
+from nexus_node.pipeline.tableformat import TableFormat
+from nexus_node.runner.pool import RunnerDied, RunnerPool
 from nexus_node.study import studies
 from nexus_node.study.trials import TrialView
 
@@ -65,21 +67,27 @@ class Queries:
         return await self.ctx.db.list_models()
 
     async def predict(
-        self, model_or_job: str, csv_path: Path
+        self, model_or_job: str, csv_path: Path, max_bytes: int | None = None, limit_flag: str = ""
     ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]]]]:
-        """Predictions for a CSV file, as ``(classes, rows)`` batches in row order.
+        """Predictions for a table file (any format training takes), as ``(classes, rows)``
+        batches in row order.
 
         The serve runner sends batches as they are ready, so the node holds one batch at a
         time, not the whole result. Raises the runner's error (e.g. InvalidInput for a
-        missing column) before the first batch.
+        missing column) before the first batch. The training upload's recorded format goes
+        along as a hint (its decimal mark, where the input's own cells leave it open), and
+        ``max_bytes`` bounds what a compressed input may expand to.
         """
         model = await self.model(model_or_job)
         artifact = await self.ctx.fetch_blob(model.artifact_sha256)
+        job = await self.ctx.db.get_job(model.job_id)
         async with self.serve_pool.acquire() as runner:
             runner.current = f"predict {model.model_id}"
             batches: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
             _, fut = await runner.call(
-                {"task": "predict", "artifact_path": str(artifact), "csv_path": str(csv_path)},
+                {"task": "predict", "artifact_path": str(artifact), "csv_path": str(csv_path),
+                 "format_hint": dict(job.input_format) if job is not None else {},
+                 "max_bytes": max_bytes, "limit_flag": limit_flag},
                 on_event=lambda ev: batches.put_nowait(ev["rows"]) if ev.get("kind") == "predictions" else None,
             )
             held: list[dict[str, Any]] | None = None
@@ -98,3 +106,24 @@ class Queries:
             result = fut.result()
             if held is not None:
                 yield list(result.get("classes", model.classes)), held
+
+    async def check_upload(self, path: Path, target: str, drop_columns: builtins.list[str],
+                           max_bytes: int | None, limit_flag: str) -> CsvSummary:
+        """The submit checks of an upload the node cannot read itself (Parquet), on this
+        node's serve runner (:func:`nexus_node.pipeline.csvio.check_table`).
+
+        Raises:
+            InvalidInput, TooLarge: the runner's answer; nothing is stored.
+        """
+        async with self.serve_pool.acquire() as runner:
+            runner.current = "check an upload"
+            try:
+                result = await runner.run({"task": "check", "path": str(path), "target": target,
+                                           "drop_columns": drop_columns, "max_bytes": max_bytes,
+                                           "limit_flag": limit_flag})
+            except RunnerDied as e:
+                raise InvalidInput(f"reading the uploaded file stopped its reader ({e}): it may expand past "
+                                   "this node's memory; send a smaller table") from None
+        return CsvSummary(encoding=str(result.get("encoding", "")), columns=[str(c) for c in result["columns"]],
+                          rows=int(result["rows"]), target_present=int(result["target_present"]),
+                          task=str(result["task"]), format=TableFormat.from_dict(result["format"]))

@@ -48,6 +48,9 @@ class JobRecord:
     dataset_sha256: str = ""
     dataset_bytes: int = 0
     encoding: str = ""
+    # How the upload is read (nexus_node.pipeline.tableformat.TableFormat.to_dict): detected
+    # at submit, given to preparation so that it reads the file the same way.
+    input_format: dict[str, str] = field(default_factory=dict)
     task: str = ""                      # regression | binary | multiclass
     metric: str = ""
     maximize: bool = True

@@ -31,6 +31,7 @@ from nexus_node.pipeline.profile import (
     target_labels,
     target_summary,
 )
+from nexus_node.pipeline.tableformat import TableFormat
 from nexus_node.pipeline.trees import tree_columns
 
 PREPROCESSING_VERSION = 1
@@ -309,20 +310,27 @@ def split_indices(
     return train, val, test
 
 
-def load_training_table(csv_path: str, target: str, drop_columns: Sequence[str]) -> tuple[pd.DataFrame, str, int]:
-    """Read the CSV and check the target and drop list.
+def load_training_table(csv_path: str, target: str, drop_columns: Sequence[str],
+                        fmt: TableFormat | None = None) -> tuple[pd.DataFrame, TableFormat, int]:
+    """Read the upload and check the target and drop list.
+
+    Args:
+        fmt: How the node read the upload at submit (``None`` for a job accepted before the
+            format was recorded: detected again).
 
     Returns:
-        ``(rows with a target value, encoding, number of rows dropped for a missing target)``.
+        ``(rows with a target value, the format read, number of rows dropped for a missing
+        target)``.
 
     Raises:
         InvalidInput: The file is unusable, the target is absent or empty, a drop column
             does not exist, or too few rows remain.
     """
-    df, encoding = csvio.read_table(csv_path)
+    df, fmt = csvio.read_table(csv_path, fmt)
     if target not in df.columns:
         shown = list(df.columns[:12]) + (["..."] if len(df.columns) > 12 else [])
-        hint = " (the file has a single column: is it comma-separated?)" if len(df.columns) == 1 else ""
+        hint = (" (the file has a single column: no comma, semicolon, tab or pipe separates its header)"
+                if len(df.columns) == 1 else "")
         raise InvalidInput(f"target column {target!r} is not in the CSV; available columns: {shown}{hint}")
     unknown = [c for c in drop_columns if c not in df.columns]
     if unknown:
@@ -338,12 +346,12 @@ def load_training_table(csv_path: str, target: str, drop_columns: Sequence[str])
     if len(df) < MIN_ROWS:
         raise InvalidInput(f"only {len(df)} row(s) have a value for {target!r}; at least {MIN_ROWS} "
                            "are needed to train and test a model")
-    return df, encoding, dropped
+    return df, fmt, dropped
 
 
 def prepare(
     csv_path: str, target: str, seed: int, out_dir: str, drop_columns: Sequence[str] = (),
-    test_fraction: float = 0.2, val_fraction: float = 0.2,
+    test_fraction: float = 0.2, val_fraction: float = 0.2, fmt: TableFormat | None = None,
 ) -> dict[str, Any]:
     """The ``prepare`` task: profile, split, fit preprocessing, write arrays.
 
@@ -355,6 +363,7 @@ def prepare(
         drop_columns: Columns the user excludes.
         test_fraction: Share of rows for the final test.
         val_fraction: Share of rows for validation.
+        fmt: How the node read the upload at submit; detected when ``None``.
 
     Returns:
         The task result documented in :mod:`nexus_node.runner.tasks`.
@@ -364,7 +373,8 @@ def prepare(
     """
     if not (0 < test_fraction < 0.5 and 0 < val_fraction < 0.5):
         raise InvalidInput("test and validation fractions must each be between 0 and 0.5")
-    df, encoding, n_dropped = load_training_table(csv_path, target, drop_columns)
+    df, fmt, n_dropped = load_training_table(csv_path, target, drop_columns, fmt)
+    encoding = fmt.encoding
     info = detect_target(df[target], target)
     columns = profile_columns(df, target, drop_columns)
     if all(c.kind == "dropped" for c in columns):
@@ -395,13 +405,14 @@ def prepare(
     profile: dict[str, Any] = {
         "rows": len(df), "rows_dropped_missing_target": n_dropped,
         "n_features": len(prep["feature_names"]), "task": info.task, "target": target, "encoding": encoding,
-        "columns": [c.to_dict() for c in columns], "target_column": target_summary(df[target], info),
+        "format": fmt.describe(), "columns": [c.to_dict() for c in columns], "target_column": target_summary(df[target], info),
     }
     if info.task != "regression":
         profile["classes"] = list(info.classes)
     return {
         "profile": profile,
         "encoding": encoding,
+        "format": fmt.to_dict(),
         "preprocessing": prep,
         "files": files,
         "feature_names": list(prep["feature_names"]),

@@ -103,13 +103,19 @@ def parse_numbers(s: pd.Series) -> np.ndarray:
     column of amounts exported as text is a number column, at training and prediction
     time alike.
     """
+    v = _numbers_with_infinities(s)
+    return np.where(np.isfinite(v), v, np.nan)
+
+
+def _numbers_with_infinities(s: pd.Series) -> np.ndarray:
+    """:func:`parse_numbers` before infinite numbers become NaN."""
     v = np.array(pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan))
     failed = np.isnan(v) & s.notna().to_numpy()
     if failed.any():
         m = s[failed].astype("str").str.extract(_DECORATED)
         cleaned = (m["sign"].fillna("") + m["num"].str.replace(",", "", regex=False)).where(m["num"].notna())
         v[failed] = pd.to_numeric(cleaned, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    return np.where(np.isfinite(v), v, np.nan)
+    return v
 
 
 def parse_dates(s: pd.Series, fmt: str) -> np.ndarray:
@@ -235,13 +241,17 @@ def detect_target(s: pd.Series, name: str) -> TargetInfo:
         name: The target column name (for messages).
 
     Raises:
-        InvalidInput: The target is constant, or text with too many distinct values.
+        InvalidInput: The target holds infinite numbers, is constant, or is text with too
+            many distinct values.
     """
-    numbers = parse_numbers(s)
+    raw = _numbers_with_infinities(s)
+    infinite = np.isinf(raw)
+    numbers = raw[~infinite]
     numeric = not np.isnan(numbers).any()
     uniq = np.unique(numbers) if numeric else np.array(sorted(set(s.tolist())), dtype=object)
     integral = numeric and bool(np.all(uniq == np.round(uniq)))
-    task = target_task(name, numeric, int(uniq.size), integral, str(s.iloc[0]) if len(s) else "")
+    task = target_task(name, numeric, int(uniq.size), integral, str(s.iloc[0]) if len(s) else "",
+                       int(infinite.sum()), str(s[infinite].iloc[0]) if infinite.any() else "")
     if task == "regression":
         return TargetInfo(name, task, True)
     classes = tuple(number_label(v) for v in uniq) if numeric else tuple(str(v) for v in uniq)

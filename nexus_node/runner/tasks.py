@@ -5,13 +5,16 @@
 - ``ping``: ``{"pong", "torch", "device", "cuda_name", "warm_up_s"}`` (the first ping warms torch up;
   ``{"warm_up": false}`` leaves torch unloaded and answers None for its fields).
 - ``prepare``: read, profile, split and encode a CSV (:func:`nexus_node.pipeline.prepare.prepare`).
+- ``check``: the submit checks of an upload the node cannot read itself: Parquet
+  (:func:`nexus_node.pipeline.csvio.check_table`).
 - ``trial``: train one Optuna trial, reporting to the study through the node's storage
   proxy, and finish it there (``tell``).
 - ``finalize``: refit the best configuration (or an ensemble's members) on train+val, test
   it, rank columns by permutation importance, then refit it on every row (train+val+test)
   for the model artifact; ``select`` and ``refit`` are its parts that run apart, so that an
   ensemble's members refit on several nodes at once (:mod:`nexus_node.runner.finalize`).
-- ``predict``: predictions for a CSV from a model artifact.
+- ``predict``: predictions for a table file (CSV, gzip-compressed CSV or Parquet) from a model
+  artifact.
 
 Bad user data raises :class:`~nexus_node.errors.InvalidInput`; the runner sends its kind
 and message to the node. Runners are long-lived and run tasks one at a time, so module
@@ -99,8 +102,24 @@ def _task_ping(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
             "cuda_name": torch.cuda.get_device_name(0) if cuda else None, "warm_up_s": _warm_up_s}
 
 
+def _table_format(req: Mapping[str, Any], key: str) -> Any:
+    """The :class:`~nexus_node.pipeline.tableformat.TableFormat` a request records under
+    ``key`` (a job's ``input_format``), or None when it records none."""
+    from nexus_node.pipeline.tableformat import TableFormat
+
+    recorded = req.get(key)
+    if not recorded:
+        return None
+    try:
+        return TableFormat.from_dict(recorded)
+    except ValueError as e:
+        raise InvalidInput(f"the request's {key} is not a table format: {e}") from None
+
+
 def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """``{csv_path, target, seed, out_dir, drop_columns?, test_fraction?, val_fraction?}``."""
+    """``{csv_path, target, seed, out_dir, drop_columns?, test_fraction?, val_fraction?,
+    format?}``; ``format``: how the node read the upload at submit (the job's
+    ``input_format``), detected again when absent."""
     need(req, "csv_path", "target", "seed", "out_dir")
     from nexus_node.pipeline.prepare import prepare
 
@@ -108,7 +127,22 @@ def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         req["csv_path"], req["target"], int(req["seed"]), req["out_dir"],
         drop_columns=list(req.get("drop_columns") or []),
         test_fraction=float(req.get("test_fraction", 0.2)), val_fraction=float(req.get("val_fraction", 0.2)),
+        fmt=_table_format(req, "format"),
     )
+
+
+def _task_check(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """``{path, target, drop_columns?, max_bytes?, limit_flag?}`` to ``{format, encoding,
+    columns, rows, target_present, task}``: the submit checks of an upload the node cannot
+    read itself (Parquet), :func:`nexus_node.pipeline.csvio.check_table`."""
+    need(req, "path", "target")
+    from nexus_node.pipeline import csvio
+
+    max_bytes = req.get("max_bytes")
+    s = csvio.check_table(req["path"], str(req["target"]), list(req.get("drop_columns") or []),
+                          None if max_bytes is None else int(max_bytes), str(req.get("limit_flag", "")))
+    return {"format": s.format.to_dict(), "encoding": s.encoding, "columns": s.columns, "rows": s.rows,
+            "target_present": s.target_present, "task": s.task}
 
 
 def _storage(spec: Mapping[str, Any]) -> NexusStorageProxy:
@@ -389,15 +423,23 @@ PREDICT_BATCH = 5000
 
 
 def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """``{artifact_path, csv_path}`` to ``{classes, count}``; the predictions themselves go
-    out as events ``{"kind": "predictions", "start": i, "rows": [{label, value,
-    probabilities}, ...]}`` of at most :data:`PREDICT_BATCH` rows, in order, so neither a
-    protocol line nor the node's memory grows with the input."""
+    """``{artifact_path, csv_path, format_hint?, max_bytes?, limit_flag?}`` to ``{classes,
+    count}``; the predictions themselves go out as events ``{"kind": "predictions", "start":
+    i, "rows": [{label, value, probabilities}, ...]}`` of at most :data:`PREDICT_BATCH` rows,
+    in order, so neither a protocol line nor the node's memory grows with the input.
+
+    The input is any table file training takes (:func:`nexus_node.pipeline.csvio.read_table`),
+    its format detected; ``format_hint`` (the training upload's) decides its decimal mark
+    where its own cells do not, and ``max_bytes`` bounds what a compressed input expands to.
+    """
     need(req, "artifact_path", "csv_path")
     from nexus_node.pipeline import csvio
 
     predictor = load_predictor(req["artifact_path"])
-    df, _ = csvio.read_table(req["csv_path"])
+    max_bytes = req.get("max_bytes")
+    df, _ = csvio.read_table(req["csv_path"], hint=_table_format(req, "format_hint"),
+                             max_bytes=None if max_bytes is None else int(max_bytes),
+                             limit_flag=str(req.get("limit_flag", "")), source="the prediction input")
     out = predictor.predict(df)
     rows = out["predictions"]
     for start in range(0, len(rows), PREDICT_BATCH):
@@ -406,6 +448,6 @@ def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 
 _TASKS: dict[str, Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]] = {
-    "ping": _task_ping, "prepare": _task_prepare, "trial": _task_trial,
+    "ping": _task_ping, "prepare": _task_prepare, "check": _task_check, "trial": _task_trial,
     "finalize": task_finalize, "select": task_select, "refit": task_refit, "predict": _task_predict,
 }

@@ -3,11 +3,13 @@ and nothing already stored changes."""
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 import threading
 
 import grpc
+import pandas as pd
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
@@ -16,6 +18,7 @@ from nexus_node.net.auth import secure_channel
 from tests.conftest import free_port
 from tests.node.helpers import predict_requests, rpc_error, stub, submit, submit_requests, watch_until_end
 
+PARQUET = pd.DataFrame({"a": range(20), "b": range(20)}).to_parquet(index=False)   # no column y
 GOOD = b"a,b,y\n" + b"".join(b"%d,%d,%d\n" % (i, i % 3, i * 2) for i in range(40))   # regression
 CLASSES = b"a,b,y\n" + b"".join(b"%d,%d,%s\n" % (i, i % 3, b"yes" if i % 2 else b"no") for i in range(40))
 
@@ -37,6 +40,12 @@ def small_node(tmp_path_factory):
     (b"a,b,y\n" + b"1,2,\n" * 30, "y", grpc.StatusCode.INVALID_ARGUMENT, "empty in every row"),
     (b"a,b,y\n1,2,3\n", "y", grpc.StatusCode.INVALID_ARGUMENT, "at least 10"),
     (b"a,y\n" + b"1,2\n" * 600_000, "y", grpc.StatusCode.RESOURCE_EXHAUSTED, "limit of 1 MiB"),
+    # A gzip upload within the limit that decompresses past it (a zip bomb).
+    (gzip.compress(b"a,y\n" + b"1,2\n" * 600_000), "y", grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "decompresses to more than this node's limit of 1 MiB (the node's --max-upload-mb)"),
+    (b'[{"a": 1, "y": 2}]', "y", grpc.StatusCode.INVALID_ARGUMENT, "looks like JSON"),
+    # Parquet is checked in the serve runner; its answer reaches the client the same way.
+    (PARQUET, "y", grpc.StatusCode.INVALID_ARGUMENT, "target column 'y' is not in the Parquet file"),
 ])
 def test_bad_uploads(small_node, data, target, code, fragment):
     s = stub(small_node.address)
@@ -132,6 +141,23 @@ def test_predict_input_with_text_in_a_numeric_column_names_the_column(small_node
     # column the model does not read.
     ok = list(s.Predict(predict_requests(model, b"a,b\nx,\nNA,?\n"), timeout=60))
     assert sum(len(r.predictions) for r in ok) == 2
+
+
+def test_predict_input_in_another_format_is_read_and_a_gzip_one_is_bounded(small_node):
+    s = stub(small_node.address)
+    model = _completed_model(s)
+    rows = b"a,b\n1,2\n3,0\n"
+    want = [p.value for r in s.Predict(predict_requests(model, rows), timeout=60) for p in r.predictions]
+    for data in (gzip.compress(rows), rows.replace(b",", b"|"), ("\ufeff" + rows.decode()).encode("utf-16-le")):
+        got = [p.value for r in s.Predict(predict_requests(model, data), timeout=60) for p in r.predictions]
+        assert got == pytest.approx(want, rel=1e-6), data
+    # 1.6 MB once decompressed, over the node's 1 MiB for prediction inputs.
+    e = rpc_error(s.Predict, predict_requests(model, gzip.compress(b"a,b\n" + b"1,2\n" * 400_000)), timeout=60)
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
+    assert "decompresses to more than this node's limit of 1 MiB (the node's --max-predict-mb)" in e.details()
+    e = rpc_error(s.Predict, predict_requests(model, b'{"a": 1, "b": 2}'), timeout=60)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "looks like JSON" in e.details(), e.details()
+    assert s.GetModel(pb.GetModelRequest(model_id=model)).model_id == model   # the node serves on
 
 
 def test_predictions_say_which_inputs_lie_outside_the_training_range_and_stay_in_the_target_band(small_node):

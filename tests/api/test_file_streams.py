@@ -32,7 +32,7 @@ class Manager:
         self.blobs = blobs
         self.uploaded = b""
 
-    async def submit(self, spec, upload: Path) -> JobRecord:
+    async def submit(self, spec, upload: Path, max_bytes: int | None = None, limit_flag: str = "") -> JobRecord:
         self.uploaded = await asyncio.to_thread(upload.read_bytes)
         return JobRecord(job_id="job-1", spec=spec)
 

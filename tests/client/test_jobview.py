@@ -32,6 +32,9 @@ def test_columns_section_names_kinds_dates_and_drop_reasons():
     assert "  dropped     rownames       row number: unique, ordered integers" in lines
     assert "  dropped     multiversions  empty: no values" in lines
     assert jobview.format_columns({"rows": 3}) == []
+    # A job prepared since the format is recorded says how its upload was read.
+    euro = jobview.format_columns({**PROFILE, "format": "cp1252 CSV, semicolon-separated, decimal comma"})
+    assert euro[0].endswith("read as cp1252 CSV, semicolon-separated, decimal comma")
 
 
 def test_leaderboard_keeps_the_best_completed_trials_per_family_in_the_study_direction():

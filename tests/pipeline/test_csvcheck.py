@@ -141,3 +141,43 @@ def test_the_task_scan_keeps_bounded_memory(tmp_path):
     for i in range(20_000):
         scan.add(f"label{i}")
     assert len(scan.texts) == MAX_CLASSES + 1 and len(scan.numbers) <= MAX_INTEGER_CLASSES + 1
+
+
+# ---- the files people have (issue 25): accepted at submit, or refused saying what they are ---
+
+def _table(sep: str = ",", decimal: str = ".") -> str:
+    return f"size{sep}city{sep}price\n" + "".join(
+        f"{i * 1.25 + 0.5:.2f}{sep}{'ABC'[i % 3]}{sep}{i * 1234.5 + 10.25:.2f}\n".replace(".", decimal)
+        for i in range(30))
+
+
+@pytest.mark.parametrize("name, data", [
+    ("Excel's Unicode text: UTF-16 with a mark, tabs", ("\ufeff" + _table("\t")).encode("utf-16-le")),
+    ("UTF-16 big-endian", ("\ufeff" + _table()).encode("utf-16-be")),
+    ("gzip-compressed", __import__("gzip").compress(_table().encode())),
+    ("semicolons and decimal commas", _table(";", ",").encode("cp1252")),
+    ("tab-separated", _table("\t").encode()),
+    ("pipe-separated", _table("|").encode()),
+])
+def test_the_files_people_have_are_accepted_at_submit(tmp_path, name, data):
+    s = check_csv(write(tmp_path, data), "price")
+    assert s.columns == ["size", "city", "price"], name
+    assert (s.rows, s.target_present, s.task) == (30, 30, "regression"), name
+
+
+@pytest.mark.parametrize("data, fragment", [
+    (b'[{"size": 1, "price": 2}]', "looks like JSON"),
+    (b"<!doctype html><html><body><table></table></body></html>", "looks like HTML"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a PNG image"),
+])
+def test_json_html_and_binary_uploads_say_what_they_look_like_and_what_is_read(tmp_path, data, fragment):
+    with pytest.raises(InvalidInput) as e:
+        check_csv(write(tmp_path, data), "price")
+    assert fragment in str(e.value)
+    assert "optionally gzip-compressed (.csv.gz), or a Parquet file" in str(e.value)
+
+
+def test_infinite_target_cells_are_named_with_their_count(tmp_path):
+    data = "x,y\n" + "".join(f"{i},{'inf' if i % 13 == 0 else i * 1.37}\n" for i in range(200))
+    with pytest.raises(InvalidInput, match=re.escape("target column 'y' holds 16 infinite value(s)")):
+        check_csv(write(tmp_path, data), "y")

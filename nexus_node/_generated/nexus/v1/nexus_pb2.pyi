@@ -135,7 +135,7 @@ class FeatureImportance(_message.Message):
     def __init__(self, column: _Optional[str] = ..., importance: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "spec", "message", "task", "metric", "maximize", "best_value", "has_best", "trials", "model_id", "test_metrics", "feature_importance", "summary", "constraints_source", "constraints_json", "profile_json", "created_at", "started_at", "finished_at", "seed", "dataset_sha256", "dataset_bytes", "encoding", "study_name", "best_params_json", "node_id", "constraints_model", "constraints_rationale", "constraints_fallback", "summary_source", "summary_model", "summary_fallback", "evaluated_model_rows", "test_rows", "final_model_rows", "members", "model_selection")
+    __slots__ = ("job_id", "state", "spec", "message", "task", "metric", "maximize", "best_value", "has_best", "trials", "model_id", "test_metrics", "feature_importance", "summary", "constraints_source", "constraints_json", "profile_json", "created_at", "started_at", "finished_at", "seed", "dataset_sha256", "dataset_bytes", "encoding", "study_name", "best_params_json", "node_id", "constraints_model", "constraints_rationale", "constraints_fallback", "summary_source", "summary_model", "summary_fallback", "evaluated_model_rows", "test_rows", "final_model_rows", "members", "model_selection", "input_format")
     class TestMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class Job(_message.Message):
     FINAL_MODEL_ROWS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     spec: JobSpec
@@ -219,7 +220,8 @@ class Job(_message.Message):
     final_model_rows: int
     members: _containers.RepeatedCompositeFieldContainer[EnsembleMember]
     model_selection: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., message: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., best_value: _Optional[float] = ..., has_best: _Optional[bool] = ..., trials: _Optional[_Union[TrialCounts, _Mapping]] = ..., model_id: _Optional[str] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., feature_importance: _Optional[_Iterable[_Union[FeatureImportance, _Mapping]]] = ..., summary: _Optional[str] = ..., constraints_source: _Optional[str] = ..., constraints_json: _Optional[str] = ..., profile_json: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., dataset_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., study_name: _Optional[str] = ..., best_params_json: _Optional[str] = ..., node_id: _Optional[str] = ..., constraints_model: _Optional[str] = ..., constraints_rationale: _Optional[str] = ..., constraints_fallback: _Optional[str] = ..., summary_source: _Optional[str] = ..., summary_model: _Optional[str] = ..., summary_fallback: _Optional[str] = ..., evaluated_model_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_model_rows: _Optional[int] = ..., members: _Optional[_Iterable[_Union[EnsembleMember, _Mapping]]] = ..., model_selection: _Optional[str] = ...) -> None: ...
+    input_format: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., message: _Optional[str] = ..., task: _Optional[_Union[TaskType, str]] = ..., metric: _Optional[str] = ..., maximize: _Optional[bool] = ..., best_value: _Optional[float] = ..., has_best: _Optional[bool] = ..., trials: _Optional[_Union[TrialCounts, _Mapping]] = ..., model_id: _Optional[str] = ..., test_metrics: _Optional[_Mapping[str, float]] = ..., feature_importance: _Optional[_Iterable[_Union[FeatureImportance, _Mapping]]] = ..., summary: _Optional[str] = ..., constraints_source: _Optional[str] = ..., constraints_json: _Optional[str] = ..., profile_json: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., seed: _Optional[int] = ..., dataset_sha256: _Optional[str] = ..., dataset_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., study_name: _Optional[str] = ..., best_params_json: _Optional[str] = ..., node_id: _Optional[str] = ..., constraints_model: _Optional[str] = ..., constraints_rationale: _Optional[str] = ..., constraints_fallback: _Optional[str] = ..., summary_source: _Optional[str] = ..., summary_model: _Optional[str] = ..., summary_fallback: _Optional[str] = ..., evaluated_model_rows: _Optional[int] = ..., test_rows: _Optional[int] = ..., final_model_rows: _Optional[int] = ..., members: _Optional[_Iterable[_Union[EnsembleMember, _Mapping]]] = ..., model_selection: _Optional[str] = ..., input_format: _Optional[str] = ...) -> None: ...
 
 class EnsembleMember(_message.Message):
     __slots__ = ("trial", "family", "weight", "epochs_trained", "params_json", "node_id")
