@@ -6,8 +6,10 @@ happened:
 
 * 0: done (for ``submit --wait`` and ``watch``: the job COMPLETED);
 * 1: the job ended FAILED or CANCELLED, or a download did not verify;
-* 2: usage error (bad arguments, a file that cannot be read);
-* 3: the node refused the request or could not be reached (``error: CODE: details``).
+* 2: a user mistake, caught by the CLI (bad arguments, a file that cannot be read) or by the
+  node (``error: CODE: details``: an invalid request, an unknown job or model, a token
+  refused or lacking the role);
+* 3: the node could not be reached, or failed to serve the request (``error: CODE: details``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import grpc
+# gRPC's core logs a failed TLS handshake or connection on stderr beside the CLI's own one-line
+# error, which says more; set before grpc starts (a user may set it to debug).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
 
 from nexus_client import client as nx
 from nexus_client import jobview
@@ -36,6 +42,14 @@ from nexus_node.net.tls import ENV_CA, TlsError
 from nexus_node.study.constraints import parse_override
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_RPC = 0, 1, 2, 3
+#: Node answers that mean the caller must change the call: a user mistake exits EXIT_USAGE
+#: wherever it is caught, by the CLI or by the node. The rest (the node unreachable, short of
+#: disk, failing) exit EXIT_RPC.
+USER_MISTAKES = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+})
 DEMO_TARGET = "charges"
 DEMO_USE_CASE = "price health insurance premiums from customer attributes"
 TOP_FEATURES = 8
@@ -61,12 +75,12 @@ def _best(job: nexus_pb2.Job) -> str:
 
 
 def _trials_cell(job: nexus_pb2.Job) -> str:
-    """Trials done against the budget; those lost with their node were run again and do not
-    count against it, so they show apart (``3/3 +1 lost``, never ``4/3``)."""
+    """Trials finished against the budget; those lost with their node were run again and do
+    not count against it, so they show apart (``3/3 (1 re-run)``, never ``4/3``)."""
     lost = job.trials.lost
     done = nx.trials_done(job) - lost
     cell = f"{done}/{job.spec.max_trials}" if job.spec.max_trials else str(done)
-    return f"{cell} +{lost} lost" if lost else cell
+    return f"{cell} ({lost} re-run)" if lost else cell
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -114,6 +128,8 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_
         f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
         f"{counts['RUNNING']} running"
     )
+    if job.trials.lost:
+        done += f" ({job.trials.lost} lost with their node and re-run, not counted)"
     lines.append(f"trials       {done}" + (f"  (budget {' / '.join(budget)})" if budget else ""))
     if job.metric:
         goal = "maximize" if job.maximize else "minimize"
@@ -229,6 +245,19 @@ def _connect(args: argparse.Namespace) -> nx.NexusClient:
         raise UsageError(str(e)) from None
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read the token: {e}") from None
+
+
+def _output_path(path: str, default_name: str) -> str:
+    """Where to write a download, checked before it starts: a folder gets ``default_name``
+    inside it; a file's folder must exist."""
+    if os.path.isdir(path):
+        return os.path.join(path, default_name)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{path}: the folder {folder} is not writable")
+    return path
 
 
 def _existing_file(path: str) -> str:
@@ -378,19 +407,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     path = _existing_file(args.file)
     outside = nx.OutsideRange()
     with _connect(args) as client:
-        n = client.predict_to_csv(args.model, path, sys.stdout if args.output is None else args.output, outside)
-    if args.output is not None:
-        print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+        output = None if args.output is None else _output_path(args.output, "predictions.csv")
+        n = client.predict_to_csv(args.model, path, sys.stdout if output is None else output, outside)
+    if output is not None:
+        print(f"wrote {n} predictions to {output}", file=sys.stderr)
     if outside.rows:
         print(f"note: {outside.describe(n)}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    output = _output_path(args.output, f"{args.model}.zip")
     with _connect(args) as client:
-        digest = client.export(args.model, args.output)
+        digest = client.export(args.model, output)
     # sha256sum's format, so `sha256sum -c` can check the file later.
-    print(f"{digest}  {args.output}")
+    print(f"{digest}  {output}")
     return EXIT_OK
 
 
@@ -583,6 +614,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unavailable_hint(address: str, tls: bool) -> str:
+    """Why a node did not answer, in one line: a TLS client and a plaintext node (or the
+    reverse) fail alike in gRPC, so the CLI asks the port which it speaks."""
+    speaks = nx.speaks_tls(address)
+    if speaks is None:
+        return f"is a node running at {address}? start one with nexus-node, or pass --connect"
+    if tls and not speaks:
+        return f"the node at {address} speaks plaintext: leave out --tls-ca (and ${ENV_CA})"
+    if speaks and not tls:
+        return f"the node at {address} speaks TLS: pass --tls-ca with its CA certificate"
+    return f"the node at {address} answers but did not complete the call; " + (
+        "check that --tls-ca is the CA that signed its certificate" if tls else "try again")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``nexus`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -593,13 +638,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except grpc.RpcError as e:
         message = nx.describe_error(e)
-        if getattr(e, "code", lambda: None)() == grpc.StatusCode.UNAVAILABLE:
+        code = getattr(e, "code", lambda: None)()
+        if code == grpc.StatusCode.UNAVAILABLE:
             address = args.connect or nx.default_address()
-            tls = "pass --tls-ca for a node that serves TLS" if not (
-                getattr(args, "tls_ca", None) or os.environ.get(ENV_CA)) else "check --tls-ca"
-            message += f" (is a node running at {address}? start one with nexus-node, or pass --connect; {tls})"
+            message += f" ({_unavailable_hint(address, bool(getattr(args, 'tls_ca', None) or os.environ.get(ENV_CA)))})"
         print(f"error: {message}", file=sys.stderr)
-        return EXIT_RPC
+        return EXIT_USAGE if code in USER_MISTAKES else EXIT_RPC
     except (nx.ClientError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_JOB_FAILED

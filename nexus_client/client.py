@@ -525,6 +525,32 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def speaks_tls(address: str, timeout: float = 3.0) -> bool | None:
+    """Whether the port at ``address`` completes a TLS handshake: True for a TLS node, False
+    for a plaintext one (it answers a TLS hello with HTTP/2 or a close), None when nothing
+    listens there. Certificates are not checked: this only tells which a port speaks, for an
+    error message; every real call verifies them."""
+    import socket
+    import ssl
+
+    try:
+        host, port = split_address(address)
+        sock = socket.create_connection((host.strip("[]"), port), timeout=timeout)
+    except (OSError, ValueError):
+        return None
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with context.wrap_socket(sock, server_hostname=host.strip("[]")):
+            return True
+    except (ssl.SSLError, OSError):
+        return False
+    finally:
+        sock.close()
+
+
 @contextlib.contextmanager
 def _write_then_rename(path: str | os.PathLike[str], mode: str, **kwargs: Any) -> Iterator[IO[Any]]:
     """Write ``.NAME.part`` beside ``path``; rename it to ``path`` only if the block ends

@@ -116,9 +116,9 @@ def test_submit_wait_of_a_failed_job_exits_1(run, fake_node, csv_file):
     assert "FAILED: every trial failed: out of memory" in err
 
 
-def test_submit_refused_by_the_node_exits_3_naming_the_column(run, csv_file):
+def test_submit_refused_by_the_node_exits_2_naming_the_column(run, csv_file):
     code, out, err = run("submit", str(csv_file), "--target", "price")
-    assert code == 3 and out == ""
+    assert code == 2 and out == ""
     assert err.startswith("error: INVALID_ARGUMENT: target column 'price'")
 
 
@@ -196,7 +196,9 @@ def test_trials_lost_with_their_node_show_apart_from_the_budget(run, fake_node):
     fake_node.service.add_job(job)
     code, out, _ = run("jobs")
     (row,) = [r for r in out.splitlines() if r.startswith("j7")]
-    assert "3/3 +1 lost" in row
+    assert "3/3 (1 re-run)" in row
+    code, out, _ = run("show", "j7")
+    assert "(1 lost with their node and re-run, not counted)" in out
     code, out, _ = run("jobs", "--json")
     assert json.loads(out)[0]["trials"]["LOST"] == 1
 
@@ -217,9 +219,9 @@ def test_show_human(run, finished):
     assert [f.split()[0] for f in features] == ["smoker", "age", "region"]
 
 
-def test_show_unknown_job_exits_3_not_found(run):
+def test_show_unknown_job_exits_2_not_found(run):
     code, out, err = run("show", "nope")
-    assert (code, out) == (3, "") and err == "error: NOT_FOUND: no job 'nope'\n"
+    assert (code, out) == (2, "") and err == "error: NOT_FOUND: no job 'nope'\n"
 
 
 def test_show_json_is_job_to_dict(run, finished):
@@ -270,9 +272,9 @@ def test_predict_to_stdout_and_to_a_file(run, finished, csv_file, tmp_path):
     assert target.read_text().splitlines()[0] == "prediction"
 
 
-def test_predict_unknown_model_exits_3(run, csv_file):
+def test_predict_unknown_model_exits_2(run, csv_file):
     code, _, err = run("predict", "nope", str(csv_file))
-    assert code == 3 and "NOT_FOUND" in err
+    assert code == 2 and "NOT_FOUND" in err
 
 
 def test_export_prints_a_sha256sum_line(run, finished, tmp_path):

@@ -94,6 +94,32 @@ def test_predict_says_how_many_rows_lie_outside_the_training_range(node_address,
     assert "2 of 3 rows lie outside the training range of bmi (2), age (1)" in proc.stderr
 
 
+def test_output_paths_are_checked_before_the_download(node_address, finished, tmp_path):
+    # A folder gets the model's own name inside it.
+    proc = nexus(node_address, "export", finished["model_id"], "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    saved = tmp_path / f"{finished['model_id']}.zip"
+    assert proc.stdout == f"{hashlib.sha256(saved.read_bytes()).hexdigest()}  {saved}\n"
+    # A folder that does not exist: said plainly, exit 2, nothing written, no internal name.
+    missing = tmp_path / "missing" / "dir"
+    for args in (["export", finished["model_id"]], ["predict", finished["job_id"], str(tmp_path / "rows.csv")]):
+        (tmp_path / "rows.csv").write_text("age,sex,bmi,children,smoker,region\n30,male,25.0,1,no,northeast\n")
+        proc = nexus(node_address, *args, "-o", str(missing / "out"))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"error: {missing / 'out'}: the folder {missing} does not exist"
+        assert ".part" not in proc.stderr and not missing.exists()
+
+
+def test_a_tls_client_against_a_plaintext_node_is_told_so_in_one_line(node_address, tmp_path):
+    from tests.net.test_tls import make_ca
+
+    ca = make_ca(tmp_path, "ca")
+    proc = nexus(node_address, "--tls-ca", str(ca), "jobs")
+    assert proc.returncode == 3
+    (line,) = proc.stderr.strip().splitlines()   # no gRPC core log beside it
+    assert line.startswith("error: UNAVAILABLE") and f"the node at {node_address} speaks plaintext" in line
+
+
 def test_export_matches_the_registered_artifact(node_address, finished, tmp_path):
     target = tmp_path / "model.bin"
     proc = nexus(node_address, "export", finished["model_id"], "-o", str(target))
@@ -104,14 +130,15 @@ def test_export_matches_the_registered_artifact(node_address, finished, tmp_path
     assert {m["model_id"]: m["artifact_sha256"] for m in models}[finished["model_id"]] == digest
 
 
-def test_show_unknown_job_exits_3_not_found(node_address):
+def test_show_unknown_job_is_a_user_mistake_exit_2_not_found(node_address):
     proc = nexus(node_address, "show", "no-such-job")
-    assert proc.returncode == 3 and "NOT_FOUND" in proc.stderr and proc.stdout == ""
+    assert proc.returncode == 2 and "NOT_FOUND" in proc.stderr and proc.stdout == ""
 
 
-def test_submit_with_a_missing_target_exits_3_naming_the_column(node_address, insurance_csv):
+def test_submit_with_a_missing_target_exits_2_naming_the_column(node_address, insurance_csv):
+    # A user mistake exits 2 whether the CLI or the node catches it.
     proc = nexus(node_address, "submit", str(insurance_csv), "--target", "premium")
-    assert proc.returncode == 3 and proc.stderr.startswith("error: INVALID_ARGUMENT")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: INVALID_ARGUMENT")
     assert "premium" in proc.stderr and proc.stdout == ""
 
 
@@ -160,14 +187,14 @@ def test_token_commands_create_list_and_revoke_a_role_token(tmp_path: Path):
         reader = ("--token-file", str(tmp_path / "read"))
         assert nexus(node.address, "jobs", *reader).returncode == 0
         refused = nexus(node.address, "token", "list", *reader)
-        assert refused.returncode == 3 and "PERMISSION_DENIED" in refused.stderr and "'admin' role" in refused.stderr
+        assert refused.returncode == 2 and "PERMISSION_DENIED" in refused.stderr and "'admin' role" in refused.stderr
         dup = nexus(node.address, "token", "create", "--role", "submit", "--name", "dashboard", *admin)
-        assert dup.returncode == 3 and "ALREADY_EXISTS" in dup.stderr
+        assert dup.returncode == 2 and "ALREADY_EXISTS" in dup.stderr
 
         revoked = nexus(node.address, "token", "revoke", "dashboard", *admin)
         assert revoked.returncode == 0 and "dashboard" in revoked.stdout
         gone = nexus(node.address, "jobs", *reader)
-        assert gone.returncode == 3 and "UNAUTHENTICATED" in gone.stderr
+        assert gone.returncode == 2 and "UNAUTHENTICATED" in gone.stderr
         assert "no client tokens" in nexus(node.address, "token", "list", *admin).stdout
     finally:
         node.stop()

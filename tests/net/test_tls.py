@@ -129,7 +129,8 @@ def test_a_tls_node_serves_clients_with_the_ca_and_refuses_plaintext(pki, node_f
     # Plaintext, another CA, or the CA without the token: refused.
     assert cli.main([*common, "cluster"]) == cli.EXIT_RPC
     err = capsys.readouterr().err
-    assert "UNAVAILABLE" in err and "pass --tls-ca for a node that serves TLS" in err
+    assert "UNAVAILABLE" in err and f"the node at {address} speaks TLS: pass --tls-ca" in err
+    assert len(err.strip().splitlines()) == 1, err   # one line of its own, no gRPC core log
     assert rpc_error(stub(address, TOKEN).ListJobs, pb.ListJobsRequest(), timeout=10).code() == \
         grpc.StatusCode.UNAVAILABLE
     assert rpc_error(stub(address, TOKEN, ClientTls(str(pki["rogue"]))).ListJobs, pb.ListJobsRequest(),
