@@ -4,6 +4,10 @@ failover: three nodes formed from --seeds; the coordinator is killed with SIGKIL
     until a survivor's WatchCluster names a new coordinator is measured; the node is restarted
     and the cluster waits for three voters again; repeated --rounds times. Target: <= 3 s
     (election timeout 1-2 s at the default 100 ms tick, plus pre-vote and one round trip).
+    Then the work a failover wastes: three nodes of two slots each, all six busy with long
+    network trials of one job, and the coordinator killed with SIGKILL; the figure is how many
+    trials run again, set against the six that ran at the kill (before adoption, issue 22,
+    all six ran again). Goal: only the dead node's own two.
 
 storage: Optuna trials per second of 3 client processes, each talking to its own node of a
     3-voter cluster (every write committed by consensus), divided by the same 3 clients against
@@ -133,6 +137,45 @@ def bench_failover(rounds: int) -> dict:
             "max_s": max(seconds), "target_s": 3.0}
 
 
+def bench_rerun_after_failover() -> dict:
+    """Trials that run again when the coordinator dies with every slot busy (see the module
+    docstring); counted from the job's trials once it completes."""
+    import re
+
+    csv = ROOT.parent / "shared" / "datasets" / "insurance.csv"
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = cluster(Path(tmp), 3, "--slots", "2", "--pruner", "none")
+        try:
+            view, _ = view_until(nodes[0].address, three_voters)
+            lead_id = next(x.node_id for x in view.nodes if x.role == pb.COORDINATOR)
+            lead = next(n for n in nodes if n.address == next(x.address for x in view.nodes if x.node_id == lead_id))
+            survivor = next(n for n in nodes if n is not lead)
+            spec = pb.JobSpec(target="charges", max_trials=12, seed=3,
+                              constraints_json='{"min_epochs": 150, "max_epochs": 150, "families": ["mlp"]}')
+            data = csv.read_bytes()
+            chunks = [pb.SubmitJobRequest(spec=spec)] + [pb.SubmitJobRequest(chunk=data[i:i + 65536])
+                                                         for i in range(0, len(data), 65536)]
+            job_id = stub(survivor.address).SubmitJob(iter(chunks), timeout=60).job_id
+
+            def trials_running(v: pb.Cluster) -> int:
+                return sum(1 for n in v.nodes for r in n.running if re.fullmatch(re.escape(job_id) + r"/\d+", r))
+
+            view, _ = view_until(survivor.address, lambda v: trials_running(v) == 6, timeout=300)
+            lead.kill()
+            for ev in stub(survivor.address).WatchJob(pb.WatchJobRequest(job_id=job_id), timeout=900):
+                if ev.job.state in (pb.COMPLETED, pb.FAILED, pb.CANCELLED):
+                    break
+            trials = stub(survivor.address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
+        finally:
+            for n in nodes:
+                n.stop()
+    rerun = [t for t in trials if t.state == "FAIL"]
+    return {"running_at_kill": 6, "rerun": len(rerun),
+            "rerun_on_survivors": sum(1 for t in rerun if t.node_id != lead_id),
+            "rerun_of_dead_node": sum(1 for t in rerun if t.node_id == lead_id),
+            "job_state": pb.JobState.Name(ev.job.state)}
+
+
 CLIENT = """
 import sys, time, warnings, optuna
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -233,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += [("kill -9 coordinator -> new coordinator, median s", f"{r['median_s']:.2f}", "<= 3"),
                  ("  max s / rounds", f"{r['max_s']:.2f} / {r['rounds']}", ""),
                  ("  each", " ".join(f"{x:.2f}" for x in r["seconds"]), "")]
+        w = results["rerun_after_failover"] = bench_rerun_after_failover()
+        rows += [("trials run again after kill -9 of the coordinator (6 running)",
+                  f"{w['rerun']} ({w['rerun_on_survivors']} on survivors)", "0 on survivors"),
+                 ("  the dead node's own / job", f"{w['rerun_of_dead_node']} / {w['job_state']}", "2 / COMPLETED")]
     if "storage" in a.which:
         r = results["storage"] = bench_storage(a.trials, a.rounds)
         rows += [("Optuna trials/s, 3 clients: 3-voter cluster / run_grpc_proxy_server", f"{r['ratio']:.3f}", ">= 0.5"),

@@ -50,6 +50,11 @@ from nexus_node.work.scheduler import task_memory
 
 log = logging.getLogger(__name__)
 
+#: How long a new coordinator listens for the trials live nodes still run before it decides
+#: which to adopt: this many heartbeats, plus a slack for the node to learn the new leader.
+ADOPT_HEARTBEATS = 2
+ADOPT_SLACK_S = 0.5
+
 
 class Lifecycle:
     """Drives the jobs of the cluster while this node coordinates (see the module docstring)."""
@@ -68,10 +73,17 @@ class Lifecycle:
         # A task needs what this coordinator wrote for it (a trial's creation, its params):
         # its own newest write, sent to the task's node as the task is (Optuna writes are
         # private, so they may reach other nodes late).
-        ctx.dispatcher = Dispatcher(term or 0, ctx.settings.work, on_change=ctx.changes.notify,
-                                    applied_index=lambda: driver.last_local_index, catch_up=driver.catch_up)
+        jobs = await ctx.db.list_jobs()
+        work = ctx.settings.work
+        # Trials of the searches it resumes that live nodes still run are adopted, not run
+        # again: the nodes name them in the heartbeats they send once they learn the leader,
+        # within about two heartbeats (work/adoption.py).
+        ctx.dispatcher = Dispatcher(term or 0, work, on_change=ctx.changes.notify,
+                                    applied_index=lambda: driver.last_local_index, catch_up=driver.catch_up,
+                                    adopt_from=[j.study_name for j in jobs if j.state == SEARCHING and j.study_name],
+                                    adopt_window=ADOPT_HEARTBEATS * work.heartbeat + ADOPT_SLACK_S)
         ctx.dispatcher.start()
-        for job in await ctx.db.list_jobs():
+        for job in jobs:
             if job.terminal or self._driven(job.job_id):
                 continue
             if job.cancel_requested:

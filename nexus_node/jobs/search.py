@@ -5,7 +5,9 @@ The coordinator owns sampling: for each slot the dispatcher grants the job it ca
 samples the parameters, then hands the trial to the node under the slot's lease. Each trial in
 flight is one task here; its runner reports and finishes the trial through the node's
 StorageService, and :meth:`Search._settle` records what the study must know beyond that (a lost
-trial is failed first, then re-run as the retry rule allows). The budget's decisions are
+trial is failed first, then re-run as the retry rule allows). A search resumed by a new
+coordinator first adopts the trials that live nodes still run for it (:meth:`Search._adopt`,
+:mod:`nexus_node.work.adoption`): only the rest are failed as lost. The budget's decisions are
 :mod:`nexus_node.jobs.budget`'s, given ``now`` from the context's clock; at the deadline the
 running trials are asked to stop and end as pruned with their last intermediate value.
 """
@@ -13,6 +15,7 @@ running trials are asked to stop and end as pruned with their last intermediate 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Collection
 
 import optuna
@@ -28,8 +31,11 @@ from nexus_node.study import studies
 from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.constraints import Constraints
 from nexus_node.study.space import suggest_params
+from nexus_node.work.adoption import Claim, StudyTrial, adoption
 from nexus_node.work.dispatcher import Outcome
 from nexus_node.work.scheduler import Lease, task_memory
+
+log = logging.getLogger(__name__)
 
 
 class Search:
@@ -58,16 +64,21 @@ class Search:
             study = await asyncio.to_thread(studies.load_study, ctx.storage, job.study_name, job.maximize,
                                             derived_seed(job.seed, drawn), ctx.max_trials(job))
         active.study = study
-        # Trials left RUNNING by a previous coordinator (or this node before a restart) have
-        # no lease now: failed, and re-run with the same parameters.
-        await asyncio.to_thread(recovery.recover_running, ctx.storage, study, job.job_id, ctx.settings.work.max_retries)
+        inflight: set[asyncio.Task[None]] = set()
+        mine: set[int] = set()   # the trials this coordinator runs
+        # Trials a previous coordinator handed out that live nodes still run go on here;
+        # the rest left RUNNING (a dead node's, or this node's before a restart) have no
+        # lease now: failed, and re-run with the same parameters.
+        for number in await self._adopt(job, study, inflight):
+            mine.add(number)
+        await asyncio.to_thread(recovery.recover_running, ctx.storage, study, job.job_id,
+                                ctx.settings.work.max_retries, mine)
         c = Constraints.from_dict(job.constraints)
         started = float(job.prepared.get("search_started_at") or ctx.clock())
         deadline_at = budget.deadline(started, job.spec.time_budget_seconds)
-        inflight: set[asyncio.Task[None]] = set()
         await self.refresh_counts(job, study)
         try:
-            await self._loop(job, study, c, deadline_at, inflight)
+            await self._loop(job, study, c, deadline_at, inflight, mine)
         finally:
             # However the loop ended (budget, cancel, an error), no trial outlives it: each
             # stops at its next epoch and records what it reached.
@@ -90,12 +101,46 @@ class Search:
             raise NexusError(f"no trial completed{why}")
         await ctx.set_state(job, FINALIZING, "retraining the best configuration on train+validation")
 
+    async def _adopt(self, job: JobRecord, study: optuna.Study, inflight: set[asyncio.Task[None]]) -> list[int]:
+        """Adopts the job's trials that live nodes still run for an earlier coordinator, each
+        as a task in ``inflight``; returns their numbers. Waits for the dispatcher's adoption
+        window only when the study has a RUNNING trial."""
+        ctx = self.ctx
+        dispatcher = ctx.dispatcher
+        if dispatcher is None:
+            return []
+        try:
+            frozen = await asyncio.to_thread(study.get_trials, False)
+            trials = {t.number: StudyTrial(t.number, t.state.name == "RUNNING", str(t.user_attrs.get(studies.NODE_ATTR, "")))
+                      for t in frozen}
+            if not any(t.running for t in trials.values()):
+                return []
+            claims = await dispatcher.claims_for(job.study_name)
+            decision = adoption(claims, trials, dispatcher.now(), ctx.settings.work.grace)
+            memory = task_memory("trial", ctx.shard_bytes(job))
+            by_number = {t.number: t for t in frozen}
+            for number, claim in decision.adopt.items():
+                t = by_number[number]
+                trial_id = await asyncio.to_thread(studies.trial_id_of, ctx.storage, job.study_name, number)
+                task = asyncio.create_task(self._trial(job, study, None, number, trial_id, studies.config_of(t),
+                                                       adopt=(claim, memory)))
+                inflight.add(task)
+                ctx.trial_tasks.add(task)
+                task.add_done_callback(inflight.discard)
+                task.add_done_callback(ctx.trial_tasks.discard)
+            if decision.adopt:
+                log.info("job %s: adopted trials %s, still running on their nodes", job.job_id,
+                         ", ".join(f"{n} on {c.node_id}" for n, c in sorted(decision.adopt.items())))
+            dispatcher.settle_claims(job.study_name, decision.refuse)
+            return sorted(decision.adopt)
+        finally:
+            dispatcher.settle_claims(job.study_name)
+
     async def _loop(self, job: JobRecord, study: optuna.Study, c: Constraints, deadline_at: float,
-                    inflight: set[asyncio.Task[None]]) -> None:
+                    inflight: set[asyncio.Task[None]], mine: set[int]) -> None:
         ctx = self.ctx
         active = ctx.jobs[job.job_id]
         memory = task_memory("trial", ctx.shard_bytes(job))
-        mine: set[int] = set()   # the trials this coordinator asked for
         first = True
         while True:
             ctx.check_cancel(job)
@@ -120,7 +165,7 @@ class Search:
                 ctx.dispatch.release(lease)
                 raise
             mine.add(trial.number)
-            task = asyncio.create_task(self._trial(job, study, lease, trial, trial_id, params))
+            task = asyncio.create_task(self._trial(job, study, lease, trial.number, trial_id, params))
             inflight.add(task)
             ctx.trial_tasks.add(task)
             task.add_done_callback(inflight.discard)
@@ -159,32 +204,40 @@ class Search:
                                               lambda p: {studies.CONFIG_ATTR: p, studies.NODE_ATTR: node_id})
         return trial, studies.trial_id_of(storage, study.study_name, trial.number), params
 
-    async def _trial(self, job: JobRecord, study: optuna.Study, lease: Lease, trial: optuna.Trial,
-                     trial_id: int, params: dict[str, Any]) -> None:
+    async def _trial(self, job: JobRecord, study: optuna.Study, lease: Lease | None, number: int,
+                     trial_id: int, params: dict[str, Any], adopt: tuple[Claim, int] | None = None) -> None:
+        """Runs trial ``number`` under ``lease`` to its outcome; or, with ``adopt`` (a claim
+        and the trial's memory), goes on with the trial the claim's node already runs."""
         ctx = self.ctx
         active = ctx.jobs[job.job_id]
-        active.running[trial.number] = lease
         try:
             task = {
-                "task": "trial", "label": f"{job.job_id}/{trial.number}",
+                "task": "trial", "label": f"{job.job_id}/{number}",
                 "study_name": job.study_name, "trial_id": trial_id,
-                "trial_number": trial.number, "params": params, "files": dict(job.prepared["files"]),
+                "trial_number": number, "params": params, "files": dict(job.prepared["files"]),
                 "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
-                "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, trial.number),
+                "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, number),
                 "pruner": job.prepared.get("pruner") or studies.pruner_spec(ctx.settings.pruner, job.constraints),
             }
-            if active.stop_trials.is_set():
-                ctx.dispatch.release(lease)   # the job stopped between ask() and now
-                outcome = Outcome(False, message="the job's search ended before the trial started")
-            else:
-                fut = ctx.dispatch.send(lease, task, config_key=studies.config_key_of(params),
-                                        trial_number=trial.number)
+            config_key = studies.config_key_of(params)
+            if adopt is not None:
+                lease, fut = ctx.dispatch.adopt(adopt[0], job.job_id, adopt[1], task, config_key)
+                active.running[number] = lease
                 ctx.changes.notify()
                 outcome = await fut
-            await asyncio.to_thread(self._settle, job, study, trial.number, trial_id, outcome,
+            elif lease is None or active.stop_trials.is_set():
+                if lease is not None:
+                    ctx.dispatch.release(lease)   # the job stopped between ask() and now
+                outcome = Outcome(False, message="the job's search ended before the trial started")
+            else:
+                active.running[number] = lease
+                fut = ctx.dispatch.send(lease, task, config_key=config_key, trial_number=number)
+                ctx.changes.notify()
+                outcome = await fut
+            await asyncio.to_thread(self._settle, job, study, number, trial_id, outcome,
                                     active.stop_trials.is_set())
         finally:
-            active.running.pop(trial.number, None)
+            active.running.pop(number, None)
             ctx.changes.notify()
         await self._trial_finished(job, study, trial_id)
 

@@ -34,7 +34,7 @@ from nexus_node.runner.pool import Runner, RunnerPool
 from nexus_node.system import memory_info
 from nexus_node.work import wire
 from nexus_node.work.dispatcher import HANDED_BACK, WorkSettings
-from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkUp
+from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, RunningTrial, TaskResult, WorkUp
 from nexus_node.work.retries import handed_back_message
 from nexus_node.work.scheduler import accept_assignment
 
@@ -68,6 +68,7 @@ class WorkerAgent:
         self.settings = settings or WorkSettings()
         self.running: dict[str, asyncio.Task[None]] = {}
         self.labels: dict[str, str] = {}
+        self._trials: dict[str, RunningTrial] = {}   # lease -> the trial it runs
         self._runners: dict[str, tuple[Runner, int, str]] = {}   # lease -> (runner, task id, kind)
         self._cancelled: set[str] = set()
         self._finished: collections.OrderedDict[str, TaskResult] = collections.OrderedDict()
@@ -191,7 +192,7 @@ class WorkerAgent:
             task_memory_bytes=self.pool.slots * (self.pool.trial_memory_mb << 20),
             memory_free_bytes=free, memory_total_bytes=total, cores=os.cpu_count() or 1,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu"),
-            running=tuple(self.running)))
+            running=tuple(self.running), trials=tuple(t for lease, t in self._trials.items() if lease in self.running)))
 
     def _send(self, result: TaskResult) -> None:
         if self._up is not None:
@@ -220,6 +221,9 @@ class WorkerAgent:
                                      error_message=f"undecodable task: {exc}"))
             return
         self.labels[a.lease_id] = str(task.get("label", task.get("task", "")))
+        if task.get("task") == "trial" and task.get("study_name"):
+            self._trials[a.lease_id] = RunningTrial(a.lease_id, str(task["study_name"]),
+                                                    int(task.get("trial_number", -1)))
         self.running[a.lease_id] = asyncio.create_task(self._execute(a.lease_id, task, a.log_index),
                                                        name=f"lease-{a.lease_id}")
         self.on_change()
@@ -289,6 +293,7 @@ class WorkerAgent:
             self._runners.pop(lease_id, None)
             self._cancelled.discard(lease_id)
             self.labels.pop(lease_id, None)
+            self._trials.pop(lease_id, None)
             if result is not None:
                 self._finished[lease_id] = result
                 while len(self._finished) > KEPT_RESULTS:

@@ -16,7 +16,10 @@ Delivery: within one stream messages are ordered and reliable. When a stream bre
 assignment or a result may be lost in transit, so a node's unresolved assignments are sent again
 when it reconnects; the node ignores one it runs, answers one it finished with the stored result,
 and starts one it never got. A lease a node runs that this coordinator does not hold (revoked, or
-granted by an earlier coordinator) is cancelled when the node's heartbeat lists it.
+granted by an earlier coordinator) is cancelled when the node's heartbeat lists it, except a
+trial of a study this coordinator adopts from (:meth:`Dispatcher.claims_for`): its claim is
+held until the job's search decides (:mod:`nexus_node.work.adoption`), and an adopted trial
+goes on under the lease its node already runs it under.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 from nexus_node.errors import FailedPrecondition
+from nexus_node.work.adoption import Claim
 from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkDown, WorkUp
 from nexus_node.work.scheduler import (
     Lease,
@@ -98,12 +102,18 @@ class Dispatcher:
             coordinator's newest own write); every assignment carries it.
         catch_up: Called with a node's id as a task is sent to it: the node is sent the log
             it lacks now (the coordinator's private writes may reach it late otherwise).
+        adopt_from: The studies whose running trials this coordinator may adopt (the jobs it
+            resumes mid-search): their trials' leases, named in heartbeats, are held as claims
+            instead of cancelled until :meth:`claims_for` and :meth:`settle_claims`.
+        adopt_window: Seconds from :meth:`start` that :meth:`claims_for` listens for claims
+            (a node reconnects and sends its first heartbeat as soon as it learns the leader).
     """
 
     def __init__(self, term: int, settings: WorkSettings | None = None,
                  on_change: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic,
                  applied_index: Callable[[], int] = lambda: 0,
-                 catch_up: Callable[[str], None] = lambda node_id: None) -> None:
+                 catch_up: Callable[[str], None] = lambda node_id: None,
+                 adopt_from: Iterable[str] = (), adopt_window: float = 0.0) -> None:
         self.term = term
         self._applied_index = applied_index
         self._catch_up = catch_up
@@ -119,10 +129,15 @@ class Dispatcher:
         self._seq = itertools.count(1)
         self._watch: asyncio.Task[None] | None = None
         self._closed = False
+        self._adopting = set(adopt_from)
+        self._adopt_window = adopt_window
+        self._adopt_until = 0.0
+        self._claims: dict[str, tuple[str, Claim]] = {}   # lease -> (study, claim)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._adopt_until = self._clock() + self._adopt_window
         self._watch = asyncio.create_task(self._watch_heartbeats(), name="dispatch-watch")
 
     async def stop(self) -> None:
@@ -188,6 +203,52 @@ class Dispatcher:
         self._catch_up(lease.node_id)
         self._sessions[lease.node_id].push(msg)
         return fut
+
+    # ---- adoption ----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """This dispatcher's clock (claims are stamped with it)."""
+        return self._clock()
+
+    async def claims_for(self, study_name: str) -> list[Claim]:
+        """The claims on ``study_name``'s trials, once the adoption window has passed."""
+        remaining = self._adopt_until - self._clock()
+        if remaining > 0:
+            await asyncio.sleep(remaining)   # the window nodes have to reconnect and claim
+        return [c for study, c in self._claims.values() if study == study_name]
+
+    def adopt(self, claim: Claim, job_id: str, memory: int, task: dict[str, Any],
+              config_key: str = "") -> tuple[Lease, asyncio.Future[Outcome]]:
+        """Takes over the trial ``claim`` names under its own lease: its node runs on, and the
+        assignment sent now is one it ignores while it runs the task (or answers with the
+        result it kept, had it finished meanwhile)."""
+        self._claims.pop(claim.lease_id, None)
+        lease = Lease(claim.lease_id, TrialRequest(job_id, claim.trial_number, config_key, memory),
+                      claim.node_id, self.term, self._clock())
+        if claim.node_id in self.schedule.dead or self._closed or claim.node_id not in self._sessions:
+            fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            fut.set_result(Outcome(False, lost=True, message=f"node {claim.node_id} went silent before its "
+                                                             "trial was adopted", node_id=claim.node_id))
+            return lease, fut
+        self.schedule.leases[lease.lease_id] = lease
+        self._on_change()
+        return lease, self.send(lease, task, config_key, claim.trial_number)
+
+    def settle_claims(self, study_name: str, refused: Iterable[tuple[Claim, str]] = ()) -> None:
+        """The search of ``study_name`` decided: each ``refused`` claim's task is cancelled on
+        its node, as is any claim left (or made later) on the study."""
+        self._adopting.discard(study_name)
+        for claim, reason in refused:
+            self._refuse(claim.node_id, claim.lease_id, reason)
+        for lease_id, (study, claim) in list(self._claims.items()):
+            if study == study_name:
+                self._refuse(claim.node_id, lease_id, "its trial was failed as lost: nobody adopted it in time")
+
+    def _refuse(self, node_id: str, lease_id: str, reason: str) -> None:
+        self._claims.pop(lease_id, None)
+        session = self._sessions.get(node_id)
+        if session is not None:
+            session.push(CancelTask(lease_id=lease_id, reason=reason))
 
     def release(self, lease: Lease) -> None:
         """Gives back a lease whose task was never sent."""
@@ -273,13 +334,21 @@ class Dispatcher:
             log.info("node %s is back; it gets new work (its old trials were re-run elsewhere)", node_id)
             revive(self.schedule, node_id)
         session.heartbeat = hb
-        session.view = NodeView(node_id, hb.slots, hb.task_memory_bytes, self._clock())
+        now = self._clock()
+        session.view = NodeView(node_id, hb.slots, hb.task_memory_bytes, now)
+        trials = {t.lease_id: t for t in hb.trials}
         for lease_id in hb.running:
             lease = self.schedule.leases.get(lease_id)
-            if lease is None or lease.node_id != node_id:
-                session.push(CancelTask(
-                    lease_id=lease_id, reason="the coordinator does not hold this lease (revoked, or granted "
-                                              "by an earlier coordinator)"))
+            if lease is not None and lease.node_id == node_id:
+                continue
+            trial = trials.get(lease_id)
+            if lease is None and trial is not None and trial.study_name in self._adopting:
+                # A trial of an earlier coordinator's, for a search that has not decided yet.
+                self._claims[lease_id] = (trial.study_name, Claim(node_id, lease_id, trial.trial_number, now))
+                continue
+            session.push(CancelTask(
+                lease_id=lease_id, reason="the coordinator does not hold this lease (revoked, or granted "
+                                          "by an earlier coordinator)"))
         self._pump()
 
     def _result(self, node_id: str, r: TaskResult) -> None:

@@ -11,6 +11,16 @@ import dataclasses
 
 
 @dataclasses.dataclass(frozen=True)
+class RunningTrial:
+    """A trial a node runs, as its heartbeat names it: what a new coordinator needs to adopt
+    the trial instead of running it again (:mod:`nexus_node.work.adoption`)."""
+
+    lease_id: str
+    study_name: str
+    trial_number: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Heartbeat:
     """A node's capacity and the leases it runs, sent every second."""
 
@@ -22,6 +32,7 @@ class Heartbeat:
     cores: int = 0
     accelerator: str = ""
     running: tuple[str, ...] = ()   # leases whose tasks run there now
+    trials: tuple[RunningTrial, ...] = ()   # those of them that run trials
 
 
 @dataclasses.dataclass(frozen=True)

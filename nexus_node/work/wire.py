@@ -10,19 +10,30 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
-from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkDown, WorkUp
+from nexus_node.work.messages import (
+    Assignment,
+    CancelTask,
+    Heartbeat,
+    RunningTrial,
+    TaskResult,
+    WorkDown,
+    WorkUp,
+)
 
 
 def heartbeat_to_pb(h: Heartbeat) -> pb.Heartbeat:
     return pb.Heartbeat(term=h.term, slots=h.slots, task_memory_bytes=h.task_memory_bytes,
                         memory_free_bytes=h.memory_free_bytes, memory_total_bytes=h.memory_total_bytes,
-                        cores=h.cores, accelerator=h.accelerator, running=list(h.running))
+                        cores=h.cores, accelerator=h.accelerator, running=list(h.running),
+                        trials=[pb.RunningTrial(lease_id=t.lease_id, study_name=t.study_name,
+                                                trial_number=t.trial_number) for t in h.trials])
 
 
 def heartbeat_from_pb(h: pb.Heartbeat) -> Heartbeat:
     return Heartbeat(term=int(h.term), slots=int(h.slots), task_memory_bytes=int(h.task_memory_bytes),
                      memory_free_bytes=int(h.memory_free_bytes), memory_total_bytes=int(h.memory_total_bytes),
-                     cores=int(h.cores), accelerator=h.accelerator, running=tuple(h.running))
+                     cores=int(h.cores), accelerator=h.accelerator, running=tuple(h.running),
+                     trials=tuple(RunningTrial(t.lease_id, t.study_name, int(t.trial_number)) for t in h.trials))
 
 
 def up_to_pb(m: WorkUp) -> pb.WorkUp:

@@ -45,7 +45,9 @@ def test_three_nodes_form_one_cluster_and_any_node_takes_and_serves_jobs(node_fa
 
 
 def test_killing_the_coordinator_elects_another_and_its_job_completes(node_factory, insurance_csv):
-    nodes = start_cluster(node_factory)
+    # No pruner: a trial ends PRUNED only when it is stopped, as a coordinator that did not
+    # adopt the survivors' trials would stop them.
+    nodes = start_cluster(node_factory, 3, "--pruner", "none")
     view = stub(nodes[0].address).GetCluster(pb.GetClusterRequest())
     lead = coordinator(nodes, view)
     survivors = [n for n in nodes if n is not lead]
@@ -58,6 +60,14 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     before = finished(study)
     assert before
 
+    def trial_of(n: pb.NodeInfo) -> int | None:
+        numbers = [int(r.rsplit("/", 1)[1]) for r in n.running
+                   if r.startswith(job_id + "/") and r.rsplit("/", 1)[1].isdigit()]
+        return numbers[0] if numbers else None
+
+    # Every slot busy with a trial: the survivors' trials must outlive the coordinator.
+    busy = cluster_until(lead.address, lambda v: len(v.nodes) == 3 and all(trial_of(n) is not None for n in v.nodes))
+    on_survivors = {trial_of(n) for n in busy.nodes if n.node_id != view.coordinator_id}
     lead.kill()   # SIGKILL: no goodbye, no leadership transfer
     killed_at = time.monotonic()
     # A write to the study through a follower's StorageService, on the connection it had
@@ -74,10 +84,14 @@ def test_killing_the_coordinator_elects_another_and_its_job_completes(node_facto
     job, _ = watch_until_end(stub(survivors[1].address), job_id)
     assert job.state == pb.COMPLETED, job.message
     trials = stub(survivors[1].address).ListTrials(pb.ListTrialsRequest(job_id=job_id)).trials
-    # Trials running when the coordinator died (on any node: their leases died with it) are
-    # failed with the reason and re-run; the budget counts each configuration once.
+    # Only the dead node's trials are failed with the reason and re-run; those running on the
+    # survivors were adopted by the new coordinator and finished where they ran, counted once.
     assert_budget_kept(trials, 6)
-    assert all(t.message == RUNNING_LOST for t in trials if t.state == "FAIL"), trials
+    failed = [t for t in trials if t.state == "FAIL"]
+    assert all(t.message == RUNNING_LOST and t.node_id == view.coordinator_id for t in failed), trials
+    by_number = {t.number: t for t in trials}
+    adopted = [by_number[n] for n in on_survivors]
+    assert all(t.state == "COMPLETE" for t in adopted), [(t.number, t.state, t.message) for t in adopted]
     assert any(t.node_id == new.coordinator_id and t.state in ("COMPLETE", "PRUNED") for t in trials)
     # No trial finished before the kill was lost or changed.
     after = finished(study_of(survivors[1].address, study_name))

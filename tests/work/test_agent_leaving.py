@@ -5,11 +5,12 @@ that moment once waited out --grace unanswered)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from types import SimpleNamespace
 
 from nexus_node.work.agent import WorkerAgent
 from nexus_node.work.dispatcher import HANDED_BACK
-from nexus_node.work.messages import Assignment, WorkUp
+from nexus_node.work.messages import Assignment, RunningTrial, WorkUp
 
 
 class BusyPool:
@@ -117,3 +118,20 @@ async def test_a_leaving_node_half_closes_its_stream_and_the_coordinator_reads_e
     assert ended == ["half-closed"]
     results = [m.result for m in read if m.WhichOneof("body") == "result"]
     assert [(r.lease_id, r.error_kind) for r in results] == [("lease-1", HANDED_BACK)]
+
+
+async def test_the_heartbeat_names_the_trials_the_node_runs():
+    """What a new coordinator adopts from: each running trial's study and number."""
+    driver = SimpleNamespace(status=lambda: SimpleNamespace(term=3), state=SimpleNamespace(applied_index=10))
+    agent = WorkerAgent(node_id="n2", cluster="c", address="127.0.0.1:1", pool=BusyPool(), blobs=None,  # type: ignore[arg-type]
+                        mesh=SimpleNamespace(driver=driver), placement=None, fetch_blob=lambda sha: None,  # type: ignore[arg-type]
+                        storage={})
+    agent._assign(Assignment(lease_id="lease-7", term=3, log_index=0, task_json=json.dumps(
+        {"task": "trial", "label": "job-1/7", "study_name": "nexus-job-1", "trial_number": 7}).encode()))
+    agent._assign(Assignment(lease_id="lease-p", term=3, log_index=0, task_json=b'{"task": "prepare"}'))
+    await asyncio.sleep(0)   # both tasks start and wait for a slot
+    beat = agent._heartbeat().heartbeat
+    assert beat is not None
+    assert set(beat.running) == {"lease-7", "lease-p"}
+    assert beat.trials == (RunningTrial("lease-7", "nexus-job-1", 7),)
+    await agent.stop(hand_back=False)

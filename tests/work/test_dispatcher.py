@@ -9,7 +9,7 @@ import json
 import pytest
 
 from nexus_node.work.dispatcher import HANDED_BACK, Dispatcher, WorkSettings
-from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkDown, WorkUp
+from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, RunningTrial, TaskResult, WorkDown, WorkUp
 
 MB = 1 << 20
 
@@ -179,3 +179,58 @@ async def test_a_task_no_node_could_ever_hold_is_refused_with_the_sizes(dispatch
     await a.connect()
     with pytest.raises(Exception, match="needs 200 MB; the largest node has 100 MB"):
         await dispatcher.reserve("big", 200 * MB, rank=1.0)
+
+
+@pytest.fixture
+async def adopting(clock):
+    """A new coordinator's dispatcher that may adopt the trials of study ``nexus-job-1``
+    (a window of 2 s), and node a, connected to it."""
+    d = Dispatcher(term=8, settings=WorkSettings(grace=5.0), clock=lambda: clock[0],
+                   adopt_from=["nexus-job-1"], adopt_window=2.0)
+    d.start()
+    a = FakeNode(d, "a", slots=2)
+    await a.connect()
+    yield d, a
+    await d.stop()
+
+
+def claim(node: FakeNode, *trials: RunningTrial) -> None:
+    """``node``'s heartbeat naming ``trials`` (leases of an earlier coordinator)."""
+    node.up.put_nowait(WorkUp(cluster="c", node_id=node.node_id, heartbeat=Heartbeat(
+        term=8, slots=node.slots, task_memory_bytes=node.memory, running=tuple(t.lease_id for t in trials),
+        trials=trials)))
+
+
+async def test_a_new_coordinator_holds_claims_on_its_searches_and_adopts_one_under_its_node_s_lease(adopting, clock):
+    d, a = adopting
+    # Node a runs trial 4 of job 1 (an earlier coordinator's lease) and a trial of a job this
+    # coordinator does not adopt from.
+    claim(a, RunningTrial("old-4", "nexus-job-1", 4), RunningTrial("old-x", "nexus-job-2", 0))
+    cancel = await a.next_down()
+    assert isinstance(cancel, CancelTask) and cancel.lease_id == "old-x"   # not held: cancelled
+    clock[0] = 2.5   # past the window: claims_for answers at once
+    (c,) = await d.claims_for("nexus-job-1")
+    assert (c.node_id, c.lease_id, c.trial_number) == ("a", "old-4", 4)
+    lease, fut = d.adopt(c, "job-1", 10 * MB, {"task": "trial", "trial_number": 4})
+    assert lease.lease_id == "old-4" and lease.node_id == "a" and d.busy("a") == 1
+    again = await a.next_down()   # sent again under the same lease: the node runs on
+    assert isinstance(again, Assignment) and again.lease_id == "old-4" and again.term == 8
+    d.settle_claims("nexus-job-1")
+    a.send_result("old-4", result={"value": 0.9})
+    outcome = await asyncio.wait_for(fut, 5)
+    assert outcome.ok and outcome.result == {"value": 0.9} and outcome.node_id == "a"
+
+
+async def test_claims_a_search_refuses_or_leaves_are_cancelled_on_their_nodes(adopting, clock):
+    d, a = adopting
+    claim(a, RunningTrial("L1", "nexus-job-1", 1), RunningTrial("L2", "nexus-job-1", 2))
+    await until(lambda: len(d._claims) == 2)
+    clock[0] = 2.5
+    claims = {c.lease_id: c for c in await d.claims_for("nexus-job-1")}
+    d.settle_claims("nexus-job-1", [(claims["L1"], "trial 1 already finished in the study")])
+    first, second = await a.next_down(), await a.next_down()
+    assert (first.lease_id, first.reason) == ("L1", "trial 1 already finished in the study")
+    assert second.lease_id == "L2" and "nobody adopted it" in second.reason
+    # Decided: a later heartbeat naming the study's old lease is cancelled at once.
+    claim(a, RunningTrial("L2", "nexus-job-1", 2))
+    assert (await a.next_down()).lease_id == "L2"

@@ -21,7 +21,7 @@ class WorkUp(_message.Message):
     def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("term", "slots", "task_memory_bytes", "memory_free_bytes", "memory_total_bytes", "cores", "accelerator", "running")
+    __slots__ = ("term", "slots", "task_memory_bytes", "memory_free_bytes", "memory_total_bytes", "cores", "accelerator", "running", "trials")
     TERM_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     TASK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class Heartbeat(_message.Message):
     CORES_FIELD_NUMBER: _ClassVar[int]
     ACCELERATOR_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
     term: int
     slots: int
     task_memory_bytes: int
@@ -38,7 +39,18 @@ class Heartbeat(_message.Message):
     cores: int
     accelerator: str
     running: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, term: _Optional[int] = ..., slots: _Optional[int] = ..., task_memory_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., cores: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ...) -> None: ...
+    trials: _containers.RepeatedCompositeFieldContainer[RunningTrial]
+    def __init__(self, term: _Optional[int] = ..., slots: _Optional[int] = ..., task_memory_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., cores: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ..., trials: _Optional[_Iterable[_Union[RunningTrial, _Mapping]]] = ...) -> None: ...
+
+class RunningTrial(_message.Message):
+    __slots__ = ("lease_id", "study_name", "trial_number")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    study_name: str
+    trial_number: int
+    def __init__(self, lease_id: _Optional[str] = ..., study_name: _Optional[str] = ..., trial_number: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("lease_id", "ok", "error_kind", "error_message", "result_json")
