@@ -486,23 +486,26 @@ def _sklearn_case(case: QualityCase, train: Path, test: Path, enc: str, regressi
     """scikit-learn's HistGradientBoosting with its default parameters, the floor an AutoML
     tool should clear. Text columns go in as pandas categories, as for FLAML; the estimator
     refuses a categorical with more categories than ``max_bins`` (titanic's names, the date
-    columns), so such a column goes in as its category codes, an ordinal encoding."""
+    columns), so such a column goes in as its category codes, an ordinal encoding. A column
+    with no value at all is left out: scikit-learn 1.9's binning fails on one (generic_polllist
+    has one)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     t0 = time.perf_counter()
     model = (HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier)(
         categorical_features="from_dtype")
     X, y, keep, cats = _categorical_frame(train, enc, case)
+    empty = [col for col in X.columns if X[col][keep].isna().all()]
     wide = [col for col, values in cats.items() if len(values) > model.max_bins]
-    model.fit(_as_codes(X[keep], wide), y[keep].astype(float) if regression else y[keep])
+    model.fit(_as_codes(X[keep].drop(columns=empty), wide), y[keep].astype(float) if regression else y[keep])
     X_test, y_test, keep_test, _ = _categorical_frame(test, enc, case, cats)
-    X_test, y_test = _as_codes(X_test[keep_test], wide), y_test[keep_test]
+    X_test, y_test = _as_codes(X_test[keep_test].drop(columns=empty), wide), y_test[keep_test]
     if regression:
         score = _score(y_test, True, values=model.predict(X_test))
     else:
         score = _score(y_test, False, classes=[str(c) for c in model.classes_], proba=model.predict_proba(X_test))
     return {"metric": _metric(regression), "score": score, "seconds": time.perf_counter() - t0,
-            "iterations": int(model.n_iter_), "ordinal_columns": wide}
+            "iterations": int(model.n_iter_), "ordinal_columns": wide, "empty_columns": empty}
 
 
 AUTOGLUON_VENV = ROOT / ".bench-venv" / "autogluon"
