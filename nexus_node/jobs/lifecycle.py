@@ -80,7 +80,8 @@ class Lifecycle:
         # within about two heartbeats (work/adoption.py).
         ctx.dispatcher = Dispatcher(term or 0, work, on_change=ctx.changes.notify,
                                     applied_index=lambda: driver.last_local_index, catch_up=driver.catch_up,
-                                    adopt_from=[j.study_name for j in jobs if j.state == SEARCHING and j.study_name],
+                                    adopt_from=[j.study_name for j in jobs if j.state == SEARCHING and j.study_name
+                                                and not j.cancel_requested],
                                     adopt_window=ADOPT_HEARTBEATS * work.heartbeat + ADOPT_SLACK_S)
         ctx.dispatcher.start()
         for job in jobs:
@@ -312,7 +313,14 @@ class Lifecycle:
             ctx.check_cancel(job)
             chosen, selection = [dict(c) for c in picked["chosen"]], str(picked["selection"])
             if len(chosen) > 1:
-                chosen = list(await asyncio.gather(*(self._refit(job, base, c, memory) for c in chosen)))
+                # A task group: whatever ends one refit badly (a cancel, lost leadership)
+                # ends its siblings too, rather than leaving them unwatched.
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        refits = [group.create_task(self._refit(job, base, c, memory)) for c in chosen]
+                except BaseExceptionGroup as failed:
+                    raise failed.exceptions[0] from None   # the driver handles each kind (Cancelled...)
+                chosen = [r.result() for r in refits]
                 ctx.check_cancel(job)
         outcome = await self._remote_outcome(job, {
             **base, "task": "finalize", "label": f"{job.job_id}/finalize", "chosen": chosen, "selection": selection,

@@ -63,13 +63,14 @@ def recover_running(storage: BaseStorage, study: optuna.Study, job_id: str, max_
         rerun_if_allowed(study, job_id, t.number, max_retries)
 
 
-def rerun_orphans(study: optuna.Study, job_id: str, max_retries: int) -> None:
+def rerun_orphans(study: optuna.Study, job_id: str, max_retries: int, skip: Collection[int] = ()) -> None:
     """(Before this coordinator asks for any trial of the job.) Decides again for each trial
-    failed as lost whose re-run was never enqueued (see the module docstring)."""
+    failed as lost whose re-run was never enqueued (see the module docstring), except those
+    in ``skip`` (this coordinator's own, whose loss it settles itself)."""
     trials = study.get_trials(deepcopy=False)
     rerun = {t.user_attrs.get(studies.RETRY_OF) for t in trials}
     for t in trials:
-        if studies.is_lost(t) and t.number not in rerun:
+        if studies.is_lost(t) and t.number not in rerun and t.number not in skip:
             log.info("job %s: trial %d was lost without a re-run; deciding it now", job_id, t.number)
             rerun_if_allowed(study, job_id, t.number, max_retries)
 

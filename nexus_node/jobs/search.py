@@ -31,7 +31,7 @@ from nexus_node.study import studies
 from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.constraints import Constraints
 from nexus_node.study.space import suggest_params
-from nexus_node.work.adoption import Claim, StudyTrial, adoption
+from nexus_node.work.adoption import StudyTrial, adoption
 from nexus_node.work.dispatcher import Outcome
 from nexus_node.work.scheduler import Lease, task_memory
 
@@ -51,6 +51,22 @@ class Search:
             NexusError: no trial completed (the commonest reason is in the message).
             Cancelled: the job was cancelled.
         """
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            raise   # deposed or stopping: the next coordinator decides the claims and trials
+        except BaseException:
+            self._settle_claims(job)
+            raise
+        self._settle_claims(job)
+
+    def _settle_claims(self, job: JobRecord) -> None:
+        """Claims on the job's trials that its search left undecided are cancelled (a search
+        that failed before it adopted, say): held, they would run unseen to their end."""
+        if self.ctx.dispatcher is not None:
+            self.ctx.dispatcher.settle_claims(job.study_name)
+
+    async def _run(self, job: JobRecord) -> None:
         ctx = self.ctx
         active = ctx.jobs[job.job_id]
         resumed = active.study is None   # prepared by another coordinator, or before a restart
@@ -77,12 +93,18 @@ class Search:
         started = float(job.prepared.get("search_started_at") or ctx.clock())
         deadline_at = budget.deadline(started, job.spec.time_budget_seconds)
         await self.refresh_counts(job, study)
+        deposed = False
         try:
             await self._loop(job, study, c, deadline_at, inflight, mine)
+        except asyncio.CancelledError:
+            # This node stopped coordinating (or stops): its trials run on, for the next
+            # coordinator to adopt. Stopping them here would waste them.
+            deposed = True
+            raise
         finally:
-            # However the loop ended (budget, cancel, an error), no trial outlives it: each
-            # stops at its next epoch and records what it reached.
-            if inflight:
+            # However else the loop ended (budget, cancel, an error), no trial outlives it:
+            # each stops at its next epoch and records what it reached.
+            if inflight and not deposed:
                 active.stop_trials.set()
                 if ctx.dispatcher is not None:
                     for lease in active.running.values():
@@ -109,32 +131,35 @@ class Search:
         dispatcher = ctx.dispatcher
         if dispatcher is None:
             return []
-        try:
-            frozen = await asyncio.to_thread(study.get_trials, False)
-            trials = {t.number: StudyTrial(t.number, t.state.name == "RUNNING", str(t.user_attrs.get(studies.NODE_ATTR, "")))
-                      for t in frozen}
-            if not any(t.running for t in trials.values()):
-                return []
-            claims = await dispatcher.claims_for(job.study_name)
-            decision = adoption(claims, trials, dispatcher.now(), ctx.settings.work.grace)
-            memory = task_memory("trial", ctx.shard_bytes(job))
-            by_number = {t.number: t for t in frozen}
-            for number, claim in decision.adopt.items():
-                t = by_number[number]
-                trial_id = await asyncio.to_thread(studies.trial_id_of, ctx.storage, job.study_name, number)
-                task = asyncio.create_task(self._trial(job, study, None, number, trial_id, studies.config_of(t),
-                                                       adopt=(claim, memory)))
-                inflight.add(task)
-                ctx.trial_tasks.add(task)
-                task.add_done_callback(inflight.discard)
-                task.add_done_callback(ctx.trial_tasks.discard)
-            if decision.adopt:
-                log.info("job %s: adopted trials %s, still running on their nodes", job.job_id,
-                         ", ".join(f"{n} on {c.node_id}" for n, c in sorted(decision.adopt.items())))
-            dispatcher.settle_claims(job.study_name, decision.refuse)
-            return sorted(decision.adopt)
-        finally:
-            dispatcher.settle_claims(job.study_name)
+
+        def running_trials() -> dict[int, optuna.trial.FrozenTrial]:
+            return {t.number: t for t in study.get_trials(deepcopy=False)}
+
+        if not any(t.state.name == "RUNNING" for t in (await asyncio.to_thread(running_trials)).values()):
+            return []
+        claims = await dispatcher.claims_for(job.study_name)
+        frozen = await asyncio.to_thread(running_trials)   # as it stands after the window
+        trials = {n: StudyTrial(n, t.state.name == "RUNNING", str(t.user_attrs.get(studies.NODE_ATTR, "")))
+                  for n, t in frozen.items()}
+        decision = adoption(claims, trials, dispatcher.now(), ctx.settings.work.grace)
+        memory = task_memory("trial", ctx.shard_bytes(job))
+        ids = {n: await asyncio.to_thread(studies.trial_id_of, ctx.storage, job.study_name, n) for n in decision.adopt}
+        # Taken over here, before anything else runs on the loop: a claim still held when
+        # the claims are settled is cancelled on its node.
+        for number, claim in decision.adopt.items():
+            params = studies.config_of(frozen[number])
+            lease, fut = dispatcher.adopt(claim, job.job_id, memory, self._task(job, number, ids[number], params),
+                                          studies.config_key_of(params))
+            running = asyncio.create_task(self._trial(job, study, lease, number, ids[number], params, adopted=fut))
+            inflight.add(running)
+            ctx.trial_tasks.add(running)
+            running.add_done_callback(inflight.discard)
+            running.add_done_callback(ctx.trial_tasks.discard)
+        if decision.adopt:
+            log.info("job %s: adopted trials %s, still running on their nodes", job.job_id,
+                     ", ".join(f"{n} on {c.node_id}" for n, c in sorted(decision.adopt.items())))
+        dispatcher.settle_claims(job.study_name, decision.refuse)
+        return sorted(decision.adopt)
 
     async def _loop(self, job: JobRecord, study: optuna.Study, c: Constraints, deadline_at: float,
                     inflight: set[asyncio.Task[None]], mine: set[int]) -> None:
@@ -183,7 +208,8 @@ class Search:
         max_retries = self.ctx.settings.work.max_retries
         recovery.recover_running(self.ctx.storage, study, job.job_id, max_retries, mine)
         if first:   # before this coordinator asks for any trial of the job
-            recovery.rerun_orphans(study, job.job_id, max_retries)
+            # Not its adopted trials': one lost meanwhile is re-run by its own settling.
+            recovery.rerun_orphans(study, job.job_id, max_retries, skip=mine)
         return studies.budget_used(study.get_trials(deepcopy=False))
 
     async def _wait_any(self, tasks: set[asyncio.Task[None]], stop: asyncio.Event, deadline_at: float) -> None:
@@ -204,34 +230,35 @@ class Search:
                                               lambda p: {studies.CONFIG_ATTR: p, studies.NODE_ATTR: node_id})
         return trial, studies.trial_id_of(storage, study.study_name, trial.number), params
 
-    async def _trial(self, job: JobRecord, study: optuna.Study, lease: Lease | None, number: int,
-                     trial_id: int, params: dict[str, Any], adopt: tuple[Claim, int] | None = None) -> None:
-        """Runs trial ``number`` under ``lease`` to its outcome; or, with ``adopt`` (a claim
-        and the trial's memory), goes on with the trial the claim's node already runs."""
+    def _task(self, job: JobRecord, number: int, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        """The runner's request for trial ``number``."""
+        return {
+            "task": "trial", "label": f"{job.job_id}/{number}",
+            "study_name": job.study_name, "trial_id": trial_id,
+            "trial_number": number, "params": params, "files": dict(job.prepared["files"]),
+            "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
+            "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, number),
+            "pruner": job.prepared.get("pruner") or studies.pruner_spec(self.ctx.settings.pruner, job.constraints),
+        }
+
+    async def _trial(self, job: JobRecord, study: optuna.Study, lease: Lease, number: int,
+                     trial_id: int, params: dict[str, Any], adopted: asyncio.Future[Outcome] | None = None) -> None:
+        """Runs trial ``number`` under ``lease`` to its outcome; ``adopted``: the outcome of
+        the trial its node already runs, taken over from an earlier coordinator."""
         ctx = self.ctx
         active = ctx.jobs[job.job_id]
+        active.running[number] = lease
         try:
-            task = {
-                "task": "trial", "label": f"{job.job_id}/{number}",
-                "study_name": job.study_name, "trial_id": trial_id,
-                "trial_number": number, "params": params, "files": dict(job.prepared["files"]),
-                "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
-                "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, number),
-                "pruner": job.prepared.get("pruner") or studies.pruner_spec(ctx.settings.pruner, job.constraints),
-            }
-            config_key = studies.config_key_of(params)
-            if adopt is not None:
-                lease, fut = ctx.dispatch.adopt(adopt[0], job.job_id, adopt[1], task, config_key)
-                active.running[number] = lease
+            if adopted is not None:
                 ctx.changes.notify()
-                outcome = await fut
-            elif lease is None or active.stop_trials.is_set():
-                if lease is not None:
-                    ctx.dispatch.release(lease)   # the job stopped between ask() and now
+                outcome = await adopted
+            elif active.stop_trials.is_set():
+                ctx.dispatch.release(lease)   # the job stopped between ask() and now
                 outcome = Outcome(False, message="the job's search ended before the trial started")
             else:
-                active.running[number] = lease
-                fut = ctx.dispatch.send(lease, task, config_key=config_key, trial_number=number)
+                params_key = studies.config_key_of(params)
+                fut = ctx.dispatch.send(lease, self._task(job, number, trial_id, params), config_key=params_key,
+                                        trial_number=number)
                 ctx.changes.notify()
                 outcome = await fut
             await asyncio.to_thread(self._settle, job, study, number, trial_id, outcome,

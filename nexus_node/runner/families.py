@@ -32,14 +32,29 @@ def family_of(task: Mapping[str, Any]) -> str:
     if kind == "refit":
         configs = [(task.get("candidate") or {}).get("params") or {}]
     elif kind in ("trial", "finalize"):
-        configs = [task.get("params") or {}]
+        # A finalize given its members fits only those without a file; reading a network's
+        # file needs torch, a tree's numpy alone (the best trial is fitted only if refits fail).
+        configs = [] if kind == "finalize" and task.get("chosen") else [task.get("params") or {}]
         if kind == "finalize":   # an ensemble may refit members of both families
             configs += [c.get("params") or {} for c in task.get("library") or []]
-            configs += [(c.get("candidate") or {}).get("params") or {} for c in task.get("chosen") or []]
+            configs += _finalize_chosen(task)
     else:
         return ANY   # select: numpy alone
     kinds = {TABLES if p.get("family", "mlp") == "gbt" else NETWORKS for p in configs}
+    if not kinds:   # a finalize that reads trees' files alone: numpy, and pandas to write
+        return TABLES
     return kinds.pop() if len(kinds) == 1 else ANY
+
+
+def _finalize_chosen(task: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    configs = []
+    for c in task.get("chosen") or []:
+        candidate = c.get("candidate") or {}
+        params = candidate.get("params") or {}
+        refitted = candidate.get("member_path") or candidate.get("member_sha256")
+        if not refitted or params.get("family", "mlp") != "gbt":
+            configs.append(params)
+    return configs
 
 
 def one_family_per_runner(memory_mb: int, slots: int) -> bool:

@@ -99,9 +99,21 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
     fitted: list[Member] = []
     dropped: list[str] = []
+    # The members' evaluated predictions, weighted and summed as each arrives: one member's
+    # stack (the test split and every shuffle of it) is held at a time, not all of them.
+    summed: list[np.ndarray] = []
+
+    def keep(m: Member) -> None:
+        part = m.weight * np.asarray(m.evaluated_predictions, dtype=np.float64)
+        if summed:
+            summed[0] += part
+        else:
+            summed.append(part)
+        fitted.append(m._replace(evaluated_predictions=np.empty(0, dtype=np.float32)))
+
     for candidate, weight in chosen:
         try:
-            fitted.append(obtain(candidate, weight))
+            keep(obtain(candidate, weight))
         except Exception as e:  # noqa: BLE001 - one member's failure must not fail the job
             if len(chosen) == 1:
                 raise
@@ -113,7 +125,8 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
             # (the fallback when no ensemble is chosen) serves instead of a remainder nobody
             # scored. Its refit failing too fails the job, as it always has.
             best = {"trial": req.get("trial"), "params": dict(req["params"]), "epochs": req.get("epochs_hint")}
-            fitted = [fit_member(req, arrays, len(classes), best, 1.0)]
+            fitted, summed[:] = [], []
+            keep(fit_member(req, arrays, len(classes), best, 1.0))
             selection = f"{selection}; the best trial alone serves instead"
     if not fitted:
         raise FailedPrecondition(f"no member of the ensemble could be refitted: {'; '.join(dropped)}")
@@ -123,7 +136,7 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
     # The ensemble's predictions on the test split and its shuffles: the weighted average of
     # its members' (a single model's own).
-    evaluated = ensemble.blend([m.evaluated_predictions for m in fitted], [m.weight for m in fitted])
+    evaluated = summed[0] / total
     y_test = np.asarray(arrays["y_test"])
     test_metrics = metrics.all_metrics(task, y_test, evaluated[0])
     importance = importance_of(list(evaluated), y_test, prep, metric)
@@ -258,7 +271,10 @@ def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
             evaluated.note, f"{final.note}; kept the evaluated model") if n))
     trial = candidate.get("trial")
     X_test = np.array(arrays["X_test"], dtype=np.float32)
-    predictions = np.stack([evaluated.predict(X) for X in permuted_inputs(X_test, prep, int(req["seed"]))])
+    # float32: a member file holds one prediction per test row for every shuffle of every
+    # column (and class), which float64 would double.
+    predictions = np.stack([np.asarray(evaluated.predict(X), dtype=np.float32)
+                            for X in permuted_inputs(X_test, prep, int(req["seed"]))])
     return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final, predictions)
 
 

@@ -207,9 +207,15 @@ class WorkerAgent:
             self._send(self._finished[a.lease_id])   # its result may have been lost in transit
             return
         self._newest_term = max(self._newest_term, self.mesh.driver.status().term)
-        if not accept_assignment(self._newest_term, a.term) or self._leaving:
-            why = ("this node is leaving" if self._leaving else
-                   f"stale assignment of term {a.term}: this node has seen term {self._newest_term}")
+        if self._leaving:
+            # Handed back like the tasks it ran (re-run elsewhere, not counted against the
+            # configuration); should the stream be half-closed already, the coordinator
+            # resolves it so when the stream ends (Dispatcher._left).
+            self._send(TaskResult(lease_id=a.lease_id, ok=False, error_kind=HANDED_BACK,
+                                  error_message=handed_back_message(self.node_id)))
+            return
+        if not accept_assignment(self._newest_term, a.term):
+            why = f"stale assignment of term {a.term}: this node has seen term {self._newest_term}"
             self._send(TaskResult(lease_id=a.lease_id, ok=False, error_kind="failed_precondition",
                                      error_message=why))
             return
@@ -358,15 +364,16 @@ class WorkerAgent:
 
     async def _localize_member(self, candidate: dict[str, Any]) -> dict[str, Any]:
         """A member refitted on another node, with its file fetched; one that cannot be
-        fetched carries a ``refit_error`` (finalize drops it, as a failed refit)."""
+        fetched (its node went since) is sent as a candidate to fit: finalize refits it here."""
         sha = candidate.get("member_sha256")
         if not sha:
             return candidate
-        local = {k: v for k, v in candidate.items() if k != "member_sha256"}
+        local = {k: v for k, v in candidate.items() if k not in ("member_sha256", "node_id")}
         try:
-            return {**local, "member_path": str(await self.fetch_blob(str(sha)))}
+            return {**local, "member_path": str(await self.fetch_blob(str(sha))), "node_id": candidate.get("node_id")}
         except (NexusError, OSError, grpc.RpcError) as e:
-            return {**local, "refit_error": f"its refitted model is not available: {e}"}
+            log.warning("trial %s's refitted member is not available (%s): finalize refits it", candidate.get("trial"), e)
+            return local
 
     async def _publish(self, kind: str, local: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         """Outputs into this node's blob store, recorded as held here; the result names them

@@ -36,6 +36,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from nexus_node.errors import FailedPrecondition
 from nexus_node.work.adoption import Claim
 from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkDown, WorkUp
+from nexus_node.work.retries import handed_back_message
 from nexus_node.work.scheduler import (
     Lease,
     NodeView,
@@ -227,8 +228,9 @@ class Dispatcher:
                       claim.node_id, self.term, self._clock())
         if claim.node_id in self.schedule.dead or self._closed or claim.node_id not in self._sessions:
             fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            fut.set_result(Outcome(False, lost=True, message=f"node {claim.node_id} went silent before its "
-                                                             "trial was adopted", node_id=claim.node_id))
+            why = ("this node no longer coordinates" if self._closed else
+                   f"node {claim.node_id} went silent before its trial was adopted")
+            fut.set_result(Outcome(False, lost=True, message=why, node_id=claim.node_id))
             return lease, fut
         self.schedule.leases[lease.lease_id] = lease
         self._on_change()
@@ -243,6 +245,7 @@ class Dispatcher:
         for lease_id, (study, claim) in list(self._claims.items()):
             if study == study_name:
                 self._refuse(claim.node_id, lease_id, "its trial was failed as lost: nobody adopted it in time")
+        self._pump()   # the slots refused claims held are free
 
     def _refuse(self, node_id: str, lease_id: str, reason: str) -> None:
         self._claims.pop(lease_id, None)
@@ -276,6 +279,14 @@ class Dispatcher:
         return [s.view for s in self._sessions.values()
                 if s.view is not None and s.outbox is not None and s.node_id not in self.schedule.dead]
 
+    def _free_views(self) -> list[NodeView]:
+        """:meth:`nodes` less the slots that held claims take: a trial that may be adopted
+        runs there, though no lease of this coordinator says so yet."""
+        held: dict[str, int] = {}
+        for _, claim in self._claims.values():
+            held[claim.node_id] = held.get(claim.node_id, 0) + 1
+        return [dataclasses.replace(v, slots=max(0, v.slots - held.get(v.node_id, 0))) for v in self.nodes()]
+
     def busy(self, node_id: str) -> int:
         return len(self.schedule.running_on(node_id))
 
@@ -308,6 +319,8 @@ class Dispatcher:
             reader.cancel()
             if session.outbox is outbox:
                 session.outbox = None
+                if session.heartbeat.slots == 0:
+                    self._left(session.node_id)
                 self._on_change()
 
     async def _read(self, session: _Session, inbound: AsyncIterator[WorkUp],
@@ -336,6 +349,10 @@ class Dispatcher:
         session.heartbeat = hb
         now = self._clock()
         session.view = NodeView(node_id, hb.slots, hb.task_memory_bytes, now)
+        # Each heartbeat restates what the node runs: a claim it no longer names has ended.
+        for lease_id, (_, claim) in list(self._claims.items()):
+            if claim.node_id == node_id and lease_id not in hb.running:
+                del self._claims[lease_id]
         trials = {t.lease_id: t for t in hb.trials}
         for lease_id in hb.running:
             lease = self.schedule.leases.get(lease_id)
@@ -349,6 +366,17 @@ class Dispatcher:
             session.push(CancelTask(
                 lease_id=lease_id, reason="the coordinator does not hold this lease (revoked, or granted "
                                           "by an earlier coordinator)"))
+        self._pump()
+
+    def _left(self, node_id: str) -> None:
+        """A node that said it takes no more work (no slots) closed its stream: it is leaving.
+        A task it was sent in that moment, which it refused after its stream was closed, is
+        lost now rather than after --grace."""
+        for lease in self.schedule.running_on(node_id):
+            self.schedule.leases.pop(lease.lease_id, None)
+            self.schedule.revoked.add(lease.lease_id)
+            self._resolve(lease.lease_id, Outcome(False, lost=True, handed_back=True, node_id=node_id,
+                                                  message=handed_back_message(node_id)))
         self._pump()
 
     def _result(self, node_id: str, r: TaskResult) -> None:
@@ -390,7 +418,7 @@ class Dispatcher:
         if not any(pending.values()):
             return
         order = sorted(pending, key=lambda j: (self._rank.get(j, 0.0), j))
-        placements, refusals = place(self.schedule, pending, order, self.nodes())
+        placements, refusals = place(self.schedule, pending, order, self._free_views())
         futures = {req: fut for waiting in self._waiting.values() for req, fut in waiting}
         now = self._clock()
         for p in placements:

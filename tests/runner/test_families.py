@@ -23,6 +23,11 @@ def test_each_task_names_the_libraries_it_loads():
                                "candidate": {"params": {"family": "gbt"}}}) == families.TABLES
     chosen = [{"candidate": c, "weight": 0.5} for c in mixed]
     assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "chosen": chosen}) == families.ANY
+    # Members refitted elsewhere are read, not fitted: a network's file needs torch, a tree's
+    # numpy alone, so a 512 MB node assembles a mixed ensemble in one family's runner.
+    files = [{"candidate": {**c, "member_path": f"/m{i}.zip"}, "weight": 0.5} for i, c in enumerate(mixed)]
+    assert families.family_of({"task": "finalize", "params": {"family": "gbt"}, "chosen": files}) == families.NETWORKS
+    assert families.family_of({"task": "finalize", "params": {"family": "mlp"}, "chosen": files[:1]}) == families.TABLES
     assert families.family_of({"task": "predict"}) == families.ANY
     assert families.family_of({"task": "ping"}) == families.ANY
 

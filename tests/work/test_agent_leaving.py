@@ -135,3 +135,19 @@ async def test_the_heartbeat_names_the_trials_the_node_runs():
     assert set(beat.running) == {"lease-7", "lease-p"}
     assert beat.trials == (RunningTrial("lease-7", "nexus-job-1", 7),)
     await agent.stop(hand_back=False)
+
+
+async def test_an_assignment_that_reaches_a_leaving_node_is_handed_back_not_failed():
+    """Re-run elsewhere without counting against the configuration, as a running task given
+    up at leaving is (a refusal as a failure once failed the trial for good)."""
+    driver = SimpleNamespace(status=lambda: SimpleNamespace(term=3), state=SimpleNamespace(applied_index=10))
+    agent = WorkerAgent(node_id="n2", cluster="c", address="127.0.0.1:1", pool=BusyPool(), blobs=None,  # type: ignore[arg-type]
+                        mesh=SimpleNamespace(driver=driver), placement=None, fetch_blob=lambda sha: None,  # type: ignore[arg-type]
+                        storage={})
+    up: asyncio.Queue[WorkUp] = asyncio.Queue()
+    agent._up = up   # type: ignore[assignment]
+    agent._leaving = True
+    agent._assign(Assignment(lease_id="late", term=3, log_index=0, task_json=b'{"task": "trial"}'))
+    sent = up.get_nowait()
+    assert sent.result is not None and sent.result.lease_id == "late"
+    assert (sent.result.error_kind, sent.result.error_message) == (HANDED_BACK, "node n2 left while running it")

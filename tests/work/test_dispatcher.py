@@ -234,3 +234,33 @@ async def test_claims_a_search_refuses_or_leaves_are_cancelled_on_their_nodes(ad
     # Decided: a later heartbeat naming the study's old lease is cancelled at once.
     claim(a, RunningTrial("L2", "nexus-job-1", 2))
     assert (await a.next_down()).lease_id == "L2"
+
+
+async def test_a_slot_a_held_claim_takes_is_not_granted_to_another_job(adopting, clock):
+    d, a = adopting   # node a has two slots
+    claim(a, RunningTrial("old-1", "nexus-job-1", 1), RunningTrial("old-2", "nexus-job-1", 2))
+    await until(lambda: len(d._claims) == 2)
+    waiting = asyncio.ensure_future(d.reserve("job-9", 10 * MB, rank=1.0))
+    await asyncio.sleep(0)
+    assert not waiting.done()   # both slots run trials that may be adopted
+    clock[0] = 2.5
+    claims = {c.lease_id: c for c in await d.claims_for("nexus-job-1")}
+    d.adopt(claims["old-1"], "job-1", 10 * MB, {"task": "trial", "trial_number": 1})
+    d.settle_claims("nexus-job-1", [(claims["old-2"], "trial 2 already finished in the study")])
+    lease = await asyncio.wait_for(waiting, 5)   # the refused claim's slot is free again
+    assert lease.node_id == "a" and d.busy("a") == 2
+
+
+async def test_a_leaving_node_s_unanswered_task_is_lost_when_its_stream_ends(dispatcher):
+    a = FakeNode(dispatcher, "a")
+    await a.connect()
+    lease = await dispatcher.reserve("job1", 10 * MB, rank=1.0)
+    fut = dispatcher.send(lease, {"task": "trial"}, trial_number=0)
+    await a.next_down()
+    # It says it takes no more work, then closes its stream without answering the task (it
+    # refused it after its stream was half-closed): lost at once, handed back, not at --grace.
+    a.slots = 0
+    a.up.put_nowait(a.heartbeat())
+    await a.disconnect()
+    outcome = await asyncio.wait_for(fut, 5)
+    assert outcome.lost and outcome.handed_back and outcome.message == "node a left while running it"
