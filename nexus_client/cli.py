@@ -140,7 +140,7 @@ def format_job(job: nexus_pb2.Job, unicode: bool = True, trials: Sequence[nexus_
             # With the node that refitted each: members refit in parallel, one task each.
             items = [f"#{m.trial} {m.family} {m.weight:.0%}" + (f" ({m.node_id})" if m.node_id else "")
                      for m in job.members]
-            row = "ensemble    "
+            row = "ensemble   "   # each item adds two spaces: the members start in column 13
             for item in items:
                 if len(row) + 2 + len(item) > 99 and row.strip() != "ensemble":
                     lines.append(row)

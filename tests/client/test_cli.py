@@ -347,3 +347,13 @@ def test_cluster_lists_discovered_peers_apart_from_members():
     members, _, found = text.partition("discovered, not members")
     assert "n2" not in members and "n2" in found and "(seed)" in found and "10.0.0.3:7070" in found
     assert "discovered" not in cli.format_cluster(pb.Cluster(nodes=[pb.NodeInfo(node_id="n1")]))
+
+
+def test_an_ensemble_lists_its_members_with_their_nodes_aligned_with_the_other_fields():
+    job = pb.Job(job_id="j", state=pb.COMPLETED, model_id="m", spec=pb.JobSpec(target="y", max_trials=3))
+    for i in range(5):
+        job.members.add(trial=i, family="gbt", weight=0.2, node_id=f"node-{i:08d}")
+    lines = [line for line in cli.format_job(job).splitlines() if "#" in line]
+    assert lines[0].startswith("ensemble     #0 gbt 20% (node-00000000)  #1 gbt 20%")
+    assert len(lines) == 2 and lines[1].startswith(" " * 13 + "#3 gbt 20% (node-00000003)")
+    assert all(len(line) <= 99 for line in lines)
