@@ -175,16 +175,7 @@ def detect_encoding(path: Path, compression: str | None = None) -> str:
 def _detect_encoding(opener: Callable[[], IO[bytes]]) -> str:
     with opener() as f:
         head = f.read(4)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        if _decodes(opener, "utf-16"):
-            return "utf-16"
-        raise InvalidInput("the file starts with a UTF-16 byte-order mark but is not valid UTF-16: save it "
-                           "again as UTF-8 CSV or as Unicode text")
-    start = "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
-    for enc in (start, "cp1252"):
-        if _decodes(opener, enc):
-            return enc
-    return "latin-1"
+    return tableformat.choose_encoding(head, lambda codec: _decodes(opener, codec))
 
 
 def _decodes(opener: Callable[[], IO[bytes]], encoding: str) -> bool:

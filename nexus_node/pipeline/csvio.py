@@ -57,21 +57,19 @@ def decode_bytes(data: bytes, encoding: str | None = None, source: str = "the fi
             return data.decode(encoding), encoding
         except (UnicodeDecodeError, LookupError) as e:
             raise InvalidInput(f"{source} does not decode as {encoding}: {e}") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        tableformat.check_text_head(data[:SNIFF_BYTES], source)
+    decoded: dict[str, str] = {}
+
+    def decodes(codec: str) -> bool:
         try:
-            return data.decode("utf-16"), "utf-16"
+            decoded[codec] = data.decode(codec)
+            return True
         except UnicodeDecodeError:
-            raise InvalidInput(f"{source} starts with a UTF-16 mark but is not valid UTF-16; "
-                               "save it as UTF-8 CSV") from None
-    tableformat.check_text_head(data[:SNIFF_BYTES], source)
-    if data.startswith(b"\xef\xbb\xbf"):
-        return data.decode("utf-8-sig", errors="strict"), "utf-8-sig"
-    for codec in ("utf-8", "cp1252"):
-        try:
-            return data.decode(codec), codec
-        except UnicodeDecodeError:
-            continue
-    return data.decode("latin-1"), "latin-1"
+            return False
+
+    codec = tableformat.choose_encoding(data[:4], decodes)
+    return (decoded[codec] if codec in decoded else data.decode(codec)), codec
 
 
 def parse_text(text: str, *, source: str = "the file", delimiter: str | None = None,

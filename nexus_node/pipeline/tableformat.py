@@ -23,7 +23,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass
-from typing import IO, Mapping
+from typing import IO, Callable, Mapping
 
 from nexus_node.errors import InvalidInput, TooLarge
 
@@ -118,6 +118,25 @@ _MAGIC: tuple[tuple[bytes, str, str], ...] = (
 _JSON_START = re.compile(r'^(?:\{\s*["}]|\[\s*[\[{"\]\d-])')
 _MARKUP_START = re.compile(r"^<(?:!doctype|html|head|body|table|\?xml|!--|div|meta|script)\b", re.IGNORECASE)
 
+
+def choose_encoding(head: bytes, decodes: Callable[[str], bool]) -> str:
+    """The codec of a text file whose first bytes are ``head``; ``decodes(codec)`` says
+    whether the whole file decodes with it. UTF-16 after its byte-order mark; else UTF-8
+    (with or without its mark) if the file decodes so; else Windows-1252 if it does; else
+    Latin-1, which decodes any byte. The one rule for the node's check and the runner's read.
+
+    Raises:
+        InvalidInput: a UTF-16 mark before bytes that are not UTF-16.
+    """
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        if decodes("utf-16"):
+            return "utf-16"
+        raise InvalidInput("the file starts with a UTF-16 byte-order mark but is not valid UTF-16: save it "
+                           "again as UTF-8 CSV or as Unicode text")
+    for codec in ("utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8", "cp1252"):
+        if decodes(codec):
+            return codec
+    return "latin-1"
 
 def sniff(head: bytes, source: str = "the file") -> tuple[str, str]:
     """The container and compression of a file from its first bytes (:data:`SNIFF_BYTES`).
