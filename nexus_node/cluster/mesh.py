@@ -275,7 +275,7 @@ class Mesh:
     async def barrier(self, term: int, timeout: float = 30.0) -> None:
         """Returns once an entry this node proposed as leader of ``term`` is applied here: every
         earlier entry is too. Raises NotLeader if it does not lead in ``term``."""
-        await self.driver.propose(encode_command(BARRIER, {}), None, timeout, term=term)
+        await self.driver.propose(encode_command(BARRIER, {}, term), None, timeout)
 
     def health(self, now: float) -> dict[str, admission.MemberHealth]:
         d = self.driver

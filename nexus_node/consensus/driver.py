@@ -182,6 +182,10 @@ class RaftDriver:
         #: Called once with the error when the loop fails (a disk write, a diverged log): the
         #: node cannot go on without its consensus loop and stops (node_main exits).
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
+        #: Called with the seconds each :meth:`propose` took, call to apply here, for the
+        #: proposals that were applied (the node's metrics observe it: a hook, so that this
+        #: layer knows nothing of how they are exported).
+        self.on_proposal_applied: Callable[[float], None] = lambda seconds: None
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -334,9 +338,13 @@ class RaftDriver:
                     item.done.set_result(index)
         elif isinstance(item, tuple):
             # (data, proposal_id, future of the entry's index or None, the node that waits for
-            # it alone, when private: a follower that handed it over, or this node)
-            data, pid, accepted, origin = item
+            # it alone, when private: a follower that handed it over, or this node; the term
+            # the write is fenced to, or None)
+            data, pid, accepted, origin, term = item
             try:
+                if term is not None and self._raw.status().term != term:
+                    # It would be appended in another term and skipped on apply: not at all.
+                    raise NotLeader(self._lead)
                 entry = self._raw.propose(data, pid, origin)
             except (NotLeader, ProposalDropped) as exc:
                 if accepted is not None and not accepted.done():
@@ -477,18 +485,18 @@ class RaftDriver:
     # --- proposals --------------------------------------------------------------------------------
 
     async def propose(self, data: bytes, proposal_id: str | None = None,
-                      timeout: float | None = None, term: int | None = None,
-                      private: bool = False) -> int:
+                      timeout: float | None = None, private: bool = False) -> int:
         """Commits ``data`` and returns once this node has applied it.
 
         Args:
-            data: A command (see :func:`nexus_node.consensus.state.encode_command`).
+            data: A command (see :func:`nexus_node.consensus.state.encode_command`). A command
+                fenced to a term (a coordinator's own writes) is proposed only while this node
+                leads in that term, never forwarded, and takes effect only if this node still
+                leads in that term when it appends it: a deposed coordinator's late writes are
+                not committed by its successor on its behalf, nor by itself in a later term.
             proposal_id: Unique id of this write; pass the same id to retry a write whose answer
                 was lost. Drawn at random if None.
             timeout: Seconds to keep trying (default ``settings.propose_timeout``).
-            term: Fence: propose only while this node leads in ``term``, never forwarding. A
-                coordinator's own writes use it, so a deposed coordinator's late writes are
-                not committed by its successor on its behalf.
             private: Only this node waits for the write: the leader tells the other followers
                 of its commit with their next append or heartbeat instead of at once (fewer
                 messages per write). For writes no other node acts on the moment they commit.
@@ -502,13 +510,14 @@ class RaftDriver:
             TimeoutError: not applied in time (it may still be applied later: retry with the
                 same id to find out).
             MeshStopped: the driver stopped.
-            NotLeader: with ``term``, this node does not lead in that term (any more).
+            NotLeader: ``data`` is fenced to a term this node does not lead in (any more).
         """
         # Checked once, here, before anything is proposed: a write the followers would refuse
         # to store must never enter the leader's log (they would refuse it for ever).
-        self.state.validate(data)
+        term = self.state.validate(data)
         pid = proposal_id or uuid.uuid4().hex
-        deadline = time.monotonic() + (timeout if timeout is not None else self.settings.propose_timeout)
+        started = time.monotonic()
+        deadline = started + (timeout if timeout is not None else self.settings.propose_timeout)
         while (index := self.state.applied_at(pid)) is None:
             if self._raw is None or self._stopped:
                 raise MeshStopped(f"node {self.node_id} is not running")
@@ -520,16 +529,17 @@ class RaftDriver:
             changes = self._lead_changes
             # Propose again when leadership moves (the entry may have been lost with the old
             # leader) or after the retry interval; a duplicate is harmless (thesis §6.3).
-            wait = await self._submit(data, pid, private)
+            wait = await self._submit(data, pid, private, term)
             try:
                 await self.wait_for(
                     lambda: self.state.applied_at(pid) is not None or self._lead_changes != changes,
                     min(wait, max(0.0, deadline - time.monotonic())))
             except TimeoutError:
                 pass
+        self.on_proposal_applied(time.monotonic() - started)
         return index
 
-    async def _submit(self, data: bytes, pid: str, private: bool = False) -> float:
+    async def _submit(self, data: bytes, pid: str, private: bool = False, term: int | None = None) -> float:
         """One attempt to get the proposal to the leader. Returns how long to wait for it
         before proposing again."""
         s = self.settings
@@ -538,20 +548,22 @@ class RaftDriver:
             return s.tick_interval
         if leader == self.node_id:
             try:
-                await self._propose_local(data, pid, private)
+                await self._propose_local(data, pid, private, term)
                 return s.retry_interval
             except (NotLeader, ProposalDropped):
                 return s.tick_interval
+        if term is not None:   # fenced: never handed to another node (the loop sees NotLeader)
+            return s.tick_interval
         if self._transport.forward(leader, data, pid, private):
             return s.forward_retry_interval
         log.debug("forwarding %s to %s: no address or queue full", pid, leader)
         return s.tick_interval
 
-    async def _propose_local(self, data: bytes, pid: str, private: bool = False) -> int:
+    async def _propose_local(self, data: bytes, pid: str, private: bool = False, term: int | None = None) -> int:
         if self._stopped:
             raise MeshStopped(f"node {self.node_id} stopped")
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._inbox.put_nowait((data, pid, accepted, self.node_id if private else None))
+        self._inbox.put_nowait((data, pid, accepted, self.node_id if private else None, term))
         return await accepted
 
     # --- PeerHost: what PeerService calls -----------------------------------------------------------
@@ -752,6 +764,6 @@ class RaftDriver:
                 if refused is not None:
                     refused.append(f"write {pid[:40]}: {exc}")
                 continue
-            self._inbox.put_nowait((data, pid, None, origin if private else None))
+            self._inbox.put_nowait((data, pid, None, origin if private else None, None))
             queued += 1
         return queued

@@ -11,6 +11,16 @@ id, and both copies may end up committed. Raft thesis §6.3 makes the state mach
 the first entry carrying an id takes effect, later ones are no-ops that report the first one's
 index. The seen ids are kept for the life of the log (no compaction yet, so the set grows with
 it, as the log does); they are rebuilt on restart by replaying the log.
+
+Fencing: a command may name the term its proposer leads in (``{"kind", "body", "term"}``, see
+:func:`encode_command`). The coordinator's writes do: they are its decisions, valid only while it
+leads. Such a command takes effect only in an entry of that very term, that is, only if the
+leader of that term appended it (a Raft leader appends entries of its own term alone, §5.3);
+in any other entry it is skipped on every node alike. A leader never takes a fenced command a
+follower hands over (:meth:`ReplicatedState.check_forwarded`), so a fenced write that commits
+was proposed by its own node while that node led in the term it names: a deposed coordinator's
+late write, appended after it was re-elected in a later term or handed to another leader, does
+nothing.
 """
 
 from __future__ import annotations
@@ -40,9 +50,22 @@ ForwardCheck = Callable[[Any, str], None]
 MAX_COMMAND_BYTES = 8 << 20
 
 
-def encode_command(kind: str, body: Any) -> bytes:
-    """Encodes a command for :meth:`RaftDriver.propose <nexus_node.consensus.driver.RaftDriver.propose>`."""
-    return json.dumps({"kind": kind, "body": body}, separators=(",", ":")).encode()
+def encode_command(kind: str, body: Any, term: int | None = None) -> bytes:
+    """Encodes a command for :meth:`RaftDriver.propose <nexus_node.consensus.driver.RaftDriver.propose>`.
+
+    Args:
+        term: Fence the command to this term: it takes effect only if the node that proposes it
+            leads in ``term`` when the leader appends it (see the module docstring), and it is
+            never forwarded to another node. None: any node may propose it, through the leader.
+    """
+    command: dict[str, Any] = {"kind": kind, "body": body}
+    if term is not None:
+        command["term"] = term
+    return json.dumps(command, separators=(",", ":")).encode()
+
+
+def _is_term(v: object) -> bool:
+    return type(v) is int and v >= 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,12 +77,14 @@ class Applied:
         proposal_id: The entry's proposal id, if any.
         result: What the handler returned (None for a duplicate or a skipped entry).
         duplicate: The proposal id had already taken effect; this entry changed nothing.
+        fenced: The command was fenced to another term than the entry's; it changed nothing.
     """
 
     index: int
     proposal_id: str | None
     result: Any = None
     duplicate: bool = False
+    fenced: bool = False
 
 
 class ReplicatedState:
@@ -95,22 +120,26 @@ class ReplicatedState:
         self._validators[kind] = validate
         self._forward_checks[kind] = forwarded
 
-    def _decode(self, data: bytes) -> tuple[str, Any]:
+    def _decode(self, data: bytes) -> tuple[str, Any, int | None]:
         if len(data) > MAX_COMMAND_BYTES:
             raise ValueError(f"command of {len(data)} bytes, over {MAX_COMMAND_BYTES}")
         try:
             command = json.loads(data)
         except (ValueError, RecursionError):
             raise ValueError("command is not JSON") from None
-        if not isinstance(command, dict) or set(command) != {"kind", "body"}:
-            raise ValueError('command is not {"kind": ..., "body": ...}')
+        if not isinstance(command, dict) or set(command) - {"term"} != {"kind", "body"}:
+            raise ValueError('command is not {"kind": ..., "body": ...} (and an optional "term")')
         kind = command["kind"]
         if not isinstance(kind, str) or kind not in self._handlers:
             raise ValueError(f"unknown command kind {kind!r:.60}")
-        return kind, command["body"]
+        term = command.get("term")
+        if "term" in command and not _is_term(term):
+            raise ValueError(f"a command's term is a whole number from 1, not {term!r:.40}")
+        return kind, command["body"], term
 
-    def validate(self, data: bytes) -> None:
-        """Checks that ``data`` is a well-formed command of a registered kind.
+    def validate(self, data: bytes) -> int | None:
+        """Checks that ``data`` is a well-formed command of a registered kind; returns the term
+        it is fenced to (None: not fenced).
 
         The leader checks every write before it proposes it, and a follower every entry a
         peer sends before it stores it: a malformed record committed once would be applied by
@@ -120,10 +149,10 @@ class ReplicatedState:
         Raises:
             ValueError: it is not; the message says what is wrong.
         """
-        self._validated(data)
+        return self._validated(data)[2]
 
-    def _validated(self, data: bytes) -> tuple[str, Any]:
-        kind, body = self._decode(data)
+    def _validated(self, data: bytes) -> tuple[str, Any, int | None]:
+        kind, body, term = self._decode(data)
         check = self._validators[kind]
         if check is not None:
             try:
@@ -132,16 +161,19 @@ class ReplicatedState:
                 raise ValueError(f"{kind}: {exc}") from None
             except (TypeError, KeyError, AttributeError) as exc:  # a validator's own slip
                 raise ValueError(f"{kind}: malformed body ({type(exc).__name__}: {exc})") from None
-        return kind, body
+        return kind, body, term
 
     def check_forwarded(self, data: bytes, origin: str) -> None:
         """The leader's check of a write follower ``origin`` handed over: :meth:`validate`,
-        then the kind's ``forwarded`` check.
+        then the kind's ``forwarded`` check. A fenced write is never taken: it is valid only
+        from the leader of its term, and only that node's own proposal proves it.
 
         Raises:
-            ValueError: the write is malformed, or ``origin`` may not make it.
+            ValueError: the write is malformed, fenced to a term, or ``origin`` may not make it.
         """
-        kind, body = self._validated(data)
+        kind, body, term = self._validated(data)
+        if term is not None:
+            raise ValueError(f"{kind} from {origin}: a write fenced to term {term} is never handed over")
         check = self._forward_checks[kind]
         if check is not None:
             try:
@@ -168,15 +200,23 @@ class ReplicatedState:
         pid = entry.proposal_id
         if entry.type is not EntryType.NORMAL:
             return Applied(entry.index, pid)
+        try:
+            command = json.loads(entry.data)
+            kind, body, term = command["kind"], command["body"], command.get("term")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            command = kind = body = term = None
+        if term is not None and term != entry.term:
+            # Not recorded as seen: the write did not happen, and its proposer, no longer
+            # leading in that term, learns so (RaftDriver.propose raises NotLeader).
+            log.info("skipping a write fenced to term %s in an entry of term %d (index %d)",
+                     term, entry.term, entry.index)
+            return Applied(entry.index, pid, fenced=True)
         if pid is not None:
             first = self._seen.get(pid)
             if first is not None:
                 return Applied(first, pid, duplicate=True)
             self._seen[pid] = entry.index
-        try:
-            command = json.loads(entry.data)
-            kind, body = command["kind"], command["body"]
-        except (ValueError, KeyError, TypeError):
+        if command is None:
             log.error("skipping malformed command at index %d", entry.index)
             return Applied(entry.index, pid)
         handler = self._handlers.get(kind)

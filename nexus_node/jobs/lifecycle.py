@@ -42,6 +42,7 @@ from nexus_node.jobs.records import (
 from nexus_node.jobs.search import Search
 from nexus_node.llm import decide_constraints, summarize
 from nexus_node.study import studies
+from nexus_node.study.journal import fenced_context
 from nexus_node.study.constraints import Constraints, apply_override, hard_bounds, parse_override
 from nexus_node.study.space import default_configs, trial_params
 from nexus_node.work.dispatcher import Dispatcher, Outcome
@@ -66,7 +67,14 @@ class Lifecycle:
     # ---- coordinating ---------------------------------------------------------------------
 
     async def activate(self, why: str = "node restart", term: int | None = None) -> None:
-        """This node coordinates now (in ``term``): resume every job that is not finished."""
+        """This node coordinates now (in ``term``): resume every job that is not finished.
+
+        Everything it starts writes the study fenced to ``term`` (study/journal.py), like its
+        job records: a write that would land after this node stops leading in ``term`` does
+        not take effect."""
+        await asyncio.create_task(self._activate(why, term), context=fenced_context(term))
+
+    async def _activate(self, why: str, term: int | None) -> None:
         ctx = self.ctx
         ctx.active, ctx.term = True, term
         driver = ctx.db.driver
@@ -148,7 +156,10 @@ class Lifecycle:
     def _launch(self, job: JobRecord) -> None:
         active = ActiveJob(dataclasses.replace(job))   # the live copy this node's driver owns
         self.ctx.jobs[job.job_id] = active
-        active.driver = asyncio.create_task(self._drive(active.record), name=f"job-{job.job_id}")
+        # Launched from activate, or from a write applied on the driver's task: either way
+        # the job's tasks write in this coordinator's term (see activate).
+        active.driver = asyncio.create_task(self._drive(active.record), name=f"job-{job.job_id}",
+                                            context=fenced_context(self.ctx.term))
 
     async def _drive(self, job: JobRecord) -> None:
         ctx = self.ctx

@@ -29,7 +29,7 @@ from nexus_node.blobs.replication import BlobInfo
 from nexus_node.consensus.driver import RaftDriver
 from nexus_node.consensus.state import encode_command
 from nexus_node.jobs.events import STATE_CHANGED, EventHub, JobEvent, TrialView
-from nexus_node.jobs.records import PENDING, JobRecord, ModelRecord, check_fields
+from nexus_node.jobs.records import JOB_STUDY_PREFIX, PENDING, JobRecord, ModelRecord, check_fields
 
 #: The state machine's command kind for records.
 KIND = "records"
@@ -219,7 +219,7 @@ class ReplicatedRecords:
     # ---- writers (event loop) -----------------------------------------------------------------
 
     async def _commit(self, body: dict[str, Any], term: int | None = None) -> None:
-        await self.driver.propose(encode_command(KIND, body), uuid.uuid4().hex, term=term)
+        await self.driver.propose(encode_command(KIND, body, term), uuid.uuid4().hex)
 
     # ``term``: the coordinator's writes are fenced to the term it leads in (see
     # RaftDriver.propose); a write from any node (a submit, a cancel) passes None.
@@ -259,6 +259,14 @@ class ReplicatedRecords:
 
     async def list_jobs(self) -> list[JobRecord]:
         return [dataclasses.replace(j) for j in sorted(self.jobs.values(), key=lambda j: j.created_at)]
+
+    def job_of_study(self, study_name: str) -> JobRecord | None:
+        """The applied job whose Optuna study ``study_name`` is, if any (one dict lookup: the
+        storage service asks from its threads)."""
+        if not study_name.startswith(JOB_STUDY_PREFIX):
+            return None
+        job = self.jobs.get(study_name[len(JOB_STUDY_PREFIX):])
+        return job if job is not None and job.study_name == study_name else None
 
     async def get_model(self, model_id: str) -> ModelRecord | None:
         return self.models.get(model_id)

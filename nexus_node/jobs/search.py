@@ -185,7 +185,8 @@ class Search:
             if lease is None:
                 break
             try:
-                trial, trial_id, params = await asyncio.to_thread(self._ask, ctx.storage, study, c, lease.node_id)
+                trial, trial_id, params = await asyncio.to_thread(self._ask, ctx.storage, study, c, lease.node_id,
+                                                                  ctx.term)
             except BaseException:
                 ctx.dispatch.release(lease)
                 raise
@@ -201,10 +202,11 @@ class Search:
             # their next epoch, recorded as pruned with their last intermediate value.
 
     def _budget_used(self, job: JobRecord, study: optuna.Study, mine: Collection[int], first: bool = False) -> int:
-        """(thread) Trials that use the job's budget. A RUNNING trial this coordinator did not
-        ask for was created by a deposed coordinator whose write landed late (retried across
-        the failover): nobody runs it, so it is failed as lost and re-run, and does not hold a
-        place in the budget meanwhile."""
+        """(thread) Trials that use the job's budget. A RUNNING trial this coordinator neither
+        asked for nor adopted was created by an earlier coordinator that was deposed before it
+        handed the trial out (asking is two writes, and the second is fenced to its term, as
+        every write of a coordinator is): nobody runs it, so it is failed as lost and re-run,
+        and does not hold a place in the budget meanwhile."""
         max_retries = self.ctx.settings.work.max_retries
         recovery.recover_running(self.ctx.storage, study, job.job_id, max_retries, mine)
         if first:   # before this coordinator asks for any trial of the job
@@ -222,12 +224,14 @@ class Search:
 
     @staticmethod
     def _ask(storage: BatchedJournalStorage, study: optuna.Study, c: Constraints,
-             node_id: str) -> tuple[optuna.Trial, int, dict[str, Any]]:
+             node_id: str, term: int | None = None) -> tuple[optuna.Trial, int, dict[str, Any]]:
         """(thread) A new trial (an enqueued re-run first), its id in the storage and its
-        parameters, written in one append."""
+        parameters, written in one append, with the term of the coordinator that asked."""
         trial = study.ask()
-        params = studies.suggest_in_one_write(storage, trial, lambda t: suggest_params(t, c),
-                                              lambda p: {studies.CONFIG_ATTR: p, studies.NODE_ATTR: node_id})
+        params = studies.suggest_in_one_write(
+            storage, trial, lambda t: suggest_params(t, c),
+            lambda p: {studies.CONFIG_ATTR: p, **({studies.TERM_ATTR: term} if term is not None else {}),
+                       studies.NODE_ATTR: node_id})
         return trial, studies.trial_id_of(storage, study.study_name, trial.number), params
 
     def _task(self, job: JobRecord, number: int, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:

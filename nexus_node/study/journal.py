@@ -12,6 +12,16 @@ process, as with its Redis backend). Here the list is part of the replicated sta
   so a JournalStorage always reads its own writes. Each call carries a fresh proposal id, so a
   batch retried across a failover is applied once.
 
+Fencing: the coordinator's journal writes (asking a trial, failing a lost one, enqueuing a
+re-run) are its decisions, valid only while it leads, so they are fenced to its term like its
+job records (:mod:`nexus_node.consensus.state`): never forwarded, and void unless its own node
+appends them while leading in that term. Optuna makes those writes deep inside ``study.ask()``
+and friends, where no argument can carry a term, so the term travels in a context variable:
+:func:`fenced_context` gives the context the coordinator's tasks run in, ``asyncio.to_thread``
+carries it to the thread that calls Optuna, and :meth:`ReplicatedJournalBackend.append_logs`
+reads it there. Every other write (a runner's, a user's through the storage proxy) is not
+fenced and reaches the leader from any node.
+
 Threads: Optuna's storage is synchronous (the node's ``StorageService`` runs writes on a thread
 pool, see api/storage_service.py), while the driver lives on the event loop. ``append_logs`` hands the
 proposal to the loop and blocks its own thread; calling it *on* the loop thread would deadlock
@@ -22,6 +32,7 @@ readers are on other threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
 import uuid
@@ -46,6 +57,23 @@ DEFAULT_NAME = "optuna"
 # node again (Optuna pickles storages, e.g. in its own test suite). Weak: a stopped node's
 # journal goes away with it.
 _LIVE: "weakref.WeakValueDictionary[str, ReplicatedJournal]" = weakref.WeakValueDictionary()
+
+#: The term the journal writes of the current context are fenced to (None: not fenced).
+_FENCE: contextvars.ContextVar[int | None] = contextvars.ContextVar("nexus_journal_fence", default=None)
+
+
+def fenced_context(term: int | None) -> contextvars.Context:
+    """A copy of the current context in which journal writes are fenced to ``term``: pass it
+    to ``asyncio.create_task(..., context=...)`` for the coordinator's tasks; the tasks and
+    threads they start inherit it."""
+    ctx = contextvars.copy_context()
+    ctx.run(_FENCE.set, term)
+    return ctx
+
+
+def fence() -> int | None:
+    """The term the current context's journal writes are fenced to, if any."""
+    return _FENCE.get()
 
 
 class Op:
@@ -242,13 +270,20 @@ class ReplicatedJournal:
         """A journal backend over journal ``name`` of this node."""
         return ReplicatedJournalBackend(self, name, timeout)
 
-    async def append(self, name: str, logs: list[dict[str, Any]], timeout: float | None = None) -> int:
+    async def append(self, name: str, logs: list[dict[str, Any]], timeout: float | None = None,
+                     term: int | None = None) -> int:
         """Commits ``logs`` to journal ``name`` and waits until this node has applied them.
+
+        Args:
+            term: Fence the write to this term (see the module docstring).
 
         Returns:
             The log index of the command.
+
+        Raises:
+            NotLeader: fenced to a term this node does not lead in (any more).
         """
-        data = encode_command(KIND, {"name": name, "logs": logs})
+        data = encode_command(KIND, {"name": name, "logs": logs}, term)
         # Private: only this node's caller waits for it; other nodes' readers of the study see
         # it with the leader's next message to them (the coordinator, which acts on trials,
         # applies it at once), and a job's own records, which watchers follow, are not private.
@@ -284,6 +319,8 @@ class ReplicatedJournalBackend(BaseJournalBackend):
             RuntimeError: called on the driver's event loop thread (it would deadlock).
             TimeoutError: not committed within the timeout (the cluster has no quorum).
             MeshStopped: the node stopped.
+            NotLeader: the calling context is fenced (:func:`fenced_context`) to a term this
+                node does not lead in (any more); nothing was written.
         """
         loop = self._journal.driver.loop
         if loop is None:
@@ -296,7 +333,7 @@ class ReplicatedJournalBackend(BaseJournalBackend):
             raise RuntimeError("append_logs blocks until the event loop applies the entry: "
                                "call it from another thread (e.g. asyncio.to_thread)")
         future = asyncio.run_coroutine_threadsafe(
-            self._journal.append(self._name, logs, self._timeout), loop)
+            self._journal.append(self._name, logs, self._timeout, _FENCE.get()), loop)
         future.result()
 
     def __getstate__(self) -> dict[str, Any]:

@@ -40,6 +40,9 @@ HANDED_BACK_ATTR = "nexus:handed_back"
 #: User attribute of a completed trial: the sha256 of its validation predictions, a blob the
 #: node that ran it holds (ensemble selection in finalize reads them; pipeline/ensemble.py).
 PREDICTIONS_ATTR = "predictions"
+#: User attribute of a trial: the term of the coordinator that asked for it (which coordinator
+#: decided it; the writes of a coordinator are fenced to its term, see study/journal.py).
+TERM_ATTR = "coordinator_term"
 #: User attribute of a re-run: the number of the trial whose parameters it runs again.
 RETRY_OF = "retry_of"
 

@@ -128,7 +128,7 @@ class WorkerAgent:
                 await self._leader_change(leader, 1.0)
                 continue
             try:
-                await self._session(address)
+                await self._session_while_leader(leader, address)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.CANCELLED:
                     log.debug("work stream to %s: %s %s", leader, exc.code().name, exc.details())
@@ -140,6 +140,37 @@ class WorkerAgent:
                 return   # the coordinator ended the half-closed stream of a leaving node
             # Back off briefly unless the leader changes meanwhile (then reconnect at once).
             await self._leader_change(leader, 0.3)
+
+    async def _session_while_leader(self, leader: str | None, address: str) -> None:
+        """Runs the stream to ``leader`` until it ends, or until this node's driver names
+        another leader: then it ends the stream at once and the caller opens one to the new
+        leader. A coordinator cut off by the network keeps a stream open, unanswered, until
+        keepalive gives it up (10-15 s); meanwhile the new coordinator would hear nothing of
+        this node, within the window in which it adopts the trials that live nodes run."""
+        driver = self.mesh.driver
+
+        def moved() -> bool:
+            return driver.leader not in (leader, None)   # None: an election is on, wait for it
+
+        async def until_moved() -> None:
+            while not moved():
+                with contextlib.suppress(TimeoutError):
+                    await driver.wait_for(moved, 60.0)
+
+        session = asyncio.create_task(self._session(address), name="work-session")
+        watch = asyncio.create_task(until_moved(), name="work-leader-watch")
+        try:
+            await asyncio.wait({session, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (session, watch):
+                task.cancel()
+            await asyncio.gather(session, watch, return_exceptions=True)
+        if not session.cancelled():
+            session.result()   # the stream ended by itself: raises what broke it
+        elif (exc := watch.exception()) is not None:
+            raise exc   # MeshStopped: the node stops
+        else:
+            log.info("work stream to %s ended: the leader is now %s", leader, driver.leader)
 
     async def _leader_change(self, leader: str | None, timeout: float) -> None:
         """Waits up to ``timeout`` for the leader to change from ``leader``.

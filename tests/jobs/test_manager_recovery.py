@@ -1,6 +1,9 @@
-"""The coordinator's search loop and trials it did not start: a deposed coordinator's ``ask`` that
-commits after the failover (found by tests/cluster/test_chaos_netns.py, seed 6: the trial held a
-place in the budget while nobody ran it, so the job ended one finished trial short)."""
+"""The coordinator's search loop and trials it did not start. Found by
+tests/cluster/test_chaos_netns.py, seed 6: a deposed coordinator's ``ask`` committed after the
+failover, and the trial held a place in the budget while nobody ran it, so the job ended one
+finished trial short. A coordinator's writes are fenced to its term now
+(tests/consensus/test_fencing.py), but asking is two writes (the trial, then its parameters):
+a coordinator deposed between them leaves a RUNNING trial nobody runs, handled as here."""
 
 from __future__ import annotations
 
