@@ -405,14 +405,16 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     path = _existing_file(args.file)
-    outside = nx.OutsideRange()
+    outside, unusual = nx.OutsideRange(), nx.InputWarnings()
     with _connect(args) as client:
         output = None if args.output is None else _output_path(args.output, "predictions.csv")
-        n = client.predict_to_csv(args.model, path, sys.stdout if output is None else output, outside)
+        n = client.predict_to_csv(args.model, path, sys.stdout if output is None else output, outside, unusual)
     if output is not None:
         print(f"wrote {n} predictions to {output}", file=sys.stderr)
     if outside.rows:
         print(f"note: {outside.describe(n)}", file=sys.stderr)
+    if unusual.describe():
+        print(f"warning: {unusual.describe()}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -108,12 +108,15 @@ class PredictedRow(NamedTuple):
     """One prediction: ``label`` as text (class label or number), ``value`` numeric
     (regression value or class index), ``probabilities`` per class in ``classes`` order,
     ``outside_range`` the row's numeric columns whose value lies outside what the model
-    was trained on."""
+    was trained on, ``unseen_categories`` its categorical columns whose value the model
+    learned nothing of its own for, ``empty`` whether every input cell was empty."""
 
     label: str
     value: float
     probabilities: tuple[float, ...]
     outside_range: tuple[str, ...] = ()
+    unseen_categories: tuple[str, ...] = ()
+    empty: bool = False
 
 
 @dataclass
@@ -141,11 +144,46 @@ class OutsideRange:
 
 
 @dataclass
+class InputWarnings:
+    """The input rows a model predicted but knows little about, as the node counted them
+    (``PredictWarnings``): rows holding a category the model learned nothing of its own for
+    (and per column, how many), and rows whose every input column is empty."""
+
+    rows: int = 0
+    unseen_category_rows: int = 0
+    unseen_categories: dict[str, int] = field(default_factory=dict)
+    empty_rows: int = 0
+
+    def take(self, w: nexus_pb2.PredictWarnings) -> None:
+        """Copies the counts of a reply's ``warnings``."""
+        self.rows, self.unseen_category_rows, self.empty_rows = w.rows, w.unseen_category_rows, w.empty_rows
+        self.unseen_categories = dict(w.unseen_categories)
+
+    def describe(self) -> str:
+        """One line for a person, e.g. ``of 5 rows, 2 hold categories the model never
+        learned: sex (2), region (1); 1 is empty; predicted all the same, from what the model
+        learned of other values and of missing ones``; empty when there is nothing to say."""
+        said = []
+        if self.unseen_category_rows:
+            ranked = sorted(self.unseen_categories.items(), key=lambda t: (-t[1], t[0]))
+            cols = ", ".join(f"{c} ({n})" for c, n in ranked)
+            said.append(f"{self.unseen_category_rows} {'holds' if self.unseen_category_rows == 1 else 'hold'} "
+                        f"categories the model never learned: {cols}")
+        if self.empty_rows:
+            said.append(f"{self.empty_rows} {'is' if self.empty_rows == 1 else 'are'} empty in every input column")
+        if not said:
+            return ""
+        return (f"of {self.rows} rows, {'; '.join(said)}; predicted all the same, from what the model "
+                "learned of other values and of missing ones")
+
+
+@dataclass
 class PredictResult:
     """Predictions for every input row, in input order; ``classes`` empty for regression."""
 
     classes: list[str] = field(default_factory=list)
     rows: list[PredictedRow] = field(default_factory=list)
+    warnings: InputWarnings = field(default_factory=InputWarnings)
 
 
 class NexusClient:
@@ -375,7 +413,10 @@ class NexusClient:
             if response.classes and not result.classes:
                 result.classes = list(response.classes)
             for p in response.predictions:
-                by_row[p.row] = PredictedRow(p.label, p.value, tuple(p.probabilities), tuple(p.outside_range))
+                by_row[p.row] = PredictedRow(p.label, p.value, tuple(p.probabilities), tuple(p.outside_range),
+                                             tuple(p.unseen_categories), p.empty)
+            if response.HasField("warnings"):
+                result.warnings.take(response.warnings)
         result.rows = [by_row[i] for i in sorted(by_row)]
         return result
 
@@ -385,6 +426,7 @@ class NexusClient:
         in_path: CsvSource,
         out: str | os.PathLike[str] | TextIO,
         outside: OutsideRange | None = None,
+        warnings: InputWarnings | None = None,
     ) -> int:
         """Predict a CSV and write the predictions as CSV, one row per input row.
 
@@ -399,17 +441,19 @@ class NexusClient:
             out: a path to write, or an open text stream (e.g. ``sys.stdout``).
             outside: when given, counts the rows outside the training range (the CSV
                 itself keeps its columns).
+            warnings: when given, takes the node's counts of rows with unseen categories
+                and of empty rows.
 
         Returns:
             The number of rows written.
         """
         if isinstance(out, (str, os.PathLike)):
             with _write_then_rename(out, "w", newline="", encoding="utf-8") as f:
-                return self._write_predictions(model_or_job_id, in_path, f, outside)
-        return self._write_predictions(model_or_job_id, in_path, out, outside)
+                return self._write_predictions(model_or_job_id, in_path, f, outside, warnings)
+        return self._write_predictions(model_or_job_id, in_path, out, outside, warnings)
 
     def _write_predictions(self, model_or_job_id: str, in_path: CsvSource, out: IO[str],
-                           outside: OutsideRange | None) -> int:
+                           outside: OutsideRange | None, warnings: InputWarnings | None) -> int:
         writer = csv.writer(out, lineterminator="\n")
         classes: list[str] | None = None
         pending: dict[int, nexus_pb2.Prediction] = {}
@@ -422,6 +466,8 @@ class NexusClient:
                 pending[p.row] = p
                 if outside is not None:
                     outside.add(p.outside_range)
+            if warnings is not None and response.HasField("warnings"):
+                warnings.take(response.warnings)
             # Rows are expected in order; a node that batches out of order is still written
             # in input order, holding back only the rows that arrived early.
             while written in pending:

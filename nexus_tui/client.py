@@ -11,7 +11,7 @@ Every method blocks; the app calls them from thread workers, never on the event 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 
@@ -22,6 +22,14 @@ class Unreachable(ConnectionError):
 
 class RequestFailed(RuntimeError):
     """The node answered with an error meant for the user (bad input, unknown id)."""
+
+
+class Predicted(NamedTuple):
+    """What a prediction wrote: its rows, and one line about the rows the model answered but
+    knows little about (unseen categories, empty rows); empty when there are none."""
+
+    rows: int
+    warning: str = ""
 
 
 class ClusterClient(Protocol):
@@ -55,8 +63,8 @@ class ClusterClient(Protocol):
 
     def cancel(self, job_id: str) -> pb.Job: ...
 
-    def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> int:
-        """Write predictions for every input row; returns the number of rows written."""
+    def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> Predicted:
+        """Write predictions for every input row; returns the rows written and the node's warning."""
         ...
 
     def close(self) -> None:

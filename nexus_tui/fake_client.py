@@ -15,7 +15,7 @@ import threading
 from typing import Any, Iterator
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from nexus_tui.client import RequestFailed, Unreachable
+from nexus_tui.client import Predicted, RequestFailed, Unreachable
 
 EPOCH = 1_800_000_000.0   # the fake's "now": pass ``clock=lambda: EPOCH`` to the app
 GiB = 1 << 30
@@ -207,7 +207,7 @@ class FakeClusterClient:
         job.state = pb.CANCELLED
         return job
 
-    def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> int:
+    def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> Predicted:
         self._check()
         with open(in_path, newline="") as f:
             rows = list(csv.reader(f))[1:]
@@ -215,7 +215,7 @@ class FakeClusterClient:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["prediction"])
             w.writerows([[f"{1000.0 + 10 * i:.1f}"] for i in range(len(rows))])
-        return len(rows)
+        return Predicted(len(rows))
 
     def close(self) -> None:
         self._closed.set()

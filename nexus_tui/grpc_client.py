@@ -7,12 +7,12 @@ from typing import Any, Iterator, TypeVar
 
 import grpc
 
-from nexus_client.client import NexusClient, describe_error
+from nexus_client.client import InputWarnings, NexusClient, describe_error
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.net import auth
 from nexus_node.net.tls import client_tls
-from nexus_tui.client import RequestFailed, Unreachable
+from nexus_tui.client import Predicted, RequestFailed, Unreachable
 
 T = TypeVar("T")
 # Codes that mean "the node is not there (now)": the app reconnects instead of showing an
@@ -99,9 +99,11 @@ class GrpcClusterClient:
         with _translated():
             return self._nexus.cancel(job_id)
 
-    def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> int:
+    def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> Predicted:
+        unusual = InputWarnings()
         with _translated():
-            return self._nexus.predict_to_csv(model_id, in_path, out_path)
+            rows = self._nexus.predict_to_csv(model_id, in_path, out_path, warnings=unusual)
+        return Predicted(rows, unusual.describe())
 
     def close(self) -> None:
         for call in list(self._calls):

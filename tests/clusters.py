@@ -60,12 +60,15 @@ def study_of(address: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=NexusStorageProxy(host=host, port=int(port)))
 
 
-def caught_up(address: str, study: optuna.Study) -> None:
+def caught_up(address: str) -> None:
     """Returns once the node at ``address`` has applied everything committed before now: a
     write through its StorageService returns only once applied there, after every earlier
-    entry (its reads are local, and a node that just came back may still be catching up)."""
+    entry (its reads are local, and a node that just came back may still be catching up).
+    The write goes to a study of the test's own: a job's study is written only by the cluster."""
     host, port = address.rsplit(":", 1)
-    NexusStorageProxy(host=host, port=int(port)).set_study_user_attr(study._study_id, "barrier", time.time_ns())
+    study = optuna.create_study(study_name="test-barrier", storage=NexusStorageProxy(host=host, port=int(port)),
+                                load_if_exists=True)
+    study.set_user_attr("barrier", time.time_ns())
 
 
 def finished(study: optuna.Study) -> dict[int, tuple]:

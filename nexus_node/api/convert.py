@@ -108,6 +108,20 @@ def members_to_pb(members: list[dict[str, Any]]) -> list[pb.EnsembleMember]:
             for m in members]
 
 
+def prediction_to_pb(row: int, p: dict[str, Any]) -> pb.Prediction:
+    """One predicted row as the serve runner sends it (``Predictor.predict``)."""
+    return pb.Prediction(row=row, label=str(p["label"]), value=float(p["value"]),
+                         probabilities=p.get("probabilities", []), outside_range=p.get("outside_range", []),
+                         unseen_categories=p.get("unseen_categories", []), empty=bool(p.get("empty", False)))
+
+
+def predict_warnings_to_pb(w: dict[str, Any]) -> pb.PredictWarnings:
+    """The input's counts (``input_checks.warning_counts``)."""
+    return pb.PredictWarnings(rows=int(w.get("rows", 0)), unseen_category_rows=int(w.get("unseen_category_rows", 0)),
+                              unseen_categories={str(k): int(v) for k, v in w.get("unseen_categories", {}).items()},
+                              empty_rows=int(w.get("empty_rows", 0)))
+
+
 def token_to_pb(t: TokenRecord) -> pb.TokenInfo:
     """Name, role and age: never the secret, nor its digest."""
     # A token's role is a client role (READ, SUBMIT, ADMIN), each a TokenRole of the same name

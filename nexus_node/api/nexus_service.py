@@ -235,17 +235,16 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                     raise InvalidInput("the prediction input is empty: send a CSV with a header row")
                 row = 0
                 first = True
-                async for classes, rows in self.manager.predict(str(model_id), path, self.max_predict_bytes,
-                                                                "--max-predict-mb"):
+                async for classes, rows, warnings in self.manager.predict(
+                        str(model_id), path, self.max_predict_bytes, "--max-predict-mb"):
                     for start in range(0, len(rows), PREDICT_BATCH):
-                        batch = [
-                            pb.Prediction(row=row + i, label=str(p["label"]), value=float(p["value"]),
-                                          probabilities=p.get("probabilities", []),
-                                          outside_range=p.get("outside_range", []))
-                            for i, p in enumerate(rows[start:start + PREDICT_BATCH])
-                        ]
+                        batch = [convert.prediction_to_pb(row + i, p)
+                                 for i, p in enumerate(rows[start:start + PREDICT_BATCH])]
                         row += len(batch)
-                        yield pb.PredictResponse(classes=classes if first else [], predictions=batch)
+                        last = warnings is not None and start + PREDICT_BATCH >= len(rows)
+                        yield pb.PredictResponse(
+                            classes=classes if first else [], predictions=batch,
+                            warnings=convert.predict_warnings_to_pb(warnings) if last else None)
                         first = False
             finally:
                 await files.remove(path)

@@ -33,7 +33,7 @@ from optuna.storages import BaseStorage
 
 from nexus_node._generated import api_pb2 as pb
 from nexus_node._generated import api_pb2_grpc
-from nexus_node.jobs.records import JOB_STUDY_PREFIX
+from nexus_node.jobs.records import JOB_STUDY_PREFIX, JobRecord
 from nexus_node.study import wire
 
 #: StorageService methods that read one record of the study: answered on the loop.
@@ -142,37 +142,90 @@ def _answer(call: Callable[[BaseStorage, Any], Any], storage: BaseStorage, reque
         raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
 
 
-def job_study_written(method: str, request: Any, reads: BaseStorage) -> str | None:
-    """The job study (named :data:`JOB_STUDY_PREFIX` + a job id) that this write would change,
-    if any, found through Optuna's public storage API.
+class StudyOwners:
+    """Which job study (named :data:`JOB_STUDY_PREFIX` + a job id) a write would change, found
+    through Optuna's public storage API.
 
     A trial is matched to its study by number: ``get_trial`` gives the trial's number, and a
-    study holds the trial if its trial of that number has this id. A target that does not exist
-    is no job study: Optuna's own servicer then answers NOT_FOUND as usual.
+    study holds the trial if its trial of that number has this id. A trial never moves to
+    another study, so the answer is kept per trial id: a runner's writes, and a plain Optuna
+    client's on a study of its own, pay the search once per trial, not once per write. A
+    target that does not exist is no job study: Optuna's own servicer then answers NOT_FOUND
+    as usual.
     """
-    try:
-        if method == "CreateNewStudy":
-            name = request.study_name
-        elif hasattr(request, "study_id"):
-            name = reads.get_study_name_from_id(request.study_id)
-        else:
-            number = reads.get_trial(request.trial_id).number
-            for study in reads.get_all_studies():
-                if study.study_name.startswith(JOB_STUDY_PREFIX):
-                    study_id = reads.get_study_id_from_name(study.study_name)
-                    try:
-                        if reads.get_trial_id_from_study_id_trial_number(study_id, number) == request.trial_id:
-                            return study.study_name
-                    except KeyError:
-                        continue
+
+    def __init__(self, reads: BaseStorage) -> None:
+        self._reads = reads
+        self._trials: dict[int, str | None] = {}
+
+    def study_written(self, method: str, request: Any) -> str | None:
+        """The name of the job study ``method`` with ``request`` writes, if it writes one."""
+        reads = self._reads
+        try:
+            if method == "CreateNewStudy":
+                name = request.study_name
+            elif hasattr(request, "study_id"):
+                name = reads.get_study_name_from_id(request.study_id)
+            else:
+                if request.trial_id not in self._trials:
+                    self._trials[request.trial_id] = self._study_of_trial(request.trial_id)
+                return self._trials[request.trial_id]
+        except KeyError:
             return None
-    except KeyError:
+        return name if name.startswith(JOB_STUDY_PREFIX) else None
+
+    def exists(self, study: str) -> bool:
+        """Whether a study of that name exists (on this node's applied journal)."""
+        try:
+            self._reads.get_study_id_from_name(study)
+        except KeyError:
+            return False
+        return True
+
+    def _study_of_trial(self, trial_id: int) -> str | None:
+        reads = self._reads
+        number = reads.get_trial(trial_id).number
+        for study in reads.get_all_studies():
+            if study.study_name.startswith(JOB_STUDY_PREFIX):
+                study_id = reads.get_study_id_from_name(study.study_name)
+                try:
+                    if reads.get_trial_id_from_study_id_trial_number(study_id, number) == trial_id:
+                        return study.study_name
+                except KeyError:
+                    continue
         return None
-    return name if name.startswith(JOB_STUDY_PREFIX) else None
+
+
+def job_study_refusal(method: str, study: str, job: JobRecord, study_exists: bool) -> _Aborted | None:
+    """Whether a write on ``job``'s study is refused whatever the credential, and how.
+
+    The cluster's own writes of a job's study never take these paths: the coordinator
+    creates the study, asks for trials and fails lost ones through its own storage object,
+    and runners end their trials through ``RunnerService``; through this service runners
+    write only a running trial's values and attributes (a pruner's rung marks). So a job's
+    study is never deleted nor created here, and once the job has ended nothing in it changes:
+    a user deleting it, or adding or changing trials, would leave a COMPLETED job whose
+    trials, best configuration and model no longer agree with its study. Reads stay open.
+    """
+    owner = f"study {study!r} belongs to job {job.job_id} ({job.state}) and is written only by the cluster"
+    advice = (f"read it freely (optuna.load_study), or write a study of your own (a name not starting "
+              f"with {JOB_STUDY_PREFIX!r})")
+    if method == "CreateNewStudy":
+        if study_exists:   # what Optuna answers, so that create_study(load_if_exists=True) loads it
+            return _Aborted(grpc.StatusCode.ALREADY_EXISTS, f"{owner}; it exists: load it")
+        return _Aborted(grpc.StatusCode.FAILED_PRECONDITION, f"{method}: {owner}, which creates it; {advice}")
+    if method == "DeleteStudy":
+        return _Aborted(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"{method}: {owner}: it holds the job's trials for as long as the job exists; {advice}")
+    if job.terminal:
+        return _Aborted(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"{method}: {owner}, and the job has ended, so its trials are final; {advice}")
+    return None
 
 
 def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: BaseStorage,
-                        pool: Executor, writes_job_studies: Callable[[Any], bool] = lambda metadata: True) -> None:
+                        pool: Executor, writes_job_studies: Callable[[Any], bool] = lambda metadata: True,
+                        job_of_study: Callable[[str], JobRecord | None] = lambda name: None) -> None:
     """Serves Optuna's StorageService on ``server``.
 
     Args:
@@ -185,16 +238,26 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
             may write (a submit token) writes only studies of their own: a client that could
             add a COMPLETE trial to a job's study, or change a running one, would choose the
             job's best configuration and so the model it serves (issue 18).
+        job_of_study: The job whose study a name is (the applied records). Even the peer
+            secret, or anyone on a node without credentials, may not make the writes
+            :func:`job_study_refusal` refuses (FAILED_PRECONDITION). Studies of no job stay
+            fully writable: the cluster is a replicated Optuna storage for anyone.
     """
+    owners = StudyOwners(reads)
+
     def guarded(name: str) -> Callable[[Any, Any], Any]:
         def write(request: Any, metadata: Any) -> Any:
-            if not writes_job_studies(metadata):
-                study = job_study_written(name, request, reads)
-                if study is not None:
+            study = owners.study_written(name, request)
+            if study is not None:
+                if not writes_job_studies(metadata):
                     raise _Aborted(grpc.StatusCode.PERMISSION_DENIED,
                                    f"{name}: study {study!r} belongs to a Nexus job, and only the cluster's "
                                    f"own nodes and runners (the peer secret) write it; write a study of your "
                                    f"own (a name not starting with {JOB_STUDY_PREFIX!r})")
+                job = job_of_study(study)
+                refusal = None if job is None else job_study_refusal(name, study, job, owners.exists(study))
+                if refusal is not None:
+                    raise refusal
             return _answer(CALLS[name], writes, request)
         return write
 

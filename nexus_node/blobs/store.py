@@ -67,6 +67,17 @@ class BlobStore:
         return [p for d in self.root.iterdir() if d.is_dir() and len(d.name) == 2 and d != self.tmp
                 for p in d.iterdir() if p.is_file() and len(p.name) == 64]
 
+    def usage(self) -> tuple[int, int]:
+        """``(blobs, bytes)`` in the store now (blocking: it stats every file)."""
+        count = size = 0
+        for path in self.blob_files():
+            try:
+                size += path.stat().st_size
+            except FileNotFoundError:   # dropped meanwhile (blobs/cache.py)
+                continue
+            count += 1
+        return count, size
+
     def clear_temp(self) -> None:
         """Drop leftovers of uploads interrupted by a crash."""
         for p in self.tmp.iterdir():

@@ -141,5 +141,5 @@ class JobManager:
 
     def predict(
         self, model_or_job: str, csv_path: Path, max_bytes: int | None = None, limit_flag: str = ""
-    ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]]]]:
+    ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]], dict[str, Any] | None]]:
         return self.queries.predict(model_or_job, csv_path, max_bytes, limit_flag)

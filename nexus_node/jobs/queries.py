@@ -68,9 +68,11 @@ class Queries:
 
     async def predict(
         self, model_or_job: str, csv_path: Path, max_bytes: int | None = None, limit_flag: str = ""
-    ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]]]]:
-        """Predictions for a table file (any format training takes), as ``(classes, rows)``
-        batches in row order.
+    ) -> AsyncIterator[tuple[builtins.list[str], builtins.list[dict[str, Any]], dict[str, Any] | None]]:
+        """Predictions for a table file (any format training takes), as ``(classes, rows,
+        warnings)`` batches in row order; ``warnings`` (the rows counted by
+        :func:`nexus_node.pipeline.input_checks.warning_counts`) comes with the last batch,
+        None with the others.
 
         The serve runner sends batches as they are ready, so the node holds one batch at a
         time, not the whole result. Raises the runner's error (e.g. InvalidInput for a
@@ -101,11 +103,11 @@ class Queries:
                 # Hold one batch back until the result says the task succeeded: a failure
                 # (bad input) must reach the caller as an error, not after partial output.
                 if held is not None:
-                    yield list(model.classes), held
+                    yield list(model.classes), held, None
                 held = getter.result()
             result = fut.result()
             if held is not None:
-                yield list(result.get("classes", model.classes)), held
+                yield list(result.get("classes", model.classes)), held, result.get("warnings")
 
     async def check_upload(self, path: Path, target: str, drop_columns: builtins.list[str],
                            max_bytes: int | None, limit_flag: str) -> CsvSummary:

@@ -34,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces: a token is then required)")
     ap.add_argument("--port", type=int, default=7070, help="gRPC port (default 7070; 0 picks a free one)")
+    ap.add_argument("--metrics-port", type=int, metavar="PORT",
+                    help="serve Prometheus metrics at http://HOST:PORT/metrics, HOST being --host (the address "
+                         "the gRPC port binds; https with --tls-cert). Default: off; 0 picks a free port "
+                         "(logged). Metrics ask no token: on a non-loopback --host, let only your monitoring "
+                         "reach this port (README: Metrics)")
     ap.add_argument("--data-dir", type=Path, default=default_data_dir(),
                     help="where jobs, models, blobs and the token live (default ~/.nexus or $NEXUS_DATA_DIR)")
     ap.add_argument("--token-file",
@@ -133,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.metrics_port is not None and not (0 <= a.metrics_port <= 65535 and (a.metrics_port != a.port or a.port == 0)):
+        ap.error("--metrics-port must be a port (0 to 65535) other than --port")
     if a.slots is not None and a.slots < 1:
         ap.error("--slots must be at least 1")
     if a.trial_memory_mb is not None and a.trial_memory_mb < 1:
@@ -194,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                             election_tick=a.election_ticks),
         work=WorkSettings(grace=a.grace, max_retries=a.max_retries), pruner=a.pruner,
         force_new_cluster=a.force_new_cluster, new_identity=a.new_identity, min_free_mb=a.min_free_mb,
-        stop_timeout=a.stop_timeout,
+        stop_timeout=a.stop_timeout, metrics_port=a.metrics_port,
     )
 
 

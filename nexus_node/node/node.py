@@ -50,6 +50,7 @@ from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.net.auth import SERVER_OPTIONS, Grant, ServerAuthInterceptor, is_loopback, node_token, read_peer_secrets
 from nexus_node.net.tls import add_port, load_node_tls, storage_fields
 from nexus_node.node.disk import DEFAULT_MIN_FREE_MB, DiskGuard
+from nexus_node.node.metrics_http import MetricsServer
 from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.study import pruning
@@ -116,6 +117,8 @@ class NodeConfig:
     min_free_mb: int = DEFAULT_MIN_FREE_MB
     # Seconds a stop (SIGTERM) may take before the process exits anyway (node_main).
     stop_timeout: float = 8.0
+    # --metrics-port: Prometheus metrics over HTTP on this port of ``host`` (node/metrics_http.py); None: off.
+    metrics_port: int | None = None
 
 
 class Node:
@@ -139,6 +142,7 @@ class Node:
         self._lock_file: IO[str] | None = None
         self._llm: GeminiClient | None = None
         self.discovery: Discovery | None = None
+        self.metrics: MetricsServer | None = None
         self.disk = DiskGuard(self.data_dir, config.min_free_mb << 20)
         #: Why the node can no longer serve (its consensus loop or another vital task failed),
         #: once it cannot; ``on_failure`` is called with it once (node_main then exits).
@@ -282,7 +286,8 @@ class Node:
         self._peer_service = add_peer_service(server, mesh.driver, self)
         # Reads on the loop over a storage of their own, writes on the pool (api/storage_service.py).
         add_storage_service(server, storage, JournalStorage(journal.backend()), self._threads,
-                            writes_job_studies=auth.is_peer if self.secured else lambda metadata: True)
+                            writes_job_studies=auth.is_peer if self.secured else lambda metadata: True,
+                            job_of_study=records.job_of_study)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         # Every service the node serves, by the name a health check asks for: a supervisor
@@ -296,6 +301,10 @@ class Node:
             optuna_api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
             health.SERVICE_NAME, reflection.SERVICE_NAME,
         ), server)
+        if cfg.metrics_port is not None:
+            # Bound before the node founds or joins a cluster: a port in use stops it here.
+            self.metrics = MetricsServer.start(self, cfg.host or "0.0.0.0", cfg.metrics_port, cfg.tls_cert, cfg.tls_key)
+            driver.on_proposal_applied = self.metrics.collector.proposals.observe
         await server.start()
         self.server = server
         await self.discovery.start()
@@ -314,6 +323,9 @@ class Node:
         for name in served:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("node %s listening on %s (%s)", self.node_id, self.address, self.token_note)
+        if self.metrics is not None:
+            log.info("Prometheus metrics on %s://%s:%d/metrics", "https" if self.tls else "http",
+                     _bind_host(cfg.host), self.metrics.port)
         if self._llm is not None:
             log.info("Gemini %s at %s proposes constraints and summaries", cfg.llm.model,
                      cfg.llm.base_url or "Google's endpoint")
@@ -405,14 +417,20 @@ class Node:
         total, free = memory_info()
         work = self._pools[0] if self._pools else None
         info = work.info if work else {}
+        slots_total, slots_busy = self.slots()
         return MemberInfo(
             node_id=self.node_id, address=self.peer_address, last_contact=time.time(),
-            slots_total=work.slots if work else 0, slots_busy=len(self.worker.running) if self.worker else 0,
+            slots_total=slots_total, slots_busy=slots_busy,
             memory_total_bytes=total, memory_free_bytes=free,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
             running=self.worker.running_labels() if self.worker else [], version=__version__,
             **self._disk_fields(),
         )
+
+    def slots(self) -> tuple[int, int]:
+        """This node's work slots: ``(total, busy)``."""
+        work = self._pools[0] if self._pools else None
+        return (work.slots if work else 0), (len(self.worker.running) if self.worker else 0)
 
     def _disk_fields(self) -> _DiskFields:
         try:
@@ -462,6 +480,9 @@ class Node:
 
     async def stop(self, grace: float = 2.0) -> None:
         self._stopping = True   # tasks ending from here on are not failures
+        if self.metrics is not None:   # first: no scrape reads a node half stopped
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
         # Goodbyes first (RFC 6762 §10.1), so peers stop listing a node that is leaving.
         if self.discovery is not None:
             await self.discovery.close()

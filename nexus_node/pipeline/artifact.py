@@ -35,9 +35,10 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
+from nexus_node.pipeline import target_encoding
 from nexus_node.pipeline.ensemble import blend
-from nexus_node.pipeline.input_checks import check_numbers, outside_range
-from nexus_node.pipeline.prepare import check_columns, transform
+from nexus_node.pipeline.input_checks import check_numbers, empty_rows, outside_range, unseen_categories, warning_counts
+from nexus_node.pipeline.prepare import category_codes, check_columns, transform
 from nexus_node.pipeline.trees import predict_trees
 
 FORMAT = "nexus-model"
@@ -212,14 +213,24 @@ class Predictor:
         self._transform = preprocessing["target"].get("transform")
         self._trees = dict(weights) if config.get("family") == "gbt" else None
         self._model = None
-        # An ensemble: one Predictor per member, each with its own configuration and target
-        # transform (a searched choice), over the same feature preprocessing.
+        # A target-encoded model: layout and the mappings it was trained with (None: one-hot).
+        self._encoding: tuple[np.ndarray, list[target_encoding.Table]] | None = None
+        # An ensemble: one Predictor per member, each with its own configuration, target
+        # transform and category encoding (searched choices), over the same feature
+        # preprocessing.
         self.members: list[tuple[float, Predictor]] = []
         if config.get("family") == "ensemble":
             for w, m in zip(weights["members"], config["members"]):
                 member_prep = {**preprocessing, "target": {**preprocessing["target"], "transform": m.get("transform")}}
-                self.members.append((float(m["weight"]), Predictor(w, member_prep, {**config, **m}, metrics)))
+                member = {**config, **m, target_encoding.CONFIG_KEY: m.get(target_encoding.CONFIG_KEY)}
+                self.members.append((float(m["weight"]), Predictor(w, member_prep, member, metrics)))
             return
+        if config.get(target_encoding.CONFIG_KEY):
+            try:
+                tables = target_encoding.from_json(config[target_encoding.CONFIG_KEY], preprocessing)
+            except (ValueError, KeyError, TypeError) as e:
+                raise InvalidInput(f"the model's target encodings are unreadable: {e}") from None
+            self._encoding = (target_encoding.layout_of(preprocessing), tables)
         if self._trees is None:
             from nexus_node.pipeline.train import model_from_state, pick_device
 
@@ -229,10 +240,22 @@ class Predictor:
     def input_columns(self) -> list[str]:
         return list(self.preprocessing["input_columns"])
 
-    def predict_encoded(self, X: np.ndarray) -> np.ndarray:
-        """Encoded rows to predictions: values in target units, or class probabilities."""
+    @property
+    def reads_codes(self) -> bool:
+        """Whether the model (a member) reads category codes: it is target-encoded."""
+        return any(m.reads_codes for _, m in self.members) or self._encoding is not None
+
+    def predict_encoded(self, X: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
+        """Encoded rows to predictions: values in target units, or class probabilities.
+        ``codes`` (:func:`~.prepare.category_codes` of the rows) is needed when
+        :attr:`reads_codes`."""
         if self.members:
-            return blend([m.predict_encoded(X) for _, m in self.members], [w for w, _ in self.members])
+            return blend([m.predict_encoded(X, codes) for _, m in self.members], [w for w, _ in self.members])
+        if self._encoding is not None:
+            if codes is None:
+                raise ValueError("a target-encoded model needs the rows' category codes")
+            layout, tables = self._encoding
+            X = target_encoding.apply(X, codes, tables, layout)
         if self._trees is not None:
             return predict_trees(self._trees, self.config, X, self.task, self._transform)
         import torch
@@ -250,11 +273,15 @@ class Predictor:
 
         Returns:
             ``{"classes": [...], "predictions": [{"label", "value", "probabilities",
-            "outside_range"}]}`` in row order; for regression ``classes`` and
-            ``probabilities`` are empty and ``value`` is in target units (within the band
-            the artifact's target transform records); otherwise ``value`` is the class
-            index. ``outside_range`` names the row's numeric columns whose value lies
-            outside what training saw.
+            "outside_range", "unseen_categories", "empty"}], "warnings": {...}}`` with the
+            predictions in row order; for regression ``classes`` and ``probabilities``
+            are empty and ``value`` is in target units (within the band the artifact's
+            target transform records); otherwise ``value`` is the class index.
+            ``outside_range`` names the row's numeric columns whose value lies outside
+            what training saw, ``unseen_categories`` its categorical columns whose value
+            the model has no encoding of its own for, ``empty`` whether every input cell
+            is empty; ``warnings`` counts the last two over the input
+            (:func:`~.input_checks.warning_counts`).
 
         Raises:
             InvalidInput: A training column is missing, or a numeric one holds text (the
@@ -262,17 +289,20 @@ class Predictor:
         """
         check_columns(df, self.preprocessing)
         check_numbers(df, self.preprocessing)
-        out = self.predict_encoded(transform(df, self.preprocessing))
+        codes = category_codes(df, self.preprocessing) if self.reads_codes else None
+        out = self.predict_encoded(transform(df, self.preprocessing), codes)
         outside = outside_range(df, self.preprocessing)
+        unseen = unseen_categories(df, self.preprocessing)
+        empty = empty_rows(df, self.preprocessing)
         if self.task == "regression":
             rows = [{"label": str(float(v)), "value": float(v), "probabilities": []} for v in out]
         else:
             idx = out.argmax(axis=1)
             rows = [{"label": self.classes[i], "value": float(i), "probabilities": [float(p) for p in probs]}
                     for i, probs in zip(idx.tolist(), out)]
-        for row, names in zip(rows, outside):
-            row["outside_range"] = list(names)
-        return {"classes": list(self.classes), "predictions": rows}
+        for row, names, new, blank in zip(rows, outside, unseen, empty.tolist()):
+            row.update(outside_range=list(names), unseen_categories=list(new), empty=blank)
+        return {"classes": list(self.classes), "predictions": rows, "warnings": warning_counts(unseen, empty)}
 
 
 def load_artifact(path: str) -> Predictor:

@@ -72,17 +72,19 @@ def assign_folds(n_train: int, n_val: int, seed: int, y_train: np.ndarray | None
 
 
 def fold_splits(arrays: Mapping[str, np.ndarray], folds: np.ndarray | None) -> list[dict[str, Any]]:
-    """``X_train, y_train, X_val, y_val`` of every fold (fold 0 first: the given split);
-    ``[arrays]`` itself for the single split (``folds`` None)."""
+    """``X_train, y_train, X_val, y_val`` of every fold (fold 0 first: the given split), and
+    ``codes_train, codes_val`` when ``arrays`` has them (the category codes a target
+    encoding reads); ``[arrays]`` itself for the single split (``folds`` None)."""
     if folds is None:
         return [dict(arrays)]
-    X = np.concatenate([arrays["X_train"], arrays["X_val"]])
-    y = np.concatenate([arrays["y_train"], arrays["y_val"]])
+    stacked = {name: np.concatenate([arrays[f"{name}_train"], arrays[f"{name}_val"]])
+               for name in ("X", "y", "codes") if f"{name}_train" in arrays}
     folds = np.asarray(folds)
-    if folds.shape[0] != y.shape[0]:
-        raise ValueError(f"{folds.shape[0]} fold labels for {y.shape[0]} train+validation rows")
+    if folds.shape[0] != stacked["y"].shape[0]:
+        raise ValueError(f"{folds.shape[0]} fold labels for {stacked['y'].shape[0]} train+validation rows")
     out = []
     for f in range(int(folds.max()) + 1):
         held = folds == f
-        out.append({"X_train": X[~held], "y_train": y[~held], "X_val": X[held], "y_val": y[held]})
+        out.append({**{f"{name}_train": a[~held] for name, a in stacked.items()},
+                    **{f"{name}_val": a[held] for name, a in stacked.items()}})
     return out

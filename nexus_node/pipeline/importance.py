@@ -46,20 +46,24 @@ def permutation_importance(
     return importance_of(preds, y, prep, metric, repeats)
 
 
-def permuted_inputs(X: np.ndarray, prep: Mapping[str, Any], seed: int,
-                    repeats: int = REPEATS) -> Iterator[np.ndarray]:
+def permuted_inputs(X: np.ndarray, prep: Mapping[str, Any], seed: int, repeats: int = REPEATS,
+                    linked: Mapping[str, Sequence[int]] | None = None) -> Iterator[np.ndarray]:
     """The inputs permutation importance predicts, in order: ``X`` itself, then each
     column's ``repeats`` shuffles, column by column. A model's predictions on them are all
     :func:`importance_of` needs, so an ensemble's members, fitted on different nodes, each
     predict them, and the weighted average of their predictions (an ensemble's prediction)
-    gives the ensemble's importance exactly."""
+    gives the ensemble's importance exactly.
+
+    ``linked`` names, per original column, further columns of ``X`` (past its encoded
+    features) shuffled with its block: the category codes a target encoding reads."""
     rng = np.random.default_rng(seed)
     yield X
     for spec in prep["columns"]:
         start, stop = spec["features"]
+        cols = np.r_[start:stop, np.asarray((linked or {}).get(spec["name"], ()), dtype=np.int64)]
         for _ in range(repeats):
             Xp = X.copy()
-            Xp[:, start:stop] = X[rng.permutation(X.shape[0]), start:stop]
+            Xp[:, cols] = X[np.ix_(rng.permutation(X.shape[0]), cols)]
             yield Xp
 
 

@@ -7,7 +7,11 @@ question nobody asked, so it is refused with the column's name (:func:`check_num
 
 A number inside the column's format but outside the values training saw is answered, and
 said (:func:`outside_range`): no model knows what happens there, trees flatten and networks
-extrapolate, so the caller should know which rows those are.
+extrapolate, so the caller should know which rows those are. The same holds for a category the
+model has no encoding of its own for (:func:`unseen_categories`: it is predicted as the column's
+other values) and for a row whose every input cell is empty (:func:`empty_rows`: it is predicted
+from the training medians and the missing categories alone): both are answered, counted
+(:func:`warning_counts`) and reported, never refused, since a new category is no mistake.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
+from nexus_node.pipeline.prepare import category_cells
 from nexus_node.pipeline.profile import parse_dates, parse_numbers
 
 
@@ -65,3 +70,44 @@ def outside_range(df: pd.DataFrame, prep: Mapping[str, Any]) -> list[tuple[str, 
         for i in np.flatnonzero(out).tolist():
             flagged[i].append(spec["name"])
     return [tuple(names) for names in flagged]
+
+
+def unseen_categories(df: pd.DataFrame, prep: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """For every row, the categorical training columns whose value the model learned nothing
+    of its own for: none of the kept categories, nor (in a column of many values) of the
+    values whose training count it keeps. The value is new, or was too rare in training to
+    be kept; either way the model answers with what it learned for the column's other values
+    (or for no category, when training had none). Empty cells are missing, not unseen."""
+    flagged: list[list[str]] = [[] for _ in range(len(df))]
+    for spec in prep["columns"]:
+        if spec["kind"] != "categorical":
+            continue
+        text = category_cells(df[spec["name"]])
+        learned = [*spec["categories"], *(spec.get("counts") or {})]
+        known = text.isin(learned).to_numpy() | text.isna().to_numpy()
+        for i in np.flatnonzero(~known).tolist():
+            flagged[i].append(spec["name"])
+    return [tuple(names) for names in flagged]
+
+
+def empty_rows(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
+    """Whether each row leaves every input column the model reads empty (a missing marker, or
+    a word training read as missing, counts as empty): a row the model knows nothing of."""
+    empty = np.ones(len(df), dtype=bool)
+    for spec in prep["columns"]:
+        s = df[spec["name"]]
+        empty &= np.isnan(_numbers(s, spec)) if spec["kind"] == "numeric" else s.isna().to_numpy()
+    return empty
+
+
+def warning_counts(unseen: list[tuple[str, ...]], empty: np.ndarray) -> dict[str, Any]:
+    """The input's rows counted as ``PredictWarnings`` (proto/nexus/v1/nexus.proto) carries
+    them: ``rows``, ``unseen_category_rows`` (rows with any unseen category),
+    ``unseen_categories`` (per column, the rows whose value in it is unseen) and
+    ``empty_rows``."""
+    by_column: dict[str, int] = {}
+    for names in unseen:
+        for name in names:
+            by_column[name] = by_column.get(name, 0) + 1
+    return {"rows": len(unseen), "unseen_category_rows": sum(1 for names in unseen if names),
+            "unseen_categories": by_column, "empty_rows": int(empty.sum())}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from nexus_node.errors import InvalidInput
-from nexus_node.pipeline import csvio
+from nexus_node.pipeline import csvio, target_encoding
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.folds import assign_folds
 from nexus_node.pipeline.profile import (
@@ -47,7 +47,9 @@ OTHER, MISSING = "__other__", "__missing__"
 # (CATEGORY_LIMIT) also gets a count feature: log1p of how many *other* training rows hold
 # the row's value (a book challenged in other places, passengers on one ticket), which
 # one-hot of 30 values loses for the rest. The counts of at most this many values are kept
-# in the preprocessing (the most frequent; rarer values count 0, as unseen ones do).
+# in the preprocessing (the most frequent; rarer values count 0, as unseen ones do); they
+# are also the values a target encoding, a searched alternative to the one-hot, encodes
+# (target_encoding.py).
 COUNT_LIMIT = 10_000
 # Quantile bins of the piecewise-linear encoding added to every numeric column (fewer
 # when a column has fewer distinct values; 0 turns the encoding off).
@@ -207,6 +209,12 @@ def check_columns(df: pd.DataFrame, prep: Mapping[str, Any]) -> None:
         )
 
 
+def category_cells(s: pd.Series) -> pd.Series:
+    """A categorical column's cells as text, missing ones kept missing (a Parquet column
+    may arrive typed)."""
+    return s if pd.api.types.is_string_dtype(s) else s.astype("str").where(s.notna())
+
+
 def transform(df: pd.DataFrame, prep: Mapping[str, Any], fitted_rows: bool = False) -> np.ndarray:
     """Encode a frame of text cells with fitted preprocessing.
 
@@ -249,8 +257,8 @@ def transform(df: pd.DataFrame, prep: Mapping[str, Any], fitted_rows: bool = Fal
             if spec["bins"]:
                 out[:, stop - len(spec["bins"]) + 1:stop] = piecewise_linear(filled, spec["bins"])
         else:
-            text = s if pd.api.types.is_string_dtype(s) else s.astype("str").where(s.notna())
-            codes = pd.Index(spec["categories"], dtype="str").get_indexer(text).astype(np.int64)
+            text = category_cells(s)
+            codes = value_codes(text, spec["categories"]).astype(np.int64)
             missing = text.isna().to_numpy()
             slot = codes.copy()
             k = len(spec["categories"])
@@ -266,6 +274,20 @@ def transform(df: pd.DataFrame, prep: Mapping[str, Any], fitted_rows: bool = Fal
                     n = np.maximum(n - 1.0, 0.0)
                 out[:, stop - 1] = np.log1p(n)
     return out
+
+
+def value_codes(s: pd.Series, values: Sequence[str]) -> np.ndarray:
+    """Each cell's position in ``values`` (int32), -1 for a missing cell or another value."""
+    return np.asarray(pd.Index(list(values), dtype="str").get_indexer(category_cells(s)), dtype=np.int32)
+
+
+def category_codes(df: pd.DataFrame, prep: Mapping[str, Any]) -> np.ndarray:
+    """``(len(df), h)`` codes of the columns a target encoding may apply to
+    (:func:`.target_encoding.encoded_specs`), each into its
+    :func:`.target_encoding.vocabulary`."""
+    specs = target_encoding.encoded_specs(prep)
+    cols = [value_codes(df[spec["name"]], target_encoding.vocabulary(spec)) for spec in specs]
+    return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0), dtype=np.int32)
 
 
 def encode_target(s: pd.Series, prep: Mapping[str, Any]) -> np.ndarray:
@@ -386,11 +408,20 @@ def prepare(
     os.makedirs(out_dir, exist_ok=True)
     files = {}
     y_all = encode_target(df[target], prep)
+    # The values of the columns a target encoding may replace, as codes: a trial fits the
+    # encoding on its own training rows (nexus_node.pipeline.target_encoding).
+    layout = target_encoding.layout_of(prep)
     for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
         X = transform(df.iloc[idx], prep, fitted_rows=part == "train")
-        for name, arr in ((f"X_{part}", X), (f"y_{part}", y_all[idx])):
+        arrays = [(f"X_{part}", X), (f"y_{part}", y_all[idx])]
+        if layout.shape[0]:
+            arrays.append((f"codes_{part}", category_codes(df.iloc[idx], prep)))
+        for name, arr in arrays:
             files[name] = os.path.join(out_dir, f"{name}.npy")
             np.save(files[name], arr, allow_pickle=False)
+    if layout.shape[0]:
+        files["codes_layout"] = os.path.join(out_dir, "codes_layout.npy")
+        np.save(files["codes_layout"], layout, allow_pickle=False)
     # Trees split on raw thresholds, so they train on the encoded features minus the
     # piecewise-linear bins; the indices travel with the arrays to every trial.
     files["tree_columns"] = os.path.join(out_dir, "tree_columns.npy")
@@ -406,6 +437,8 @@ def prepare(
         "rows": len(df), "rows_dropped_missing_target": n_dropped,
         "n_features": len(prep["feature_names"]), "task": info.task, "target": target, "encoding": encoding,
         "format": fmt.describe(), "columns": [c.to_dict() for c in columns], "target_column": target_summary(df[target], info),
+        # The columns whose encoding is a searched choice (study/constraints.py).
+        "high_cardinality": [s["name"] for s in target_encoding.encoded_specs(prep)],
     }
     if info.task != "regression":
         profile["classes"] = list(info.classes)

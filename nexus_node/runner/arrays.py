@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Callable, Hashable, Mapping, TypeVar
 
 import numpy as np
 
+from nexus_node.pipeline import target as target_scale
+from nexus_node.pipeline import target_encoding
 from nexus_node.pipeline.folds import fold_splits
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class LRU(OrderedDict):
 
 _arrays = LRU(16)
 _splits = LRU(2)
+_encoded = LRU(2)
 _device_data = LRU(2)
 
 
@@ -67,8 +70,17 @@ def tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
     return np.asarray(load_array(files["tree_columns"])) if "tree_columns" in files else None
 
 
+#: The category codes a target encoding reads, when prepare wrote them (older prepared
+#: jobs have none: their configurations train on the one-hot encoding).
+CODE_ARRAYS = ("codes_train", "codes_val")
+
+
+def _split_arrays(files: Mapping[str, str]) -> tuple[str, ...]:
+    return TRAIN_ARRAYS + tuple(k for k in CODE_ARRAYS if k in files)
+
+
 def split_key(files: Mapping[str, str]) -> tuple:
-    return tuple(file_key(files[k]) for k in TRAIN_ARRAYS + (("folds",) if "folds" in files else ()))
+    return tuple(file_key(files[k]) for k in _split_arrays(files) + (("folds",) if "folds" in files else ()))
 
 
 def splits_for(files: Mapping[str, str]) -> list[dict[str, np.ndarray]]:
@@ -76,15 +88,55 @@ def splits_for(files: Mapping[str, str]) -> list[dict[str, np.ndarray]]:
     ``folds``: :mod:`nexus_node.pipeline.folds`), else the one train/validation split;
     built once per dataset and reused by later trials."""
     return _splits.get_or_make(split_key(files), lambda: fold_splits(
-        {k: load_array(files[k]) for k in TRAIN_ARRAYS}, load_array(files["folds"]) if "folds" in files else None))
+        {k: load_array(files[k]) for k in _split_arrays(files)},
+        load_array(files["folds"]) if "folds" in files else None))
 
 
-def data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None) -> list[DeviceData]:
-    """Training tensors of every split of :func:`_splits_for` on the device, built once per
-    dataset (and regression target scale: ``log`` is the configuration's choice) and
-    reused by later trials."""
+def encoding_of(files: Mapping[str, str], params: Mapping[str, object] | None) -> str:
+    """The category encoding a configuration trains with on these arrays: its choice, or
+    ``"onehot"`` where prepare wrote no codes."""
+    choice = target_encoding.choice(params)
+    return choice if "codes_layout" in files else "onehot"
+
+
+def encoded_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: str = "onehot",
+                   log: bool | None = None) -> list[dict[str, np.ndarray]]:
+    """:func:`splits_for` as a configuration with this ``encoding`` trains on them: with
+    ``"target"``, every split target-encoded on its own training rows
+    (:func:`~nexus_node.pipeline.target_encoding.encode_split`; a regression target on the
+    scale ``log`` chooses); built once per dataset and choice."""
+    if encoding == "onehot":
+        return splits_for(files)
+    layout = np.asarray(load_array(files["codes_layout"]))
+
+    def encode(split: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        transform = target_scale.fit_target_transform(split["y_train"], log) if task == "regression" else None
+        return target_encoding.encode_split(split, layout, task, n_classes, transform)[0]
+
+    return _encoded.get_or_make((split_key(files), task, n_classes, log), lambda: [
+        encode(split) for split in splits_for(files)])
+
+
+def model_tree_columns(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> np.ndarray | None:
+    """:func:`tree_columns` as indices of what a configuration with this ``encoding`` trains
+    on (the target-encoded features last)."""
+    cols = tree_columns(files)
+    if encoding == "onehot":
+        return cols
+    n_features = int(load_array(files["X_train"]).shape[1])
+    layout = np.asarray(load_array(files["codes_layout"]))
+    return target_encoding.model_columns(np.arange(n_features) if cols is None else cols, n_features, layout,
+                                         [target_encoding.width(task, n_classes)] * layout.shape[0])
+
+
+def data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None,
+             encoding: str = "onehot") -> list[DeviceData]:
+    """Training tensors of every split of :func:`encoded_splits` on the device, built once
+    per dataset (and regression target scale: ``log`` is the configuration's choice; and
+    category ``encoding``) and reused by later trials."""
     from nexus_node.pipeline.train import DeviceData, pick_device
 
-    key = (split_key(files), task, n_classes, str(pick_device()), log)
+    key = (split_key(files), task, n_classes, str(pick_device()), log, encoding)
     return _device_data.get_or_make(key, lambda: [
-        DeviceData.from_arrays(split, task, n_classes, log=log) for split in splits_for(files)])
+        DeviceData.from_arrays(split, task, n_classes, log=log)
+        for split in encoded_splits(files, task, n_classes, encoding, log)])

@@ -31,7 +31,10 @@ A member of an ensemble whose refit fails drops out; the rest are reweighted and
 says which dropped and why. The feature preprocessing stays as prepare fitted it on the train
 split (the configurations were searched on that encoding, and the test rows are already
 encoded with it); a regression target's scaling is each member's own (a searched choice),
-fitted on train+val, and serves both of its fits.
+fitted on train+val, and serves both of its fits. So is a target encoding of the
+high-cardinality columns (:class:`FitEncoder`): each fit encodes its own rows, cross-fitted,
+and the rows it predicts with the mappings fitted on them; the artifact stores the final
+fit's mappings.
 """
 
 from __future__ import annotations
@@ -42,11 +45,11 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 from nexus_node.errors import FailedPrecondition, NexusError
-from nexus_node.pipeline import ensemble, metrics
+from nexus_node.pipeline import ensemble, metrics, target_encoding
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.importance import importance_of, permuted_inputs
 from nexus_node.pipeline.result import scored_rows
-from nexus_node.runner.arrays import TRAIN_ARRAYS, load_arrays, splits_for, tree_columns
+from nexus_node.runner.arrays import TRAIN_ARRAYS, encoding_of, load_array, load_arrays, model_tree_columns, splits_for
 from nexus_node.runner.context import TaskContext, need
 
 log = logging.getLogger(__name__)
@@ -155,6 +158,9 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     }
     artifact_metrics = {"test_metrics": test_metrics, "feature_importance": importance, **rows}
     lead_prep = {**prep, "target": {**prep["target"], "transform": lead.transform}}
+    if len(fitted) > 1:
+        # Each member carries its own category mappings (or none); the ensemble has none.
+        config.pop(target_encoding.CONFIG_KEY, None)
     if len(fitted) == 1:
         write_artifact(req["artifact_path"], lead.final.weights, lead_prep, config, artifact_metrics)
     else:
@@ -263,19 +269,92 @@ def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
     member_req = {**req, "params": params, "preprocessing": {**prep, "target": {**prep["target"], "transform": transform}}}
     fit = refit_gbt if params.get("family", "mlp") == "gbt" else refit_mlp
     epochs = int(candidate.get("epochs") or params["epochs" if fit is refit_mlp else "max_iter"])
-    evaluated = fit(member_req, arrays, n_classes, EVALUATED_SPLITS, epochs, fallback=True)
+    encoder = FitEncoder.of(member_req, arrays, n_classes)
+    evaluated_arrays, evaluated_tables = encoder.arrays(EVALUATED_SPLITS)
+    evaluated = fit(member_req, evaluated_arrays, n_classes, EVALUATED_SPLITS, epochs, fallback=True)
     assert evaluated.predict is not None   # fallback=True: a diverged refit was replaced
-    final = fit(member_req, arrays, n_classes, FINAL_SPLITS, evaluated.epochs, fallback=False)
+    final_arrays, final_tables = encoder.arrays(FINAL_SPLITS)
+    final = fit(member_req, final_arrays, n_classes, FINAL_SPLITS, evaluated.epochs, fallback=False)
     if final.weights is None:
         final = evaluated._replace(note="; ".join(n for n in (
             evaluated.note, f"{final.note}; kept the evaluated model") if n))
+        final_tables = evaluated_tables
+    final = final._replace(config={**final.config, **encoder.config(final_tables)})
     trial = candidate.get("trial")
     X_test = np.array(arrays["X_test"], dtype=np.float32)
     # float32: a member file holds one prediction per test row for every shuffle of every
     # column (and class), which float64 would double.
-    predictions = np.stack([np.asarray(evaluated.predict(X), dtype=np.float32)
-                            for X in permuted_inputs(X_test, prep, int(req["seed"]))])
+    predictions = np.stack([np.asarray(evaluated.predict(encoder.model_inputs(X, evaluated_tables)), dtype=np.float32)
+                            for X in permuted_inputs(encoder.test_inputs(X_test), prep, int(req["seed"]),
+                                                     linked=encoder.linked)])
     return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final, predictions)
+
+
+class FitEncoder(NamedTuple):
+    """A member's category encoding in finalize: for the one-hot encoding (``layout``
+    None) the prepared arrays as they are; for a target encoding, each fit's rows encoded
+    on themselves (cross-fitted) and the other rows with the mappings fitted on them, as a
+    trial encodes its training and validation rows (:mod:`nexus_node.pipeline.target_encoding`)."""
+
+    prep: Mapping[str, Any]
+    arrays_in: Mapping[str, np.ndarray]
+    layout: np.ndarray | None
+    codes: Mapping[str, np.ndarray]
+    task: str
+    n_classes: int
+    transform: Mapping[str, Any] | None
+
+    @classmethod
+    def of(cls, req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int) -> "FitEncoder":
+        files, prep = req["files"], req["preprocessing"]
+        if encoding_of(files, req["params"]) == "onehot":
+            return cls(prep, arrays, None, {}, req["task_type"], n_classes, None)
+        codes = {s: np.asarray(load_array(files[f"codes_{s}"])) for s in FINAL_SPLITS}
+        return cls(prep, arrays, np.asarray(load_array(files["codes_layout"])), codes, req["task_type"], n_classes,
+                   prep["target"].get("transform"))
+
+    def arrays(self, splits: tuple[str, ...]) -> tuple[Mapping[str, np.ndarray], list[target_encoding.Table]]:
+        """The arrays a fit on ``splits`` trains (and, for other splits, predicts) on, and
+        the mappings fitted on its rows."""
+        if self.layout is None:
+            return self.arrays_in, []
+        X, y = stack(self.arrays_in, splits)
+        t = target_encoding.targets_for(y, self.task, self.n_classes, self.transform)
+        encoded, tables = target_encoding.fit_rows(X, np.concatenate([self.codes[s] for s in splits]), t, self.layout)
+        out = dict(self.arrays_in)
+        bounds = np.cumsum([0] + [self.arrays_in[f"y_{s}"].shape[0] for s in splits])
+        for s, a, b in zip(splits, bounds[:-1], bounds[1:]):
+            out[f"X_{s}"] = encoded[a:b]
+        for s in FINAL_SPLITS:
+            if s not in splits:
+                out[f"X_{s}"] = target_encoding.apply(self.arrays_in[f"X_{s}"], self.codes[s], tables, self.layout)
+        return out, tables
+
+    @property
+    def linked(self) -> dict[str, list[int]]:
+        """The code columns :meth:`test_inputs` appends, by the column they belong to."""
+        if self.layout is None:
+            return {}
+        n = len(self.prep["feature_names"])
+        return {spec["name"]: [n + j] for j, spec in enumerate(target_encoding.encoded_specs(self.prep))}
+
+    def test_inputs(self, X_test: np.ndarray) -> np.ndarray:
+        """The test rows as permutation importance shuffles them: with their codes."""
+        if self.layout is None:
+            return X_test
+        return np.hstack([X_test, self.codes["test"].astype(np.float32)])
+
+    def model_inputs(self, X: np.ndarray, tables: list[target_encoding.Table]) -> np.ndarray:
+        """:meth:`test_inputs` rows (maybe shuffled) as a model fitted with ``tables`` reads them."""
+        if self.layout is None:
+            return X
+        n = len(self.prep["feature_names"])
+        return target_encoding.apply(X[:, :n], X[:, n:].astype(np.int64), tables, self.layout)
+
+    def config(self, tables: list[target_encoding.Table]) -> dict[str, Any]:
+        """What the member's config records of its encoding: the mappings its final fit
+        was trained with, as plain data (serving applies them)."""
+        return {} if self.layout is None else {target_encoding.CONFIG_KEY: target_encoding.to_json(tables, self.prep)}
 
 
 def write_member(path: str, m: Member) -> None:
@@ -381,7 +460,7 @@ def refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classe
 
     task, params = req["task_type"], req["params"]
     transform = req["preprocessing"]["target"].get("transform")
-    cols = tree_columns(req["files"])
+    cols = model_tree_columns(req["files"], task, n_classes, encoding_of(req["files"], params))
     if cols is None:
         cols = np.arange(arrays["X_train"].shape[1], dtype=np.int64)
     X, y = stack(arrays, splits)

@@ -48,7 +48,7 @@ from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.net.tls import from_spec as tls_from_spec
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline import target as target_scale
-from nexus_node.runner.arrays import LRU, data_for, file_key, splits_for, tree_columns
+from nexus_node.runner.arrays import LRU, data_for, encoded_splits, encoding_of, file_key, model_tree_columns
 from nexus_node.runner.context import TaskContext, need
 from nexus_node.runner.finalize import task_finalize, task_refit, task_select
 from nexus_node.study import pruning
@@ -322,7 +322,9 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
     ``epochs`` is the epoch count (boosting iterations for ``params["family"] == "gbt"``)
     that produced ``value`` (also the trial's user attribute ``epochs``; the epochs run
-    are the trial's reported steps): pass it to finalize as ``epochs_hint``. The study's direction must match the metric's own (``maximize`` in
+    are the trial's reported steps): pass it to finalize as ``epochs_hint``.
+    ``params["category_encoding"] == "target"`` trains on the arrays target-encoded on each
+    fold's training rows (:func:`nexus_node.runner.arrays.encoded_splits`). The study's direction must match the metric's own (``maximize`` in
     the request is checked against it).
     """
     need(req, "study_name", "trial_id", "params", "files", "task_type", "metric", "seed", "storage")
@@ -336,7 +338,11 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         raise InvalidInput(f"a {task} trial needs n_classes >= 2, got {n_classes}")
     gbt = req["params"].get("family", "mlp") == "gbt"
     log = target_scale.log_choice(req["params"]) if task == "regression" else None
-    data = None if gbt else data_for(req["files"], task, n_classes, log)
+    try:
+        encoding = encoding_of(req["files"], req["params"])
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+    data = None if gbt else data_for(req["files"], task, n_classes, log, encoding)
     pruner, warmup = pruning.build(req.get("pruner"))
     # The node samples every parameter; the runner never asks the sampler for anything, so
     # the cheapest sampler avoids building TPE's state for nothing. The study object is
@@ -359,8 +365,9 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
                 from nexus_node.pipeline.gbt import train_and_score_gbt
 
                 res = train_and_score_gbt(
-                    splits_for(req["files"]), req["params"], task, metric,
-                    int(req["seed"]), int(req.get("threads", 1)), columns=tree_columns(req["files"]),
+                    encoded_splits(req["files"], task, n_classes, encoding, log), req["params"], task, metric,
+                    int(req["seed"]), int(req.get("threads", 1)),
+                    columns=model_tree_columns(req["files"], task, n_classes, encoding),
                     report=report, cancelled=ctx.cancelled, pruned=reporter.pruned)
             else:
                 from nexus_node.pipeline.train import train_and_score
@@ -424,9 +431,11 @@ PREDICT_BATCH = 5000
 
 def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{artifact_path, csv_path, format_hint?, max_bytes?, limit_flag?}`` to ``{classes,
-    count}``; the predictions themselves go out as events ``{"kind": "predictions", "start":
-    i, "rows": [{label, value, probabilities}, ...]}`` of at most :data:`PREDICT_BATCH` rows,
-    in order, so neither a protocol line nor the node's memory grows with the input.
+    count, warnings}``; the predictions themselves go out as events ``{"kind": "predictions",
+    "start": i, "rows": [{label, value, probabilities, outside_range, unseen_categories,
+    empty}, ...]}`` of at most :data:`PREDICT_BATCH` rows, in order, so neither a protocol
+    line nor the node's memory grows with the input. ``warnings`` counts the rows with
+    unseen categories and the empty ones (:func:`nexus_node.pipeline.input_checks.warning_counts`).
 
     The input is any table file training takes (:func:`nexus_node.pipeline.csvio.read_table`),
     its format detected; ``format_hint`` (the training upload's) decides its decimal mark
@@ -444,7 +453,7 @@ def _task_predict(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     rows = out["predictions"]
     for start in range(0, len(rows), PREDICT_BATCH):
         ctx.emit({"kind": "predictions", "start": start, "rows": rows[start:start + PREDICT_BATCH]})
-    return {"classes": out["classes"], "count": len(rows)}
+    return {"classes": out["classes"], "count": len(rows), "warnings": out["warnings"]}
 
 
 _TASKS: dict[str, Callable[[Mapping[str, Any], TaskContext], dict[str, Any]]] = {

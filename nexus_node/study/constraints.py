@@ -29,6 +29,10 @@ BATCH_CHOICES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # families); see nexus_node.pipeline.target and the families' ``class_weight``.
 TARGET_TRANSFORMS = ("none", "log")
 CLASS_WEIGHTS = ("none", "balanced")
+# How a categorical column with more values than one-hot keeps is encoded (both families):
+# one-hot of its most frequent values plus its count, or an out-of-fold target encoding
+# (nexus_node.pipeline.target_encoding); offered when the table has such a column.
+CATEGORY_ENCODINGS = ("onehot", "target")
 # A class table this lopsided (largest class count over smallest) searches balanced class
 # weights too.
 IMBALANCE_RATIO = 1.5
@@ -45,8 +49,10 @@ class Constraints:
     :mod:`nexus_node.study.space`); ``families`` lists the model families searched.
     ``target_transforms`` (regression: ``"none"``, ``"log"``) and ``class_weights``
     (classification: ``"none"``, ``"balanced"``) are the choices searched for the target's
-    scale and the loss's class weights; empty means the choice does not apply (the other
-    task, or a job from before the choice existed) and configurations carry none."""
+    scale and the loss's class weights, ``category_encodings`` (``"onehot"``,
+    ``"target"``) those for high-cardinality categorical columns; empty means the choice
+    does not apply (the other task, no such column, or a job from before the choice
+    existed) and configurations carry none."""
 
     min_layers: int = 1
     max_layers: int = 3
@@ -61,6 +67,7 @@ class Constraints:
     families: tuple[str, ...] = FAMILIES
     target_transforms: tuple[str, ...] = ()
     class_weights: tuple[str, ...] = ()
+    category_encodings: tuple[str, ...] = ()
     rationale: str = ""
     source: str = "heuristic"
     notes: tuple[str, ...] = field(default=())
@@ -147,7 +154,11 @@ def heuristic_constraints(profile: Mapping[str, Any], memory_bytes: int) -> Cons
 def _with_target_choices(c: Constraints, profile: Mapping[str, Any]) -> Constraints:
     """``c`` with ``target_transforms`` / ``class_weights`` from the target's profile: a log scale is
     offered for a positive, right-skewed regression target, balanced class weights for an
-    imbalanced class table; validation then decides between them and the plain choice."""
+    imbalanced class table; validation then decides between them and the plain choice.
+    A table with high-cardinality categorical columns (prepare lists them) searches their
+    encoding too."""
+    if profile.get("high_cardinality"):
+        c = dataclasses.replace(c, category_encodings=CATEGORY_ENCODINGS)
     task = profile.get("task")
     stats = (profile.get("target_column") or {}).get("stats") or {}
     if task == "regression":
@@ -205,11 +216,14 @@ def clamp(c: Constraints, b: Bounds) -> Constraints:
     weights = tuple(w for w in dict.fromkeys(c.class_weights) if w in CLASS_WEIGHTS)
     if weights != tuple(c.class_weights):
         note(f"class weights limited to {list(weights)}")
+    encodings = tuple(e for e in dict.fromkeys(c.category_encodings) if e in CATEGORY_ENCODINGS)
+    if encodings != tuple(c.category_encodings):
+        note(f"category encodings limited to {list(encodings)}")
     return dataclasses.replace(
         c, min_layers=min_layers, max_layers=max_layers, widths=widths, activations=acts,
         dropout=dropout, learning_rate=lr, weight_decay=wd, batch_sizes=batches,
         min_epochs=min_epochs, max_epochs=max_epochs, families=families,
-        target_transforms=transforms, class_weights=weights,
+        target_transforms=transforms, class_weights=weights, category_encodings=encodings,
         rationale=str(c.rationale)[:500], notes=tuple(dict.fromkeys(notes)),
     )
 
@@ -242,6 +256,7 @@ _RANGES = {   # key -> (lowest low, whether the low may be it, high must be belo
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "widths": WIDTH_CHOICES, "batch_sizes": BATCH_CHOICES, "activations": ACTIVATIONS,
     "families": FAMILIES, "target_transforms": TARGET_TRANSFORMS, "class_weights": CLASS_WEIGHTS,
+    "category_encodings": CATEGORY_ENCODINGS,
 }
 _INTS = ("min_layers", "max_layers", "min_epochs", "max_epochs")
 MAX_INT = 1_000_000   # past any bound clamp() allows; larger is a typo

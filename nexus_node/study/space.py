@@ -53,13 +53,16 @@ def suggest_params(trial: optuna.Trial, c: Constraints) -> dict[str, Any]:
 
 
 def _target_params(trial: optuna.Trial, c: Constraints, prefix: str) -> dict[str, Any]:
-    """The target's scale and the loss's class weights, for the choices ``c`` offers (none
-    when it offers none: the task has no such choice)."""
+    """The target's scale, the loss's class weights and the high-cardinality columns'
+    encoding (one-hot or the target's), for the choices ``c`` offers (none when it offers
+    none: the task or the table has no such choice)."""
     p: dict[str, Any] = {}
     if c.target_transforms:
         p["target_transform"] = _choice(trial, f"{prefix}target_transform", c.target_transforms)
     if c.class_weights:
         p["class_weight"] = _choice(trial, f"{prefix}class_weight", c.class_weights)
+    if c.category_encodings:
+        p["category_encoding"] = _choice(trial, f"{prefix}category_encoding", c.category_encodings)
     return p
 
 
@@ -99,8 +102,8 @@ GBT_PORTFOLIO: tuple[dict[str, Any], ...] = (
 def defaults_for(family: str, c: Constraints) -> dict[str, Any]:
     """The known-good configuration of one family (scikit-learn's own defaults for trees,
     with more iterations since early stopping ends them)."""
-    target = {k: v[0] for k, v in (("target_transform", c.target_transforms),
-                                     ("class_weight", c.class_weights)) if v}
+    target = {k: v[0] for k, v in (("target_transform", c.target_transforms), ("class_weight", c.class_weights),
+                                     ("category_encoding", c.category_encodings)) if v}
     if family == "gbt":
         return {"family": "gbt", **target, "learning_rate": 0.1, "max_iter": 300, "max_leaf_nodes": 31,
                 "min_samples_leaf": 20, "l2_regularization": 1e-6}

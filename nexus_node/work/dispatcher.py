@@ -290,6 +290,16 @@ class Dispatcher:
     def busy(self, node_id: str) -> int:
         return len(self.schedule.running_on(node_id))
 
+    def queued(self) -> int:
+        """Tasks waiting for a slot (reservations not granted yet)."""
+        return sum(not fut.done() for waiting in self._waiting.values() for _, fut in waiting)
+
+    def heartbeat_ages(self) -> dict[str, float]:
+        """Seconds since each node's last heartbeat reached this coordinator, by node id: every
+        node heard in this term, those declared dead included (their age keeps growing)."""
+        now = self._clock()
+        return {s.node_id: now - s.view.last_heartbeat for s in self._sessions.values() if s.view is not None}
+
     # ---- stream side --------------------------------------------------------------------------
 
     async def serve(self, first: WorkUp, inbound: AsyncIterator[WorkUp]) -> AsyncIterator[WorkDown]:

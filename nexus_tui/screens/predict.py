@@ -89,13 +89,16 @@ class PredictScreen(DataScreen):
         try:
             if client is None:
                 raise Unreachable("not connected to a node")
-            rows = client.predict_to_csv(model_id, in_path, out_path)
+            done = client.predict_to_csv(model_id, in_path, out_path)
             with open(out_path, newline="", encoding="utf-8") as f:
                 preview = list(islice(csv.reader(f), PREVIEW_ROWS + 1))
         except (Unreachable, RequestFailed, OSError) as e:
             self.app.call_from_thread(self._done, f"prediction failed: {e}", [])
         else:
-            self.app.call_from_thread(self._done, f"wrote {rows} predictions to {out_path}", preview)
+            status = f"wrote {done.rows} predictions to {out_path}"
+            if done.warning:   # predicted all the same, but the user should know
+                status += f"\nwarning: {done.warning}"
+            self.app.call_from_thread(self._done, status, preview)
 
     def _done(self, status: str, preview: list[list[str]]) -> None:
         self.query_one("#predict", Button).disabled = False

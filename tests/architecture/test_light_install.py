@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: What a node, the dashboard or the suite needs and a client must not.
 NODE_ONLY = ("torch", "optuna", "pandas", "numpy", "sklearn", "zeroconf", "aiosqlite", "textual",
-             "textual_plotext", "google.genai", "grpc_health", "grpc_reflection", "grpc_tools", "scipy", "pyarrow")
+             "textual_plotext", "google.genai", "grpc_health", "grpc_reflection", "grpc_tools", "scipy", "pyarrow",
+             "prometheus_client")
 
 BLOCKER = f"""
 import sys

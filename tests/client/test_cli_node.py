@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
+from nexus_client.client import NexusClient
 from tests.node.helpers import nexus
 
 # A narrow space keeps three trials short; the pipeline still runs every stage.
@@ -92,6 +94,50 @@ def test_predict_says_how_many_rows_lie_outside_the_training_range(node_address,
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 4   # the header and three predictions
     assert "2 of 3 rows lie outside the training range of bmi (2), age (1)" in proc.stderr
+
+
+UNUSUAL_ROWS = ("age,sex,bmi,children,smoker,region\n"
+                "30,martian,25.0,1,no,mars\n"       # two categories the model never saw
+                "40,male,30.0,2,no,northeast\n"
+                ",,,,,\n"                           # nothing the model could read
+                "50,female,28.0,0,maybe,southwest\n")
+
+
+def test_predict_reply_counts_unseen_categories_and_empty_rows(node_address, finished):
+    with NexusClient(node_address) as client:
+        # Text in a number column is the caller's mistake: refused with the column and row.
+        with pytest.raises(grpc.RpcError) as bad:
+            client.predict(finished["job_id"], b"age,sex,bmi,children,smoker,region\n"
+                                               b"30,male,25.0,1,no,northeast\nold,martian,xx,0,no,mars\n")
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "column 'age' holds 'old' in row 2" in bad.value.details(), bad.value.details()
+        with pytest.raises(grpc.RpcError) as bad:
+            client.predict(finished["job_id"], b"age,sex,bmi,children,smoker,region\n41,martian,xx,0,no,mars\n")
+        assert "column 'bmi' holds 'xx' in row 1" in bad.value.details(), bad.value.details()
+
+        # New categories and an empty row are predicted, each row saying what it held...
+        result = client.predict(finished["job_id"], UNUSUAL_ROWS.encode())
+        assert len(result.rows) == 4 and all(r.value == r.value for r in result.rows)
+        assert [(r.unseen_categories, r.empty) for r in result.rows] == [
+            (("sex", "region"), False), ((), False), ((), True), (("smoker",), False)]
+        # ... and the reply counting them, on its last message only.
+        replies = list(client.predict_stream(finished["job_id"], UNUSUAL_ROWS.encode()))
+        assert [r.HasField("warnings") for r in replies] == [False] * (len(replies) - 1) + [True]
+        w = replies[-1].warnings
+        assert (w.rows, w.unseen_category_rows, w.empty_rows) == (4, 2, 1)
+        assert dict(w.unseen_categories) == {"sex": 1, "region": 1, "smoker": 1}
+
+
+def test_predict_says_in_one_line_which_rows_hold_unseen_categories_or_nothing(node_address, finished, tmp_path):
+    rows = tmp_path / "unusual.csv"
+    rows.write_text(UNUSUAL_ROWS)
+    proc = nexus(node_address, "predict", finished["job_id"], str(rows))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 5   # the header and four predictions
+    (line,) = proc.stderr.splitlines()
+    assert line == ("warning: of 4 rows, 2 hold categories the model never learned: region (1), sex (1), "
+                    "smoker (1); 1 is empty in every input column; predicted all the same, from what the "
+                    "model learned of other values and of missing ones"), line
 
 
 def test_output_paths_are_checked_before_the_download(node_address, finished, tmp_path):

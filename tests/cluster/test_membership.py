@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
-from tests.clusters import caught_up, cluster_until, coordinator, roles, study_of
+from tests.clusters import caught_up, cluster_until, coordinator, roles
 from tests.conftest import free_port
 from tests.node.helpers import stub, submit, watch_until_end
 
@@ -116,7 +116,7 @@ def test_a_non_voter_silent_past_remove_after_is_removed_and_joins_again_when_ba
     # it then catches up with what was committed while it was away.
     gone.start()
     cluster_until(lead.address, lambda v: roles(v).get(gone.address) == pb.NON_VOTER)
-    caught_up(gone.address, study_of(lead.address, job.study_name))
+    caught_up(gone.address)
     back, _ = watch_until_end(stub(gone.address), job_id)
     assert back.state == pb.COMPLETED and back.model_id == job.model_id
     assert "asking" in gone.log.read_text() and "to add it again" in gone.log.read_text()

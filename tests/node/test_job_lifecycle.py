@@ -13,7 +13,7 @@ import pytest
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node.study.proxy import NexusStorageProxy
 from tests.conftest import dataset
-from tests.node.helpers import predict, stub, submit, watch_until_end
+from tests.node.helpers import FAST, predict, stub, submit, watch_until_end
 
 
 def test_regression_job_end_to_end(node_address, insurance_csv):
@@ -110,6 +110,35 @@ def test_binary_job_with_probabilities(node_address):
     for p in preds:
         assert abs(sum(p.probabilities) - 1) < 1e-4
         assert p.label in classes
+
+
+def test_a_target_encoded_job_serves_new_categories(node_address):
+    """A user keeps the target encoding of the high-cardinality columns (titles, authors):
+    the trials train with it, the model serves with the mapping it stored, and a title or
+    author nobody saw still gets a prediction."""
+    s = stub(node_address)
+    books = dataset("book_banning.csv")
+    constraints = {**json.loads(FAST), "families": ["gbt"], "category_encodings": ["target"]}
+    resp = submit(s, books, "removed", max_trials=2, seed=3, drop_columns=["rownames"],
+                  constraints_json=json.dumps(constraints))
+    job, _ = watch_until_end(s, resp.job_id)
+    assert job.state == pb.COMPLETED, job.message
+    assert {"title", "author"} <= set(json.loads(job.profile_json)["high_cardinality"])
+    assert json.loads(job.best_params_json)["category_encoding"] == "target"
+    assert all(json.loads(m.params_json)["category_encoding"] == "target" for m in job.members)
+    assert job.test_metrics["roc_auc"] > 0.6
+    # The file is Windows-1252: latin-1 carries its bytes through unchanged.
+    header, row = list(csv.reader(io.StringIO(books.read_text(encoding="latin-1"))))[:2]
+    title, author = header.index("title"), header.index("author")
+    unseen = [[*row[:title], name, *row[title + 1:]] for name in ("A Book Nobody Wrote", "Another Unknown Book")]
+    for r in unseen:
+        r[author] = "Nobody, Anne"
+    out = io.StringIO()
+    csv.writer(out).writerows([header, row, *unseen])
+    _, preds = predict(s, job.model_id, out.getvalue().encode("latin-1"))
+    assert len(preds) == 3 and all(abs(sum(p.probabilities) - 1) < 1e-4 for p in preds)
+    # Two titles nobody saw are encoded alike (as the prior), so the rows predict alike.
+    assert list(preds[1].probabilities) == pytest.approx(list(preds[2].probabilities))
 
 
 def test_watch_of_a_finished_job_returns_its_snapshot_and_ends(node_address, insurance_csv):

@@ -89,7 +89,8 @@ def test_predict_in_original_units_ignores_extra_columns_and_names_missing_ones(
                               .encode("cp1252"))
     ctx = LocalContext()
     res = run_task({"task": "predict", "artifact_path": str(path), "csv_path": str(csv)}, ctx)
-    assert res == {"classes": [], "count": 2}
+    assert res == {"classes": [], "count": 2, "warnings": {
+        "rows": 2, "unseen_category_rows": 0, "unseen_categories": {}, "empty_rows": 0}}
     # Predictions stream out as events, in batches, in row order.
     assert [e["kind"] for e in ctx.events] == ["predictions"] and ctx.events[0]["start"] == 0
     smoker, non_smoker = (p["value"] for p in ctx.events[0]["rows"])

@@ -1,5 +1,6 @@
 """Serving's checks of the rows it predicts (pipeline/input_checks.py): text in a number
-column is refused by name, values outside the training range are reported by row."""
+column is refused by name, values outside the training range, unseen categories and empty
+rows are reported by row and counted."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pandas as pd
 import pytest
 
 from nexus_node.errors import InvalidInput
-from nexus_node.pipeline.input_checks import check_numbers, outside_range
-from nexus_node.pipeline.prepare import fit_numeric
+from nexus_node.pipeline.input_checks import check_numbers, empty_rows, outside_range, unseen_categories, warning_counts
+from nexus_node.pipeline.prepare import fit_categorical, fit_numeric
 from nexus_node.pipeline.profile import parse_numbers
 
 
@@ -73,3 +74,31 @@ def test_preprocessing_from_before_ranges_reports_nothing():
     for spec in prep["columns"]:
         spec.pop("range", None)
     assert outside_range(_frame(age=["999"], price=["1"], city=["a"]), prep) == [()]
+
+
+def test_unseen_categories_are_named_by_row_and_counted_with_the_empty_rows():
+    train = _frame(age=["20", "35", "61", "40"], city=["paris", "paris", "rome", "rome"])
+    prep = {"columns": [fit_numeric("age", parse_numbers(train["age"]), None), fit_categorical("city", train["city"])]}
+    rows = _frame(age=["30", "30", None, "", "50"], city=["rome", "mars", None, None, "venus"])
+    unseen = unseen_categories(rows, prep)
+    assert unseen == [(), ("city",), (), (), ("city",)]
+    empty = empty_rows(rows, prep)
+    assert empty.tolist() == [False, False, True, True, False]
+    assert warning_counts(unseen, empty) == {
+        "rows": 5, "unseen_category_rows": 2, "unseen_categories": {"city": 2}, "empty_rows": 2}
+
+
+def test_a_counted_value_of_a_many_valued_column_is_not_unseen_and_missing_words_are_empty():
+    from nexus_node.pipeline.profile import CATEGORY_LIMIT
+
+    # Each value twice, so that one-hot keeps the most frequent and the rest are only counted.
+    values = [f"v{i}" for i in range(CATEGORY_LIMIT + 5)] * 2
+    spec = fit_categorical("code", _frame(code=values)["code"])
+    counted_only = next(v for v in spec["counts"] if v not in spec["categories"])
+    age = fit_numeric("age", parse_numbers(TRAIN["age"]), None)
+    age["missing_words"] = ["unknown"]
+    prep = {"columns": [age, spec]}
+    rows = _frame(age=["30", "unknown"], code=[counted_only, None])
+    assert unseen_categories(rows, prep) == [(), ()]
+    assert unseen_categories(_frame(age=["30"], code=["never"]), prep) == [("code",)]
+    assert empty_rows(rows, prep).tolist() == [False, True]

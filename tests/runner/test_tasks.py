@@ -242,3 +242,43 @@ def test_tree_trial_behind_the_median_is_pruned(insurance, server):
     out = run_task(req, LocalContext())
     assert out["state"] == "PRUNED" and out["message"].startswith("pruned at step")
     assert PRUNER["n_warmup_steps"] < len(storage.get_trial(trial._trial_id).intermediate_values) < 15
+
+
+@pytest.fixture(scope="module")
+def books(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A table with high-cardinality text columns (titles, authors, states)."""
+    return prepare("book_banning.csv", "removed", tmp_path_factory.mktemp("books"), drop_columns=["rownames"])
+
+
+def test_a_trial_trains_on_the_category_encoding_it_was_given(books, server):
+    from nexus_node.pipeline import gbt
+    from nexus_node.pipeline import target_encoding as te
+    from nexus_node.pipeline.folds import fold_splits
+    from nexus_node.runner.arrays import data_for
+
+    storage, spec = server
+    files = books["files"]
+    values = {}
+    for family, params in (("gbt", GBT), ("mlp", {**default_config(books), "epochs": 3})):
+        for encoding in ("onehot", "target"):
+            name = f"enc-{family}-{encoding}"
+            trial = optuna.create_study(study_name=name, storage=storage, direction="maximize").ask()
+            out = run_task({**_trial_req(books, spec, name, trial._trial_id), "task_type": "binary", "n_classes": 2,
+                            "metric": "roc_auc", "params": {**params, "category_encoding": encoding}}, LocalContext())
+            assert out["state"] == "COMPLETE", out
+            values[family, encoding] = out["value"]
+    # The tree trial's score is that of trees on each fold's own target encoding.
+    arrays = {k: np.load(files[k]) for k in ("X_train", "y_train", "X_val", "y_val", "codes_train", "codes_val")}
+    layout = np.load(files["codes_layout"])
+    folds = [te.encode_split(f, layout, "binary", 2)[0] for f in fold_splits(arrays, np.load(files["folds"]))]
+    cols = te.model_columns(np.load(files["tree_columns"]), arrays["X_train"].shape[1], layout, [1] * len(layout))
+    by_hand = gbt.train_and_score_gbt(folds, GBT, "binary", "roc_auc", 0, columns=cols)
+    assert values["gbt", "target"] == pytest.approx(by_hand.value)
+    assert values["gbt", "target"] != values["gbt", "onehot"] and values["mlp", "target"] != values["mlp", "onehot"]
+    # The network's inputs: the value columns replaced by one encoding per column.
+    replaced = int((layout[:, 1] - layout[:, 0]).sum())
+    width = arrays["X_train"].shape[1] - replaced + len(layout)
+    assert data_for(files, "binary", 2, None, "target")[0].X_train.shape[1] == width
+    with pytest.raises(InvalidInput, match="category_encoding"):
+        run_task({**_trial_req(books, spec, "enc-gbt-target", 0), "task_type": "binary", "n_classes": 2,
+                  "metric": "roc_auc", "params": {**GBT, "category_encoding": "hashing"}}, LocalContext())

@@ -209,3 +209,26 @@ def test_every_typed_override_applies_without_error():
     c = apply_override(heuristic_constraints(PROFILE, 8 << 30), parse_override(text), BOUNDS, "user")
     assert c.families == ("gbt",) and c.activations == ("relu", "tanh")
     assert c.learning_rate[1] == 1.0 and c.max_epochs <= BOUNDS.max_epochs   # clamped, not refused
+
+
+def test_the_category_encoding_is_searched_for_both_families_when_the_table_has_wide_columns():
+    wide = {**PROFILE, "high_cardinality": ["title"]}
+    c = heuristic_constraints(wide, 8 << 30)
+    assert c.category_encodings == ("onehot", "target")
+    assert heuristic_constraints(PROFILE, 8 << 30).category_encodings == ()
+    # The known-good starts keep the one-hot encoding.
+    assert {cfg["category_encoding"] for cfg in space.default_configs(c)} == {"onehot"}
+    random = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = random.ask()
+        p = suggest_params(trial, c)
+        seen.add((p["family"], p["category_encoding"]))
+        # The trees' choice is a parameter of its own in the study, as their others are.
+        assert ("gbt_category_encoding" if p["family"] == "gbt" else "category_encoding") in trial.params
+    assert seen == {("mlp", "onehot"), ("mlp", "target"), ("gbt", "onehot"), ("gbt", "target")}
+    # A user may keep one encoding; an unknown one is refused naming the known ones.
+    only = apply_override(c, parse_override('{"category_encodings": ["target"]}'), BOUNDS, "user")
+    assert {suggest_params(random.ask(), only)["category_encoding"] for _ in range(5)} == {"target"}
+    with pytest.raises(InvalidInput, match=r"\['onehot', 'target'\]"):
+        parse_override('{"category_encodings": ["hashing"]}')

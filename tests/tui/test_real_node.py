@@ -79,6 +79,16 @@ async def test_submit_watch_job_screen_and_predict(node_address: str, insurance_
         with open(out) as f:
             assert len(list(csv.reader(f))) == 26
         assert predict.query_one("#preview", DataTable).row_count == 10
+        assert "warning" not in str(done.render())
+
+        # Rows the model knows little about are predicted, and the screen says so.
+        unusual = tmp_path / "unusual.csv"
+        unusual.write_text("age,sex,bmi,children,smoker,region\n30,martian,25.0,1,no,mars\n,,,,,\n")
+        predict.query_one("#input", Input).value = str(unusual)
+        predict.query_one("#predict").press()
+        await until(pilot, lambda: "wrote 2 predictions" in str(done.render()), 30, "the second predictions")
+        assert ("warning: of 2 rows, 1 holds categories the model never learned: region (1), sex (1); "
+                "1 is empty in every input column") in str(done.render())
 
 
 async def test_unreachable_node_offers_an_address(node_address: str):

@@ -264,3 +264,26 @@ async def test_a_leaving_node_s_unanswered_task_is_lost_when_its_stream_ends(dis
     await a.disconnect()
     outcome = await asyncio.wait_for(fut, 5)
     assert outcome.lost and outcome.handed_back and outcome.message == "node a left while running it"
+
+
+async def test_queued_tasks_and_heartbeat_ages_are_what_an_operator_sees(dispatcher, clock):
+    """The metrics read these: reservations still waiting for a slot, and each node's silence."""
+    a, b = FakeNode(dispatcher, "a"), FakeNode(dispatcher, "b")
+    await a.connect()
+    await b.connect()
+    assert dispatcher.queued() == 0 and dispatcher.heartbeat_ages() == {"a": 0.0, "b": 0.0}
+    leases = [await dispatcher.reserve("job1", MB, rank=1.0) for _ in range(2)]   # both slots
+    waiting = [asyncio.create_task(dispatcher.reserve("job2", MB, rank=2.0)) for _ in range(2)]
+    await until(lambda: dispatcher.queued() == 2)
+    clock[0] = 3.0
+    await b.beat(3.0)
+    clock[0] = 6.5   # a is silent past grace: declared dead, and its age still told
+    dispatcher.check(clock[0])
+    assert dispatcher.heartbeat_ages() == {"a": 6.5, "b": 3.5}
+    # b's slot is freed: one waiting task gets it, the other still waits (a is dead).
+    dispatcher.release(next(lease for lease in leases if lease.node_id == "b"))
+    await until(lambda: sum(t.done() for t in waiting) == 1)
+    assert dispatcher.queued() == 1
+    dispatcher.cancel_job("job2")
+    assert dispatcher.queued() == 0
+    await asyncio.gather(*waiting, return_exceptions=True)

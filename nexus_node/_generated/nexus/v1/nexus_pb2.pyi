@@ -423,26 +423,51 @@ class PredictRequest(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("row", "label", "value", "probabilities", "outside_range")
+    __slots__ = ("row", "label", "value", "probabilities", "outside_range", "unseen_categories", "empty")
     ROW_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    UNSEEN_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_FIELD_NUMBER: _ClassVar[int]
     row: int
     label: str
     value: float
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     outside_range: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, row: _Optional[int] = ..., label: _Optional[str] = ..., value: _Optional[float] = ..., probabilities: _Optional[_Iterable[float]] = ..., outside_range: _Optional[_Iterable[str]] = ...) -> None: ...
+    unseen_categories: _containers.RepeatedScalarFieldContainer[str]
+    empty: bool
+    def __init__(self, row: _Optional[int] = ..., label: _Optional[str] = ..., value: _Optional[float] = ..., probabilities: _Optional[_Iterable[float]] = ..., outside_range: _Optional[_Iterable[str]] = ..., unseen_categories: _Optional[_Iterable[str]] = ..., empty: _Optional[bool] = ...) -> None: ...
+
+class PredictWarnings(_message.Message):
+    __slots__ = ("rows", "unseen_category_rows", "unseen_categories", "empty_rows")
+    class UnseenCategoriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    UNSEEN_CATEGORY_ROWS_FIELD_NUMBER: _ClassVar[int]
+    UNSEEN_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    unseen_category_rows: int
+    unseen_categories: _containers.ScalarMap[str, int]
+    empty_rows: int
+    def __init__(self, rows: _Optional[int] = ..., unseen_category_rows: _Optional[int] = ..., unseen_categories: _Optional[_Mapping[str, int]] = ..., empty_rows: _Optional[int] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("classes", "predictions")
+    __slots__ = ("classes", "predictions", "warnings")
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     classes: _containers.RepeatedScalarFieldContainer[str]
     predictions: _containers.RepeatedCompositeFieldContainer[Prediction]
-    def __init__(self, classes: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
+    warnings: PredictWarnings
+    def __init__(self, classes: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., warnings: _Optional[_Union[PredictWarnings, _Mapping]] = ...) -> None: ...
 
 class ExportModelRequest(_message.Message):
     __slots__ = ("model_id",)
