@@ -25,11 +25,13 @@ class RequestFailed(RuntimeError):
 
 
 class Predicted(NamedTuple):
-    """What a prediction wrote: its rows, and one line about the rows the model answered but
-    knows little about (unseen categories, empty rows); empty when there are none."""
+    """What a prediction wrote: its rows, one line about the rows the model answered but knows
+    little about (unseen categories, empty rows), and one about the rows whose numbers lie
+    outside its training range; each empty when there are none."""
 
     rows: int
     warning: str = ""
+    outside: str = ""
 
 
 class ClusterClient(Protocol):

@@ -7,7 +7,7 @@ from typing import Any, Iterator, TypeVar
 
 import grpc
 
-from nexus_client.client import InputWarnings, NexusClient, describe_error
+from nexus_client.client import InputWarnings, NexusClient, OutsideRange, describe_error
 from nexus_node._generated.nexus.v1 import nexus_pb2 as pb
 from nexus_node._generated.nexus.v1 import nexus_pb2_grpc
 from nexus_node.net import auth
@@ -100,10 +100,10 @@ class GrpcClusterClient:
             return self._nexus.cancel(job_id)
 
     def predict_to_csv(self, model_id: str, in_path: str, out_path: str) -> Predicted:
-        unusual = InputWarnings()
+        unusual, outside = InputWarnings(), OutsideRange()
         with _translated():
-            rows = self._nexus.predict_to_csv(model_id, in_path, out_path, warnings=unusual)
-        return Predicted(rows, unusual.describe())
+            rows = self._nexus.predict_to_csv(model_id, in_path, out_path, outside=outside, warnings=unusual)
+        return Predicted(rows, unusual.describe(), outside.describe(rows))
 
     def close(self) -> None:
         for call in list(self._calls):

@@ -231,9 +231,11 @@ class ServerAuthInterceptor(grpc.aio.ServerInterceptor):
         }[kind]
 
 
+# Said to every client, whatever its language: the header first, then the CLI's ways to set it.
 _DENIED = (
-    "missing, unknown or revoked token: pass --token-file, set NEXUS_TOKEN, or read the token "
-    "from the node's data dir (a node: give it the cluster's --peer-secret-file)"
+    "missing, unknown or revoked token: send the metadata `authorization: Bearer <token>` "
+    "(the nexus CLI: --token-file or NEXUS_TOKEN; the first token is in the node's data dir; "
+    "a node: give it the cluster's --peer-secret-file)"
 )
 
 

@@ -22,7 +22,6 @@ from typing import IO, Callable, TypedDict
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from optuna.storages import JournalStorage
 
 from nexus_node import __version__
@@ -32,6 +31,7 @@ from nexus_node._generated.nexus.v1 import nexus_pb2_grpc, peer_pb2, runner_pb2,
 from nexus_node.api import convert
 from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
 from nexus_node.api.peer_service import PeerServicer, add_peer_service
+from nexus_node.api.reflection import add_reflection
 from nexus_node.api.storage_service import add_storage_service
 from nexus_node.blobs.replication import BlobSync
 from nexus_node.blobs.store import BlobStore
@@ -296,11 +296,11 @@ class Node:
         # The library says SERVING for the whole server by default: not before the mesh started.
         for name in served:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection((
+        add_reflection(server, (
             pb.DESCRIPTOR.services_by_name["NexusService"].full_name,
             optuna_api_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
-            health.SERVICE_NAME, reflection.SERVICE_NAME,
-        ), server)
+            health.SERVICE_NAME,
+        ))
         if cfg.metrics_port is not None:
             # Bound before the node founds or joins a cluster: a port in use stops it here.
             self.metrics = MetricsServer.start(self, cfg.host or "0.0.0.0", cfg.metrics_port, cfg.tls_cert, cfg.tls_key)

@@ -98,6 +98,8 @@ class PredictScreen(DataScreen):
             status = f"wrote {done.rows} predictions to {out_path}"
             if done.warning:   # predicted all the same, but the user should know
                 status += f"\nwarning: {done.warning}"
+            if done.outside:   # as the CLI says it on stderr
+                status += f"\nnote: {done.outside}"
             self.app.call_from_thread(self._done, status, preview)
 
     def _done(self, status: str, preview: list[list[str]]) -> None:

@@ -89,6 +89,15 @@ async def test_submit_watch_job_screen_and_predict(node_address: str, insurance_
         await until(pilot, lambda: "wrote 2 predictions" in str(done.render()), 30, "the second predictions")
         assert ("warning: of 2 rows, 1 holds categories the model never learned: region (1), sex (1); "
                 "1 is empty in every input column") in str(done.render())
+        assert "outside the training range" not in str(done.render())
+
+        # So are rows whose numbers lie outside what the model trained on.
+        far = tmp_path / "far.csv"
+        far.write_text("age,sex,bmi,children,smoker,region\n130,male,25.0,1,no,southeast\n30,male,25.0,1,no,southeast\n")
+        predict.query_one("#input", Input).value = str(far)
+        predict.query_one("#predict").press()
+        await until(pilot, lambda: "outside" in str(done.render()), 30, "the third predictions")
+        assert "note: 1 of 2 rows lie outside the training range of age" in str(done.render())
 
 
 async def test_unreachable_node_offers_an_address(node_address: str):
