@@ -35,6 +35,7 @@ import grpc  # noqa: E402
 
 from nexus_client import client as nx
 from nexus_client import jobview
+from nexus_client.optuna_proxy import ListenError, OptunaProxy
 from nexus_client.progress import ProgressBar, bar, format_duration, supports_unicode
 from nexus_node._generated.nexus.v1 import nexus_pb2
 from nexus_node.errors import InvalidInput
@@ -191,6 +192,13 @@ def _disk_free(n: nexus_pb2.NodeInfo) -> str:
     return f"{n.disk_free_bytes / 2**30:.1f} GiB" + (" LOW" if n.disk_low else "")
 
 
+def _blobs(n: nexus_pb2.NodeInfo) -> str:
+    """The node's blob store (uploads, prepared arrays, artifacts): its disk use."""
+    if not n.blob_count:
+        return "-"   # empty, unreachable, or an older node
+    return f"{n.blob_bytes / 2**20:.1f} MiB ({n.blob_count})"
+
+
 def format_cluster(cluster: nexus_pb2.Cluster) -> str:
     """The human view of the cluster (``nexus cluster``)."""
     head = (
@@ -207,12 +215,14 @@ def format_cluster(cluster: nexus_pb2.Cluster) -> str:
             f"{n.slots_busy}/{n.slots_total}",
             f"{n.memory_free_bytes / 2**30:.1f}/{n.memory_total_bytes / 2**30:.1f} GiB",
             _disk_free(n),
+            _blobs(n),
             n.accelerator or "-",
             len(n.running),
         )
         for n in cluster.nodes
     ]
-    headers = ("NODE", "ADDRESS", "ROLE", "LAST CONTACT", "SLOTS", "MEMORY FREE", "DISK FREE", "ACCEL", "RUNNING")
+    headers = ("NODE", "ADDRESS", "ROLE", "LAST CONTACT", "SLOTS", "MEMORY FREE", "DISK FREE", "BLOBS", "ACCEL",
+               "RUNNING")
     text = head + "\n" + table(headers, rows)
     if cluster.discovered:
         found = [(p.node_id or "(seed)", p.address, p.source) for p in cluster.discovered]
@@ -376,6 +386,35 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Deletes a job (an ended one) or, failing a job of that id, a model."""
+    with _connect(args) as client:
+        try:
+            job = client.delete_job(args.id, keep_models=args.keep_models)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND or args.keep_models:
+                raise
+            try:
+                model = client.delete_model(args.id)
+            except grpc.RpcError as again:
+                if again.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                raise UsageError(f"no job or model {args.id!r}: `nexus jobs` and `nexus models` list them") from None
+            if args.json:
+                _print_json({"deleted": "model", "model_id": model.model_id, "job_id": model.job_id})
+            else:
+                print(f"deleted {model.model_id} (a model of {model.job_id})")
+            return EXIT_OK
+    if args.json:
+        _print_json({"deleted": "job", "job_id": job.job_id, "study_deleted": job.study_deleted,
+                     "deleted_models": list(job.deleted_models), "kept_models": list(job.kept_models)})
+    else:
+        models = (f" and its model {', '.join(job.deleted_models)}" if job.deleted_models else "") + \
+            (f"; kept its model {', '.join(job.kept_models)}" if job.kept_models else "")
+        print(f"deleted {job.job_id}{models}")
+    return EXIT_OK
+
+
 def cmd_trials(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         trials = client.list_trials(args.job)
@@ -458,6 +497,70 @@ def cmd_token(args: argparse.Namespace) -> int:
         lambda t: (t.name, nexus_pb2.TokenRole.Name(t.role).lower(), _when(t.created_at)),
         "no client tokens (the node's own token and the peer secret are not listed)",
     )
+
+
+def _job_study_id(storage: Any, job: nexus_pb2.Job) -> int | None:
+    """The id of ``job``'s study, said on stderr with the job's name; None when the job has
+    none yet (its search has not started)."""
+    spec = job.spec
+    about = (f"job {job.job_id}: {spec.filename or '?'} -> {spec.target}, "
+             f"{nexus_pb2.JobState.Name(job.state)}, trials {_trials_cell(job)}")
+    try:
+        study_id = storage.get_study_id_from_name(job.study_name) if job.study_name else None
+    except KeyError:
+        study_id = None
+    if study_id is None:
+        print(f"{about}; it has no study yet: the dashboard lists it once its search starts", file=sys.stderr)
+        return None
+    print(f"{about}; study {job.study_name}", file=sys.stderr)
+    return study_id
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    # Imported here: the web server's modules cost ~10 ms, which every other command would pay.
+    from nexus_client import dashboard
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be a number from 0 (any free port) to 65535")
+    try:
+        dashboard.require()
+    except dashboard.MissingExtra as e:
+        raise UsageError(str(e)) from None
+    with _connect(args) as client:
+        storage = client.optuna_storage()
+        # Asked before serving: a refused token, an unreachable node or a TLS mismatch ends the
+        # command here with the node's answer, instead of a page that shows no study.
+        storage.get_all_studies()
+        study_id = _job_study_id(storage, client.get_job(args.job)) if args.job else None
+        path = dashboard.HOME_PATH if study_id is None else dashboard.study_path(study_id)
+        try:
+            server = dashboard.DashboardServer(storage, args.port)
+        except OSError as e:
+            raise UsageError(f"--port {args.port}: cannot listen on {dashboard.HOST} ({e.strerror or e}); "
+                             "choose another port") from None
+        with server:
+            print(server.url(path), flush=True)
+            print(f"optuna-dashboard over the studies of {client.address} at {server.url()} (Ctrl-C stops it)",
+                  file=sys.stderr, flush=True)
+            server.serve_forever()
+    return EXIT_OK
+
+
+def cmd_optuna_proxy(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        try:
+            proxy = OptunaProxy(client.channel, args.listen)
+        except ListenError as e:
+            raise UsageError(str(e)) from None
+        # As for the dashboard: a node that refuses the token is said now, not at Optuna's first call.
+        proxy.check_node()
+        with proxy:
+            print(f"{proxy.host}:{proxy.port}", flush=True)
+            print(f"forwarding Optuna's storage calls to {client.address} with the token; in Optuna: "
+                  f"GrpcStorageProxy(host={proxy.host!r}, port={proxy.port}) (Ctrl-C stops it)",
+                  file=sys.stderr, flush=True)
+            proxy.wait()
+    return EXIT_OK
 
 
 def csv_head(path: str | os.PathLike[str], rows: int) -> tuple[list[str], list[list[str]], bytes]:
@@ -580,6 +683,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("show", cmd_show, "show one job", json_flag=True).add_argument("job", metavar="JOB")
     add("watch", cmd_watch, "follow a job until it ends, then show it").add_argument("job", metavar="JOB")
     add("cancel", cmd_cancel, "cancel a job").add_argument("job", metavar="JOB")
+    p = add("delete", cmd_delete, "delete an ended job (its study, data and models) or a model; every node "
+            "removes their files after its --blob-gc-grace", json_flag=True)
+    p.add_argument("id", metavar="JOB|MODEL")
+    p.add_argument("--keep-models", action="store_true", help="deleting a job, keep its models")
     add("trials", cmd_trials, "list a job's trials", json_flag=True).add_argument("job", metavar="JOB")
     add("models", cmd_models, "list models", json_flag=True)
 
@@ -594,12 +701,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("cluster", cmd_cluster, "show the cluster's nodes", json_flag=True)
 
+    p = add("dashboard", cmd_dashboard,
+            "serve optuna-dashboard, a web view of the cluster's studies, on 127.0.0.1 (needs the dashboard extra)")
+    p.add_argument("job", nargs="?", metavar="JOB", help="print the link to this job's study")
+    p.add_argument("--port", type=int, default=8080, metavar="PORT",
+                   help="web port (default 8080, optuna-dashboard's own; 0: any free one)")
+
+    p = add("optuna-proxy", cmd_optuna_proxy,
+            "let plain Optuna reach the cluster: a loopback gRPC server that forwards Optuna's storage calls "
+            "with the token; prints HOST:PORT")
+    p.add_argument("--listen", default="127.0.0.1:13000", metavar="HOST:PORT",
+                   help="a loopback address (default 127.0.0.1:13000, GrpcStorageProxy's default port; "
+                        "port 0: any free one)")
+
     p = add("token", cmd_token, "create, list or revoke client tokens (needs the admin role)")
     tokens = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     t = tokens.add_parser("create", parents=[common], help="create a token; prints its secret once")
     t.add_argument("--name", required=True, help="a name for it (1-64 letters, digits, '.', '_', '-')")
     t.add_argument("--role", required=True, choices=("read", "submit", "admin"),
-                   help="read: look and predict; submit: also submit and cancel jobs; admin: also tokens")
+                   help="read: look and predict; submit: also submit, cancel and delete; admin: also tokens")
     t.add_argument("--json", action="store_true", help="print JSON (with the secret) on stdout")
     t = tokens.add_parser("list", parents=[common], help="list tokens (names and roles, never secrets)")
     t.add_argument("--json", action="store_true", help="print JSON on stdout")

@@ -231,6 +231,12 @@ class NexusClient:
         """Close the channel; calls in flight end with CANCELLED."""
         self._channel.close()
 
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel to the node (token attached, TLS as configured), for calls to the node's
+        other services (``nexus optuna-proxy`` forwards Optuna's over it)."""
+        return self._channel
+
     def wait_ready(self, timeout: float) -> None:
         """Block until the node accepts connections.
 
@@ -320,6 +326,17 @@ class NexusClient:
     def cancel(self, job_id: str) -> nexus_pb2.Job:
         """Ask the node to cancel a job; returns the job after the request was recorded."""
         return self._stub.CancelJob(nexus_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout)
+
+    def delete_job(self, job_id: str, keep_models: bool = False) -> nexus_pb2.DeleteJobResponse:
+        """Delete an ended job: its record, its study, its models unless ``keep_models``; every
+        node then removes its data. ``grpc.RpcError`` FAILED_PRECONDITION for a job still
+        running (cancel it first), NOT_FOUND for an unknown id."""
+        return self._stub.DeleteJob(nexus_pb2.DeleteJobRequest(job_id=job_id, keep_models=keep_models),
+                                    timeout=self.timeout)
+
+    def delete_model(self, model_id: str) -> nexus_pb2.DeleteModelResponse:
+        """Delete a model and, with it, its artifact on every node (its job stays)."""
+        return self._stub.DeleteModel(nexus_pb2.DeleteModelRequest(model_id=model_id), timeout=self.timeout)
 
     def list_trials(self, job_id: str) -> list[nexus_pb2.TrialInfo]:
         """The job's Optuna trials, by number."""
@@ -781,6 +798,8 @@ def cluster_to_dict(cluster: nexus_pb2.Cluster) -> dict[str, Any]:
                 "memory_free_bytes": n.memory_free_bytes,
                 "disk_free_bytes": n.disk_free_bytes,
                 "disk_low": n.disk_low,
+                "blob_count": n.blob_count,
+                "blob_bytes": n.blob_bytes,
                 "accelerator": n.accelerator,
                 "running": list(n.running),
                 "version": n.version,

@@ -211,6 +211,17 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
         async with _mapped(context):
             return convert.job_to_pb(await self.manager.cancel(request.job_id))
 
+    async def DeleteJob(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            deleted = await self.manager.delete_job(request.job_id, request.keep_models)
+            return pb.DeleteJobResponse(job_id=deleted.job_id, deleted_models=deleted.deleted_models,
+                                        kept_models=deleted.kept_models, study_deleted=deleted.study_deleted)
+
+    async def DeleteModel(self, request, context):  # noqa: N802
+        async with _mapped(context):
+            model = await self.manager.delete_model(request.model_id)
+            return pb.DeleteModelResponse(model_id=model.model_id, job_id=model.job_id)
+
     async def ListTrials(self, request, context):  # noqa: N802
         async with _mapped(context):
             trials = await self.manager.trials(request.job_id)

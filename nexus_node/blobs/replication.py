@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Coroutine, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Collection, Coroutine, Iterable, Mapping, Protocol
 
 import grpc
 
@@ -55,6 +55,7 @@ class BlobInfo:
     size: int
     kind: str
     holders: set[str] = dataclasses.field(default_factory=set)
+    job_id: str = ""   # the job it was made for ("" : none recorded); see blobs/gc.py
 
 
 class Placement(Protocol):
@@ -69,7 +70,8 @@ class Placement(Protocol):
 
     def holders(self, sha256: str) -> set[str]: ...
 
-    async def put_blob(self, sha256: str, size: int, kind: str, term: int | None = None) -> None: ...
+    async def put_blob(self, sha256: str, size: int, kind: str, term: int | None = None,
+                       job_id: str = "") -> None: ...
 
     async def drop_blob(self, sha256: str) -> None: ...
 
@@ -113,6 +115,10 @@ class BlobSync:
         """(blocking: call it in a thread)"""
         path = self.store.path(sha256)
         return path if path.is_file() else None
+
+    def fetching(self) -> Collection[str]:
+        """The blobs being fetched now."""
+        return self._fetching.keys()
 
     def _local_touched(self, sha256: str) -> Path | None:
         path = self.local(sha256)
@@ -160,7 +166,7 @@ class BlobSync:
                 info = self.records.blobs.get(sha256)
                 log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, holder)
                 # Recorded in the background: the blob is here whether or not that commits now.
-                self._spawn(self._record_holder(got, size, info.kind if info else "blob"))
+                self._spawn(self._record_holder(got, size, info.kind if info else "blob", info.job_id if info else ""))
                 self._request_trim()
                 return self.store.path(got)
             except grpc.aio.AioRpcError as exc:
@@ -170,9 +176,9 @@ class BlobSync:
         why = "; ".join(errors) if errors else "no node is recorded as holding it"
         raise FailedPrecondition(f"blob {sha256[:12]} is not on this node and could not be fetched ({why})")
 
-    async def _record_holder(self, sha256: str, size: int, kind: str) -> None:
+    async def _record_holder(self, sha256: str, size: int, kind: str, job_id: str) -> None:
         try:
-            await self.records.put_blob(sha256, size, kind)
+            await self.records.put_blob(sha256, size, kind, job_id=job_id)
         except Exception as exc:  # noqa: BLE001 - the copy is still used locally
             log.info("could not record this node as holder of %s: %s", sha256[:12], exc)
 

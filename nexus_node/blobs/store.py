@@ -52,6 +52,9 @@ class BlobStore:
         dest = self.path(digest)
         if dest.is_file():
             src.unlink()
+            # In use again: the blob collector (blobs/gc.py) leaves a recently used file alone,
+            # so these bytes, stored again for a new job, are not removed for an old one's sake.
+            os.utime(dest)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dest)
@@ -66,6 +69,18 @@ class BlobStore:
         """Every blob file in the store."""
         return [p for d in self.root.iterdir() if d.is_dir() and len(d.name) == 2 and d != self.tmp
                 for p in d.iterdir() if p.is_file() and len(p.name) == 64]
+
+    def remove_if_unused(self, sha256: str, since: float) -> bool:
+        """Removes blob ``sha256`` unless it was used (its mtime refreshed) at or after ``since``;
+        whether it is gone (blocking)."""
+        path = self.path(sha256)
+        try:
+            if path.stat().st_mtime >= since:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return True
 
     def usage(self) -> tuple[int, int]:
         """``(blobs, bytes)`` in the store now (blocking: it stats every file)."""

@@ -29,6 +29,8 @@ class MemberInfo:
     version: str = ""
     disk_free_bytes: int = 0
     disk_low: bool = False          # under --min-free-mb: uploads are refused
+    blob_count: int = 0             # the node's blob store at its collector's last pass
+    blob_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,9 @@ class ManagerSettings:
     worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
     pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.study.pruning)
     work: WorkSettings = dataclasses.field(default_factory=WorkSettings)
+    # Retention (jobs/retention.py): ended jobs kept, newest first, and for how many days; 0: all.
+    keep_jobs: int = 0
+    keep_days: float = 0.0
 
 
 class Cancelled(Exception):

@@ -123,9 +123,11 @@ async def submit(ctx: JobContext, spec: JobSpecRecord, upload: Path, *, max_byte
         await asyncio.to_thread(upload.unlink, missing_ok=True)
         raise
     sha, size = await asyncio.to_thread(ctx.blobs.ingest, upload)
-    await ctx.db.put_blob(sha, size, "dataset")
-    await ctx.replicated(sha)
     job_id = "job-" + secrets.token_hex(5)
+    # Recorded as the job's before the job is: the blob collector keeps it while the job
+    # runs, and removes it (after its grace period) if the job is never recorded.
+    await ctx.db.put_blob(sha, size, "dataset", job_id=job_id)
+    await ctx.replicated(sha)
     seed = spec.seed or secrets.randbelow(2**31 - 1) + 1
     job = JobRecord(
         job_id=job_id, spec=spec, state=PENDING, created_at=ctx.clock(), seed=seed,

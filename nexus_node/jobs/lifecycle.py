@@ -42,8 +42,8 @@ from nexus_node.jobs.records import (
 from nexus_node.jobs.search import Search
 from nexus_node.llm import decide_constraints, summarize
 from nexus_node.study import studies
-from nexus_node.study.journal import fenced_context
 from nexus_node.study.constraints import Constraints, apply_override, hard_bounds, parse_override
+from nexus_node.study.journal import fenced_context
 from nexus_node.study.space import default_configs, trial_params
 from nexus_node.work.dispatcher import Dispatcher, Outcome
 from nexus_node.work.retries import Loss, decide_retry
@@ -205,6 +205,7 @@ class Lifecycle:
         """:meth:`_remote`, with the node that ran it."""
         ctx = self.ctx
         label = task["task"]
+        task = {**task, "job_id": job.job_id}   # the blobs it makes are the job's (blobs/gc.py)
         losses: list[Loss] = []
         while True:
             lease = await ctx.reserve(job, memory)

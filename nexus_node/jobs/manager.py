@@ -8,10 +8,12 @@ A thin facade over the parts, each one place for its decisions:
 * :mod:`~nexus_node.jobs.search`: the search loop and its trials; :mod:`~nexus_node.jobs.budget`
   (pure) decides when it ends; :mod:`~nexus_node.jobs.recovery` fails and re-runs trials
   nobody runs any more, by :mod:`nexus_node.work.retries`' rule.
+* :mod:`~nexus_node.jobs.deletion`: deleting an ended job or a model; and
+  :mod:`~nexus_node.jobs.retention`, which the coordinator applies with it.
 * :mod:`~nexus_node.jobs.context`: the state they share, and the clock.
 
-Every node answers reads from the replicated records and commits submits and cancels through
-consensus; only the coordinator (the consensus leader) drives jobs, between :meth:`activate`
+Every node answers reads from the replicated records and commits submits, cancels and deletes
+through consensus; only the coordinator (the consensus leader) drives jobs, between :meth:`activate`
 and :meth:`deactivate`.
 """
 
@@ -25,12 +27,13 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from nexus_node.blobs.store import BlobStore
 from nexus_node.errors import FailedPrecondition
-from nexus_node.jobs import intake
+from nexus_node.jobs import deletion, intake
 from nexus_node.jobs.context import RUNNING_LOST, ChangeFeed, JobContext, ManagerSettings
 from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.lifecycle import Lifecycle
 from nexus_node.jobs.queries import Queries
 from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
+from nexus_node.jobs.retention import Retention
 from nexus_node.llm import GeminiClient
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.study.batches import BatchedJournalStorage
@@ -63,6 +66,7 @@ class JobManager:
                               replicated=replicated, clock=clock)
         self.queries = Queries(self.ctx, serve_pool)
         self.lifecycle = Lifecycle(self.ctx)
+        self.retention = Retention(self.ctx)
 
     # What the node and the servicers read.
     @property
@@ -97,11 +101,15 @@ class JobManager:
 
     async def activate(self, why: str = "node restart", term: int | None = None) -> None:
         await self.lifecycle.activate(why, term)
+        self.retention.start(term)
 
     def job_applied(self, job: JobRecord) -> None:
         self.lifecycle.job_applied(job)
+        if job.terminal and self.ctx.active:
+            self.retention.poke()
 
     async def deactivate(self) -> None:
+        await self.retention.stop()
         await self.lifecycle.deactivate()
 
     # ---- operations -------------------------------------------------------------------------
@@ -123,6 +131,12 @@ class JobManager:
         else:
             await self.ctx.db.wait_job(job_id, lambda j: j.terminal, timeout)
         return await self.get(job_id)
+
+    async def delete_job(self, job_id: str, keep_models: bool = False) -> deletion.DeletedJob:
+        return await deletion.delete_job(self.ctx, job_id, keep_models)
+
+    async def delete_model(self, model_id: str) -> ModelRecord:
+        return await deletion.delete_model(self.ctx, model_id)
 
     async def get(self, job_id: str) -> JobRecord:
         return await self.queries.get(job_id)

@@ -16,6 +16,9 @@ Rules applied here, identically everywhere:
 * ``cancel_requested`` is sticky: once a cancel is applied, a later write of the same job (the
   coordinator's driver did not know yet) cannot clear it.
 * A terminal job is never made active again by a late write.
+* Only an ended job is deleted (``delete_job``). Nothing writes a job after it ends (its
+  coordinator's last write ends it; a deposed one's writes are fenced off), so none comes back.
+* A blob's placement goes once its last holder drops it, so placements do not outlive files.
 """
 
 from __future__ import annotations
@@ -74,8 +77,10 @@ def validate_body(body: Any) -> None:
                 raise ValueError("put_job.event must be an object with a list of kinds")
             if "trial" in event:
                 check_fields(TrialView, event["trial"])
-    elif op == "cancel_job":
+    elif op in ("cancel_job", "delete_job"):
         _string(body, "job_id")
+    elif op == "delete_model":
+        _string(body, "model_id")
     elif op == "put_model":
         model = ModelRecord.from_dict(cast("dict[str, Any]", body.get("model")))   # checked there too
         if not model.model_id:
@@ -87,6 +92,8 @@ def validate_body(body: Any) -> None:
         size = body.get("size")
         if type(size) is not int or size < 0:
             raise ValueError("put_blob.size must be a non-negative int")
+        if "job_id" in body:
+            _string(body, "job_id")
     elif op == "drop_blob":
         _sha256(body)
         _string(body, "holder")
@@ -116,6 +123,9 @@ class ReplicatedRecords:
         self.addresses: dict[str, str] = {}
         self.job_listeners: list[JobListener] = []
         self.blob_listeners: list[Callable[[BlobInfo], None]] = []
+        #: Called after a job or model is deleted, on the driver's task (the blob collector
+        #: looks for garbage then).
+        self.delete_listeners: list[Callable[[], None]] = []
         driver.state.register(KIND, self._apply, validate=validate_body, forwarded=self._check_forwarded)
 
     def _check_forwarded(self, body: dict[str, Any], origin: str) -> None:
@@ -123,7 +133,8 @@ class ReplicatedRecords:
         body is valid already). The coordinator's own writes (job progress, results, models)
         are term-fenced and never forwarded (``RaftDriver.propose``), so a follower that hands
         one over is not running our code: it may submit a new job (PENDING, nothing run yet),
-        cancel one, and record its own blobs and address, nothing else.
+        cancel one, delete an ended job or a model (user actions, as a cancel is), and record
+        its own blobs and address, nothing else.
 
         Raises:
             ValueError: ``origin`` may not make this write.
@@ -162,6 +173,16 @@ class ReplicatedRecords:
                     job.cancel_requested = True
                     self._job_applied(job, None)
                 return None
+            if op == "delete_job":
+                job = self.jobs.get(str(body["job_id"]))
+                if job is not None and job.terminal:
+                    del self.jobs[job.job_id]
+                    self._deleted()
+                return None
+            if op == "delete_model":
+                if self.models.pop(str(body["model_id"]), None) is not None:
+                    self._deleted()
+                return None
             if op == "put_model":
                 model = ModelRecord.from_dict(body["model"])
                 self.models[model.model_id] = model
@@ -170,7 +191,8 @@ class ReplicatedRecords:
                 sha = str(body["sha256"])
                 info = self.blobs.get(sha)
                 if info is None:
-                    info = self.blobs[sha] = BlobInfo(sha, int(body["size"]), str(body["kind"]))
+                    info = self.blobs[sha] = BlobInfo(sha, int(body["size"]), str(body["kind"]),
+                                                      job_id=str(body.get("job_id", "")))
                 info.holders.add(str(body["holder"]))
                 for listener in self.blob_listeners:
                     listener(info)
@@ -179,6 +201,8 @@ class ReplicatedRecords:
                 info = self.blobs.get(str(body["sha256"]))
                 if info is not None:
                     info.holders.discard(str(body["holder"]))
+                    if not info.holders:
+                        del self.blobs[info.sha256]
                 return None
             if op == "member":
                 node_id, address = str(body["node_id"]), str(body["address"])
@@ -200,6 +224,10 @@ class ReplicatedRecords:
         self.jobs[job.job_id] = job
         self._job_applied(job, event if isinstance(event, dict) else None,
                           state_changed=old is None or old.state != job.state)
+
+    def _deleted(self) -> None:
+        for listener in self.delete_listeners:
+            listener()
 
     def _job_applied(self, job: JobRecord, event: dict[str, Any] | None, state_changed: bool = False) -> None:
         snapshot = dataclasses.replace(job)
@@ -235,13 +263,24 @@ class ReplicatedRecords:
     async def cancel_job(self, job_id: str) -> None:
         await self._commit({"op": "cancel_job", "job_id": job_id})
 
+    async def delete_job(self, job_id: str, term: int | None = None) -> None:
+        """Deletes an ended job's record (a job still running is left as it is)."""
+        await self._commit({"op": "delete_job", "job_id": job_id}, term)
+
+    async def delete_model(self, model_id: str, term: int | None = None) -> None:
+        await self._commit({"op": "delete_model", "model_id": model_id}, term)
+
     async def put_model(self, model: ModelRecord, term: int | None = None) -> None:
         await self._commit({"op": "put_model", "model": model.to_dict()}, term)
 
-    async def put_blob(self, sha256: str, size: int, kind: str, term: int | None = None) -> None:
-        """Records that this node holds blob ``sha256``."""
-        await self._commit({"op": "put_blob", "sha256": sha256, "size": size, "kind": kind,
-                            "holder": self.driver.node_id}, term)
+    async def put_blob(self, sha256: str, size: int, kind: str, term: int | None = None, job_id: str = "") -> None:
+        """Records that this node holds blob ``sha256``; ``job_id``: the job it was made for
+        (its upload, a task's output), which keeps it while that job runs (jobs/references.py)."""
+        body: dict[str, Any] = {"op": "put_blob", "sha256": sha256, "size": size, "kind": kind,
+                                "holder": self.driver.node_id}
+        if job_id:
+            body["job_id"] = job_id
+        await self._commit(body, term)
 
     async def drop_blob(self, sha256: str) -> None:
         """Records that this node no longer holds blob ``sha256`` (commit before deleting the

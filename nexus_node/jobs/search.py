@@ -237,7 +237,7 @@ class Search:
     def _task(self, job: JobRecord, number: int, trial_id: int, params: dict[str, Any]) -> dict[str, Any]:
         """The runner's request for trial ``number``."""
         return {
-            "task": "trial", "label": f"{job.job_id}/{number}",
+            "task": "trial", "label": f"{job.job_id}/{number}", "job_id": job.job_id,
             "study_name": job.study_name, "trial_id": trial_id,
             "trial_number": number, "params": params, "files": dict(job.prepared["files"]),
             "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),

@@ -37,7 +37,9 @@ _NEXUS = "/nexus.v1.NexusService/"
 _NEXUS_ROLES = {
     **dict.fromkeys(("GetJob", "ListJobs", "WatchJob", "ListTrials", "ListModels", "GetModel",
                      "Predict", "ExportModel", "GetCluster", "WatchCluster"), Role.READ),
-    **dict.fromkeys(("SubmitJob", "CancelJob"), Role.SUBMIT),
+    # Deleting is the submit role's, as cancelling is: whoever may start and stop jobs may
+    # clear them away (Optuna's DeleteStudy is a submit write too).
+    **dict.fromkeys(("SubmitJob", "CancelJob", "DeleteJob", "DeleteModel"), Role.SUBMIT),
     **dict.fromkeys(("CreateToken", "ListTokens", "RevokeToken"), Role.ADMIN),
 }
 

@@ -65,6 +65,17 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                     help="size bound of this node's blob store (default 4096; 0: none): past it the node "
                          "drops copies it fetched, least recently used first, never those it keeps for "
                          "the cluster's --replicas")
+    ap.add_argument("--blob-gc-grace", type=float, default=300.0, metavar="SECONDS",
+                    help="seconds a blob that no job or model needs any more (a deleted job's data, an "
+                         "ended job's trial predictions, a refused upload) stays unused on this node before "
+                         "it is removed (default 300); keep it above the time an upload takes to become a job")
+    ap.add_argument("--keep-jobs", type=int, default=0, metavar="N",
+                    help="retention, applied by the coordinator: keep the N most recently ended jobs and "
+                         "delete older ended jobs with their study and data, keeping their models "
+                         "(`nexus delete MODEL` removes one); running jobs are never deleted (default 0: keep all)")
+    ap.add_argument("--keep-days", type=float, default=0.0, metavar="D",
+                    help="retention: delete ended jobs D days after they ended, as --keep-jobs does, "
+                         "checked every 10 minutes and whenever a job ends (default 0: keep them)")
     ap.add_argument("--max-upload-mb", type=int, default=512, help="largest CSV accepted (default 512)")
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
     ap.add_argument("--upload-idle-s", type=float, default=30.0,
@@ -146,6 +157,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--trial-memory-mb must be positive")
     if a.blob_cache_mb < 0:
         ap.error("--blob-cache-mb must be 0 (no bound) or positive")
+    if not (a.blob_gc_grace >= 0 and a.keep_days >= 0) or a.keep_jobs < 0:   # NaN too
+        ap.error("--blob-gc-grace, --keep-jobs and --keep-days must not be negative")
     if a.memory_mb is not None and a.memory_mb < 256:
         ap.error("--memory-mb must be at least 256 (a runner with torch alone takes about 230 MB)")
     try:
@@ -190,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, peer_secret_file=a.peer_secret_file,
         slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, memory_mb=a.memory_mb, blob_cache_mb=a.blob_cache_mb,
+        blob_gc_grace=a.blob_gc_grace, keep_jobs=a.keep_jobs, keep_days=a.keep_days,
         max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, upload_idle_s=a.upload_idle_s, default_max_trials=a.default_trials, cluster_name=a.cluster,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,

@@ -33,6 +33,7 @@ from nexus_node.api.nexus_service import NexusServicer, RunnerServicer
 from nexus_node.api.peer_service import PeerServicer, add_peer_service
 from nexus_node.api.reflection import add_reflection
 from nexus_node.api.storage_service import add_storage_service
+from nexus_node.blobs.collector import BlobCollector
 from nexus_node.blobs.replication import BlobSync
 from nexus_node.blobs.store import BlobStore
 from nexus_node.cluster.discovery import Discovery, DiscoverySettings, primary_address
@@ -45,6 +46,7 @@ from nexus_node.consensus.integrity import adopt_identity, check_data_dir
 from nexus_node.consensus.raft import NotLeader
 from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.manager import JobManager, ManagerSettings
+from nexus_node.jobs.references import live_blobs
 from nexus_node.jobs.registry import ReplicatedRecords
 from nexus_node.llm import GeminiClient, LLMSettings
 from nexus_node.net.auth import SERVER_OPTIONS, Grant, ServerAuthInterceptor, is_loopback, node_token, read_peer_secrets
@@ -91,6 +93,9 @@ class NodeConfig:
     trial_memory_mb: int | None = None     # None: a share of free memory per slot
     memory_mb: int | None = None           # node and runners together; None: the machine's (or cgroup's)
     blob_cache_mb: int = 4096              # the blob store's size bound (blobs/cache.py); 0: none
+    blob_gc_grace: float = 300.0           # seconds a blob no record needs waits before removal (blobs/gc.py)
+    keep_jobs: int = 0                     # retention (jobs/retention.py): newest ended jobs kept; 0: all
+    keep_days: float = 0.0                 # ended jobs kept this many days; 0: for ever
     max_upload_mb: int = 512
     max_predict_mb: int = 64
     upload_idle_s: float = 30.0            # an upload stream silent this long is ended
@@ -134,6 +139,7 @@ class Node:
         self.manager: JobManager | None = None
         self.mesh: Mesh | None = None
         self.blob_sync: BlobSync | None = None
+        self.blob_collector: BlobCollector | None = None
         self.worker: WorkerAgent | None = None
         self._leadership: asyncio.Task[None] | None = None
         self._pools: list[RunnerPool] = []
@@ -245,6 +251,15 @@ class Node:
         self.blob_sync = BlobSync(self.node_id, cfg.cluster_name, blobs, records, mesh.transport,
                                   mesh.members, cfg.cluster.replicas, bound_bytes=cfg.blob_cache_mb << 20,
                                   wait_for=driver.wait_for)
+        # Every node removes its own copies of blobs no record needs (blobs/gc.py), looking
+        # again whenever a job or model is deleted.
+        self.blob_collector = collector = BlobCollector(
+            self.node_id, blobs, records, lambda: live_blobs(records.jobs.values(), records.models.values(), records.blobs),
+            grace=cfg.blob_gc_grace, busy=self.blob_sync.fetching)
+        # A new placement may be a file that the figures in `nexus cluster` do not count yet.
+        records.blob_listeners.append(lambda info: collector.poke())
+        records.delete_listeners.extend([collector.poke, self._on_cluster_change])
+        collector.on_change = self._on_cluster_change
         # One JournalStorage per node over the replicated journal: reads are local, writes
         # commit through consensus (study/journal.py), several of them as one (study/batches.py).
         storage = BatchedJournalStorage(journal.backend())
@@ -255,7 +270,7 @@ class Node:
             db=records, blobs=blobs, serve_pool=serve, storage=storage, node_id=self.node_id,
             settings=ManagerSettings(
                 default_max_trials=cfg.default_max_trials, worker_memory_bytes=memory_info()[1],
-                work=cfg.work, pruner=cfg.pruner,
+                work=cfg.work, pruner=cfg.pruner, keep_jobs=cfg.keep_jobs, keep_days=cfg.keep_days,
             ),
             llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
             events=self.hub, fetch_blob=self.blob_sync.ensure, replicated=self.blob_sync.replicated,
@@ -314,6 +329,7 @@ class Node:
             adopt_identity(self.data_dir)   # it has a log now: the id is this node's for good
         self._leadership = asyncio.create_task(self._follow_leadership(), name="leadership")
         self.worker.start()
+        self.blob_collector.start()   # after the log is replayed: never judged on a partial state
         # The node cannot live without these: if one ends, the node stops (crash-only).
         self._watch(self._leadership, "the leadership follower")
         if self.worker.task is not None:
@@ -418,13 +434,14 @@ class Node:
         work = self._pools[0] if self._pools else None
         info = work.info if work else {}
         slots_total, slots_busy = self.slots()
+        blobs, blob_bytes = self.blob_collector.usage if self.blob_collector else (0, 0)
         return MemberInfo(
             node_id=self.node_id, address=self.peer_address, last_contact=time.time(),
             slots_total=slots_total, slots_busy=slots_busy,
             memory_total_bytes=total, memory_free_bytes=free,
             accelerator=str(info.get("cuda_name") or info.get("device") or "cpu (runners not started)"),
             running=self.worker.running_labels() if self.worker else [], version=__version__,
-            **self._disk_fields(),
+            blob_count=blobs, blob_bytes=blob_bytes, **self._disk_fields(),
         )
 
     def slots(self) -> tuple[int, int]:
@@ -498,6 +515,8 @@ class Node:
             await self.manager.deactivate()
         if self.mesh is not None:
             await self.mesh.leave()   # a coordinator hands over before it goes
+            if self.blob_collector is not None:
+                await self.blob_collector.close()
             if self.blob_sync is not None:
                 await self.blob_sync.close()
             await self.mesh.stop()

@@ -67,6 +67,16 @@ def load_study(storage: BaseStorage, name: str, maximize: bool, seed: int, n_tri
                              pruner=make_pruner())
 
 
+def delete_study(storage: BaseStorage, name: str) -> bool:
+    """Deletes study ``name`` (one journal write, which every node's storage replays); whether
+    there was one to delete (blocking)."""
+    try:
+        storage.delete_study(storage.get_study_id_from_name(name))
+    except KeyError:   # none, or deleted meanwhile by another writer
+        return False
+    return True
+
+
 def _sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     # constant_liar: trials running in parallel count as pessimistic results, so parallel
     # slots do not all sample the same promising region.

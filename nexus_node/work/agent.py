@@ -407,14 +407,15 @@ class WorkerAgent:
             return local
 
     async def _publish(self, kind: str, local: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-        """Outputs into this node's blob store, recorded as held here; the result names them
-        by hash."""
+        """Outputs into this node's blob store, recorded as held here, and as the task's
+        job's (which keeps them while it runs: blobs/gc.py); the result names them by hash."""
         records = self.placement
+        owner = str(local.get("job_id") or "")
         if kind == "prepare":
             files = {}
             for name, path in result["files"].items():
                 sha, size = await asyncio.to_thread(self.blobs.ingest, Path(path))
-                await records.put_blob(sha, size, f"shard:{name}")
+                await records.put_blob(sha, size, f"shard:{name}", job_id=owner)
                 files[name] = sha
             result = {**result, "files": files}
         elif kind == "trial" and result.get("predictions_sha256"):
@@ -424,7 +425,7 @@ class WorkerAgent:
             # Predictions are an option of finalize: failing to record them never fails the trial.
             try:
                 if sha == result["predictions_sha256"]:
-                    await records.put_blob(sha, size, "predictions")
+                    await records.put_blob(sha, size, "predictions", job_id=owner)
                 else:
                     log.warning("trial predictions hash to %s, not %s: not kept", sha, result["predictions_sha256"])
                     await asyncio.to_thread(self.blobs.path(sha).unlink, True)
@@ -432,10 +433,10 @@ class WorkerAgent:
                 log.warning("trial predictions %s not recorded: %s", sha, e)
         elif kind == "finalize":
             sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
-            await records.put_blob(sha, size, "model")
+            await records.put_blob(sha, size, "model", job_id=owner)
             result = {**result, "artifact_sha256": sha, "artifact_bytes": size}
         elif kind == "refit":
             sha, size = await asyncio.to_thread(self.blobs.ingest, Path(local["artifact_path"]))
-            await records.put_blob(sha, size, MEMBER_BLOB)
+            await records.put_blob(sha, size, MEMBER_BLOB, job_id=owner)
             result = {**result, "member_sha256": sha, "member_bytes": size}
         return result

@@ -4,7 +4,6 @@ what it holds for the cluster (real records on a one-voter driver, real files)."
 from __future__ import annotations
 
 import hashlib
-import os
 
 import grpc
 
@@ -14,25 +13,11 @@ from nexus_node.blobs.store import BlobStore
 from nexus_node.consensus.driver import MeshSettings, RaftDriver
 from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.registry import ReplicatedRecords
+from tests.blobs.helpers import stored_blob
 from tests.blocking import allow_blocking
 
 FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)
 MEMBERS = {"n1", "n2"}
-
-
-def _blob(store: BlobStore, data: bytes, age: float) -> str:
-    """(The test's own setup, on its loop: allowed.)"""
-    with allow_blocking():
-        return _write_blob(store, data, age)
-
-
-def _write_blob(store: BlobStore, data: bytes, age: float) -> str:
-    tmp = store.new_temp()
-    tmp.write_bytes(data)
-    sha, _ = store.ingest(tmp)
-    old = store.path(sha).stat().st_mtime - age
-    os.utime(store.path(sha), (old, old))
-    return sha
 
 
 def _kept_by(node: str, store: BlobStore, prefix: bytes, age: float) -> str:
@@ -41,7 +26,7 @@ def _kept_by(node: str, store: BlobStore, prefix: bytes, age: float) -> str:
         data = prefix + str(i).encode() * 1000
         sha = hashlib.sha256(data).hexdigest()
         if keepers(sha, MEMBERS, 1) == [node]:
-            return _blob(store, data, age)
+            return stored_blob(store, data, age)
     raise AssertionError("no such blob")
 
 

@@ -270,7 +270,11 @@ def test_a_follower_may_hand_over_only_its_own_writes():
 
     forwarded({"op": "put_job", "job": job()})                               # a submit on n2
     forwarded({"op": "cancel_job", "job_id": "job-1"})
+    forwarded({"op": "delete_job", "job_id": "job-1"})                      # a user's delete on n2
+    forwarded({"op": "delete_model", "model_id": "model-1"})
     forwarded({"op": "put_blob", "sha256": "a" * 64, "size": 3, "kind": "dataset", "holder": "n2"})
+    forwarded({"op": "put_blob", "sha256": "a" * 64, "size": 3, "kind": "dataset", "holder": "n2",
+               "job_id": "job-1"})
     forwarded({"op": "member", "node_id": "n2", "address": "h:2"})
     for body, fragment in [
         ({"op": "put_job", "job": job(state="COMPLETED", best_value=0.9999)}, "PENDING"),

@@ -25,7 +25,7 @@ class Records:
     def __init__(self) -> None:
         self.jobs: list[JobRecord] = []
 
-    async def put_blob(self, sha256: str, size: int, kind: str) -> None:
+    async def put_blob(self, sha256: str, size: int, kind: str, job_id: str = "") -> None:
         pass
 
     async def put_job(self, job: JobRecord) -> None:

@@ -65,3 +65,44 @@ async def test_a_cancel_is_sticky_and_an_ended_job_stays_ended(tmp_path):
         assert (await records.get_job("job-1")).state == "CANCELLED"
     finally:
         await driver.stop()
+
+
+async def test_only_an_ended_job_is_deleted_and_its_model_goes_only_when_asked(tmp_path):
+    driver, records = await open_records(tmp_path)
+    deletions: list[None] = []
+    records.delete_listeners.append(lambda: deletions.append(None))
+    model = ModelRecord("model-1", "job-1", "regression", "y", ["a"], [], {"r2": 0.9}, "0" * 64, 10, 2.0)
+    try:
+        await records.put_job(job("SEARCHING"))
+        await records.delete_job("job-1")           # running: every node leaves it as it is
+        assert (await records.get_job("job-1")).state == "SEARCHING" and deletions == []
+        await records.put_job(job("COMPLETED"))
+        await records.put_model(model)
+        await records.delete_job("job-1")
+        assert await records.get_job("job-1") is None
+        assert await records.get_model("model-1") == model   # a model goes only when asked
+        await records.delete_model("model-1")
+        assert await records.list_models() == [] and len(deletions) == 2
+    finally:
+        await driver.stop()
+
+    driver, again = await open_records(tmp_path)   # the replayed log deletes them alike
+    try:
+        await again.put_member("n1", "127.0.0.1:1")   # applied after every replayed entry
+        assert again.jobs == {} and again.models == {}
+    finally:
+        await driver.stop()
+
+
+async def test_a_placement_names_its_job_and_goes_with_its_last_holder(tmp_path):
+    driver, records = await open_records(tmp_path)
+    try:
+        await records.put_blob("ab" * 32, 5, "dataset", job_id="job-1")
+        assert records.blobs["ab" * 32].job_id == "job-1"
+        await records._commit({"op": "put_blob", "sha256": "ab" * 32, "size": 5, "kind": "dataset", "holder": "n2"})
+        await records.drop_blob("ab" * 32)
+        assert records.holders("ab" * 32) == {"n2"}
+        await records._commit({"op": "drop_blob", "sha256": "ab" * 32, "holder": "n2"})
+        assert "ab" * 32 not in records.blobs   # no placement outlives the last copy
+    finally:
+        await driver.stop()

@@ -79,7 +79,7 @@ def _call(channel: grpc.Channel, method, metadata) -> object:
 # What each role may call (issue 18, "Client tokens with roles"); the peer secret may call all.
 READS = {"GetJob", "ListJobs", "WatchJob", "ListTrials", "ListModels", "GetModel", "Predict",
          "ExportModel", "GetCluster", "WatchCluster"}
-SUBMITS = {"SubmitJob", "CancelJob"}
+SUBMITS = {"SubmitJob", "CancelJob", "DeleteJob", "DeleteModel"}   # issue 23: deleting is cancelling's role
 ADMINS = {"CreateToken", "ListTokens", "RevokeToken"}
 PEER_ONLY_SERVICES = {"nexus.v1.PeerService", "nexus.v1.RunnerService"}
 ORDER = ["read", "submit", "admin", "peer"]

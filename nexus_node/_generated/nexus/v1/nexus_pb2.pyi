@@ -261,6 +261,40 @@ class CancelJobRequest(_message.Message):
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
+class DeleteJobRequest(_message.Message):
+    __slots__ = ("job_id", "keep_models")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEP_MODELS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    keep_models: bool
+    def __init__(self, job_id: _Optional[str] = ..., keep_models: _Optional[bool] = ...) -> None: ...
+
+class DeleteJobResponse(_message.Message):
+    __slots__ = ("job_id", "deleted_models", "kept_models", "study_deleted")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_MODELS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_DELETED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    deleted_models: _containers.RepeatedScalarFieldContainer[str]
+    kept_models: _containers.RepeatedScalarFieldContainer[str]
+    study_deleted: bool
+    def __init__(self, job_id: _Optional[str] = ..., deleted_models: _Optional[_Iterable[str]] = ..., kept_models: _Optional[_Iterable[str]] = ..., study_deleted: _Optional[bool] = ...) -> None: ...
+
+class DeleteModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class DeleteModelResponse(_message.Message):
+    __slots__ = ("model_id", "job_id")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    job_id: str
+    def __init__(self, model_id: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
 class WatchJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -486,7 +520,7 @@ class ExportModelChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "role", "term", "last_contact", "slots_total", "slots_busy", "memory_total_bytes", "memory_free_bytes", "accelerator", "running", "version", "disk_free_bytes", "disk_low")
+    __slots__ = ("node_id", "address", "role", "term", "last_contact", "slots_total", "slots_busy", "memory_total_bytes", "memory_free_bytes", "accelerator", "running", "version", "disk_free_bytes", "disk_low", "blob_count", "blob_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -501,6 +535,8 @@ class NodeInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_LOW_FIELD_NUMBER: _ClassVar[int]
+    BLOB_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BLOB_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     role: NodeRole
@@ -515,7 +551,9 @@ class NodeInfo(_message.Message):
     version: str
     disk_free_bytes: int
     disk_low: bool
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., term: _Optional[int] = ..., last_contact: _Optional[float] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., disk_low: _Optional[bool] = ...) -> None: ...
+    blob_count: int
+    blob_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., role: _Optional[_Union[NodeRole, str]] = ..., term: _Optional[int] = ..., last_contact: _Optional[float] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_free_bytes: _Optional[int] = ..., accelerator: _Optional[str] = ..., running: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., disk_low: _Optional[bool] = ..., blob_count: _Optional[int] = ..., blob_bytes: _Optional[int] = ...) -> None: ...
 
 class GetClusterRequest(_message.Message):
     __slots__ = ()

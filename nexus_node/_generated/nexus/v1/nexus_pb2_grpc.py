@@ -59,6 +59,16 @@ class NexusServiceStub:
                 request_serializer=nexus_dot_v1_dot_nexus__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_nexus__pb2.Job.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/nexus.v1.NexusService/DeleteJob',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/nexus.v1.NexusService/DeleteModel',
+                request_serializer=nexus_dot_v1_dot_nexus__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_nexus__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
         self.ListTrials = channel.unary_unary(
                 '/nexus.v1.NexusService/ListTrials',
                 request_serializer=nexus_dot_v1_dot_nexus__pb2.ListTrialsRequest.SerializeToString,
@@ -139,6 +149,20 @@ class NexusServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """An ended job only (FAILED_PRECONDITION for one still running: cancel it first);
+        NOT_FOUND for an unknown id. The submit role, like CancelJob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -234,6 +258,16 @@ def add_NexusServiceServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=nexus_dot_v1_dot_nexus__pb2.CancelJobRequest.FromString,
                     response_serializer=nexus_dot_v1_dot_nexus__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.DeleteJobRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.DeleteJobResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=nexus_dot_v1_dot_nexus__pb2.DeleteModelRequest.FromString,
+                    response_serializer=nexus_dot_v1_dot_nexus__pb2.DeleteModelResponse.SerializeToString,
             ),
             'ListTrials': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTrials,
@@ -421,6 +455,60 @@ class NexusService:
             '/nexus.v1.NexusService/CancelJob',
             nexus_dot_v1_dot_nexus__pb2.CancelJobRequest.SerializeToString,
             nexus_dot_v1_dot_nexus__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.NexusService/DeleteJob',
+            nexus_dot_v1_dot_nexus__pb2.DeleteJobRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.DeleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nexus.v1.NexusService/DeleteModel',
+            nexus_dot_v1_dot_nexus__pb2.DeleteModelRequest.SerializeToString,
+            nexus_dot_v1_dot_nexus__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
