@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
 import optuna
 
@@ -139,9 +139,10 @@ class JobContext:
     def max_trials(self, job: JobRecord) -> int:
         return job.spec.max_trials or self.settings.default_max_trials
 
-    def shard_bytes(self, job: JobRecord) -> int:
-        sizes = [self.db.blobs[sha].size for sha in job.prepared.get("files", {}).values() if sha in self.db.blobs]
-        return sum(sizes)
+    def shard_bytes(self, job: JobRecord, files: Mapping[str, str] | None = None) -> int:
+        """Bytes of the job's prepared ``files`` (default: all of them) that a task loads."""
+        chosen = job.prepared.get("files", {}) if files is None else files
+        return sum(self.db.blobs[sha].size for sha in chosen.values() if sha in self.db.blobs)
 
     @staticmethod
     def check_cancel(job: JobRecord) -> None:

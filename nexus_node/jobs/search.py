@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
 import optuna
 
@@ -142,7 +142,7 @@ class Search:
         trials = {n: StudyTrial(n, t.state.name == "RUNNING", str(t.user_attrs.get(studies.NODE_ATTR, "")))
                   for n, t in frozen.items()}
         decision = adoption(claims, trials, dispatcher.now(), ctx.settings.work.grace)
-        memory = task_memory("trial", ctx.shard_bytes(job))
+        memory = task_memory("trial", ctx.shard_bytes(job, trial_files(job.prepared.get("files", {}))))
         ids = {n: await asyncio.to_thread(studies.trial_id_of, ctx.storage, job.study_name, n) for n in decision.adopt}
         # Taken over here, before anything else runs on the loop: a claim still held when
         # the claims are settled is cancelled on its node.
@@ -165,7 +165,7 @@ class Search:
                     inflight: set[asyncio.Task[None]], mine: set[int]) -> None:
         ctx = self.ctx
         active = ctx.jobs[job.job_id]
-        memory = task_memory("trial", ctx.shard_bytes(job))
+        memory = task_memory("trial", ctx.shard_bytes(job, trial_files(job.prepared.get("files", {}))))
         first = True
         while True:
             ctx.check_cancel(job)
@@ -239,7 +239,7 @@ class Search:
         return {
             "task": "trial", "label": f"{job.job_id}/{number}", "job_id": job.job_id,
             "study_name": job.study_name, "trial_id": trial_id,
-            "trial_number": number, "params": params, "files": dict(job.prepared["files"]),
+            "trial_number": number, "params": params, "files": trial_files(job.prepared["files"]),
             "task_type": job.task, "n_classes": job.prepared.get("n_classes", 0),
             "metric": job.metric, "maximize": job.maximize, "seed": derived_seed(job.seed, number),
             "pruner": job.prepared.get("pruner") or studies.pruner_spec(self.ctx.settings.pruner, job.constraints),
@@ -308,6 +308,13 @@ class Search:
             job.prepared["best_epochs"] = int(best.user_attrs.get("epochs", 0) or 0)
         if write:
             await self.ctx.db.put_job(job, term=self.ctx.term)
+
+
+def trial_files(files: Mapping[str, str]) -> dict[str, str]:
+    """The prepared files a trial reads: all but the test split's (prepare names them
+    ``X_test``, ``y_test``, ``codes_test``). Trials validate on the training rows alone; the
+    held-out rows are read only by finalize, so a worker never fetches them for a trial."""
+    return {name: sha for name, sha in files.items() if not name.endswith("_test")}
 
 
 def _value(t: optuna.trial.FrozenTrial) -> float:

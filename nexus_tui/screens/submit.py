@@ -16,6 +16,9 @@ from nexus_tui.client import RequestFailed, Unreachable
 from nexus_tui.screens.base import DataScreen
 from nexus_tui.screens.paths import PathSuggester, csv_header
 
+#: Names of the table files the node accepts (it reads the content, whatever the name).
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".gz", ".parquet", ".pq")
+
 FIELDS = ("path", "target", "use-case", "trials", "time", "constraints")
 
 
@@ -34,7 +37,7 @@ class SubmitScreen(DataScreen):
         yield Header()
         with VerticalScroll(classes="form"):
             yield Label("CSV file")
-            yield Input(placeholder="path/to/data.csv (tab completes)", id="path", suggester=PathSuggester(".csv"))
+            yield Input(placeholder="path/to/data.csv (tab completes)", id="path", suggester=PathSuggester(TABLE_SUFFIXES))
             yield Static(classes="error", id="path-error")
             yield Label("Target column (from the file's header)")
             yield Select[str]([], id="target", prompt="choose the column to predict")
@@ -60,7 +63,7 @@ class SubmitScreen(DataScreen):
 
     @on(Input.Changed, "#path")
     def _path_changed(self, event: Input.Changed) -> None:
-        header = csv_header(event.value) if event.value.endswith(".csv") else None
+        header = csv_header(event.value) if event.value.lower().endswith(TABLE_SUFFIXES) else None
         select = self.query_one("#target", Select)
         select.set_options([(c, c) for c in header or []])
         if header:
@@ -78,7 +81,8 @@ class SubmitScreen(DataScreen):
         elif not os.path.isfile(path):
             errors["path"] = f"no file at {path}"
         elif csv_header(path) is None:
-            errors["path"] = "the file has no header row that can be read"
+            errors["path"] = ("the file has no header row that can be read (a CSV, gzip-compressed or not, "
+                              "or Parquet with pyarrow installed)")
         target = self.query_one("#target", Select).value
         if not isinstance(target, str):
             errors["target"] = "pick the column to predict"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import TrialState
@@ -121,3 +122,20 @@ async def test_at_the_deadline_no_trial_starts_and_the_running_ones_are_stopped(
     assert sorted(node.assigned) == [t.number for t in trials]
     assert job.trials["COMPLETE"] == 2 and job.trials["RUNNING"] == 0
     assert records.writes[-1].state == FINALIZING
+
+
+def test_a_trial_is_sent_every_prepared_file_but_the_test_split_s():
+    """Trials validate on the training rows: the held-out rows never travel to a trial (issue
+    24), and a trial's memory estimate counts only what it loads."""
+    files = {name: f"sha-{name}" for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test",
+                                              "folds", "tree_columns", "codes_train", "codes_val", "codes_test",
+                                              "codes_layout")}
+    job = JobRecord(job_id="job-f", spec=JobSpecRecord(target="y"), state=SEARCHING, seed=1,
+                    study_name="nexus-job-f", task="regression", metric="r2", maximize=True,
+                    constraints=Constraints().to_dict(), prepared={"files": files})
+    records = Records()
+    records.blobs = {sha: SimpleNamespace(size=100) for sha in files.values()}
+    ctx = JobContext(db=records, blobs=None, storage=None, node_id="n1")  # type: ignore[arg-type]
+    sent = Search(ctx)._task(job, 0, 0, {"family": "mlp"})["files"]
+    assert sent == {k: v for k, v in files.items() if k not in ("X_test", "y_test", "codes_test")}
+    assert ctx.shard_bytes(job, sent) == 900 and ctx.shard_bytes(job) == 1200

@@ -98,6 +98,37 @@ async def test_submit_validates_inline(tmp_path: Path):
         assert "submitted job" in str(screen.query_one("#submit-status", Static).render())
 
 
+async def test_submit_lists_the_columns_of_every_table_file_the_node_accepts(tmp_path: Path):
+    """Semicolon, tab and pipe separated, gzip-compressed, UTF-16 with a BOM (Excel's "Unicode
+    text"), Parquet: the node takes them all (pipeline/tableformat.py), so the form must offer
+    their columns as targets, not refuse them as headerless."""
+    import gzip
+
+    import pandas as pd
+
+    files = {
+        "semicolon.csv": "age;price;city\n1;2,5;Oslo\n".encode(),
+        "tabs.tsv": b"age\tprice\tcity\n1\t2.5\tOslo\n",
+        "pipes.txt": b"age|price|city\n1|2.5|Oslo\n",
+        "packed.csv.gz": gzip.compress(b"age,price,city\n1,2.5,Oslo\n"),
+        "excel.txt": "age\tprice\tcity\n1\t2.5\tOslo\n".encode("utf-16"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    pd.DataFrame({"age": [1], "price": [2.5], "city": ["Oslo"]}).to_parquet(tmp_path / "table.parquet")
+    app = fake_app(FakeClusterClient())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("f4")
+        await pilot.pause()
+        screen = app.screen
+        for name in [*files, "table.parquet"]:
+            screen.query_one("#path", Input).value = str(tmp_path / name)
+            await pilot.pause()
+            select = screen.query_one("#target", Select)
+            assert [str(o[0]) for o in select._options[1:]] == ["age", "price", "city"], name
+
+
 async def test_path_completion(tmp_path: Path):
     (tmp_path / "insurance.csv").write_text("x,y\n")
     app = fake_app()
