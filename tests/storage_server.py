@@ -28,7 +28,7 @@ def storage_server(writes: BaseStorage, reads: BaseStorage | None = None) -> Ite
 
     async def start() -> grpc.aio.Server:
         server = grpc.aio.server()
-        add_storage_service(server, writes, reads if reads is not None else writes, pool)
+        add_storage_service(server, lambda: writes, lambda: reads if reads is not None else writes, pool)
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         return server

@@ -19,8 +19,10 @@ from nexus_node.api import convert
 from nexus_node.blobs import files
 from nexus_node.cluster.mesh import JoinAnswer
 from nexus_node.cluster.view import MemberInfo
-from nexus_node.consensus.raft import Message, NodeId
+from nexus_node.consensus.raft import Message, MsgSnap, NodeId
 from nexus_node.consensus.raft.validate import InvalidMessage, check_node_id, decode_message
+from nexus_node.consensus.snapshot_file import SnapshotDamaged
+from nexus_node.consensus.snapshot_transfer import ChunkRefused, IncomingSnapshot, NoRoom
 from nexus_node.consensus.transport import PROTOCOL_VERSION, LogThrottle, PeerHost, peer_addresses
 from nexus_node.work import wire
 from nexus_node.work.dispatcher import Dispatcher
@@ -153,6 +155,51 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
             if task is not None:
                 self._streams.discard(task)
         return pb.StepAck(accepted=accepted)
+
+    async def InstallSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk],
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SnapshotProgress]:
+        host = self._host
+        header = await anext(request_iterator, None)
+        if header is None:
+            return
+        await self._check_cluster(header.cluster, context)
+        try:
+            m = decode_message(header.message)
+            if not isinstance(m, MsgSnap):
+                raise InvalidMessage(f"InstallSnapshot carries a MsgSnap, not a {type(m).__name__}")
+            if m.src != header.from_node or m.dst != host.node_id:
+                raise InvalidMessage(f"snapshot {m.src}->{m.dst} sent by {header.from_node} to {host.node_id}")
+        except InvalidMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        reason = host.screen(m, with_file=True)
+        if reason is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+            return
+        try:
+            incoming = IncomingSnapshot(host.snapshot_dir(), m, header.size, header.sha256)
+        except NoRoom as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            return
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        try:
+            yield pb.SnapshotProgress(have=incoming.have)
+            async for chunk in request_iterator:
+                incoming.write(chunk.offset, chunk.data, chunk.chunk_sha256)
+            file = await asyncio.to_thread(incoming.finish)
+        except ChunkRefused as exc:
+            incoming.close()
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+            return
+        except SnapshotDamaged as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        finally:
+            incoming.close()
+        host.receive_snapshot(m, file)
+        yield pb.SnapshotProgress(have=file.size, done=True)
 
     def end_streams(self) -> None:
         """Ends every peer's open StepStream into this node (a stopping node calls it before

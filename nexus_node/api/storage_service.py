@@ -17,6 +17,9 @@ trivial trial makes.)
 
 Writes run on the pool through the node's one writing ``JournalStorage`` (see
 study/journal.py: one writer per node lets writes from different nodes share consensus rounds).
+
+Both storages are asked for at each call, never kept: a restored snapshot replaces them
+(study/storages.py). A call that was under way then answers UNAVAILABLE, to be retried.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from nexus_node._generated import api_pb2 as pb
 from nexus_node._generated import api_pb2_grpc
 from nexus_node.jobs.records import JOB_STUDY_PREFIX, JobRecord
 from nexus_node.study import wire
+from nexus_node.study.journal import JournalReplaced, call_appended, call_applied, start_call
 
 #: StorageService methods that read one record of the study: answered on the loop.
 READS = frozenset({
@@ -122,16 +126,39 @@ CALLS: dict[str, Callable[[BaseStorage, Any], Any]] = {
 }
 
 
+#: The reply of a write that was applied but whose storage could not replay it (a snapshot
+#: replaced the journal while it waited), from the request and a storage built since. A trial's
+#: creation, or a study's without a name, cannot be found again: UNAVAILABLE.
+APPLIED_REPLIES: dict[str, Callable[[BaseStorage, Any], Any]] = {
+    "CreateNewStudy": lambda st, r: pb.CreateNewStudyReply(study_id=st.get_study_id_from_name(r.study_name)),
+    "DeleteStudy": lambda st, r: pb.DeleteStudyReply(),
+    "SetStudyUserAttribute": lambda st, r: pb.SetStudyUserAttributeReply(),
+    "SetStudySystemAttribute": lambda st, r: pb.SetStudySystemAttributeReply(),
+    "SetTrialParameter": lambda st, r: pb.SetTrialParameterReply(),
+    "SetTrialStateValues": lambda st, r: pb.SetTrialStateValuesReply(trial_updated=True),
+    "SetTrialIntermediateValue": lambda st, r: pb.SetTrialIntermediateValueReply(),
+    "SetTrialUserAttribute": lambda st, r: pb.SetTrialUserAttributeReply(),
+    "SetTrialSystemAttribute": lambda st, r: pb.SetTrialSystemAttributeReply(),
+}
+
+
 class _Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
         self.code, self.details = code, details
 
 
-def _answer(call: Callable[[BaseStorage, Any], Any], storage: BaseStorage, request: Any) -> Any:
-    """``call``'s reply, or the storage's error as the status Optuna's server gives it."""
+def _answer(name: str, storage: Callable[[], BaseStorage], request: Any) -> Any:
+    """``call``'s reply on the current ``storage``, or the storage's error as the status
+    Optuna's server gives it.
+
+    A snapshot that replaces the journal under a call (a lagging node installing its leader's)
+    refuses it (``JournalReplaced``): the call runs again on a storage built since if it sent
+    no write; if its write was applied, the reply is worked out on a storage built since
+    (:data:`APPLIED_REPLIES`); otherwise (a write that may have taken effect) it is UNAVAILABLE,
+    for the client to look before it retries."""
     try:
-        return call(storage, request)
+        return _run(name, storage, request)
     except DuplicatedStudyError as e:
         raise _Aborted(grpc.StatusCode.ALREADY_EXISTS, str(e)) from None
     except UpdateFinishedTrialError as e:
@@ -140,6 +167,22 @@ def _answer(call: Callable[[BaseStorage, Any], Any], storage: BaseStorage, reque
         raise _Aborted(grpc.StatusCode.NOT_FOUND, str(e)) from None
     except ValueError as e:
         raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+    except JournalReplaced as e:
+        raise _Aborted(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+
+
+def _run(name: str, storage: Callable[[], BaseStorage], request: Any) -> Any:
+    start_call()
+    try:
+        return CALLS[name](storage(), request)
+    except JournalReplaced:
+        if call_appended():
+            replied = APPLIED_REPLIES.get(name)
+            if not call_applied() or replied is None or (name == "CreateNewStudy" and not request.study_name):
+                raise
+            return replied(storage(), request)
+    start_call()
+    return CALLS[name](storage(), request)
 
 
 class StudyOwners:
@@ -151,16 +194,20 @@ class StudyOwners:
     another study, so the answer is kept per trial id: a runner's writes, and a plain Optuna
     client's on a study of its own, pay the search once per trial, not once per write. A
     target that does not exist is no job study: Optuna's own servicer then answers NOT_FOUND
-    as usual.
+    as usual. A restored snapshot keeps every trial's id (study/compaction.py), so the answers
+    kept stay true across one.
+
+    Args:
+        reads: The current reading storage, asked for at each use.
     """
 
-    def __init__(self, reads: BaseStorage) -> None:
-        self._reads = reads
+    def __init__(self, reads: Callable[[], BaseStorage]) -> None:
+        self._current = reads
         self._trials: dict[int, str | None] = {}
 
     def study_written(self, method: str, request: Any) -> str | None:
         """The name of the job study ``method`` with ``request`` writes, if it writes one."""
-        reads = self._reads
+        reads = self._current()
         try:
             if method == "CreateNewStudy":
                 name = request.study_name
@@ -177,13 +224,13 @@ class StudyOwners:
     def exists(self, study: str) -> bool:
         """Whether a study of that name exists (on this node's applied journal)."""
         try:
-            self._reads.get_study_id_from_name(study)
+            self._current().get_study_id_from_name(study)
         except KeyError:
             return False
         return True
 
     def _study_of_trial(self, trial_id: int) -> str | None:
-        reads = self._reads
+        reads = self._current()
         number = reads.get_trial(trial_id).number
         for study in reads.get_all_studies():
             if study.study_name.startswith(JOB_STUDY_PREFIX):
@@ -223,15 +270,15 @@ def job_study_refusal(method: str, study: str, job: JobRecord, study_exists: boo
     return None
 
 
-def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: BaseStorage,
+def add_storage_service(server: grpc.aio.Server, writes: Callable[[], BaseStorage], reads: Callable[[], BaseStorage],
                         pool: Executor, writes_job_studies: Callable[[Any], bool] = lambda metadata: True,
                         job_of_study: Callable[[str], JobRecord | None] = lambda name: None) -> None:
     """Serves Optuna's StorageService on ``server``.
 
     Args:
-        writes: The node's storage for writes (called on ``pool``).
+        writes: The node's storage for writes (called on ``pool``), asked for at each call.
         reads: A storage over the same journal that no write uses (point reads on the loop,
-            bulk reads on ``pool``).
+            bulk reads on ``pool``), asked for at each call.
         pool: Where writes wait for consensus.
         writes_job_studies: Whether a call with this metadata may write the studies of Nexus
             jobs (the node's runners and coordinator hold the peer secret). Anyone else who
@@ -246,7 +293,7 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
     owners = StudyOwners(reads)
 
     def guarded(name: str) -> Callable[[Any, Any], Any]:
-        def write(request: Any, metadata: Any) -> Any:
+        def check(request: Any, metadata: Any) -> None:
             study = owners.study_written(name, request)
             if study is not None:
                 if not writes_job_studies(metadata):
@@ -258,13 +305,19 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
                 refusal = None if job is None else job_study_refusal(name, study, job, owners.exists(study))
                 if refusal is not None:
                     raise refusal
-            return _answer(CALLS[name], writes, request)
+
+        def write(request: Any, metadata: Any) -> Any:
+            try:
+                check(request, metadata)
+            except JournalReplaced as e:   # no write goes unchecked: the client retries it
+                raise _Aborted(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+            return _answer(name, writes, request)
         return write
 
     def on_loop(name: str) -> Callable[..., Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return _answer(CALLS[name], reads, request)
+                return _answer(name, reads, request)
             except _Aborted as a:
                 await context.abort(a.code, a.details)
         return handler
@@ -279,7 +332,7 @@ def add_storage_service(server: grpc.aio.Server, writes: BaseStorage, reads: Bas
         return handler
 
     def bulk_read(name: str) -> Callable[[Any, Any], Any]:
-        return lambda request, metadata: _answer(CALLS[name], reads, request)
+        return lambda request, metadata: _answer(name, reads, request)
 
     class _Service(api_pb2_grpc.StorageServiceServicer):
         pass

@@ -21,7 +21,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from nexus_node.consensus.driver import RaftDriver
 from nexus_node.consensus.state import encode_command
@@ -106,7 +106,8 @@ class ReplicatedTokens:
         self.driver = driver
         self._by_name: dict[str, TokenRecord] = {}
         self._by_digest: dict[str, TokenRecord] = {}
-        driver.state.register(KIND, self._apply, validate=validate_body)
+        driver.state.register(KIND, self._apply, validate=validate_body,
+                              capture=self._capture, restore=self._restore)
 
     # ---- apply (driver task) ------------------------------------------------------------------
 
@@ -125,6 +126,27 @@ class ReplicatedTokens:
             if gone is not None:
                 self._by_digest.pop(gone.sha256, None)
         return None
+
+    # ---- snapshots (driver task) ---------------------------------------------------------------
+
+    def _capture(self) -> Callable[[], Iterable[dict[str, Any]]]:
+        tokens = list(self._by_name.values())   # records are frozen: the list is the copy
+        return lambda: (t.to_dict() for t in tokens)
+
+    def _restore(self, items: Iterable[Any]) -> None:
+        """Replaces every token by a snapshot's (their :meth:`TokenRecord.to_dict` forms).
+
+        Raises:
+            ValueError: an item is not a token, or two share a name or a secret.
+        """
+        by_name: dict[str, TokenRecord] = {}
+        by_digest: dict[str, TokenRecord] = {}
+        for raw in items:
+            token = TokenRecord.from_dict(raw)
+            if token.name in by_name or token.sha256 in by_digest:
+                raise ValueError(f"token {token.name!r} is there twice (by name or by secret)")
+            by_name[token.name] = by_digest[token.sha256] = token
+        self._by_name, self._by_digest = by_name, by_digest
 
     # ---- reads ----------------------------------------------------------------------------------
 

@@ -18,6 +18,16 @@ says why):
 While the loop awaits the disk, new inputs wait in the inbox and are all fed to the core before
 the next Ready, so concurrent proposals share one fsync and one round of messages.
 
+Snapshots (Raft thesis ch. 5; issue 23): once ``snapshot_entries`` entries were applied since the
+last snapshot, the loop captures the state machine (:meth:`ReplicatedState.capture`, between
+two applies, so it is the state at one applied index) and a thread writes it to a file
+(:mod:`~nexus_node.consensus.snapshot_file`); back on the loop, the store records it and drops
+the log before it but for ``snapshot_tail`` entries, for followers that lag a little. A member
+that lacks dropped entries is sent the file (:mod:`~nexus_node.consensus.snapshot_transfer`),
+and a Ready that carries a leader's snapshot is installed before anything else in it: the store
+first, then the state machine. A restarted node restores its snapshot, then replays the log
+after it.
+
 Proposals (:meth:`RaftDriver.propose`) carry a unique id. The leader proposes to its own core; a
 follower hands them to the leader in its stream of Raft messages, unanswered. Either way the
 call returns only once *this* node has applied the entry (read-your-writes). Lost answers and failovers are
@@ -35,7 +45,7 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Coroutine, Mapping, Sequence
 
 import grpc
 
@@ -47,16 +57,19 @@ from nexus_node.consensus.raft import (
     Membership,
     MemoryStorage,
     Message,
+    MsgSnap,
     NodeId,
     NotLeader,
     ProposalDropped,
     RaftConfig,
     RawNode,
     Role,
+    SnapshotMeta,
     Status,
     bootstrap,
 )
 from nexus_node.consensus.raft.validate import sender_refusal
+from nexus_node.consensus.snapshot_file import SnapshotFile, read_snapshot, write_snapshot
 from nexus_node.consensus.state import ReplicatedState
 from nexus_node.consensus.transport import LogThrottle, PeerMismatch, PeerTransport
 from nexus_node.net.tls import ClientTls
@@ -83,6 +96,10 @@ class MeshSettings:
         propose_timeout: How long :meth:`RaftDriver.propose` keeps trying by default.
         inbox_size: Peer messages held before new ones are dropped (Raft re-sends).
         seed: Seeds the core's election-timeout randomness; None draws one.
+        snapshot_entries: Applied entries after which a node snapshots its state and compacts
+            its log (``--snapshot-entries``; 0: never).
+        snapshot_tail: Entries kept before a snapshot's index, so a follower that lags a little
+            is sent entries rather than the whole snapshot.
     """
 
     tick_interval: float = 0.1
@@ -92,6 +109,8 @@ class MeshSettings:
     propose_timeout: float = 30.0
     inbox_size: int = 10_000
     seed: int | None = None
+    snapshot_entries: int = 10_000
+    snapshot_tail: int = 5_000
 
     @property
     def retry_interval(self) -> float:
@@ -125,6 +144,42 @@ class _Change:
 @dataclasses.dataclass(frozen=True)
 class _CatchUp:
     node_id: NodeId
+
+
+@dataclasses.dataclass(frozen=True)
+class _SnapIn:
+    """A leader's snapshot, received whole and verified, for the core."""
+
+    message: MsgSnap
+    file: SnapshotFile
+
+
+@dataclasses.dataclass(frozen=True)
+class _SnapSent:
+    """How the transfer of this node's snapshot to ``peer`` went."""
+
+    peer: NodeId
+    ok: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _SnapWritten:
+    """This node's snapshot file, written by a thread (or why it could not be)."""
+
+    file: SnapshotFile | None
+    error: BaseException | None = None
+
+
+@dataclasses.dataclass
+class SnapshotStats:
+    """What the node's snapshots did, for its metrics."""
+
+    taken: int = 0
+    installed: int = 0
+    failed: int = 0
+    last_index: int = 0
+    last_bytes: int = 0
+    last_seconds: float = 0.0
 
 
 class RaftDriver:
@@ -186,6 +241,10 @@ class RaftDriver:
         #: proposals that were applied (the node's metrics observe it: a hook, so that this
         #: layer knows nothing of how they are exported).
         self.on_proposal_applied: Callable[[float], None] = lambda seconds: None
+        self.snapshots = SnapshotStats()
+        self._snapshotting = False   # a snapshot file is being written
+        self._snapshot_after = 0     # no snapshot before this applied index (after a failure)
+        self._received: dict[tuple[int, int], SnapshotFile] = {}   # leaders' snapshots for the core
 
     # --- life cycle -------------------------------------------------------------------------------
 
@@ -212,6 +271,9 @@ class RaftDriver:
             seed = MemoryStorage()
             bootstrap(seed, list(voters))
             await self._store.save(seed.hard_state(), seed.entries(1, seed.last_index() + 1))
+        held = self._store.snapshot_file()
+        if held is not None:
+            await self._restore(held)
         s = self.settings
         config = RaftConfig(node_id=self.node_id, election_tick=s.election_tick,
                             heartbeat_tick=s.heartbeat_tick,
@@ -297,6 +359,8 @@ class RaftDriver:
         raw, store = self._raw, self._store
         while True:
             while (rd := raw.ready()) is not None:
+                if rd.snapshot is not None:                       # 0. install a leader's snapshot
+                    await self._install(rd.snapshot)
                 early = rd.messages_before_persist                # a leader's appends go
                 self._transport.send(early)                       # while it writes its disk
                 await store.save(rd.hard_state, rd.entries)       # 1. persist
@@ -308,10 +372,105 @@ class RaftDriver:
                     if rd.soft_state.lead != self._lead:
                         self._lead_changes += 1
                     self._lead, self._role = rd.soft_state.lead, rd.soft_state.role
+            self._maybe_snapshot()
             self._notify()  # wakes proposals whose entries were just applied
-            self._handle(await self._inbox.get())
+            await self._handle_any(await self._inbox.get())
             while not self._inbox.empty():
-                self._handle(self._inbox.get_nowait())
+                await self._handle_any(self._inbox.get_nowait())
+
+    async def _handle_any(self, item: object) -> None:
+        if isinstance(item, _SnapWritten):
+            await self._snapshot_written(item)
+        else:
+            self._handle(item)
+
+    # --- snapshots --------------------------------------------------------------------------------
+
+    async def _restore(self, file: SnapshotFile) -> None:
+        """Replaces the state machine by ``file``'s state (read and checked on a thread: the
+        whole file is read before anything changes, so a damaged one changes nothing)."""
+        def load() -> list[tuple[str, object]]:
+            _, items = read_snapshot(file.path)
+            return list(items)
+        items = await asyncio.to_thread(load)
+        self.state.restore(file.meta.index, items)
+
+    async def _install(self, meta: SnapshotMeta) -> None:
+        assert self._store is not None
+        file = self._received.pop((meta.index, meta.term), None)
+        if file is None or file.meta != meta:
+            raise RuntimeError(f"the core installs snapshot {meta} that this node did not receive")
+        started = time.monotonic()
+        await self._store.install_snapshot(file)
+        await self._restore(file)
+        self.snapshots.installed += 1
+        self.snapshots.last_index, self.snapshots.last_bytes = file.meta.index, file.size
+        log.info("node %s installed the leader's snapshot at index %d (%d bytes) in %.2f s",
+                 self.node_id, file.meta.index, file.size, time.monotonic() - started)
+        for stale in self._received.values():
+            self._discard(stale.path)
+        self._received.clear()
+
+    def _discard(self, path: Path) -> None:
+        """Removes a snapshot file no one needs, off the loop (a file system call may block)."""
+        self._spawn(asyncio.to_thread(path.unlink, missing_ok=True), f"raft-discard-{path.name}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Runs ``work`` beside the loop; :meth:`stop` cancels it."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    def _maybe_snapshot(self) -> None:
+        """Starts a snapshot when enough entries were applied since the last one."""
+        every = self.settings.snapshot_entries
+        if every <= 0 or self._snapshotting or self._stopped:
+            return
+        assert self._raw is not None and self._store is not None
+        applied = self.state.applied_index
+        held = self._store.snapshot()
+        if applied - (held.index if held else 0) < every or applied < self._snapshot_after:
+            return
+        if applied > self._store.last_index():
+            return   # (a leader may apply what a quorum stored before its own disk has it)
+        meta = self._raw.snapshot_meta(applied)
+        items = self.state.capture()   # on the loop, between two applies: one applied index
+        directory = self._store.snapshot_dir
+        self._snapshotting = True
+        started = time.monotonic()
+
+        async def write() -> None:
+            try:
+                file = await asyncio.to_thread(write_snapshot, directory, meta, items())
+            except Exception as exc:  # noqa: BLE001 - reported on the loop, which goes on
+                self._inbox.put_nowait(_SnapWritten(None, exc))
+            else:
+                self.snapshots.last_seconds = time.monotonic() - started
+                self._inbox.put_nowait(_SnapWritten(file))
+        self._spawn(write(), f"raft-snapshot-{self.node_id}")
+
+    async def _snapshot_written(self, written: _SnapWritten) -> None:
+        assert self._store is not None
+        self._snapshotting = False
+        if written.file is None:
+            # The disk (full, read-only): the previous snapshot and the whole log are kept, and
+            # the node goes on; it tries again after another tenth of the interval.
+            self.snapshots.failed += 1
+            self._snapshot_after = self.state.applied_index + max(1, self.settings.snapshot_entries // 10)
+            log.error("node %s: %s", self.node_id, written.error)
+            return
+        file = written.file
+        held = self._store.snapshot()
+        if held is not None and held.index >= file.meta.index:
+            self._discard(file.path)   # a leader's snapshot was installed meanwhile
+            return
+        compact_to = max(0, file.meta.index - self.settings.snapshot_tail)
+        await self._store.create_snapshot(file, compact_to)
+        self.snapshots.taken += 1
+        self.snapshots.last_index, self.snapshots.last_bytes = file.meta.index, file.size
+        log.info("node %s snapshot at index %d: %d bytes in %.2f s; log kept from %d",
+                 self.node_id, file.meta.index, file.size, self.snapshots.last_seconds,
+                 self._store.first_index())
 
     def _handle(self, item: object) -> None:
         assert self._raw is not None
@@ -322,6 +481,19 @@ class RaftDriver:
             self._raw.campaign()
         elif isinstance(item, _CatchUp):
             self._raw.catch_up(item.node_id)
+        elif isinstance(item, _SnapSent):
+            self._raw.report_snapshot(item.peer, item.ok)
+        elif isinstance(item, _SnapIn):
+            m = item.message
+            key = (m.snap_index, m.snap_term)
+            self._received[key] = item.file
+            self._handle(m)
+            if self._raw.raft.log.pending_snapshot is None or key != (
+                    self._raw.raft.log.pending_snapshot.index, self._raw.raft.log.pending_snapshot.term):
+                # The core did not take it (stale, or it held the entries): not needed.
+                self._received.pop(key, None)
+                if self._store is not None and self._store.snapshot_file() != item.file:
+                    self._discard(item.file.path)
         elif isinstance(item, _Change):
             try:
                 if item.membership is not None:
@@ -631,13 +803,7 @@ class RaftDriver:
         if self._stopped:
             return
         self._verifying.add(node_id)
-        task = asyncio.get_running_loop().create_task(self._verify_move(node_id, old, new))
-        self._tasks.append(task)
-
-        def forget(t: asyncio.Task[None]) -> None:
-            if t in self._tasks:
-                self._tasks.remove(t)
-        task.add_done_callback(forget)
+        self._spawn(self._verify_move(node_id, old, new), f"raft-move-{node_id}")
 
     async def _old_address_kept(self, node_id: NodeId, old: str) -> str | None:
         """Why ``old`` may still serve ``node_id``, or None when it definitely no longer does
@@ -687,7 +853,33 @@ class RaftDriver:
         yet, being added, takes its leader's appends)."""
         return sender_refusal(node_id, self._members())
 
-    def screen(self, message: Message) -> str | None:
+    @property
+    def snapshot_bytes_sent(self) -> int:
+        """Snapshot bytes this node sent to members since it started."""
+        return self._transport.snapshot_bytes_sent
+
+    def snapshot_dir(self) -> Path:
+        """Where snapshot files are written and received."""
+        assert self._store is not None
+        return self._store.snapshot_dir
+
+    def snapshot_file(self) -> SnapshotFile | None:
+        """This node's latest snapshot, for a member that needs it."""
+        return self._store.snapshot_file() if self._store is not None else None
+
+    def receive_snapshot(self, message: MsgSnap, file: SnapshotFile) -> None:
+        """A leader's snapshot arrived whole and verified: queued for the core."""
+        if self._raw is None or self._stopped:
+            return
+        self._heard[message.src] = time.monotonic()
+        self._inbox.put_nowait(_SnapIn(message, file))
+
+    def snapshot_sent(self, peer: NodeId, ok: bool) -> None:
+        """The transport's word on a snapshot sent to ``peer`` (the core probes it again)."""
+        if not self._stopped:
+            self._inbox.put_nowait(_SnapSent(peer, ok))
+
+    def screen(self, message: Message, with_file: bool = False) -> str | None:
         """Why a peer's decoded and checked message must not reach the core, or None: its
         sender is not a member (see :func:`~nexus_node.consensus.raft.validate.sender_refusal`).
 
@@ -697,6 +889,8 @@ class RaftDriver:
         check since, a command kind a newer node added during a rolling upgrade) would block
         every joiner and lagging follower for good. ``ReplicatedState.apply`` skips what it
         cannot apply, the same way on every node."""
+        if isinstance(message, MsgSnap) and not with_file:
+            return "a snapshot comes with its file, on InstallSnapshot, never in a batch"
         raft = self._raw.raft if self._raw is not None else None
         reason = sender_refusal(message.src, self._members(), message, raft is not None and raft.orphaned,
                                 raft.term_leader if raft is not None else None)

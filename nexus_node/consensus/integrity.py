@@ -13,8 +13,8 @@ That is why :func:`check_data_dir` refuses:
 * a log without an id.
 
 ``--new-identity`` is the way out that has to be asked for: the old state (``node_id``,
-``raft.db``, ``blobs/``) goes into ``retired-<old id>-<time>/`` in the data dir, and the node
-starts empty under a new id. It joins its cluster again as a new member (or founds a new one).
+``raft.db``, its ``snapshots/``, ``blobs/``) goes into ``retired-<old id>-<time>/`` in the data
+dir, and the node starts empty under a new id. It joins its cluster again as a new member (or founds a new one).
 It does nothing to a healthy data dir, so leaving it in a service file is harmless.
 
 A brand-new node's id stays in ``node_id.new`` until the node has a log (it founded or joined a
@@ -32,7 +32,8 @@ import time
 import uuid
 from pathlib import Path
 
-from nexus_node.consensus.log_store import LogDamaged, LogFile, inspect
+from nexus_node.consensus.log_store import SNAPSHOT_DIR, LogDamaged, LogFile, inspect
+from nexus_node.consensus.snapshot_file import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ class Identity:
 
 def damaged_advice(exc: LogDamaged) -> str:
     """The one-line message for a damaged log: what is wrong and the two ways on."""
-    return (f"{exc}. Restore {exc.path.name} from a backup (with the node stopped), or start the node "
-            f"with --new-identity: it sets this node's state aside in its data dir and joins the "
-            f"cluster again as a new, empty node (a cluster of one then starts over empty)")
+    return (f"{exc}. Restore {exc.path.name} and {SNAPSHOT_DIR}/ from a backup (with the node stopped), "
+            f"or start the node with --new-identity: it sets this node's state aside in its data dir and "
+            f"joins the cluster again as a new, empty node (a cluster of one then starts over empty)")
 
 
 async def check_data_dir(data_dir: Path, new_identity: bool = False) -> Identity:
@@ -130,7 +131,7 @@ def adopt_identity(data_dir: Path) -> str:
     id_file, pending = data_dir / ID_FILE, data_dir / NEW_ID_FILE
     if pending.is_file():
         os.replace(pending, id_file)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
     node_id = _read_id(id_file)
     if node_id is None:
         raise StartRefused(f"{id_file} is unreadable")
@@ -142,10 +143,10 @@ def _afresh(data_dir: Path, why: str) -> Identity:
     old_id = _read_id(data_dir / ID_FILE) or "unknown"
     retired = data_dir / f"retired-{old_id}-{time.strftime('%Y%m%dT%H%M%S')}"
     retired.mkdir()
-    for name in (*_LOG_FILES, ID_FILE, NEW_ID_FILE, BLOBS):
+    for name in (*_LOG_FILES, SNAPSHOT_DIR, ID_FILE, NEW_ID_FILE, BLOBS):
         if (data_dir / name).exists():
             os.replace(data_dir / name, retired / name)
-    _fsync_dir(data_dir)
+    fsync_dir(data_dir)
     node_id = _pending_id(data_dir)
     log.warning("--new-identity: %s %s; its old state is in %s (delete it once it is no longer "
                 "needed); this node starts empty as %s", data_dir, why, retired, node_id)
@@ -177,11 +178,3 @@ def _blob_count(root: Path) -> int:
     if not root.is_dir():
         return 0
     return sum(1 for d in root.iterdir() if d.is_dir() and len(d.name) == 2 for f in d.iterdir() if f.is_file())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

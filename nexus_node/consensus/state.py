@@ -9,8 +9,17 @@ registry come later).
 Duplicates: a client that lost an answer (a timeout, a failover) retries with the same proposal
 id, and both copies may end up committed. Raft thesis §6.3 makes the state machine filter them:
 the first entry carrying an id takes effect, later ones are no-ops that report the first one's
-index. The seen ids are kept for the life of the log (no compaction yet, so the set grows with
-it, as the log does); they are rebuilt on restart by replaying the log.
+index. An id is remembered for :data:`DEDUPE_ENTRIES` entries from the index where it took
+effect, no longer: a proposer retries only until its ``propose_timeout`` (30 s by default), far
+fewer entries than that, so older ids can no longer come back, and the set stays bounded as the
+log is compacted. The window counts entries, never time, so every node decides duplicate or not
+identically, whether it replayed the log or restored a snapshot (which holds the ids in the
+window).
+
+Snapshots (Raft §7): :meth:`ReplicatedState.capture` takes every kind's state at the applied
+index as plain JSON items (never a pickle: a snapshot crosses the network and may come from
+another version of the code), and :meth:`ReplicatedState.restore` replaces everything by such
+items, all or nothing.
 
 Fencing: a command may name the term its proposer leads in (``{"kind", "body", "term"}``, see
 :func:`encode_command`). The coordinator's writes do: they are its decisions, valid only while it
@@ -25,10 +34,11 @@ nothing.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from nexus_node.consensus.raft import Entry, EntryType
 
@@ -44,6 +54,23 @@ Validator = Callable[[Any], None]
 #: ``(body, origin)``, raising ValueError when that node may not make that write (a follower
 #: does not write the coordinator's records). Reads the applied state; runs on the loop.
 ForwardCheck = Callable[[Any, str], None]
+
+#: Called on the driver's task between two applies; returns a function that, called later on
+#: any thread, yields the kind's state at that moment as JSON-able items, without reading live
+#: state that later applies change (what is mutated in place is copied; an append-only list
+#: may be captured as the list and its length).
+Capture = Callable[[], Callable[[], Iterable[Any]]]
+#: Called on the driver's task: replaces the kind's whole state by the items a Capture yielded
+#: (on this node or another, maybe another version of the code: the items are checked).
+#: Raises ValueError saying what is wrong, before changing anything.
+Restore = Callable[[Iterable[Any]], None]
+
+#: How many log entries after the one where a proposal id took effect a copy of it still counts
+#: as a duplicate (see the module docstring).
+DEDUPE_ENTRIES = 20_000
+
+#: The item a snapshot starts with: the applied index and the proposal ids in the window.
+STATE_ITEM = "state"
 
 #: Longest command a peer may hand over or send in an entry (gRPC refuses larger messages
 #: anyway; this keeps one command from being most of one).
@@ -90,19 +117,25 @@ class Applied:
 class ReplicatedState:
     """Dispatches committed entries to handlers by kind, applying each proposal id once.
 
-    Not thread-safe: only the driver's task calls :meth:`apply`. Handlers that expose data to
-    other threads (the journal) guard it themselves.
+    Not thread-safe: only the driver's task calls :meth:`apply`, :meth:`capture` and
+    :meth:`restore`. Handlers that expose data to other threads (the journal) guard it
+    themselves. The function :meth:`capture` returns may run on any thread.
     """
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._validators: dict[str, Validator | None] = {}
         self._forward_checks: dict[str, ForwardCheck | None] = {}
-        self._seen: dict[str, int] = {}
+        self._captures: dict[str, tuple[Capture, Restore]] = {}
+        # Proposal id -> index where it took effect, in index order: the oldest is first, so
+        # pruning the window pops from the front (an OrderedDict does that in O(1); a dict's
+        # front fills with deleted slots that every lookup of the first key walks over).
+        self._seen: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.applied_index = 0
 
     def register(self, kind: str, handler: Handler, validate: Validator | None = None,
-                 forwarded: ForwardCheck | None = None) -> None:
+                 forwarded: ForwardCheck | None = None, capture: Capture | None = None,
+                 restore: Restore | None = None) -> None:
         """Routes commands of ``kind`` to ``handler``.
 
         Args:
@@ -110,15 +143,80 @@ class ReplicatedState:
                 :meth:`validate`); None: any body of this kind is accepted.
             forwarded: Checks a body a follower handed over, on the leader (see
                 :meth:`check_forwarded`); None: any follower may write any such body.
+            capture: Takes the kind's state for a snapshot (see :data:`Capture`).
+            restore: Replaces the kind's state by a snapshot's items (see :data:`Restore`).
+                Both or neither: a kind without them holds no state (the mesh's barrier).
 
         Raises:
-            ValueError: ``kind`` already has a handler.
+            ValueError: ``kind`` already has a handler, or only one of capture and restore.
         """
-        if kind in self._handlers:
+        if kind in self._handlers or kind == STATE_ITEM:
             raise ValueError(f"command kind {kind!r} already has a handler")
+        if (capture is None) != (restore is None):
+            raise ValueError(f"command kind {kind!r}: a snapshot needs both capture and restore, or neither")
         self._handlers[kind] = handler
         self._validators[kind] = validate
         self._forward_checks[kind] = forwarded
+        if capture is not None and restore is not None:
+            self._captures[kind] = (capture, restore)
+
+    def capture(self) -> Callable[[], Iterator[tuple[str, Any]]]:
+        """Takes the state at :attr:`applied_index`, on the driver's task.
+
+        Returns:
+            A function, safe to call later from any thread, that yields
+            ``("state", {"applied_index": i, "seen": [[pid, index], ...]})`` first, then
+            ``(kind, item)`` for each item of each kind, kinds in registration order.
+        """
+        head = {"applied_index": self.applied_index, "seen": [[pid, i] for pid, i in self._seen.items()]}
+        later = [(kind, capture()) for kind, (capture, _) in self._captures.items()]
+
+        def items() -> Iterator[tuple[str, Any]]:
+            yield STATE_ITEM, head
+            for kind, produce in later:
+                for item in produce():
+                    yield kind, item
+        return items
+
+    def restore(self, index: int, items: Iterable[tuple[str, Any]]) -> None:
+        """Replaces everything by a snapshot taken at ``index``, on the driver's task: the
+        applied index, the proposal ids in the window and every kind's state (a kind with no
+        items restores to empty). All or nothing: the "state" item is checked before anything
+        changes, and if a kind refuses its items, the kinds restored before it are put back.
+
+        Raises:
+            ValueError: the items are malformed; the message says what is wrong. The state is
+                as it was.
+        """
+        iterator = iter(items)
+        first = next(iterator, None)
+        if not isinstance(first, (tuple, list)) or len(first) != 2 or first[0] != STATE_ITEM:
+            raise ValueError(f'a snapshot starts with its ("{STATE_ITEM}", {{...}}) item')
+        seen = _seen_of(index, first[1])
+        grouped: dict[str, list[Any]] = {kind: [] for kind in self._captures}
+        for pair in iterator:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str):
+                raise ValueError("a snapshot item is a pair (kind, item)")
+            kind = pair[0]
+            if kind not in grouped:
+                raise ValueError(f"the snapshot holds state of kind {kind!r:.60}, which this node "
+                                 "has no state machine for" if kind != STATE_ITEM else
+                                 f'the snapshot holds a second "{STATE_ITEM}" item')
+            grouped[kind].append(pair[1])
+        # What each kind holds now, to put back if a later kind refuses its items.
+        before = {kind: capture() for kind, (capture, _) in self._captures.items()}
+        done: list[str] = []
+        for kind, batch in grouped.items():
+            try:
+                self._captures[kind][1](batch)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                for back in done:
+                    self._captures[back][1](list(before[back]()))
+                what = str(exc) if isinstance(exc, ValueError) else f"malformed item ({type(exc).__name__}: {exc})"
+                raise ValueError(f"snapshot at index {index}, {kind}: {what}") from None
+            done.append(kind)
+        self._seen = seen
+        self.applied_index = index
 
     def _decode(self, data: bytes) -> tuple[str, Any, int | None]:
         if len(data) > MAX_COMMAND_BYTES:
@@ -182,8 +280,16 @@ class ReplicatedState:
                 raise ValueError(f"{kind} from {origin}: {exc}") from None
 
     def applied_at(self, proposal_id: str) -> int | None:
-        """Index at which ``proposal_id`` took effect, or None if it has not (yet)."""
+        """Index at which ``proposal_id`` took effect, or None if it has not (yet), or did more
+        than :data:`DEDUPE_ENTRIES` entries ago."""
         return self._seen.get(proposal_id)
+
+    def _forget_before(self, index: int) -> None:
+        """Drops the ids that took effect :data:`DEDUPE_ENTRIES` entries or more before ``index``
+        (amortised O(1) per apply: each id is popped once, from the front)."""
+        seen, oldest = self._seen, index - DEDUPE_ENTRIES
+        while seen and next(iter(seen.values())) <= oldest:
+            seen.popitem(last=False)
 
     def apply(self, entry: Entry) -> Applied:
         """Applies one committed entry. Entries must come in log order, each once.
@@ -197,6 +303,7 @@ class ReplicatedState:
         if entry.index != self.applied_index + 1:
             raise ValueError(f"applying {entry.index} after {self.applied_index}")
         self.applied_index = entry.index
+        self._forget_before(entry.index)
         pid = entry.proposal_id
         if entry.type is not EntryType.NORMAL:
             return Applied(entry.index, pid)
@@ -224,3 +331,27 @@ class ReplicatedState:
             log.error("skipping command of unknown kind %r at index %d", kind, entry.index)
             return Applied(entry.index, pid)
         return Applied(entry.index, pid, handler(body, entry.index))
+
+
+def _seen_of(index: int, state: Any) -> collections.OrderedDict[str, int]:
+    """The proposal ids of a snapshot's "state" item taken at ``index``, in index order, those
+    out of the window dropped (as :meth:`ReplicatedState.apply` would have dropped them).
+
+    Raises:
+        ValueError: the item is malformed or was not taken at ``index``.
+    """
+    if type(index) is not int or index < 0:
+        raise ValueError(f"a snapshot's index is a whole number, not {index!r:.40}")
+    if not isinstance(state, dict) or set(state) != {"applied_index", "seen"}:
+        raise ValueError(f'the "{STATE_ITEM}" item is an object of applied_index and seen')
+    if state["applied_index"] != index or type(state["applied_index"]) is not int:
+        raise ValueError(f"the snapshot was taken at index {state['applied_index']!r:.40}, not {index}")
+    pairs = state["seen"]
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and type(p[1]) is int
+            and 0 < p[1] <= index for p in pairs):
+        raise ValueError(f"seen is a list of [proposal id, index] pairs, indexes from 1 to {index}")
+    if len({pid for pid, _ in pairs}) != len(pairs):
+        raise ValueError("seen names a proposal id twice")
+    return collections.OrderedDict(
+        (pid, at) for pid, at in sorted(pairs, key=lambda p: p[1]) if at > index - DEDUPE_ENTRIES)

@@ -17,6 +17,10 @@ dropped. Raft tolerates lost messages (the leader re-sends on the next heartbeat
 dropping is how a slow or dead peer is kept from stalling the driver or eating memory. A
 follower's writes for the leader (:meth:`PeerTransport.forward`) ride in the same batches,
 unanswered: a unary call per write cost both nodes several times a message on the stream.
+
+A snapshot (:class:`~nexus_node.consensus.raft.MsgSnap`) never rides in a batch: it goes with
+its file on ``InstallSnapshot`` (:mod:`nexus_node.consensus.snapshot_transfer`), one transfer per
+peer at a time, and the driver is told how it went (``snapshot_sent``), as the core needs.
 """
 
 from __future__ import annotations
@@ -26,20 +30,23 @@ import dataclasses
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import grpc
 
 from nexus_node._generated.nexus.v1 import peer_pb2 as pb
 from nexus_node._generated.nexus.v1 import peer_pb2_grpc
-from nexus_node.consensus.raft import Message, NodeId, message_to_dict
+from nexus_node.consensus.raft import Message, MsgSnap, NodeId, message_to_dict
+from nexus_node.consensus.snapshot_file import SnapshotFile
+from nexus_node.consensus.snapshot_transfer import send_snapshot
 from nexus_node.net.auth import CHANNEL_OPTIONS, METADATA_KEY
 from nexus_node.net.tls import ClientTls, aio_channel
 
 log = logging.getLogger(__name__)
 
 #: Bumped on any incompatible change to peer.proto or to the encoding of Raft messages.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 # A LAN peer that comes back should be talked to again within about a second, not after gRPC's
 # default reconnect backoff (which grows to two minutes).
@@ -65,7 +72,11 @@ class PeerHost(Protocol):
 
     def refusal(self, node_id: NodeId) -> str | None: ...
 
-    def screen(self, message: Message) -> str | None: ...
+    def screen(self, message: Message, with_file: bool = False) -> str | None: ...
+
+    def snapshot_dir(self) -> Path: ...
+
+    def receive_snapshot(self, message: MsgSnap, file: SnapshotFile) -> None: ...
 
     def member_addresses(self) -> list[tuple[NodeId, str]]: ...
 
@@ -77,6 +88,10 @@ class PeerHost(Protocol):
                           refused: list[str] | None = None) -> int: ...
 
     def is_member(self) -> bool: ...
+
+    def snapshot_file(self) -> SnapshotFile | None: ...
+
+    def snapshot_sent(self, peer: NodeId, ok: bool) -> None: ...
 
     @property
     def leader(self) -> NodeId | None: ...
@@ -221,6 +236,9 @@ class PeerTransport:
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self._channels: dict[str, tuple[grpc.aio.Channel, peer_pb2_grpc.PeerServiceStub]] = {}
+        self._snapshots: dict[NodeId, asyncio.Task[None]] = {}
+        #: Bytes of snapshot files sent, for the metrics.
+        self.snapshot_bytes_sent = 0
 
     def stub(self, address: str) -> peer_pb2_grpc.PeerServiceStub:
         """The stub for ``address``, on a channel kept open across calls.
@@ -258,7 +276,46 @@ class PeerTransport:
     def send(self, messages: Sequence[Message]) -> None:
         """Queues ``messages`` for their destinations; drops what does not fit."""
         for m in messages:
-            self._queue(m.dst, m)
+            if isinstance(m, MsgSnap):
+                self._send_snapshot(m)
+            else:
+                self._queue(m.dst, m)
+
+    def _send_snapshot(self, m: MsgSnap) -> None:
+        running = self._snapshots.get(m.dst)
+        if self._closed:
+            return
+        if running is not None and not running.done():
+            # One transfer per peer. The core asked again (a new term since it began): it
+            # hears this one failed, and asks again at the peer's next heartbeat answer.
+            self.host.snapshot_sent(m.dst, False)
+            return
+        self._snapshots[m.dst] = asyncio.get_running_loop().create_task(
+            self._transfer(m), name=f"raft-snapshot-{m.dst}")
+
+    async def _transfer(self, m: MsgSnap) -> None:
+        ok = False
+        try:
+            file = self.host.snapshot_file()
+            address = self.host.peer_address(m.dst)
+            if file is None or address is None:
+                raise ValueError("no snapshot file" if file is None else "no address")
+            stub = self.stub(address)
+            await self.hello(stub, m.dst)
+            sent = await send_snapshot(stub, self.metadata, self.host.cluster, self.host.node_id, m,
+                                       file, self.rpc_timeout)
+            self.snapshot_bytes_sent += sent
+            ok = True
+            log.info("%s -> %s: snapshot at index %d sent (%d bytes of %d; the rest it held)",
+                     self.host.node_id, m.dst, m.snap_index, sent, file.size)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: the core sends it again later
+            log.warning("%s -> %s: snapshot at index %d not sent: %s", self.host.node_id, m.dst,
+                        m.snap_index, exc)
+        finally:
+            if not self._closed:
+                self.host.snapshot_sent(m.dst, ok)
 
     def forward(self, leader: NodeId, data: bytes, proposal_id: str, private: bool = False) -> bool:
         """Queues a write for ``leader``, in the batches of Raft messages; never waits.
@@ -315,7 +372,9 @@ class PeerTransport:
         for link in self._links.values():
             link._close_stream()
             link.task.cancel()
-        tasks = [link.task for link in self._links.values()]
+        for task in self._snapshots.values():
+            task.cancel()
+        tasks = [link.task for link in self._links.values()] + list(self._snapshots.values())
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self._links.clear()

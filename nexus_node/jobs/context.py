@@ -97,12 +97,13 @@ class JobContext:
     """The state one node's job manager parts share (see the module docstring)."""
 
     def __init__(
-        self, *, db: "ReplicatedRecords", blobs: BlobStore, storage: BatchedJournalStorage, node_id: str,
+        self, *, db: "ReplicatedRecords", blobs: BlobStore, storage: Callable[[], BatchedJournalStorage], node_id: str,
         settings: ManagerSettings | None = None, llm: GeminiClient | None = None, llm_unavailable: str = "",
         events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
         replicated: Callable[[str], Awaitable[None]] | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db, self.blobs, self.storage, self.node_id = db, blobs, storage, node_id
+        self.db, self.blobs, self.node_id = db, blobs, node_id
+        self._storage = storage
         self.settings = settings or ManagerSettings()
         # Gemini, when this node has a key; otherwise why not (each job records it).
         self.llm, self.llm_unavailable = llm, llm_unavailable or "no Gemini client on this node"
@@ -119,6 +120,12 @@ class JobContext:
         self.changes = ChangeFeed()   # job states and busy slots, for WatchCluster
         self.jobs: dict[str, ActiveJob] = {}
         self.trial_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def storage(self) -> BatchedJournalStorage:
+        """The node's writing storage, asked for at each use: a restored snapshot replaces it
+        (study/storages.py)."""
+        return self._storage()
 
     async def _local_blob(self, sha256: str) -> Path:
         path = self.blobs.path(sha256)

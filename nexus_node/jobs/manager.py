@@ -50,13 +50,14 @@ class JobManager:
     """Jobs of the cluster as one node sees them (see the module docstring).
 
     Args:
+        storage: The node's writing storage, asked for at each use (study/storages.py).
         clock: Wall-clock seconds, read at the edge (job and model times, the time budget);
             tests pass their own.
     """
 
     def __init__(
         self, *, db: "ReplicatedRecords", blobs: BlobStore, serve_pool: RunnerPool,
-        storage: BatchedJournalStorage, node_id: str, settings: ManagerSettings | None = None,
+        storage: Callable[[], BatchedJournalStorage], node_id: str, settings: ManagerSettings | None = None,
         llm: GeminiClient | None = None, llm_unavailable: str = "",
         events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
         replicated: Callable[[str], Awaitable[None]] | None = None, clock: Callable[[], float] = time.time,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from typing import Any, Callable, cast
+from typing import Any, Callable, Iterable, Iterator, cast
 
 from nexus_node.blobs.replication import BlobInfo
 from nexus_node.consensus.driver import RaftDriver
@@ -104,6 +104,56 @@ def validate_body(body: Any) -> None:
         raise ValueError(f"unknown records op {op!r:.40}")
 
 
+def _parse_items(items: Iterable[Any]) -> tuple[dict[str, JobRecord], dict[str, ModelRecord],
+                                                dict[str, BlobInfo], dict[str, str]]:
+    """A snapshot's records (see :meth:`ReplicatedRecords._capture`), each checked as the
+    write that made it would be (:func:`validate_body`).
+
+    Raises:
+        ValueError: an item is malformed or names a record twice.
+    """
+    jobs: dict[str, JobRecord] = {}
+    models: dict[str, ModelRecord] = {}
+    blobs: dict[str, BlobInfo] = {}
+    addresses: dict[str, str] = {}
+    for item in items:
+        if type(item) is not dict or len(item) != 1 or next(iter(item)) not in ("job", "model", "blob", "member"):
+            raise ValueError(f"a records item is one of {{job|model|blob|member: ...}}, not {item!r:.60}")
+        (what, raw), = item.items()
+        if what == "job":
+            validate_body({"op": "put_job", "job": raw})
+            job = JobRecord.from_dict(raw)
+            _add_once(jobs, job.job_id, job, "job")
+        elif what == "model":
+            validate_body({"op": "put_model", "model": raw})
+            model = ModelRecord.from_dict(raw)
+            _add_once(models, model.model_id, model, "model")
+        elif what == "member":
+            if type(raw) is not dict or set(raw) != {"node_id", "address"}:
+                raise ValueError("a member item is an object of node_id and address")
+            validate_body({"op": "member", **raw})
+            _add_once(addresses, raw["node_id"], raw["address"], "member")
+        else:
+            if type(raw) is not dict or set(raw) != {"sha256", "size", "kind", "holders", "job_id"}:
+                raise ValueError("a blob item is an object of sha256, size, kind, holders and job_id")
+            holders = raw["holders"]
+            if type(holders) is not list or not holders:
+                raise ValueError(f"blob {str(raw['sha256'])[:12]}: holders is a non-empty list (a placement "
+                                 "goes with its last holder)")
+            for holder in holders:
+                body = {"op": "put_blob", "holder": holder, **{k: raw[k] for k in ("sha256", "size", "kind")}}
+                validate_body(body | ({"job_id": raw["job_id"]} if raw["job_id"] != "" else {}))
+            _add_once(blobs, raw["sha256"], BlobInfo(raw["sha256"], raw["size"], raw["kind"], set(holders),
+                                                     raw["job_id"]), "blob")
+    return jobs, models, blobs, addresses
+
+
+def _add_once(into: dict[str, Any], key: str, value: Any, what: str) -> None:
+    if key in into:
+        raise ValueError(f"{what} {key!r:.70} is there twice")
+    into[key] = value
+
+
 class ReplicatedRecords:
     """The applied records of one node, and the writers that commit new ones.
 
@@ -126,7 +176,8 @@ class ReplicatedRecords:
         #: Called after a job or model is deleted, on the driver's task (the blob collector
         #: looks for garbage then).
         self.delete_listeners: list[Callable[[], None]] = []
-        driver.state.register(KIND, self._apply, validate=validate_body, forwarded=self._check_forwarded)
+        driver.state.register(KIND, self._apply, validate=validate_body, forwarded=self._check_forwarded,
+                              capture=self._capture, restore=self._restore)
 
     def _check_forwarded(self, body: dict[str, Any], origin: str) -> None:
         """What a follower may write (the leader checks a write ``origin`` handed over; the
@@ -243,6 +294,49 @@ class ReplicatedRecords:
                     self.hub.publish(JobEvent(str(kind), snapshot, view))
         for listener in self.job_listeners:
             listener(snapshot)
+
+    # ---- snapshots (driver task) ---------------------------------------------------------------
+
+    def _capture(self) -> Callable[[], Iterator[dict[str, Any]]]:
+        """Items ``{"job": ...}``, ``{"model": ...}``, ``{"blob": ...}``, ``{"member": ...}``.
+        A job's cancel and a blob's holders change in place: those are copied now."""
+        jobs = [dataclasses.replace(j) for j in self.jobs.values()]
+        models = list(self.models.values())   # replaced, never changed, by later writes
+        blobs = [{"sha256": b.sha256, "size": b.size, "kind": b.kind, "holders": sorted(b.holders),
+                  "job_id": b.job_id} for b in self.blobs.values()]
+        members = [{"node_id": n, "address": a} for n, a in self.addresses.items()]
+
+        def items() -> Iterator[dict[str, Any]]:
+            yield from ({"job": j.to_dict()} for j in jobs)
+            yield from ({"model": m.to_dict()} for m in models)
+            yield from ({"blob": b} for b in blobs)
+            yield from ({"member": m} for m in members)
+        return items
+
+    def _restore(self, items: Iterable[Any]) -> None:
+        """Replaces every record by a snapshot's, then tells this node's listeners as the
+        writes would have: each job (a state change is published to its watchers), each blob
+        placement, and one deletion (what is gone), and the driver each member's address.
+
+        A job restored on the coordinator is handled as an applied write of it is (started if
+        it is new and active, cancelled if its cancel is new); on any other node the job
+        manager does nothing with it.
+
+        Raises:
+            ValueError: an item is malformed or names a record twice; nothing changed.
+        """
+        jobs, models, blobs, addresses = _parse_items(items)
+        old_jobs = self.jobs
+        self.jobs, self.models, self.blobs, self.addresses = jobs, models, blobs, addresses
+        for node_id, address in addresses.items():
+            self.driver.note_recorded(node_id, address)
+        for job in jobs.values():
+            old = old_jobs.get(job.job_id)
+            self._job_applied(job, None, state_changed=old is None or old.state != job.state)
+        for info in blobs.values():
+            for listener in self.blob_listeners:
+                listener(info)
+        self._deleted()
 
     # ---- writers (event loop) -----------------------------------------------------------------
 

@@ -112,6 +112,12 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--election-ticks", type=int, default=10,
                     help="ticks of silence before a voter campaigns, randomized up to twice that "
                          "(default 10: 1-2 s); at least 3 heartbeats")
+    ap.add_argument("--snapshot-entries", type=int, default=10_000,
+                    help="applied log entries after which the node snapshots its state and drops "
+                         "the log before it (default 10000; 0: never)")
+    ap.add_argument("--snapshot-tail", type=int, default=5_000,
+                    help="log entries kept before a snapshot, for members that lag a little "
+                         "(default 5000)")
     ap.add_argument("--grace", type=float, default=5.0,
                     help="seconds a node may miss heartbeats before it is declared dead and its trials "
                          "re-run elsewhere (default 5; heartbeats go every second)")
@@ -178,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     if a.heartbeat_ticks < 1 or a.election_ticks < 3 * a.heartbeat_ticks:
         # A follower must miss a few heartbeats, not one late one, before it campaigns.
         ap.error("--heartbeat-ticks must be at least 1 and --election-ticks at least three times it")
+    if a.snapshot_entries < 0 or a.snapshot_tail < 0:
+        ap.error("--snapshot-entries and --snapshot-tail must not be negative")
     if a.grace < 1.5 or a.max_retries < 0:
         ap.error("--grace must be at least 1.5 s (heartbeats go every second), --max-retries not negative")
     if a.llm_timeout <= 0:
@@ -212,7 +220,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
                                 join_window=a.join_window,
                                 replicas=a.replicas),
         timing=MeshSettings(tick_interval=a.raft_tick_ms / 1000.0, heartbeat_tick=a.heartbeat_ticks,
-                            election_tick=a.election_ticks),
+                            election_tick=a.election_ticks, snapshot_entries=a.snapshot_entries,
+                            snapshot_tail=a.snapshot_tail),
         work=WorkSettings(grace=a.grace, max_retries=a.max_retries), pruner=a.pruner,
         force_new_cluster=a.force_new_cluster, new_identity=a.new_identity, min_free_mb=a.min_free_mb,
         stop_timeout=a.stop_timeout, metrics_port=a.metrics_port,

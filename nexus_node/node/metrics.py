@@ -34,6 +34,13 @@ class RaftState:
     leader_changes: int
     voters: int
     non_voters: int
+    first_index: int = 1            # the first log entry held (after compaction)
+    snapshot_index: int = 0         # the latest snapshot's last entry (0: none)
+    snapshot_bytes: int = 0         # its file's size
+    snapshots_taken: int = 0        # since the node started
+    snapshots_installed: int = 0    # leaders' snapshots installed since the node started
+    snapshots_failed: int = 0       # snapshots that could not be written
+    snapshot_bytes_sent: int = 0    # snapshot bytes sent to members
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +102,19 @@ def families(state: NodeState) -> list[Metric]:
                                 "since the node started.", value=r.leader_changes),
             _labelled("nexus_raft_members", "Members of the cluster's configuration by role.", "role",
                       {"voter": r.voters, "non_voter": r.non_voters}),
+            _gauge("nexus_raft_first_index", "The first log entry this node holds: those before it "
+                   "are in its snapshot.", r.first_index),
+            _gauge("nexus_snapshot_index", "The last log entry of this node's latest snapshot (0: none).",
+                   r.snapshot_index),
+            _gauge("nexus_snapshot_bytes", "The size of this node's latest snapshot file.", r.snapshot_bytes),
+            CounterMetricFamily("nexus_snapshots_taken", "Snapshots this node took of its state "
+                                "since it started.", value=r.snapshots_taken),
+            CounterMetricFamily("nexus_snapshots_installed", "Leaders' snapshots this node installed "
+                                "since it started.", value=r.snapshots_installed),
+            CounterMetricFamily("nexus_snapshots_failed", "Snapshots this node could not write (a full "
+                                "disk) since it started.", value=r.snapshots_failed),
+            CounterMetricFamily("nexus_snapshot_sent_bytes", "Snapshot bytes this node sent to members "
+                                "since it started.", value=r.snapshot_bytes_sent),
         ]
     out.append(_gauge("nexus_coordinator", "1 while this node coordinates the cluster's jobs, else 0.",
                       int(state.coordinator is not None)))

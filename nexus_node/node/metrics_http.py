@@ -65,9 +65,15 @@ def read_state(node: "Node") -> NodeState:
             pass
         else:
             m = status.membership
+            snaps = driver.snapshots
+            held = driver.snapshot_file()
             raft = RaftState(term=status.term, commit_index=status.commit, applied_index=status.applied,
                              leader_changes=driver.lead_changes, voters=len(m.voters),
-                             non_voters=len(m.members) - len(m.voters))
+                             non_voters=len(m.members) - len(m.voters), first_index=status.first_index,
+                             snapshot_index=held.meta.index if held else 0,
+                             snapshot_bytes=held.size if held else 0, snapshots_taken=snaps.taken,
+                             snapshots_installed=snaps.installed, snapshots_failed=snaps.failed,
+                             snapshot_bytes_sent=driver.snapshot_bytes_sent)
     dispatcher = node.dispatcher()
     coordinator = None if dispatcher is None else CoordinatorState(dispatcher.queued(), dispatcher.heartbeat_ages())
     jobs, trials, lost = job_counts(node.records.jobs.values())

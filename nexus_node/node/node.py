@@ -22,7 +22,6 @@ from typing import IO, Callable, TypedDict
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from optuna.storages import JournalStorage
 
 from nexus_node import __version__
 from nexus_node._generated import api_pb2 as optuna_api_pb2
@@ -56,8 +55,8 @@ from nexus_node.node.metrics_http import MetricsServer
 from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.study import pruning
-from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.journal import ReplicatedJournal
+from nexus_node.study.storages import StudyStorages
 from nexus_node.system import memory_info
 from nexus_node.work.agent import WorkerAgent
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
@@ -262,12 +261,13 @@ class Node:
         collector.on_change = self._on_cluster_change
         # One JournalStorage per node over the replicated journal: reads are local, writes
         # commit through consensus (study/journal.py), several of them as one (study/batches.py).
-        storage = BatchedJournalStorage(journal.backend())
+        # Asked for at each use: a restored snapshot replaces them (study/storages.py).
+        storages = StudyStorages(journal)
 
         # Only a node with a key builds a client (and only its first call imports google-genai).
         self._llm = GeminiClient(cfg.llm) if cfg.llm.enabled else None
         self.manager = JobManager(
-            db=records, blobs=blobs, serve_pool=serve, storage=storage, node_id=self.node_id,
+            db=records, blobs=blobs, serve_pool=serve, storage=lambda: storages.writes, node_id=self.node_id,
             settings=ManagerSettings(
                 default_max_trials=cfg.default_max_trials, worker_memory_bytes=memory_info()[1],
                 work=cfg.work, pruner=cfg.pruner, keep_jobs=cfg.keep_jobs, keep_days=cfg.keep_days,
@@ -300,7 +300,7 @@ class Node:
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.manager), server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
         # Reads on the loop over a storage of their own, writes on the pool (api/storage_service.py).
-        add_storage_service(server, storage, JournalStorage(journal.backend()), self._threads,
+        add_storage_service(server, lambda: storages.writes, lambda: storages.reads, self._threads,
                             writes_job_studies=auth.is_peer if self.secured else lambda metadata: True,
                             job_of_study=records.job_of_study)
         health_servicer = health.aio.HealthServicer()

@@ -29,7 +29,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial
 
-from nexus_node.study.journal import Op
+from nexus_node.study.ops import Op
 
 #: The worker id compacted operations carry (each Optuna journal operation names its writer).
 WORKER = "nexus-compaction"

@@ -22,6 +22,15 @@ carries it to the thread that calls Optuna, and :meth:`ReplicatedJournalBackend.
 reads it there. Every other write (a runner's, a user's through the storage proxy) is not
 fenced and reaches the leader from any node.
 
+Snapshots: a snapshot holds each journal compacted (:mod:`nexus_node.study.compaction`: one
+operation per trial, the same study and trial ids), and restoring one replaces the journals.
+A ``JournalStorage`` that already read a journal cannot follow it being replaced (it replays
+only what is appended after what it read), so each restore starts a new *generation* and a
+backend of an older one refuses every call with :class:`JournalReplaced`: its storage stops,
+it never answers from a mix of the two journals (a write's own replay, which tells Optuna the
+id of the trial it created, would be lost). The node reads its storages through
+:class:`~nexus_node.study.storages.StudyStorages`, which builds new ones for the new generation.
+
 Threads: Optuna's storage is synchronous (the node's ``StorageService`` runs writes on a thread
 pool, see api/storage_service.py), while the driver lives on the event loop. ``append_logs`` hands the
 proposal to the loop and blocks its own thread; calling it *on* the loop thread would deadlock
@@ -38,7 +47,7 @@ import threading
 import uuid
 import weakref
 from datetime import datetime
-from typing import Any, Iterable, TypeGuard
+from typing import Any, Callable, Iterable, Iterator, TypeGuard
 
 from optuna.distributions import json_to_distribution
 from optuna.storages.journal import BaseJournalBackend
@@ -47,6 +56,8 @@ from optuna.trial import TrialState
 
 from nexus_node.consensus.driver import MeshStopped, RaftDriver
 from nexus_node.consensus.state import encode_command
+from nexus_node.study.compaction import compact
+from nexus_node.study.ops import Op
 
 #: The state machine's command kind for journal appends.
 KIND = "optuna_journal"
@@ -57,6 +68,9 @@ DEFAULT_NAME = "optuna"
 # node again (Optuna pickles storages, e.g. in its own test suite). Weak: a stopped node's
 # journal goes away with it.
 _LIVE: "weakref.WeakValueDictionary[str, ReplicatedJournal]" = weakref.WeakValueDictionary()
+
+#: Most logs in one snapshot item: a long journal is split so that no single item is huge.
+SNAPSHOT_ITEM_LOGS = 5_000
 
 #: The term the journal writes of the current context are fenced to (None: not fenced).
 _FENCE: contextvars.ContextVar[int | None] = contextvars.ContextVar("nexus_journal_fence", default=None)
@@ -71,28 +85,41 @@ def fenced_context(term: int | None) -> contextvars.Context:
     return ctx
 
 
+class JournalReplaced(RuntimeError):
+    """A snapshot replaced the journal this backend read: its storage cannot follow (see the
+    module docstring). The call may be retried on a storage built since."""
+
+    @classmethod
+    def of(cls, name: str) -> "JournalReplaced":
+        return cls(f"journal {name!r} was replaced by a snapshot since this storage read it: "
+                   "retry on a storage built since (StudyStorages)")
+
+
+_CALL = threading.local()
+
+
+def start_call() -> None:
+    """Marks the start of one storage call on this thread (see :func:`call_appended`)."""
+    _CALL.appended = False
+    _CALL.applied = False
+
+
+def call_applied() -> bool:
+    """Whether every write the call started on this thread sent was applied (the backend
+    returned from it): then only the storage's replay of it failed."""
+    return bool(getattr(_CALL, "applied", False))
+
+
+def call_appended() -> bool:
+    """Whether the storage call started on this thread (:func:`start_call`) sent a write to
+    the log: a call refused with :class:`JournalReplaced` that did not may be run again on a
+    storage built since, with nothing written twice."""
+    return bool(getattr(_CALL, "appended", False))
+
+
 def fence() -> int | None:
     """The term the current context's journal writes are fenced to, if any."""
     return _FENCE.get()
-
-
-class Op:
-    """The ``op_code`` of each operation of Optuna's journal format (``JournalStorage`` writes
-    and replays them; Optuna 5.0 and 5.1 use these numbers, in its ``journal/_storage.py``).
-    They are part of the format every journal file, Redis list and Nexus log holds, so Optuna
-    keeps them stable; they are written out here because Optuna's own names are private."""
-
-    CREATE_STUDY = 0
-    DELETE_STUDY = 1
-    SET_STUDY_USER_ATTR = 2
-    SET_STUDY_SYSTEM_ATTR = 3
-    CREATE_TRIAL = 4
-    SET_TRIAL_PARAM = 5
-    SET_TRIAL_STATE_VALUES = 6
-    SET_TRIAL_INTERMEDIATE_VALUE = 7
-    SET_TRIAL_USER_ATTR = 8
-    SET_TRIAL_SYSTEM_ATTR = 9
-    DISCARD_TRIALS = 10   # written by Rustuna; Optuna's replay skips it
 
 
 _OPS = frozenset(v for k, v in vars(Op).items() if k.isupper())
@@ -240,8 +267,13 @@ class ReplicatedJournal:
         self._lock = threading.Lock()
         # Each log is kept as its JSON text and parsed on every read, as Optuna's file backend
         # does: JournalStorage keeps parts of the dicts it reads, so readers must never share.
+        # The lists are only appended to, and a restore puts new ones, so a snapshot captures
+        # a list and its length.
         self._journals: dict[str, list[str]] = {}
-        driver.state.register(KIND, self._apply, validate=validate_body)
+        #: Bumped by every restore (see the module docstring).
+        self.generation = 0
+        driver.state.register(KIND, self._apply, validate=validate_body,
+                              capture=self._capture, restore=self._restore)
         _LIVE[driver.node_id] = self
 
     def _apply(self, body: Any, index: int) -> int:
@@ -256,9 +288,50 @@ class ReplicatedJournal:
             self._journals.setdefault(name, []).extend(encoded)
             return len(self._journals[name])
 
-    def read(self, name: str, log_number_from: int) -> list[dict[str, Any]]:
-        """Applied logs of journal ``name`` from ``log_number_from`` on (fresh dicts)."""
+    def _capture(self) -> Callable[[], Iterator[dict[str, Any]]]:
+        """Items ``{"name": ..., "logs": [...]}``: each journal compacted, at most
+        :data:`SNAPSHOT_ITEM_LOGS` logs an item (compacted when the items are read, on the
+        caller's thread)."""
         with self._lock:
+            taken = [(name, logs, len(logs)) for name, logs in self._journals.items()]
+
+        def items() -> Iterator[dict[str, Any]]:
+            for name, logs, length in taken:
+                short = compact(json.loads(x) for x in logs[:length])
+                for at in range(0, len(short), SNAPSHOT_ITEM_LOGS):
+                    yield {"name": name, "logs": short[at:at + SNAPSHOT_ITEM_LOGS]}
+        return items
+
+    def _restore(self, items: Iterable[Any]) -> None:
+        """Replaces every journal by a snapshot's (the items of one name, concatenated), and
+        starts a new generation: storages built on the old journals stop (see the module
+        docstring).
+
+        Raises:
+            ValueError: an item is not ``{"name": ..., "logs": [...]}`` of well-formed logs.
+        """
+        journals: dict[str, list[str]] = {}
+        for item in items:
+            if type(item) is not dict or set(item) != {"name", "logs"} or type(item["name"]) is not str \
+                    or not item["name"] or type(item["logs"]) is not list:
+                raise ValueError('a journal item is {"name": ..., "logs": [...]}')
+            for log in item["logs"]:
+                _check_log(log)
+            journals.setdefault(item["name"], []).extend(
+                json.dumps(x, separators=(",", ":")) for x in item["logs"])
+        with self._lock:
+            self._journals = journals
+            self.generation += 1
+
+    def read(self, name: str, log_number_from: int, generation: int | None = None) -> list[dict[str, Any]]:
+        """Applied logs of journal ``name`` from ``log_number_from`` on (fresh dicts).
+
+        Raises:
+            JournalReplaced: ``generation`` is given and a restore has replaced it.
+        """
+        with self._lock:
+            if generation is not None and generation != self.generation:
+                raise JournalReplaced.of(name)
             raw = self._journals.get(name, [])[log_number_from:]
         return [json.loads(x) for x in raw]
 
@@ -307,10 +380,20 @@ class ReplicatedJournalBackend(BaseJournalBackend):
         self._journal = journal
         self._name = name
         self._timeout = timeout
+        self.generation = journal.generation
+
+    @property
+    def stale(self) -> bool:
+        """A snapshot replaced the journal since this backend was made: every call refuses."""
+        return self.generation != self._journal.generation
 
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
-        """Logs numbered ``log_number_from`` and above, as applied on this node."""
-        return self._journal.read(self._name, log_number_from)
+        """Logs numbered ``log_number_from`` and above, as applied on this node.
+
+        Raises:
+            JournalReplaced: the backend is :attr:`stale`.
+        """
+        return self._journal.read(self._name, log_number_from, self.generation)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         """Commits ``logs`` and returns once this node has applied them.
@@ -321,7 +404,11 @@ class ReplicatedJournalBackend(BaseJournalBackend):
             MeshStopped: the node stopped.
             NotLeader: the calling context is fenced (:func:`fenced_context`) to a term this
                 node does not lead in (any more); nothing was written.
+            JournalReplaced: the backend is :attr:`stale`: nothing was written, or, if the
+                journal was replaced while the write waited, it may have been.
         """
+        if self.stale:
+            raise JournalReplaced.of(self._name)
         loop = self._journal.driver.loop
         if loop is None:
             raise MeshStopped(f"node {self._journal.driver.node_id} has not started")
@@ -332,9 +419,13 @@ class ReplicatedJournalBackend(BaseJournalBackend):
         if running is loop:
             raise RuntimeError("append_logs blocks until the event loop applies the entry: "
                                "call it from another thread (e.g. asyncio.to_thread)")
+        _CALL.appended, _CALL.applied = True, False
         future = asyncio.run_coroutine_threadsafe(
             self._journal.append(self._name, logs, self._timeout, _FENCE.get()), loop)
         future.result()
+        _CALL.applied = True
+        # The storage's own replay of this write, which follows, must read the journal the
+        # write went to: if that was replaced meanwhile, it says so instead (in read_logs).
 
     def __getstate__(self) -> dict[str, Any]:
         return {"node_id": self._journal.driver.node_id, "name": self._name,
@@ -348,3 +439,4 @@ class ReplicatedJournalBackend(BaseJournalBackend):
         self._journal = journal
         self._name = state["name"]
         self._timeout = state["timeout"]
+        self.generation = journal.generation   # an unpickled storage replays from the start

@@ -5,14 +5,23 @@ election timeouts (each node's seed is derived from it) — so a seed replays ex
 
 The network loses, duplicates and delays (hence reorders) messages, and partitions the nodes
 into two groups. Nodes crash (between two Readies, or after persisting a Ready but before
-sending its messages) and restart from their storage alone: hard state and log. Their state
-machine is in memory, so a restarted node applies the committed log again from index 1.
+sending its messages) and restart from their storage alone: hard state, snapshot and log. Their
+state machine is in memory, so a restarted node restores its snapshot, if any, and applies the
+committed log after it.
+
+Nodes compact (:meth:`Sim.maybe_compact`): now and then a node snapshots its state machine at
+its applied index and drops its log up to a small random tail before it, as the driver does
+with ``--snapshot-entries``. A leader then sends a follower that lacks dropped entries its
+snapshot (:class:`~nexus_node.consensus.raft.MsgSnap`), which the network carries with the
+snapshot's data, loses, duplicates and delays like anything else; the sender's driver is told
+whether it arrived (``report_snapshot``), as the real transport does.
 
 Invariants are checked as the run goes (:class:`SafetyViolation` on the first breach):
 
 * Election Safety: at most one leader per term.
 * State Machine Safety: each node applies indexes 1, 2, 3... and every node's applied
-  sequence is a prefix of one common sequence (no committed entry is ever lost or changed).
+  sequence is a prefix of one common sequence (no committed entry is ever lost or changed);
+  a snapshot taken or installed holds exactly that sequence's prefix.
 * Leader Completeness: a new leader's log holds every entry applied anywhere so far.
 * Log Matching: two persisted logs with an entry of the same index and term are identical up
   to it (checked every few ticks and at the end).
@@ -59,6 +68,7 @@ from nexus_node.consensus.raft import (
     MsgAppResp,
     MsgHeartbeat,
     MsgPreVote,
+    MsgSnap,
     MsgTimeoutNow,
     MsgVote,
     NotLeader,
@@ -66,12 +76,16 @@ from nexus_node.consensus.raft import (
     RaftConfig,
     RawNode,
     Role,
+    SnapshotMeta,
     bootstrap,
     message_to_dict,
 )
 from nexus_node.consensus.raft.core import DIVERGENCE_APPENDS
 from nexus_node.consensus.raft.messages import MAX_TERM
 from nexus_node.consensus.raft.validate import InvalidMessage, check_message, decode_message, sender_refusal
+
+#: In the network's queue: "tell the sender of this MsgSnap that it failed".
+_FAILED = object()
 
 
 class SafetyViolation(AssertionError):
@@ -99,6 +113,9 @@ class SimParams:
     p_catch_up: float = 0.02
     p_attack: float = 0.15   # per tick: one forged message to one node
     check_every: int = 20
+    p_compact: float = 0.03   # per Ready of a node with at least compact_min entries applied since its last snapshot
+    compact_min: int = 4
+    max_tail: int = 6   # entries kept before the snapshot index
     minority_ticks: int = 150   # run_minority_down: the membership phase before a minority stays down
     minority_drop: float = 0.15  # its message loss: followers miss entries, logs end unevenly
 
@@ -121,6 +138,12 @@ class Sim:
                 bootstrap(self.storage[i], founders)
         self.nodes: dict[str, RawNode | None] = {}
         self.applied: dict[str, list[tuple[int, int]]] = {}
+        # Each node's state machine: the items it applied, in order (what a snapshot holds).
+        self.items: dict[str, list[tuple[int, str, str]]] = {}
+        # Each node's snapshot on disk (survives crashes, like its storage), and the one a
+        # MsgSnap just delivered carries (the driver holds the data before the core sees it).
+        self.snap_data: dict[str, tuple[SnapshotMeta, tuple[tuple[int, str, str], ...]]] = {}
+        self.incoming: dict[str, tuple[SnapshotMeta, tuple[tuple[int, str, str], ...]]] = {}
         self.restarts = collections.Counter[str]()
         for i in self.ids:
             self._start(i)
@@ -144,7 +167,13 @@ class Sim:
                          heartbeat_tick=self.p.heartbeat_tick,
                          seed=self.seed * 1000 + self.restarts[i])
         self.nodes[i] = RawNode(cfg, self.storage[i])
+        self.items[i] = []
         self.applied[i] = []
+        held = self.storage[i].snapshot()
+        if held is not None:
+            meta, data = self.snap_data[i]
+            assert meta == held, (meta, held)
+            self.restore(i, meta, data)
 
     def alive(self) -> list[str]:
         return [i for i in self.ids if self.nodes[i] is not None]
@@ -152,6 +181,8 @@ class Sim:
     def crash(self, i: str) -> None:
         self.nodes[i] = None
         self.applied[i] = []
+        self.items[i] = []
+        self.incoming.pop(i, None)
         self.stats["crashes"] += 1
         self.event("crash", i)
 
@@ -169,23 +200,50 @@ class Sim:
         if m.dst not in self.group or m.src not in self.group:
             return   # an answer to the adversary's non-member: no such node
         if self.group[m.src] != self.group[m.dst]:
+            if isinstance(m, MsgSnap):
+                self.snapshot_failed(m)
             return
         copies = 1
         if self.faults:
             if self.rng.random() < self.drop:
+                if isinstance(m, MsgSnap):
+                    self.snapshot_failed(m)
                 return
             if self.rng.random() < self.p.duplicate:
                 copies = 2
+        payload = None
+        if isinstance(m, MsgSnap):
+            meta, payload = self.snap_data[m.src]
+            if (meta.index, meta.term, meta.config) != (m.snap_index, m.snap_term, m.config):
+                raise SafetyViolation(f"{m.src} sent snapshot {m} but holds {meta}")
+            self.stats["snapshots_sent"] += 1
         for _ in range(copies):
             delay = self.rng.randint(1, self.p.max_delay) if self.faults else 1
             self.seq += 1
-            heapq.heappush(self.net, (self.now + delay, self.seq, m))
+            heapq.heappush(self.net, (self.now + delay, self.seq, m, payload))
+
+    def snapshot_failed(self, m: MsgSnap) -> None:
+        """The sender's transport learns, a tick later, that a snapshot did not arrive."""
+        self.seq += 1
+        heapq.heappush(self.net, (self.now + 1, self.seq, m, _FAILED))
+
+    def report_snapshot(self, m: MsgSnap, ok: bool) -> None:
+        """The sender's transport tells its core how the transfer went."""
+        sender = self.nodes.get(m.src)
+        if sender is not None:
+            sender.report_snapshot(m.dst, ok)
+            self.handle_ready(m.src)
 
     def deliver_due(self) -> None:
         while self.net and self.net[0][0] <= self.now:
-            _, _, m = heapq.heappop(self.net)
+            _, _, m, payload = heapq.heappop(self.net)
+            if payload is _FAILED:
+                self.report_snapshot(m, ok=False)
+                continue
             node = self.nodes[m.dst]
             if node is None or self.group[m.src] != self.group[m.dst]:
+                if isinstance(m, MsgSnap):
+                    self.report_snapshot(m, ok=False)
                 continue
             self.trace.append((self.now, "recv", m))
             try:
@@ -196,13 +254,20 @@ class Sim:
             if sender_refusal(m.src, node.raft.membership.members, m, node.raft.orphaned,
                               node.raft.term_leader) is not None:
                 self.stats["refused_non_member"] += 1
+                if isinstance(m, MsgSnap):
+                    self.report_snapshot(m, ok=False)   # the transfer was refused
                 continue
+            if isinstance(m, MsgSnap):
+                self.incoming[m.dst] = (SnapshotMeta(m.snap_index, m.snap_term, m.config), payload)
             dropped = node.step(m)
             if dropped is not None:
                 self.stats["honest_dropped"] += 1
                 if "contradict" in dropped or "whose leader is" in dropped:
                     raise SafetyViolation(f"an honest message was dropped as forged: {dropped}: {m}")
             self.handle_ready(m.dst)
+            if isinstance(m, MsgSnap):
+                self.incoming.pop(m.dst, None)
+                self.report_snapshot(m, ok=True)
 
     # --- the driver loop, as a real driver would run it ------------------------------------------
 
@@ -213,6 +278,16 @@ class Sim:
             if rd is None:
                 return
             st = self.storage[i]
+            if rd.snapshot is not None:
+                # 0. install a leader's snapshot: storage, then the state machine
+                meta, data = self.incoming[i]
+                if meta != rd.snapshot:
+                    raise SafetyViolation(f"{i} installs {rd.snapshot} but received {meta}")
+                st.apply_snapshot(meta)
+                self.snap_data[i] = (meta, data)
+                self.restore(i, meta, data)
+                self.stats["snapshots_installed"] += 1
+                self.event("installed", i, meta.index, meta.term)
             # 0. a leader's appends may go before its disk write (and it may crash in between)
             early = rd.messages_before_persist
             for m in early:
@@ -238,6 +313,7 @@ class Sim:
             node.advance(rd)
             if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
                 self.on_new_leader(i)
+            self.maybe_compact(i)
 
     def apply(self, i: str, e: Entry) -> None:
         seq = self.applied[i]
@@ -252,7 +328,45 @@ class Sim:
         else:
             self.chosen.append(item)
         seq.append((e.index, e.term))
+        self.items[i].append(item)
 
+    def restore(self, i: str, meta: SnapshotMeta, data: tuple[tuple[int, str, str], ...]) -> None:
+        """Replaces node ``i``'s state machine by a snapshot's, which must hold exactly the
+        prefix of the one applied sequence (State Machine Safety through snapshots)."""
+        if len(data) != meta.index:
+            raise SafetyViolation(f"snapshot {meta} holds {len(data)} items")
+        for index, item in enumerate(data, start=1):
+            if index <= len(self.chosen):
+                if self.chosen[index - 1] != item:
+                    raise SafetyViolation(f"State Machine Safety: {i}'s snapshot {meta} holds {item} at "
+                                          f"{index}, another node applied {self.chosen[index - 1]}")
+            else:
+                self.chosen.append(item)
+        if data and data[-1][0] != meta.term:
+            raise SafetyViolation(f"snapshot {meta} ends with an entry of term {data[-1][0]}")
+        self.items[i] = list(data)
+        self.applied[i] = [(k, item[0]) for k, item in enumerate(data, start=1)]
+
+    def maybe_compact(self, i: str) -> None:
+        """Now and then, as ``--snapshot-entries`` does: snapshot node ``i``'s state machine at
+        its applied index, then drop its log before it but for a random tail."""
+        node = self.nodes[i]
+        if node is None or not self.faults:
+            return
+        st = self.storage[i]
+        applied = node.raft.log.applied
+        held = st.snapshot()
+        if applied - (held.index if held else 0) < self.p.compact_min or self.rng.random() >= self.p.p_compact:
+            return
+        if applied > st.last_index():
+            return   # a leader applies what a quorum stored, maybe before its own disk has it
+        meta = node.snapshot_meta(applied)
+        assert len(self.items[i]) == applied
+        st.create_snapshot(meta)
+        self.snap_data[i] = (meta, tuple(self.items[i]))
+        st.compact(max(st.first_index() - 1, applied - self.rng.randint(0, self.p.max_tail)))
+        self.stats["compactions"] += 1
+        self.event("compact", i, meta.index, st.first_index())
     def on_new_leader(self, i: str) -> None:
         node = self.nodes[i]
         assert node is not None
@@ -263,6 +377,8 @@ class Sim:
             raise SafetyViolation(f"Election Safety: {other} and {i} both lead term {term}")
         log = node.raft.log
         for index, (t, _, _) in enumerate(self.chosen, start=1):
+            if index < log.first_index() - 1:
+                continue   # in its snapshot, which held the applied sequence's prefix
             if log.term(index) != t:
                 raise SafetyViolation(
                     f"Leader Completeness: leader {i} of term {term} has term "
@@ -440,6 +556,8 @@ class Sim:
                        (Entry(r.log.last_index() + 1, r.term + 1, EntryType.NORMAL, b"forged"),),
                        r.log.last_index() + 1),
                 MsgTimeoutNow(src, dst, r.term),
+                MsgSnap(src, dst, r.term + 1, r.log.last_index() + 5, r.term + 1,
+                        Membership.of([src]).encode().decode()),
                 # Elections are open to non-members (thesis 4.1; see sender_refusal): these
                 # reach the core, whose leader lease ignores them while a leader is heard.
                 MsgVote(src, dst, r.term + 1, r.log.last_index() + 10, r.term + 1),
@@ -459,13 +577,16 @@ class Sim:
                 MsgApp(src, dst, r.term, r.log.last_index(), r.log.last_term(),
                        (Entry(r.log.last_index() + 1, r.term, EntryType.NORMAL, b"forged"),),
                        r.log.last_index() + 1),
+                MsgSnap(src, dst, r.term, r.log.last_index() + 5, r.term, r.membership.encode().decode()),
             )))
         elif kind == "contradict":
             leader, committed = r.term_leader, r.log.committed
             if leader is None or leader == dst or r.role is not Role.FOLLOWER or committed < 2 or \
                     r.contradictions >= DIVERGENCE_APPENDS - 1:
                 return
-            prev = rng.randint(1, committed)
+            if committed < r.log.first_index():
+                return
+            prev = rng.randint(max(1, r.log.first_index() - 1), committed)
             held = r.log.term(prev)
             assert held is not None
             wrong = rng.choice([t for t in range(0, r.term + 1) if t != held])
@@ -504,23 +625,27 @@ class Sim:
     # --- checks -----------------------------------------------------------------------------------
 
     def check_logs(self) -> None:
-        """Log Matching over every pair of persisted logs."""
+        """Log Matching over every pair of persisted logs, where both still hold entries."""
         logs = {}
         for i in self.ids:
             st = self.storage[i]
-            logs[i] = st.entries(1, st.last_index() + 1) if st.last_index() else []
+            held = st.entries(st.first_index(), st.last_index() + 1)
+            logs[i] = {e.index: e for e in held}
         ids = self.ids
         for a in range(len(ids)):
             la = logs[ids[a]]
             for b in range(a + 1, len(ids)):
                 lb = logs[ids[b]]
-                k = min(len(la), len(lb))
-                while k and la[k - 1].term != lb[k - 1].term:
-                    k -= 1
-                if la[:k] != lb[:k]:
-                    raise SafetyViolation(
-                        f"Log Matching: {ids[a]} and {ids[b]} agree on the term at {k} "
-                        f"but differ before it")
+                both = sorted(set(la) & set(lb))
+                agree = [k for k in both if la[k].term == lb[k].term]
+                if not agree:
+                    continue
+                k = agree[-1]
+                for j in both:
+                    if j <= k and la[j] != lb[j]:
+                        raise SafetyViolation(
+                            f"Log Matching: {ids[a]} and {ids[b]} agree on the term at {k} "
+                            f"but differ at {j}")
 
     # --- the run ------------------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ def _simulate(chunk_runner, what: str) -> collections.Counter[str]:
           f"healing {slowest} ticks; {dict(sorted(total.items()))}")
     assert total["applied"] > 0
     if len(seeds) >= 200:  # the faults actually happened
-        for fault in ("crashes", "crashes_before_persist", "partitions", "transfers", "membership_changes"):
+        for fault in ("crashes", "crashes_before_persist", "partitions", "transfers", "membership_changes",
+                      "compactions", "snapshots_sent", "snapshots_installed"):
             assert total[fault] > 0, fault
     return total

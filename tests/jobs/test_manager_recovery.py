@@ -25,7 +25,7 @@ def _id(storage: optuna.storages.BaseStorage, study: optuna.Study, trial: optuna
 def test_a_running_trial_this_coordinator_did_not_ask_for_is_lost_and_re_run_not_counted():
     storage = optuna.storages.InMemoryStorage()
     study = studies.make_study(storage, "nexus-job-x", True, 1, 4)
-    search = Search(JobContext(db=None, blobs=None, storage=storage, node_id="n1"))  # type: ignore[arg-type]
+    search = Search(JobContext(db=None, blobs=None, storage=lambda: storage, node_id="n1"))  # type: ignore[arg-type]
     job = JobRecord(job_id="job-x", spec=JobSpecRecord(target="y"))
 
     mine = study.ask()                 # asked by this coordinator: it runs

@@ -96,7 +96,7 @@ async def test_at_the_deadline_no_trial_starts_and_the_running_ones_are_stopped(
                     prepared={"files": {}, "search_started_at": STARTED})
     study = studies.make_study(storage, job.study_name, True, job.seed, 500)
     records = Records()
-    ctx = JobContext(db=records, blobs=None, storage=storage, node_id="n1",  # type: ignore[arg-type]
+    ctx = JobContext(db=records, blobs=None, storage=lambda: storage, node_id="n1",  # type: ignore[arg-type]
                      clock=lambda: clock[0])
     ctx.active, ctx.dispatcher = True, Dispatcher(term=1, settings=WorkSettings())
     ctx.jobs[job.job_id] = ActiveJob(job, study=study)
@@ -135,7 +135,7 @@ def test_a_trial_is_sent_every_prepared_file_but_the_test_split_s():
                     constraints=Constraints().to_dict(), prepared={"files": files})
     records = Records()
     records.blobs = {sha: SimpleNamespace(size=100) for sha in files.values()}
-    ctx = JobContext(db=records, blobs=None, storage=None, node_id="n1")  # type: ignore[arg-type]
+    ctx = JobContext(db=records, blobs=None, storage=lambda: None, node_id="n1")  # type: ignore[arg-type]
     sent = Search(ctx)._task(job, 0, 0, {"family": "mlp"})["files"]
     assert sent == {k: v for k, v in files.items() if k not in ("X_test", "y_test", "codes_test")}
     assert ctx.shard_bytes(job, sent) == 900 and ctx.shard_bytes(job) == 1200

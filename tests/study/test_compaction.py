@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from nexus_node.study.compaction import ListBackend, compact, replay
 from nexus_node.study.journal import validate_body
+from tests.consensus.machines import studies
 
 
 def _history() -> list[dict]:
@@ -51,19 +52,10 @@ def _history() -> list[dict]:
     return json.loads(json.dumps(backend.logs))   # as the replicated log stores them
 
 
-def _state(storage: optuna.storages.BaseStorage) -> dict:
-    out = {}
-    for s in storage.get_all_studies():
-        sid = storage.get_study_id_from_name(s.study_name)
-        out[s.study_name] = (sid, s.directions, storage.get_study_user_attrs(sid),
-                             storage.get_study_system_attrs(sid), storage.get_all_trials(sid))
-    return out
-
-
 def test_a_compacted_journal_replays_to_the_same_studies_with_the_same_ids():
     logs = _history()
     short = compact(logs)
-    before, after = _state(replay(logs)), _state(replay(short))
+    before, after = studies(replay(logs)), studies(replay(short))
     assert before.keys() == {"first", "multi", "doomed"}
     # Each operation is one the replicated journal accepts as it accepts Optuna's own.
     validate_body({"name": "optuna", "logs": short})
@@ -92,7 +84,7 @@ def test_writes_after_compaction_land_on_the_same_trials():
     later = written.logs[len(logs):]
     full_logs.append_logs(later)
     short_logs.append_logs(later)
-    assert _state(short) == _state(full)
+    assert studies(short) == studies(full)
     done = short.get_trial(trial_id)
     assert done.state == TrialState.COMPLETE and done.value == 2.0 and done.intermediate_values[5] == 1.5
 

@@ -16,9 +16,13 @@ Built:
       has committed an entry of its own term;
     * leadership transfer with MsgTimeoutNow (thesis §3.10), for a graceful leave.
 
-Not built (yet): snapshots and log compaction (the log grows; :class:`Storage` has no snapshot
-methods and ``first_index()`` is always 1), joint consensus, ReadIndex/lease reads (reads go
-through the log), flow control beyond one-probe-at-a-time and capped MsgApp batches.
+    * snapshots and log compaction (thesis ch. 5): the driver saves the state machine at an
+      applied index (:meth:`RawNode.snapshot_meta`, ``Storage.create_snapshot``) and drops the
+      entries before it (``compact``); a follower that lacks dropped entries is sent
+      :class:`MsgSnap` and installs it from :attr:`Ready.snapshot`.
+
+Not built (yet): joint consensus, ReadIndex/lease reads (reads go through the log), flow control
+beyond one-probe-at-a-time and capped MsgApp batches.
 """
 
 from .core import NotLeader, ProposalDropped, Raft, RaftConfig, Role
@@ -35,20 +39,22 @@ from .messages import (
     MsgHeartbeatResp,
     MsgPreVote,
     MsgPreVoteResp,
+    MsgSnap,
     MsgTimeoutNow,
     MsgVote,
     MsgVoteResp,
     NodeId,
+    SnapshotMeta,
     message_from_dict,
     message_to_dict,
 )
 from .node import RawNode, Ready, SoftState, Status, bootstrap, force_new_cluster
-from .storage import MemoryStorage, Storage
+from .storage import Compacted, MemoryStorage, Storage
 
 __all__ = [
-    "Entry", "EntryType", "HardState", "InvalidConfigChange", "LogDiverged", "MemoryStorage", "Membership",
+    "Compacted", "Entry", "EntryType", "HardState", "InvalidConfigChange", "LogDiverged", "MemoryStorage", "Membership",
     "Message", "MsgApp", "MsgAppResp", "MsgHeartbeat", "MsgHeartbeatResp", "MsgPreVote",
-    "MsgPreVoteResp", "MsgTimeoutNow", "MsgVote", "MsgVoteResp", "NodeId", "NotLeader",
-    "ProposalDropped", "Raft", "RaftConfig", "RawNode", "Ready", "Role", "SoftState", "Status",
+    "MsgPreVoteResp", "MsgSnap", "MsgTimeoutNow", "MsgVote", "MsgVoteResp", "NodeId", "NotLeader",
+    "ProposalDropped", "Raft", "RaftConfig", "RawNode", "Ready", "Role", "SnapshotMeta", "SoftState", "Status",
     "Storage", "bootstrap", "force_new_cluster", "message_from_dict", "message_to_dict",
 ]

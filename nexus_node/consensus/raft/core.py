@@ -28,10 +28,12 @@ from .messages import (
     MsgHeartbeatResp,
     MsgPreVote,
     MsgPreVoteResp,
+    MsgSnap,
     MsgTimeoutNow,
     MsgVote,
     MsgVoteResp,
     NodeId,
+    SnapshotMeta,
 )
 from .progress import Progress
 from .storage import Storage
@@ -140,7 +142,8 @@ class Raft:
         hard = storage.hard_state()
         self.term = hard.term
         self.vote = hard.vote
-        self.log.applied = min(config.applied, self.log.committed)
+        # (A snapshot's entries are applied: restoring it restores their effect.)
+        self.log.applied = max(self.log.applied, min(config.applied, self.log.committed))
         self.role = Role.FOLLOWER
         self.lead: NodeId | None = None
         self.msgs: list[Message] = []
@@ -365,10 +368,10 @@ class Raft:
             elif isinstance(m, MsgPreVoteResp) and not m.reject:
                 pass  # granted at our future term: the term moves only if we win (campaign)
             else:
-                lead = m.src if isinstance(m, (MsgApp, MsgHeartbeat)) else None
+                lead = m.src if isinstance(m, (MsgApp, MsgHeartbeat, MsgSnap)) else None
                 self._become_follower(m.term, lead)  # §5.1: a higher term always wins
         elif m.term < self.term:
-            if isinstance(m, (MsgApp, MsgHeartbeat)) and (self.cfg.check_quorum or self.cfg.pre_vote):
+            if isinstance(m, (MsgApp, MsgHeartbeat, MsgSnap)) and (self.cfg.check_quorum or self.cfg.pre_vote):
                 # A stale leader (e.g. on the minority side of a heal): tell it our term so it
                 # steps down. Without this, pre-vote would leave it stuck, since we never
                 # disrupt it with a higher-term vote request.
@@ -381,7 +384,7 @@ class Raft:
             self._handle_vote_request(m)
         elif self.role is Role.LEADER:
             return self._step_leader(m)
-        elif isinstance(m, (MsgApp, MsgHeartbeat)):
+        elif isinstance(m, (MsgApp, MsgHeartbeat, MsgSnap)):
             if self.term_leader is not None and m.src != self.term_leader:
                 # One leader per term (Election Safety, §5.2): this node already follows
                 # another in this term, so this one is forged (or a bug). Following it would
@@ -396,6 +399,9 @@ class Raft:
             self.leader_ticks = 0
             if isinstance(m, MsgApp):
                 return self._handle_append(m)
+            if isinstance(m, MsgSnap):
+                self._handle_snapshot(m)
+                return None
             self._handle_heartbeat(m)
         elif isinstance(m, MsgPreVoteResp) and self.role is Role.PRE_CANDIDATE:
             # A grant counts only for the term we are asking about now (not an older round).
@@ -482,7 +488,10 @@ class Raft:
         for index, term in held + [(e.index, e.term) for e in m.entries]:
             if index > committed:
                 break
-            if self.log.term(index) != term:
+            mine = self.log.term(index)
+            if mine is None:
+                continue   # compacted: its effect is in the snapshot, its term is gone
+            if mine != term:
                 return (f"leader {m.src} has term {term} at entry {index}, where this node "
                         f"committed term {self.log.term(index)} (committed up to {committed})")
         return None
@@ -499,6 +508,26 @@ class Raft:
             raise LogDiverged(f"{what}; {self.contradictions} such appends in "
                               f"{self.ticks - self.contradicted_at} ticks, none consistent")
         return f"contradicting append dropped ({self.contradictions} in a row): {what}"
+
+    def _handle_snapshot(self, m: MsgSnap) -> None:
+        """Follower side of InstallSnapshot (thesis §5.3, its Figure 5.3 receiver rules).
+
+        The driver stepped the message in only once this node held the snapshot, verified.
+        A snapshot at or below the commit index says nothing new (a stale or duplicated
+        transfer): it changes nothing, and above all never moves the commit index back. One
+        whose last entry this log holds (same index and term) keeps the log after it and
+        commits up to it. Otherwise the log is replaced by the snapshot, which the driver
+        installs before this node answers.
+        """
+        snap = SnapshotMeta(m.snap_index, m.snap_term, m.config)
+        if snap.index <= self.log.committed:
+            self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=self.log.committed))
+            return
+        if self.log.match_term(snap.index, snap.term):
+            self.log.commit_to(snap.index)
+        else:
+            self.log.restore(snap)
+        self.msgs.append(MsgAppResp(self.id, m.src, self.term, index=snap.index))
 
     def _handle_heartbeat(self, m: MsgHeartbeat) -> None:
         # The leader caps a heartbeat's commit at our known match index, so it is in our log.
@@ -528,6 +557,11 @@ class Raft:
                 self._on_reject(m, pr)
                 return None
             was_paused = pr.probing and pr.paused
+            if pr.pending_snapshot and m.index >= pr.pending_snapshot:
+                # The member restored the snapshot (or holds the entries after it): append
+                # from there (etcd: a snapshot's progress becomes a probe).
+                pr.pending_snapshot = 0
+                pr.paused = False
             if pr.update(m.index):
                 committed = self.log.committed
                 if self._maybe_commit():
@@ -553,6 +587,8 @@ class Raft:
         return None
 
     def _on_reject(self, m: MsgAppResp, pr: Progress) -> None:
+        if pr.pending_snapshot:
+            return   # answers an append sent before the snapshot: the snapshot's answer decides
         if m.index <= pr.match or (pr.probing and m.index != pr.next - 1):
             return  # stale: answers an append we have moved past
         # Fast backtracking: skip every index the follower's hint proves cannot match.
@@ -575,11 +611,14 @@ class Raft:
     def _send_append(self, to: NodeId, pr: Progress, commit_only: bool = False) -> None:
         """Sends what ``to`` lacks; with ``commit_only``, an empty append to a replicating
         follower asks for no answer (see :class:`MsgApp`). A probe is always answered."""
-        if pr.probing and pr.paused:
+        if (pr.probing and pr.paused) or pr.pending_snapshot:
             return
         prev = pr.next - 1
         prev_term = self.log.term(prev)
-        assert prev_term is not None, f"next {pr.next} past the log of leader {self.id}"
+        if prev_term is None:
+            assert prev < self.log.first_index(), f"next {pr.next} past the log of leader {self.id}"
+            self._send_snapshot(to, pr)
+            return
         hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_msg)
         entries = tuple(self.log.slice(pr.next, hi))
         if hi > self.log.last_index():
@@ -595,6 +634,27 @@ class Raft:
             pr.paused = True
         elif entries:
             pr.next = entries[-1].index + 1  # replicate mode: pipeline the next batch
+
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> None:
+        """Sends ``to`` the snapshot: it lacks entries this leader compacted away (thesis §5.3)."""
+        snap = self.log.snapshot()
+        assert snap is not None, f"leader {self.id} compacted its log without a snapshot"
+        pr.pending_snapshot = snap.index
+        pr.probing, pr.paused = True, True
+        pr.answer_due = True
+        self.msgs.append(MsgSnap(self.id, to, self.term, snap.index, snap.term, snap.config))
+
+    def report_snapshot(self, to: NodeId, ok: bool) -> None:
+        """The driver's word on a snapshot sent to ``to``: delivered (``ok``; the member's answer
+        may still be on its way) or failed. Either way the member is probed again, at its next
+        heartbeat's answer at the latest: it gets the entries after the snapshot if it
+        installed it, or a snapshot again if not. Does nothing if none was pending."""
+        pr = self.prs.get(to)
+        if self.role is not Role.LEADER or pr is None or not pr.pending_snapshot:
+            return
+        pr.pending_snapshot = 0
+        pr.reset_probe()
+        pr.paused = True   # until an answer: a failed transfer is not retried in a loop
 
     def _stored_commit(self, to: NodeId, last: int) -> int:
         """What ``to`` may commit once it stores the log up to ``last`` (see

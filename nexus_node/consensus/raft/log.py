@@ -4,13 +4,17 @@ Entries the core has accepted but the driver has not yet persisted are *unstable
 handed out in :attr:`~.ready.Ready.entries` and become stable when the Ready is advanced. The
 unstable part may start below the storage's last index: a follower that truncated a conflicting
 suffix (§5.3) holds the replacement here until the driver overwrites storage with it.
+
+A snapshot a leader sent (:meth:`RaftLog.restore`) is unstable the same way until the driver
+installs it: the log then stands for nothing before it, and reads of the older entries storage
+still holds are answered as compacted.
 """
 
 from __future__ import annotations
 
 from .membership import Membership
-from .messages import Entry, EntryType
-from .storage import Storage
+from .messages import Entry, EntryType, SnapshotMeta
+from .storage import Compacted, Storage
 
 
 class LogDiverged(RuntimeError):
@@ -36,34 +40,60 @@ class RaftLog:
         self.storage = storage
         self._unstable: list[Entry] = []
         self._offset = storage.last_index() + 1  # index of self._unstable[0]
-        self.committed = storage.hard_state().commit
-        self.applied = 0
-        self._initial = initial
-        # (index, membership) of every CONFIG entry, ascending, so a truncation can revert the
-        # configuration in force to the previous one (thesis §4.1).
+        snap = storage.snapshot()
+        # The snapshot's entries were committed and applied when it was taken (a lazily written
+        # commit index on disk may lag behind it).
+        self.committed = max(storage.hard_state().commit, snap.index if snap else 0)
+        self.applied = snap.index if snap else 0
+        self._initial = Membership.decode(snap.config.encode()) if snap else initial
+        #: A snapshot taken from a leader, not yet installed by the driver (see :meth:`restore`).
+        self.pending_snapshot: SnapshotMeta | None = None
+        # (index, membership) of every CONFIG entry after the snapshot, ascending, so a
+        # truncation can revert the configuration in force to the previous one (thesis §4.1).
+        # The snapshot's configuration stands for those before it.
         self._configs: list[tuple[int, Membership]] = []
         last = storage.last_index()
-        if last:
-            for e in storage.entries(1, last + 1):
+        lo = max(storage.first_index(), self.applied + 1)
+        if last >= lo:
+            for e in storage.entries(lo, last + 1):
                 if e.type is EntryType.CONFIG:
                     self._configs.append((e.index, Membership.decode(e.data)))
 
     # --- reading --------------------------------------------------------------------------------
 
+    def first_index(self) -> int:
+        """Index of the first entry held: those before it are in the snapshot."""
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index + 1
+        return self.storage.first_index()
+
     def last_index(self) -> int:
         """Index of the last entry, stable or not."""
         if self._unstable:
             return self._offset + len(self._unstable) - 1
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.index
         return self.storage.last_index()
 
+    def snapshot(self) -> SnapshotMeta | None:
+        """The latest snapshot: the one to install, else the one storage holds."""
+        return self.pending_snapshot or self.storage.snapshot()
+
     def term(self, index: int) -> int | None:
-        """Term at ``index`` (0 at index 0), or None past the end of the log."""
+        """Term at ``index`` (0 at index 0), or None past the end of the log or before its
+        start (compacted: see :meth:`first_index`; the entry just before it is known)."""
         if index >= self._offset:
             pos = index - self._offset
             return self._unstable[pos].term if pos < len(self._unstable) else None
+        snap = self.pending_snapshot
+        if snap is not None:
+            return snap.term if index == snap.index else None
         if index > self.storage.last_index():
             return None
-        return self.storage.term(index)
+        try:
+            return self.storage.term(index)
+        except Compacted:
+            return None
 
     def last_term(self) -> int:
         """Term of the last entry (0 for an empty log)."""
@@ -84,7 +114,7 @@ class RaftLog:
         return last_term > my_term or (last_term == my_term and last_index >= self.last_index())
 
     def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with ``lo <= index < hi`` (``1 <= lo``, ``hi <= last_index() + 1``)."""
+        """Entries with ``lo <= index < hi`` (``first_index() <= lo``, ``hi <= last_index() + 1``)."""
         if lo >= hi:
             return []
         out: list[Entry] = []
@@ -100,23 +130,27 @@ class RaftLog:
 
         Used on both sides of a rejected append (fast backtracking): every entry after ``i`` up to
         ``index`` has a larger term than ``term``, so it cannot match the other log there, because
-        terms never decrease along a log.
+        terms never decrease along a log. Where the search reaches the compacted prefix it
+        stops there with term 0 (as etcd's ``findConflictByTerm``): a leader probing below its
+        own first entry sends its snapshot instead.
         """
         i = min(index, self.last_index())
         while i > 0:
             t = self.term(i)
-            assert t is not None
+            if t is None:
+                return i, 0
             if t <= term:
                 return i, t
             i -= 1
         return 0, 0
 
     def membership(self) -> Membership:
-        """The configuration in force: the latest CONFIG entry in the log, committed or not."""
+        """The configuration in force: the latest CONFIG entry in the log, committed or not
+        (the snapshot's when none follows it)."""
         return self._configs[-1][1] if self._configs else self._initial
 
     def last_config_index(self) -> int:
-        """Index of the latest CONFIG entry (0 if none)."""
+        """Index of the latest CONFIG entry after the snapshot (0 if none)."""
         return self._configs[-1][0] if self._configs else 0
 
     # --- writing --------------------------------------------------------------------------------
@@ -172,6 +206,36 @@ class RaftLog:
             self.committed = index
             return True
         return False
+
+    def restore(self, snap: SnapshotMeta) -> None:
+        """Follower: replaces the whole log by a leader's snapshot (thesis §5.3 receiver rules
+        6-7: this log does not hold the snapshot's last entry, so nothing after it can be kept).
+        The snapshot stands for committed entries, so the commit index moves to it; it stays
+        unstable until the driver installs it (:meth:`snapshot_installed`).
+        """
+        assert snap.index > self.committed, "a snapshot never moves the commit index back"
+        self.pending_snapshot = snap
+        self._unstable = []
+        self._offset = snap.index + 1
+        self.committed = snap.index
+        self._initial = Membership.decode(snap.config.encode())
+        self._configs = []
+
+    def snapshot_installed(self, snap: SnapshotMeta) -> None:
+        """The driver installed ``snap`` in storage and restored its state machine from it."""
+        if self.pending_snapshot == snap:
+            self.pending_snapshot = None
+        self.applied = max(self.applied, snap.index)
+
+    def membership_at(self, index: int) -> Membership:
+        """The configuration in force at ``index`` (``index >= first_index() - 1``): what a
+        snapshot taken there must carry."""
+        config = self._initial
+        for at, m in self._configs:
+            if at > index:
+                break
+            config = m
+        return config
 
     # --- the Ready cycle --------------------------------------------------------------------------
 

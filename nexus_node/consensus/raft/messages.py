@@ -188,6 +188,42 @@ class MsgHeartbeatResp:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot of the state machine stands for (the thesis' "last included index and
+    term", §5.1 of chapter 5, with its configuration). The state itself is the driver's: the
+    core never holds it.
+
+    Attributes:
+        index: The last log entry whose effect the snapshot holds; the entries up to it may be
+            dropped from the log.
+        term: That entry's term (the consistency check of the append after it needs it).
+        config: The membership in force at ``index`` (:meth:`~.membership.Membership.encode`
+            as text): the entries that set it may be gone.
+    """
+
+    index: int
+    term: int
+    config: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgSnap:
+    """InstallSnapshot (thesis §5.3): "your log lacks entries I no longer hold; here is the state
+    they built, up to ``snap_index``". The core sends and takes only the metadata: the driver
+    moves the snapshot itself (chunked, checksummed) and steps this message into the receiver's
+    core only once the receiver holds the whole snapshot, verified. The receiver answers with a
+    :class:`MsgAppResp` for the index it then holds, as to an append.
+    """
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    snap_index: int
+    snap_term: int
+    config: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class MsgTimeoutNow:
     """Leadership transfer (thesis §3.10): "start an election now, without pre-vote"."""
 
@@ -206,12 +242,13 @@ Message = Union[
     MsgHeartbeat,
     MsgHeartbeatResp,
     MsgTimeoutNow,
+    MsgSnap,
 ]
 
 MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (MsgApp, MsgAppResp, MsgVote, MsgVoteResp, MsgPreVote, MsgPreVoteResp,
-                MsgHeartbeat, MsgHeartbeatResp, MsgTimeoutNow)
+                MsgHeartbeat, MsgHeartbeatResp, MsgTimeoutNow, MsgSnap)
 }
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from .core import Raft, RaftConfig, Role
 from .log import RaftLog
 from .membership import Membership
-from .messages import EMPTY_HARD_STATE, Entry, EntryType, HardState, Message, MsgApp, NodeId
+from .messages import EMPTY_HARD_STATE, Entry, EntryType, HardState, Message, MsgApp, NodeId, SnapshotMeta
 from .storage import MemoryStorage, Storage
 
 
@@ -33,6 +33,8 @@ class Ready:
         soft_state: New leader/role, or None if unchanged.
         leader_appends_early: A leader's appends in ``messages`` may be sent before the
             persist step (see :attr:`messages_before_persist`).
+        snapshot: A leader's snapshot to install before anything else: it replaces the whole
+            log in storage and the whole state machine (``entries`` follow it), or None.
     """
 
     hard_state: HardState | None
@@ -41,6 +43,7 @@ class Ready:
     committed_entries: tuple[Entry, ...]
     soft_state: SoftState | None
     leader_appends_early: bool = False
+    snapshot: SnapshotMeta | None = None
 
     @property
     def messages_before_persist(self) -> tuple[Message, ...]:
@@ -73,6 +76,7 @@ class Status:
     applied: int
     last_index: int
     membership: Membership
+    first_index: int = 1
 
 
 class RawNode:
@@ -80,6 +84,9 @@ class RawNode:
 
     Handling a Ready — the order is what makes the node safe, so a driver must keep it:
 
+    0. **Install** ``snapshot``, if any: the driver already holds its data (it steps a
+       :class:`~.messages.MsgSnap` in only then). It replaces the log in storage and the
+       state machine's whole state; ``entries`` and ``committed_entries`` come after it.
     1. **Persist** ``entries`` (append, replacing any conflicting suffix) and then ``hard_state``,
        durably (fsync). A vote, a term or an acknowledged entry that is sent
        but not on disk could be forgotten by a crash: a node could vote twice in one term (§5.2)
@@ -150,6 +157,24 @@ class RawNode:
         """Leader: sends ``to`` what it lacks now. See :meth:`Raft.catch_up`."""
         self.raft.catch_up(to)
 
+    def report_snapshot(self, to: NodeId, ok: bool) -> None:
+        """Leader: the snapshot sent to ``to`` arrived (``ok``) or failed. See :meth:`Raft.report_snapshot`."""
+        self.raft.report_snapshot(to, ok)
+
+    def snapshot_meta(self, index: int) -> SnapshotMeta:
+        """What a snapshot of the state machine at applied ``index`` stands for (its term and
+        the configuration in force there), for the driver's ``create_snapshot``.
+
+        Raises:
+            ValueError: ``index`` is not applied yet, or before the log's start.
+        """
+        log = self.raft.log
+        term = log.term(index)
+        if not 0 < index <= log.applied or term is None:
+            raise ValueError(f"no snapshot at {index}: applied up to {log.applied}, "
+                             f"log from {log.first_index()}")
+        return SnapshotMeta(index, term, log.membership_at(index).encode().decode())
+
     # --- output ---------------------------------------------------------------------------------
 
     def _hard_state(self) -> HardState:
@@ -161,6 +186,7 @@ class RawNode:
         r = self.raft
         return bool(
             r.msgs
+            or r.log.pending_snapshot is not None
             or r.log.unstable_entries()
             or r.log.committed > self._applying
             or self._hard_state() != self._prev_hard
@@ -180,6 +206,9 @@ class RawNode:
         r = self.raft
         hard = self._hard_state()
         soft = SoftState(r.lead, r.role)
+        snap = r.log.pending_snapshot
+        if snap is not None:
+            self._applying = max(self._applying, snap.index)
         ready = Ready(
             hard_state=hard if hard != self._prev_hard else None,
             entries=tuple(r.log.unstable_entries()),
@@ -194,6 +223,7 @@ class RawNode:
             leader_appends_early=r.role is Role.LEADER and (hard.term, hard.vote) == (
                 self._prev_hard.term, self._prev_hard.vote) and not any(
                     e.type is EntryType.CONFIG for e in r.log.unstable_entries()),
+            snapshot=snap,
         )
         r.msgs = []
         self._prev_soft = soft
@@ -211,6 +241,8 @@ class RawNode:
         if ready is not self._outstanding:
             raise RuntimeError("advance() takes the Ready returned by the last ready()")
         self._outstanding = None
+        if ready.snapshot is not None:
+            self.raft.log.snapshot_installed(ready.snapshot)
         if ready.hard_state is not None:
             self._prev_hard = ready.hard_state
         if ready.entries:
@@ -223,7 +255,7 @@ class RawNode:
         """The node's current state."""
         r = self.raft
         return Status(r.id, r.role, r.term, r.lead, r.vote, r.log.committed, r.log.applied,
-                      r.log.last_index(), r.membership)
+                      r.log.last_index(), r.membership, r.log.first_index())
 
 
 def bootstrap(storage: MemoryStorage | Storage, voters: "list[NodeId] | set[NodeId]",

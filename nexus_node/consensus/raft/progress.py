@@ -28,6 +28,9 @@ class Progress:
             them with the next append it is sent, or at its next heartbeat's answer.
         stored_commit: The highest ``MsgApp.stored_commit`` sent to the member: once it stores
             that message it commits that far by itself, untold.
+        pending_snapshot: The index of the snapshot sent to the member because it lacks entries
+            this leader no longer holds (0: none). Nothing else is sent to it until it answers
+            for that index or the driver reports the transfer done or failed.
     """
 
     match: int = 0
@@ -38,6 +41,7 @@ class Progress:
     answer_due: bool = False
     deferred: bool = False
     stored_commit: int = 0
+    pending_snapshot: int = 0
 
     def update(self, index: int) -> bool:
         """Records a successful append up to ``index``. Returns whether ``match`` advanced."""

@@ -40,6 +40,7 @@ from .messages import (
     MsgHeartbeat,
     MsgPreVote,
     MsgPreVoteResp,
+    MsgSnap,
     MsgVote,
     MsgVoteResp,
     message_from_dict,
@@ -53,7 +54,7 @@ class InvalidMessage(ValueError):
 # The fields of each message class that are terms, indexes, node ids or flags. Worked out once
 # from the dataclasses' annotations (strings: messages.py uses postponed annotations), so a
 # field added to a message is checked without touching this module.
-_TERMS = {"term", "prev_term", "last_term", "hint_term"}
+_TERMS = {"term", "prev_term", "last_term", "hint_term", "snap_term"}
 _FIELD_KINDS = {"int": "int", "NodeId": "id", "bool": "bool"}
 _SCALARS: dict[type, tuple[tuple[str, str], ...]] = {}
 for _cls in MESSAGE_TYPES.values():
@@ -140,6 +141,30 @@ def check_message(m: object) -> None:
             raise InvalidMessage(f"{owner}.{name} must be a bool, not {type(value).__name__}")
     if cls is MsgApp:
         _check_entries(m)  # type: ignore[arg-type]
+    elif cls is MsgSnap:
+        _check_snapshot(m)  # type: ignore[arg-type]
+
+
+#: Longest membership a snapshot message may carry (thousands of node ids).
+MAX_CONFIG_CHARS = 1 << 20
+
+
+def _check_snapshot(m: MsgSnap) -> None:
+    if m.snap_index == 0:
+        raise InvalidMessage("MsgSnap.snap_index is 0 (a snapshot stands for entries from 1)")
+    if m.snap_term > m.term:
+        raise InvalidMessage(f"MsgSnap.snap_term {m.snap_term} is above its term {m.term}")
+    if type(m.config) is not str or len(m.config) > MAX_CONFIG_CHARS:
+        raise InvalidMessage(f"MsgSnap.config must be a membership's JSON text of at most "
+                             f"{MAX_CONFIG_CHARS} characters")
+    try:
+        config = Membership.decode(m.config.encode())
+    except InvalidConfigChange as exc:
+        raise InvalidMessage(f"MsgSnap.config: {exc}") from None
+    if not config.voters:
+        raise InvalidMessage("MsgSnap.config has no voter")
+    for node in config.members:
+        check_node_id("MsgSnap", "member", node)
 
 
 def _check_entries(m: MsgApp) -> None:
@@ -224,6 +249,6 @@ def sender_refusal(src: str, members: Iterable[str], message: object = None,
             return (f"node {src!r} is not a member of this cluster and asks for a transfer's "
                     f"vote, which ignores the leader lease")
         return None
-    if (orphaned or src == leader) and isinstance(message, (MsgApp, MsgHeartbeat)):
+    if (orphaned or src == leader) and isinstance(message, (MsgApp, MsgHeartbeat, MsgSnap)):
         return None
     return f"node {src!r} is not a member of this cluster (members: {', '.join(sorted(members))})"

@@ -8,6 +8,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SnapshotChunk(_message.Message):
+    __slots__ = ("cluster", "from_node", "message", "size", "sha256", "offset", "data", "chunk_sha256")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    from_node: str
+    message: bytes
+    size: int
+    sha256: str
+    offset: int
+    data: bytes
+    chunk_sha256: str
+    def __init__(self, cluster: _Optional[str] = ..., from_node: _Optional[str] = ..., message: _Optional[bytes] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., chunk_sha256: _Optional[str] = ...) -> None: ...
+
+class SnapshotProgress(_message.Message):
+    __slots__ = ("have", "done")
+    HAVE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    have: int
+    done: bool
+    def __init__(self, have: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
 class WorkUp(_message.Message):
     __slots__ = ("cluster", "node_id", "heartbeat", "result")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]

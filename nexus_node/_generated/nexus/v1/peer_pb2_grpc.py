@@ -65,6 +65,11 @@ class PeerServiceStub:
                 request_serializer=nexus_dot_v1_dot_peer__pb2.WorkUp.SerializeToString,
                 response_deserializer=nexus_dot_v1_dot_peer__pb2.WorkDown.FromString,
                 _registered_method=True)
+        self.InstallSnapshot = channel.stream_stream(
+                '/nexus.v1.PeerService/InstallSnapshot',
+                request_serializer=nexus_dot_v1_dot_peer__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=nexus_dot_v1_dot_peer__pb2.SnapshotProgress.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -123,6 +128,20 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallSnapshot(self, request_iterator, context):
+        """The leader's snapshot for a member whose log lacks entries the leader compacted away
+        (Raft thesis 5.3). The sender opens with a header (no data); the receiver answers how
+        many bytes of that very file (by its SHA-256) it already holds, verified, and the sender
+        goes on from there, in chunks each carrying its own SHA-256. A chunk that does not match
+        ends the call with DATA_LOSS, keeping what came before it: the next try resumes there.
+        Once the whole file is in and matches its SHA-256, the receiver hands the Raft message to
+        its core and answers done. Only a member (or the leader of a node being added) may send
+        one: PERMISSION_DENIED otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +174,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.Work,
                     request_deserializer=nexus_dot_v1_dot_peer__pb2.WorkUp.FromString,
                     response_serializer=nexus_dot_v1_dot_peer__pb2.WorkDown.SerializeToString,
+            ),
+            'InstallSnapshot': grpc.stream_stream_rpc_method_handler(
+                    servicer.InstallSnapshot,
+                    request_deserializer=nexus_dot_v1_dot_peer__pb2.SnapshotChunk.FromString,
+                    response_serializer=nexus_dot_v1_dot_peer__pb2.SnapshotProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +343,33 @@ class PeerService:
             '/nexus.v1.PeerService/Work',
             nexus_dot_v1_dot_peer__pb2.WorkUp.SerializeToString,
             nexus_dot_v1_dot_peer__pb2.WorkDown.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nexus.v1.PeerService/InstallSnapshot',
+            nexus_dot_v1_dot_peer__pb2.SnapshotChunk.SerializeToString,
+            nexus_dot_v1_dot_peer__pb2.SnapshotProgress.FromString,
             options,
             channel_credentials,
             insecure,
