@@ -26,7 +26,7 @@ from tests.conftest import NodeProcess, free_port
 pytestmark = pytest.mark.timeout(300)
 optuna.logging.set_verbosity(optuna.logging.ERROR)   # the failed trials are on purpose
 
-SNAP = ("--snapshot-entries", "40", "--snapshot-tail", "10")
+SNAP = ("--snapshot-entries", "25", "--snapshot-tail", "6")
 
 
 def metric(node: NodeProcess, name: str) -> float:
@@ -121,7 +121,7 @@ def test_members_that_lack_compacted_entries_catch_up_by_snapshot(node_factory) 
     rounds = 0
     while min(metric(n, "nexus_snapshots_taken") - taken_before[n.address] for n in nodes[:2]) < 3 or \
             min(metric(n, "nexus_raft_first_index") for n in nodes[:2]) <= held_at_kill + 1:
-        write_history(nodes[rounds % 2], f"while-down-{rounds}", studies=1, trials=4)
+        write_history(nodes[rounds % 2], f"while-down-{rounds}", studies=1, trials=3)
         rounds += 1
         assert rounds < 20, "the live nodes do not compact"
     down.start()
