@@ -48,7 +48,9 @@ def bridged_hosts(n: int = 3, reach_from_root: bool = False) -> Iterator[Bridge]
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CI runs this as root)")
     tag = f"nx{os.getpid() % 100000}"
-    subnet = f"10.231.{os.getpid() % 250}"
+    # Two xdist workers (gw0, gw1) may build hosts at once: distinct parities, distinct subnets.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    subnet = f"10.231.{(os.getpid() % 120) * 2 + worker % 2}"
     bridge = Bridge(f"{tag}-br", [Host(f"{tag}-h{i}", f"{subnet}.{i + 1}", f"p{i}") for i in range(n)])
     root_link = f"{tag}-r"
     made: list[str] = []

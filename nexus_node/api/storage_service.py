@@ -6,20 +6,18 @@ GrpcStorageProxy`` speaks); :data:`CALLS` translates each method to Optuna's pub
 own server does (``KeyError``: NOT_FOUND, a duplicated study: ALREADY_EXISTS, a finished trial:
 FAILED_PRECONDITION, a bad value: INVALID_ARGUMENT).
 
-Reads never wait for the network (the journal is applied locally), so they run on the loop
-itself, against a second ``JournalStorage`` over the same applied journal that no write uses:
-its lock is never held across a consensus round, so a read cannot block the loop behind a
-write that is waiting for the loop to commit it. It reads its own writes like the first: a
-write returns only once this node has applied it. Reads whose answer grows with the study
+Reads never wait for the network (the journal is applied locally, study/study_db.py), so they
+run on the loop itself. No lock of the node's storage is held across a consensus round, so a
+read cannot block the loop behind a write that is waiting for the loop to commit it (a storage
+that holds one, as Optuna's ``JournalStorage`` does, is served with a second one for reads).
+A read sees this node's own writes: a write returns only once this node has applied it. Reads whose answer grows with the study
 (GetTrials, GetAllStudies) use the same storage from the pool instead. (Running every call on
 a pool cost a hand-off to a thread and back for each of the four reads and three writes a
 trivial trial makes.)
 
-Writes run on the pool through the node's one writing ``JournalStorage`` (see
-study/journal.py: one writer per node lets writes from different nodes share consensus rounds).
-
-Both storages are asked for at each call, never kept: a restored snapshot replaces them
-(study/storages.py). A call that was under way then answers UNAVAILABLE, to be retried.
+Writes run on the pool, where they wait for consensus (study/replicated_storage.py). A write
+that took effect through a snapshot the node installed while it waited cannot tell its outcome
+(``OutcomeUnknown``): UNAVAILABLE, for the client to look before it retries.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from nexus_node._generated import api_pb2 as pb
 from nexus_node._generated import api_pb2_grpc
 from nexus_node.jobs.records import JOB_STUDY_PREFIX, JobRecord
 from nexus_node.study import wire
-from nexus_node.study.journal import JournalReplaced, call_appended, call_applied, start_call
+from nexus_node.study.journal import OutcomeUnknown
 
 #: StorageService methods that read one record of the study: answered on the loop.
 READS = frozenset({
@@ -126,22 +124,6 @@ CALLS: dict[str, Callable[[BaseStorage, Any], Any]] = {
 }
 
 
-#: The reply of a write that was applied but whose storage could not replay it (a snapshot
-#: replaced the journal while it waited), from the request and a storage built since. A trial's
-#: creation, or a study's without a name, cannot be found again: UNAVAILABLE.
-APPLIED_REPLIES: dict[str, Callable[[BaseStorage, Any], Any]] = {
-    "CreateNewStudy": lambda st, r: pb.CreateNewStudyReply(study_id=st.get_study_id_from_name(r.study_name)),
-    "DeleteStudy": lambda st, r: pb.DeleteStudyReply(),
-    "SetStudyUserAttribute": lambda st, r: pb.SetStudyUserAttributeReply(),
-    "SetStudySystemAttribute": lambda st, r: pb.SetStudySystemAttributeReply(),
-    "SetTrialParameter": lambda st, r: pb.SetTrialParameterReply(),
-    "SetTrialStateValues": lambda st, r: pb.SetTrialStateValuesReply(trial_updated=True),
-    "SetTrialIntermediateValue": lambda st, r: pb.SetTrialIntermediateValueReply(),
-    "SetTrialUserAttribute": lambda st, r: pb.SetTrialUserAttributeReply(),
-    "SetTrialSystemAttribute": lambda st, r: pb.SetTrialSystemAttributeReply(),
-}
-
-
 class _Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -149,16 +131,10 @@ class _Aborted(Exception):
 
 
 def _answer(name: str, storage: Callable[[], BaseStorage], request: Any) -> Any:
-    """``call``'s reply on the current ``storage``, or the storage's error as the status
-    Optuna's server gives it.
-
-    A snapshot that replaces the journal under a call (a lagging node installing its leader's)
-    refuses it (``JournalReplaced``): the call runs again on a storage built since if it sent
-    no write; if its write was applied, the reply is worked out on a storage built since
-    (:data:`APPLIED_REPLIES`); otherwise (a write that may have taken effect) it is UNAVAILABLE,
-    for the client to look before it retries."""
+    """``call``'s reply on ``storage``, or the storage's error as the status Optuna's server
+    gives it."""
     try:
-        return _run(name, storage, request)
+        return CALLS[name](storage(), request)
     except DuplicatedStudyError as e:
         raise _Aborted(grpc.StatusCode.ALREADY_EXISTS, str(e)) from None
     except UpdateFinishedTrialError as e:
@@ -167,35 +143,19 @@ def _answer(name: str, storage: Callable[[], BaseStorage], request: Any) -> Any:
         raise _Aborted(grpc.StatusCode.NOT_FOUND, str(e)) from None
     except ValueError as e:
         raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-    except JournalReplaced as e:
+    except OutcomeUnknown as e:
         raise _Aborted(grpc.StatusCode.UNAVAILABLE, str(e)) from None
-
-
-def _run(name: str, storage: Callable[[], BaseStorage], request: Any) -> Any:
-    start_call()
-    try:
-        return CALLS[name](storage(), request)
-    except JournalReplaced:
-        if call_appended():
-            replied = APPLIED_REPLIES.get(name)
-            if not call_applied() or replied is None or (name == "CreateNewStudy" and not request.study_name):
-                raise
-            return replied(storage(), request)
-    start_call()
-    return CALLS[name](storage(), request)
 
 
 class StudyOwners:
     """Which job study (named :data:`JOB_STUDY_PREFIX` + a job id) a write would change, found
     through Optuna's public storage API.
 
-    A trial is matched to its study by number: ``get_trial`` gives the trial's number, and a
-    study holds the trial if its trial of that number has this id. A trial never moves to
-    another study, so the answer is kept per trial id: a runner's writes, and a plain Optuna
-    client's on a study of its own, pay the search once per trial, not once per write. A
-    target that does not exist is no job study: Optuna's own servicer then answers NOT_FOUND
-    as usual. A restored snapshot keeps every trial's id (study/compaction.py), so the answers
-    kept stay true across one.
+    The node's storage says which study a trial is in (``study_of_trial``, an index lookup).
+    Over another storage, a trial is matched to its study by number: ``get_trial`` gives the
+    trial's number, and a study holds the trial if its trial of that number has this id; the
+    answer is kept per trial id (a trial never moves to another study). A target that does
+    not exist is no job study: Optuna's own servicer then answers NOT_FOUND as usual.
 
     Args:
         reads: The current reading storage, asked for at each use.
@@ -214,6 +174,8 @@ class StudyOwners:
             elif hasattr(request, "study_id"):
                 name = reads.get_study_name_from_id(request.study_id)
             else:
+                if hasattr(reads, "study_of_trial"):
+                    return self._study_of_trial(request.trial_id)
                 if request.trial_id not in self._trials:
                     self._trials[request.trial_id] = self._study_of_trial(request.trial_id)
                 return self._trials[request.trial_id]
@@ -231,6 +193,10 @@ class StudyOwners:
 
     def _study_of_trial(self, trial_id: int) -> str | None:
         reads = self._current()
+        study_of_trial = getattr(reads, "study_of_trial", None)
+        if study_of_trial is not None:
+            name = reads.get_study_name_from_id(study_of_trial(trial_id))
+            return name if name.startswith(JOB_STUDY_PREFIX) else None
         number = reads.get_trial(trial_id).number
         for study in reads.get_all_studies():
             if study.study_name.startswith(JOB_STUDY_PREFIX):
@@ -276,9 +242,10 @@ def add_storage_service(server: grpc.aio.Server, writes: Callable[[], BaseStorag
     """Serves Optuna's StorageService on ``server``.
 
     Args:
-        writes: The node's storage for writes (called on ``pool``), asked for at each call.
-        reads: A storage over the same journal that no write uses (point reads on the loop,
-            bulk reads on ``pool``), asked for at each call.
+        writes: The node's storage for writes (called on ``pool``).
+        reads: The storage for reads (point reads on the loop, bulk reads on ``pool``): the
+            node's own, or, over a storage whose lock a write holds while it waits, a second
+            storage over the same data that no write uses.
         pool: Where writes wait for consensus.
         writes_job_studies: Whether a call with this metadata may write the studies of Nexus
             jobs (the node's runners and coordinator hold the peer secret). Anyone else who
@@ -307,10 +274,7 @@ def add_storage_service(server: grpc.aio.Server, writes: Callable[[], BaseStorag
                     raise refusal
 
         def write(request: Any, metadata: Any) -> Any:
-            try:
-                check(request, metadata)
-            except JournalReplaced as e:   # no write goes unchecked: the client retries it
-                raise _Aborted(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+            check(request, metadata)
             return _answer(name, writes, request)
         return write
 

@@ -133,7 +133,7 @@ class ReplicatedTokens:
         tokens = list(self._by_name.values())   # records are frozen: the list is the copy
         return lambda: (t.to_dict() for t in tokens)
 
-    def _restore(self, items: Iterable[Any]) -> None:
+    def _restore(self, items: Iterable[Any], index: int = 0) -> None:
         """Replaces every token by a snapshot's (their :meth:`TokenRecord.to_dict` forms).
 
         Raises:

@@ -389,11 +389,15 @@ class RaftDriver:
     async def _restore(self, file: SnapshotFile) -> None:
         """Replaces the state machine by ``file``'s state (read and checked on a thread: the
         whole file is read before anything changes, so a damaged one changes nothing)."""
+        # A kind whose own durable state is at or past the snapshot (the study tables of a
+        # restarted node) keeps it: its items are not even parsed.
+        held = self.state.held(file.meta.index)
+
         def load() -> list[tuple[str, object]]:
-            _, items = read_snapshot(file.path)
+            _, items = read_snapshot(file.path, skip=held)
             return list(items)
         items = await asyncio.to_thread(load)
-        self.state.restore(file.meta.index, items)
+        self.state.restore(file.meta.index, items, held)
 
     async def _install(self, meta: SnapshotMeta) -> None:
         assert self._store is not None
@@ -433,6 +437,8 @@ class RaftDriver:
             return
         if applied > self._store.last_index():
             return   # (a leader may apply what a quorum stored before its own disk has it)
+        if not self.state.capturable():
+            return   # a restarted node still replaying what its study tables already hold
         meta = self._raw.snapshot_meta(applied)
         items = self.state.capture()   # on the loop, between two applies: one applied index
         directory = self._store.snapshot_dir

@@ -13,7 +13,7 @@ That is why :func:`check_data_dir` refuses:
 * a log without an id.
 
 ``--new-identity`` is the way out that has to be asked for: the old state (``node_id``,
-``raft.db``, its ``snapshots/``, ``blobs/``) goes into ``retired-<old id>-<time>/`` in the data
+``raft.db``, its ``snapshots/`` and ``studies.db``, ``blobs/``) goes into ``retired-<old id>-<time>/`` in the data
 dir, and the node starts empty under a new id. It joins its cluster again as a new member (or founds a new one).
 It does nothing to a healthy data dir, so leaving it in a service file is harmless.
 
@@ -42,6 +42,9 @@ ID_FILE = "node_id"
 NEW_ID_FILE = "node_id.new"
 BLOBS = "blobs"
 _LOG_FILES = (LOG_FILE, LOG_FILE + "-wal", LOG_FILE + "-shm")
+#: The study tables (study/study_db.py): the log's applied journal, kept and retired with it.
+STUDIES_FILE = "studies.db"
+STUDY_FILES = (STUDIES_FILE, STUDIES_FILE + "-wal", STUDIES_FILE + "-shm")
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -143,7 +146,7 @@ def _afresh(data_dir: Path, why: str) -> Identity:
     old_id = _read_id(data_dir / ID_FILE) or "unknown"
     retired = data_dir / f"retired-{old_id}-{time.strftime('%Y%m%dT%H%M%S')}"
     retired.mkdir()
-    for name in (*_LOG_FILES, SNAPSHOT_DIR, ID_FILE, NEW_ID_FILE, BLOBS):
+    for name in (*_LOG_FILES, *STUDY_FILES, SNAPSHOT_DIR, ID_FILE, NEW_ID_FILE, BLOBS):
         if (data_dir / name).exists():
             os.replace(data_dir / name, retired / name)
     fsync_dir(data_dir)

@@ -1,8 +1,11 @@
 """The Raft log and hard state on disk (SQLite through aiosqlite), with the cache the core reads.
 
 The core reads :class:`~nexus_node.consensus.raft.Storage` synchronously and often (terms for the
-consistency check, entries for MsgApp), so :class:`RaftLogStore` keeps the whole persisted log in
-memory (a :class:`~nexus_node.consensus.raft.MemoryStorage`) and serves reads from it. Writes happen
+consistency check, entries for MsgApp), so :class:`RaftLogStore` keeps the persisted log's index
+and terms in memory and the data of its last :data:`MEMORY_ENTRIES` entries (a
+:class:`~nexus_node.consensus.raft.MemoryStorage` whose older entries are thin, :class:`_Tail`),
+and serves reads from it; an older entry's data (a follower far behind, the entries a restarted
+node applies) is read back from the file. Memory then does not grow with the log's tail. Writes happen
 only in the driver's persist step (:meth:`RaftLogStore.save`): one SQLite transaction per Ready,
 committed with ``synchronous=FULL`` so that it is on disk before any message of that Ready is
 sent (Raft §5.2, §5.3: a forgotten vote or acknowledged entry breaks safety). The cache is updated
@@ -46,8 +49,9 @@ import enum
 import logging
 import re
 import sqlite3
+import threading
 from pathlib import Path
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import aiosqlite
 
@@ -101,6 +105,10 @@ SNAPSHOT_DIR = "snapshots"
 _ONE_STATEMENT_ENTRIES = 1000
 _INSERT = "INSERT INTO raft_log (idx, term, type, data, proposal_id, commit_at) VALUES "
 _ROW = "(?, ?, ?, ?, ?, ?)"
+
+#: Entries whose data stays in memory (the newest): what a leader sends followers that keep up,
+#: and what a node applies next.
+MEMORY_ENTRIES = 1024
 
 #: Terms and indexes are below this (as etcd bounds them to uint64, with room to spare): a
 #: larger one read back means the file was damaged or written by something else.
@@ -307,6 +315,87 @@ async def inspect(path: Path) -> LogFile:
     return await asyncio.to_thread(_inspect, path)
 
 
+class _EntryReader:
+    """Reads persisted entries back from the log file, on a connection of its own (WAL lets it
+    read beside the writer). Entries reach the cache only once committed to the file, so every
+    entry the cache holds can be read back."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def read(self, lo: int, hi: int) -> list[Entry]:
+        if lo >= hi:
+            return []
+        with self._lock:
+            if self._db is None:
+                self._db = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=ro", uri=True,
+                                           check_same_thread=False)
+                self._db.execute("PRAGMA cache_size=-256")   # KiB: reads of old entries are rare
+            rows = self._db.execute("SELECT idx, term, type, data, proposal_id FROM raft_log "
+                                    "WHERE idx >= ? AND idx < ? ORDER BY idx", (lo, hi)).fetchall()
+        try:
+            return [Entry(i, t, EntryType(ty), bytes(d), p) for i, t, ty, d, p in rows]
+        except (TypeError, ValueError) as exc:
+            raise LogDamaged(self._path, f"an entry from {lo} cannot be read: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class _Tail(MemoryStorage):
+    """A MemoryStorage in which the entries before the newest ``keep`` are thin (index, term and
+    type: what the core's checks read), their data read back by ``read(lo, hi)`` when asked."""
+
+    def __init__(self, read: Callable[[int, int], list[Entry]], keep: int | None = None) -> None:
+        super().__init__()
+        self._read, self._keep = read, keep if keep is not None else MEMORY_ENTRIES
+        self._full_from = 1   # the entries from here on hold their data
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        super().append(entries)
+        if entries:
+            self._full_from = min(self._full_from, entries[0].index)
+        self._thin()
+
+    def append_thin(self, entries: Sequence[Entry]) -> None:
+        """Loads entries whose data is on disk only (a start-up)."""
+        super().append(entries)
+        self._full_from = self.last_index() + 1
+
+    def _thin(self) -> None:
+        offset = self._offset
+        self._full_from = max(self._full_from, offset + 1)
+        cut = self.last_index() + 1 - self._keep
+        for index in range(self._full_from, cut):
+            e = self._log[index - offset]
+            self._log[index - offset] = Entry(e.index, e.term, e.type)
+        self._full_from = max(self._full_from, cut)
+
+    def compact(self, index: int) -> None:
+        super().compact(index)
+        self._full_from = max(self._full_from, self._offset + 1)
+
+    def apply_snapshot(self, meta: SnapshotMeta) -> None:
+        super().apply_snapshot(meta)
+        self._full_from = self._offset + 1
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        held = super().entries(lo, hi)
+        if lo >= self._full_from or lo >= hi:
+            return held
+        on_disk = self._read(lo, min(hi, self._full_from))
+        if [(e.index, e.term) for e in on_disk] != [(e.index, e.term) for e in held[:len(on_disk)]] or \
+                len(on_disk) != min(hi, self._full_from) - lo:
+            raise RuntimeError(f"the log file does not hold entries {lo} to {min(hi, self._full_from) - 1} "
+                               "as this node persisted them")
+        return on_disk + held[len(on_disk):]
+
+
 class RaftLogStore:
     """A :class:`~nexus_node.consensus.raft.Storage` persisted in SQLite.
 
@@ -329,6 +418,7 @@ class RaftLogStore:
         self._snapshot_file = snapshot_file
         self._commit_dirty = False   # the cached commit index is ahead of the disk's
         self._closed = False
+        self._reader: _EntryReader | None = None
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -390,10 +480,12 @@ class RaftLogStore:
         compaction = _read_compaction(path, list(await db.execute_fetchall(
             f"SELECT {_SNAPSHOT_COLUMNS} FROM raft_snapshot")))
         after, term = (compaction.index, compaction.term) if compaction else (0, 0)
-        async with db.execute("SELECT idx, term, type, data, proposal_id FROM raft_log ORDER BY idx") as cur:
+        # Index, term and type of every entry (what the checks and the core read); the data of
+        # the newest only (the others' is read when asked, _Tail).
+        async with db.execute("SELECT idx, term, type FROM raft_log ORDER BY idx") as cur:
             rows = [row async for row in cur]
         entries = []
-        for expected, (i, t, ty, d, p) in enumerate(rows, start=after + 1):
+        for expected, (i, t, ty) in enumerate(rows, start=after + 1):
             if i != expected:
                 raise LogDamaged(path, f"the log has a gap before index {i}" if i > expected else
                                  f"it holds entry {i}, which was compacted (the log starts after {after})")
@@ -401,33 +493,43 @@ class RaftLogStore:
             if not isinstance(t, int) or not term <= t < LIMIT:
                 raise LogDamaged(path, f"entry {i} has term {t!r} (after term {term})")
             try:
-                entries.append(Entry(i, t, EntryType(ty), bytes(d), p))
+                entries.append(Entry(i, t, EntryType(ty)))
             except (TypeError, ValueError) as exc:
                 raise LogDamaged(path, f"entry {i} cannot be read: {exc}") from None
             term = t
-        cache = MemoryStorage()
-        if compaction is not None:
-            cache.start_after(compaction.index, compaction.term, compaction.file.meta)
-        cache.append(entries)
-        if compaction is not None:
-            meta = compaction.file.meta
-            if meta.index > cache.last_index() or cache.term(meta.index) != meta.term:
-                raise LogDamaged(path, f"its snapshot (entry {meta.index}, term {meta.term}) is not an entry of "
-                                       f"its log, which ends at {cache.last_index()}")
-        async with db.execute("SELECT term, vote, commit_index FROM raft_hard_state") as cur:
-            row = await cur.fetchone()
-        (commit_at,) = list(await db.execute_fetchall("SELECT coalesce(max(commit_at), 0) FROM raft_log"))[0]
-        if row is not None:
-            if (problem := _valid_hard_state(row[0], row[1], row[2], cache.last_index())) is not None:
-                raise LogDamaged(path, problem)
-            commit = max(int(row[2]), min(int(commit_at), cache.last_index()))
-            cache.set_hard_state(HardState(int(row[0]), row[1], commit))
-        if compaction is not None and cache.hard_state().commit < compaction.file.meta.index:
-            # A snapshot holds only committed entries (its writes record the commit index too).
-            held = cache.hard_state()
-            cache.set_hard_state(HardState(held.term, held.vote, compaction.file.meta.index))
-        snapshot_dir = await asyncio.to_thread(_open_snapshot_dir, path, compaction)   # the last check
-        return cls(db, cache, snapshot_dir, compaction.file if compaction else None)
+        reader = _EntryReader(path)
+        try:
+            cache = _Tail(reader.read)
+            if compaction is not None:
+                cache.start_after(compaction.index, compaction.term, compaction.file.meta)
+            full_from = max(after + 1, after + len(entries) + 1 - MEMORY_ENTRIES)
+            recent = await asyncio.to_thread(reader.read, full_from, after + len(entries) + 1)
+            cache.append_thin(entries[:full_from - after - 1])
+            cache.append(recent)
+            if compaction is not None:
+                meta = compaction.file.meta
+                if meta.index > cache.last_index() or cache.term(meta.index) != meta.term:
+                    raise LogDamaged(path, f"its snapshot (entry {meta.index}, term {meta.term}) is not an entry of "
+                                           f"its log, which ends at {cache.last_index()}")
+            async with db.execute("SELECT term, vote, commit_index FROM raft_hard_state") as cur:
+                row = await cur.fetchone()
+            (commit_at,) = list(await db.execute_fetchall("SELECT coalesce(max(commit_at), 0) FROM raft_log"))[0]
+            if row is not None:
+                if (problem := _valid_hard_state(row[0], row[1], row[2], cache.last_index())) is not None:
+                    raise LogDamaged(path, problem)
+                commit = max(int(row[2]), min(int(commit_at), cache.last_index()))
+                cache.set_hard_state(HardState(int(row[0]), row[1], commit))
+            if compaction is not None and cache.hard_state().commit < compaction.file.meta.index:
+                # A snapshot holds only committed entries (its writes record the commit index too).
+                held = cache.hard_state()
+                cache.set_hard_state(HardState(held.term, held.vote, compaction.file.meta.index))
+            snapshot_dir = await asyncio.to_thread(_open_snapshot_dir, path, compaction)   # the last check
+            store = cls(db, cache, snapshot_dir, compaction.file if compaction else None)
+        except BaseException:
+            reader.close()
+            raise
+        store._reader = reader
+        return store
 
     async def close(self) -> None:
         """Writes a commit index not yet on disk, then closes the database connection.
@@ -441,6 +543,8 @@ class RaftLogStore:
                 await self._write_hard_state(self._cache.hard_state())
                 self._commit_dirty = False
         finally:
+            if self._reader is not None:
+                self._reader.close()
             await self._db.close()
 
     def is_empty(self) -> bool:

@@ -139,8 +139,10 @@ def write_snapshot(directory: Path, meta: SnapshotMeta, items: Iterable[tuple[st
     return SnapshotFile(final, meta, size + len(end), whole.hexdigest())
 
 
-def read_snapshot(path: Path) -> tuple[SnapshotMeta, Iterator[tuple[str, Any]]]:
-    """Opens a snapshot and streams its items, one line at a time.
+def read_snapshot(path: Path, skip: frozenset[str] = frozenset()) -> tuple[SnapshotMeta, Iterator[tuple[str, Any]]]:
+    """Opens a snapshot and streams its items, one line at a time; the items of the kinds in
+    ``skip`` are checked against the checksum but neither parsed nor yielded (a restarted node
+    whose study tables are newer than its snapshot reads none of their items).
 
     The end line's count and checksum can only be checked once every item was read: the
     iterator raises :class:`SnapshotDamaged` at its end if they do not match. A caller must
@@ -162,7 +164,7 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, Iterator[tuple[str, Any]]]:
     except BaseException:
         f.close()
         raise
-    return meta, _items(f, path, _Digests(header))
+    return meta, _items(f, path, _Digests(header), skip)
 
 
 def verify_snapshot(path: Path) -> SnapshotFile:
@@ -273,10 +275,17 @@ def _read_header(f: IO[bytes], path: Path) -> tuple[SnapshotMeta, bytes]:
     return SnapshotMeta(index, term, config), line
 
 
-def _items(f: IO[bytes], path: Path, digests: _Digests) -> Iterator[tuple[str, Any]]:
+def _items(f: IO[bytes], path: Path, digests: _Digests,
+           skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, Any]]:
+    # _line writes an item as {"k":KIND,"v":...}: a skipped kind is told by its first bytes.
+    skipped = tuple(b'{"k":' + json.dumps(kind).encode("ascii") + b',"v":' for kind in skip)
     with f:
         count = 0
         for number, line in enumerate(f, start=2):
+            if skipped and line.startswith(skipped) and line.endswith(b"}\n"):
+                digests.body_line(line)
+                count += 1
+                continue
             record = _parse(line, path, number)
             if "end" in record:
                 if set(record) != {"end", "sha256"}:

@@ -60,10 +60,14 @@ ForwardCheck = Callable[[Any, str], None]
 #: state that later applies change (what is mutated in place is copied; an append-only list
 #: may be captured as the list and its length).
 Capture = Callable[[], Callable[[], Iterable[Any]]]
-#: Called on the driver's task: replaces the kind's whole state by the items a Capture yielded
-#: (on this node or another, maybe another version of the code: the items are checked).
-#: Raises ValueError saying what is wrong, before changing anything.
-Restore = Callable[[Iterable[Any]], None]
+#: Called on the driver's task: ``(items, index)`` replaces the kind's whole state by the items a
+#: Capture yielded at log ``index`` (on this node or another, maybe another version of the code:
+#: the items are checked). Raises ValueError saying what is wrong, before changing anything.
+Restore = Callable[[Iterable[Any], int], None]
+#: For a kind whose state is durable on its own (the study tables): the log index whose state
+#: it holds. A snapshot at or below it is not restored into the kind (:meth:`ReplicatedState.held`),
+#: and the kind's handler skips the entries up to it when a restarted node replays its log.
+Persisted = Callable[[], int]
 
 #: How many log entries after the one where a proposal id took effect a copy of it still counts
 #: as a duplicate (see the module docstring).
@@ -127,6 +131,7 @@ class ReplicatedState:
         self._validators: dict[str, Validator | None] = {}
         self._forward_checks: dict[str, ForwardCheck | None] = {}
         self._captures: dict[str, tuple[Capture, Restore]] = {}
+        self._persisted: dict[str, Persisted] = {}
         # Proposal id -> index where it took effect, in index order: the oldest is first, so
         # pruning the window pops from the front (an OrderedDict does that in O(1); a dict's
         # front fills with deleted slots that every lookup of the first key walks over).
@@ -135,7 +140,7 @@ class ReplicatedState:
 
     def register(self, kind: str, handler: Handler, validate: Validator | None = None,
                  forwarded: ForwardCheck | None = None, capture: Capture | None = None,
-                 restore: Restore | None = None) -> None:
+                 restore: Restore | None = None, persisted: Persisted | None = None) -> None:
         """Routes commands of ``kind`` to ``handler``.
 
         Args:
@@ -146,6 +151,7 @@ class ReplicatedState:
             capture: Takes the kind's state for a snapshot (see :data:`Capture`).
             restore: Replaces the kind's state by a snapshot's items (see :data:`Restore`).
                 Both or neither: a kind without them holds no state (the mesh's barrier).
+            persisted: See :data:`Persisted` (only with capture and restore).
 
         Raises:
             ValueError: ``kind`` already has a handler, or only one of capture and restore.
@@ -159,6 +165,8 @@ class ReplicatedState:
         self._forward_checks[kind] = forwarded
         if capture is not None and restore is not None:
             self._captures[kind] = (capture, restore)
+            if persisted is not None:
+                self._persisted[kind] = persisted
 
     def capture(self) -> Callable[[], Iterator[tuple[str, Any]]]:
         """Takes the state at :attr:`applied_index`, on the driver's task.
@@ -178,11 +186,24 @@ class ReplicatedState:
                     yield kind, item
         return items
 
-    def restore(self, index: int, items: Iterable[tuple[str, Any]]) -> None:
+    def capturable(self) -> bool:
+        """Whether every kind's state is the state at :attr:`applied_index`: a kind durable on
+        its own may be ahead of it while a restarted node replays entries it already holds,
+        and a snapshot taken then would be labelled with an older index than it holds."""
+        return all(at() <= self.applied_index for at in self._persisted.values())
+
+    def held(self, index: int) -> frozenset[str]:
+        """The kinds whose own durable state is at or past ``index`` (see :data:`Persisted`):
+        a snapshot at ``index`` is not restored into them, and need not even be read for them."""
+        return frozenset(kind for kind, at in self._persisted.items() if at() >= index)
+
+    def restore(self, index: int, items: Iterable[tuple[str, Any]], held: frozenset[str] = frozenset()) -> None:
         """Replaces everything by a snapshot taken at ``index``, on the driver's task: the
         applied index, the proposal ids in the window and every kind's state (a kind with no
-        items restores to empty). All or nothing: the "state" item is checked before anything
-        changes, and if a kind refuses its items, the kinds restored before it are put back.
+        items restores to empty), except the ``held`` kinds (:meth:`held`), which keep theirs
+        and whose items, if any, are ignored. All or nothing: the "state" item is checked
+        before anything changes, and if a kind refuses its items, the kinds restored before it
+        are put back.
 
         Raises:
             ValueError: the items are malformed; the message says what is wrong. The state is
@@ -193,25 +214,30 @@ class ReplicatedState:
         if not isinstance(first, (tuple, list)) or len(first) != 2 or first[0] != STATE_ITEM:
             raise ValueError(f'a snapshot starts with its ("{STATE_ITEM}", {{...}}) item')
         seen = _seen_of(index, first[1])
-        grouped: dict[str, list[Any]] = {kind: [] for kind in self._captures}
+        grouped: dict[str, list[Any]] = {kind: [] for kind in self._captures if kind not in held}
         for pair in iterator:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str):
                 raise ValueError("a snapshot item is a pair (kind, item)")
             kind = pair[0]
+            if kind in held:
+                continue
             if kind not in grouped:
                 raise ValueError(f"the snapshot holds state of kind {kind!r:.60}, which this node "
                                  "has no state machine for" if kind != STATE_ITEM else
                                  f'the snapshot holds a second "{STATE_ITEM}" item')
             grouped[kind].append(pair[1])
         # What each kind holds now, to put back if a later kind refuses its items.
-        before = {kind: capture() for kind, (capture, _) in self._captures.items()}
+        # What each kind held, to put back if a later kind refuses its items (never needed for
+        # the last kind: a kind that refuses its items changes nothing).
+        last = next(reversed(grouped), None)
+        before = {kind: self._captures[kind][0]() for kind in grouped if kind != last}
         done: list[str] = []
         for kind, batch in grouped.items():
             try:
-                self._captures[kind][1](batch)
+                self._captures[kind][1](batch, index)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 for back in done:
-                    self._captures[back][1](list(before[back]()))
+                    self._captures[back][1](list(before[back]()), self.applied_index)
                 what = str(exc) if isinstance(exc, ValueError) else f"malformed item ({type(exc).__name__}: {exc})"
                 raise ValueError(f"snapshot at index {index}, {kind}: {what}") from None
             done.append(kind)

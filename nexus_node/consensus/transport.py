@@ -45,8 +45,10 @@ from nexus_node.net.tls import ClientTls, aio_channel
 
 log = logging.getLogger(__name__)
 
-#: Bumped on any incompatible change to peer.proto or to the encoding of Raft messages.
-PROTOCOL_VERSION = 4
+#: Bumped on any incompatible change to peer.proto, to the encoding of Raft messages, or to what
+#: a snapshot holds (5: study tables, one record per trial; a version-4 node could not restore
+#: one, though a version-5 node restores a version-4 snapshot).
+PROTOCOL_VERSION = 5
 
 # A LAN peer that comes back should be talked to again within about a second, not after gRPC's
 # default reconnect backoff (which grows to two minutes).

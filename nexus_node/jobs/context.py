@@ -29,7 +29,7 @@ from nexus_node.jobs.events import EventHub
 from nexus_node.jobs.records import PENDING, PREPARING, JobRecord
 from nexus_node.llm import GeminiClient
 from nexus_node.study import pruning, studies
-from nexus_node.study.batches import BatchedJournalStorage
+from nexus_node.study.replicated_storage import ReplicatedStorage
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
 from nexus_node.work.scheduler import Lease
 
@@ -97,7 +97,7 @@ class JobContext:
     """The state one node's job manager parts share (see the module docstring)."""
 
     def __init__(
-        self, *, db: "ReplicatedRecords", blobs: BlobStore, storage: Callable[[], BatchedJournalStorage], node_id: str,
+        self, *, db: "ReplicatedRecords", blobs: BlobStore, storage: Callable[[], ReplicatedStorage], node_id: str,
         settings: ManagerSettings | None = None, llm: GeminiClient | None = None, llm_unavailable: str = "",
         events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
         replicated: Callable[[str], Awaitable[None]] | None = None, clock: Callable[[], float] = time.time,
@@ -122,9 +122,8 @@ class JobContext:
         self.trial_tasks: set[asyncio.Task[None]] = set()
 
     @property
-    def storage(self) -> BatchedJournalStorage:
-        """The node's writing storage, asked for at each use: a restored snapshot replaces it
-        (study/storages.py)."""
+    def storage(self) -> ReplicatedStorage:
+        """The node's storage (study/replicated_storage.py)."""
         return self._storage()
 
     async def _local_blob(self, sha256: str) -> Path:

@@ -36,7 +36,7 @@ from nexus_node.jobs.records import JobRecord, JobSpecRecord, ModelRecord
 from nexus_node.jobs.retention import Retention
 from nexus_node.llm import GeminiClient
 from nexus_node.runner.pool import RunnerPool
-from nexus_node.study.batches import BatchedJournalStorage
+from nexus_node.study.replicated_storage import ReplicatedStorage
 from nexus_node.study.trials import TrialView
 from nexus_node.work.dispatcher import Dispatcher
 
@@ -50,14 +50,14 @@ class JobManager:
     """Jobs of the cluster as one node sees them (see the module docstring).
 
     Args:
-        storage: The node's writing storage, asked for at each use (study/storages.py).
+        storage: The node's storage (study/replicated_storage.py), asked for at each use.
         clock: Wall-clock seconds, read at the edge (job and model times, the time budget);
             tests pass their own.
     """
 
     def __init__(
         self, *, db: "ReplicatedRecords", blobs: BlobStore, serve_pool: RunnerPool,
-        storage: Callable[[], BatchedJournalStorage], node_id: str, settings: ManagerSettings | None = None,
+        storage: Callable[[], ReplicatedStorage], node_id: str, settings: ManagerSettings | None = None,
         llm: GeminiClient | None = None, llm_unavailable: str = "",
         events: EventHub | None = None, fetch_blob: Callable[[str], Awaitable[Path]] | None = None,
         replicated: Callable[[str], Awaitable[None]] | None = None, clock: Callable[[], float] = time.time,
@@ -71,7 +71,7 @@ class JobManager:
 
     # What the node and the servicers read.
     @property
-    def storage(self) -> BatchedJournalStorage:
+    def storage(self) -> ReplicatedStorage:
         return self.ctx.storage
 
     @property

@@ -313,7 +313,7 @@ class ReplicatedRecords:
             yield from ({"member": m} for m in members)
         return items
 
-    def _restore(self, items: Iterable[Any]) -> None:
+    def _restore(self, items: Iterable[Any], index: int = 0) -> None:
         """Replaces every record by a snapshot's, then tells this node's listeners as the
         writes would have: each job (a state change is published to its watchers), each blob
         placement, and one deletion (what is gone), and the driver each member's address.

@@ -28,8 +28,8 @@ from nexus_node.jobs.events import NEW_BEST, TRIAL_FINISHED
 from nexus_node.jobs.intake import derived_seed
 from nexus_node.jobs.records import FINALIZING, JobRecord
 from nexus_node.study import studies
-from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.constraints import Constraints
+from nexus_node.study.replicated_storage import ReplicatedStorage
 from nexus_node.study.space import suggest_params
 from nexus_node.work.adoption import StudyTrial, adoption
 from nexus_node.work.dispatcher import Outcome
@@ -223,7 +223,7 @@ class Search:
             stopped.cancel()
 
     @staticmethod
-    def _ask(storage: BatchedJournalStorage, study: optuna.Study, c: Constraints,
+    def _ask(storage: ReplicatedStorage, study: optuna.Study, c: Constraints,
              node_id: str, term: int | None = None) -> tuple[optuna.Trial, int, dict[str, Any]]:
         """(thread) A new trial (an enqueued re-run first), its id in the storage and its
         parameters, written in one append, with the term of the coordinator that asked."""

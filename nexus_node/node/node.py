@@ -56,7 +56,7 @@ from nexus_node.runner import families
 from nexus_node.runner.pool import RunnerPool
 from nexus_node.study import pruning
 from nexus_node.study.journal import ReplicatedJournal
-from nexus_node.study.storages import StudyStorages
+from nexus_node.study.study_db import open_study_tables
 from nexus_node.system import memory_info
 from nexus_node.work.agent import WorkerAgent
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
@@ -234,8 +234,9 @@ class Node:
                             self.peer_secret, cfg.timing, tls=self.tls.peers if self.tls else None)
         self.hub = EventHub()
         self.records = records = ReplicatedRecords(driver, self.hub)
-        journal = ReplicatedJournal(driver)
         self.tokens = tokens = ReplicatedTokens(driver)
+        # The journal last: its restore, one SQLite transaction, never needs putting back.
+        journal = ReplicatedJournal(driver, open_study_tables(self.data_dir, fresh=not identity.has_log))
         self.mesh = mesh = Mesh(
             driver, records,
             peers=lambda: [p.address for p in self.discovery.peers()] if self.discovery else [],
@@ -259,15 +260,14 @@ class Node:
         records.blob_listeners.append(lambda info: collector.poke())
         records.delete_listeners.extend([collector.poke, self._on_cluster_change])
         collector.on_change = self._on_cluster_change
-        # One JournalStorage per node over the replicated journal: reads are local, writes
-        # commit through consensus (study/journal.py), several of them as one (study/batches.py).
-        # Asked for at each use: a restored snapshot replaces them (study/storages.py).
-        storages = StudyStorages(journal)
+        # One Optuna storage per node over its study tables: reads are local, writes commit
+        # through consensus (study/journal.py), several of them as one (a batch).
+        storage = journal.storage()
 
         # Only a node with a key builds a client (and only its first call imports google-genai).
         self._llm = GeminiClient(cfg.llm) if cfg.llm.enabled else None
         self.manager = JobManager(
-            db=records, blobs=blobs, serve_pool=serve, storage=lambda: storages.writes, node_id=self.node_id,
+            db=records, blobs=blobs, serve_pool=serve, storage=lambda: storage, node_id=self.node_id,
             settings=ManagerSettings(
                 default_max_trials=cfg.default_max_trials, worker_memory_bytes=memory_info()[1],
                 work=cfg.work, pruner=cfg.pruner, keep_jobs=cfg.keep_jobs, keep_days=cfg.keep_days,
@@ -300,7 +300,7 @@ class Node:
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.manager), server)
         self._peer_service = add_peer_service(server, mesh.driver, self)
         # Reads on the loop over a storage of their own, writes on the pool (api/storage_service.py).
-        add_storage_service(server, lambda: storages.writes, lambda: storages.reads, self._threads,
+        add_storage_service(server, lambda: storage, lambda: storage, self._threads,
                             writes_job_studies=auth.is_peer if self.secured else lambda metadata: True,
                             job_of_study=records.job_of_study)
         health_servicer = health.aio.HealthServicer()

@@ -1,7 +1,7 @@
-"""The node's Optuna studies: one ``BatchedJournalStorage`` (Optuna's ``JournalStorage``, batches.py) per node holding every job's study.
+"""The node's Optuna studies: one ``ReplicatedStorage`` (study/replicated_storage.py) per node holding every job's study.
 
 The journal lives in the replicated log (``study/journal.py``): reads are this node's applied
-copy, writes commit through consensus. The same storage object is served to runners and users
+tables, writes commit through consensus. The same storage object is served to runners and users
 through Optuna's ``StorageService`` on the node's port.
 """
 
@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
 from nexus_node.study import pruning
-from nexus_node.study.batches import BatchedJournalStorage
+from nexus_node.study.replicated_storage import ReplicatedStorage
 from nexus_node.study.space import GBT_MAX_ITER, trial_params
 from nexus_node.study.trials import TrialView
 
@@ -111,7 +111,7 @@ def fail_trial(storage: BaseStorage, trial_id: int, reason: str, lost: bool = Fa
         functools.partial(storage.set_trial_system_attr, trial_id, k, v) for k, v in attrs.items()]
     writes.append(functools.partial(storage.set_trial_state_values, trial_id, TrialState.FAIL))
     try:
-        if isinstance(storage, BatchedJournalStorage):
+        if isinstance(storage, ReplicatedStorage):
             # One write: a trial its runner finishes meanwhile keeps none of it (no stray reason).
             _write_batch(storage, writes)
         else:   # another storage (unit tests): one write each
@@ -197,7 +197,7 @@ def counts(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
     return out
 
 
-def report_steps(storage: BatchedJournalStorage, trial_id: int, steps: list[tuple[int, float]]) -> int:
+def report_steps(storage: ReplicatedStorage, trial_id: int, steps: list[tuple[int, float]]) -> int:
     """Writes a running trial's intermediate values as ONE journal append: what Optuna's
     ``Trial.report`` does once per step (the same storage calls, and steps the trial
     already has are skipped as ``report`` skips them), in one consensus round instead of
@@ -219,7 +219,7 @@ def report_steps(storage: BatchedJournalStorage, trial_id: int, steps: list[tupl
 FINISH_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
-def finish_trial(storage: BatchedJournalStorage, trial_id: int, steps: list[tuple[int, float]],
+def finish_trial(storage: ReplicatedStorage, trial_id: int, steps: list[tuple[int, float]],
                  user_attrs: Mapping[str, Any], state: str, value: float | None) -> tuple[str, float | None]:
     """Writes the end of a running trial as one journal append: its last intermediate values
     (as :func:`report_steps`), its user attributes, then its state and value, which is what
@@ -278,7 +278,7 @@ def _fresh_steps(trial: optuna.trial.FrozenTrial, steps: list[tuple[int, float]]
     return fresh
 
 
-def suggest_in_one_write(storage: BatchedJournalStorage, trial: optuna.Trial, suggest: Callable[[optuna.Trial], T],
+def suggest_in_one_write(storage: ReplicatedStorage, trial: optuna.Trial, suggest: Callable[[optuna.Trial], T],
                          user_attrs: Callable[[T], Mapping[str, Any]]) -> T:
     """Runs ``suggest(trial)`` holding back the storage writes of its ``suggest_*`` calls, then
     writes them with ``user_attrs(result)`` (at least one) as one journal append (one consensus
@@ -302,13 +302,13 @@ def suggest_in_one_write(storage: BatchedJournalStorage, trial: optuna.Trial, su
             batch.last()
             trial.set_user_attr(*attrs[-1])
     except optuna.exceptions.UpdateFinishedTrialError as exc:
-        _read_refused(storage, exc)
+        raise FailedPrecondition(str(exc)) from None
     return result
 
 
-def _write_batch(storage: BatchedJournalStorage, writes: list[Callable[[], object]]) -> None:
-    """Runs storage writes on one trial (a state last, if any) as one journal append
-    (:mod:`nexus_node.study.batches`), and reads them back as the storage's own writes are.
+def _write_batch(storage: ReplicatedStorage, writes: list[Callable[[], object]]) -> None:
+    """Runs storage writes on one trial (a state last, if any) as one journal append (a batch
+    of :class:`~nexus_node.study.replicated_storage.ReplicatedStorage`).
 
     Raises:
         FailedPrecondition: the trial finished since the caller looked (nothing of it is kept).
@@ -320,11 +320,4 @@ def _write_batch(storage: BatchedJournalStorage, writes: list[Callable[[], objec
             batch.last()
             writes[-1]()
     except optuna.exceptions.UpdateFinishedTrialError as exc:
-        _read_refused(storage, exc)
-
-
-def _read_refused(storage: BaseStorage, exc: Exception) -> None:
-    # The replay refused the batch at its first log and stopped there; any read takes in the
-    # rest, which are refused silently (another worker's, see batches.py).
-    storage.get_all_studies()
-    raise FailedPrecondition(str(exc)) from None
+        raise FailedPrecondition(str(exc)) from None

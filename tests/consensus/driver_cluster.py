@@ -53,7 +53,7 @@ class MeshNode:
         state.register("record", lambda body, index: self.applied.append(body))
         self.driver = RaftDriver(self.node_id, self.cluster, self.data_dir / "raft.db", "", {},
                                  token=self.token, settings=self.settings, state=state)
-        self.journal = ReplicatedJournal(self.driver)
+        self.journal = ReplicatedJournal(self.driver, self.data_dir / "studies.db")
         interceptors = [ServerAuthInterceptor(self.token)] if self.token else []
         self.server = grpc.aio.server(interceptors=interceptors)
         add_peer_service(self.server, self.driver)

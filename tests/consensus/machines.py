@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import uuid
 from types import SimpleNamespace
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import TrialState
 
 from nexus_node.cluster.tokens import ReplicatedTokens, TokenRecord
@@ -27,6 +26,7 @@ from nexus_node.jobs.records import JOB_STUDY_PREFIX, JobRecord, JobSpecRecord, 
 from nexus_node.jobs.registry import ReplicatedRecords
 from nexus_node.net.roles import Role
 from nexus_node.study.journal import DEFAULT_NAME, ReplicatedJournal
+from nexus_node.study.replicated_storage import ReplicatedStorage
 
 
 class Machine:
@@ -39,8 +39,8 @@ class Machine:
         self.state: ReplicatedState = self.driver.state
         self.hub = EventHub()
         self.records = ReplicatedRecords(self.driver, self.hub)   # type: ignore[arg-type]
-        self.journal = ReplicatedJournal(self.driver)   # type: ignore[arg-type]
         self.tokens = ReplicatedTokens(self.driver)   # type: ignore[arg-type]
+        self.journal = ReplicatedJournal(self.driver)   # type: ignore[arg-type]
         self.state.register("barrier", lambda body, index: None)   # as the mesh does
 
     def apply(self, entries: list[Entry]) -> list[Applied]:
@@ -61,7 +61,7 @@ class Machine:
             "blobs": {k: dataclasses.asdict(b) for k, b in self.records.blobs.items()},
             "addresses": dict(self.records.addresses),
             "tokens": [t.to_dict() for t in self.tokens.list()],
-            "studies": studies(JournalStorage(self.journal.backend())),
+            "studies": studies(self.journal.storage()),
         }
 
 
@@ -90,6 +90,7 @@ class History:
         self.machine = machine
         self.entries: list[Entry] = []
         self.applied: list[Applied] = []   # each entry's outcome on ``machine``
+        self.lock = threading.Lock()
 
     def commit(self, kind: str, body: Any, pid: str | None = None) -> Applied:
         index = self.machine.state.applied_index + 1
@@ -102,20 +103,40 @@ class History:
         """The entries after index ``index``."""
         return [e for e in self.entries if e.index > index]
 
-    def optuna(self, name: str = DEFAULT_NAME) -> JournalStorage:
-        """An Optuna storage whose writes commit here as journal commands (one per append)."""
-        return JournalStorage(_Committing(self, name))
+    def optuna(self, name: str = DEFAULT_NAME) -> ReplicatedStorage:
+        """The machine's Optuna storage, whose writes commit here as journal commands."""
+        return ReplicatedStorage(_Committing(self), name)   # type: ignore[arg-type]
 
 
-class _Committing(BaseJournalBackend):
-    def __init__(self, history: History, name: str) -> None:
-        self.history, self.name = history, name
+class _Committing:
+    """What ReplicatedStorage uses of a ReplicatedJournal, committing through a History (one
+    command at a time, from any thread)."""
 
-    def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
-        return self.history.machine.journal.read(self.name, log_number_from)
+    def __init__(self, history: History) -> None:
+        journal = history.machine.journal
+        self.history, self.db, self.writer_prefix, self.driver = history, journal.db, journal.writer_prefix, journal.driver
 
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        self.history.commit("optuna_journal", {"name": self.name, "logs": logs})
+    def write(self, name: str, logs: list[dict[str, Any]], timeout: float | None = None) -> list[Any]:
+        with self.history.lock:
+            applied = self.history.commit("optuna_journal", {"name": name, "logs": logs})
+            return self.history.machine.journal._outcomes.pop(applied.index)
+
+
+def local_storage(name: str = DEFAULT_NAME) -> tuple[ReplicatedStorage, History]:
+    """A node's storage on one machine whose log is committed by hand (no cluster): each write
+    is one entry of the returned history."""
+    history = History(Machine())
+    return history.optuna(name), history
+
+
+def journal_commands(history: History) -> list[list[dict[str, Any]]]:
+    """The logs of each journal command committed to ``history``, in order."""
+    out = []
+    for entry in history.entries:
+        command = json.loads(entry.data)
+        if command["kind"] == "optuna_journal":
+            out.append(command["body"]["logs"])
+    return out
 
 
 def job(job_id: str, state: str = "PENDING", **kw: Any) -> dict[str, Any]:

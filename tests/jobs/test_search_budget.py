@@ -12,30 +12,19 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import TrialState
 
 from nexus_node.jobs.context import ActiveJob, JobContext
 from nexus_node.jobs.records import FINALIZING, SEARCHING, JobRecord, JobSpecRecord
 from nexus_node.jobs.search import Search
 from nexus_node.study import studies
-from nexus_node.study.batches import BatchedJournalStorage
 from nexus_node.study.constraints import Constraints
+from nexus_node.study.replicated_storage import ReplicatedStorage
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
 from nexus_node.work.messages import Assignment, CancelTask, Heartbeat, TaskResult, WorkUp
+from tests.consensus.machines import local_storage
 
 STARTED, BUDGET = 1000.0, 60.0
-
-
-class MemoryJournal(BaseJournalBackend):
-    def __init__(self) -> None:
-        self.logs: list[dict] = []
-
-    def read_logs(self, log_number_from: int) -> list[dict]:
-        return self.logs[log_number_from:]
-
-    def append_logs(self, logs: list[dict]) -> None:
-        self.logs.extend(logs)
 
 
 class Records:
@@ -55,7 +44,7 @@ class Node:
     complete at once; the one sent then moves the clock past the deadline, and it and the
     next run until the coordinator asks them to stop, then end pruned (as a runner does)."""
 
-    def __init__(self, dispatcher: Dispatcher, storage: BatchedJournalStorage, clock: list[float], at_deadline: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, storage: ReplicatedStorage, clock: list[float], at_deadline: int) -> None:
         self.d, self.storage, self.clock, self.at_deadline = dispatcher, storage, clock, at_deadline
         self.up: asyncio.Queue[WorkUp] = asyncio.Queue()
         self.assigned: list[int] = []
@@ -89,7 +78,7 @@ class Node:
 
 async def test_at_the_deadline_no_trial_starts_and_the_running_ones_are_stopped():
     clock = [STARTED + 1.0]
-    storage = BatchedJournalStorage(MemoryJournal())
+    storage, _ = local_storage()
     job = JobRecord(job_id="job-b", spec=JobSpecRecord(target="y", max_trials=500, time_budget_seconds=BUDGET),
                     state=SEARCHING, seed=1, study_name="nexus-job-b", task="regression", metric="r2",
                     maximize=True, constraints=Constraints().to_dict(),

@@ -1,9 +1,9 @@
-"""Optuna's own storage test suite against JournalStorage over the replicated journal.
+"""Optuna's own storage test suite against the node's storage over the replicated journal.
 
 A 3-node cluster runs on an event loop in a background thread for the whole module (Optuna's
-tests are synchronous, as Optuna's storage API is). Each test gets a JournalStorage over a fresh
+tests are synchronous, as Optuna's storage API is). Each test gets the storage of a fresh
 named journal of a *follower*, so every write takes the longer path: forwarded to the leader,
-committed by a majority, applied on the follower before ``append_logs`` returns.
+committed by a majority, applied into the follower's study tables before the write returns.
 
 This is the in-process form; the issue's final form runs the suite through the gRPC
 ``StorageService`` of a real 3-process cluster.
@@ -17,10 +17,9 @@ import threading
 from typing import Any, Iterator
 
 import pytest
-from optuna.storages import JournalStorage
 from optuna.testing.pytest_storages import StorageTestCase
 
-from nexus_node.study.batches import BatchedJournalStorage
+from nexus_node.study.replicated_storage import ReplicatedStorage
 from tests.consensus.driver_cluster import MeshCluster
 
 _names = itertools.count()
@@ -46,15 +45,9 @@ def follower(tmp_path_factory) -> Iterator[Any]:
         loop.close()
 
 
-class TestReplicatedJournalStorage(StorageTestCase):
-    @pytest.fixture
-    def storage(self, follower) -> JournalStorage:
-        return JournalStorage(follower.journal.backend(f"suite-{next(_names)}"))
-
-
-class TestBatchedReplicatedJournalStorage(StorageTestCase):
-    """The node's own storage class (study/batches.py): outside a batch, it is JournalStorage."""
+class TestReplicatedStorage(StorageTestCase):
+    """The node's own storage (study/replicated_storage.py) over a fresh named journal."""
 
     @pytest.fixture
-    def storage(self, follower) -> BatchedJournalStorage:
-        return BatchedJournalStorage(follower.journal.backend(f"suite-{next(_names)}"))
+    def storage(self, follower) -> ReplicatedStorage:
+        return follower.journal.storage(f"suite-{next(_names)}")

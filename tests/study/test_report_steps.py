@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import pytest
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nexus_node.errors import FailedPrecondition, InvalidInput, NotFound
-from nexus_node.study.batches import BatchedJournalStorage
-from nexus_node.study.journal import Op
+from nexus_node.study.ops import Op
 from nexus_node.study.studies import report_steps
+from tests.consensus.machines import History, journal_commands, local_storage
 
 
-class CountingBackend(JournalFileBackend):
-    appends = 0
-    param_appends = 0   # appends holding trial parameters
+class Counts:
+    """Journal commands committed to a history: all of them, and those with parameters."""
 
-    def append_logs(self, logs):  # type: ignore[no-untyped-def]
-        self.appends += 1
-        self.param_appends += any(int(log["op_code"]) == Op.SET_TRIAL_PARAM for log in logs)
-        super().append_logs(logs)
+    def __init__(self, history: History) -> None:
+        self.history = history
+
+    @property
+    def appends(self) -> int:
+        return len(journal_commands(self.history))
+
+    @property
+    def param_appends(self) -> int:
+        return sum(any(log["op_code"] == Op.SET_TRIAL_PARAM for log in c) for c in journal_commands(self.history))
 
 
 @pytest.fixture
-def storage_and_backend(tmp_path):
-    backend = CountingBackend(str(tmp_path / "journal.log"))
-    return BatchedJournalStorage(backend), backend
+def storage_and_backend():
+    storage, history = local_storage()
+    return storage, Counts(history)
 
 
 def test_steps_land_in_one_append_and_known_steps_are_skipped(storage_and_backend):
@@ -69,8 +72,8 @@ def test_a_trial_s_parameters_and_attributes_land_in_one_append_and_draw_the_sam
 
     draws = []
     for held in (False, True):
-        backend = CountingBackend(str(tmp_path / f"journal-{held}.log"))
-        storage = BatchedJournalStorage(backend)
+        storage, history = local_storage()
+        backend = Counts(history)
         study = optuna.create_study(storage=storage, sampler=optuna.samplers.TPESampler(
             seed=3, n_startup_trials=2, constant_liar=True), direction="maximize")
         for _ in range(4):
@@ -97,8 +100,7 @@ def test_held_writes_of_a_finished_trial_are_refused(tmp_path):
 
     from nexus_node.study.studies import suggest_in_one_write
 
-    path = str(tmp_path / "journal.log")
-    storage = BatchedJournalStorage(JournalFileBackend(path))
+    storage, history = local_storage()
     study = optuna.create_study(storage=storage)
     trial = study.ask()
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
@@ -107,21 +109,20 @@ def test_held_writes_of_a_finished_trial_are_refused(tmp_path):
     with pytest.raises(FailedPrecondition):
         suggest_in_one_write(storage, trial, _space, lambda p: {"nexus:node": "n1"})
     storage.get_trial(trial_id)   # this thread's next call raises nothing
-    # (Read afresh: this storage's Trial shares its params dict with the stored trial.)
-    replayed = JournalStorage(JournalFileBackend(path)).get_trial(trial_id)
+    replayed = history.machine.journal.storage().get_trial(trial_id)
     assert replayed.state is TrialState.FAIL and replayed.params == {} and replayed.user_attrs == {}
     with pytest.raises(ValueError, match="at least one"):
         suggest_in_one_write(storage, study.ask(), _space, lambda p: {})
 
 
 def test_a_batch_on_a_trial_finished_meanwhile_is_refused_once_and_leaves_nothing_behind(tmp_path):
-    """Another writer (a second JournalStorage on the same journal: another node) finishes the
-    trial between the check and the append: the whole batch is refused, and no op of it raises
-    again in a later, unrelated call of this storage."""
+    """Another writer (another node) finishes the trial between the check and the append: the
+    whole batch is refused, and no op of it raises again in a later, unrelated call of this
+    storage."""
     from nexus_node.study.studies import FAIL_REASON, LOST_ATTR, fail_trial
 
-    path = str(tmp_path / "journal.log")
-    mine, other = BatchedJournalStorage(JournalFileBackend(path)), JournalStorage(JournalFileBackend(path))
+    mine, history = local_storage()
+    other = history.optuna()
     study_id = mine.create_new_study([StudyDirection.MAXIMIZE], "s")
     trial = mine.create_new_trial(study_id)
 
