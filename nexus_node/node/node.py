@@ -146,6 +146,7 @@ class Node:
         self._peer_service: PeerServicer | None = None
         self._lock_file: IO[str] | None = None
         self._llm: GeminiClient | None = None
+        self._journal: ReplicatedJournal | None = None
         self.discovery: Discovery | None = None
         self.metrics: MetricsServer | None = None
         self.disk = DiskGuard(self.data_dir, config.min_free_mb << 20)
@@ -236,7 +237,7 @@ class Node:
         self.records = records = ReplicatedRecords(driver, self.hub)
         self.tokens = tokens = ReplicatedTokens(driver)
         # The journal last: its restore, one SQLite transaction, never needs putting back.
-        journal = ReplicatedJournal(driver, open_study_tables(self.data_dir, fresh=not identity.has_log))
+        self._journal = journal = ReplicatedJournal(driver, open_study_tables(self.data_dir, fresh=not identity.has_log))
         self.mesh = mesh = Mesh(
             driver, records,
             peers=lambda: [p.address for p in self.discovery.peers()] if self.discovery else [],
@@ -529,6 +530,9 @@ class Node:
             await self._llm.aclose()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._journal is not None and self.mesh is not None:   # nothing applies any more
+            await asyncio.to_thread(self._journal.db.close)
+            self._journal = None
         if self._lock_file is not None:
             self._lock_file.close()   # releases the flock
             self._lock_file = None
