@@ -301,6 +301,7 @@ class NexusClient:
             filename=os.path.basename(os.fspath(path)),
             constraints_json=json.dumps(constraints) if constraints is not None else "",
             drop_columns=list(drop_columns),
+            size_bytes=os.path.getsize(path),
         )
         # Opened here, not inside the request generator: gRPC consumes the generator on its
         # own thread and turns an exception there into a bare CANCELLED status.

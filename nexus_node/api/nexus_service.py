@@ -130,9 +130,11 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
         self, first_field: str, requests: AsyncIterator, limit: int, what: str, limit_flag: str
     ) -> tuple[object, Path]:
         """Read a stream of (header, chunk, chunk, ...) into a temp file, enforcing ``limit``
-        (set by the node's ``limit_flag``) and the idle timeout: a stream that sends nothing
-        for ``upload_idle_s`` is ended with :class:`UploadIdle`, and its temp file removed, so
-        streams held open cannot pile up open files."""
+        (set by the node's ``limit_flag``), the room on the data dir's disk (a size the header
+        declares is checked before any byte is taken) and the idle timeout: a stream that sends
+        nothing for ``upload_idle_s`` is ended with :class:`UploadIdle`, and its temp file
+        removed, so streams held open cannot pile up open files."""
+        room = self.disk_room(what)
         header = None
         path = await asyncio.to_thread(self.temp_file, ".csv")
         size = 0
@@ -155,6 +157,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                         if header is not None:
                             raise InvalidInput(f"{first_field} sent twice: send it once, first")
                         header = getattr(req, first_field)
+                        if getattr(header, "size_bytes", 0) > 0:
+                            room(header.size_bytes)   # refused before a byte is taken
                     elif kind == "chunk":
                         if header is None:
                             raise InvalidInput(f"send {first_field} first, then the CSV bytes")
@@ -164,6 +168,7 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
                                 f"the {what} is over this node's limit of {limit >> 20} MiB: "
                                 f"send a smaller file or raise the node's {limit_flag}"
                             )
+                        room(size)   # a client that did not say the size
                         await f.write(req.chunk)
             if header is None:
                 raise InvalidInput(f"empty request: send {first_field} first, then the CSV bytes")
@@ -175,6 +180,8 @@ class NexusServicer(nexus_pb2_grpc.NexusServiceServicer):
     #: Raises (disk.DiskLow: RESOURCE_EXHAUSTED) when the data dir is short of space; the node
     #: sets it. Called before an upload stores a byte.
     disk_check: Callable[[str], None] = staticmethod(lambda what: None)
+    #: A check of sizes against the room on the data dir's disk (node/disk.py ``room_for``).
+    disk_room: Callable[[str], Callable[[int], None]] = staticmethod(lambda what: lambda size: None)
 
     async def SubmitJob(self, request_iterator, context):  # noqa: N802 (gRPC method names)
         async with _mapped(context):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from nexus_node.errors import TooLarge
 
@@ -48,6 +49,22 @@ class DiskGuard:
     def low(self, free: int | None = None) -> bool:
         """Whether the free space is below the margin."""
         return self.min_free_bytes > 0 and (self.free() if free is None else free) < self.min_free_bytes
+
+    def room_for(self, what: str) -> Callable[[int], None]:
+        """A check of sizes against the room there is now: it raises :class:`DiskLow` for a
+        ``what`` of ``size`` bytes that would take the data dir below the margin, saying how
+        much room it needs. The room is read once: what the upload itself writes meanwhile is
+        not counted against it twice."""
+        free = self.free()
+
+        def check(size: int) -> None:
+            if size > free - self.min_free_bytes:
+                raise DiskLow(
+                    f"the {what} of {size / 2**20:.1f} MiB does not fit: this node's data dir {self.data_dir} "
+                    f"has {free / 2**20:.1f} MiB free and keeps {self.min_free_bytes >> 20} MiB of it free "
+                    f"(--min-free-mb), so it needs {(size - free + self.min_free_bytes) / 2**20:.1f} MiB more; "
+                    f"free some space there or send it to a node with more room")
+        return check
 
     def check(self, what: str) -> None:
         """Raises :class:`DiskLow` when below the margin, naming the data dir and its free space.

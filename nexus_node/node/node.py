@@ -297,6 +297,7 @@ class Node:
             tokens=tokens if self.token else None,
         )
         servicer.disk_check = self.disk.check   # uploads refused below --min-free-mb (node/disk.py)
+        servicer.disk_room = self.disk.room_for   # and those that would take the disk below it
         nexus_pb2_grpc.add_NexusServiceServicer_to_server(servicer, server)
         runner_pb2_grpc.add_RunnerServiceServicer_to_server(RunnerServicer(self.manager), server)
         self._peer_service = add_peer_service(server, mesh.driver, self)

@@ -117,6 +117,41 @@ def test_a_nearly_full_disk_refuses_uploads_first_and_says_so(node_factory, insu
     assert "LOW" in nexus(node.address, "cluster").stdout
 
 
+def test_an_upload_larger_than_the_free_disk_is_refused_with_the_room_it_needs(small_fs, tmp_path, insurance_csv):
+    """Issue 24: a file the node's disk cannot hold is refused before anything is committed,
+    saying how much room it needs: at once when the client says its size (the CLI and
+    NexusClient do), else as soon as the stream passes the room there is."""
+    node = NodeProcess(small_fs / "node", "--slots", "1", "--no-mdns", "--min-free-mb", "2")
+    node.log = tmp_path / "node.log"
+    node.start()
+    try:
+        s = stub(node.address)
+        big = tmp_path / "big.csv"   # on the test's own disk: larger than the node's 20 MB tmpfs
+        row = insurance_csv.read_bytes().split(b"\n", 1)[1]
+        with open(big, "wb") as f:
+            f.write(insurance_csv.read_bytes())
+            while f.tell() < 30 << 20:
+                f.write(row)
+        size = big.stat().st_size
+        # Said up front: refused before a byte of it is sent.
+        err = rpc_error(s.SubmitJob, iter([pb.SubmitJobRequest(spec=pb.JobSpec(target="charges", size_bytes=size))]),
+                        timeout=30)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+        assert f"the upload of {size / 2**20:.1f} MiB does not fit" in err.details(), err.details()
+        assert "MiB more" in err.details() and "--min-free-mb" in err.details()
+        # Not said: refused once the stream passes the room, its partial file removed.
+        err = rpc_error(s.SubmitJob, submit_requests(pb.JobSpec(target="charges"), big.read_bytes()), timeout=60)
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "does not fit" in err.details(), err.details()
+        proc = nexus(node.address, "submit", str(big), "--target", "charges")
+        assert proc.returncode != 0 and "does not fit" in proc.stderr, proc.stderr
+        assert not list((node.data_dir / "blobs" / "tmp").iterdir())
+        assert s.ListJobs(pb.ListJobsRequest(), timeout=10).jobs == []
+        # The node is fine, and a file that fits goes through.
+        assert submit(s, insurance_csv, "charges", max_trials=1).job_id
+    finally:
+        node.stop()
+
+
 def test_a_second_node_on_a_busy_port_fails_naming_the_port(node_factory, tmp_path):
     first = node_factory("first", "--no-mdns").start()
     out = run_node(tmp_path / "second", port=first.port)

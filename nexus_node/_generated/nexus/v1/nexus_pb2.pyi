@@ -73,7 +73,7 @@ SUBMIT: TokenRole
 ADMIN: TokenRole
 
 class JobSpec(_message.Message):
-    __slots__ = ("target", "use_case", "max_trials", "time_budget_seconds", "metric", "seed", "filename", "constraints_json", "drop_columns")
+    __slots__ = ("target", "use_case", "max_trials", "time_budget_seconds", "metric", "seed", "filename", "constraints_json", "drop_columns", "size_bytes")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     USE_CASE_FIELD_NUMBER: _ClassVar[int]
     MAX_TRIALS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class JobSpec(_message.Message):
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINTS_JSON_FIELD_NUMBER: _ClassVar[int]
     DROP_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     target: str
     use_case: str
     max_trials: int
@@ -92,7 +93,8 @@ class JobSpec(_message.Message):
     filename: str
     constraints_json: str
     drop_columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, target: _Optional[str] = ..., use_case: _Optional[str] = ..., max_trials: _Optional[int] = ..., time_budget_seconds: _Optional[float] = ..., metric: _Optional[str] = ..., seed: _Optional[int] = ..., filename: _Optional[str] = ..., constraints_json: _Optional[str] = ..., drop_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    size_bytes: int
+    def __init__(self, target: _Optional[str] = ..., use_case: _Optional[str] = ..., max_trials: _Optional[int] = ..., time_budget_seconds: _Optional[float] = ..., metric: _Optional[str] = ..., seed: _Optional[int] = ..., filename: _Optional[str] = ..., constraints_json: _Optional[str] = ..., drop_columns: _Optional[_Iterable[str]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "chunk")
