@@ -31,7 +31,7 @@ from nexus_node.llm import GeminiClient
 from nexus_node.study import pruning, studies
 from nexus_node.study.replicated_storage import ReplicatedStorage
 from nexus_node.work.dispatcher import Dispatcher, WorkSettings
-from nexus_node.work.scheduler import Lease
+from nexus_node.work.scheduler import Lease, smallest_trial_budget
 
 if TYPE_CHECKING:
     from nexus_node.jobs.registry import ReplicatedRecords
@@ -46,7 +46,7 @@ RUNNING_LOST = "the coordinator changed or restarted while the trial ran"
 class ManagerSettings:
     default_max_trials: int = 20
     max_trials_limit: int = 10_000
-    worker_memory_bytes: int = 8 << 30   # the smallest worker's free memory, for bounds
+    worker_memory_bytes: int = 8 << 30   # bounds' memory until workers report theirs (JobContext.worker_memory)
     pruner: str = pruning.DEFAULT_KIND   # the pruner kind of new jobs (nexus_node.study.pruning)
     work: WorkSettings = dataclasses.field(default_factory=WorkSettings)
     # Retention (jobs/retention.py): ended jobs kept, newest first, and for how many days; 0: all.
@@ -141,6 +141,14 @@ class JobContext:
     def live(self, job_id: str) -> JobRecord | None:
         active = self.jobs.get(job_id)
         return active.record if active is not None else None
+
+    def worker_memory(self) -> int:
+        """The memory the search-space bounds assume a worker has (``hard_bounds``, which
+        lets one trial use a quarter of it): four times the smallest per-trial budget the
+        live workers report in their heartbeats, so that every trial of the space fits on
+        every node; before any has reported, this node's own free memory at start."""
+        budget = smallest_trial_budget(self.dispatcher.nodes()) if self.dispatcher is not None else None
+        return 4 * budget if budget is not None else self.settings.worker_memory_bytes
 
     def max_trials(self, job: JobRecord) -> int:
         return job.spec.max_trials or self.settings.default_max_trials

@@ -257,7 +257,7 @@ class Lifecycle:
         validate_metric(job.spec, job.task)
         metric = job.spec.metric or DEFAULT_METRIC[job.task]
         job.metric, job.maximize = metric, METRICS[metric]
-        memory = ctx.settings.worker_memory_bytes
+        memory = ctx.worker_memory()
         # Gemini's constraints (or the heuristic's, with the reason) are the base; a user's
         # override moves inside the same hard bounds over either.
         decision = await ctx.unless_cancelled(

@@ -135,6 +135,13 @@ TASK_BASE_MEMORY = 8 << 20
 _DATA_COPIES = {"prepare": 8, "trial": 3, "finalize": 5}
 
 
+def smallest_trial_budget(nodes: Iterable[NodeView]) -> int | None:
+    """The least memory any of ``nodes`` gives one trial (its budget per slot), or None when
+    none has reported one: a search space bounded by it fits a trial on every node."""
+    budgets = [n.trial_memory // n.slots for n in nodes if n.slots > 0 and n.trial_memory > 0]
+    return min(budgets) if budgets else None
+
+
 def task_memory(kind: str, data_bytes: int) -> int:
     """Estimated peak memory of a task of ``kind`` over ``data_bytes`` of input (the CSV for
     preparation, the prepared shards otherwise): what placement keeps free for it."""

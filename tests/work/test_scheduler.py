@@ -105,3 +105,21 @@ def test_a_revived_node_gets_new_work_but_never_its_old_leases():
     s.revive(schedule, "a")
     assert not s.accept_result(schedule, "L1", "a")
     assert len(s.place(schedule, {"j": [req("j", 1)]}, ["j"], [node("a", heartbeat=10.0)])[0]) == 1
+
+
+def test_the_search_space_is_bounded_by_the_smallest_per_trial_budget_of_the_live_workers():
+    """Issue 24: the bounds use each worker's reported memory, not the coordinator's."""
+    from types import SimpleNamespace
+
+    from nexus_node.jobs.context import JobContext, ManagerSettings
+    from nexus_node.work.scheduler import smallest_trial_budget
+
+    big, small = NodeView("big", 4, 4 << 30, 0.0), NodeView("small", 2, 600 << 20, 0.0)
+    assert smallest_trial_budget([big, small]) == 300 << 20
+    assert smallest_trial_budget([NodeView("starting", 0, 0, 0.0)]) is None
+    ctx = JobContext.__new__(JobContext)
+    ctx.settings = ManagerSettings(worker_memory_bytes=16 << 30)
+    ctx.dispatcher = None   # not coordinating, or no worker heard yet: this node's own memory
+    assert ctx.worker_memory() == 16 << 30
+    ctx.dispatcher = SimpleNamespace(nodes=lambda: [big, small])   # type: ignore[assignment]
+    assert ctx.worker_memory() == 4 * (300 << 20)   # hard_bounds gives a trial a quarter of it
