@@ -84,7 +84,12 @@ class NodeProcess:
             The exit status (negative: the signal that ended it, -9 if it had to be killed),
             or None if it was not running.
         """
-        if not self.proc or self.proc.poll() is not None:
+        if not self.proc:
+            return None
+        if self.proc.poll() is not None:
+            if self.proc.returncode not in (0, -9):   # it ended by itself, not by a test's kill
+                print(f"node {self.data_dir} had already exited with status {self.proc.returncode}; its log "
+                      f"ends:\n{self.log.read_text(errors='replace')[-4000:]}")
             return None
         self.proc.terminate()
         try:

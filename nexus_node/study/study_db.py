@@ -10,7 +10,9 @@ only the trials of the few studies it read last (:class:`StudyDB` ``cache_studie
 Rows:
 
 * ``studies``: each live study, with its name, directions and attributes (JSON). A deleted
-  study's row, and its trials, are removed; its id is never given again.
+  study's row, and its trials, are removed; its id is never given again. (Optuna's journal
+  keeps a deleted study's trials readable by id; here they go with it, as in Optuna's RDB
+  storage: the disk a deleted job used comes back.)
 * ``trials``: each trial with its id, study, number and state, and the rest as one JSON object
   in the form of Optuna's trial-creation operation (``create_new_trial(template_trial=...)``:
   parameters in their internal form with their distributions, attributes, intermediate values,
