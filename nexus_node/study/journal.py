@@ -103,20 +103,12 @@ def _maybe(log: dict[str, Any], key: str, check: Any, what: str) -> None:
         raise ValueError(f"journal op {log['op_code']}: {key} must be {what}")
 
 
-def _is_int(v: object) -> bool:
-    return is_whole(v)
-
-
 def _is_number(v: object) -> bool:
     return type(v) in (int, float)
 
 
 def _is_finite(v: object) -> bool:
     return type(v) in (int, float) and math.isfinite(v)   # type: ignore[arg-type]
-
-
-def _is_time(v: object) -> bool:
-    return is_time(v)
 
 
 def _one_attr(v: object) -> bool:
@@ -155,14 +147,14 @@ def _check_log(log: object) -> None:
         _need(log, "directions", lambda v: type(v) is list and all(type(d) is int and d in _DIRECTIONS for d in v),
               "a list of study directions")
     elif op in (J.DELETE_STUDY, J.SET_STUDY_USER_ATTR, J.SET_STUDY_SYSTEM_ATTR, J.CREATE_TRIAL):
-        _need(log, "study_id", _is_int, "an int")
+        _need(log, "study_id", is_whole, "an int")
         if op == J.SET_STUDY_USER_ATTR:
             _need(log, "user_attr", _one_attr, "one attribute")
         elif op == J.SET_STUDY_SYSTEM_ATTR:
             _need(log, "system_attr", _one_attr, "one attribute")
         elif op == J.CREATE_TRIAL:
-            _need(log, "datetime_start", _is_time, "an ISO time or null")
-            _maybe(log, "datetime_complete", _is_time, "an ISO time or null")
+            _need(log, "datetime_start", is_time, "an ISO time or null")
+            _maybe(log, "datetime_complete", is_time, "an ISO time or null")
             _maybe(log, "distributions", _distributions, "distributions")
             _maybe(log, "params", lambda v: _str_dict(v) and all(map(_is_finite, v.values())),
                    "an object of finite numbers")
@@ -179,7 +171,7 @@ def _check_log(log: object) -> None:
     elif op == J.DISCARD_TRIALS:
         pass   # Optuna skips it
     else:
-        _need(log, "trial_id", _is_int, "an int")
+        _need(log, "trial_id", is_whole, "an int")
         if op == J.SET_TRIAL_PARAM:
             _need(log, "param_name", lambda v: type(v) is str, "a string")
             _need(log, "param_value_internal", _is_finite, "a finite number")
@@ -188,10 +180,10 @@ def _check_log(log: object) -> None:
             _need(log, "state", lambda v: type(v) is int and v in _STATES, "a trial state")
             _maybe(log, "values", lambda v: v is None or (type(v) is list and all(map(_is_number, v))),
                    "a list of numbers or null")
-            _maybe(log, "datetime_start", _is_time, "an ISO time or null")
-            _maybe(log, "datetime_complete", _is_time, "an ISO time or null")
+            _maybe(log, "datetime_start", is_time, "an ISO time or null")
+            _maybe(log, "datetime_complete", is_time, "an ISO time or null")
         elif op == J.SET_TRIAL_INTERMEDIATE_VALUE:
-            _need(log, "step", _is_int, "an int")
+            _need(log, "step", is_whole, "an int")
             _need(log, "intermediate_value", _is_number, "a number")
         elif op == J.SET_TRIAL_USER_ATTR:
             _need(log, "user_attr", _one_attr, "one attribute")

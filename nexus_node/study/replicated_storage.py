@@ -31,12 +31,12 @@ from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from nexus_node.study.journal import _LIVE, DEFAULT_NAME, ReplicatedJournal
 from nexus_node.study.ops import Op
 from nexus_node.study.study_db import UNUPDATABLE
+from nexus_node.study.wire import StudyRecord
 
 #: Optuna's default name prefix for a study created without a name.
 DEFAULT_STUDY_NAME_PREFIX = "no-name-"
@@ -209,7 +209,7 @@ class ReplicatedStorage(BaseStorage):
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
         return self._db.study(self._name, study_id).system_attrs
 
-    def get_all_studies(self) -> list[FrozenStudy]:
+    def get_all_studies(self) -> list[StudyRecord]:   # type: ignore[override]
         return self._db.studies(self._name)
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:

@@ -56,13 +56,13 @@ from typing import Any, Container, Iterable, Iterator
 from optuna.distributions import BaseDistribution, check_distribution_compatibility, json_to_distribution
 from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.study import StudyDirection
-from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from nexus_node.consensus.integrity import STUDIES_FILE, STUDY_FILES
 from nexus_node.study.ops import Op
+from nexus_node.study.wire import StudyRecord
 
-#: Optuna's message for a study or trial that does not exist (``optuna.storages._base``).
+#: Optuna's storages' message for a study or trial that does not exist.
 NOT_FOUND = "Record does not exist."
 #: Optuna's message for a write to a finished trial.
 UNUPDATABLE = "Trial#{number} has already finished and can not be updated."
@@ -473,25 +473,25 @@ class StudyDB:
             raise KeyError(NOT_FOUND)
         return int(row[0])
 
-    def study(self, name: str, study_id: int) -> FrozenStudy:
+    def study(self, name: str, study_id: int) -> StudyRecord:
         with self.lock:
             row = self._db.execute("SELECT study_id, name, directions, user_attrs, system_attrs FROM studies "
                                    "WHERE journal=? AND study_id=?", (name, study_id)).fetchone()
         if row is None:
             raise KeyError(NOT_FOUND)
-        return self._frozen_study(row)
+        return self._study_record(row)
 
-    def studies(self, name: str) -> list[FrozenStudy]:
+    def studies(self, name: str) -> list[StudyRecord]:
         with self.lock:
             rows = self._db.execute("SELECT study_id, name, directions, user_attrs, system_attrs FROM studies "
                                     "WHERE journal=? ORDER BY study_id", (name,)).fetchall()
-        return [self._frozen_study(r) for r in rows]
+        return [self._study_record(r) for r in rows]
 
     @staticmethod
-    def _frozen_study(row: tuple[Any, ...]) -> FrozenStudy:
-        return FrozenStudy(study_name=row[1], direction=None, user_attrs=json.loads(row[3]),
-                           system_attrs=json.loads(row[4]), study_id=int(row[0]),
-                           directions=[StudyDirection(d) for d in json.loads(row[2])])
+    def _study_record(row: tuple[Any, ...]) -> StudyRecord:
+        # Optuna does not export its FrozenStudy; StudyRecord has its attributes (study/wire.py).
+        return StudyRecord(int(row[0]), row[1], [StudyDirection(d) for d in json.loads(row[2])],
+                           json.loads(row[3]), json.loads(row[4]))
 
     def trial(self, name: str, trial_id: int) -> FrozenTrial:
         """The trial, as a copy of its own: Optuna's ``Trial`` changes the one it holds."""
