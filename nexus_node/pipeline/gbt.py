@@ -20,6 +20,7 @@ import numpy as np
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.result import TrainResult
+from nexus_node.pipeline.row_stream import RowSource
 
 # Boosting iterations per reported step: one pruning decision per chunk. Ten keeps the
 # refit between reports cheap (warm start adds trees, it does not start over) while a
@@ -27,6 +28,15 @@ from nexus_node.pipeline.result import TrainResult
 CHUNK = 10
 # Chunks without a better validation score before a trial stops (early stopping).
 PATIENCE = 5
+# Validation rows left on disk (a RowSource) are scored this many bytes of inputs at a time
+# (scikit-learn copies each chunk to float64 as it predicts).
+EVAL_BYTES = 8 << 20
+
+
+def load_library() -> None:
+    """Import scikit-learn's boosting (a task that sizes its rows by the memory left does
+    so after the import, which takes about 90 MB)."""
+    import sklearn.ensemble  # noqa: F401
 
 
 def _estimator(task: str, params: Mapping[str, Any], max_iter: int, seed: int) -> Any:
@@ -87,7 +97,8 @@ def train_and_score_gbt(
 
     Args:
         arrays: ``X_train, y_train, X_val, y_val`` (regression targets in original units),
-            or a list of them: the folds of :func:`.folds.fold_splits`.
+            or a list of them: the folds of :func:`.folds.fold_splits`. ``X_val`` may be a
+            :class:`~.row_stream.RowSource` (rows too many to hold), scored a chunk at a time.
         params: ``learning_rate, max_iter, max_leaf_nodes, min_samples_leaf, l2_regularization``;
             optionally ``class_weight`` and ``target_transform``.
         task: ``"regression"``, ``"binary"`` or ``"multiclass"``.
@@ -113,7 +124,8 @@ def train_and_score_gbt(
         if task == "regression":
             transform = target_scale.for_params(y_tr, params)
             y_tr = target_scale.forward(y_tr, transform)
-        folds.append((np.asarray(a["X_train"])[:, cols], y_tr, np.asarray(a["X_val"])[:, cols],
+        X_va = a["X_val"] if isinstance(a["X_val"], RowSource) else np.asarray(a["X_val"])[:, cols]
+        folds.append((np.asarray(a["X_train"])[:, cols], y_tr, X_va,
                       np.asarray(a["y_val"]), transform, _estimator(task, params, CHUNK, seed)))
     maximize = metrics.MAXIMIZE[metric]
     max_iter = max(CHUNK, int(params["max_iter"]))
@@ -134,7 +146,7 @@ def train_and_score_gbt(
                     return TrainResult(best, best_iter, None, "PRUNED", why, step * CHUNK, best_preds)
                 model.set_params(max_iter=n_iter)
                 model.fit(X_tr, y_tr)
-                preds.append(predict_model(model, X_va, task, transform))
+                preds.append(_predict_val(model, X_va, cols, task, transform))
                 scores.append(metrics.score(metric, y_va, preds[-1]))
             value = float(np.mean(scores))
             if not math.isfinite(value):
@@ -152,6 +164,17 @@ def train_and_score_gbt(
                                    f"early stop: no better {metric} for {PATIENCE * CHUNK} iterations", n_iter,
                                    best_preds)
     return TrainResult(best, best_iter, None, "COMPLETE", f"ran all {max_iter} iterations", max_iter, best_preds)
+
+
+def _predict_val(model: Any, X: np.ndarray | RowSource, cols: Any, task: str,
+                 transform: Mapping[str, Any] | None) -> np.ndarray:
+    """:func:`predict_model` of validation rows: in memory (already restricted to the tree
+    columns), or read from disk a chunk at a time."""
+    if not isinstance(X, RowSource):
+        return predict_model(model, X, task, transform)
+    n_cols = X.n_features if isinstance(cols, slice) else len(cols)
+    rows = max(256, EVAL_BYTES // (X.row_bytes + 12 * n_cols))
+    return np.concatenate([predict_model(model, chunk[:, cols], task, transform) for chunk in X.chunks(rows)])
 
 
 def fit_gbt(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any], task: str, n_iter: int, seed: int,

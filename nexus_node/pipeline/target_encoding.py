@@ -154,10 +154,16 @@ def assemble(X: np.ndarray, layout: np.ndarray, encodings: Sequence[np.ndarray])
     return np.hstack([np.asarray(X)[:, ~drop], *[np.asarray(e) for e in encodings]]).astype(np.float32)
 
 
-def fit_rows(X: np.ndarray, codes: np.ndarray, t: np.ndarray, layout: np.ndarray) -> tuple[np.ndarray, list[Table]]:
-    """The training rows' model inputs (cross-fitted) and the mappings for any other rows."""
+def _fit(codes: np.ndarray, t: np.ndarray, layout: np.ndarray) -> tuple[list[np.ndarray], list[Table]]:
+    """The training rows' cross-fitted encodings, and the mappings for any other rows."""
     tables = [fit_table(codes[:, j], t, int(n)) for j, (_, _, n) in enumerate(layout)]
     encoded = [cross_fit(codes[:, j], t, int(n)) for j, (_, _, n) in enumerate(layout)]
+    return encoded, tables
+
+
+def fit_rows(X: np.ndarray, codes: np.ndarray, t: np.ndarray, layout: np.ndarray) -> tuple[np.ndarray, list[Table]]:
+    """The training rows' model inputs (cross-fitted) and the mappings for any other rows."""
+    encoded, tables = _fit(codes, t, layout)
     return assemble(X, layout, encoded), tables
 
 
@@ -177,6 +183,33 @@ def encode_split(arrays: Mapping[str, np.ndarray], layout: np.ndarray, task: str
     if arrays.get("X_val") is not None:
         out["X_val"] = apply(np.asarray(arrays["X_val"]), np.asarray(arrays["codes_val"]), tables, layout)
     return out, tables
+
+
+def split_block_transforms(y_train: np.ndarray, codes_train: np.ndarray, codes_val: np.ndarray | None,
+                           layout: np.ndarray, task: str, n_classes: int,
+                           transform: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """:func:`encode_split` for rows read a block at a time: a transform of training rows
+    ``[a, b)`` and one of validation rows (each ``(X_block, a, b) -> model inputs``), which
+    give those rows of ``encode_split``'s arrays. Only the encodings (one number per encoded
+    column and target column, a row) are held, not the inputs."""
+    encoded, tables = _fit(np.asarray(codes_train), targets_for(np.asarray(y_train), task, n_classes, transform),
+                           layout)
+
+    def train_rows(X: np.ndarray, a: int, b: int) -> np.ndarray:
+        return assemble(X, layout, [e[a:b] for e in encoded])
+
+    def val_rows(X: np.ndarray, a: int, b: int) -> np.ndarray:
+        assert codes_val is not None
+        codes = np.asarray(codes_val[a:b])
+        return assemble(X, layout, [lookup(codes[:, j], tab) for j, tab in enumerate(tables)])
+
+    return train_rows, val_rows
+
+
+def model_width(n_features: int, layout: np.ndarray, task: str, n_classes: int) -> int:
+    """The width of :func:`assemble`'s output for prepared rows of ``n_features``."""
+    replaced = sum(int(stop) - int(start) for start, stop, _ in layout)
+    return n_features - replaced + width(task, n_classes) * int(layout.shape[0])
 
 
 def model_columns(columns: np.ndarray, n_features: int, layout: np.ndarray, widths: Sequence[int]) -> np.ndarray:

@@ -3,22 +3,30 @@
 A runner is long-lived and runs one task at a time, so these caches need no locks; each is
 a small LRU, so a runner that serves many datasets does not grow without bound. Arrays are
 memory-mapped (``np.load(mmap_mode="r")``): the page cache, not the runner, holds the data.
+
+A trial whose rows would take more than :data:`STREAM_SHARE` of the room left in its memory
+budget (the runner's ``--trial-memory-mb``; :func:`.memory.room`) does not copy them to the
+device: a network streams them from the prepared files
+(:class:`~nexus_node.pipeline.train.StreamedData`), trees train on a sample that fits
+(:func:`tree_splits`).
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Hashable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, TypeVar
 
 import numpy as np
 
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline import target_encoding
 from nexus_node.pipeline.folds import fold_splits
+from nexus_node.pipeline.row_stream import NpyRows, RowSource, sample_rows
+from nexus_node.runner import memory
 
 if TYPE_CHECKING:
-    from nexus_node.pipeline.train import DeviceData
+    from nexus_node.pipeline.train import Data
 
 V = TypeVar("V")
 TRAIN_ARRAYS = ("X_train", "y_train", "X_val", "y_val")
@@ -46,6 +54,11 @@ _arrays = LRU(16)
 _splits = LRU(2)
 _encoded = LRU(2)
 _device_data = LRU(2)
+_streamed = LRU(8)   # the first trial's choice, kept for the dataset: see :func:`streams`
+
+#: The share of the room left in a trial's memory budget its rows may take; past it, they
+#: stream (a network) or are sampled (trees).
+STREAM_SHARE = 0.5
 
 
 def file_key(path: str) -> tuple[str, int, int]:
@@ -129,14 +142,121 @@ def model_tree_columns(files: Mapping[str, str], task: str, n_classes: int, enco
                                          [target_encoding.width(task, n_classes)] * layout.shape[0])
 
 
+def model_bytes(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> int:
+    """Bytes the training and validation rows take as a configuration with this
+    ``encoding`` trains on them (float32 model inputs)."""
+    X_train, X_val = load_array(files["X_train"]), load_array(files["X_val"])
+    width = int(X_train.shape[1])
+    if encoding != "onehot":
+        width = target_encoding.model_width(width, np.asarray(load_array(files["codes_layout"])), task, n_classes)
+    return 4 * width * (int(X_train.shape[0]) + int(X_val.shape[0]))
+
+
+def streams(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> bool:
+    """Whether a trial on these arrays streams its rows: they would take more than
+    :data:`STREAM_SHARE` of the room left in its budget. Decided by the dataset's first
+    trial and kept: a later trial's room is measured with the first one's rows already
+    held. A cross-validated table (a few thousand rows) never streams."""
+    def decide() -> bool:
+        room = memory.room()
+        return (room is not None and "folds" not in files
+                and model_bytes(files, task, n_classes, encoding) > STREAM_SHARE * room)
+
+    return _streamed.get_or_make((split_key(files), task, n_classes, encoding, memory.budget()), decide)
+
+
 def data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None,
-             encoding: str = "onehot") -> list[DeviceData]:
-    """Training tensors of every split of :func:`encoded_splits` on the device, built once
-    per dataset (and regression target scale: ``log`` is the configuration's choice; and
-    category ``encoding``) and reused by later trials."""
+             encoding: str = "onehot") -> "list[Data]":
+    """What an MLP trial trains on, built once per dataset (and regression target scale:
+    ``log`` is the configuration's choice; and category ``encoding``) and reused by later
+    trials: every split of :func:`encoded_splits` as tensors on the device, or the one split
+    streamed from the prepared files when it is too large for the trial's budget
+    (:func:`streams`)."""
     from nexus_node.pipeline.train import DeviceData, pick_device
 
-    key = (split_key(files), task, n_classes, str(pick_device()), log, encoding)
+    streamed = streams(files, task, n_classes, encoding)
+    key = (split_key(files), task, n_classes, str(pick_device()), log, encoding, streamed)
+    if streamed:
+        return _device_data.get_or_make(key, lambda: [streamed_split(files, task, n_classes, log, encoding)])
     return _device_data.get_or_make(key, lambda: [
         DeviceData.from_arrays(split, task, n_classes, log=log)
         for split in encoded_splits(files, task, n_classes, encoding, log)])
+
+
+def streamed_split(files: Mapping[str, str], task: str, n_classes: int, log: bool | None,
+                   encoding: str) -> "Data":
+    """The train/validation split as rows read from the prepared files while training; a
+    target encoding is fitted on the training rows' codes and targets (small beside the
+    inputs) and applied a block at a time."""
+    from nexus_node.pipeline.train import StreamedData
+
+    train, val, transform = _sources(files, task, n_classes, log, encoding)
+    return StreamedData.from_sources(train, val, task, n_classes, transform=transform,
+                                     window_bytes=window_bytes(memory.room() or 0))
+
+
+def window_bytes(room: int) -> int:
+    """A streamed epoch's window for a trial with ``room`` bytes left: an eighth of it (two
+    windows are held), between 1 and 16 MiB."""
+    from nexus_node.pipeline.train import STREAM_WINDOW_BYTES
+
+    return max(1 << 20, min(STREAM_WINDOW_BYTES, room // 8))
+
+
+def _sources(files: Mapping[str, str], task: str, n_classes: int, log: bool | None,
+             encoding: str) -> tuple[RowSource, RowSource, dict[str, Any] | None]:
+    """The training and validation rows as a configuration with this ``encoding`` trains
+    on them, read a block at a time; and the regression target scale (``log``: the
+    configuration's choice) a target encoding was fitted with."""
+    y_train, y_val = load_array(files["y_train"]), load_array(files["y_val"])
+    X_train, X_val = NpyRows(files["X_train"]), NpyRows(files["X_val"])
+    transform = target_scale.fit_target_transform(np.asarray(y_train), log) if task == "regression" else None
+    if encoding == "onehot":
+        return RowSource(X_train, y_train), RowSource(X_val, y_val), transform
+    layout = np.asarray(load_array(files["codes_layout"]))
+    train_rows, val_rows = target_encoding.split_block_transforms(
+        y_train, load_array(files["codes_train"]), load_array(files["codes_val"]), layout, task, n_classes, transform)
+    width = target_encoding.model_width(int(X_train.shape[1]), layout, task, n_classes)
+    return RowSource(X_train, y_train, train_rows, width), RowSource(X_val, y_val, val_rows, width), transform
+
+
+def tree_row_bytes(width: int, n_columns: int, outputs: int) -> int:
+    """Bytes a boosted-tree fit holds per training row: the row (``width`` float32 inputs),
+    the ``n_columns`` it splits on copied out (float32), validated (scikit-learn copies them
+    to float64) and binned (one byte), and per output its gradient, hessian and raw
+    prediction."""
+    return 4 * width + 13 * n_columns + 24 * outputs + 16
+
+
+def tree_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: str,
+                log: bool | None) -> tuple[list[dict[str, Any]], int | None]:
+    """What a tree trial trains on, and how many training rows that is (None: all of them).
+
+    :func:`encoded_splits`, unless the training rows would take more than
+    :data:`STREAM_SHARE` of the room left in the trial's budget once scikit-learn is loaded
+    (:func:`tree_row_bytes`): then a seeded
+    sample of them that fits (the same rows for every trial of the job, so that their scores
+    compare), with the validation rows left on disk and scored a chunk at a time (a
+    :class:`~nexus_node.pipeline.row_stream.RowSource`), so the trial's predictions cover
+    every validation row as any other trial's do.
+    """
+    X_train = load_array(files["X_train"])
+    n_train, width = int(X_train.shape[0]), int(X_train.shape[1])
+    if encoding != "onehot":
+        width = target_encoding.model_width(width, np.asarray(load_array(files["codes_layout"])), task, n_classes)
+    columns = model_tree_columns(files, task, n_classes, encoding)
+    n_columns = width if columns is None else len(columns)
+    per_row = tree_row_bytes(width, n_columns, target_encoding.width(task, n_classes))
+    if memory.budget() > 0:
+        from nexus_node.pipeline.gbt import load_library
+
+        load_library()   # its import is the trial's, and the room is what is left after it
+    room = memory.room()
+    if room is None or "folds" in files or n_train * per_row <= STREAM_SHARE * room:
+        return encoded_splits(files, task, n_classes, encoding, log), None
+    keep = max(2, int(STREAM_SHARE * max(0, room) // per_row))
+    train, val, _ = _sources(files, task, n_classes, log, encoding)
+    rows = sample_rows(n_train, keep)
+    split = {"X_train": train.take(rows), "y_train": np.asarray(train.y[rows]), "X_val": val,
+             "y_val": np.asarray(val.y)}
+    return [split], int(rows.size)

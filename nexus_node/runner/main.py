@@ -25,7 +25,8 @@ import traceback
 from typing import Any, BinaryIO, Callable
 
 from nexus_node.errors import NexusError
-from nexus_node.runner import families
+from nexus_node.runner import families, memory
+from nexus_node.runner.memory import anon_rss
 
 
 class _Context:
@@ -56,22 +57,6 @@ def _jsonable(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def anon_rss() -> int:
-    """Resident anonymous memory of this process (heap, tensors, arrays), in bytes.
-
-    Anonymous only: pages of memory-mapped shards are file-backed, shared with the page
-    cache, and the kernel can drop them; they are not what a trial costs the machine.
-    (``/proc/self/statm``: resident minus shared pages, which is ``RssAnon`` of
-    ``/proc/self/status`` read from one short line.)
-    """
-    with open("/proc/self/statm", "rb") as f:
-        fields = f.read().split()
-    return (int(fields[1]) - int(fields[2])) * _PAGE
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class MemoryWatch:
@@ -153,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[var] = str(args.threads)
     from nexus_node.runner import tasks  # the heavy import, paid once per runner
 
+    memory.set_budget(args.trial_memory_mb)   # what a trial sizes its rows by (runner/arrays.py)
+
     # Warming torch up here (not in the first trial) keeps trials' clocks comparable; a
     # runner for tables never needs it.
     ping = {"task": "ping", "warm_up": args.family != families.TABLES}
@@ -179,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             budget = args.trial_memory_mb if msg["task"].get("task") == "trial" else 0
             with MemoryWatch(budget, lambda used: _over_budget(out, tid, used, budget)):
+                if budget:
+                    memory.begin_trial()
                 result = tasks.run_task(msg["task"], _Context(tid, out, cancelled))
             out.send({"id": tid, "ok": True, "result": result})
         except NexusError as e:

@@ -31,6 +31,7 @@ memory is short).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import math
@@ -48,7 +49,7 @@ from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.net.tls import from_spec as tls_from_spec
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline import target as target_scale
-from nexus_node.runner.arrays import LRU, data_for, encoded_splits, encoding_of, file_key, model_tree_columns
+from nexus_node.runner.arrays import LRU, data_for, encoding_of, file_key, model_tree_columns, tree_splits
 from nexus_node.runner.context import TaskContext, need
 from nexus_node.runner.finalize import task_finalize, task_refit, task_select
 from nexus_node.study import pruning
@@ -364,11 +365,14 @@ def _task_trial(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
             if gbt:
                 from nexus_node.pipeline.gbt import train_and_score_gbt
 
+                splits, sampled = tree_splits(req["files"], task, n_classes, encoding, log)
                 res = train_and_score_gbt(
-                    encoded_splits(req["files"], task, n_classes, encoding, log), req["params"], task, metric,
-                    int(req["seed"]), int(req.get("threads", 1)),
+                    splits, req["params"], task, metric, int(req["seed"]), int(req.get("threads", 1)),
                     columns=model_tree_columns(req["files"], task, n_classes, encoding),
                     report=report, cancelled=ctx.cancelled, pruned=reporter.pruned)
+                if sampled is not None:
+                    res = dataclasses.replace(res, message=f"{res.message}; trained on {sampled} sampled training rows, "
+                                               "as many as the trial's memory budget holds")
             else:
                 from nexus_node.pipeline.train import train_and_score
 

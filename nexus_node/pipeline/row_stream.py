@@ -1,0 +1,152 @@
+"""Rows of prepared arrays read a block at a time, for data larger than a trial's memory.
+
+A prepared ``.npy`` array is read with ``pread`` into buffers of our own, never mapped: pages
+of a mapping touched by a pass over the file would count in the process's resident memory
+until the kernel reclaims them, while a read leaves them in the page cache, shared and
+droppable. What a reader holds is the block it returns.
+
+numpy only, so the tree family uses it without torch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+#: Bytes of rows one read takes (a window of training rows is several such blocks).
+BLOCK_BYTES = 4 << 20
+
+
+class NpyRows:
+    """Rows ``[start, stop)`` of a C-ordered ``.npy`` file (1-D or 2-D), read on demand.
+
+    Reads are positional (``os.preadv``), so one reader serves several threads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._fd = -1
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if fortran and len(shape) > 1:
+            raise ValueError(f"{self.path} is stored in Fortran order; rows are not contiguous")
+        if len(shape) not in (1, 2) or dtype.hasobject:
+            raise ValueError(f"{self.path} holds a {len(shape)}-D {dtype} array; rows need a 1-D or 2-D number array")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = dtype
+        self.row_bytes = dtype.itemsize * (shape[1] if len(shape) == 2 else 1)
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """A new array of rows ``[start, stop)`` (clipped to the array)."""
+        start, stop = max(0, start), min(stop, self.shape[0])
+        out = np.empty((max(0, stop - start),) + self.shape[1:], dtype=self.dtype)
+        if out.size == 0:
+            return out
+        view = memoryview(out.data).cast("B")
+        done, where = 0, self.offset + start * self.row_bytes
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], where + done)
+            if got == 0:
+                raise ValueError(f"{self.path} ends before row {stop}: the file is shorter than its header says")
+            done += got
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def block_rows(row_bytes: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Rows of ``row_bytes`` in one block of about ``block_bytes``."""
+    return max(1, block_bytes // max(1, row_bytes))
+
+
+#: A block's model inputs from its prepared rows and their position ``[start, stop)``
+#: (a target encoding puts each row's encodings in place of its one-hot features).
+BlockTransform = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+class RowSource:
+    """The rows a model trains on or is scored on: inputs read in blocks from a prepared
+    array, targets beside them.
+
+    Args:
+        X: The prepared inputs.
+        y: The targets (small beside ``X``: one number a row), in memory or mapped.
+        transform: Turns a block of prepared rows into model inputs (None: as prepared).
+        n_features: The model's input width (``X``'s own when there is no ``transform``).
+    """
+
+    def __init__(self, X: NpyRows, y: np.ndarray, transform: BlockTransform | None = None,
+                 n_features: int | None = None) -> None:
+        if len(y) != len(X):
+            raise ValueError(f"{len(X)} rows of inputs but {len(y)} targets")
+        self.X, self.y, self.transform = X, y, transform
+        self.n_features = int(n_features if n_features is not None else (X.shape[1] if len(X.shape) == 2 else 1))
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row of model inputs (float32)."""
+        return 4 * self.n_features
+
+    def inputs(self, start: int, stop: int) -> np.ndarray:
+        """Model inputs of rows ``[start, stop)``, float32."""
+        block = self.X.read(start, stop)
+        if self.transform is not None:
+            block = self.transform(block, start, start + block.shape[0])
+        return np.asarray(block, dtype=np.float32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Model inputs of the rows at sorted positions ``rows``, read in one pass of
+        blocks: only the result and one block are held."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((rows.size, self.n_features), dtype=np.float32)
+        step, filled = block_rows(self.X.row_bytes), 0
+        for start in range(0, len(self), step):
+            lo, hi = np.searchsorted(rows, [start, start + step])
+            if hi > lo:
+                out[filled:filled + hi - lo] = self.inputs(start, start + step)[rows[lo:hi] - start]
+                filled += hi - lo
+        return out
+
+    def chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """Model inputs of every row in order, ``rows`` at a time."""
+        for start in range(0, len(self), rows):
+            yield self.inputs(start, start + rows)
+
+
+def block_order(n_rows: int, rows_per_block: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Every block ``[start, stop)`` of ``n_rows`` rows, in a random order."""
+    n_blocks = max(1, math.ceil(n_rows / rows_per_block))
+    return [(int(b) * rows_per_block, min(n_rows, (int(b) + 1) * rows_per_block)) for b in rng.permutation(n_blocks)]
+
+
+def windows(blocks: Sequence[tuple[int, int]], per_window: int) -> list[list[tuple[int, int]]]:
+    """``blocks`` in groups of ``per_window`` (the last may be shorter)."""
+    return [list(blocks[i:i + per_window]) for i in range(0, len(blocks), per_window)]
+
+
+def sample_rows(n_rows: int, keep: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``keep`` of ``n_rows`` rows drawn without replacement (all of
+    them when ``keep >= n_rows``). Seeded: every trial of a job trains on the same rows, so
+    their scores compare."""
+    if keep >= n_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max(1, keep), replace=False)).astype(np.int64)
