@@ -226,7 +226,11 @@ class PeerServicer(peer_pb2_grpc.PeerServiceServicer):
         if path is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256} is not on this node")
         assert path is not None   # context.abort raised (grpc is untyped: no NoReturn)
-        async for chunk in files.read_chunks(path, BLOB_CHUNK):
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if request.offset > size:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                                f"offset {request.offset} is past the end of blob {request.sha256} ({size} bytes)")
+        async for chunk in files.read_chunks(path, BLOB_CHUNK, request.offset):
             yield pb.BlobChunk(data=chunk)
 
     async def Describe(self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext) -> nexus_pb.NodeInfo:

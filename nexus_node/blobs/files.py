@@ -17,10 +17,12 @@ from typing import IO, AsyncIterator
 CHUNK = 1 << 20
 
 
-async def read_chunks(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
-    """The file's bytes in order, ``chunk_size`` at a time."""
+async def read_chunks(path: Path, chunk_size: int = CHUNK, offset: int = 0) -> AsyncIterator[bytes]:
+    """The file's bytes from ``offset`` on, in order, ``chunk_size`` at a time."""
     f: IO[bytes] = await asyncio.to_thread(open, path, "rb")
     try:
+        if offset:
+            await asyncio.to_thread(f.seek, offset)
         while chunk := await asyncio.to_thread(f.read, chunk_size):
             yield chunk
     finally:
@@ -28,14 +30,16 @@ async def read_chunks(path: Path, chunk_size: int = CHUNK) -> AsyncIterator[byte
 
 
 class Writer:
-    """A file written chunk by chunk (``async with Writer(path) as w: await w.write(b)``)."""
+    """A file written chunk by chunk (``async with Writer(path) as w: await w.write(b)``);
+    ``append`` adds to what the file holds."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, append: bool = False) -> None:
         self.path = path
+        self._mode = "ab" if append else "wb"
         self._f: IO[bytes] | None = None
 
     async def __aenter__(self) -> "Writer":
-        self._f = await asyncio.to_thread(open, self.path, "wb")
+        self._f = await asyncio.to_thread(open, self.path, self._mode)
         return self
 
     async def write(self, data: bytes) -> None:

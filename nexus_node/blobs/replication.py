@@ -141,38 +141,55 @@ class BlobSync:
             task.add_done_callback(lambda _: self._fetching.pop(sha256, None))
         return await asyncio.shield(task)
 
+    def fetch_order(self, sha256: str) -> list[str]:
+        """The holders of ``sha256`` other than this node, in the order a fetch tries them:
+        an order of each blob's own (by ``sha256(blob + holder)``), so that the blobs one
+        task fetches at once are streamed from different holders."""
+        holders = self.records.holders(sha256) - {self.node_id}
+        return sorted(holders, key=lambda h: hashlib.sha256(f"{sha256}:{h}".encode()).digest())
+
     async def _fetch(self, sha256: str) -> Path:
-        holders = sorted(self.records.holders(sha256) - {self.node_id})
-        errors = []
-        for holder in holders:
-            address = self.transport.host.peer_address(holder)
-            if not address:
-                errors.append(f"{holder}: address unknown")
-                continue
-            tmp = await asyncio.to_thread(self.store.new_temp, ".part")
-            digest = hashlib.sha256()
-            try:
-                async with files.Writer(tmp) as f:
-                    call = self.transport.stub(address).FetchBlob(
-                        pb.FetchBlobRequest(cluster=self.cluster, sha256=sha256),
-                        metadata=self.transport.metadata, timeout=600)
-                    async for chunk in call:
-                        digest.update(chunk.data)
-                        await f.write(chunk.data)
-                if digest.hexdigest() != sha256:
-                    errors.append(f"{holder}: content does not match its hash")
+        """Streams the blob from its holders in :meth:`fetch_order`. A stream cut short (a
+        holder that died or went away mid-transfer) resumes from the next holder at the byte
+        where it stopped; bytes that do not match the hash once whole are refused, and the
+        blob is fetched again from the start from the holders that sent none of them."""
+        errors: list[str] = []
+        tmp = await asyncio.to_thread(self.store.new_temp, ".part")
+        digest, got, senders = hashlib.sha256(), 0, []
+        try:
+            for holder in self.fetch_order(sha256):
+                address = self.transport.host.peer_address(holder)
+                if not address:
+                    errors.append(f"{holder}: address unknown")
                     continue
-                got, size = await asyncio.to_thread(self.store.ingest, tmp)
+                senders.append(holder)
+                try:
+                    async with files.Writer(tmp, append=True) as f:
+                        call = self.transport.stub(address).FetchBlob(
+                            pb.FetchBlobRequest(cluster=self.cluster, sha256=sha256, offset=got),
+                            metadata=self.transport.metadata, timeout=600)
+                        async for chunk in call:
+                            digest.update(chunk.data)
+                            await f.write(chunk.data)
+                            got += len(chunk.data)
+                except grpc.aio.AioRpcError as exc:
+                    errors.append(f"{holder}: {exc.code().name} {exc.details()} after byte {got}")
+                    continue   # the next holder goes on from byte ``got``
+                if digest.hexdigest() != sha256:
+                    errors.append(f"{', '.join(senders)}: content does not match its hash")
+                    await asyncio.to_thread(os.truncate, tmp, 0)
+                    digest, got, senders = hashlib.sha256(), 0, []
+                    continue
+                got_sha, size = await asyncio.to_thread(self.store.ingest, tmp)
                 info = self.records.blobs.get(sha256)
-                log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, holder)
+                log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, ", ".join(senders))
                 # Recorded in the background: the blob is here whether or not that commits now.
-                self._spawn(self._record_holder(got, size, info.kind if info else "blob", info.job_id if info else ""))
+                self._spawn(self._record_holder(got_sha, size, info.kind if info else "blob",
+                                                info.job_id if info else ""))
                 self._request_trim()
-                return self.store.path(got)
-            except grpc.aio.AioRpcError as exc:
-                errors.append(f"{holder}: {exc.code().name} {exc.details()}")
-            finally:
-                await files.remove(tmp)
+                return self.store.path(got_sha)
+        finally:
+            await files.remove(tmp)
         why = "; ".join(errors) if errors else "no node is recorded as holding it"
         raise FailedPrecondition(f"blob {sha256[:12]} is not on this node and could not be fetched ({why})")
 

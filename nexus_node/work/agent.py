@@ -346,7 +346,11 @@ class WorkerAgent:
         local = dict(task)
         local["threads"] = self.pool.threads
         if "files" in task:
-            local["files"] = {name: str(await self.fetch_blob(sha)) for name, sha in task["files"].items()}
+            # At once: each from holders in an order of its own (BlobSync.fetch_order), so
+            # a task's arrays stream from several nodes together.
+            names = list(task["files"])
+            paths = await asyncio.gather(*(self.fetch_blob(task["files"][n]) for n in names))
+            local["files"] = {name: str(path) for name, path in zip(names, paths)}
         if "csv_sha256" in task:
             local["csv_path"] = str(await self.fetch_blob(local.pop("csv_sha256")))
         kind = task.get("task")

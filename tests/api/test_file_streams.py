@@ -89,6 +89,16 @@ async def test_fetch_blob_streams_the_file_off_the_loop(tmp_path):
         stub = peer_pb2_grpc.PeerServiceStub(channel)
         chunks = [c.data async for c in stub.FetchBlob(peer_pb2.FetchBlobRequest(cluster="c", sha256="ab" * 32))]
         assert b"".join(chunks) == DATA and len(chunks) > 1
+        # A fetch cut short resumes where it stopped; an offset past the end says so.
+        tail = [c.data async for c in stub.FetchBlob(peer_pb2.FetchBlobRequest(
+            cluster="c", sha256="ab" * 32, offset=len(DATA) - 1000))]
+        assert b"".join(tail) == DATA[-1000:]
+        assert [c async for c in stub.FetchBlob(peer_pb2.FetchBlobRequest(
+            cluster="c", sha256="ab" * 32, offset=len(DATA)))] == []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            _ = [c async for c in stub.FetchBlob(peer_pb2.FetchBlobRequest(
+                cluster="c", sha256="ab" * 32, offset=len(DATA) + 1))]
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "past the end" in err.value.details()
     finally:
         await channel.close()
         await server.stop(None)

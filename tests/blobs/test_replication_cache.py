@@ -10,13 +10,9 @@ import grpc
 from nexus_node._generated.nexus.v1 import peer_pb2, peer_pb2_grpc
 from nexus_node.blobs.replication import BlobSync, keepers
 from nexus_node.blobs.store import BlobStore
-from nexus_node.consensus.driver import MeshSettings, RaftDriver
-from nexus_node.jobs.events import EventHub
-from nexus_node.jobs.registry import ReplicatedRecords
-from tests.blobs.helpers import stored_blob
+from tests.blobs.helpers import one_voter, stored_blob
 from tests.blocking import allow_blocking
 
-FAST = MeshSettings(tick_interval=0.02, propose_timeout=10.0)
 MEMBERS = {"n1", "n2"}
 
 
@@ -31,12 +27,7 @@ def _kept_by(node: str, store: BlobStore, prefix: bytes, age: float) -> str:
 
 
 async def test_cached_copies_go_and_kept_ones_stay(tmp_path):
-    driver = RaftDriver("n1", "test", tmp_path / "raft.db", "127.0.0.1:1", {}, settings=FAST)
-    records = ReplicatedRecords(driver, EventHub())
-    await driver.start(["n1"])
-    await driver.wait_for(lambda: driver.is_leader, 10)
-    with allow_blocking():
-        store = BlobStore(tmp_path / "blobs")
+    driver, records, store = await one_voter(tmp_path)
     sync = BlobSync("n1", "test", store, records, None, lambda: set(MEMBERS), replicas=1,  # type: ignore[arg-type]
                     bound_bytes=1, min_idle=60, wait_for=driver.wait_for)
     try:
@@ -81,14 +72,8 @@ async def test_a_member_that_becomes_a_keeper_when_another_is_removed_fetches_it
     peer_pb2_grpc.add_PeerServiceServicer_to_server(_Holder({sha: data}), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    driver = RaftDriver("n1", "test", tmp_path / "raft.db", "127.0.0.1:1", {"n2": f"127.0.0.1:{port}"},
-                        settings=FAST)
-    records = ReplicatedRecords(driver, EventHub())
-    await driver.start(["n1"])
-    await driver.wait_for(lambda: driver.is_leader, 10)
+    driver, records, store = await one_voter(tmp_path, {"n2": f"127.0.0.1:{port}"})
     members = {"n1", "n2", "n3"}
-    with allow_blocking():
-        store = BlobStore(tmp_path / "blobs")
     sync = BlobSync("n1", "test", store, records, driver._transport, lambda: set(members), replicas=1,
                     wait_for=driver.wait_for)
     try:

@@ -133,12 +133,14 @@ class JoinRequest(_message.Message):
     def __init__(self, cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class FetchBlobRequest(_message.Message):
-    __slots__ = ("cluster", "sha256")
+    __slots__ = ("cluster", "sha256", "offset")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     sha256: str
-    def __init__(self, cluster: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, cluster: _Optional[str] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
     __slots__ = ("data",)
