@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 
@@ -70,6 +70,36 @@ class NpyRows:
         self.close()
 
 
+class ConcatRows:
+    """The rows of several :class:`NpyRows` of one width, one file after another (a final
+    fit on the train, validation and test splits reads all three)."""
+
+    def __init__(self, parts: Sequence[NpyRows]) -> None:
+        if not parts or len({(p.shape[1:], p.dtype) for p in parts}) != 1:
+            raise ValueError("rows to join need one width and type: "
+                             f"{[(p.path, p.shape, str(p.dtype)) for p in parts]}")
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape: tuple[int, ...] = (int(self.starts[-1]),) + parts[0].shape[1:]
+        self.dtype, self.row_bytes = parts[0].dtype, parts[0].row_bytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """A new array of rows ``[start, stop)`` (clipped), across files as needed."""
+        start, stop = max(0, start), min(stop, self.shape[0])
+        pieces = [p.read(start - a, stop - a) for p, a, b in zip(self.parts, self.starts[:-1], self.starts[1:])
+                  if start < b and stop > a]
+        if not pieces:
+            return np.empty((0,) + self.shape[1:], dtype=self.dtype)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+#: What a :class:`RowSource` reads its inputs from.
+Rows = Union[NpyRows, ConcatRows]
+
+
 def block_rows(row_bytes: int, block_bytes: int = BLOCK_BYTES) -> int:
     """Rows of ``row_bytes`` in one block of about ``block_bytes``."""
     return max(1, block_bytes // max(1, row_bytes))
@@ -91,7 +121,7 @@ class RowSource:
         n_features: The model's input width (``X``'s own when there is no ``transform``).
     """
 
-    def __init__(self, X: NpyRows, y: np.ndarray, transform: BlockTransform | None = None,
+    def __init__(self, X: Rows, y: np.ndarray, transform: BlockTransform | None = None,
                  n_features: int | None = None) -> None:
         if len(y) != len(X):
             raise ValueError(f"{len(X)} rows of inputs but {len(y)} targets")
@@ -143,10 +173,25 @@ def windows(blocks: Sequence[tuple[int, int]], per_window: int) -> list[list[tup
     return [list(blocks[i:i + per_window]) for i in range(0, len(blocks), per_window)]
 
 
-def sample_rows(n_rows: int, keep: int, seed: int = 0) -> np.ndarray:
-    """Sorted positions of ``keep`` of ``n_rows`` rows drawn without replacement (all of
-    them when ``keep >= n_rows``). Seeded: every trial of a job trains on the same rows, so
-    their scores compare."""
+#: A sample stratified by class keeps at least this many rows of each class (all of a rarer
+#: one), so a model trained on it knows every class.
+MIN_CLASS_ROWS = 20
+
+
+def sample_rows(n_rows: int, keep: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
+    """Sorted positions of about ``keep`` of ``n_rows`` rows drawn without replacement (all
+    of them when ``keep >= n_rows``); with class ``labels``, drawn within each class in
+    proportion, at least :data:`MIN_CLASS_ROWS` of each. Seeded: every trial of a job trains
+    on the same rows, so their scores compare."""
     if keep >= n_rows:
         return np.arange(n_rows, dtype=np.int64)
-    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max(1, keep), replace=False)).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(n_rows, size=max(1, keep), replace=False)).astype(np.int64)
+    labels = np.asarray(labels)
+    parts = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = min(members.size, max(MIN_CLASS_ROWS, round(keep * members.size / n_rows)))
+        parts.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(parts)).astype(np.int64)

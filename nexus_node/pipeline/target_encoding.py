@@ -151,13 +151,16 @@ def assemble(X: np.ndarray, layout: np.ndarray, encodings: Sequence[np.ndarray])
     drop = np.zeros(X.shape[1], dtype=bool)
     for start, stop, _ in layout:
         drop[start:stop] = True
-    return np.hstack([np.asarray(X)[:, ~drop], *[np.asarray(e) for e in encodings]]).astype(np.float32)
+    # float32 before joining: the same values as joining in float64 and converting after,
+    # without a float64 copy of every row.
+    return np.hstack([np.asarray(X, dtype=np.float32)[:, ~drop], *[np.asarray(e, dtype=np.float32) for e in encodings]])
 
 
 def _fit(codes: np.ndarray, t: np.ndarray, layout: np.ndarray) -> tuple[list[np.ndarray], list[Table]]:
     """The training rows' cross-fitted encodings, and the mappings for any other rows."""
     tables = [fit_table(codes[:, j], t, int(n)) for j, (_, _, n) in enumerate(layout)]
-    encoded = [cross_fit(codes[:, j], t, int(n)) for j, (_, _, n) in enumerate(layout)]
+    # float32, as the model reads them (assemble): half the memory of the rows' encodings.
+    encoded = [cross_fit(codes[:, j], t, int(n)).astype(np.float32) for j, (_, _, n) in enumerate(layout)]
     return encoded, tables
 
 
@@ -185,25 +188,28 @@ def encode_split(arrays: Mapping[str, np.ndarray], layout: np.ndarray, task: str
     return out, tables
 
 
-def split_block_transforms(y_train: np.ndarray, codes_train: np.ndarray, codes_val: np.ndarray | None,
-                           layout: np.ndarray, task: str, n_classes: int,
-                           transform: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
-    """:func:`encode_split` for rows read a block at a time: a transform of training rows
-    ``[a, b)`` and one of validation rows (each ``(X_block, a, b) -> model inputs``), which
-    give those rows of ``encode_split``'s arrays. Only the encodings (one number per encoded
-    column and target column, a row) are held, not the inputs."""
-    encoded, tables = _fit(np.asarray(codes_train), targets_for(np.asarray(y_train), task, n_classes, transform),
-                           layout)
+def fit_block_transform(y_fit: np.ndarray, codes_fit: np.ndarray, layout: np.ndarray, task: str, n_classes: int,
+                        transform: Mapping[str, Any] | None = None) -> tuple[Any, list[Table]]:
+    """:func:`fit_rows` for rows read a block at a time: a transform of the fitted rows
+    ``[a, b)`` (``(X_block, a, b) -> model inputs``, those rows of ``fit_rows``'s output),
+    and the mappings for any other rows (:func:`apply_block_transform`). Only the
+    encodings (one number per encoded column and target column, a row) are held, not the
+    inputs."""
+    encoded, tables = _fit(np.asarray(codes_fit), targets_for(np.asarray(y_fit), task, n_classes, transform), layout)
 
-    def train_rows(X: np.ndarray, a: int, b: int) -> np.ndarray:
+    def fit_rows(X: np.ndarray, a: int, b: int) -> np.ndarray:
         return assemble(X, layout, [e[a:b] for e in encoded])
 
-    def val_rows(X: np.ndarray, a: int, b: int) -> np.ndarray:
-        assert codes_val is not None
-        codes = np.asarray(codes_val[a:b])
-        return assemble(X, layout, [lookup(codes[:, j], tab) for j, tab in enumerate(tables)])
+    return fit_rows, tables
 
-    return train_rows, val_rows
+
+def apply_block_transform(codes: np.ndarray, tables: Sequence[Table], layout: np.ndarray) -> Any:
+    """:func:`apply` for rows ``[a, b)`` read a block at a time (their codes are ``codes[a:b]``)."""
+    def rows(X: np.ndarray, a: int, b: int) -> np.ndarray:
+        block = np.asarray(codes[a:b])
+        return assemble(X, layout, [lookup(block[:, j], tab) for j, tab in enumerate(tables)])
+
+    return rows
 
 
 def model_width(n_features: int, layout: np.ndarray, task: str, n_classes: int) -> int:

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, TypeVar
 
 import numpy as np
 
+from nexus_node.errors import FailedPrecondition
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline import target_encoding
 from nexus_node.pipeline.folds import fold_splits
-from nexus_node.pipeline.row_stream import NpyRows, RowSource, sample_rows
+from nexus_node.pipeline.row_stream import ConcatRows, NpyRows, RowSource, sample_rows
 from nexus_node.runner import memory
 
 if TYPE_CHECKING:
@@ -55,6 +56,11 @@ _splits = LRU(2)
 _encoded = LRU(2)
 _device_data = LRU(2)
 _streamed = LRU(8)   # the first trial's choice, kept for the dataset: see :func:`streams`
+_tree_rows = LRU(8)  # the first tree trial's sample size, kept for the dataset: see :func:`tree_splits`
+
+#: Fewer training rows than this fitting a trial's budget fail the trial rather than train
+#: trees on next to nothing.
+MIN_SAMPLED_ROWS = 1000
 
 #: The share of the room left in a trial's memory budget its rows may take; past it, they
 #: stream (a network) or are sampled (trees).
@@ -146,10 +152,7 @@ def model_bytes(files: Mapping[str, str], task: str, n_classes: int, encoding: s
     """Bytes the training and validation rows take as a configuration with this
     ``encoding`` trains on them (float32 model inputs)."""
     X_train, X_val = load_array(files["X_train"]), load_array(files["X_val"])
-    width = int(X_train.shape[1])
-    if encoding != "onehot":
-        width = target_encoding.model_width(width, np.asarray(load_array(files["codes_layout"])), task, n_classes)
-    return 4 * width * (int(X_train.shape[0]) + int(X_val.shape[0]))
+    return 4 * _width(files, task, n_classes, encoding) * (int(X_train.shape[0]) + int(X_val.shape[0]))
 
 
 def streams(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> bool:
@@ -160,7 +163,7 @@ def streams(files: Mapping[str, str], task: str, n_classes: int, encoding: str) 
     def decide() -> bool:
         room = memory.room()
         return (room is not None and "folds" not in files
-                and model_bytes(files, task, n_classes, encoding) > STREAM_SHARE * room)
+                and held_bytes(model_bytes(files, task, n_classes, encoding), encoding) > STREAM_SHARE * room)
 
     return _streamed.get_or_make((split_key(files), task, n_classes, encoding, memory.budget()), decide)
 
@@ -192,15 +195,16 @@ def streamed_split(files: Mapping[str, str], task: str, n_classes: int, log: boo
 
     train, val, transform = _sources(files, task, n_classes, log, encoding)
     return StreamedData.from_sources(train, val, task, n_classes, transform=transform,
-                                     window_bytes=window_bytes(memory.room() or 0))
+                                     window_bytes=window_bytes(memory.budget()))
 
 
-def window_bytes(room: int) -> int:
-    """A streamed epoch's window for a trial with ``room`` bytes left: an eighth of it (two
-    windows are held), between 1 and 16 MiB."""
+def window_bytes(budget: int) -> int:
+    """A streamed epoch's window for a trial with ``budget`` bytes: a sixteenth of it (two
+    windows are held), between 1 and 16 MiB. Of the budget, not of the room left, so that
+    a seed gives the same windows (and result) in every trial of the runner."""
     from nexus_node.pipeline.train import STREAM_WINDOW_BYTES
 
-    return max(1 << 20, min(STREAM_WINDOW_BYTES, room // 8))
+    return max(1 << 20, min(STREAM_WINDOW_BYTES, budget // 16))
 
 
 def _sources(files: Mapping[str, str], task: str, n_classes: int, log: bool | None,
@@ -208,16 +212,59 @@ def _sources(files: Mapping[str, str], task: str, n_classes: int, log: bool | No
     """The training and validation rows as a configuration with this ``encoding`` trains
     on them, read a block at a time; and the regression target scale (``log``: the
     configuration's choice) a target encoding was fitted with."""
-    y_train, y_val = load_array(files["y_train"]), load_array(files["y_val"])
-    X_train, X_val = NpyRows(files["X_train"]), NpyRows(files["X_val"])
+    y_train = load_array(files["y_train"])
     transform = target_scale.fit_target_transform(np.asarray(y_train), log) if task == "regression" else None
+    train, other, _ = fit_sources(files, ("train",), task, n_classes, transform, encoding)
+    return train, other("val"), transform
+
+
+def fit_sources(files: Mapping[str, str], splits: tuple[str, ...], task: str, n_classes: int,
+                transform: Mapping[str, Any] | None,
+                encoding: str) -> tuple[RowSource, Callable[[str], RowSource], list[target_encoding.Table]]:
+    """The rows of ``splits``, one after another, as a fit with this ``encoding`` trains on
+    them, read a block at a time; the rows of any other split as that fit reads them; and
+    the mappings of a target encoding fitted on the fit's rows (``transform``: the
+    regression target scale it encodes with; none for the one-hot encoding). The targets
+    are held (one number a row), the inputs are not."""
+    X = ConcatRows([NpyRows(files[f"X_{s}"]) for s in splits])
+    ys = [load_array(files[f"y_{s}"]) for s in splits]
+    y = ys[0] if len(ys) == 1 else np.concatenate([np.asarray(v) for v in ys])
     if encoding == "onehot":
-        return RowSource(X_train, y_train), RowSource(X_val, y_val), transform
+        return RowSource(X, y), lambda s: RowSource(NpyRows(files[f"X_{s}"]), load_array(files[f"y_{s}"])), []
     layout = np.asarray(load_array(files["codes_layout"]))
-    train_rows, val_rows = target_encoding.split_block_transforms(
-        y_train, load_array(files["codes_train"]), load_array(files["codes_val"]), layout, task, n_classes, transform)
-    width = target_encoding.model_width(int(X_train.shape[1]), layout, task, n_classes)
-    return RowSource(X_train, y_train, train_rows, width), RowSource(X_val, y_val, val_rows, width), transform
+    codes = np.concatenate([np.asarray(load_array(files[f"codes_{s}"])) for s in splits])
+    fit_rows, tables = target_encoding.fit_block_transform(y, codes, layout, task, n_classes, transform)
+    width = target_encoding.model_width(int(X.shape[1]), layout, task, n_classes)
+
+    def other(s: str) -> RowSource:
+        rows = target_encoding.apply_block_transform(load_array(files[f"codes_{s}"]), tables, layout)
+        return RowSource(NpyRows(files[f"X_{s}"]), load_array(files[f"y_{s}"]), rows, width)
+
+    return RowSource(X, y, fit_rows, width), other, tables
+
+
+def streams_final(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> bool:
+    """Whether finalize's fits stream their rows: every split's rows would take more than
+    :data:`STREAM_SHARE` of the room the runner's budget leaves (finalize is sized by the
+    trials' budget, though only trials are held to it)."""
+    room = memory.room()
+    if room is None:
+        return False
+    rows = sum(int(load_array(files[f"X_{s}"]).shape[0]) for s in ("train", "val", "test"))
+    return held_bytes(4 * _width(files, task, n_classes, encoding) * rows, encoding) > STREAM_SHARE * room
+
+
+def held_bytes(rows_bytes: int, encoding: str) -> int:
+    """What rows of ``rows_bytes`` (as a model reads them) cost held in memory: a target
+    encoding keeps its encoded copy beside the tensors made from it."""
+    return rows_bytes * (1 if encoding == "onehot" else 2)
+
+
+def _width(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> int:
+    width = int(load_array(files["X_train"]).shape[1])
+    if encoding != "onehot":
+        width = target_encoding.model_width(width, np.asarray(load_array(files["codes_layout"])), task, n_classes)
+    return width
 
 
 def tree_row_bytes(width: int, n_columns: int, outputs: int) -> int:
@@ -240,23 +287,33 @@ def tree_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: s
     :class:`~nexus_node.pipeline.row_stream.RowSource`), so the trial's predictions cover
     every validation row as any other trial's do.
     """
-    X_train = load_array(files["X_train"])
-    n_train, width = int(X_train.shape[0]), int(X_train.shape[1])
-    if encoding != "onehot":
-        width = target_encoding.model_width(width, np.asarray(load_array(files["codes_layout"])), task, n_classes)
+    n_train, width = int(load_array(files["X_train"]).shape[0]), _width(files, task, n_classes, encoding)
     columns = model_tree_columns(files, task, n_classes, encoding)
     n_columns = width if columns is None else len(columns)
     per_row = tree_row_bytes(width, n_columns, target_encoding.width(task, n_classes))
-    if memory.budget() > 0:
-        from nexus_node.pipeline.gbt import load_library
 
-        load_library()   # its import is the trial's, and the room is what is left after it
-    room = memory.room()
-    if room is None or "folds" in files or n_train * per_row <= STREAM_SHARE * room:
+    def decide() -> int | None:
+        if memory.budget() > 0:
+            from nexus_node.pipeline.gbt import load_library
+
+            load_library()   # its import is the trial's, and the room is what is left after it
+        room = memory.room()
+        if room is None or "folds" in files or n_train * per_row <= STREAM_SHARE * room:
+            return None
+        return int(STREAM_SHARE * max(0, room) // per_row)
+
+    # The first tree trial decides for the dataset: later ones have more room (scikit-learn
+    # is loaded), and a different size would be a different sample.
+    keep = _tree_rows.get_or_make((split_key(files), task, n_classes, encoding, memory.budget()), decide)
+    if keep is None:
         return encoded_splits(files, task, n_classes, encoding, log), None
-    keep = max(2, int(STREAM_SHARE * max(0, room) // per_row))
+    if keep < MIN_SAMPLED_ROWS:
+        raise FailedPrecondition(
+            f"the trial's memory budget of {memory.budget() >> 20} MB leaves room for {keep} of the {n_train} "
+            f"training rows; trees need at least {MIN_SAMPLED_ROWS} (give trials more with nexus-node "
+            "--trial-memory-mb)")
     train, val, _ = _sources(files, task, n_classes, log, encoding)
-    rows = sample_rows(n_train, keep)
+    rows = sample_rows(n_train, keep, labels=None if task == "regression" else np.asarray(train.y))
     split = {"X_train": train.take(rows), "y_train": np.asarray(train.y[rows]), "X_val": val,
              "y_val": np.asarray(val.y)}
     return [split], int(rows.size)

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from nexus_node.errors import FailedPrecondition
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline.gbt import train_and_score_gbt
 from nexus_node.pipeline.row_stream import NpyRows, RowSource, block_order, sample_rows, windows
@@ -29,6 +30,7 @@ def no_budget() -> Iterator[None]:
     memory.set_budget(0)
     arrays._device_data.clear()
     arrays._streamed.clear()
+    arrays._tree_rows.clear()
 
 
 def _save(path: Path, a: np.ndarray, version: tuple[int, int] | None = None) -> str:
@@ -134,3 +136,50 @@ def test_trees_over_their_budget_train_on_a_sample_that_fits_and_score_every_val
     res = train_and_score_gbt(splits, GBT, "binary", "roc_auc", seed=0)
     assert res.predictions.shape == (8_000, 2) and res.value > 0.85
     assert metrics.score("roc_auc", np.load(files["y_val"]), res.predictions) == pytest.approx(res.value)
+
+
+def test_a_streamed_epoch_reads_every_training_row_once(tmp_path):
+    from nexus_node.pipeline.train import fit_fixed
+
+    files = _synthetic(tmp_path, 30_000)
+    reads: list[tuple[int, int]] = []
+
+    class Counted(RowSource):
+        def inputs(self, start: int, stop: int) -> np.ndarray:
+            reads.append((start, min(stop, len(self))))
+            return super().inputs(start, stop)
+
+    train = Counted(NpyRows(files["X_train"]), np.load(files["y_train"]))
+    data = StreamedData.from_sources(train, None, "binary", 2, window_bytes=1 << 20)
+    model, why = fit_fixed(data, {**MLP, "epochs": 1}, 1, seed=0)
+    assert model is not None and why == ""
+    rows = np.concatenate([np.arange(a, b) for a, b in reads])
+    assert len(reads) > 8 and np.array_equal(np.sort(rows), np.arange(24_000))
+
+
+def test_a_class_sample_keeps_every_class_even_a_rare_one():
+    labels = np.zeros(48_000, dtype=np.int64)
+    labels[::2400] = 2                       # 20 rows of class 2
+    labels[1::3] = 1
+    rows = sample_rows(48_000, 2_000, labels=labels)
+    counts = np.bincount(labels[rows], minlength=3)
+    assert counts[2] == 20 and counts[1] > 500 and abs(rows.size - 2_000) <= 40
+    assert np.array_equal(rows, sample_rows(48_000, 2_000, labels=labels))
+
+
+def test_the_first_tree_trial_decides_the_sample_and_too_little_room_fails_with_the_sizes(tmp_path):
+    files = _synthetic(tmp_path, 40_000)
+    memory.set_budget(2)
+    memory.begin_trial()
+    first, sampled = arrays.tree_splits(files, "binary", 2, "onehot", None)
+    held = np.ones(1 << 17)                  # 1 MB more held: a later trial has less room
+    memory.begin_trial()
+    again, sampled_again = arrays.tree_splits(files, "binary", 2, "onehot", None)
+    assert sampled is not None and sampled_again == sampled and held.sum() > 0
+    np.testing.assert_array_equal(first[0]["X_train"], again[0]["X_train"])
+    (tmp_path / "wide").mkdir()
+    wide = _synthetic(tmp_path / "wide", 10_000, d=200)   # 3.5 kB a row as trees hold it
+    memory.set_budget(1)
+    memory.begin_trial()
+    with pytest.raises(FailedPrecondition, match=r"budget of 1 MB leaves room for \d+ of the 8000 training rows"):
+        arrays.tree_splits(wide, "binary", 2, "onehot", None)
