@@ -92,19 +92,23 @@ def write_ensemble_artifact(path: str, members: list[tuple[Mapping[str, Any], Ma
 
 
 def write_member(path: str, weights: Mapping[str, Any], member: Mapping[str, Any],
-                 evaluated_predictions: np.ndarray) -> None:
+                 evaluated_predictions: np.ndarray, test_predictions: np.ndarray | None = None) -> None:
     """Write a fitted ensemble member atomically: ``weights`` of its final fit (its
     ``member["family"]``), ``member`` (JSON: what the ensemble's config records of it),
-    and its evaluated fit's ``evaluated_predictions``."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(evaluated_predictions), allow_pickle=False)
+    its evaluated fit's ``evaluated_predictions`` and, when those are of a sample of the
+    test rows, its ``test_predictions`` on all of them."""
     blobs = {f"final/{name}": data for name, data in _weight_files(member["family"], weights).items()}
-    blobs["evaluated_predictions.npy"] = buf.getvalue()
+    for name, array in (("evaluated_predictions.npy", evaluated_predictions), ("test_predictions.npy", test_predictions)):
+        if array is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(array), allow_pickle=False)
+            blobs[name] = buf.getvalue()
     _write_zip(path, blobs, {"member.json": {"format": MEMBER_FORMAT, "format_version": MEMBER_VERSION, **member}})
 
 
-def read_member(path: str) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
-    """``(weights, member, evaluated_predictions)`` as :func:`write_member` took them.
+def read_member(path: str) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, np.ndarray | None]:
+    """``(weights, member, evaluated_predictions, test_predictions)`` as :func:`write_member`
+    took them.
 
     Raises:
         InvalidInput: The file is not a fitted member.
@@ -120,9 +124,11 @@ def read_member(path: str) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
                                    f"v{member.get('format_version')}; this node reads {MEMBER_FORMAT} v{MEMBER_VERSION}")
             weights = _read_weights(path, z, names, member.get("family", "mlp"), "final/")
             predictions = np.load(io.BytesIO(z.read("evaluated_predictions.npy")), allow_pickle=False)
+            test = (np.load(io.BytesIO(z.read("test_predictions.npy")), allow_pickle=False)
+                    if "test_predictions.npy" in names else None)
     except zipfile.BadZipFile:
         raise InvalidInput(f"{path} is not a fitted ensemble member (not a zip file)") from None
-    return weights, member, predictions
+    return weights, member, predictions, test
 
 
 def _weight_files(family: str, weights: Mapping[str, Any]) -> dict[str, bytes]:

@@ -49,7 +49,22 @@ from nexus_node.pipeline import ensemble, metrics, target_encoding
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.importance import importance_of, permuted_inputs
 from nexus_node.pipeline.result import scored_rows
-from nexus_node.runner.arrays import TRAIN_ARRAYS, encoding_of, load_array, load_arrays, model_tree_columns, splits_for
+from nexus_node.pipeline.row_stream import NpyRows, RowSource, sample_rows
+from nexus_node.runner import memory
+from nexus_node.runner.arrays import (
+    MIN_SAMPLED_ROWS,
+    STREAM_SHARE,
+    TRAIN_ARRAYS,
+    encoding_of,
+    fit_sources,
+    load_array,
+    load_arrays,
+    model_tree_columns,
+    splits_for,
+    streams_final,
+    tree_row_bytes,
+    window_bytes,
+)
 from nexus_node.runner.context import TaskContext, need
 
 log = logging.getLogger(__name__)
@@ -104,15 +119,19 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     dropped: list[str] = []
     # The members' evaluated predictions, weighted and summed as each arrives: one member's
     # stack (the test split and every shuffle of it) is held at a time, not all of them.
+    # Past IMPORTANCE_ROWS test rows the shuffles are of a sample, and every row's
+    # predictions are summed apart (summed[1]).
     summed: list[np.ndarray] = []
 
     def keep(m: Member) -> None:
-        part = m.weight * np.asarray(m.evaluated_predictions, dtype=np.float64)
-        if summed:
-            summed[0] += part
-        else:
-            summed.append(part)
-        fitted.append(m._replace(evaluated_predictions=np.empty(0, dtype=np.float32)))
+        parts = [m.evaluated_predictions] + ([] if m.test_predictions is None else [m.test_predictions])
+        for i, p in enumerate(parts):
+            part = m.weight * np.asarray(p, dtype=np.float64)
+            if len(summed) > i:
+                summed[i] += part
+            else:
+                summed.append(part)
+        fitted.append(m._replace(evaluated_predictions=np.empty(0, dtype=np.float32), test_predictions=None))
 
     for candidate, weight in chosen:
         try:
@@ -141,8 +160,11 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     # its members' (a single model's own).
     evaluated = summed[0] / total
     y_test = np.asarray(arrays["y_test"])
-    test_metrics = metrics.all_metrics(task, y_test, evaluated[0])
-    importance = importance_of(list(evaluated), y_test, prep, metric)
+    sampled = importance_rows(y_test.shape[0], seed)
+    if (sampled is None) != (len(summed) == 1):
+        raise FailedPrecondition("the ensemble's members scored different test rows; finalize the job again")
+    test_metrics = metrics.all_metrics(task, y_test, evaluated[0] if sampled is None else summed[1] / total)
+    importance = importance_of(list(evaluated), y_test if sampled is None else y_test[sampled], prep, metric)
     rows = {
         "evaluated_on": "test", "test_rows": int(y_test.shape[0]),
         "evaluated_model_rows": lead.evaluated.rows, "evaluated_model_splits": list(lead.evaluated.splits),
@@ -253,6 +275,9 @@ class Member(NamedTuple):
     evaluated: Fit
     final: Fit
     evaluated_predictions: np.ndarray
+    # The evaluated fit's predictions on every test row, when the shuffles were of a sample
+    # of them (:func:`importance_rows`); None when evaluated_predictions[0] is every row's.
+    test_predictions: np.ndarray | None = None
 
 
 def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classes: int,
@@ -267,8 +292,11 @@ def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
         y_fit = np.concatenate([arrays["y_train"], arrays["y_val"]])
         transform = target_scale.for_params(y_fit, params, transform)
     member_req = {**req, "params": params, "preprocessing": {**prep, "target": {**prep["target"], "transform": transform}}}
-    fit = refit_gbt if params.get("family", "mlp") == "gbt" else refit_mlp
-    epochs = int(candidate.get("epochs") or params["epochs" if fit is refit_mlp else "max_iter"])
+    gbt = params.get("family", "mlp") == "gbt"
+    epochs = int(candidate.get("epochs") or params["max_iter" if gbt else "epochs"])
+    if streams_final(req["files"], req["task_type"], n_classes, encoding_of(req["files"], params)):
+        return _fit_member_streamed(member_req, n_classes, candidate, weight, gbt, epochs)
+    fit = refit_gbt if gbt else refit_mlp
     encoder = FitEncoder.of(member_req, arrays, n_classes)
     evaluated_arrays, evaluated_tables = encoder.arrays(EVALUATED_SPLITS)
     evaluated = fit(member_req, evaluated_arrays, n_classes, EVALUATED_SPLITS, epochs, fallback=True)
@@ -282,12 +310,79 @@ def fit_member(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_class
     final = final._replace(config={**final.config, **encoder.config(final_tables)})
     trial = candidate.get("trial")
     X_test = np.array(arrays["X_test"], dtype=np.float32)
+    inputs, full = encoder.test_inputs(X_test), None
+    rows = importance_rows(X_test.shape[0], int(req["seed"]))
+    if rows is not None:
+        full = _float32(evaluated.predict(encoder.model_inputs(inputs, evaluated_tables)))
+        inputs = inputs[rows]
+    predictions = _shuffled_predictions(evaluated, encoder, inputs, evaluated_tables, prep, int(req["seed"]))
+    return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final, predictions,
+                  full)
+
+
+def _float32(predictions: np.ndarray) -> np.ndarray:
     # float32: a member file holds one prediction per test row for every shuffle of every
     # column (and class), which float64 would double.
-    predictions = np.stack([np.asarray(evaluated.predict(encoder.model_inputs(X, evaluated_tables)), dtype=np.float32)
-                            for X in permuted_inputs(encoder.test_inputs(X_test), prep, int(req["seed"]),
-                                                     linked=encoder.linked)])
-    return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final, predictions)
+    return np.asarray(predictions, dtype=np.float32)
+
+
+def _shuffled_predictions(evaluated: Fit, encoder: "FitEncoder", inputs: np.ndarray,
+                          tables: list[target_encoding.Table], prep: Mapping[str, Any], seed: int) -> np.ndarray:
+    """The evaluated fit's predictions on :func:`permuted_inputs` of ``inputs`` (test rows
+    as :meth:`FitEncoder.test_inputs` gives them), the unshuffled rows first."""
+    assert evaluated.predict is not None
+    return np.stack([_float32(evaluated.predict(encoder.model_inputs(X, tables)))
+                     for X in permuted_inputs(inputs, prep, seed, linked=encoder.linked)])
+
+
+#: Test rows past this many are sampled (seeded, so every member of an ensemble shuffles the
+#: same rows) for the permutation importance, which predicts every row once per shuffle of
+#: every column; the test metrics still score every row.
+IMPORTANCE_ROWS = 65_536
+
+
+def importance_rows(n_test: int, seed: int) -> np.ndarray | None:
+    """The test rows permutation importance shuffles: None for all of them."""
+    return None if n_test <= IMPORTANCE_ROWS else sample_rows(n_test, IMPORTANCE_ROWS, seed)
+
+
+def _fit_member_streamed(req: Mapping[str, Any], n_classes: int, candidate: Mapping[str, Any], weight: float,
+                         gbt: bool, epochs: int) -> Member:
+    """:func:`fit_member` for rows too many for the runner's budget: each fit reads its
+    splits' rows from the prepared files as it trains (a network) or a sample of them that
+    fits (trees), and the test rows are scored a chunk at a time."""
+    files, task, prep, params = req["files"], req["task_type"], req["preprocessing"], req["params"]
+    seed, transform = int(req["seed"]), prep["target"].get("transform")
+    encoding = encoding_of(files, params)
+    fit = refit_gbt_streamed if gbt else refit_mlp_streamed
+    rows, other, evaluated_tables = fit_sources(files, EVALUATED_SPLITS, task, n_classes, transform, encoding)
+    evaluated = fit(req, rows, n_classes, EVALUATED_SPLITS, epochs, fallback=True)
+    assert evaluated.predict is not None   # fallback=True: a diverged refit was replaced
+    rows, _, final_tables = fit_sources(files, FINAL_SPLITS, task, n_classes, transform, encoding)
+    final = fit(req, rows, n_classes, FINAL_SPLITS, evaluated.epochs, fallback=False)
+    del rows
+    if final.weights is None:
+        final = evaluated._replace(note="; ".join(n for n in (evaluated.note, f"{final.note}; kept the evaluated model")
+                                                   if n))
+        final_tables = evaluated_tables
+    encoder = FitEncoder.of(req, {}, n_classes)
+    final = final._replace(config={**final.config, **encoder.config(final_tables)})
+    test = other("test")
+    chunk = max(256, TEST_CHUNK_BYTES // test.row_bytes)
+    full = np.concatenate([_float32(evaluated.predict(c)) for c in test.chunks(chunk)])
+    sampled = importance_rows(len(test), seed)
+    picked = np.arange(len(test)) if sampled is None else sampled
+    X_test = RowSource(NpyRows(files["X_test"]), test.y).take(picked)   # as prepared: the shuffles move blocks
+    if encoder.layout is not None:
+        encoder = encoder._replace(codes={**encoder.codes, "test": encoder.codes["test"][picked]})
+    predictions = _shuffled_predictions(evaluated, encoder, encoder.test_inputs(X_test), evaluated_tables, prep, seed)
+    trial = candidate.get("trial")
+    return Member(None if trial is None else int(trial), weight, params, transform, evaluated, final, predictions,
+                  None if sampled is None else full)
+
+
+#: Bytes of test rows a streamed finalize scores at once.
+TEST_CHUNK_BYTES = 8 << 20
 
 
 class FitEncoder(NamedTuple):
@@ -368,14 +463,14 @@ def write_member(path: str, m: Member) -> None:
         "trial": m.trial, "weight": m.weight, "params": dict(m.params), "transform": m.transform,
         "family": str(m.final.config.get("family", "mlp")),
         "final": {**fit_doc(m.final), "config": dict(m.final.config)}, "evaluated": fit_doc(m.evaluated),
-    }, m.evaluated_predictions)
+    }, m.evaluated_predictions, m.test_predictions)
 
 
 def load_member(path: str, weight: float) -> Member:
     """A member file as :func:`write_member` wrote it, with the ``weight`` selection gave it."""
     from nexus_node.pipeline.artifact import read_member
 
-    weights, doc, predictions = read_member(path)
+    weights, doc, predictions, test_predictions = read_member(path)
 
     def fit_of(d: Mapping[str, Any], w: Any, config: dict[str, Any]) -> Fit:
         return Fit(None, w, config, int(d["epochs"]), str(d.get("note", "")), tuple(d["splits"]), int(d["rows"]))
@@ -383,7 +478,7 @@ def load_member(path: str, weight: float) -> Member:
     trial = doc.get("trial")
     return Member(None if trial is None else int(trial), weight, dict(doc["params"]), doc.get("transform"),
                   fit_of(doc["evaluated"], None, {}), fit_of(doc["final"], weights, dict(doc["final"]["config"])),
-                  predictions)
+                  predictions, test_predictions)
 
 
 # Which splits each of finalize's two fits trains on.
@@ -415,37 +510,67 @@ def refit_mlp(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classe
                splits: tuple[str, ...], epochs: int, fallback: bool) -> Fit:
     """The MLP on ``splits`` for ``epochs`` epochs. With ``fallback``, a diverging fit is
     replaced by the model trained as a trial is (train split, early stopping on val)."""
+    from nexus_node.pipeline.train import DeviceData
+
+    task = req["task_type"]
+    transform = req["preprocessing"]["target"].get("transform")
+    X, y = stack(arrays, splits)
+    data = DeviceData.from_arrays({"X_train": X, "y_train": y}, task, n_classes, transform=transform)
+    del X
+    return _refit_mlp(req, data, lambda: DeviceData.from_arrays({k: arrays[k] for k in TRAIN_ARRAYS}, task, n_classes,
+                                                                transform=transform),
+                      n_classes, splits, epochs, fallback, int(arrays["y_train"].shape[0]))
+
+
+def refit_mlp_streamed(req: Mapping[str, Any], rows: RowSource, n_classes: int, splits: tuple[str, ...],
+                       epochs: int, fallback: bool) -> Fit:
+    """:func:`refit_mlp` on rows read from the prepared files as it trains."""
+    from nexus_node.pipeline.train import StreamedData
+
+    files, task, params = req["files"], req["task_type"], req["params"]
+    transform = req["preprocessing"]["target"].get("transform")
+    window = window_bytes(memory.budget())
+    data = StreamedData.from_sources(rows, None, task, n_classes, transform=transform, window_bytes=window)
+
+    def split() -> Any:
+        train, other, _ = fit_sources(files, ("train",), task, n_classes, transform, encoding_of(files, params))
+        return StreamedData.from_sources(train, other("val"), task, n_classes, transform=transform, window_bytes=window)
+
+    return _refit_mlp(req, data, split, n_classes, splits, epochs, fallback,
+                      int(load_array(files["y_train"]).shape[0]))
+
+
+def _refit_mlp(req: Mapping[str, Any], data: Any, train_split: Callable[[], Any], n_classes: int,
+               splits: tuple[str, ...], epochs: int, fallback: bool, train_rows: int) -> Fit:
+    """:func:`refit_mlp` on ``data`` (the rows of ``splits``); ``train_split`` gives the
+    train/validation split a fallback trains on as a trial does."""
     import torch
 
     from nexus_node.pipeline.model import output_width
-    from nexus_node.pipeline.train import DeviceData, fit_fixed, model_from_state, predict, train_and_score
+    from nexus_node.pipeline.train import fit_fixed, model_from_state, predict, train_and_score
 
     task, metric, params = req["task_type"], req["metric"], req["params"]
     seed, threads = int(req["seed"]), int(req.get("threads", 1))
     transform = req["preprocessing"]["target"].get("transform")
-    X, y = stack(arrays, splits)
-    data = DeviceData.from_arrays({"X_train": X, "y_train": y}, task, n_classes, transform=transform)
+    n_in, rows = data.n_features, len(data.train) if hasattr(data, "train") else int(data.X_train.shape[0])
     model, why = fit_fixed(data, params, epochs, seed, threads)
     note = ""
     if model is None and not fallback:
-        return Fit(None, None, {}, epochs, why, splits, int(y.shape[0]))
+        return Fit(None, None, {}, epochs, why, splits, rows)
     if model is None:
-        split = DeviceData.from_arrays({k: arrays[k] for k in TRAIN_ARRAYS}, task, n_classes, transform=transform)
-        res = train_and_score(split, params, task, n_classes, metric, seed, threads)
+        res = train_and_score(train_split(), params, task, n_classes, metric, seed, threads)
         if res.state_dict is None:
             raise FailedPrecondition(f"the best configuration no longer trains: {why}; {res.message}")
-        model = model_from_state(res.state_dict, data.X_train.shape[1], output_width(task, n_classes), params)
+        model = model_from_state(res.state_dict, n_in, output_width(task, n_classes), params)
         epochs, note = res.epochs, f"{why}; kept the model trained on the train split instead"
-        splits, rows = ("train",), int(arrays["y_train"].shape[0])
-    else:
-        rows = int(y.shape[0])
+        splits, rows = ("train",), train_rows
     device = data.device
     del data   # the device copy of the rows is not needed past training
 
     def predict_np(X_enc: np.ndarray) -> np.ndarray:
         return predict(model, torch.as_tensor(X_enc, dtype=torch.float32, device=device), task, transform)
 
-    config = {"family": "mlp", "n_in": int(X.shape[1]), "n_out": output_width(task, n_classes)}
+    config = {"family": "mlp", "n_in": int(n_in), "n_out": output_width(task, n_classes)}
     return Fit(predict_np, model.state_dict(), config, epochs, note, splits, rows)
 
 
@@ -456,21 +581,52 @@ def refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classe
     permutation importance calls it dozens of times, and scikit-learn's compiled walk is
     about 40 times faster than the numpy one serving uses (16 s against 0.4 s on a
     3,500-row test split). (Trees do not diverge: ``fallback`` is unused.)"""
+
+    cols = _tree_columns(req, n_classes, int(arrays["X_train"].shape[1]))
+    X, y = stack(arrays, splits)
+    return _refit_gbt(req, X[:, cols], y, cols, splits, n_iter, "")
+
+
+def refit_gbt_streamed(req: Mapping[str, Any], rows: RowSource, n_classes: int, splits: tuple[str, ...],
+                       n_iter: int, fallback: bool) -> Fit:
+    """:func:`refit_gbt` on the largest seeded sample of the rows (stratified by class)
+    that the room left in the runner's budget holds (:func:`.arrays.tree_row_bytes`)."""
+    from nexus_node.pipeline.gbt import load_library
+
+    load_library()
+    task = req["task_type"]
+    cols = _tree_columns(req, n_classes, rows.n_features)
+    per_row = tree_row_bytes(rows.n_features, len(cols), target_encoding.width(task, n_classes))
+    keep = int(STREAM_SHARE * max(0, memory.room() or 0) // per_row)
+    if keep < MIN_SAMPLED_ROWS:
+        raise FailedPrecondition(
+            f"the runner's memory budget of {memory.budget() >> 20} MB leaves room for {keep} of the {len(rows)} "
+            f"rows to refit trees on; at least {MIN_SAMPLED_ROWS} are needed (give runners more with "
+            "nexus-node --trial-memory-mb)")
+    picked = sample_rows(len(rows), keep, int(req["seed"]), None if task == "regression" else np.asarray(rows.y))
+    note = "" if picked.size == len(rows) else f"trees refitted on {picked.size} sampled rows of {len(rows)}"
+    return _refit_gbt(req, rows.take(picked)[:, cols], np.asarray(rows.y)[picked], cols, splits, n_iter, note)
+
+
+def _tree_columns(req: Mapping[str, Any], n_classes: int, width: int) -> np.ndarray:
+    cols = model_tree_columns(req["files"], req["task_type"], n_classes, encoding_of(req["files"], req["params"]))
+    return np.arange(width, dtype=np.int64) if cols is None else cols
+
+
+def _refit_gbt(req: Mapping[str, Any], X: np.ndarray, y: np.ndarray, cols: np.ndarray, splits: tuple[str, ...],
+               n_iter: int, note: str) -> Fit:
+    """:func:`refit_gbt` on rows ``X`` (the tree columns ``cols`` of the model's inputs)."""
     from nexus_node.pipeline.gbt import export_trees, fit_gbt, predict_model
 
     task, params = req["task_type"], req["params"]
     transform = req["preprocessing"]["target"].get("transform")
-    cols = model_tree_columns(req["files"], task, n_classes, encoding_of(req["files"], params))
-    if cols is None:
-        cols = np.arange(arrays["X_train"].shape[1], dtype=np.int64)
-    X, y = stack(arrays, splits)
-    model = fit_gbt(X[:, cols], y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
+    model = fit_gbt(X, y, params, task, n_iter, int(req["seed"]), int(req.get("threads", 1)), transform)
     weights, meta = export_trees(model)
     meta = {"family": "gbt", **meta, "columns": [int(c) for c in cols]}
 
     def predict_np(X_enc: np.ndarray) -> np.ndarray:
         return predict_model(model, np.asarray(X_enc)[:, cols], task, transform)
 
-    return Fit(predict_np, weights, meta, n_iter, "", splits, int(y.shape[0]))
+    return Fit(predict_np, weights, meta, n_iter, note, splits, int(y.shape[0]))
 
 

@@ -165,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         tid = int(msg["id"])
         try:
             budget = args.trial_memory_mb if msg["task"].get("task") == "trial" else 0
+            memory.begin_task()   # what the task adds from here is what it sizes its rows by
             with MemoryWatch(budget, lambda used: _over_budget(out, tid, used, budget)):
-                if budget:
-                    memory.begin_trial()
                 result = tasks.run_task(msg["task"], _Context(tid, out, cancelled))
             out.send({"id": tid, "ok": True, "result": result})
         except NexusError as e:

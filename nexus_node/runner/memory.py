@@ -13,7 +13,7 @@ import os
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _budget = 0               # bytes; 0: no budget
-_base: int | None = None  # anon_rss() when the running trial began; None: not recorded
+_base: int | None = None  # anon_rss() when the running task began; None: not recorded
 
 
 def anon_rss() -> int:
@@ -40,14 +40,15 @@ def budget() -> int:
     return _budget
 
 
-def begin_trial() -> None:
-    """A trial starts now: what it adds from here counts against its budget."""
+def begin_task() -> None:
+    """A task starts now: what it adds from here counts against the budget (only a trial is
+    held to it; finalize sizes its rows by it too)."""
     global _base
     _base = anon_rss()
 
 
 def room() -> int | None:
-    """Bytes the running trial may still add; None without a budget."""
+    """Bytes the running task may still add; None without a budget."""
     if _budget <= 0:
         return None
     return _budget - (0 if _base is None else max(0, anon_rss() - _base))

@@ -170,16 +170,16 @@ def test_a_class_sample_keeps_every_class_even_a_rare_one():
 def test_the_first_tree_trial_decides_the_sample_and_too_little_room_fails_with_the_sizes(tmp_path):
     files = _synthetic(tmp_path, 40_000)
     memory.set_budget(2)
-    memory.begin_trial()
+    memory.begin_task()
     first, sampled = arrays.tree_splits(files, "binary", 2, "onehot", None)
     held = np.ones(1 << 17)                  # 1 MB more held: a later trial has less room
-    memory.begin_trial()
+    memory.begin_task()
     again, sampled_again = arrays.tree_splits(files, "binary", 2, "onehot", None)
     assert sampled is not None and sampled_again == sampled and held.sum() > 0
     np.testing.assert_array_equal(first[0]["X_train"], again[0]["X_train"])
     (tmp_path / "wide").mkdir()
     wide = _synthetic(tmp_path / "wide", 10_000, d=200)   # 3.5 kB a row as trees hold it
     memory.set_budget(1)
-    memory.begin_trial()
+    memory.begin_task()
     with pytest.raises(FailedPrecondition, match=r"budget of 1 MB leaves room for \d+ of the 8000 training rows"):
         arrays.tree_splits(wide, "binary", 2, "onehot", None)
