@@ -14,10 +14,11 @@ given when the node recorded it at submit, so every read of one upload is the sa
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -31,7 +32,12 @@ from nexus_node.pipeline.tableformat import CSV, PARQUET, SNIFF_BYTES, TableForm
 # them. Defined with the node's upload check (stdlib only), which decides the target's task
 # at submit on the same cells.
 
-__all__ = ["check_table", "decode_bytes", "finish_cells", "parse_text", "read_table", "sniff_delimiter"]
+__all__ = ["check_table", "decode_bytes", "finish_cells", "parse_text", "read_table", "read_table_chunks",
+           "sniff_delimiter"]
+
+#: Rows per chunk when a table is read a chunk at a time (:func:`read_table_chunks`): what a
+#: reader holds of the file is one chunk's cells.
+CHUNK_ROWS = 50_000
 
 
 def decode_bytes(data: bytes, encoding: str | None = None, source: str = "the file") -> tuple[str, str]:
@@ -105,18 +111,8 @@ def _parse(text: str, source: str, delimiter: str | None, decimal: str | None,
     dupes = sorted({n for n in header if n and header.count(n) > 1})
     if dupes:
         raise InvalidInput(f"{source} repeats column names {dupes}; give every column a unique name")
-    try:
-        df = pd.read_csv(
-            io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-            na_filter=False, skipinitialspace=True, engine="c",
-        )
-    except (pd.errors.ParserError, csv.Error, ValueError) as e:
-        raise InvalidInput(
-            f"{source} is not a readable CSV ({str(e).strip()}); check that every row has the "
-            "same number of fields and that values containing the delimiter are quoted"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise InvalidInput(f"{source} has no columns; upload a CSV with a header row") from None
+    with _csv_errors(source):
+        df = pd.read_csv(io.StringIO(text), sep=sep, **_CSV_OPTIONS)
     df = finish_cells(df, source)
     if decimal is None:
         decimal = _decimal_evidence(df).decide(sep, hint_decimal) if sep != "," else "."
@@ -208,6 +204,87 @@ def read_table(path: str | os.PathLike[str], fmt: TableFormat | None = None, *, 
     df, sep, decimal = _parse(text, source, fmt.delimiter if fmt else None, fmt.decimal if fmt else None,
                               hint.decimal if hint else "")
     return df, TableFormat(CSV, compression, encoding, sep, decimal)
+
+
+def read_table_chunks(path: str | os.PathLike[str], fmt: TableFormat, rows: int = CHUNK_ROWS,
+                      source: str = "the file") -> Iterator[pd.DataFrame]:
+    """:func:`read_table`'s frame read with the format recorded at submit, ``rows`` rows at a
+    time: the same cells (stripped, missing ones ``NA``, decimal commas rewritten), without
+    the whole file in memory. A Parquet file comes as one chunk (its columns are read whole).
+
+    Raises (while reading):
+        InvalidInput: as :func:`read_table`, for what a chunk meets.
+    """
+    if fmt.container == PARQUET:
+        from nexus_node.pipeline.parquet import read_parquet
+
+        yield read_parquet(path, None, "", source)
+        return
+    encoding = fmt.encoding
+    if not encoding:
+        from pathlib import Path
+
+        from nexus_node.pipeline.csvcheck import detect_encoding
+
+        encoding = detect_encoding(Path(path), fmt.compression)
+    with tableformat.open_binary(path, fmt.compression, None, source) as raw:
+        try:
+            header = _header(io.TextIOWrapper(raw, encoding=encoding, newline=""), fmt.delimiter)
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{source} does not decode as {encoding}: {e}") from None
+    dupes = sorted({n for n in header if n and header.count(n) > 1})
+    if dupes:
+        raise InvalidInput(f"{source} repeats column names {dupes}; give every column a unique name")
+    with tableformat.open_binary(path, fmt.compression, None, source) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+        first = True
+        try:
+            with _csv_errors(source):
+                reader = pd.read_csv(text, sep=fmt.delimiter, chunksize=rows, **_CSV_OPTIONS)
+                chunks = iter(reader)
+            while True:
+                with _csv_errors(source):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                chunk = finish_cells(chunk, source)
+                if fmt.decimal == ",":
+                    _rewrite_decimal_commas(chunk)
+                first = False
+                yield chunk
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{source} does not decode as {encoding}: {e}") from None
+        if first:
+            raise InvalidInput(f"{source} has a header but no data rows; add rows below the header")
+
+
+#: How every CSV is parsed: cells as text, none read as missing by pandas (finish_cells decides).
+_CSV_OPTIONS: dict[str, Any] = dict(dtype=str, keep_default_na=False, na_filter=False, skipinitialspace=True,
+                                    engine="c")
+
+
+@contextlib.contextmanager
+def _csv_errors(source: str) -> Iterator[None]:
+    """pandas' parse errors as what to fix."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise
+    except (pd.errors.ParserError, csv.Error, ValueError) as e:
+        raise InvalidInput(
+            f"{source} is not a readable CSV ({str(e).strip()}); check that every row has the "
+            "same number of fields and that values containing the delimiter are quoted"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise InvalidInput(f"{source} has no columns; upload a CSV with a header row") from None
+
+
+def _header(text: io.TextIOBase, sep: str) -> list[str]:
+    """The header's cells (stripped): the first line that is not blank."""
+    for line in text:
+        if line.strip():
+            return [c.strip() for c in next(csv.reader([line], delimiter=sep), [])]
+    return []
 
 
 def check_table(path: str | os.PathLike[str], target: str, drop_columns: Sequence[str] = (),

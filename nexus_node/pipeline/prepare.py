@@ -11,6 +11,8 @@ Every input column maps to a contiguous block of encoded features (``"features":
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -19,6 +21,7 @@ import pandas as pd
 from nexus_node.errors import InvalidInput
 from nexus_node.pipeline import csvio, target_encoding
 from nexus_node.pipeline import target as target_scale
+from nexus_node.pipeline.column_store import ColumnStore, LazyTable
 from nexus_node.pipeline.folds import assign_folds
 from nexus_node.pipeline.profile import (
     CATEGORY_LIMIT,
@@ -31,8 +34,10 @@ from nexus_node.pipeline.profile import (
     target_labels,
     target_summary,
 )
+from nexus_node.pipeline.row_stream import NpyWriter
 from nexus_node.pipeline.tableformat import TableFormat
 from nexus_node.pipeline.trees import tree_columns
+from nexus_node.system import give_back_freed_memory
 
 PREPROCESSING_VERSION = 1
 MIN_ROWS = 10
@@ -61,6 +66,8 @@ PLE_BINS = 16
 DATE_PARTS = {"month": ("month", 12.0), "day": ("day", 31.0), "weekday": ("day_of_week", 6.0),
               "dayofyear": ("day_of_year", 366.0), "hour": ("hour", 23.0)}
 ARRAY_NAMES = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
+#: Bytes of encoded rows (float32) pass two of preparation makes from one chunk at most.
+ENCODED_CHUNK_BYTES = 8 << 20
 
 
 #: At most this many distinct words a numeric column's training cells held in place of a
@@ -332,50 +339,115 @@ def split_indices(
     return train, val, test
 
 
-def load_training_table(csv_path: str, target: str, drop_columns: Sequence[str],
-                        fmt: TableFormat | None = None) -> tuple[pd.DataFrame, TableFormat, int]:
-    """Read the upload and check the target and drop list.
-
-    Args:
-        fmt: How the node read the upload at submit (``None`` for a job accepted before the
-            format was recorded: detected again).
-
-    Returns:
-        ``(rows with a target value, the format read, number of rows dropped for a missing
-        target)``.
+def check_table_columns(columns: Sequence[str], target: str, drop_columns: Sequence[str]) -> None:
+    """Refuse a table without the target or with an unknown drop column.
 
     Raises:
-        InvalidInput: The file is unusable, the target is absent or empty, a drop column
-            does not exist, or too few rows remain.
+        InvalidInput: the target is absent or also dropped, or a drop column does not exist.
     """
-    df, fmt = csvio.read_table(csv_path, fmt)
-    if target not in df.columns:
-        shown = list(df.columns[:12]) + (["..."] if len(df.columns) > 12 else [])
+    if target not in columns:
+        shown = list(columns[:12]) + (["..."] if len(columns) > 12 else [])
         hint = (" (the file has a single column: no comma, semicolon, tab or pipe separates its header)"
-                if len(df.columns) == 1 else "")
+                if len(columns) == 1 else "")
         raise InvalidInput(f"target column {target!r} is not in the CSV; available columns: {shown}{hint}")
-    unknown = [c for c in drop_columns if c not in df.columns]
+    unknown = [c for c in drop_columns if c not in columns]
     if unknown:
-        raise InvalidInput(f"columns to drop {unknown} are not in the CSV; available columns: {list(df.columns)}")
+        raise InvalidInput(f"columns to drop {unknown} are not in the CSV; available columns: {list(columns)}")
     if target in drop_columns:
         raise InvalidInput(f"target column {target!r} cannot also be dropped")
-    has_target = df[target].notna()
+
+
+def rows_with_target(target_cells: pd.Series, target: str) -> np.ndarray:
+    """Whether each row has a target value.
+
+    Raises:
+        InvalidInput: no row has one, or fewer than :data:`MIN_ROWS` do.
+    """
+    has_target: np.ndarray = np.asarray(target_cells.notna().to_numpy(), dtype=bool)
     if not has_target.any():
         raise InvalidInput(f"target column {target!r} has no values (every cell is empty); "
                            "choose a column with values to predict")
-    dropped = int((~has_target).sum())
-    df = df[has_target].reset_index(drop=True)
-    if len(df) < MIN_ROWS:
-        raise InvalidInput(f"only {len(df)} row(s) have a value for {target!r}; at least {MIN_ROWS} "
+    if int(has_target.sum()) < MIN_ROWS:
+        raise InvalidInput(f"only {int(has_target.sum())} row(s) have a value for {target!r}; at least {MIN_ROWS} "
                            "are needed to train and test a model")
-    return df, fmt, dropped
+    return has_target
+
+
+def read_columns(csv_path: str, target: str, drop_columns: Sequence[str], fmt: TableFormat,
+                 directory: str, chunk_rows: int) -> tuple[LazyTable, np.ndarray]:
+    """Pass one of preparation: the upload read a chunk at a time into a column store in
+    ``directory``; the rows with a target value as a table (numbered from 0) and which rows
+    of the file those are."""
+    store = ColumnStore(directory)
+    for chunk in csvio.read_table_chunks(csv_path, fmt, chunk_rows):
+        if store.rows == 0:
+            check_table_columns([str(c) for c in chunk.columns], target, drop_columns)
+        store.append(chunk)
+    has_target = rows_with_target(store.column(target), target)
+    return LazyTable(store, np.flatnonzero(has_target)), has_target
+
+
+def write_arrays(csv_path: str, fmt: TableFormat, chunk_rows: int, has_target: np.ndarray,
+                 splits: Sequence[np.ndarray], prep: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+    """Pass two of preparation: the upload read again a chunk at a time, each chunk's rows
+    encoded (:func:`transform`, :func:`encode_target`, :func:`category_codes`) and appended
+    to its split's arrays, in file order; the arrays' paths by name. Encoding is row by row,
+    so the arrays are those of encoding every row at once, bit for bit."""
+    target = prep["target"]["name"]
+    layout = target_encoding.layout_of(prep)
+    part = np.full(int(has_target.sum()), -1, dtype=np.int8)
+    for p, idx in enumerate(splits):
+        part[idx] = p
+    y_type: type = np.float64 if prep["target"]["task"] == "regression" else np.int64
+    writers: dict[str, NpyWriter] = {}
+    for p, name in enumerate(("train", "val", "test")):
+        n = int(splits[p].size)
+        arrays: list[tuple[str, type, tuple[int, ...]]] = [
+            (f"X_{name}", np.float32, (n, len(prep["feature_names"]))), (f"y_{name}", y_type, (n,))]
+        if layout.shape[0]:
+            arrays.append((f"codes_{name}", np.int32, (n, int(layout.shape[0]))))
+        for key, dtype, shape in arrays:
+            writers[key] = NpyWriter(os.path.join(out_dir, f"{key}.npy"), dtype, shape)
+    read, kept = 0, 0
+    # A chunk's encoded rows are several times its cells: bounded in bytes too.
+    chunk_rows = max(256, min(chunk_rows, ENCODED_CHUNK_BYTES // (4 * max(1, len(prep["feature_names"])))))
+    try:
+        for chunk in csvio.read_table_chunks(csv_path, fmt, chunk_rows):
+            mask = has_target[read:read + len(chunk)]
+            read += len(chunk)
+            chunk = chunk[mask].reset_index(drop=True)
+            parts = part[kept:kept + len(chunk)]
+            kept += len(chunk)
+            y = encode_target(chunk[target], prep)
+            for p, name in enumerate(("train", "val", "test")):
+                sel = np.flatnonzero(parts == p)
+                if sel.size:
+                    rows = chunk.iloc[sel]
+                    writers[f"X_{name}"].write(transform(rows, prep, fitted_rows=p == 0))
+                    writers[f"y_{name}"].write(y[sel])
+                    if layout.shape[0]:
+                        writers[f"codes_{name}"].write(category_codes(rows, prep))
+    except BaseException:
+        for w in writers.values():
+            w.abandon()
+        raise
+    for w in writers.values():
+        w.close()
+    return {key: w.path for key, w in writers.items()}
 
 
 def prepare(
     csv_path: str, target: str, seed: int, out_dir: str, drop_columns: Sequence[str] = (),
     test_fraction: float = 0.2, val_fraction: float = 0.2, fmt: TableFormat | None = None,
+    chunk_rows: int = csvio.CHUNK_ROWS,
 ) -> dict[str, Any]:
     """The ``prepare`` task: profile, split, fit preprocessing, write arrays.
+
+    Two passes over the upload, ``chunk_rows`` rows at a time, so that no more than a chunk
+    of the table's cells, or one column of them, is held: the first keeps the cells on disk
+    a column per file (:mod:`.column_store`), from which profiling and fitting read one
+    column at a time; the second encodes each chunk's rows into its split's arrays
+    (:func:`write_arrays`).
 
     Args:
         csv_path: The uploaded CSV.
@@ -385,7 +457,9 @@ def prepare(
         drop_columns: Columns the user excludes.
         test_fraction: Share of rows for the final test.
         val_fraction: Share of rows for validation.
-        fmt: How the node read the upload at submit; detected when ``None``.
+        fmt: How the node read the upload at submit; detected when ``None`` (a job from
+            before formats were recorded: the file is then read whole once to learn it).
+        chunk_rows: Rows read at a time.
 
     Returns:
         The task result documented in :mod:`nexus_node.runner.tasks`.
@@ -395,7 +469,23 @@ def prepare(
     """
     if not (0 < test_fraction < 0.5 and 0 < val_fraction < 0.5):
         raise InvalidInput("test and validation fractions must each be between 0 and 0.5")
-    df, fmt, n_dropped = load_training_table(csv_path, target, drop_columns, fmt)
+    if fmt is None:
+        _, fmt = csvio.read_table(csv_path)
+    os.makedirs(out_dir, exist_ok=True)
+    scratch = tempfile.mkdtemp(dir=out_dir, prefix=".columns-")
+    try:
+        return _prepare(csv_path, target, seed, out_dir, drop_columns, test_fraction, val_fraction, fmt,
+                        chunk_rows, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prepare(csv_path: str, target: str, seed: int, out_dir: str, drop_columns: Sequence[str],
+             test_fraction: float, val_fraction: float, fmt: TableFormat, chunk_rows: int,
+             scratch: str) -> dict[str, Any]:
+    df, has_target = read_columns(csv_path, target, drop_columns, fmt, scratch, chunk_rows)
+    give_back_freed_memory()   # the chunks of pass one, freed but kept by the allocator
+    n_dropped = int(has_target.size - len(df))
     encoding = fmt.encoding
     info = detect_target(df[target], target)
     columns = profile_columns(df, target, drop_columns)
@@ -404,21 +494,14 @@ def prepare(
         raise InvalidInput(f"no usable feature columns remain ({reasons}); add columns that describe each row")
     labels = None if info.task == "regression" else target_labels(df[target], info)
     train_idx, val_idx, test_idx = split_indices(len(df), seed, test_fraction, val_fraction, labels)
-    prep = fit_preprocessing(df.iloc[train_idx], columns, info)
-    os.makedirs(out_dir, exist_ok=True)
-    files = {}
-    y_all = encode_target(df[target], prep)
-    # The values of the columns a target encoding may replace, as codes: a trial fits the
-    # encoding on its own training rows (nexus_node.pipeline.target_encoding).
+    prep = fit_preprocessing(df.take(train_idx), columns, info)
+    summary = target_summary(df[target], info)
+    df.forget()   # pass two holds a chunk of rows, not the columns read last
+    give_back_freed_memory()
+    # The values of the columns a target encoding may replace are written as codes too: a
+    # trial fits the encoding on its own training rows (nexus_node.pipeline.target_encoding).
+    files = write_arrays(csv_path, fmt, chunk_rows, has_target, (train_idx, val_idx, test_idx), prep, out_dir)
     layout = target_encoding.layout_of(prep)
-    for part, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
-        X = transform(df.iloc[idx], prep, fitted_rows=part == "train")
-        arrays = [(f"X_{part}", X), (f"y_{part}", y_all[idx])]
-        if layout.shape[0]:
-            arrays.append((f"codes_{part}", category_codes(df.iloc[idx], prep)))
-        for name, arr in arrays:
-            files[name] = os.path.join(out_dir, f"{name}.npy")
-            np.save(files[name], arr, allow_pickle=False)
     if layout.shape[0]:
         files["codes_layout"] = os.path.join(out_dir, "codes_layout.npy")
         np.save(files["codes_layout"], layout, allow_pickle=False)
@@ -436,7 +519,7 @@ def prepare(
     profile: dict[str, Any] = {
         "rows": len(df), "rows_dropped_missing_target": n_dropped,
         "n_features": len(prep["feature_names"]), "task": info.task, "target": target, "encoding": encoding,
-        "format": fmt.describe(), "columns": [c.to_dict() for c in columns], "target_column": target_summary(df[target], info),
+        "format": fmt.describe(), "columns": [c.to_dict() for c in columns], "target_column": summary,
         # The columns whose encoding is a searched choice (study/constraints.py).
         "high_cardinality": [s["name"] for s in target_encoding.encoded_specs(prep)],
     }

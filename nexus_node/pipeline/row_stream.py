@@ -100,6 +100,36 @@ class ConcatRows:
 Rows = Union[NpyRows, ConcatRows]
 
 
+class NpyWriter:
+    """An ``.npy`` file of a shape known in advance, written a block of rows at a time in
+    order (never mapped: what the writer holds is the block it is given)."""
+
+    def __init__(self, path: str | os.PathLike[str], dtype: np.dtype | type, shape: tuple[int, ...]) -> None:
+        self.path, self.dtype, self.shape = os.fspath(path), np.dtype(dtype), tuple(int(n) for n in shape)
+        self.rows = 0
+        self._f = open(self.path, "wb")
+        np.lib.format.write_array_header_1_0(self._f, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape})
+
+    def write(self, block: np.ndarray) -> None:
+        """Appends ``block``'s rows (its other dimensions must be the file's)."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + block.shape[0] > self.shape[0]:
+            raise ValueError(f"rows of shape {block.shape} do not fit {self.path}: {self.rows} of {self.shape} written")
+        self._f.write(block.tobytes())
+        self.rows += block.shape[0]
+
+    def abandon(self) -> None:
+        """Closes the file whatever it holds (a failed preparation removes it)."""
+        self._f.close()
+
+    def close(self) -> None:
+        """Closes the file, which must hold all its rows by now."""
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.path} got {self.rows} of its {self.shape[0]} rows")
+
+
 def block_rows(row_bytes: int, block_bytes: int = BLOCK_BYTES) -> int:
     """Rows of ``row_bytes`` in one block of about ``block_bytes``."""
     return max(1, block_bytes // max(1, row_bytes))

@@ -15,7 +15,6 @@ reader thread takes cancellations while a task runs.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import queue
@@ -27,6 +26,7 @@ from typing import Any, BinaryIO, Callable
 from nexus_node.errors import NexusError
 from nexus_node.runner import families, memory
 from nexus_node.runner.memory import anon_rss
+from nexus_node.system import give_back_freed_memory
 
 
 class _Context:
@@ -177,17 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             out.send({"id": tid, "ok": False, "error": {"kind": "internal", "message": f"{type(e).__name__}: {e}"}})
         cancelled.discard(tid)
-        _give_back_freed_memory()
+        give_back_freed_memory()   # an idle runner does not hold its last task's peak
     return 0
-
-
-def _give_back_freed_memory() -> None:
-    """Return the heap a finished task freed to the system (glibc keeps freed chunks for
-    reuse; a runner between tasks would otherwise hold its largest task's peak)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to trim
-        pass
 
 
 if __name__ == "__main__":
