@@ -52,6 +52,8 @@ class ManagerSettings:
     # Retention (jobs/retention.py): ended jobs kept, newest first, and for how many days; 0: all.
     keep_jobs: int = 0
     keep_days: float = 0.0
+    # The most bytes of inputs in one row shard of a prepared array (pipeline/prepare.py).
+    shard_bytes: int = 32 << 20
 
 
 class Cancelled(Exception):

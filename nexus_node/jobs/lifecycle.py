@@ -234,6 +234,7 @@ class Lifecycle:
             # As the node read the upload at submit (a job accepted before formats were
             # recorded has none: prepare detects it).
             **({"format": dict(job.input_format)} if job.input_format else {}),
+            "shard_bytes": ctx.settings.shard_bytes,
         }, task_memory("prepare", job.dataset_bytes))
         # The node that prepared holds the shards; a job never depends on one copy.
         files = {str(k): str(v) for k, v in result["files"].items()}

@@ -312,9 +312,9 @@ class Search:
 
 def trial_files(files: Mapping[str, str]) -> dict[str, str]:
     """The prepared files a trial reads: all but the test split's (prepare names them
-    ``X_test``, ``y_test``, ``codes_test``). Trials validate on the training rows alone; the
+    ``X_test``, ``y_test``, ``codes_test``, with ``#k`` for their row shards). Trials validate on the training rows alone; the
     held-out rows are read only by finalize, so a worker never fetches them for a trial."""
-    return {name: sha for name, sha in files.items() if not name.endswith("_test")}
+    return {name: sha for name, sha in files.items() if not name.partition("#")[0].endswith("_test")}
 
 
 def _value(t: optuna.trial.FrozenTrial) -> float:

@@ -76,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     ap.add_argument("--keep-days", type=float, default=0.0, metavar="D",
                     help="retention: delete ended jobs D days after they ended, as --keep-jobs does, "
                          "checked every 10 minutes and whenever a job ends (default 0: keep them)")
+    ap.add_argument("--shard-mb", type=int, default=32, metavar="MB",
+                    help="a prepared table's arrays are cut into row shards of at most this many MB of inputs, "
+                         "each a blob kept by --replicas nodes and fetched on its own (default 32)")
     ap.add_argument("--max-upload-mb", type=int, default=512, help="largest CSV accepted (default 512)")
     ap.add_argument("--max-predict-mb", type=int, default=64, help="largest prediction input (default 64)")
     ap.add_argument("--upload-idle-s", type=float, default=30.0,
@@ -161,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ap.error("--slots must be at least 1")
     if a.trial_memory_mb is not None and a.trial_memory_mb < 1:
         ap.error("--trial-memory-mb must be positive")
+    if a.shard_mb < 1:
+        ap.error("--shard-mb must be at least 1")
     if a.blob_cache_mb < 0:
         ap.error("--blob-cache-mb must be 0 (no bound) or positive")
     if not (a.blob_gc_grace >= 0 and a.keep_days >= 0) or a.keep_jobs < 0:   # NaN too
@@ -211,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         host=a.host, port=a.port, data_dir=a.data_dir, token_file=a.token_file, peer_secret_file=a.peer_secret_file,
         slots=a.slots,
         threads_per_trial=max(1, a.threads_per_trial), trial_memory_mb=a.trial_memory_mb, memory_mb=a.memory_mb, blob_cache_mb=a.blob_cache_mb,
-        blob_gc_grace=a.blob_gc_grace, keep_jobs=a.keep_jobs, keep_days=a.keep_days,
+        blob_gc_grace=a.blob_gc_grace, keep_jobs=a.keep_jobs, keep_days=a.keep_days, shard_mb=a.shard_mb,
         max_upload_mb=a.max_upload_mb,
         max_predict_mb=a.max_predict_mb, upload_idle_s=a.upload_idle_s, default_max_trials=a.default_trials, cluster_name=a.cluster,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_ca=a.tls_ca,

@@ -95,6 +95,7 @@ class NodeConfig:
     blob_gc_grace: float = 300.0           # seconds a blob no record needs waits before removal (blobs/gc.py)
     keep_jobs: int = 0                     # retention (jobs/retention.py): newest ended jobs kept; 0: all
     keep_days: float = 0.0                 # ended jobs kept this many days; 0: for ever
+    shard_mb: int = 32                     # a row shard of a prepared array holds at most this many MB
     max_upload_mb: int = 512
     max_predict_mb: int = 64
     upload_idle_s: float = 30.0            # an upload stream silent this long is ended
@@ -272,6 +273,7 @@ class Node:
             settings=ManagerSettings(
                 default_max_trials=cfg.default_max_trials, worker_memory_bytes=memory_info()[1],
                 work=cfg.work, pruner=cfg.pruner, keep_jobs=cfg.keep_jobs, keep_days=cfg.keep_days,
+                shard_bytes=cfg.shard_mb << 20,
             ),
             llm=self._llm, llm_unavailable=cfg.llm.disabled_reason,
             events=self.hub, fetch_blob=self.blob_sync.ensure, replicated=self.blob_sync.replicated,

@@ -68,6 +68,9 @@ DATE_PARTS = {"month": ("month", 12.0), "day": ("day", 31.0), "weekday": ("day_o
 ARRAY_NAMES = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 #: Bytes of encoded rows (float32) pass two of preparation makes from one chunk at most.
 ENCODED_CHUNK_BYTES = 8 << 20
+#: Bytes of inputs (float32) in one row shard of a prepared array at most: a few tens of MB,
+#: so a large table's arrays are many blobs, placed and fetched each on its own.
+SHARD_BYTES = 32 << 20
 
 
 #: At most this many distinct words a numeric column's training cells held in place of a
@@ -387,30 +390,85 @@ def read_columns(csv_path: str, target: str, drop_columns: Sequence[str], fmt: T
     return LazyTable(store, np.flatnonzero(has_target)), has_target
 
 
+def shard_name(key: str, k: int) -> str:
+    """The name of row shard ``k`` of array ``key`` in a prepare result's ``files`` (an array
+    of one shard keeps its own name)."""
+    return f"{key}#{k}"
+
+
+class _SplitShards:
+    """One split's arrays (X, y and maybe codes) written as row shards of at most
+    ``per_shard`` rows, every array of the split cut at the same rows."""
+
+    def __init__(self, out_dir: str, arrays: Sequence[tuple[str, type, tuple[int, ...]]], total: int,
+                 per_shard: int) -> None:
+        self.out_dir, self.arrays, self.total, self.per_shard = out_dir, list(arrays), total, max(1, per_shard)
+        self.files: dict[str, str] = {}
+        self.open: list[NpyWriter] = []
+        self.done = 0          # rows in closed shards
+        self.shard = -1
+
+    def _next(self) -> None:
+        for w in self.open:
+            w.close()
+        self.done += self.open[0].shape[0] if self.open else 0
+        self.shard += 1
+        rows = min(self.per_shard, self.total - self.done)
+        self.open = []
+        one = self.total <= self.per_shard
+        for key, dtype, rest in self.arrays:
+            name = key if one else shard_name(key, self.shard)
+            self.files[name] = os.path.join(self.out_dir, f"{key}.npy" if one else f"{key}.{self.shard}.npy")
+            self.open.append(NpyWriter(self.files[name], dtype, (rows, *rest)))
+
+    def write(self, blocks: Sequence[np.ndarray]) -> None:
+        """Appends rows: one block per array, of the same rows."""
+        at, n = 0, len(blocks[0])
+        while at < n:
+            if not self.open or self.open[0].rows == self.open[0].shape[0]:
+                self._next()
+            take = min(n - at, self.open[0].shape[0] - self.open[0].rows)
+            for w, b in zip(self.open, blocks):
+                w.write(b[at:at + take])
+            at += take
+
+    def close(self) -> dict[str, str]:
+        if not self.open:
+            self._next()   # an empty split still has its (empty) arrays
+        for w in self.open:
+            w.close()
+        return self.files
+
+    def abandon(self) -> None:
+        for w in self.open:
+            w.abandon()
+
+
 def write_arrays(csv_path: str, fmt: TableFormat, chunk_rows: int, has_target: np.ndarray,
-                 splits: Sequence[np.ndarray], prep: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+                 splits: Sequence[np.ndarray], prep: Mapping[str, Any], out_dir: str,
+                 shard_bytes: int = SHARD_BYTES) -> dict[str, str]:
     """Pass two of preparation: the upload read again a chunk at a time, each chunk's rows
     encoded (:func:`transform`, :func:`encode_target`, :func:`category_codes`) and appended
-    to its split's arrays, in file order; the arrays' paths by name. Encoding is row by row,
-    so the arrays are those of encoding every row at once, bit for bit."""
+    to its split's arrays, in file order, as row shards of at most ``shard_bytes`` of
+    inputs (each a blob of its own, placed and fetched on its own); the shards' paths by
+    :func:`shard_name`. Encoding is row by row, so the arrays are those of encoding every
+    row at once, bit for bit."""
     target = prep["target"]["name"]
     layout = target_encoding.layout_of(prep)
+    width = len(prep["feature_names"])
     part = np.full(int(has_target.sum()), -1, dtype=np.int8)
     for p, idx in enumerate(splits):
         part[idx] = p
     y_type: type = np.float64 if prep["target"]["task"] == "regression" else np.int64
-    writers: dict[str, NpyWriter] = {}
+    writers: list[_SplitShards] = []
     for p, name in enumerate(("train", "val", "test")):
-        n = int(splits[p].size)
-        arrays: list[tuple[str, type, tuple[int, ...]]] = [
-            (f"X_{name}", np.float32, (n, len(prep["feature_names"]))), (f"y_{name}", y_type, (n,))]
+        arrays: list[tuple[str, type, tuple[int, ...]]] = [(f"X_{name}", np.float32, (width,)), (f"y_{name}", y_type, ())]
         if layout.shape[0]:
-            arrays.append((f"codes_{name}", np.int32, (n, int(layout.shape[0]))))
-        for key, dtype, shape in arrays:
-            writers[key] = NpyWriter(os.path.join(out_dir, f"{key}.npy"), dtype, shape)
+            arrays.append((f"codes_{name}", np.int32, (int(layout.shape[0]),)))
+        writers.append(_SplitShards(out_dir, arrays, int(splits[p].size), shard_bytes // (4 * max(1, width))))
     read, kept = 0, 0
     # A chunk's encoded rows are several times its cells: bounded in bytes too.
-    chunk_rows = max(256, min(chunk_rows, ENCODED_CHUNK_BYTES // (4 * max(1, len(prep["feature_names"])))))
+    chunk_rows = max(256, min(chunk_rows, ENCODED_CHUNK_BYTES // (4 * max(1, width))))
     try:
         for chunk in csvio.read_table_chunks(csv_path, fmt, chunk_rows):
             mask = has_target[read:read + len(chunk)]
@@ -419,27 +477,28 @@ def write_arrays(csv_path: str, fmt: TableFormat, chunk_rows: int, has_target: n
             parts = part[kept:kept + len(chunk)]
             kept += len(chunk)
             y = encode_target(chunk[target], prep)
-            for p, name in enumerate(("train", "val", "test")):
+            for p, shards in enumerate(writers):
                 sel = np.flatnonzero(parts == p)
                 if sel.size:
                     rows = chunk.iloc[sel]
-                    writers[f"X_{name}"].write(transform(rows, prep, fitted_rows=p == 0))
-                    writers[f"y_{name}"].write(y[sel])
+                    blocks = [transform(rows, prep, fitted_rows=p == 0), y[sel]]
                     if layout.shape[0]:
-                        writers[f"codes_{name}"].write(category_codes(rows, prep))
+                        blocks.append(category_codes(rows, prep))
+                    shards.write(blocks)
+        files: dict[str, str] = {}
+        for shards in writers:
+            files.update(shards.close())
     except BaseException:
-        for w in writers.values():
-            w.abandon()
+        for shards in writers:
+            shards.abandon()
         raise
-    for w in writers.values():
-        w.close()
-    return {key: w.path for key, w in writers.items()}
+    return files
 
 
 def prepare(
     csv_path: str, target: str, seed: int, out_dir: str, drop_columns: Sequence[str] = (),
     test_fraction: float = 0.2, val_fraction: float = 0.2, fmt: TableFormat | None = None,
-    chunk_rows: int = csvio.CHUNK_ROWS,
+    chunk_rows: int = csvio.CHUNK_ROWS, shard_bytes: int | None = None,
 ) -> dict[str, Any]:
     """The ``prepare`` task: profile, split, fit preprocessing, write arrays.
 
@@ -460,6 +519,7 @@ def prepare(
         fmt: How the node read the upload at submit; detected when ``None`` (a job from
             before formats were recorded: the file is then read whole once to learn it).
         chunk_rows: Rows read at a time.
+        shard_bytes: The most bytes of inputs in one row shard (:data:`SHARD_BYTES` when None).
 
     Returns:
         The task result documented in :mod:`nexus_node.runner.tasks`.
@@ -475,14 +535,14 @@ def prepare(
     scratch = tempfile.mkdtemp(dir=out_dir, prefix=".columns-")
     try:
         return _prepare(csv_path, target, seed, out_dir, drop_columns, test_fraction, val_fraction, fmt,
-                        chunk_rows, scratch)
+                        chunk_rows, scratch, SHARD_BYTES if shard_bytes is None else shard_bytes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _prepare(csv_path: str, target: str, seed: int, out_dir: str, drop_columns: Sequence[str],
              test_fraction: float, val_fraction: float, fmt: TableFormat, chunk_rows: int,
-             scratch: str) -> dict[str, Any]:
+             scratch: str, shard_bytes: int) -> dict[str, Any]:
     df, has_target = read_columns(csv_path, target, drop_columns, fmt, scratch, chunk_rows)
     give_back_freed_memory()   # the chunks of pass one, freed but kept by the allocator
     n_dropped = int(has_target.size - len(df))
@@ -500,7 +560,8 @@ def _prepare(csv_path: str, target: str, seed: int, out_dir: str, drop_columns: 
     give_back_freed_memory()
     # The values of the columns a target encoding may replace are written as codes too: a
     # trial fits the encoding on its own training rows (nexus_node.pipeline.target_encoding).
-    files = write_arrays(csv_path, fmt, chunk_rows, has_target, (train_idx, val_idx, test_idx), prep, out_dir)
+    files = write_arrays(csv_path, fmt, chunk_rows, has_target, (train_idx, val_idx, test_idx), prep, out_dir,
+                         shard_bytes)
     layout = target_encoding.layout_of(prep)
     if layout.shape[0]:
         files["codes_layout"] = os.path.join(out_dir, "codes_layout.npy")

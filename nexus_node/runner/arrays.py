@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from nexus_node.errors import FailedPrecondition
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline import target_encoding
 from nexus_node.pipeline.folds import fold_splits
-from nexus_node.pipeline.row_stream import ConcatRows, NpyRows, RowSource, sample_rows
+from nexus_node.pipeline.row_stream import ConcatRows, NpyRows, Rows, RowSource, sample_rows
 from nexus_node.runner import memory
 
 if TYPE_CHECKING:
@@ -67,23 +67,84 @@ MIN_SAMPLED_ROWS = 1000
 STREAM_SHARE = 0.5
 
 
-def file_key(path: str) -> tuple[str, int, int]:
-    """A cache key that changes when the file at ``path`` is rewritten."""
-    st = os.stat(path)
-    return path, st.st_mtime_ns, st.st_size
+#: A prepared array: one ``.npy`` file, or its row shards in order (prepare names them
+#: ``NAME#0``, ``NAME#1``...: :func:`.pipeline.prepare.shard_name`; :func:`group_shards`).
+Entry = Union[str, Sequence[str]]
 
 
-def load_array(path: str) -> np.ndarray:
-    """A memory-mapped array, cached by file identity."""
-    return _arrays.get_or_make(file_key(path), lambda: np.load(path, mmap_mode="r", allow_pickle=False))
+def group_shards(files: Mapping[str, Any]) -> dict[str, Entry]:
+    """A task's ``files`` with each array's row shards gathered under its name, in order."""
+    out: dict[str, Any] = {}
+    shards: dict[str, list[tuple[int, str]]] = {}
+    for name, path in files.items():
+        base, sep, k = name.partition("#")
+        if sep and k.isdigit():
+            shards.setdefault(base, []).append((int(k), str(path)))
+        else:
+            out[name] = path
+    for base, parts in shards.items():
+        out[base] = [p for _, p in sorted(parts)]
+    return out
 
 
-def load_arrays(files: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Every ``X_*``/``y_*`` array named in a prepare result's ``files`` (memory-mapped)."""
-    return {k: load_array(v) for k, v in files.items() if k.startswith(("X_", "y_"))}
+def file_key(entry: Entry) -> tuple:
+    """A cache key that changes when a file of ``entry`` is rewritten."""
+    if not isinstance(entry, str):
+        return tuple(file_key(p) for p in entry)
+    st = os.stat(entry)
+    return entry, st.st_mtime_ns, st.st_size
 
 
-def tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
+def load_array(entry: Entry) -> np.ndarray:
+    """A memory-mapped array, cached by file identity; an array in row shards is joined in
+    memory (only rows a trial holds anyway are joined: see :func:`streams`)."""
+    if not isinstance(entry, str):
+        if len(entry) == 1:
+            return load_array(entry[0])
+        return np.concatenate([load_array(p) for p in entry])
+    return _arrays.get_or_make(file_key(entry), lambda: np.load(entry, mmap_mode="r", allow_pickle=False))
+
+
+def array_shape(entry: Entry) -> tuple[int, ...]:
+    """The shape of a prepared array, read from its files' headers."""
+    if isinstance(entry, str):
+        return tuple(load_array(entry).shape)
+    shapes = [array_shape(p) for p in entry]
+    return (sum(s[0] for s in shapes),) + shapes[0][1:]
+
+
+def rows_of(entry: Entry) -> Rows:
+    """A prepared array's rows, read a block at a time from its file or shards."""
+    return NpyRows(entry) if isinstance(entry, str) else ConcatRows([NpyRows(p) for p in entry])
+
+
+class _Arrays(Mapping[str, np.ndarray]):
+    """Arrays by name, each loaded when first read (a finalize that streams reads only the
+    targets of those it names)."""
+
+    def __init__(self, files: Mapping[str, Entry]) -> None:
+        self._files = {k: v for k, v in files.items() if k.startswith(("X_", "y_"))}
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._loaded:
+            self._loaded[name] = load_array(self._files[name])
+        return self._loaded[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def load_arrays(files: Mapping[str, Entry]) -> Mapping[str, np.ndarray]:
+    """Every ``X_*``/``y_*`` array named in a prepare result's ``files`` (memory-mapped; read
+    when first asked for)."""
+    return _Arrays(files)
+
+
+def tree_columns(files: Mapping[str, Entry]) -> np.ndarray | None:
     """The tree family's feature indices; None (every feature) for arrays prepared before
     prepare wrote them."""
     return np.asarray(load_array(files["tree_columns"])) if "tree_columns" in files else None
@@ -94,15 +155,15 @@ def tree_columns(files: Mapping[str, str]) -> np.ndarray | None:
 CODE_ARRAYS = ("codes_train", "codes_val")
 
 
-def _split_arrays(files: Mapping[str, str]) -> tuple[str, ...]:
+def _split_arrays(files: Mapping[str, Entry]) -> tuple[str, ...]:
     return TRAIN_ARRAYS + tuple(k for k in CODE_ARRAYS if k in files)
 
 
-def split_key(files: Mapping[str, str]) -> tuple:
+def split_key(files: Mapping[str, Entry]) -> tuple:
     return tuple(file_key(files[k]) for k in _split_arrays(files) + (("folds",) if "folds" in files else ()))
 
 
-def splits_for(files: Mapping[str, str]) -> list[dict[str, np.ndarray]]:
+def splits_for(files: Mapping[str, Entry]) -> list[dict[str, np.ndarray]]:
     """What a trial validates on: the folds of a cross-validated table (prepare wrote
     ``folds``: :mod:`nexus_node.pipeline.folds`), else the one train/validation split;
     built once per dataset and reused by later trials."""
@@ -111,14 +172,14 @@ def splits_for(files: Mapping[str, str]) -> list[dict[str, np.ndarray]]:
         load_array(files["folds"]) if "folds" in files else None))
 
 
-def encoding_of(files: Mapping[str, str], params: Mapping[str, object] | None) -> str:
+def encoding_of(files: Mapping[str, Entry], params: Mapping[str, object] | None) -> str:
     """The category encoding a configuration trains with on these arrays: its choice, or
     ``"onehot"`` where prepare wrote no codes."""
     choice = target_encoding.choice(params)
     return choice if "codes_layout" in files else "onehot"
 
 
-def encoded_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: str = "onehot",
+def encoded_splits(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str = "onehot",
                    log: bool | None = None) -> list[dict[str, np.ndarray]]:
     """:func:`splits_for` as a configuration with this ``encoding`` trains on them: with
     ``"target"``, every split target-encoded on its own training rows
@@ -136,26 +197,26 @@ def encoded_splits(files: Mapping[str, str], task: str, n_classes: int, encoding
         encode(split) for split in splits_for(files)])
 
 
-def model_tree_columns(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> np.ndarray | None:
+def model_tree_columns(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str) -> np.ndarray | None:
     """:func:`tree_columns` as indices of what a configuration with this ``encoding`` trains
     on (the target-encoded features last)."""
     cols = tree_columns(files)
     if encoding == "onehot":
         return cols
-    n_features = int(load_array(files["X_train"]).shape[1])
+    n_features = int(array_shape(files["X_train"])[1])
     layout = np.asarray(load_array(files["codes_layout"]))
     return target_encoding.model_columns(np.arange(n_features) if cols is None else cols, n_features, layout,
                                          [target_encoding.width(task, n_classes)] * layout.shape[0])
 
 
-def model_bytes(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> int:
+def model_bytes(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str) -> int:
     """Bytes the training and validation rows take as a configuration with this
     ``encoding`` trains on them (float32 model inputs)."""
-    X_train, X_val = load_array(files["X_train"]), load_array(files["X_val"])
-    return 4 * _width(files, task, n_classes, encoding) * (int(X_train.shape[0]) + int(X_val.shape[0]))
+    rows = array_shape(files["X_train"])[0] + array_shape(files["X_val"])[0]
+    return 4 * _width(files, task, n_classes, encoding) * int(rows)
 
 
-def streams(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> bool:
+def streams(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str) -> bool:
     """Whether a trial on these arrays streams its rows: they would take more than
     :data:`STREAM_SHARE` of the room left in its budget. Decided by the dataset's first
     trial and kept: a later trial's room is measured with the first one's rows already
@@ -168,7 +229,7 @@ def streams(files: Mapping[str, str], task: str, n_classes: int, encoding: str) 
     return _streamed.get_or_make((split_key(files), task, n_classes, encoding, memory.budget()), decide)
 
 
-def data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | None = None,
+def data_for(files: Mapping[str, Entry], task: str, n_classes: int, log: bool | None = None,
              encoding: str = "onehot") -> "list[Data]":
     """What an MLP trial trains on, built once per dataset (and regression target scale:
     ``log`` is the configuration's choice; and category ``encoding``) and reused by later
@@ -186,7 +247,7 @@ def data_for(files: Mapping[str, str], task: str, n_classes: int, log: bool | No
         for split in encoded_splits(files, task, n_classes, encoding, log)])
 
 
-def streamed_split(files: Mapping[str, str], task: str, n_classes: int, log: bool | None,
+def streamed_split(files: Mapping[str, Entry], task: str, n_classes: int, log: bool | None,
                    encoding: str) -> "Data":
     """The train/validation split as rows read from the prepared files while training; a
     target encoding is fitted on the training rows' codes and targets (small beside the
@@ -207,7 +268,7 @@ def window_bytes(budget: int) -> int:
     return max(1 << 20, min(STREAM_WINDOW_BYTES, budget // 16))
 
 
-def _sources(files: Mapping[str, str], task: str, n_classes: int, log: bool | None,
+def _sources(files: Mapping[str, Entry], task: str, n_classes: int, log: bool | None,
              encoding: str) -> tuple[RowSource, RowSource, dict[str, Any] | None]:
     """The training and validation rows as a configuration with this ``encoding`` trains
     on them, read a block at a time; and the regression target scale (``log``: the
@@ -218,7 +279,7 @@ def _sources(files: Mapping[str, str], task: str, n_classes: int, log: bool | No
     return train, other("val"), transform
 
 
-def fit_sources(files: Mapping[str, str], splits: tuple[str, ...], task: str, n_classes: int,
+def fit_sources(files: Mapping[str, Entry], splits: tuple[str, ...], task: str, n_classes: int,
                 transform: Mapping[str, Any] | None,
                 encoding: str) -> tuple[RowSource, Callable[[str], RowSource], list[target_encoding.Table]]:
     """The rows of ``splits``, one after another, as a fit with this ``encoding`` trains on
@@ -226,11 +287,12 @@ def fit_sources(files: Mapping[str, str], splits: tuple[str, ...], task: str, n_
     the mappings of a target encoding fitted on the fit's rows (``transform``: the
     regression target scale it encodes with; none for the one-hot encoding). The targets
     are held (one number a row), the inputs are not."""
-    X = ConcatRows([NpyRows(files[f"X_{s}"]) for s in splits])
+    parts = [rows_of(files[f"X_{s}"]) for s in splits]
+    X = parts[0] if len(parts) == 1 else ConcatRows([p for part in parts for p in _files_of(part)])
     ys = [load_array(files[f"y_{s}"]) for s in splits]
     y = ys[0] if len(ys) == 1 else np.concatenate([np.asarray(v) for v in ys])
     if encoding == "onehot":
-        return RowSource(X, y), lambda s: RowSource(NpyRows(files[f"X_{s}"]), load_array(files[f"y_{s}"])), []
+        return RowSource(X, y), lambda s: RowSource(rows_of(files[f"X_{s}"]), load_array(files[f"y_{s}"])), []
     layout = np.asarray(load_array(files["codes_layout"]))
     codes = np.concatenate([np.asarray(load_array(files[f"codes_{s}"])) for s in splits])
     fit_rows, tables = target_encoding.fit_block_transform(y, codes, layout, task, n_classes, transform)
@@ -238,19 +300,19 @@ def fit_sources(files: Mapping[str, str], splits: tuple[str, ...], task: str, n_
 
     def other(s: str) -> RowSource:
         rows = target_encoding.apply_block_transform(load_array(files[f"codes_{s}"]), tables, layout)
-        return RowSource(NpyRows(files[f"X_{s}"]), load_array(files[f"y_{s}"]), rows, width)
+        return RowSource(rows_of(files[f"X_{s}"]), load_array(files[f"y_{s}"]), rows, width)
 
     return RowSource(X, y, fit_rows, width), other, tables
 
 
-def streams_final(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> bool:
+def streams_final(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str) -> bool:
     """Whether finalize's fits stream their rows: every split's rows would take more than
     :data:`STREAM_SHARE` of the room the runner's budget leaves (finalize is sized by the
     trials' budget, though only trials are held to it)."""
     room = memory.room()
     if room is None:
         return False
-    rows = sum(int(load_array(files[f"X_{s}"]).shape[0]) for s in ("train", "val", "test"))
+    rows = sum(int(array_shape(files[f"X_{s}"])[0]) for s in ("train", "val", "test"))
     return held_bytes(4 * _width(files, task, n_classes, encoding) * rows, encoding) > STREAM_SHARE * room
 
 
@@ -260,8 +322,8 @@ def held_bytes(rows_bytes: int, encoding: str) -> int:
     return rows_bytes * (1 if encoding == "onehot" else 2)
 
 
-def _width(files: Mapping[str, str], task: str, n_classes: int, encoding: str) -> int:
-    width = int(load_array(files["X_train"]).shape[1])
+def _width(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str) -> int:
+    width = int(array_shape(files["X_train"])[1])
     if encoding != "onehot":
         width = target_encoding.model_width(width, np.asarray(load_array(files["codes_layout"])), task, n_classes)
     return width
@@ -275,7 +337,7 @@ def tree_row_bytes(width: int, n_columns: int, outputs: int) -> int:
     return 4 * width + 13 * n_columns + 24 * outputs + 16
 
 
-def tree_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: str,
+def tree_splits(files: Mapping[str, Entry], task: str, n_classes: int, encoding: str,
                 log: bool | None) -> tuple[list[dict[str, Any]], int | None]:
     """What a tree trial trains on, and how many training rows that is (None: all of them).
 
@@ -287,7 +349,7 @@ def tree_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: s
     :class:`~nexus_node.pipeline.row_stream.RowSource`), so the trial's predictions cover
     every validation row as any other trial's do.
     """
-    n_train, width = int(load_array(files["X_train"]).shape[0]), _width(files, task, n_classes, encoding)
+    n_train, width = int(array_shape(files["X_train"])[0]), _width(files, task, n_classes, encoding)
     columns = model_tree_columns(files, task, n_classes, encoding)
     n_columns = width if columns is None else len(columns)
     per_row = tree_row_bytes(width, n_columns, target_encoding.width(task, n_classes))
@@ -317,3 +379,7 @@ def tree_splits(files: Mapping[str, str], task: str, n_classes: int, encoding: s
     split = {"X_train": train.take(rows), "y_train": np.asarray(train.y[rows]), "X_val": val,
              "y_val": np.asarray(val.y)}
     return [split], int(rows.size)
+
+
+def _files_of(rows: Rows) -> list[NpyRows]:
+    return [rows] if isinstance(rows, NpyRows) else list(rows.parts)

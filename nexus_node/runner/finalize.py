@@ -49,17 +49,19 @@ from nexus_node.pipeline import ensemble, metrics, target_encoding
 from nexus_node.pipeline import target as target_scale
 from nexus_node.pipeline.importance import importance_of, permuted_inputs
 from nexus_node.pipeline.result import scored_rows
-from nexus_node.pipeline.row_stream import NpyRows, RowSource, sample_rows
+from nexus_node.pipeline.row_stream import RowSource, sample_rows
 from nexus_node.runner import memory
 from nexus_node.runner.arrays import (
     MIN_SAMPLED_ROWS,
     STREAM_SHARE,
     TRAIN_ARRAYS,
+    array_shape,
     encoding_of,
     fit_sources,
     load_array,
     load_arrays,
     model_tree_columns,
+    rows_of,
     splits_for,
     streams_final,
     tree_row_bytes,
@@ -372,7 +374,7 @@ def _fit_member_streamed(req: Mapping[str, Any], n_classes: int, candidate: Mapp
     full = np.concatenate([_float32(evaluated.predict(c)) for c in test.chunks(chunk)])
     sampled = importance_rows(len(test), seed)
     picked = np.arange(len(test)) if sampled is None else sampled
-    X_test = RowSource(NpyRows(files["X_test"]), test.y).take(picked)   # as prepared: the shuffles move blocks
+    X_test = RowSource(rows_of(files["X_test"]), test.y).take(picked)   # as prepared: the shuffles move blocks
     if encoder.layout is not None:
         encoder = encoder._replace(codes={**encoder.codes, "test": encoder.codes["test"][picked]})
     predictions = _shuffled_predictions(evaluated, encoder, encoder.test_inputs(X_test), evaluated_tables, prep, seed)
@@ -537,7 +539,7 @@ def refit_mlp_streamed(req: Mapping[str, Any], rows: RowSource, n_classes: int, 
         return StreamedData.from_sources(train, other("val"), task, n_classes, transform=transform, window_bytes=window)
 
     return _refit_mlp(req, data, split, n_classes, splits, epochs, fallback,
-                      int(load_array(files["y_train"]).shape[0]))
+                      int(array_shape(files["y_train"])[0]))
 
 
 def _refit_mlp(req: Mapping[str, Any], data: Any, train_split: Callable[[], Any], n_classes: int,

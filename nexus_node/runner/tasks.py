@@ -49,7 +49,7 @@ from nexus_node.errors import FailedPrecondition, InvalidInput
 from nexus_node.net.tls import from_spec as tls_from_spec
 from nexus_node.pipeline import metrics
 from nexus_node.pipeline import target as target_scale
-from nexus_node.runner.arrays import LRU, data_for, encoding_of, file_key, model_tree_columns, tree_splits
+from nexus_node.runner.arrays import LRU, data_for, encoding_of, file_key, group_shards, model_tree_columns, tree_splits
 from nexus_node.runner.context import TaskContext, need
 from nexus_node.runner.finalize import task_finalize, task_refit, task_select
 from nexus_node.study import pruning
@@ -80,6 +80,8 @@ def run_task(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     handler = _TASKS.get(req.get("task", ""))
     if handler is None:
         raise InvalidInput(f"unknown task {req.get('task')!r}; known tasks: {sorted(_TASKS)}")
+    if isinstance(req.get("files"), Mapping):
+        req = {**req, "files": group_shards(req["files"])}   # an array's row shards, as one entry
     return handler(req, ctx)
 
 
@@ -119,16 +121,20 @@ def _table_format(req: Mapping[str, Any], key: str) -> Any:
 
 def _task_prepare(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """``{csv_path, target, seed, out_dir, drop_columns?, test_fraction?, val_fraction?,
-    format?}``; ``format``: how the node read the upload at submit (the job's
-    ``input_format``), detected again when absent."""
+    format?, shard_bytes?}``; ``format``: how the node read the upload at submit (the job's
+    ``input_format``), detected again when absent; ``shard_bytes``: the most bytes of inputs
+    in a row shard of a prepared array (the coordinator's ``--shard-mb``)."""
     need(req, "csv_path", "target", "seed", "out_dir")
-    from nexus_node.pipeline.prepare import prepare
+    from nexus_node.pipeline.prepare import SHARD_BYTES, prepare
 
+    shard_bytes = int(req.get("shard_bytes") or SHARD_BYTES)
+    if shard_bytes < 1:
+        raise InvalidInput(f"shard_bytes must be positive, got {shard_bytes}")
     return prepare(
         req["csv_path"], req["target"], int(req["seed"]), req["out_dir"],
         drop_columns=list(req.get("drop_columns") or []),
         test_fraction=float(req.get("test_fraction", 0.2)), val_fraction=float(req.get("val_fraction", 0.2)),
-        fmt=_table_format(req, "format"),
+        fmt=_table_format(req, "format"), shard_bytes=shard_bytes,
     )
 
 

@@ -40,6 +40,9 @@ from nexus_node.work.scheduler import accept_assignment
 
 log = logging.getLogger(__name__)
 
+#: Blobs a task's localization fetches at once (a large table's arrays are many row shards).
+FETCHES_AT_ONCE = 4
+
 #: Results kept for re-sending after a reconnect.
 KEPT_RESULTS = 1024
 #: Seconds a task waits for this node to apply what the coordinator had applied when it sent it.
@@ -346,10 +349,16 @@ class WorkerAgent:
         local = dict(task)
         local["threads"] = self.pool.threads
         if "files" in task:
-            # At once: each from holders in an order of its own (BlobSync.fetch_order), so
-            # a task's arrays stream from several nodes together.
+            # A few at once, each from holders in an order of its own (BlobSync.fetch_order),
+            # so a task's arrays and their row shards stream from several nodes together.
             names = list(task["files"])
-            paths = await asyncio.gather(*(self.fetch_blob(task["files"][n]) for n in names))
+            room = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+            async def fetch(sha: str) -> Any:
+                async with room:
+                    return await self.fetch_blob(sha)
+
+            paths = await asyncio.gather(*(fetch(task["files"][n]) for n in names))
             local["files"] = {name: str(path) for name, path in zip(names, paths)}
         if "csv_sha256" in task:
             local["csv_path"] = str(await self.fetch_blob(local.pop("csv_sha256")))

@@ -140,3 +140,39 @@ def test_a_fault_deep_in_the_file_is_refused_as_reading_it_whole_refuses_it(tmp_
     with pytest.raises(InvalidInput, match="does not decode as utf-8"):
         prepare(str(undecodable), "y", 0, str(tmp_path / "out2"), fmt=fmt, chunk_rows=50)
     assert not [p for p in (tmp_path / "out1").iterdir() if p.name.startswith(".columns")]
+
+
+def test_large_arrays_come_in_row_shards_that_rejoin_to_the_arrays_and_train_alike(tmp_path):
+    from nexus_node.jobs.search import trial_files
+    from nexus_node.pipeline.train import train_and_score
+    from nexus_node.runner import arrays, memory
+
+    path = dataset("adult.csv")
+    whole = _prepared(path, "class", tmp_path / "whole", 10**9)
+    sharded = _prepared(path, "class", tmp_path / "sharded", 10**9, shard_bytes=1 << 20)   # ~2,800 rows a shard
+    names = set(sharded["files"])
+    assert {"X_train#0", "X_train#1", "y_train#0", "codes_test#0"} <= names and "X_train" not in names
+    assert "tree_columns" in names and "codes_layout" in names         # small files stay whole
+    grouped = arrays.group_shards(sharded["files"])
+    assert set(grouped) == set(whole["files"])
+    for name, entry in grouped.items():
+        np.testing.assert_array_equal(arrays.load_array(entry), np.load(whole["files"][name]), err_msg=name)
+        assert arrays.array_shape(entry) == np.load(whole["files"][name]).shape
+    # A trial never fetches a test shard.
+    assert {n.partition("#")[0] for n in trial_files(sharded["files"])} == {
+        n for n in whole["files"] if not n.endswith("_test")}
+    mlp = {"n_layers": 1, "width": 16, "activation": "relu", "dropout": 0.0, "learning_rate": 3e-3,
+           "weight_decay": 0.0, "batch_size": 512, "epochs": 2}
+    try:
+        for budget in (0, 4):                 # held in memory, then streamed across the shards
+            memory.set_budget(budget)
+            values = []
+            for files in (whole["files"], grouped):
+                arrays._device_data.clear()
+                data = arrays.data_for(files, "binary", 2)
+                values.append(train_and_score(data, mlp, "binary", 2, "roc_auc", seed=0).value)
+            assert values[0] == values[1] and values[0] > 0.85, (budget, values)
+    finally:
+        memory.set_budget(0)
+        for cache in (arrays._device_data, arrays._streamed):
+            cache.clear()

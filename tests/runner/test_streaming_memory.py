@@ -85,9 +85,10 @@ async def test_an_mlp_trial_s_memory_stays_flat_while_its_training_data_grows(tm
     for out in (small_out, large_out, held_out):
         assert out["state"] == "COMPLETE" and out["value"] > 0.9, out
     mb = 1 << 20
-    # Four times the rows, and the peak moves by less than the growth of the targets and
-    # validation predictions the trial keeps whole (a few MB), nowhere near the rows' 75 MB.
-    assert large_rise < small_rise + 8 * mb, (small_rise / mb, large_rise / mb)
+    # Four times the rows (75 MB more inputs), and the peak moves only by what the trial keeps
+    # whole for every row: the targets, and the validation predictions and their scoring
+    # (measured: 1 to 9 MB).
+    assert large_rise < small_rise + 16 * mb, (small_rise / mb, large_rise / mb)
     assert large_rise < BUDGET_MB * mb, large_rise / mb
     # Without a budget the same trial holds its rows: the measure sees them.
     assert held_rise > large_rise + large_bytes * 0.8, (held_rise / mb, large_rise / mb, large_bytes / mb)
