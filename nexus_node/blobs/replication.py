@@ -156,35 +156,42 @@ class BlobSync:
         errors: list[str] = []
         tmp = await asyncio.to_thread(self.store.new_temp, ".part")
         digest, got, senders = hashlib.sha256(), 0, []
+        recorded = self.records.blobs.get(sha256)
+        size = recorded.size if recorded is not None and recorded.size > 0 else None
         try:
             for holder in self.fetch_order(sha256):
                 address = self.transport.host.peer_address(holder)
                 if not address:
                     errors.append(f"{holder}: address unknown")
                     continue
-                senders.append(holder)
                 try:
                     async with files.Writer(tmp, append=True) as f:
                         call = self.transport.stub(address).FetchBlob(
                             pb.FetchBlobRequest(cluster=self.cluster, sha256=sha256, offset=got),
                             metadata=self.transport.metadata, timeout=600)
                         async for chunk in call:
+                            if holder not in senders:
+                                senders.append(holder)
                             digest.update(chunk.data)
                             await f.write(chunk.data)
                             got += len(chunk.data)
+                            if size is not None and got > size:
+                                call.cancel()   # more than the blob holds: refused below
+                                break
                 except grpc.aio.AioRpcError as exc:
                     errors.append(f"{holder}: {exc.code().name} {exc.details()} after byte {got}")
-                    continue   # the next holder goes on from byte ``got``
+                    if size is None or got < size:
+                        continue   # the next holder goes on from byte ``got``
                 if digest.hexdigest() != sha256:
                     errors.append(f"{', '.join(senders)}: content does not match its hash")
                     await asyncio.to_thread(os.truncate, tmp, 0)
                     digest, got, senders = hashlib.sha256(), 0, []
                     continue
-                got_sha, size = await asyncio.to_thread(self.store.ingest, tmp)
+                got_sha, stored = await asyncio.to_thread(self.store.ingest, tmp)
                 info = self.records.blobs.get(sha256)
-                log.info("fetched blob %s (%d bytes) from %s", sha256[:12], size, ", ".join(senders))
+                log.info("fetched blob %s (%d bytes) from %s", sha256[:12], stored, ", ".join(senders))
                 # Recorded in the background: the blob is here whether or not that commits now.
-                self._spawn(self._record_holder(got_sha, size, info.kind if info else "blob",
+                self._spawn(self._record_holder(got_sha, stored, info.kind if info else "blob",
                                                 info.job_id if info else ""))
                 self._request_trim()
                 return self.store.path(got_sha)

@@ -238,8 +238,8 @@ class Lifecycle:
         }, task_memory("prepare", job.dataset_bytes))
         # The node that prepared holds the shards; a job never depends on one copy.
         files = {str(k): str(v) for k, v in result["files"].items()}
-        for sha in files.values():
-            await ctx.replicated(sha)
+        # At once: a large table's arrays are many shards, each waited for at most 10 s.
+        await asyncio.gather(*(ctx.replicated(sha) for sha in set(files.values())))
         ctx.check_cancel(job)
         profile = result["profile"]
         job.profile = profile

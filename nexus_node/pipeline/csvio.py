@@ -36,8 +36,9 @@ __all__ = ["check_table", "decode_bytes", "finish_cells", "parse_text", "read_ta
            "sniff_delimiter"]
 
 #: Rows per chunk when a table is read a chunk at a time (:func:`read_table_chunks`): what a
-#: reader holds of the file is one chunk's cells.
+#: reader holds of the file is one chunk's cells, and at most :data:`CHUNK_CELLS` of them.
 CHUNK_ROWS = 50_000
+CHUNK_CELLS = 1_000_000
 
 
 def decode_bytes(data: bytes, encoding: str | None = None, source: str = "the file") -> tuple[str, str]:
@@ -218,7 +219,10 @@ def read_table_chunks(path: str | os.PathLike[str], fmt: TableFormat, rows: int 
     if fmt.container == PARQUET:
         from nexus_node.pipeline.parquet import read_parquet
 
-        yield read_parquet(path, None, "", source)
+        frame = read_parquet(path, None, "", source)
+        rows = _chunk_rows(rows, len(frame.columns))
+        for start in range(0, len(frame), rows):   # what a reader of the chunks holds at once beside it
+            yield frame.iloc[start:start + rows].reset_index(drop=True)
         return
     encoding = fmt.encoding
     if not encoding:
@@ -235,6 +239,7 @@ def read_table_chunks(path: str | os.PathLike[str], fmt: TableFormat, rows: int 
     dupes = sorted({n for n in header if n and header.count(n) > 1})
     if dupes:
         raise InvalidInput(f"{source} repeats column names {dupes}; give every column a unique name")
+    rows = _chunk_rows(rows, len(header))
     with tableformat.open_binary(path, fmt.compression, None, source) as raw:
         text = io.TextIOWrapper(raw, encoding=encoding, newline="")
         first = True
@@ -277,6 +282,11 @@ def _csv_errors(source: str) -> Iterator[None]:
         ) from None
     except pd.errors.EmptyDataError:
         raise InvalidInput(f"{source} has no columns; upload a CSV with a header row") from None
+
+
+def _chunk_rows(rows: int, columns: int) -> int:
+    """``rows``, or fewer for a wide table: a chunk holds at most :data:`CHUNK_CELLS` cells."""
+    return max(256, min(rows, CHUNK_CELLS // max(1, columns)))
 
 
 def _header(text: io.TextIOBase, sep: str) -> list[str]:

@@ -100,9 +100,9 @@ class DeviceData:
         has_val = "X_val" in arrays and arrays["X_val"] is not None
         return cls(
             task=task, n_classes=n_classes,
-            X_train=torch.tensor(np.asarray(arrays["X_train"]), dtype=torch.float32, device=device),
+            X_train=_tensor(arrays["X_train"], device),
             y_train=y_t,
-            X_val=torch.tensor(np.asarray(arrays["X_val"]), dtype=torch.float32, device=device) if has_val else None,
+            X_val=_tensor(arrays["X_val"], device) if has_val else None,
             y_val_np=np.asarray(arrays["y_val"]) if has_val else None,
             transform=t,
         )
@@ -171,6 +171,16 @@ class StreamedData:
         else:
             y_t = torch.from_numpy(y.astype(np.int64, copy=False))
         return torch.from_numpy(X).to(self.device), y_t.to(self.device)
+
+
+def _tensor(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``a`` as a float32 tensor on ``device``: on the CPU, an array the process already holds
+    (float32, writable: rows joined from shards, an encoded copy) is shared, not copied; a
+    memory-mapped one is copied."""
+    if (device.type == "cpu" and isinstance(a, np.ndarray) and not isinstance(a, np.memmap)
+            and a.dtype == np.float32 and a.flags.writeable and a.flags.c_contiguous):
+        return torch.from_numpy(a)
+    return torch.tensor(np.asarray(a), dtype=torch.float32, device=device)
 
 
 #: What the training functions take: rows on the device, or rows streamed from disk.

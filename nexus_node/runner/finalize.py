@@ -68,6 +68,7 @@ from nexus_node.runner.arrays import (
     window_bytes,
 )
 from nexus_node.runner.context import TaskContext, need
+from nexus_node.system import give_back_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,10 @@ def task_finalize(req: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
     def keep(m: Member) -> None:
         parts = [m.evaluated_predictions] + ([] if m.test_predictions is None else [m.test_predictions])
+        if summed and ([np.shape(p) for p in parts] != [s.shape for s in summed]):
+            # Checked before anything is added: a member that does not fit drops out whole.
+            raise FailedPrecondition(f"trial {m.trial}'s test predictions {[np.shape(p) for p in parts]} do not "
+                                     f"match the other members' {[s.shape for s in summed]}")
         for i, p in enumerate(parts):
             part = m.weight * np.asarray(p, dtype=np.float64)
             if len(summed) > i:
@@ -236,7 +241,9 @@ def choose_members(req: Mapping[str, Any]) -> tuple[list[tuple[dict[str, Any], f
     # its predictions sends the rest, and they are not enough to choose by.
     if len(library) < 2 or (best["trial"] is not None and library[0].get("trial") != best["trial"]):
         return [(best, 1.0)], "the best trial (no other trial's validation predictions to ensemble)"
-    y = scored_rows(splits_for(req["files"]))
+    # A single split's scored rows are its validation targets: read them alone, not its inputs.
+    files = req["files"]
+    y = scored_rows(splits_for(files)) if "folds" in files else np.asarray(load_array(files["y_val"]))
     preds: list[np.ndarray] = []
     kept: list[dict[str, Any]] = []
     for c in library:
@@ -592,14 +599,21 @@ def refit_gbt(req: Mapping[str, Any], arrays: Mapping[str, np.ndarray], n_classe
 def refit_gbt_streamed(req: Mapping[str, Any], rows: RowSource, n_classes: int, splits: tuple[str, ...],
                        n_iter: int, fallback: bool) -> Fit:
     """:func:`refit_gbt` on the largest seeded sample of the rows (stratified by class)
-    that the room left in the runner's budget holds (:func:`.arrays.tree_row_bytes`)."""
+    that the room left in the runner's budget holds (:func:`.arrays.tree_row_bytes`). The
+    evaluated fit (``fallback``) fails without room for :data:`MIN_SAMPLED_ROWS` rows; the
+    final fit then returns no weights, and the artifact keeps the evaluated model."""
     from nexus_node.pipeline.gbt import load_library
 
     load_library()
     task = req["task_type"]
     cols = _tree_columns(req, n_classes, rows.n_features)
     per_row = tree_row_bytes(rows.n_features, len(cols), target_encoding.width(task, n_classes))
+    give_back_freed_memory()   # what an earlier fit freed is room for this one
     keep = int(STREAM_SHARE * max(0, memory.room() or 0) // per_row)
+    if keep < MIN_SAMPLED_ROWS and not fallback:
+        # The final fit (every row): the artifact keeps the evaluated model instead.
+        return Fit(None, None, {}, n_iter, f"no room left for a final refit of the trees ({keep} rows)", splits,
+                   0)
     if keep < MIN_SAMPLED_ROWS:
         raise FailedPrecondition(
             f"the runner's memory budget of {memory.budget() >> 20} MB leaves room for {keep} of the {len(rows)} "

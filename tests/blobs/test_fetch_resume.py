@@ -28,8 +28,8 @@ class _Holder(peer_pb2_grpc.PeerServiceServicer):
     """A holder serving ``data`` from the offset asked, ``CHUNK`` bytes a message. With
     ``die_after`` chunks sent, its server stops mid-stream (the holder goes away)."""
 
-    def __init__(self, data: bytes, die_after: int | None = None) -> None:
-        self.data, self.die_after = data, die_after
+    def __init__(self, data: bytes, die_after: int | None = None, fail_at_end: bool = False) -> None:
+        self.data, self.die_after, self.fail_at_end = data, die_after, fail_at_end
         self.offsets: list[int] = []
         self.server: grpc.aio.Server | None = None
 
@@ -41,6 +41,8 @@ class _Holder(peer_pb2_grpc.PeerServiceServicer):
                 asyncio.get_running_loop().create_task(self.server.stop(None))
                 await asyncio.sleep(60)   # cut off by the stop
             yield peer_pb2.BlobChunk(data=self.data[at:at + CHUNK])
+        if self.fail_at_end:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
 
 
 async def _serve(holder: _Holder) -> tuple[grpc.aio.Server, str]:
@@ -121,5 +123,29 @@ async def test_a_blob_no_holder_sends_whole_and_right_is_refused_with_what_each_
         assert len(lying.offsets) == 1 and 0 < lying.offsets[0] <= 3 * CHUNK
         with allow_blocking():
             assert not store.has(SHA) and list(store.tmp.iterdir()) == []
+    finally:
+        await _close(sync, parts)
+
+
+async def test_a_stream_that_fails_after_its_last_byte_has_the_blob_and_one_too_long_is_refused(tmp_path):
+    with allow_blocking():   # the test's own setup
+        for sub in ("a", "b"):
+            (tmp_path / sub).mkdir()
+    # The first holder sends every byte, then its stream fails: the blob is whole, and kept.
+    whole_then_fails, never_asked = _Holder(DATA, fail_at_end=True), _Holder(DATA)
+    sync, store, parts = await _fetch_from(tmp_path / "a", whole_then_fails, never_asked)
+    try:
+        with allow_blocking():
+            assert (await sync.ensure(SHA)).read_bytes() == DATA
+        assert never_asked.offsets == []
+    finally:
+        await _close(sync, parts)
+    # The first holder sends more than the blob holds: refused, fetched again from the other.
+    too_long, serving = _Holder(DATA + b"x" * CHUNK * 4), _Holder(DATA)
+    sync, store, parts = await _fetch_from(tmp_path / "b", too_long, serving)
+    try:
+        with allow_blocking():
+            assert (await sync.ensure(SHA)).read_bytes() == DATA
+        assert serving.offsets == [0]
     finally:
         await _close(sync, parts)

@@ -130,3 +130,13 @@ def test_importance_past_its_row_cap_shuffles_a_sample_and_the_metrics_score_eve
         assert apart["test_metrics"][name] == pytest.approx(value, rel=1e-6), name
     for name, value in sampled["feature_importance"].items():
         assert apart["feature_importance"][name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
+def test_trees_without_room_for_a_final_refit_keep_the_evaluated_model(prepared, tmp_path, monkeypatch):
+    memory.set_budget(8)
+    rooms = iter([8 << 20, 8 << 20, 64 << 10])    # decide, the evaluated fit, then the final fit
+    monkeypatch.setattr(memory, "room", lambda: next(rooms))
+    out = run_task(_req(prepared, tmp_path / "kept.zip", GBT), LocalContext())
+    assert "no room left for a final refit of the trees" in out["note"] and "kept the evaluated model" in out["note"]
+    assert out["final_model_rows"] == out["evaluated_model_rows"] >= 1000
+    assert load_artifact(str(tmp_path / "kept.zip")).config["family"] == "gbt"
