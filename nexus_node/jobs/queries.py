@@ -23,10 +23,28 @@ from nexus_node.runner.pool import RunnerDied, RunnerPool
 from nexus_node.study import studies
 from nexus_node.study.trials import TrialView
 
+#: How long a follower's read of a job it does not know waits for the job to arrive: a job
+#: committed through another node reaches this one with the leader's next heartbeat or two,
+#: and a client that submits through one node and watches through another must not be told
+#: the job does not exist in between. (An id that never arrives is refused after the wait.)
+UNKNOWN_JOB_WAIT_S = 2.0
+
 
 class Queries:
     def __init__(self, ctx: JobContext, serve_pool: RunnerPool) -> None:
         self.ctx, self.serve_pool = ctx, serve_pool
+
+    async def _arrived(self, job_id: str) -> JobRecord | None:
+        """The job once this node has applied it, if that happens within
+        :data:`UNKNOWN_JOB_WAIT_S`; at once when this node leads (it applied every commit)."""
+        db = self.ctx.db
+        if db.driver.is_leader:
+            return None
+        try:
+            await db.driver.wait_for(lambda: job_id in db.jobs, UNKNOWN_JOB_WAIT_S)
+        except TimeoutError:
+            return None
+        return await db.get_job(job_id)
 
     async def get(self, job_id: str) -> JobRecord:
         if not job_id.strip():
@@ -34,7 +52,7 @@ class Queries:
         live = self.ctx.live(job_id)
         if live is not None:
             return dataclasses.replace(live)
-        job = await self.ctx.db.get_job(job_id)
+        job = await self.ctx.db.get_job(job_id) or await self._arrived(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}: `nexus jobs` lists the jobs this cluster has")
         return job
