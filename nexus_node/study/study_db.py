@@ -465,13 +465,16 @@ class StudyDB:
 
     # ---- reads (any thread) --------------------------------------------------------------------
 
-    def study_id(self, name: str, study_name: str) -> int:
+    def _one_id(self, sql: str, args: tuple[Any, ...], missing: str = NOT_FOUND) -> int:
+        """The id ``sql`` selects, or KeyError(``missing``) when it selects none."""
         with self.lock:
-            row = self._db.execute("SELECT study_id FROM studies WHERE journal=? AND name=?",
-                                   (name, study_name)).fetchone()
+            row = self._db.execute(sql, args).fetchone()
         if row is None:
-            raise KeyError(NOT_FOUND)
+            raise KeyError(missing)
         return int(row[0])
+
+    def study_id(self, name: str, study_name: str) -> int:
+        return self._one_id("SELECT study_id FROM studies WHERE journal=? AND name=?", (name, study_name))
 
     def study(self, name: str, study_id: int) -> StudyRecord:
         with self.lock:
@@ -517,20 +520,12 @@ class StudyDB:
         return trial
 
     def study_of_trial(self, name: str, trial_id: int) -> int:
-        with self.lock:
-            row = self._db.execute("SELECT study_id FROM trials WHERE journal=? AND trial_id=?",
-                                   (name, trial_id)).fetchone()
-        if row is None:
-            raise KeyError(NOT_FOUND)
-        return int(row[0])
+        return self._one_id("SELECT study_id FROM trials WHERE journal=? AND trial_id=?", (name, trial_id))
 
     def trial_id(self, name: str, study_id: int, number: int) -> int:
-        with self.lock:
-            row = self._db.execute("SELECT trial_id FROM trials WHERE journal=? AND study_id=? AND number=?",
-                                   (name, study_id, number)).fetchone()
-        if row is None:
-            raise KeyError(f"No trial with trial_number={number} exists in study with study_id={study_id}.")
-        return int(row[0])
+        return self._one_id("SELECT trial_id FROM trials WHERE journal=? AND study_id=? AND number=?",
+                            (name, study_id, number),
+                            f"No trial with trial_number={number} exists in study with study_id={study_id}.")
 
     def trials(self, name: str, study_id: int, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         """The study's trials in number order (shared objects: never change them).
